@@ -1,0 +1,26 @@
+# Two commands do everything on a fresh machine (Debian/Ubuntu, root or sudo-less root):
+#   make train   installs what is missing, then trains configs/cartpole.yaml on 2 ranks under horovodrun
+#   make test    installs what is missing, then runs the whole test suite
+VENV    := .venv
+NP      ?= 2
+CONFIG  ?= configs/cartpole.yaml
+RUN_DIR ?= runs/cartpole-np$(NP)
+PYTEST_ARGS ?=
+
+.PHONY: install train test bench clean
+
+install:
+	@bash tools/install.sh
+
+train: install
+	$(VENV)/bin/horovodrun -np $(NP) --gloo -H localhost:$(NP) \
+	    $(VENV)/bin/hvd-dqn train --config $(CONFIG) --run-dir $(RUN_DIR)
+
+test: install
+	$(VENV)/bin/python -m pytest $(PYTEST_ARGS)
+
+bench: install
+	$(VENV)/bin/python benchmarks/cartpole.py
+
+clean:
+	rm -rf runs .pytest_cache

@@ -1,0 +1,193 @@
+"""The experiment configuration: a frozen, validated record read from YAML, a dict or keyword arguments.
+
+Step counts are GLOBAL (summed over all ranks) so that a config means the same experiment at any world size;
+per-rank quantities are derived properties, never fields. How batch size and learning rate behave as ranks grow
+is the "scaling rule" in the README: the global batch and the learning rate are what the config says, at any N.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Literal, Optional
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from hvd_dqn.errors import UserError
+
+
+class Config(BaseModel):
+    """One DQN experiment. Every field has a default except ``env_id``; unknown keys are errors."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid", strict=True, validate_default=True)
+
+    # --- what to train on
+    env_id: str = Field(description="A gymnasium id: classic control (CartPole-v1) or Atari (ALE/Pong-v5).")
+    seed: int = Field(0, ge=0, lt=2**31, description="Base seed; rank r's envs and exploration use seed + r.")
+    total_env_steps: int = Field(100_000, gt=0, description="Env steps to train for, summed over all ranks.")
+    num_envs: int = Field(1, ge=1, le=1024, description="Environments per rank, stepped together as a vector env.")
+
+    # --- the Q-network and its optimisation
+    hidden_sizes: tuple[int, ...] = Field((256, 256), description="Widths of the MLP's hidden layers.")
+    learning_rate: float = Field(1e-3, gt=0, le=1.0, description="Adam step size at the start of training.")
+    lr_final_fraction: float = Field(
+        1.0, ge=0, le=1.0,
+        description="Learning rate at the end of training as a fraction of learning_rate (linear decay; 1 = constant).")
+    adam_epsilon: float = Field(1e-7, gt=0, description="Adam's epsilon.")
+    batch_size: int = Field(
+        64, ge=1, description="GLOBAL minibatch per gradient update; each of N ranks samples batch_size / N.")
+    gamma: float = Field(0.99, ge=0, le=1.0, description="Discount factor.")
+    double_dqn: bool = Field(True, description="Double DQN target: online net picks the action, target net values it.")
+    huber_delta: float = Field(1.0, gt=0, description="Huber loss threshold (quadratic below, linear above).")
+    max_grad_norm: Optional[float] = Field(
+        10.0, gt=0, description="Clip the averaged gradient to this global norm; null turns clipping off.")
+
+    # --- replay and the learning schedule (all in global env steps)
+    replay_capacity: int = Field(
+        100_000, ge=1, description="Transitions kept, summed over ranks; each rank keeps replay_capacity / N.")
+    learning_starts: int = Field(1_000, ge=0, description="Global env steps collected before the first update.")
+    train_every: int = Field(
+        256, ge=1, description="Global env steps between learning phases (rounded to whole vector steps per rank).")
+    updates_per_train: int = Field(128, ge=1, description="Gradient updates in each learning phase.")
+    target_update_every: int = Field(
+        128, ge=1, description="Gradient updates between target-network syncs (rank 0's weights are broadcast).")
+
+    # --- exploration: epsilon decays linearly from eps_start to eps_end over eps_decay_fraction of training
+    eps_start: float = Field(1.0, ge=0, le=1.0, description="Epsilon at the first step.")
+    eps_end: float = Field(0.05, ge=0, le=1.0, description="Epsilon after the decay.")
+    eps_decay_fraction: float = Field(
+        0.1, gt=0, le=1.0, description="Fraction of total_env_steps over which epsilon decays.")
+
+    # --- evaluation and logging
+    eval_every: int = Field(5_000, ge=1, description="Global env steps between greedy evaluations.")
+    eval_episodes: int = Field(10, ge=1, description="Greedy episodes per evaluation, split across ranks.")
+    eval_epsilon: float = Field(0.0, ge=0, le=1.0, description="Epsilon during evaluation (0 = greedy).")
+    reward_threshold: Optional[float] = Field(
+        None, description="Return at which the task counts as solved; null = the env spec's reward_threshold.")
+    log_every: int = Field(5_000, ge=1, description="Global env steps between metric log points.")
+
+    @field_validator("hidden_sizes", mode="before")
+    @classmethod
+    def _sizes_as_tuple(cls, value: Any) -> Any:
+        if isinstance(value, list):
+            return tuple(value)
+        return value
+
+    @field_validator("hidden_sizes")
+    @classmethod
+    def _sizes_positive(cls, value: tuple[int, ...]) -> tuple[int, ...]:
+        if not value or any(v < 1 for v in value):
+            raise ValueError("must be a non-empty list of positive integers")
+        return value
+
+    @field_validator("env_id")
+    @classmethod
+    def _env_registered(cls, value: str) -> str:
+        from hvd_dqn.envs import check_env_id  # gymnasium is imported only when a config is built
+
+        check_env_id(value)
+        return value
+
+    @model_validator(mode="after")
+    def _consistent(self) -> "Config":
+        if self.eps_end > self.eps_start:
+            raise ValueError("eps_end must not exceed eps_start")
+        if self.batch_size > self.replay_capacity:
+            raise ValueError("batch_size must not exceed replay_capacity")
+        return self
+
+    # ---- derived values (properties, not fields)
+    def per_rank(self, world_size: int) -> "PerRank":
+        """Per-rank quantities for a job of ``world_size`` ranks; a UserError if the config cannot be split."""
+        if self.batch_size % world_size:
+            raise UserError(
+                f"config: batch_size {self.batch_size} is not divisible by the {world_size} ranks "
+                f"(it is the global batch; use a multiple of {world_size})")
+        vector_step = world_size * self.num_envs  # global env steps per vector step of every rank
+        return PerRank(
+            batch_size=self.batch_size // world_size,
+            replay_capacity=-(-self.replay_capacity // world_size),
+            vector_steps=-(-self.total_env_steps // vector_step),
+            vector_steps_per_train=max(1, round(self.train_every / vector_step)),
+            global_steps_per_vector_step=vector_step,
+        )
+
+    # ---- construction
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], source: str = "config") -> "Config":
+        """Validate a mapping; any problem becomes a one-line UserError naming the field."""
+        if not isinstance(data, dict):
+            raise UserError(f"{source}: expected a mapping of keys to values, got {type(data).__name__}")
+        try:
+            return cls(**data)
+        except ValidationError as exc:
+            raise UserError(f"{source}: {_one_line(exc)}") from None
+        except TypeError as exc:  # e.g. non-string keys
+            raise UserError(f"{source}: {exc}") from None
+
+    @classmethod
+    def from_yaml(cls, path: str | os.PathLike, overrides: list[str] | tuple[str, ...] = ()) -> "Config":
+        """Read a YAML file and apply ``key=value`` overrides (values parsed as YAML)."""
+        path = Path(path)
+        if not path.is_file():
+            raise UserError(f"config file not found: {path}")
+        try:
+            data = yaml.safe_load(path.read_text())
+        except yaml.YAMLError as exc:
+            mark = getattr(exc, "problem_mark", None)
+            where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+            raise UserError(f"{path}: malformed YAML{where}: {getattr(exc, 'problem', exc)}") from None
+        except (OSError, UnicodeDecodeError) as exc:
+            raise UserError(f"{path}: cannot read: {exc}") from None
+        data = {} if data is None else data
+        if not isinstance(data, dict):
+            raise UserError(f"{path}: expected a mapping of keys to values, got {type(data).__name__}")
+        return cls.from_dict({**data, **parse_overrides(overrides)}, source=str(path))
+
+    def to_dict(self) -> dict[str, Any]:
+        out = self.model_dump()
+        out["hidden_sizes"] = list(self.hidden_sizes)
+        return out
+
+    def replace(self, **changes: Any) -> "Config":
+        return Config.from_dict({**self.to_dict(), **changes})
+
+
+class PerRank(BaseModel):
+    """What each rank does, derived from a Config and the world size."""
+
+    model_config = ConfigDict(frozen=True)
+    batch_size: int
+    replay_capacity: int
+    vector_steps: int
+    vector_steps_per_train: int
+    global_steps_per_vector_step: int
+
+
+def parse_overrides(items: list[str] | tuple[str, ...]) -> dict[str, Any]:
+    """``["a=1", "b=[64, 64]"]`` -> ``{"a": 1, "b": [64, 64]}``; values are YAML scalars or lists."""
+    out: dict[str, Any] = {}
+    for item in items:
+        key, sep, raw = item.partition("=")
+        if not sep or not key.strip():
+            raise UserError(f"--set {item!r}: expected key=value")
+        try:
+            out[key.strip()] = yaml.safe_load(raw) if raw.strip() else None
+        except yaml.YAMLError:
+            raise UserError(f"--set {item!r}: the value is not valid YAML") from None
+    return out
+
+
+def _one_line(exc: ValidationError) -> str:
+    parts = []
+    for err in exc.errors():
+        field = ".".join(str(p) for p in err["loc"]) or "config"
+        msg = err["msg"].removeprefix("Value error, ")
+        if err["type"] == "extra_forbidden":
+            msg = "unknown key"
+        elif err["type"] == "missing":
+            msg = "required key is missing"
+        elif "input" in err and err["type"] not in ("value_error",):
+            msg = f"{msg} (got {err['input']!r})"
+        parts.append(f"{field}: {msg}")
+    return "; ".join(parts)

@@ -1,0 +1,133 @@
+"""Every Horovod call of the package lives here: init and device pinning, broadcasts, the gradient allreduce,
+gathers for metrics and checksums, and ending the whole job when one rank fails.
+
+Other modules ask this one; none imports horovod.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+import sys
+import traceback
+from dataclasses import dataclass
+
+import numpy as np
+import tensorflow as tf
+
+
+@dataclass(frozen=True)
+class World:
+    rank: int
+    size: int
+    local_rank: int
+    local_size: int
+
+    @property
+    def is_chief(self) -> bool:
+        return self.rank == 0
+
+
+_world: World | None = None
+
+
+def _hvd():
+    import horovod.tensorflow as hvd  # imported on first use: importing hvd_dqn must not start Horovod
+
+    return hvd
+
+
+def init() -> World:
+    """Start Horovod (idempotent), pin this process to one GPU if there are any, and size TF's thread pools."""
+    global _world
+    hvd = _hvd()
+    hvd.init()  # Horovod: picks up the ranks from horovodrun, mpirun or srun; a plain process is rank 0 of 1.
+    world = World(hvd.rank(), hvd.size(), hvd.local_rank(), hvd.local_size())
+    if _world is None:
+        _configure_devices(world)
+    _world = world
+    return world
+
+
+def _configure_devices(world: World) -> None:
+    gpus = tf.config.list_physical_devices("GPU")
+    try:
+        if gpus:
+            # One process per GPU. Under SLURM with --gpus-per-task=1 each process sees a single GPU, hence modulo.
+            gpu = gpus[world.local_rank % len(gpus)]
+            tf.config.set_visible_devices(gpu, "GPU")
+            tf.config.experimental.set_memory_growth(gpu, True)
+        # Ranks sharing a host share its cores; more threads than cores per rank only adds contention.
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+        threads = max(1, cores // world.local_size) if world.local_size > 1 else 0  # 0 = TF's own choice
+        tf.config.threading.set_intra_op_parallelism_threads(threads)
+        tf.config.threading.set_inter_op_parallelism_threads(min(2, threads) if threads else 0)
+    except RuntimeError:
+        pass  # the embedding program already started TensorFlow's runtime; its settings stand
+
+
+def world() -> World:
+    if _world is None:
+        raise RuntimeError("hvd_dqn.distributed.init() has not been called")
+    return _world
+
+
+def average_gradients(grads):
+    """Horovod: average ``grads`` over all ranks with one fused ring-allreduce, the same collective that
+    DistributedGradientTape runs. Called explicitly (not through ``optimizer.apply_gradients`` on a
+    DistributedOptimizer, which in a custom loop does NO allreduce and lets replicas drift: see STACK.md)."""
+    hvd = _hvd()
+    return hvd.grouped_allreduce(list(grads), op=hvd.Average)
+
+
+def broadcast_variables(variables, root_rank: int = 0) -> None:
+    """Horovod: overwrite ``variables`` on every rank with root_rank's values."""
+    if world().size > 1:
+        _hvd().broadcast_variables(list(variables), root_rank=root_rank)
+
+
+def broadcast_object(obj, root_rank: int = 0):
+    """Rank root_rank's ``obj`` on every rank (small values: names, flags)."""
+    if world().size == 1:
+        return obj
+    return _hvd().broadcast_object(obj, root_rank=root_rank)
+
+
+def allgather(values: np.ndarray) -> np.ndarray:
+    """Concatenate every rank's ``values`` (first dims may differ) in rank order."""
+    values = np.asarray(values)
+    if world().size == 1:
+        return values
+    return _hvd().allgather(tf.convert_to_tensor(values)).numpy()
+
+
+def allreduce_sum(values: np.ndarray) -> np.ndarray:
+    values = np.asarray(values, dtype=np.float64)
+    if world().size == 1:
+        return values
+    return _hvd().allreduce(tf.convert_to_tensor(values), op=_hvd().Sum).numpy()
+
+
+def weights_checksum(variables) -> str:
+    """A hash of the exact bytes of ``variables``: equal on two ranks iff their weights are bit-identical."""
+    digest = hashlib.sha256()
+    for v in variables:
+        digest.update(np.ascontiguousarray(v.numpy()).tobytes())
+    return digest.hexdigest()[:16]
+
+
+def gather_checksums(variables) -> list[str]:
+    """Each rank's weights checksum, in rank order (a collective: every rank must call it)."""
+    mine = np.frombuffer(bytes.fromhex(weights_checksum(variables)), dtype=np.uint8)
+    gathered = allgather(mine[None, :])
+    return [row.tobytes().hex() for row in gathered]
+
+
+def abort_job(exc: BaseException, *, show_traceback: bool = True) -> None:
+    """End this process at once so the launcher tears the whole job down instead of the other ranks
+    waiting forever in their next collective (Gloo has no stall shutdown). Never returns."""
+    rank = f"rank {_world.rank}" if _world else "rank ?"
+    if show_traceback:
+        traceback.print_exception(exc, file=sys.stderr)
+    print(f"hvd-dqn: {rank} failed: {type(exc).__name__}: {exc}; ending the job", file=sys.stderr, flush=True)
+    sys.stdout.flush()
+    os._exit(1)

@@ -1,0 +1,62 @@
+"""Greedy evaluation: N seeded episodes, split across ranks, run side by side with one batched forward per step."""
+from __future__ import annotations
+
+from typing import Callable
+
+import numpy as np
+
+from hvd_dqn.actor import epsilon_greedy
+from hvd_dqn.envs import env_seeds, make_env
+
+EVAL_STREAM = 1  # seed stream of evaluation episodes, apart from the training envs' stream 0
+
+
+def my_episodes(n_episodes: int, rank: int, world_size: int) -> list[int]:
+    """The episode indices this rank plays: round-robin over ranks, so N ranks share the work evenly."""
+    return list(range(rank, n_episodes, world_size))
+
+
+def run_episodes(env_id: str, q_fn: Callable[[np.ndarray], np.ndarray], seeds: list[int],
+                 epsilon: float = 0.0, rng: np.random.Generator | None = None, envs=None) -> np.ndarray:
+    """Play one episode per seed, all at once; return their undiscounted returns in seed order."""
+    if not seeds:
+        return np.zeros(0, np.float64)
+    envs = envs if envs is not None else [make_env(env_id) for _ in seeds]
+    rng = rng if rng is not None else np.random.default_rng(seeds[0])
+    obs = np.stack([env.reset(seed=s)[0] for env, s in zip(envs, seeds)])
+    returns = np.zeros(len(seeds), np.float64)
+    alive = np.ones(len(seeds), bool)
+    while alive.any():
+        idx = np.flatnonzero(alive)
+        actions = epsilon_greedy(q_fn(obs[idx]), epsilon, rng)
+        for i, a in zip(idx, actions):
+            o, r, terminated, truncated, _ = envs[i].step(int(a))
+            returns[i] += r
+            obs[i] = o
+            if terminated or truncated:
+                alive[i] = False
+    return returns
+
+
+class Evaluator:
+    """Keeps this rank's evaluation envs between evaluations; the k-th evaluation uses fresh, known seeds."""
+
+    def __init__(self, env_id: str, n_episodes: int, seed: int, rank: int, world_size: int, epsilon: float = 0.0):
+        self.env_id, self.epsilon, self.seed = env_id, epsilon, seed
+        self.episodes = my_episodes(n_episodes, rank, world_size)
+        self.envs = [make_env(env_id) for _ in self.episodes]
+        self.count = 0
+
+    def __call__(self, q_fn: Callable[[np.ndarray], np.ndarray]) -> np.ndarray:
+        """This rank's returns for the next evaluation."""
+        all_seeds = env_seeds(self.seed, self.count, max(self.episodes, default=0) + 1, stream=EVAL_STREAM)
+        seeds = [all_seeds[i] for i in self.episodes]
+        rng = np.random.default_rng([self.seed, self.count, EVAL_STREAM])
+        self.count += 1
+        return run_episodes(self.env_id, q_fn, seeds, self.epsilon, rng, envs=self.envs)
+
+
+def summarize(returns: np.ndarray) -> dict[str, float]:
+    return {"eval_return_mean": float(np.mean(returns)), "eval_return_std": float(np.std(returns)),
+            "eval_return_min": float(np.min(returns)), "eval_return_max": float(np.max(returns)),
+            "eval_episodes": int(len(returns))}

@@ -1,0 +1,91 @@
+"""This rank's replay shard: a preallocated NumPy ring buffer of transitions.
+
+``terminated`` (the episode really ended: no bootstrap) is kept apart from ``truncated`` (a time limit cut the
+episode: the next state's value still counts).
+"""
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import numpy as np
+import psutil
+
+from hvd_dqn.errors import UserError
+
+
+class Batch(NamedTuple):
+    """Transitions, each array with leading dims (..., batch)."""
+
+    obs: np.ndarray
+    action: np.ndarray
+    reward: np.ndarray
+    next_obs: np.ndarray
+    terminated: np.ndarray
+    truncated: np.ndarray
+
+
+class ReplayBuffer:
+    def __init__(self, capacity: int, obs_shape: tuple[int, ...], obs_dtype=np.float32, memory_fraction: float = 0.9):
+        self.capacity = int(capacity)
+        columns = {
+            "obs": ((self.capacity, *obs_shape), obs_dtype),
+            "next_obs": ((self.capacity, *obs_shape), obs_dtype),
+            "action": ((self.capacity,), np.int32),
+            "reward": ((self.capacity,), np.float32),
+            "terminated": ((self.capacity,), np.bool_),
+            "truncated": ((self.capacity,), np.bool_),
+        }
+        need = sum(int(np.prod(shape)) * np.dtype(dtype).itemsize for shape, dtype in columns.values())
+        available = psutil.virtual_memory().available
+        if need > memory_fraction * available:
+            raise UserError(
+                f"replay: {self.capacity} transitions need {need / 2**30:.2f} GiB per rank but only "
+                f"{available / 2**30:.2f} GiB is available; lower replay_capacity or use more ranks")
+        self._data = {name: np.zeros(shape, dtype) for name, (shape, dtype) in columns.items()}
+        self.nbytes = need
+        self.pos = 0  # next slot to write
+        self.size = 0
+
+    def __len__(self) -> int:
+        return self.size
+
+    def add(self, obs, action, reward, next_obs, terminated, truncated) -> None:
+        """Add a batch of transitions (leading dim = number of envs), wrapping around when full."""
+        n = len(action)
+        idx = (self.pos + np.arange(n)) % self.capacity
+        d = self._data
+        d["obs"][idx] = obs
+        d["next_obs"][idx] = next_obs
+        d["action"][idx] = action
+        d["reward"][idx] = reward
+        d["terminated"][idx] = terminated
+        d["truncated"][idx] = truncated
+        self.pos = int((self.pos + n) % self.capacity)
+        self.size = min(self.size + n, self.capacity)
+
+    def sample(self, rng: np.random.Generator, shape: tuple[int, ...]) -> Batch:
+        """Uniform sample with replacement; ``shape`` = (updates, batch) gives one batch per update."""
+        if self.size == 0:
+            raise RuntimeError("sample from an empty replay buffer")
+        idx = rng.integers(0, self.size, size=shape)
+        return self.gather(idx)
+
+    def gather(self, idx: np.ndarray) -> Batch:
+        d = self._data
+        return Batch(d["obs"][idx], d["action"][idx], d["reward"][idx], d["next_obs"][idx],
+                     d["terminated"][idx], d["truncated"][idx])
+
+    # ---- checkpointing: plain arrays, no pickle
+    def state_dict(self) -> dict[str, np.ndarray]:
+        state = {name: arr[: self.size] if self.size < self.capacity else arr for name, arr in self._data.items()}
+        state["pos"] = np.asarray(self.pos)
+        state["size"] = np.asarray(self.size)
+        return state
+
+    def load_state_dict(self, state: dict[str, np.ndarray]) -> None:
+        size = int(state["size"])
+        if size > self.capacity:
+            raise UserError(f"replay: checkpoint holds {size} transitions, more than this rank's capacity {self.capacity}")
+        for name, arr in self._data.items():
+            arr[:size] = state[name][:size]
+        self.size, self.pos = size, int(state["pos"]) % self.capacity

@@ -1,0 +1,38 @@
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+
+def run_env(**extra) -> dict:
+    """Environment for child processes: this checkout first on the path (works from a git worktree too)."""
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join([str(ROOT), env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
+    env["PATH"] = os.pathsep.join([str(BIN), env.get("PATH", "")])
+    env.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    env.pop("HVD_DQN_FAULT", None)
+    env.update({k: str(v) for k, v in extra.items()})
+    return env
+
+
+def run(cmd, timeout=300, **env_extra) -> subprocess.CompletedProcess:
+    return subprocess.run([str(c) for c in cmd], capture_output=True, text=True, timeout=timeout,
+                          env=run_env(**env_extra), cwd=ROOT)
+
+
+@pytest.fixture
+def tiny_cartpole(tmp_path):
+    """A CartPole config small enough for seconds, big enough for several learning phases."""
+    cfg = tmp_path / "tiny.yaml"
+    cfg.write_text("\n".join([
+        "env_id: CartPole-v1", "total_env_steps: 3000", "hidden_sizes: [32, 32]", "learning_starts: 500",
+        "train_every: 200", "updates_per_train: 20", "target_update_every: 50", "eval_every: 1500",
+        "eval_episodes: 10", "log_every: 1000", "batch_size: 32", "replay_capacity: 5000",
+    ]) + "\n")
+    return cfg

@@ -1,0 +1,67 @@
+import sys
+
+import pytest
+
+from conftest import run
+from hvd_dqn.config import Config
+from hvd_dqn.errors import UserError
+
+GOOD = "env_id: CartPole-v1\ntotal_env_steps: 1000\n"
+
+
+def test_yaml_and_overrides(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text(GOOD + "hidden_sizes: [8, 8]\n")
+    cfg = Config.from_yaml(path, ["seed=3", "learning_rate=0.01", "hidden_sizes=[4]"])
+    assert (cfg.seed, cfg.learning_rate, cfg.hidden_sizes, cfg.total_env_steps) == (3, 0.01, (4,), 1000)
+    with pytest.raises(Exception):
+        cfg.seed = 4  # frozen
+
+
+def test_per_rank_split():
+    cfg = Config(env_id="CartPole-v1", batch_size=64, replay_capacity=1001, total_env_steps=1000, num_envs=2,
+                 train_every=256)
+    per = cfg.per_rank(2)
+    assert (per.batch_size, per.replay_capacity, per.vector_steps, per.vector_steps_per_train) == (32, 501, 250, 64)
+    with pytest.raises(UserError, match="batch_size 64 is not divisible by the 3 ranks"):
+        cfg.per_rank(3)
+
+
+@pytest.mark.parametrize("data, message", [
+    ({"env_id": "CartPole-v1", "bogus": 1}, "bogus: unknown key"),
+    ({"env_id": "CartPole-v1", "seed": "abc"}, "seed: Input should be a valid integer"),
+    ({"env_id": "CartPole-v1", "gamma": 1.5}, "gamma: Input should be less than or equal to 1"),
+    ({"env_id": "CartPole-v1", "total_env_steps": 0}, "total_env_steps: Input should be greater than 0"),
+    ({"env_id": "CartPole-v1", "double_dqn": "yes"}, "double_dqn: Input should be a valid boolean"),
+    ({"env_id": "CartPole-v1", "hidden_sizes": [64, 0]}, "hidden_sizes: must be a non-empty list"),
+    ({"env_id": "NoSuchEnv-v0"}, "env_id: unknown gymnasium env id 'NoSuchEnv-v0'"),
+    ({"seed": 1}, "env_id: required key is missing"),
+    ({"env_id": "CartPole-v1", "eps_start": 0.1, "eps_end": 0.5}, "eps_end must not exceed eps_start"),
+])
+def test_bad_values_name_the_field(data, message):
+    with pytest.raises(UserError) as err:
+        Config.from_dict(data)
+    assert message in str(err.value)
+    assert "\n" not in str(err.value)
+
+
+@pytest.mark.parametrize("content, args, message", [
+    (GOOD + "bogus_key: 3\n", [], "bogus_key: unknown key"),
+    (GOOD + "learning_rate: fast\n", [], "learning_rate: Input should be a valid number"),
+    (GOOD, ["--set", "batch_size=-4"], "batch_size: Input should be greater than or equal to 1"),
+    (GOOD, ["--set", "nonsense"], "--set 'nonsense': expected key=value"),
+    ("env_id: Nope-v9\n", [], "unknown gymnasium env id 'Nope-v9'"),
+    ("env_id: [CartPole\n", [], "malformed YAML at line"),
+    ("- just\n- a list\n", [], "expected a mapping"),
+    (None, [], "config file not found"),
+])
+def test_cli_config_errors_are_one_line_exit_2(tmp_path, content, args, message):
+    path = tmp_path / "c.yaml"
+    if content is not None:
+        path.write_text(content)
+    proc = run([sys.executable, "-m", "hvd_dqn.cli", "train", "--config", path, *args], timeout=120)
+    assert proc.returncode == 2, proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1, proc.stderr
+    assert message in lines[0] and lines[0].startswith("hvd-dqn: error:")
+    assert "Traceback" not in proc.stderr + proc.stdout

@@ -1,0 +1,57 @@
+import numpy as np
+import pytest
+
+from hvd_dqn import distributed
+from hvd_dqn.config import Config
+from hvd_dqn.learner import Learner
+from hvd_dqn.replay import ReplayBuffer
+
+
+@pytest.fixture(scope="module")
+def replay():
+    distributed.init()
+    rng = np.random.default_rng(0)
+    rb = ReplayBuffer(200, (4,))
+    rb.add(rng.normal(size=(200, 4)).astype(np.float32), rng.integers(0, 2, 200), rng.normal(size=200),
+           rng.normal(size=(200, 4)).astype(np.float32), rng.random(200) < 0.1, np.zeros(200, bool))
+    return rb
+
+
+def _weights(model):
+    return [v.numpy().copy() for v in model.variables]
+
+
+def _max_change(before, model):
+    return max(float(np.abs(a - b.numpy()).max()) for a, b in zip(before, model.variables))
+
+
+def test_learning_rate_schedule_reaches_the_optimizer(replay):
+    rng = np.random.default_rng(1)
+    learner = Learner(Config(env_id="CartPole-v1", hidden_sizes=(8,)), 4, 2, 1)
+    before = _weights(learner.online)
+    learner.train_phase(replay.sample(rng, (3, 16)), 0.0)
+    assert _max_change(before, learner.online) == 0.0
+    stats = learner.train_phase(replay.sample(rng, (3, 16)), 1e-2)
+    assert _max_change(before, learner.online) > 1e-3
+    assert learner.updates == 6 and np.isfinite(stats["td_loss"])
+
+
+def test_target_moves_only_on_sync(replay):
+    rng = np.random.default_rng(2)
+    learner = Learner(Config(env_id="CartPole-v1", hidden_sizes=(8,)), 4, 2, 1)
+    learner.broadcast_initial_weights()
+    target_before = _weights(learner.target)
+    learner.train_phase(replay.sample(rng, (4, 16)), 1e-2)
+    assert _max_change(target_before, learner.target) == 0.0
+    learner.sync_target()
+    for t, o in zip(learner.target.variables, learner.online.variables):
+        np.testing.assert_array_equal(t.numpy(), o.numpy())
+
+
+def test_non_finite_loss_stops_with_the_update_range(replay):
+    rng = np.random.default_rng(3)
+    learner = Learner(Config(env_id="CartPole-v1", hidden_sizes=(8,)), 4, 2, 1)
+    batch = replay.sample(rng, (2, 16))
+    batch.reward[1, 0] = np.nan
+    with pytest.raises(FloatingPointError, match=r"updates 1\.\.2"):
+        learner.train_phase(batch, 1e-3)

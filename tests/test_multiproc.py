@@ -1,0 +1,60 @@
+"""Multi-process behaviour under `horovodrun -np 2`, for real."""
+import json
+import sys
+import time
+
+import pytest
+
+from conftest import BIN, ROOT, run
+
+pytestmark = pytest.mark.multiproc
+HOROVODRUN = str(BIN / "horovodrun")
+
+
+@pytest.mark.parametrize("controller", ["--gloo", "--mpi"])
+def test_replicas_stay_bit_identical_with_different_data(controller):
+    proc = run([HOROVODRUN, "-np", "2", controller, sys.executable, ROOT / "tests" / "mp_replicas.py"], timeout=300)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    line = next(l for l in proc.stdout.splitlines() if "RESULT " in l)
+    result, _ = json.JSONDecoder().raw_decode(line.split("RESULT ", 1)[1])  # mpirun may append its tag
+    synced, local = result["synced"], result["local_only"]
+    assert synced["updates"] == 24
+    for key in ("start", "end", "target", "adam"):
+        assert len(synced[key]) == 2 and synced[key][0] == synced[key][1], (key, synced)
+    assert synced["start"] != synced["end"]  # training did change the weights
+    # the control: same start, no allreduce, different data -> the replicas drift
+    assert local["start"][0] == local["start"][1]
+    assert local["end"][0] != local["end"][1]
+
+
+def test_cli_two_ranks_trains_in_lockstep(tiny_cartpole, tmp_path):
+    run_dir = tmp_path / "run"
+    proc = run([HOROVODRUN, "-np", "2", "--gloo", BIN / "hvd-dqn", "train", "--config", tiny_cartpole,
+                "--run-dir", run_dir], timeout=300)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["world_size"] == 2
+    assert summary["updates"] > 0 and summary["env_steps"] >= 3000
+    assert len(summary["replica_checksums"]) == 2
+    assert summary["replica_checksums"][0] == summary["replica_checksums"][1]
+    rows = [json.loads(l) for l in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert [r["env_steps"] for r in rows] == sorted(r["env_steps"] for r in rows)
+    evals = [r for r in rows if "eval_return_mean" in r]
+    assert evals and all(r["eval_episodes"] == 10 for r in evals)
+
+
+@pytest.mark.parametrize("controller", ["--gloo", "--mpi"])
+def test_a_failing_rank_ends_the_job(tiny_cartpole, tmp_path, controller):
+    """Rank 1 raises mid-training while rank 0 waits in a collective: the job must end, non-zero, in < 60 s."""
+    tiny = tiny_cartpole.read_text().replace("total_env_steps: 3000", "total_env_steps: 200000")
+    cfg = tmp_path / "long.yaml"
+    cfg.write_text(tiny)
+    t0 = time.monotonic()
+    proc = run([HOROVODRUN, "-np", "2", controller, BIN / "hvd-dqn", "train", "--config", cfg,
+                "--run-dir", tmp_path / "run"], timeout=240, HVD_DQN_FAULT="1:2000")
+    elapsed = time.monotonic() - t0
+    output = proc.stdout + proc.stderr
+    assert proc.returncode != 0, output
+    assert "injected fault at global env step" in output
+    assert "rank 1 failed" in output
+    assert elapsed < 60 + 20, elapsed  # 60 s after the fault, plus start-up of TensorFlow in both ranks
