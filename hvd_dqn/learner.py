@@ -14,7 +14,7 @@ import tf_keras as keras
 
 from hvd_dqn import distributed, losses
 from hvd_dqn.config import Config
-from hvd_dqn.networks import build_mlp, mlp_params
+from hvd_dqn.networks import build_mlp, mlp_forward, mlp_params
 from hvd_dqn.replay import Batch
 
 
@@ -108,8 +108,11 @@ class Learner:
             t.assign(o)
         distributed.broadcast_variables(self.target.variables, root_rank=0)
 
-    def acting_params(self):
-        return mlp_params(self.online)
+    def acting_fn(self):
+        """obs batch -> Q-values, for acting between learning phases. For the MLP a NumPy forward pass from a
+        snapshot of the weights: a TF call's fixed overhead would cost more than the arithmetic."""
+        params = mlp_params(self.online)
+        return lambda obs: mlp_forward(params, obs)
 
     def q_values(self, obs: np.ndarray) -> np.ndarray:
         return self.online(tf.constant(obs, tf.float32), training=False).numpy()

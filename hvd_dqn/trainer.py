@@ -8,12 +8,13 @@ from __future__ import annotations
 
 import os
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from hvd_dqn import distributed
+from hvd_dqn import checkpoint, distributed
 from hvd_dqn.actor import epsilon_greedy, linear_epsilon
 from hvd_dqn.config import Config
 from hvd_dqn.envs import env_seeds, make_vector_env, reward_threshold, true_next_obs
@@ -21,11 +22,24 @@ from hvd_dqn.errors import UserError
 from hvd_dqn.evaluation import Evaluator, summarize
 from hvd_dqn.learner import Learner
 from hvd_dqn.metrics import RunLogger
-from hvd_dqn.networks import mlp_forward
 from hvd_dqn.replay import ReplayBuffer
-from hvd_dqn import checkpoint
 
 FAULT_ENV = "HVD_DQN_FAULT"  # "RANK:GLOBAL_STEP": raise on that rank at that step (failure-handling tests)
+
+
+@dataclass
+class LoopState:
+    """Everything the loop carries from one vector step to the next (besides networks, replay and envs)."""
+
+    vstep: int = 0  # vector steps done by this rank
+    env_steps: int = 0  # global env steps done by all ranks
+    since_sync: int = 0  # gradient updates since the last target sync
+    episode_return: np.ndarray | None = None  # running return of each env of this rank
+    finished_returns: list = field(default_factory=list)  # returns of episodes ended since the last log point
+    train_stats: dict = field(default_factory=dict)  # the last learning phase's loss and Q
+    last_eval: dict = field(default_factory=dict)
+    solved_env_steps: int | None = None
+    solved_wall_s: float | None = None
 
 
 class Trainer:
@@ -56,103 +70,124 @@ class Trainer:
     # ------------------------------------------------------------------ the loop
     def _train(self) -> dict[str, Any]:
         cfg, world = self.config, self.world
-        start = time.perf_counter()
-        per = cfg.per_rank(world.size)
-        run_dir = self._resolve_run_dir()
-        logger = RunLogger(run_dir, enabled=world.is_chief)
-        logger.write_json("config.json", {**cfg.to_dict(), "world_size": world.size})
-        threshold = cfg.reward_threshold if cfg.reward_threshold is not None else reward_threshold(cfg.env_id)
-        fault_step = _fault_step(world.rank)
+        self.start = time.perf_counter()
+        self.per = per = cfg.per_rank(world.size)
+        self.run_dir = self._resolve_run_dir()
+        self.logger = RunLogger(self.run_dir, enabled=world.is_chief)
+        self.logger.write_json("config.json", {**cfg.to_dict(), "world_size": world.size})
+        self.threshold = cfg.reward_threshold if cfg.reward_threshold is not None else reward_threshold(cfg.env_id)
+        self.fault_step = _fault_step(world.rank)
 
-        envs = make_vector_env(cfg.env_id, cfg.num_envs)
-        obs, _ = envs.reset(seed=env_seeds(cfg.seed, world.rank, cfg.num_envs))
-        obs_dim, n_actions = envs.single_observation_space.shape[0], int(envs.single_action_space.n)
-        rng = np.random.default_rng([cfg.seed, world.rank, 7])  # this rank's exploration and sampling
-        replay = ReplayBuffer(per.replay_capacity, (obs_dim,))
-        self.learner = learner = Learner(cfg, obs_dim, n_actions, world.size)
-        learner.broadcast_initial_weights()
-        params = learner.acting_params()
-        evaluator = Evaluator(cfg.env_id, cfg.eval_episodes, cfg.seed, world.rank, world.size, cfg.eval_epsilon)
+        self.envs = make_vector_env(cfg.env_id, cfg.num_envs)
+        self.obs, _ = self.envs.reset(seed=env_seeds(cfg.seed, world.rank, cfg.num_envs))
+        obs_shape = self.envs.single_observation_space.shape
+        n_actions = int(self.envs.single_action_space.n)
+        self.rng = np.random.default_rng([cfg.seed, world.rank, 7])  # this rank's exploration and sampling
+        self.replay = ReplayBuffer(per.replay_capacity, obs_shape)
+        self.learner = Learner(cfg, obs_shape[0], n_actions, world.size)
+        self.learner.broadcast_initial_weights()
+        self.act = self.learner.acting_fn()
+        self.evaluator = Evaluator(cfg.env_id, cfg.eval_episodes, cfg.seed, world.rank, world.size, cfg.eval_epsilon)
+        self.state = s = LoopState(episode_return=np.zeros(cfg.num_envs))
+        self._tick = (0, self.start, 0)
 
-        episode_return = np.zeros(cfg.num_envs)
-        finished_returns: list[float] = []
-        train_stats: dict[str, float] = {}
-        since_sync = 0
-        solved_steps = solved_wall = None
-        last_eval: dict[str, float] = {}
-        tick_steps, tick_time, tick_updates = 0, time.perf_counter(), 0
-        env_steps = 0
+        while s.vstep < per.vector_steps:
+            prev_steps = s.env_steps
+            s.vstep += 1
+            s.env_steps = s.vstep * per.global_steps_per_vector_step
+            final = s.vstep == per.vector_steps
+            self._collect()
+            if s.env_steps >= cfg.learning_starts and s.vstep % per.vector_steps_per_train == 0:
+                self._learn()
+            row = {}
+            if final or _crossed(prev_steps, s.env_steps, cfg.eval_every):
+                row.update(self._evaluate())
+            if final or row or _crossed(prev_steps, s.env_steps, cfg.log_every):
+                self._log(row)
+        return self._finish()
 
-        for vstep in range(1, per.vector_steps + 1):
-            # --- collect one step of every env of this rank
-            prev_steps, env_steps = env_steps, vstep * per.global_steps_per_vector_step
-            if fault_step is not None and env_steps >= fault_step:
-                raise RuntimeError(f"injected fault at global env step {env_steps} ({FAULT_ENV})")
-            eps = linear_epsilon(env_steps, cfg.eps_start, cfg.eps_end, cfg.eps_decay_fraction * cfg.total_env_steps)
-            actions = epsilon_greedy(mlp_forward(params, obs), eps, rng)
-            next_obs, reward, terminated, truncated, info = envs.step(actions)
-            done = terminated | truncated
-            replay.add(obs, actions, reward, true_next_obs(next_obs, done, info), terminated, truncated)
-            episode_return += reward
-            if done.any():
-                finished_returns.extend(episode_return[done].tolist())
-                episode_return[done] = 0.0
-            obs = next_obs
+    # ------------------------------------------------------------------ the phases
+    def _collect(self) -> None:
+        """One step of every env of this rank, epsilon-greedy, into the replay shard."""
+        cfg, s = self.config, self.state
+        if self.fault_step is not None and s.env_steps >= self.fault_step:
+            raise RuntimeError(f"injected fault at global env step {s.env_steps} ({FAULT_ENV})")
+        eps = self.epsilon()
+        actions = epsilon_greedy(self.act(self.obs), eps, self.rng)
+        next_obs, reward, terminated, truncated, info = self.envs.step(actions)
+        done = terminated | truncated
+        self.replay.add(self.obs, actions, reward, true_next_obs(next_obs, done, info), terminated, truncated)
+        s.episode_return += reward
+        if done.any():
+            s.finished_returns.extend(s.episode_return[done].tolist())
+            s.episode_return[done] = 0.0
+        self.obs = next_obs
 
-            # --- learn: a phase of updates every train_every global steps once learning_starts is reached
-            if env_steps >= cfg.learning_starts and vstep % per.vector_steps_per_train == 0:
-                lr = cfg.learning_rate * linear_epsilon(env_steps, 1.0, cfg.lr_final_fraction, cfg.total_env_steps)
-                remaining = cfg.updates_per_train
-                while remaining:  # split the phase at target-sync points
-                    k = min(remaining, cfg.target_update_every - since_sync)
-                    train_stats = learner.train_phase(replay.sample(rng, (k, per.batch_size)), lr)
-                    remaining -= k
-                    since_sync += k
-                    if since_sync == cfg.target_update_every:
-                        learner.sync_target()
-                        since_sync = 0
-                params = learner.acting_params()
+    def _learn(self) -> None:
+        """A phase of updates_per_train gradient updates, split where a target sync falls due."""
+        cfg, s = self.config, self.state
+        lr = cfg.learning_rate * linear_epsilon(s.env_steps, 1.0, cfg.lr_final_fraction, cfg.total_env_steps)
+        remaining = cfg.updates_per_train
+        while remaining:
+            k = min(remaining, cfg.target_update_every - s.since_sync)
+            s.train_stats = self.learner.train_phase(self.replay.sample(self.rng, (k, self.per.batch_size)), lr)
+            remaining -= k
+            s.since_sync += k
+            if s.since_sync == cfg.target_update_every:
+                self.learner.sync_target()
+                s.since_sync = 0
+        self.act = self.learner.acting_fn()
 
-            # --- evaluate and log at global step boundaries (the same vector step on every rank)
-            final = vstep == per.vector_steps
-            row = None
-            if final or env_steps // cfg.eval_every > prev_steps // cfg.eval_every:
-                returns = distributed.allgather(evaluator(lambda o: mlp_forward(params, o)))
-                last_eval = summarize(returns)
-                row = dict(last_eval)
-                if solved_steps is None and threshold is not None and last_eval["eval_return_mean"] >= threshold:
-                    solved_steps, solved_wall = env_steps, time.perf_counter() - start
-            if final or row is not None or env_steps // cfg.log_every > prev_steps // cfg.log_every:
-                now = time.perf_counter()
-                sums = distributed.allreduce_sum([sum(finished_returns), len(finished_returns)])
-                row = row or {}
-                row.update({
-                    "env_steps": env_steps, "wall_s": now - start, "updates": learner.updates,
-                    "charts/episodic_return": sums[0] / sums[1] if sums[1] else None,
-                    "charts/episodes": int(sums[1]), "charts/epsilon": eps,
-                    "losses/td_loss": train_stats.get("td_loss"), "losses/q_mean": train_stats.get("q_mean"),
-                    "perf/env_steps_per_s": (env_steps - tick_steps) / (now - tick_time),
-                    "perf/updates_per_s": (learner.updates - tick_updates) / (now - tick_time),
-                })
-                logger.log(row)
-                finished_returns.clear()
-                tick_steps, tick_time, tick_updates = env_steps, now, learner.updates
+    def _evaluate(self) -> dict[str, Any]:
+        """Greedy episodes, split across ranks and gathered on all (a collective)."""
+        s = self.state
+        s.last_eval = summarize(distributed.allgather(self.evaluator(self.act)))
+        if s.solved_env_steps is None and self.threshold is not None \
+                and s.last_eval["eval_return_mean"] >= self.threshold:
+            s.solved_env_steps, s.solved_wall_s = s.env_steps, time.perf_counter() - self.start
+        return dict(s.last_eval)
 
-        # --- the end: checksums of every replica, the final network, the summary
+    def _log(self, row: dict[str, Any]) -> None:
+        """A metrics row: training returns summed over ranks (a collective), losses and speeds."""
+        s, learner = self.state, self.learner
+        now = time.perf_counter()
+        tick_steps, tick_time, tick_updates = self._tick
+        sums = distributed.allreduce_sum([sum(s.finished_returns), len(s.finished_returns)])
+        row.update({
+            "env_steps": s.env_steps, "wall_s": now - self.start, "updates": learner.updates,
+            "charts/episodic_return": sums[0] / sums[1] if sums[1] else None,
+            "charts/episodes": int(sums[1]), "charts/epsilon": self.epsilon(),
+            "losses/td_loss": s.train_stats.get("td_loss"), "losses/q_mean": s.train_stats.get("q_mean"),
+            "perf/env_steps_per_s": (s.env_steps - tick_steps) / (now - tick_time),
+            "perf/updates_per_s": (learner.updates - tick_updates) / (now - tick_time),
+        })
+        self.logger.log(row)
+        s.finished_returns.clear()
+        self._tick = (s.env_steps, now, learner.updates)
+
+    def _finish(self) -> dict[str, Any]:
+        """Checksums of every replica (a collective), the final network and the summary."""
+        cfg, s, world = self.config, self.state, self.world
         checksums = distributed.gather_checksums(self.learner.online.variables)
-        wall = time.perf_counter() - start
         if world.is_chief:
-            checkpoint.save_keras_model(learner.online, run_dir / "q_network.keras")
+            checkpoint.save_keras_model(self.learner.online, self.run_dir / "q_network.keras")
         summary = {
-            "env_id": cfg.env_id, "world_size": world.size, "env_steps": env_steps, "updates": learner.updates,
-            "wall_s": wall, "final_eval_return_mean": last_eval.get("eval_return_mean"),
-            "reward_threshold": threshold, "solved_env_steps": solved_steps, "solved_wall_s": solved_wall,
-            "replica_checksums": checksums, "run_dir": str(run_dir),
+            "env_id": cfg.env_id, "world_size": world.size, "env_steps": s.env_steps,
+            "updates": self.learner.updates, "wall_s": time.perf_counter() - self.start,
+            "final_eval_return_mean": s.last_eval.get("eval_return_mean"), "reward_threshold": self.threshold,
+            "solved_env_steps": s.solved_env_steps, "solved_wall_s": s.solved_wall_s,
+            "replica_checksums": checksums, "run_dir": str(self.run_dir),
         }
-        logger.write_json("summary.json", summary)
-        logger.close()
-        envs.close()
+        self.logger.write_json("summary.json", summary)
+        self.logger.close()
+        self.envs.close()
         return summary
+
+    # ------------------------------------------------------------------ helpers
+    def epsilon(self) -> float:
+        cfg = self.config
+        return linear_epsilon(self.state.env_steps, cfg.eps_start, cfg.eps_end,
+                              cfg.eps_decay_fraction * cfg.total_env_steps)
 
     def _resolve_run_dir(self) -> Path:
         if self.run_dir is None:
@@ -164,6 +199,11 @@ class Trainer:
         except OSError as exc:
             raise UserError(f"run dir {self.run_dir}: cannot create it ({exc.strerror})") from None
         return self.run_dir
+
+
+def _crossed(before: int, after: int, every: int) -> bool:
+    """True when a multiple of ``every`` lies in (before, after]."""
+    return after // every > before // every
 
 
 def _fault_step(rank: int) -> int | None:
