@@ -52,14 +52,13 @@ class ReplayBuffer:
     def add(self, obs, action, reward, next_obs, terminated, truncated) -> None:
         """Add a batch of transitions (leading dim = number of envs), wrapping around when full."""
         n = len(action)
-        idx = (self.pos + np.arange(n)) % self.capacity
-        d = self._data
-        d["obs"][idx] = obs
-        d["next_obs"][idx] = next_obs
-        d["action"][idx] = action
-        d["reward"][idx] = reward
-        d["terminated"][idx] = terminated
-        d["truncated"][idx] = truncated
+        if self.pos + n <= self.capacity:  # the common case: one contiguous slice, no index array
+            idx = slice(self.pos, self.pos + n)
+        else:
+            idx = (self.pos + np.arange(n)) % self.capacity
+        for name, value in (("obs", obs), ("next_obs", next_obs), ("action", action), ("reward", reward),
+                            ("terminated", terminated), ("truncated", truncated)):
+            self._data[name][idx] = value
         self.pos = int((self.pos + n) % self.capacity)
         self.size = min(self.size + n, self.capacity)
 

@@ -7,6 +7,7 @@ makes exactly the same collective calls.
 from __future__ import annotations
 
 import os
+import resource
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -169,14 +170,17 @@ class Trainer:
         """Checksums of every replica (a collective), the final network and the summary."""
         cfg, s, world = self.config, self.state, self.world
         checksums = distributed.gather_checksums(self.learner.online.variables)
+        peak_rss_mb = distributed.allgather([_peak_rss_mb()]).tolist()
+        wall = time.perf_counter() - self.start
         if world.is_chief:
             checkpoint.save_keras_model(self.learner.online, self.run_dir / "q_network.keras")
         summary = {
             "env_id": cfg.env_id, "world_size": world.size, "env_steps": s.env_steps,
-            "updates": self.learner.updates, "wall_s": time.perf_counter() - self.start,
+            "updates": self.learner.updates, "wall_s": wall,
+            "env_steps_per_s": s.env_steps / wall, "updates_per_s": self.learner.updates / wall,
             "final_eval_return_mean": s.last_eval.get("eval_return_mean"), "reward_threshold": self.threshold,
             "solved_env_steps": s.solved_env_steps, "solved_wall_s": s.solved_wall_s,
-            "replica_checksums": checksums, "run_dir": str(self.run_dir),
+            "replica_checksums": checksums, "peak_rss_mb": peak_rss_mb, "run_dir": str(self.run_dir),
         }
         self.logger.write_json("summary.json", summary)
         self.logger.close()
@@ -199,6 +203,10 @@ class Trainer:
         except OSError as exc:
             raise UserError(f"run dir {self.run_dir}: cannot create it ({exc.strerror})") from None
         return self.run_dir
+
+
+def _peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # Linux reports KiB
 
 
 def _crossed(before: int, after: int, every: int) -> bool:

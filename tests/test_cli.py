@@ -1,0 +1,62 @@
+"""The CLI end to end on one rank: a short CartPole run that must reach gradient updates and write its outputs."""
+import json
+import sys
+
+import numpy as np
+import pytest
+
+from conftest import BIN, run
+
+NO_HOROVOD = "import sys\nraise ImportError('horovod is deliberately unavailable in this process')\n"
+
+
+def test_train_smoke_runs_updates_and_writes_outputs(tiny_cartpole, tmp_path):
+    run_dir = tmp_path / "run"
+    proc = run([BIN / "hvd-dqn", "train", "--config", tiny_cartpole, "--run-dir", run_dir, "--set", "seed=3"])
+    assert proc.returncode == 0, proc.stderr
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["world_size"] == 1 and summary["env_steps"] == 3000
+    # learning_starts 500, a phase of 20 updates every 200 steps: (3000 - 400) / 200 phases
+    assert summary["updates"] == 20 * 13
+    assert len(summary["replica_checksums"]) == 1 and summary["final_eval_return_mean"] > 0
+    assert summary["solved_env_steps"] is None or summary["solved_env_steps"] <= 3000
+    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert all({"env_steps", "wall_s"} <= row.keys() for row in rows)
+    assert [r["env_steps"] for r in rows if "eval_return_mean" in r] == [1500, 3000]
+    assert rows[-1]["updates"] == summary["updates"]
+    assert "hvd-dqn summary:" in proc.stdout
+    assert json.loads((run_dir / "config.json").read_text())["env_id"] == "CartPole-v1"
+
+    # the saved Q-network loads with plain tf_keras where horovod cannot even be imported
+    blocker = tmp_path / "blocker" / "horovod"
+    blocker.mkdir(parents=True)
+    (blocker / "__init__.py").write_text(NO_HOROVOD)
+    obs = np.array([[0.01, -0.02, 0.03, 0.04]], np.float32)
+    code = ("import tf_keras, numpy as np, sys\n"
+            "try:\n    import horovod\n    sys.exit('horovod imported')\nexcept ImportError:\n    pass\n"
+            f"m = tf_keras.models.load_model({str(run_dir / 'q_network.keras')!r})\n"
+            f"print('Q', m(np.array({obs.tolist()}, np.float32)).numpy().tolist())\n")
+    loaded = run([sys.executable, "-c", code], PYTHONPATH=str(tmp_path / "blocker"))
+    assert loaded.returncode == 0, loaded.stderr
+    q = json.loads(loaded.stdout.split("Q ", 1)[1])
+    assert np.array(q).shape == (1, 2) and np.isfinite(q).all()
+
+
+def test_run_dir_that_cannot_be_created_is_a_one_line_error(tiny_cartpole, tmp_path):
+    blocked = tmp_path / "file"
+    blocked.write_text("not a directory")
+    proc = run([BIN / "hvd-dqn", "train", "--config", tiny_cartpole, "--run-dir", blocked / "run"])
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines()[-1].startswith("hvd-dqn: error: run dir")
+    assert "Traceback" not in proc.stderr
+
+
+@pytest.mark.slow
+def test_default_cartpole_config_solves_and_stays_solved(tmp_path):
+    """The shipped config, seed 0, one rank: solved (greedy mean >= 475) within 50k steps and still at the end."""
+    run_dir = tmp_path / "run"
+    proc = run([BIN / "hvd-dqn", "train", "--config", "configs/cartpole.yaml", "--run-dir", run_dir], timeout=600)
+    assert proc.returncode == 0, proc.stderr
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["solved_env_steps"] is not None and summary["solved_env_steps"] <= 50_000, summary
+    assert summary["final_eval_return_mean"] >= 475, summary
