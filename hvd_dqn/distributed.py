@@ -122,7 +122,7 @@ def gather_checksums(variables) -> list[str]:
     return [row.tobytes().hex() for row in gathered]
 
 
-def abort_job(exc: BaseException, *, show_traceback: bool = True) -> None:
+def abort_job(exc: BaseException, *, show_traceback: bool = True, exit_code: int = 1) -> None:
     """End this process at once so the launcher tears the whole job down instead of the other ranks
     waiting forever in their next collective (Gloo has no stall shutdown). Never returns."""
     rank = f"rank {_world.rank}" if _world else "rank ?"
@@ -130,4 +130,4 @@ def abort_job(exc: BaseException, *, show_traceback: bool = True) -> None:
         traceback.print_exception(exc, file=sys.stderr)
     print(f"hvd-dqn: {rank} failed: {type(exc).__name__}: {exc}; ending the job", file=sys.stderr, flush=True)
     sys.stdout.flush()
-    os._exit(1)
+    os._exit(exit_code)

@@ -65,7 +65,8 @@ class Trainer:
         except BaseException as exc:
             if self.world.size > 1 and not isinstance(exc, KeyboardInterrupt):
                 # The other ranks are (or soon will be) blocked in a collective that this rank will never join.
-                distributed.abort_job(exc, show_traceback=not isinstance(exc, UserError))
+                user_error = isinstance(exc, UserError)
+                distributed.abort_job(exc, show_traceback=not user_error, exit_code=2 if user_error else 1)
             raise
 
     # ------------------------------------------------------------------ the loop
