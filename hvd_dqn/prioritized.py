@@ -83,11 +83,14 @@ class ReplayShard:
     """This rank's ring buffer plus a per-slot bootstrap discount (gamma^m for n-step transitions) and, when
     prioritized, a sum-tree of priorities. Uses only ReplayBuffer's public ``add``/``gather``/``pos``."""
 
-    def __init__(self, buffer: ReplayBuffer, gamma: float, prioritized: bool = False, alpha: float = 0.6,
+    def __init__(self, buffer: ReplayBuffer, discount: float, prioritized: bool = False, alpha: float = 0.6,
                  epsilon: float = 1e-6):
+        """``discount``: the bootstrap weight of a slot added without one (gamma^n, that of a full n-step
+        window, so a buffer restored from a checkpoint without discounts is right for all but truncated tails)."""
         self.buffer = buffer
         self.capacity = buffer.capacity
-        self.discount = np.full(self.capacity, gamma, np.float32)
+        self.discount = np.full(self.capacity, discount, np.float32)
+        self._tracked = 0  # slots 0.._tracked-1 have a priority (slots fill in order)
         self.tree = SumTree(self.capacity) if prioritized else None
         self.alpha, self.epsilon = alpha, epsilon
         self.max_priority = 1.0  # new transitions get the largest priority seen, so each is replayed soon
@@ -102,7 +105,9 @@ class ReplayShard:
         if discount is not None:
             self.discount[idx] = discount
         if self.tree is not None:
+            self._track_restored()
             self.tree.set(idx, self.max_priority ** self.alpha)
+            self._tracked = min(self.capacity, self._tracked + n)
 
     def sample(self, rng: np.random.Generator, shape: tuple[int, ...], beta: float = 1.0):
         """``(batch, discount, weights, idx)``: uniform with weights 1, or proportional to priority^alpha
@@ -110,6 +115,7 @@ class ReplayShard:
         size = len(self.buffer)
         if size == 0:
             raise RuntimeError("sample from an empty replay buffer")
+        self._track_restored()
         if self.tree is None:
             idx = rng.integers(0, size, size=shape)
             weights = np.ones(shape, np.float32)
@@ -126,14 +132,21 @@ class ReplayShard:
         self.max_priority = max(self.max_priority, float(p.max()))
         self.tree.set(np.asarray(idx).ravel(), p ** self.alpha)
 
+    def _track_restored(self) -> None:
+        """Slots filled behind this wrapper's back (the plain buffer restored from a checkpoint) get the max
+        priority, so they are sampled instead of sitting at priority 0."""
+        if self.tree is not None and self._tracked < len(self.buffer):
+            self.tree.set(np.arange(self._tracked, len(self.buffer)), self.max_priority ** self.alpha)
+            self._tracked = len(self.buffer)
+
     # the plain buffer's checkpoint state (priorities and n-step discounts are rebuilt, not saved)
     def state_dict(self) -> dict[str, np.ndarray]:
         return self.buffer.state_dict()
 
     def load_state_dict(self, state: dict[str, np.ndarray]) -> None:
         self.buffer.load_state_dict(state)
-        if self.tree is not None:
-            self.tree.set(np.arange(len(self.buffer)), self.max_priority ** self.alpha)
+        self._tracked = 0
+        self._track_restored()
 
 
 __all__ = ["Batch", "ReplayShard", "SumTree", "annealed_beta", "importance_weights"]

@@ -88,7 +88,7 @@ class Trainer:
         self.rng = np.random.default_rng([cfg.seed, world.rank, 7])  # this rank's exploration and sampling
         self.replay = ReplayBuffer(per.replay_capacity, obs_shape)
         # n-step discounts and priorities ride alongside the plain buffer (README "Algorithms")
-        self.shard = ReplayShard(self.replay, cfg.gamma, cfg.prioritized_replay, cfg.priority_alpha,
+        self.shard = ReplayShard(self.replay, cfg.gamma ** cfg.n_step, cfg.prioritized_replay, cfg.priority_alpha,
                                  cfg.priority_epsilon)
         self.nstep = NStepAccumulator(cfg.num_envs, cfg.n_step, cfg.gamma) if cfg.n_step > 1 else None
         self.learner = Learner(cfg, obs_shape[0], n_actions, world.size)

@@ -116,7 +116,7 @@ def test_sum_tree_updates_and_repeated_slots():
 
 
 def _shard(capacity, prioritized=True):
-    return ReplayShard(ReplayBuffer(capacity, (1,)), gamma=0.9, prioritized=prioritized, alpha=1.0, epsilon=0.0)
+    return ReplayShard(ReplayBuffer(capacity, (1,)), 0.9, prioritized=prioritized, alpha=1.0, epsilon=0.0)
 
 
 def _add(shard, values, discount=None):
@@ -143,6 +143,16 @@ def test_prioritized_replay_wraps_at_capacity():
     w = (4 * shard.tree.get(idx) / 7.5) ** -1.0
     np.testing.assert_allclose(weights, w / w.max(axis=-1, keepdims=True), rtol=1e-6)
     np.testing.assert_allclose(discount, 0.9)
+
+
+def test_a_buffer_restored_behind_the_shard_is_sampled():
+    """A checkpoint restore that fills the plain buffer directly must not leave its slots at priority 0."""
+    plain = _shard(8).buffer
+    _add(ReplayShard(plain, 0.9), [1, 2, 3])
+    shard = ReplayShard(ReplayBuffer(8, (1,)), 0.9, prioritized=True, alpha=1.0)
+    shard.buffer.load_state_dict(plain.state_dict())
+    batch, *_ = shard.sample(np.random.default_rng(0), (50, 8))
+    assert set(batch.reward.ravel().tolist()) == {1.0, 2.0, 3.0}
 
 
 def test_nstep_discount_stored_per_slot_and_uniform_weights():
