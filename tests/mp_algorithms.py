@@ -1,6 +1,6 @@
 """Run under horovodrun -np 2. (1) Federated averaging at the learner level: each round takes K local updates on
 rank-dependent data (replicas must differ), then averages (replicas must be bit-identical, and equal to the mean
-of the two pre-average replicas). (2) Each rank's Ape-X epsilons, gathered. (3) A short Trainer run with every
+of the two pre-average replicas). (2) Each rank's Ape-X epsilons, gathered; soft targets of a synchronous learner, gathered. (3) A short Trainer run with every
 component on, in federated mode, returning the summary (replicas equal at the end: the last update is an
 averaging)."""
 import json
@@ -40,6 +40,14 @@ for r in range(3):
     rounds.append({"before": before, "after": after,
                    "mean_error": float(np.abs(averaged - everyone.mean(axis=0)).max())})
 
+# soft targets in synchronous mode: the online weights are identical, so every rank's target must be too
+soft = Learner(Config(env_id="CartPole-v1", hidden_sizes=(16,), batch_size=16, target_tau=0.1), 4, 2, world.size)
+soft.broadcast_initial_weights()
+soft_start = distributed.gather_checksums(soft.target.variables)
+for _ in range(2):
+    soft.train_phase(replay.sample(rng, (3, 8)), 1e-2)
+soft_targets = {"start": soft_start, "end": distributed.gather_checksums(soft.target.variables)}
+
 eps = distributed.allgather(actor_epsilons(0.4, world.rank, world.size, 3, 7.0)[None, :])
 
 trainer_cfg = Config(env_id="CartPole-v1", total_env_steps=2400, hidden_sizes=(32, 32), learning_starts=400,
@@ -50,5 +58,6 @@ trainer_cfg = Config(env_id="CartPole-v1", total_env_steps=2400, hidden_sizes=(3
 run_dir = distributed.broadcast_object(tempfile.mkdtemp(prefix="mp-alg-"))
 summary = Trainer(trainer_cfg, run_dir=run_dir).train()
 if world.rank == 0:
-    print("RESULT " + json.dumps({"rounds": rounds, "eps": eps.tolist(), "summary": summary}))
+    print("RESULT " + json.dumps({"rounds": rounds, "eps": eps.tolist(), "summary": summary,
+                                 "soft_targets": soft_targets}))
 sys.stdout.flush()

@@ -1,4 +1,4 @@
-"""Federated averaging and per-rank exploration under `horovodrun -np 2`, for real (one job, ~30 s)."""
+"""Federated averaging, per-rank exploration and soft targets under `horovodrun -np 2`, for real (one job)."""
 import json
 import sys
 
@@ -35,6 +35,12 @@ def test_each_rank_and_env_gets_its_own_apex_epsilon(result):
     expected = 0.4 ** (1 + 7.0 * np.arange(6) / 5)
     np.testing.assert_allclose(eps.ravel(), expected, rtol=1e-12)
     assert len(np.unique(eps)) == 6
+
+
+def test_soft_targets_stay_identical_across_ranks_in_synchronous_mode(result):
+    soft = result["soft_targets"]
+    assert soft["end"][0] == soft["end"][1]
+    assert soft["start"][0] != soft["end"][0]  # the soft updates did move the target
 
 
 def test_trainer_with_every_component_in_federated_mode(result):
