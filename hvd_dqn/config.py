@@ -58,6 +58,29 @@ class Config(BaseModel):
     eps_decay_fraction: float = Field(
         0.1, gt=0, le=1.0, description="Fraction of total_env_steps over which epsilon decays.")
 
+    # --- algorithm components (README "Algorithms"); each off where the published DQN is the reference
+    dueling: bool = Field(False, description="Dueling Q-head: Q = V(s) + A(s, a) - mean_a A(s, a) (Wang et al. 2016).")
+    n_step: int = Field(
+        1, ge=1, le=100, description="Steps of real reward before bootstrapping (1 = one-step DQN); an episode "
+                                      "that terminates inside the n steps is not bootstrapped, a truncated one is.")
+    prioritized_replay: bool = Field(
+        False, description="Proportional prioritized replay on each rank's shard (Schaul et al. 2016).")
+    priority_alpha: float = Field(0.6, ge=0, le=1.0, description="Priority exponent: P(i) ~ |td_i|^alpha.")
+    priority_beta_start: float = Field(
+        0.4, ge=0, le=1.0, description="Importance-sampling exponent at the start, annealed linearly to 1.")
+    priority_epsilon: float = Field(1e-6, gt=0, description="Added to |td| so no transition's priority is 0.")
+    target_tau: Optional[float] = Field(
+        None, gt=0, le=1.0, description="Soft (Polyak) target update after every gradient update, "
+                                        "target <- tau * online + (1 - tau) * target; null = hard sync every "
+                                        "target_update_every updates.")
+    epsilon_spread: float = Field(
+        0.0, ge=0, description="Ape-X exploration: actor i of N (all envs of all ranks) uses eps^(1 + spread * "
+                               "i / (N - 1)) of the scheduled eps; 0 = every actor the same eps.")
+    federated_every: Optional[int] = Field(
+        None, ge=1, description="Federated averaging: each rank takes this many local updates on its own replay "
+                                "with NO gradient allreduce, then the ranks average their weights; null = "
+                                "synchronous data parallelism (gradients averaged at every update).")
+
     # --- evaluation and logging
     eval_every: int = Field(5_000, ge=1, description="Global env steps between greedy evaluations.")
     eval_episodes: int = Field(10, ge=1, description="Greedy episodes per evaluation, split across ranks.")
@@ -94,6 +117,10 @@ class Config(BaseModel):
             raise ValueError("eps_end must not exceed eps_start")
         if self.batch_size > self.replay_capacity:
             raise ValueError("batch_size must not exceed replay_capacity")
+        if self.federated_every is not None and self.target_tau is None \
+                and self.target_update_every % self.federated_every:
+            # a hard sync copies the online net: it must fall on an averaging, where every rank holds the same one
+            raise ValueError("target_update_every must be a multiple of federated_every")
         return self
 
     # ---- derived values (properties, not fields)

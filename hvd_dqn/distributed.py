@@ -79,6 +79,18 @@ def average_gradients(grads):
     return hvd.grouped_allreduce(list(grads), op=hvd.Average)
 
 
+def average_variables(variables) -> None:
+    """Horovod: replace ``variables`` on every rank by their mean over all ranks (federated averaging), with one
+    fused allreduce of the parameters. The ring-allreduce gives every rank the same bytes, so the replicas are
+    bit-identical afterwards."""
+    variables = list(variables)
+    if world().size == 1:
+        return
+    hvd = _hvd()
+    for var, mean in zip(variables, hvd.grouped_allreduce([v.read_value() for v in variables], op=hvd.Average)):
+        var.assign(mean)
+
+
 def broadcast_variables(variables, root_rank: int = 0) -> None:
     """Horovod: overwrite ``variables`` on every rank with root_rank's values."""
     if world().size > 1:

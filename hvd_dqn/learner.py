@@ -5,6 +5,12 @@ global norm -> Adam step. Running K updates inside one ``tf.function`` (a ``tf.w
 minibatches) pays TensorFlow's per-call overhead once per phase instead of once per update. On one rank the whole
 phase is XLA-compiled; on several, XLA compiles the loss-and-gradient and the optimizer step, and the allreduce
 runs between them (Horovod's ops have no XLA kernels).
+
+Algorithm options (README "Algorithms"): a dueling head; per-sample bootstrap discounts (gamma^m of n-step
+transitions) and importance-sampling weights in, per-sample |TD error| out (for prioritized replay); soft
+(Polyak) target updates after every update; and federated averaging, where an update has NO collective (each rank
+steps on its own data, so even several ranks run the phase XLA-compiled) and ``average_weights`` is called every
+``federated_every`` updates.
 """
 from __future__ import annotations
 
@@ -21,71 +27,87 @@ from hvd_dqn.replay import Batch
 class Learner:
     def __init__(self, config: Config, obs_dim: int, n_actions: int, world_size: int):
         self.config = config
-        self.online = build_mlp(obs_dim, n_actions, config.hidden_sizes, seed=config.seed, name="q_network")
-        self.target = build_mlp(obs_dim, n_actions, config.hidden_sizes, seed=config.seed, name="target_network")
+        self.online = build_mlp(obs_dim, n_actions, config.hidden_sizes, seed=config.seed, name="q_network",
+                                dueling=config.dueling)
+        self.target = build_mlp(obs_dim, n_actions, config.hidden_sizes, seed=config.seed, name="target_network",
+                                dueling=config.dueling)
         self.optimizer = keras.optimizers.Adam(learning_rate=config.learning_rate, epsilon=config.adam_epsilon)
         self.updates = 0  # gradient updates done, identical on every rank
-        self._gamma = tf.constant(config.gamma, tf.float32)
         self._multi = world_size > 1
-        self._phase = tf.function(self._phase_loop, jit_compile=not self._multi, reduce_retracing=True)
-        if self._multi:
+        self._federated = config.federated_every is not None
+        self._allreduce = self._multi and not self._federated  # an update runs a collective
+        self._phase = tf.function(self._phase_loop, jit_compile=not self._allreduce, reduce_retracing=True)
+        self.last_td_abs = None  # |TD error| of every sample of the last phase, shape (K, B)
+        if self._allreduce:
             self._grads = tf.function(self._loss_and_grads, jit_compile=True, reduce_retracing=True)
             self._apply = tf.function(self._clip_and_apply, jit_compile=True, reduce_retracing=True)
         self._optimizer_synced = False
 
     # ---- the math of one update
-    def _loss_and_grads(self, obs, action, reward, next_obs, terminated):
+    def _loss_and_grads(self, obs, action, reward, next_obs, terminated, discount, weights):
         cfg = self.config
         next_q_target = self.target(next_obs, training=False)
         next_q_online = self.online(next_obs, training=False) if cfg.double_dqn else None
-        target = tf.stop_gradient(losses.td_target(reward, terminated, next_q_target, self._gamma, next_q_online))
+        target = tf.stop_gradient(losses.td_target(reward, terminated, next_q_target, discount, next_q_online))
         with tf.GradientTape() as tape:
             q = self.online(obs, training=True)
             q_taken = losses.q_of_actions(q, action)
-            loss = tf.reduce_mean(losses.huber(q_taken - target, cfg.huber_delta))
+            loss = losses.weighted_huber_loss(q_taken - target, weights, cfg.huber_delta)
         grads = tape.gradient(loss, self.online.trainable_variables)
-        return loss, tf.reduce_mean(q_taken), grads
+        return loss, tf.reduce_mean(q_taken), tf.abs(q_taken - target), grads
 
     def _clip_and_apply(self, grads):
-        if self.config.max_grad_norm is not None:
-            grads, _ = tf.clip_by_global_norm(grads, self.config.max_grad_norm)
+        cfg = self.config
+        if cfg.max_grad_norm is not None:
+            grads, _ = tf.clip_by_global_norm(grads, cfg.max_grad_norm)
         self.optimizer.apply_gradients(zip(grads, self.online.trainable_variables))
+        if cfg.target_tau is not None:  # same online weights on every rank -> the same target on every rank
+            for t, o in zip(self.target.trainable_variables, self.online.trainable_variables):
+                t.assign(losses.soft_update(t, o, cfg.target_tau))
 
-    def _update(self, obs, action, reward, next_obs, terminated):
-        if not self._multi:
-            loss, q_mean, grads = self._loss_and_grads(obs, action, reward, next_obs, terminated)
+    def _update(self, *batch):
+        if not self._allreduce:
+            loss, q_mean, td_abs, grads = self._loss_and_grads(*batch)
+            self._clip_and_apply(grads)
         else:
-            loss, q_mean, grads = self._grads(obs, action, reward, next_obs, terminated)
+            loss, q_mean, td_abs, grads = self._grads(*batch)
             # Horovod: the one collective of an update, the ring-allreduce averaging the gradients.
             grads = distributed.average_gradients(grads)
-        if self._multi:
             self._apply(grads)
-        else:
-            self._clip_and_apply(grads)
-        return loss, q_mean
+        return loss, q_mean, td_abs
 
-    def _phase_loop(self, obs, action, reward, next_obs, terminated):
+    def _phase_loop(self, obs, action, reward, next_obs, terminated, discount, weights):
         n = tf.shape(action)[0]
+        td_all = tf.TensorArray(tf.float32, size=n)
 
-        def body(i, loss_sum, q_sum, finite):
-            loss, q_mean = self._update(obs[i], action[i], reward[i], next_obs[i], terminated[i])
+        def body(i, loss_sum, q_sum, finite, td_all):
+            loss, q_mean, td_abs = self._update(obs[i], action[i], reward[i], next_obs[i], terminated[i],
+                                                discount[i], weights[i])
             finite = tf.logical_and(finite, tf.math.is_finite(loss))
-            return i + 1, loss_sum + loss, q_sum + q_mean, finite
+            return i + 1, loss_sum + loss, q_sum + q_mean, finite, td_all.write(i, td_abs)
 
-        _, loss_sum, q_sum, finite = tf.while_loop(
+        _, loss_sum, q_sum, finite, td_all = tf.while_loop(
             lambda i, *_: i < n, body,
-            (tf.constant(0), tf.constant(0.0), tf.constant(0.0), tf.constant(True)))
+            (tf.constant(0), tf.constant(0.0), tf.constant(0.0), tf.constant(True), td_all))
         n_f = tf.cast(n, tf.float32)
-        return loss_sum / n_f, q_sum / n_f, finite
+        return loss_sum / n_f, q_sum / n_f, finite, td_all.stack()
 
     # ---- what the trainer calls
-    def train_phase(self, batch: Batch, learning_rate: float) -> dict[str, float]:
+    def train_phase(self, batch: Batch, learning_rate: float, discount: np.ndarray | None = None,
+                    weights: np.ndarray | None = None) -> dict[str, float]:
         """Run one gradient update per leading index of ``batch`` (shape (K, B, ...)); every rank must call this
-        with the same K. Returns the phase's mean loss and mean Q(s, a)."""
+        with the same K. ``discount`` (K, B): each sample's bootstrap weight (default gamma); ``weights`` (K, B):
+        importance-sampling weights (default 1). Returns the phase's mean loss and mean Q(s, a); each sample's
+        |TD error| is left in ``last_td_abs``."""
         self.optimizer.learning_rate = learning_rate  # assigns the optimizer's own variable, read inside the graph
-        loss, q_mean, finite = self._phase(
+        shape = batch.action.shape
+        discount = np.full(shape, self.config.gamma, np.float32) if discount is None else discount
+        weights = np.ones(shape, np.float32) if weights is None else weights
+        loss, q_mean, finite, td_abs = self._phase(
             tf.constant(batch.obs), tf.constant(batch.action), tf.constant(batch.reward),
-            tf.constant(batch.next_obs), tf.constant(batch.terminated))
+            tf.constant(batch.next_obs), tf.constant(batch.terminated),
+            tf.constant(discount, tf.float32), tf.constant(weights, tf.float32))
+        self.last_td_abs = td_abs.numpy()
         k = int(batch.action.shape[0])
         if not bool(finite):
             raise FloatingPointError(
@@ -101,6 +123,14 @@ class Learner:
         """Rank 0's initial online weights everywhere, and the target equal to them."""
         distributed.broadcast_variables(self.online.variables, root_rank=0)
         self.sync_target()
+
+    def average_weights(self) -> None:
+        """Federated averaging: every rank's online weights (and its target, which soft updates move locally)
+        replaced by their mean over ranks. Every rank must call this at the same update count."""
+        variables = list(self.online.trainable_variables)
+        if self.config.target_tau is not None:
+            variables += list(self.target.trainable_variables)
+        distributed.average_variables(variables)
 
     def sync_target(self) -> None:
         """Copy online -> target, then broadcast rank 0's target so every rank bootstraps from the same net."""

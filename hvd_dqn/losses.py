@@ -9,6 +9,7 @@ def td_target(reward, terminated, next_q_target, gamma, next_q_online=None):
 
     ``a*`` is ``argmax Q_target(s', .)`` for plain DQN, or ``argmax Q_online(s', .)`` when ``next_q_online`` is
     given (double DQN, van Hasselt et al. 2016). A truncated episode is NOT terminated: its target bootstraps.
+    ``gamma`` may be one number or one per sample: ``gamma^m`` for an n-step transition of m rewards.
     """
     next_q_target = tf.convert_to_tensor(next_q_target)
     if next_q_online is None:
@@ -17,7 +18,7 @@ def td_target(reward, terminated, next_q_target, gamma, next_q_online=None):
         best = tf.argmax(next_q_online, axis=-1, output_type=tf.int32)
         next_value = tf.gather(next_q_target, best, axis=-1, batch_dims=best.shape.rank)
     not_done = 1.0 - tf.cast(terminated, next_value.dtype)
-    return tf.cast(reward, next_value.dtype) + gamma * not_done * next_value
+    return tf.cast(reward, next_value.dtype) + tf.cast(gamma, next_value.dtype) * not_done * next_value
 
 
 def huber(error, delta=1.0):
@@ -30,3 +31,46 @@ def huber(error, delta=1.0):
 def q_of_actions(q_values, actions):
     """Q(s, a) for the actions taken: ``q_values`` (batch, actions), ``actions`` (batch,)."""
     return tf.gather(q_values, tf.cast(actions, tf.int32), axis=-1, batch_dims=1)
+
+
+def weighted_huber_loss(error, weights, delta=1.0):
+    """Mean over the batch of ``weights * huber(error)``: the importance-sampling weights of prioritized replay
+    undo the bias of sampling transitions non-uniformly (weights of 1 give the plain mean)."""
+    return tf.reduce_mean(tf.cast(weights, error.dtype) * huber(error, delta))
+
+
+def soft_update(target, online, tau):
+    """Polyak averaging of one variable's value: ``tau * online + (1 - tau) * target``."""
+    return tau * online + (1.0 - tau) * target
+
+
+# ---- n-step returns (NumPy: they are computed on the actor side, before transitions enter replay)
+
+def nstep_return(rewards, gamma: float) -> tuple[float, float]:
+    """``(sum_k gamma^k r_k, gamma^m)`` for the m rewards given: the return so far and the discount that the
+    bootstrap value ``Q(s_{t+m})`` gets in the target ``R + gamma^m * (1 - terminated) * Q``."""
+    ret = 0.0
+    for k, r in enumerate(rewards):
+        ret += gamma ** k * float(r)
+    return ret, gamma ** len(rewards)
+
+
+def nstep_trajectory(rewards, gamma: float, n: int, terminated: bool, truncated: bool = False):
+    """The n-step transitions of one episode segment of T steps (rewards r_0..r_{T-1}), as a list of
+    ``(t, return, discount, bootstrap_index, terminated)``: transition t bootstraps from observation
+    ``bootstrap_index`` (= t + m, m = min(n, T - t)) with weight ``discount = gamma^m``.
+
+    If the segment ended (``terminated`` or ``truncated``) its last n - 1 starts have fewer than n rewards and end
+    at the final observation: a termination cuts their bootstrap, a truncation (a time limit) keeps it. If it is
+    still running, only the starts with n rewards ahead are complete.
+    """
+    T = len(rewards)
+    ended = terminated or truncated
+    out = []
+    for t in range(T):
+        m = min(n, T - t)
+        if m < n and not ended:
+            break
+        ret, discount = nstep_return(rewards[t:t + m], gamma)
+        out.append((t, ret, discount, t + m, bool(terminated and t + m == T)))
+    return out

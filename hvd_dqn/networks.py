@@ -9,7 +9,24 @@ import numpy as np
 import tf_keras as keras
 
 
-def build_mlp(obs_dim: int, n_actions: int, hidden_sizes, seed: int, name: str = "q_network") -> keras.Model:
+def q_head(features, n_actions: int, dueling: bool, seed: int):
+    """Q-values from a feature tensor (any torso: MLP or CNN). Plain: one Dense layer. Dueling (Wang et al. 2016):
+    a value stream V(s) and an advantage stream A(s, a), combined as Q = V + (A - mean_a A). The centring is a
+    fixed, non-trainable linear map (I - 1/n), so the model holds only built-in layers and loads anywhere with
+    plain ``tf_keras.models.load_model``."""
+    init = keras.initializers.GlorotUniform
+    if not dueling:
+        return keras.layers.Dense(n_actions, name="q_values", kernel_initializer=init(seed=seed))(features)
+    value = keras.layers.Dense(1, name="value", kernel_initializer=init(seed=seed))(features)
+    advantage = keras.layers.Dense(n_actions, name="advantage", kernel_initializer=init(seed=seed + 1))(features)
+    centring = np.eye(n_actions, dtype=np.float32) - np.float32(1.0 / n_actions)
+    centred = keras.layers.Dense(n_actions, use_bias=False, trainable=False, name="advantage_centred",
+                                 kernel_initializer=keras.initializers.Constant(centring))(advantage)
+    return keras.layers.Add(name="q_values")([value, centred])  # V (batch, 1) broadcasts over the actions
+
+
+def build_mlp(obs_dim: int, n_actions: int, hidden_sizes, seed: int, name: str = "q_network",
+              dueling: bool = False) -> keras.Model:
     """An MLP from observations to one Q-value per action. Seeded init: equal on every rank even before the
     broadcast from rank 0, which remains the guarantee."""
     inputs = keras.Input(shape=(obs_dim,), dtype="float32", name="observation")
@@ -17,24 +34,32 @@ def build_mlp(obs_dim: int, n_actions: int, hidden_sizes, seed: int, name: str =
     for i, width in enumerate(hidden_sizes):
         x = keras.layers.Dense(width, activation="relu", name=f"hidden_{i}",
                                kernel_initializer=keras.initializers.GlorotUniform(seed=seed + i))(x)
-    q = keras.layers.Dense(n_actions, name="q_values",
-                           kernel_initializer=keras.initializers.GlorotUniform(seed=seed + len(hidden_sizes)))(x)
+    q = q_head(x, n_actions, dueling, seed + len(hidden_sizes))
     return keras.Model(inputs, q, name=name)
 
 
-def mlp_params(model: keras.Model) -> list[tuple[np.ndarray, np.ndarray]]:
-    """(kernel, bias) per Dense layer, as NumPy arrays, for ``mlp_forward``."""
-    return [(layer.kernel.numpy(), layer.bias.numpy()) for layer in model.layers
-            if isinstance(layer, keras.layers.Dense)]
+def mlp_params(model: keras.Model) -> dict:
+    """The MLP's weights as NumPy arrays, for ``mlp_forward``: the hidden layers' (kernel, bias), and the head's
+    (one layer, or the dueling streams)."""
+    layers = {layer.name: layer for layer in model.layers if isinstance(layer, keras.layers.Dense)}
+    pair = lambda layer: (layer.kernel.numpy(), layer.bias.numpy())  # noqa: E731
+    hidden = [pair(layers[f"hidden_{i}"]) for i in range(sum(n.startswith("hidden_") for n in layers))]
+    if "advantage" in layers:
+        return {"hidden": hidden, "value": pair(layers["value"]), "advantage": pair(layers["advantage"])}
+    return {"hidden": hidden, "q_values": pair(layers["q_values"])}
 
 
-def mlp_forward(params: list[tuple[np.ndarray, np.ndarray]], obs: np.ndarray) -> np.ndarray:
+def mlp_forward(params: dict, obs: np.ndarray) -> np.ndarray:
     """The MLP's Q-values in NumPy: for a handful of observations this is ~10x faster than a TF call,
     whose fixed overhead (hundreds of microseconds) would otherwise dominate acting."""
     x = np.asarray(obs, dtype=np.float32)
-    for kernel, bias in params[:-1]:
+    for kernel, bias in params["hidden"]:
         x = x @ kernel
         x += bias
         np.maximum(x, 0.0, out=x)
-    kernel, bias = params[-1]
+    if "advantage" in params:
+        value = x @ params["value"][0] + params["value"][1]
+        advantage = x @ params["advantage"][0] + params["advantage"][1]
+        return value + advantage - advantage.mean(axis=1, keepdims=True)
+    kernel, bias = params["q_values"]
     return x @ kernel + bias

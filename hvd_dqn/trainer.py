@@ -16,13 +16,15 @@ from typing import Any
 import numpy as np
 
 from hvd_dqn import checkpoint, distributed
-from hvd_dqn.actor import epsilon_greedy, linear_epsilon
+from hvd_dqn.actor import actor_epsilons, epsilon_greedy, linear_epsilon
 from hvd_dqn.config import Config
 from hvd_dqn.envs import env_seeds, make_vector_env, reward_threshold, true_next_obs
 from hvd_dqn.errors import UserError
 from hvd_dqn.evaluation import Evaluator, summarize
 from hvd_dqn.learner import Learner
 from hvd_dqn.metrics import RunLogger
+from hvd_dqn.nstep import NStepAccumulator
+from hvd_dqn.prioritized import ReplayShard, annealed_beta
 from hvd_dqn.replay import ReplayBuffer
 
 FAULT_ENV = "HVD_DQN_FAULT"  # "RANK:GLOBAL_STEP": raise on that rank at that step (failure-handling tests)
@@ -86,6 +88,10 @@ class Trainer:
         n_actions = int(self.envs.single_action_space.n)
         self.rng = np.random.default_rng([cfg.seed, world.rank, 7])  # this rank's exploration and sampling
         self.replay = ReplayBuffer(per.replay_capacity, obs_shape)
+        # n-step discounts and priorities ride alongside the plain buffer (README "Algorithms")
+        self.shard = ReplayShard(self.replay, cfg.gamma ** cfg.n_step, cfg.prioritized_replay, cfg.priority_alpha,
+                                 cfg.priority_epsilon)
+        self.nstep = NStepAccumulator(cfg.num_envs, cfg.n_step, cfg.gamma) if cfg.n_step > 1 else None
         self.learner = Learner(cfg, obs_shape[0], n_actions, world.size)
         self.learner.broadcast_initial_weights()
         self.act = self.learner.acting_fn()
@@ -114,11 +120,15 @@ class Trainer:
         cfg, s = self.config, self.state
         if self.fault_step is not None and s.env_steps >= self.fault_step:
             raise RuntimeError(f"injected fault at global env step {s.env_steps} ({FAULT_ENV})")
-        eps = self.epsilon()
+        eps = actor_epsilons(self.epsilon(), self.world.rank, self.world.size, cfg.num_envs, cfg.epsilon_spread)
         actions = epsilon_greedy(self.act(self.obs), eps, self.rng)
         next_obs, reward, terminated, truncated, info = self.envs.step(actions)
         done = terminated | truncated
-        self.replay.add(self.obs, actions, reward, true_next_obs(next_obs, done, info), terminated, truncated)
+        transition = (self.obs, actions, reward, true_next_obs(next_obs, done, info), terminated, truncated)
+        if self.nstep is None:
+            self.shard.add(*transition)
+        elif (ready := self.nstep.push(*transition)) is not None:
+            self.shard.add(*ready)
         s.episode_return += reward
         if done.any():
             s.finished_returns.extend(s.episode_return[done].tolist())
@@ -126,17 +136,26 @@ class Trainer:
         self.obs = next_obs
 
     def _learn(self) -> None:
-        """A phase of updates_per_train gradient updates, split where a target sync falls due."""
-        cfg, s = self.config, self.state
+        """A phase of updates_per_train gradient updates, split where a target sync or a federated averaging
+        falls due (both decided from the update counters, equal on every rank)."""
+        cfg, s, learner = self.config, self.state, self.learner
         lr = cfg.learning_rate * linear_epsilon(s.env_steps, 1.0, cfg.lr_final_fraction, cfg.total_env_steps)
+        beta = annealed_beta(s.env_steps, cfg.total_env_steps, cfg.priority_beta_start)
         remaining = cfg.updates_per_train
         while remaining:
             k = min(remaining, cfg.target_update_every - s.since_sync)
-            s.train_stats = self.learner.train_phase(self.replay.sample(self.rng, (k, self.per.batch_size)), lr)
+            if cfg.federated_every is not None:
+                k = min(k, cfg.federated_every - learner.updates % cfg.federated_every)
+            batch, discount, weights, idx = self.shard.sample(self.rng, (k, self.per.batch_size), beta)
+            s.train_stats = learner.train_phase(batch, lr, discount, weights)
+            self.shard.update_priorities(idx, learner.last_td_abs)
             remaining -= k
             s.since_sync += k
+            if cfg.federated_every is not None and learner.updates % cfg.federated_every == 0:
+                learner.average_weights()
             if s.since_sync == cfg.target_update_every:
-                self.learner.sync_target()
+                if cfg.target_tau is None:  # soft updates happen inside every update instead
+                    learner.sync_target()
                 s.since_sync = 0
         self.act = self.learner.acting_fn()
 

@@ -1,0 +1,56 @@
+"""n-step transitions, built on the actor side before they enter replay.
+
+Each env of a rank keeps its last n (obs, action, reward). Once n rewards are known, the oldest start becomes
+the transition ``(s_t, a_t, R_t = sum_k gamma^k r_{t+k}, s_{t+n}, terminated=False, discount=gamma^n)``. When an
+episode ends, every pending start is flushed with the rewards it has (m < n) and the episode's final observation:
+a termination cuts the bootstrap of all of them, a truncation (time limit) keeps it with discount gamma^m. The
+math is ``losses.nstep_return``; ``losses.nstep_trajectory`` states the same for a whole episode.
+"""
+from __future__ import annotations
+
+from collections import deque
+from typing import NamedTuple
+
+import numpy as np
+
+from hvd_dqn.losses import nstep_return
+
+
+class NStepBatch(NamedTuple):
+    obs: np.ndarray
+    action: np.ndarray
+    reward: np.ndarray
+    next_obs: np.ndarray
+    terminated: np.ndarray
+    truncated: np.ndarray
+    discount: np.ndarray  # gamma^m: the weight of the bootstrap value
+
+
+class NStepAccumulator:
+    def __init__(self, num_envs: int, n: int, gamma: float):
+        if n < 1:
+            raise ValueError("n must be >= 1")
+        self.n, self.gamma = n, gamma
+        self._pending = [deque() for _ in range(num_envs)]
+
+    def push(self, obs, action, reward, next_obs, terminated, truncated) -> NStepBatch | None:
+        """One vector step of every env (``next_obs`` the true next observations, final ones where an episode
+        ended). Returns the transitions that became complete (possibly none) as arrays."""
+        rows = []
+        for j, pending in enumerate(self._pending):
+            pending.append((obs[j], action[j], reward[j]))
+            if terminated[j] or truncated[j]:
+                while pending:  # every start left in this episode ends at its final observation
+                    rows.append(self._emit(pending, next_obs[j], bool(terminated[j]), bool(truncated[j])))
+                    pending.popleft()
+            elif len(pending) == self.n:
+                rows.append(self._emit(pending, next_obs[j], False, False))
+                pending.popleft()
+        if not rows:
+            return None
+        return NStepBatch(*(np.stack(col) for col in zip(*rows)))
+
+    def _emit(self, pending, next_obs, terminated, truncated):
+        obs, action, _ = pending[0]
+        ret, discount = nstep_return([r for _, _, r in pending], self.gamma)
+        return (obs, action, np.float32(ret), next_obs, terminated, truncated, np.float32(discount))

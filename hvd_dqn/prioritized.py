@@ -1,0 +1,152 @@
+"""Prioritized replay (proportional, Schaul et al. 2016) on each rank's shard, and the shard wrapper the trainer
+samples from when any algorithm component needs more than the plain ring buffer.
+
+Each rank keeps the priorities of its own transitions (as Ape-X's replay does); the gradient allreduce then
+averages the importance-weighted gradients of all ranks, so nothing about priorities crosses ranks.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from hvd_dqn.replay import Batch, ReplayBuffer
+
+
+class SumTree:
+    """Priorities of ``capacity`` slots in a binary tree of partial sums: update and proportional sampling in
+    O(log capacity), vectorised over a batch of slots. Leaves of slots never written hold 0, so are never drawn."""
+
+    def __init__(self, capacity: int):
+        self.capacity = int(capacity)
+        self._leaves = 1 << max(0, (self.capacity - 1).bit_length())  # leaves padded to a power of two
+        self._tree = np.zeros(2 * self._leaves, np.float64)  # node i has children 2i, 2i+1; root is 1
+
+    @property
+    def total(self) -> float:
+        return float(self._tree[1])
+
+    def get(self, idx) -> np.ndarray:
+        return self._tree[self._leaves + np.asarray(idx)]
+
+    def set(self, idx, priorities) -> None:
+        """Set the priorities of slots ``idx`` (repeats: the last value wins) and recompute their ancestors."""
+        idx = np.asarray(idx, np.int64).ravel()
+        priorities = np.broadcast_to(np.asarray(priorities, np.float64), idx.shape).ravel()
+        if np.any(idx < 0) or np.any(idx >= self.capacity):
+            raise IndexError("sum-tree slot out of range")
+        if np.any(~np.isfinite(priorities)) or np.any(priorities < 0):
+            raise ValueError("priorities must be finite and >= 0")
+        node = self._leaves + idx
+        self._tree[node] = priorities
+        node = np.unique(node // 2)
+        while node[0] >= 1:  # level by level: each parent is recomputed from its two children, so sums stay exact
+            self._tree[node] = self._tree[2 * node] + self._tree[2 * node + 1]
+            if node[0] == 1:
+                break
+            node = np.unique(node // 2)
+
+    def find(self, mass) -> np.ndarray:
+        """The slot whose cumulative-priority interval holds each value of ``mass`` (in [0, total))."""
+        mass = np.minimum(np.asarray(mass, np.float64), np.nextafter(self.total, 0.0))
+        node = np.ones(mass.shape, np.int64)
+        while self._leaves > 1 and node.max() < self._leaves:
+            left = 2 * node
+            left_sum = self._tree[left]
+            go_right = mass >= left_sum
+            mass = np.where(go_right, mass - left_sum, mass)
+            node = np.where(go_right, left + 1, left)
+        return np.minimum(node - self._leaves, self.capacity - 1)
+
+    def sample(self, rng: np.random.Generator, shape: tuple[int, ...]) -> np.ndarray:
+        """Slots drawn with probability priority / total, stratified within each row of the last dim (one draw
+        from each of B equal slices of the total mass, as in the paper: lower variance, same marginals)."""
+        total = self.total
+        if total <= 0:
+            raise RuntimeError("sample from a sum-tree whose priorities are all 0")
+        b = shape[-1]
+        mass = (np.arange(b) + rng.random(shape)) * (total / b)
+        return self.find(mass)
+
+
+def importance_weights(probs: np.ndarray, size: int, beta: float) -> np.ndarray:
+    """``(size * P(i))^-beta``, normalised by the largest weight of each batch (the last dim) so the weights
+    only ever scale updates down."""
+    w = (size * np.asarray(probs, np.float64)) ** (-beta)
+    return (w / w.max(axis=-1, keepdims=True)).astype(np.float32)
+
+
+def annealed_beta(env_steps: int, total_env_steps: int, beta_start: float) -> float:
+    """IS exponent rising linearly from ``beta_start`` to 1 over training (full correction by the end)."""
+    return beta_start + (1.0 - beta_start) * min(1.0, env_steps / max(1, total_env_steps))
+
+
+class ReplayShard:
+    """This rank's ring buffer plus a per-slot bootstrap discount (gamma^m for n-step transitions) and, when
+    prioritized, a sum-tree of priorities. Uses only ReplayBuffer's public ``add``/``gather``/``pos``."""
+
+    def __init__(self, buffer: ReplayBuffer, discount: float, prioritized: bool = False, alpha: float = 0.6,
+                 epsilon: float = 1e-6):
+        """``discount``: the bootstrap weight of a slot added without one (gamma^n, that of a full n-step
+        window, so a buffer restored from a checkpoint without discounts is right for all but truncated tails)."""
+        self.buffer = buffer
+        self.capacity = buffer.capacity
+        self.discount = np.full(self.capacity, discount, np.float32)
+        self._tracked = 0  # slots 0.._tracked-1 have a priority (slots fill in order)
+        self.tree = SumTree(self.capacity) if prioritized else None
+        self.alpha, self.epsilon = alpha, epsilon
+        self.max_priority = 1.0  # new transitions get the largest priority seen, so each is replayed soon
+
+    def __len__(self) -> int:
+        return len(self.buffer)
+
+    def add(self, obs, action, reward, next_obs, terminated, truncated, discount=None) -> None:
+        n = len(action)
+        idx = (self.buffer.pos + np.arange(n)) % self.capacity
+        self.buffer.add(obs, action, reward, next_obs, terminated, truncated)
+        if discount is not None:
+            self.discount[idx] = discount
+        if self.tree is not None:
+            self._track_restored()
+            self.tree.set(idx, self.max_priority ** self.alpha)
+            self._tracked = min(self.capacity, self._tracked + n)
+
+    def sample(self, rng: np.random.Generator, shape: tuple[int, ...], beta: float = 1.0):
+        """``(batch, discount, weights, idx)``: uniform with weights 1, or proportional to priority^alpha
+        with importance-sampling weights of exponent ``beta``."""
+        size = len(self.buffer)
+        if size == 0:
+            raise RuntimeError("sample from an empty replay buffer")
+        self._track_restored()
+        if self.tree is None:
+            idx = rng.integers(0, size, size=shape)
+            weights = np.ones(shape, np.float32)
+        else:
+            idx = self.tree.sample(rng, shape)
+            weights = importance_weights(self.tree.get(idx) / self.tree.total, size, beta)
+        return self.buffer.gather(idx), self.discount[idx], weights, idx
+
+    def update_priorities(self, idx: np.ndarray, td_abs: np.ndarray) -> None:
+        """New priorities ``(|td| + epsilon)^alpha`` for the sampled slots (no-op without prioritization)."""
+        if self.tree is None:
+            return
+        p = np.abs(np.asarray(td_abs, np.float64)).ravel() + self.epsilon
+        self.max_priority = max(self.max_priority, float(p.max()))
+        self.tree.set(np.asarray(idx).ravel(), p ** self.alpha)
+
+    def _track_restored(self) -> None:
+        """Slots filled behind this wrapper's back (the plain buffer restored from a checkpoint) get the max
+        priority, so they are sampled instead of sitting at priority 0."""
+        if self.tree is not None and self._tracked < len(self.buffer):
+            self.tree.set(np.arange(self._tracked, len(self.buffer)), self.max_priority ** self.alpha)
+            self._tracked = len(self.buffer)
+
+    # the plain buffer's checkpoint state (priorities and n-step discounts are rebuilt, not saved)
+    def state_dict(self) -> dict[str, np.ndarray]:
+        return self.buffer.state_dict()
+
+    def load_state_dict(self, state: dict[str, np.ndarray]) -> None:
+        self.buffer.load_state_dict(state)
+        self._tracked = 0
+        self._track_restored()
+
+
+__all__ = ["Batch", "ReplayShard", "SumTree", "annealed_beta", "importance_weights"]

@@ -1,0 +1,63 @@
+"""Run under horovodrun -np 2. (1) Federated averaging at the learner level: each round takes K local updates on
+rank-dependent data (replicas must differ), then averages (replicas must be bit-identical, and equal to the mean
+of the two pre-average replicas). (2) Each rank's Ape-X epsilons, gathered; soft targets of a synchronous learner, gathered. (3) A short Trainer run with every
+component on, in federated mode, returning the summary (replicas equal at the end: the last update is an
+averaging)."""
+import json
+import sys
+import tempfile
+
+import numpy as np
+
+from hvd_dqn import distributed
+from hvd_dqn.actor import actor_epsilons
+from hvd_dqn.config import Config
+from hvd_dqn.learner import Learner
+from hvd_dqn.replay import ReplayBuffer
+from hvd_dqn.trainer import Trainer
+
+world = distributed.init()
+K = 5
+cfg = Config(env_id="CartPole-v1", hidden_sizes=(16, 16), batch_size=16, learning_rate=1e-2, federated_every=K,
+             target_update_every=2 * K, dueling=True)
+rng = np.random.default_rng(1000 + world.rank)  # rank-dependent data
+n = 300
+replay = ReplayBuffer(n, (4,))
+replay.add(rng.normal(size=(n, 4)).astype(np.float32), rng.integers(0, 2, n), rng.normal(size=n),
+           rng.normal(size=(n, 4)).astype(np.float32), rng.random(n) < 0.1, np.zeros(n, bool))
+
+learner = Learner(cfg, 4, 2, world.size)
+learner.broadcast_initial_weights()
+rounds = []
+for r in range(3):
+    learner.train_phase(replay.sample(rng, (K, cfg.batch_size // world.size)), 1e-2)
+    before = distributed.gather_checksums(learner.online.variables)
+    flat = np.concatenate([v.numpy().ravel() for v in learner.online.trainable_variables])
+    everyone = distributed.allgather(flat[None, :])
+    learner.average_weights()
+    after = distributed.gather_checksums(learner.online.variables)
+    averaged = np.concatenate([v.numpy().ravel() for v in learner.online.trainable_variables])
+    rounds.append({"before": before, "after": after,
+                   "mean_error": float(np.abs(averaged - everyone.mean(axis=0)).max())})
+
+# soft targets in synchronous mode: the online weights are identical, so every rank's target must be too
+soft = Learner(Config(env_id="CartPole-v1", hidden_sizes=(16,), batch_size=16, target_tau=0.1), 4, 2, world.size)
+soft.broadcast_initial_weights()
+soft_start = distributed.gather_checksums(soft.target.variables)
+for _ in range(2):
+    soft.train_phase(replay.sample(rng, (3, 8)), 1e-2)
+soft_targets = {"start": soft_start, "end": distributed.gather_checksums(soft.target.variables)}
+
+eps = distributed.allgather(actor_epsilons(0.4, world.rank, world.size, 3, 7.0)[None, :])
+
+trainer_cfg = Config(env_id="CartPole-v1", total_env_steps=2400, hidden_sizes=(32, 32), learning_starts=400,
+                     train_every=200, updates_per_train=20, target_update_every=20, eval_every=1200,
+                     eval_episodes=2, log_every=1200, batch_size=32, replay_capacity=4000, num_envs=2,
+                     dueling=True, n_step=3, prioritized_replay=True, target_tau=0.05, epsilon_spread=7.0,
+                     federated_every=10)
+run_dir = distributed.broadcast_object(tempfile.mkdtemp(prefix="mp-alg-"))
+summary = Trainer(trainer_cfg, run_dir=run_dir).train()
+if world.rank == 0:
+    print("RESULT " + json.dumps({"rounds": rounds, "eps": eps.tolist(), "summary": summary,
+                                 "soft_targets": soft_targets}))
+sys.stdout.flush()
