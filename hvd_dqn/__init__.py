@@ -3,10 +3,11 @@
 ``from hvd_dqn import Config, Trainer``: TensorFlow and Horovod are imported only when first needed, and our
 models use tf_keras (Keras 2) directly, so importing this package leaves a user's Keras 3 code alone.
 """
+from hvd_dqn.callbacks import Callback
 from hvd_dqn.config import Config
 from hvd_dqn.errors import UserError
 
-__all__ = ["Config", "Trainer", "UserError"]
+__all__ = ["Callback", "Config", "Trainer", "UserError"]
 __version__ = "0.1.0"
 
 

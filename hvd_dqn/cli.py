@@ -1,4 +1,4 @@
-"""``hvd-dqn train --config FILE [--run-dir DIR] [--set key=value ...]``.
+"""``hvd-dqn train|evaluate|export|plot``: train on every rank of a job, then use what it produced.
 
 Started plainly it is one rank; under horovodrun, mpirun or srun each process is one rank of the job.
 User mistakes print one line on stderr and exit 2; no traceback.
@@ -9,6 +9,7 @@ import argparse
 import json
 import os
 import sys
+from pathlib import Path
 
 from hvd_dqn.errors import UserError
 
@@ -21,6 +22,22 @@ def _parser() -> argparse.ArgumentParser:
     train.add_argument("--run-dir", help="where rank 0 writes metrics, summary and the model (default runs/<env>-<time>)")
     train.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                        help="override a config key (repeatable); the value is parsed as YAML")
+
+    ev = sub.add_parser("evaluate", help="greedy episodes of a trained model (a run dir, an export dir or a .keras)")
+    ev.add_argument("model", metavar="RUN_DIR_OR_MODEL")
+    ev.add_argument("--episodes", type=int, default=10)
+    ev.add_argument("--seed", type=int, default=12345, help="seeds of the episodes: seed, seed+1, ...")
+    ev.add_argument("--env", dest="env_id", help="env id (default: the one the model was trained on)")
+    ev.add_argument("--epsilon", type=float, default=0.0, help="probability of a random action (default 0)")
+    ev.add_argument("--video", metavar="DIR", help="record every episode as an MP4 into DIR")
+
+    ex = sub.add_parser("export", help="write the Q-network as a TF SavedModel and a .keras file")
+    ex.add_argument("run_dir", metavar="RUN_DIR")
+    ex.add_argument("out_dir", metavar="OUT_DIR")
+
+    pl = sub.add_parser("plot", help="learning curves of one or more run dirs into a PNG")
+    pl.add_argument("run_dirs", metavar="RUN_DIR", nargs="+")
+    pl.add_argument("-o", "--output", required=True, metavar="FILE.png")
     return parser
 
 
@@ -29,6 +46,19 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "train":
             return _train(args)
+        os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+        if args.command == "evaluate":
+            return _evaluate(args)
+        if args.command == "export":
+            from hvd_dqn.serving import export
+
+            print(f"exported to {export(args.run_dir, args.out_dir)}")
+            return 0
+        if args.command == "plot":
+            from hvd_dqn.plotting import plot_runs
+
+            print(f"wrote {plot_runs([Path(d) for d in args.run_dirs], Path(args.output))}")
+            return 0
     except UserError as exc:
         print(f"hvd-dqn: error: {exc}", file=sys.stderr)
         return exc.exit_code
@@ -48,6 +78,42 @@ def _train(args) -> int:
     if distributed.world().is_chief:
         print("hvd-dqn summary: " + json.dumps({k: summary[k] for k in (
             "world_size", "env_steps", "wall_s", "final_eval_return_mean", "solved_env_steps", "solved_wall_s")}))
+    return 0
+
+
+def _evaluate(args) -> int:
+    import numpy as np
+
+    from hvd_dqn.envs import check_env_id, make_env
+    from hvd_dqn.evaluation import run_episodes, summarize
+    from hvd_dqn.serving import check_matches_env, load_policy
+
+    if args.episodes < 1:
+        raise UserError("--episodes must be at least 1")
+    policy = load_policy(args.model)
+    env_id = args.env_id or policy.env_id
+    if env_id is None:
+        raise UserError(f"{args.model}: the env it was trained on is not recorded; name one with --env")
+    try:
+        check_env_id(env_id)
+    except ValueError as exc:
+        raise UserError(f"--env: {exc}") from None
+    render = {"render_mode": "rgb_array"} if args.video else {}
+    envs = [make_env(env_id, **render) for _ in range(args.episodes)]
+    check_matches_env(policy, envs[0])
+    if args.video:
+        from gymnasium.wrappers import RecordVideo
+
+        envs = [RecordVideo(e, args.video, name_prefix=f"episode-{i}", episode_trigger=lambda _: True,
+                            disable_logger=True) for i, e in enumerate(envs)]
+    seeds = [args.seed + i for i in range(args.episodes)]
+    returns = run_episodes(env_id, policy.q_fn, seeds, args.epsilon, np.random.default_rng(args.seed), envs=envs)
+    for env in envs:
+        env.close()
+    result = summarize(returns)
+    print(f"{env_id}: {result['eval_episodes']} episodes, mean {result['eval_return_mean']:.2f}, "
+          f"std {result['eval_return_std']:.2f}, min {result['eval_return_min']:.2f}, "
+          f"max {result['eval_return_max']:.2f}")
     return 0
 
 

@@ -91,6 +91,21 @@ def average_variables(variables) -> None:
         var.assign(mean)
 
 
+def time_allreduce(variables, repeats: int = 3) -> float | None:
+    """Milliseconds of one gradient-sized grouped allreduce, the collective of every update (a collective: every
+    rank must call it at the same point). None on one rank, where updates run no allreduce."""
+    if world().size == 1:
+        return None
+    import time
+
+    tensors = [tf.zeros_like(v) for v in variables]
+    average_gradients(tensors)  # the first call pays Horovod's negotiation; time the steady state
+    start = time.perf_counter()
+    for _ in range(repeats):
+        average_gradients(tensors)
+    return (time.perf_counter() - start) / repeats * 1e3
+
+
 def broadcast_variables(variables, root_rank: int = 0) -> None:
     """Horovod: overwrite ``variables`` on every rank with root_rank's values."""
     if world().size > 1:
@@ -110,6 +125,12 @@ def allgather(values: np.ndarray) -> np.ndarray:
     if world().size == 1:
         return values
     return _hvd().allgather(tf.convert_to_tensor(values)).numpy()
+
+
+def barrier() -> None:
+    """Every rank waits here until all have arrived (e.g. until rank 0 has finished writing a file)."""
+    if world().size > 1:
+        allreduce_sum([0.0])
 
 
 def allreduce_sum(values: np.ndarray) -> np.ndarray:

@@ -29,30 +29,69 @@ def _clean(value: Any) -> Any:
 
 
 class RunLogger:
-    def __init__(self, run_dir: Path, enabled: bool, stream=sys.stdout):
+    """metrics.jsonl rows, TensorBoard scalars (``run_dir/tensorboard``, tags = the row's keys) and progress
+    output: a tqdm bar with speed, last return and ETA when the stream is a terminal, one plain line per log
+    point otherwise (so batch logs stay readable). A no-op where ``enabled`` is False (every rank but 0)."""
+
+    def __init__(self, run_dir: Path, enabled: bool, total_env_steps: int | None = None, stream=None,
+                 tensorboard: bool = True):
         self.enabled = enabled
         self.run_dir = Path(run_dir)
-        self.stream = stream
-        self._file = None
-        if enabled:
-            self.run_dir.mkdir(parents=True, exist_ok=True)
-            self._file = open(self.run_dir / "metrics.jsonl", "a", buffering=1)
+        self.stream = stream if stream is not None else sys.stdout
+        self._file = self._tb = self._bar = None
+        if not enabled:
+            return
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        self._file = open(self.run_dir / "metrics.jsonl", "a", buffering=1)
+        if tensorboard:
+            import tensorflow as tf
+
+            self._tb = tf.summary.create_file_writer(str(self.run_dir / "tensorboard"))
+        if total_env_steps and _is_terminal(self.stream):
+            from tqdm import tqdm
+
+            self._bar = tqdm(total=total_env_steps, unit="step", unit_scale=True, dynamic_ncols=True,
+                             file=self.stream, desc="hvd-dqn")
 
     def log(self, row: dict[str, Any]) -> None:
         if not self.enabled:
             return
         self._file.write(json.dumps({k: _clean(v) for k, v in row.items()}) + "\n")
-        self.stream.write(format_progress(row) + "\n")
-        self.stream.flush()
+        step = int(row["env_steps"])
+        if self._tb is not None:
+            import tensorflow as tf
+
+            with self._tb.as_default(step=step):
+                for key, value in row.items():
+                    if key != "env_steps" and isinstance(value, (int, float)) and not isinstance(value, bool) \
+                            and math.isfinite(value):
+                        tf.summary.scalar(key, value)
+            self._tb.flush()
+        if self._bar is not None:
+            self._bar.update(step - self._bar.n)
+            postfix = {k: f"{row[k]:.1f}" for k, name in (("charts/episodic_return", "return"),
+                                                          ("eval_return_mean", "eval")) if row.get(k) is not None}
+            self._bar.set_postfix({"return" if "episodic" in k else "eval": v for k, v in postfix.items()})
+        else:
+            self.stream.write(format_progress(row) + "\n")
+            self.stream.flush()
 
     def write_json(self, name: str, data: dict[str, Any]) -> None:
         if self.enabled:
             atomic_write_text(self.run_dir / name, json.dumps({k: _clean(v) for k, v in data.items()}, indent=2) + "\n")
 
     def close(self) -> None:
-        if self._file is not None:
-            self._file.close()
-            self._file = None
+        for handle in (self._file, self._tb, self._bar):
+            if handle is not None:
+                handle.close()
+        self._file = self._tb = self._bar = None
+
+
+def _is_terminal(stream) -> bool:
+    try:
+        return stream.isatty()
+    except (AttributeError, ValueError):
+        return False
 
 
 def format_progress(row: dict[str, Any]) -> str:

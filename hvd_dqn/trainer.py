@@ -17,6 +17,7 @@ import numpy as np
 
 from hvd_dqn import checkpoint, distributed
 from hvd_dqn.actor import actor_epsilons, epsilon_greedy, linear_epsilon
+from hvd_dqn.callbacks import CallbackList
 from hvd_dqn.config import Config
 from hvd_dqn.envs import env_seeds, make_vector_env, reward_threshold, true_next_obs
 from hvd_dqn.errors import UserError
@@ -48,11 +49,12 @@ class LoopState:
 class Trainer:
     """``Trainer(config).train()`` trains on every rank of the job and returns the run summary (a dict)."""
 
-    def __init__(self, config: Config, run_dir: str | os.PathLike | None = None):
+    def __init__(self, config: Config, run_dir: str | os.PathLike | None = None, callbacks=()):
         if not isinstance(config, Config):
             raise TypeError("Trainer needs a hvd_dqn.Config")
         self.config = config
         self.run_dir = Path(run_dir) if run_dir is not None else None
+        self.callbacks = CallbackList(callbacks)
         self.learner: Learner | None = None
 
     @property
@@ -77,7 +79,7 @@ class Trainer:
         self.start = time.perf_counter()
         self.per = per = cfg.per_rank(world.size)
         self.run_dir = self._resolve_run_dir()
-        self.logger = RunLogger(self.run_dir, enabled=world.is_chief)
+        self.logger = RunLogger(self.run_dir, enabled=world.is_chief, total_env_steps=cfg.total_env_steps)
         self.logger.write_json("config.json", {**cfg.to_dict(), "world_size": world.size})
         self.threshold = cfg.reward_threshold if cfg.reward_threshold is not None else reward_threshold(cfg.env_id)
         self.fault_step = _fault_step(world.rank)
@@ -166,6 +168,7 @@ class Trainer:
         if s.solved_env_steps is None and self.threshold is not None \
                 and s.last_eval["eval_return_mean"] >= self.threshold:
             s.solved_env_steps, s.solved_wall_s = s.env_steps, time.perf_counter() - self.start
+        self.callbacks.fire("on_evaluation", self, {**s.last_eval, "env_steps": s.env_steps})
         return dict(s.last_eval)
 
     def _log(self, row: dict[str, Any]) -> None:
@@ -180,9 +183,12 @@ class Trainer:
             "charts/episodes": int(sums[1]), "charts/epsilon": self.epsilon(),
             "losses/td_loss": s.train_stats.get("td_loss"), "losses/q_mean": s.train_stats.get("q_mean"),
             "perf/env_steps_per_s": (s.env_steps - tick_steps) / (now - tick_time),
+            "perf/env_steps_per_s_per_rank": (s.env_steps - tick_steps) / (now - tick_time) / self.world.size,
             "perf/updates_per_s": (learner.updates - tick_updates) / (now - tick_time),
+            "perf/allreduce_ms": distributed.time_allreduce(learner.online.trainable_variables),
         })
         self.logger.log(row)
+        self.callbacks.fire("on_log", self, row)
         s.finished_returns.clear()
         self._tick = (s.env_steps, now, learner.updates)
 
@@ -194,6 +200,8 @@ class Trainer:
         wall = time.perf_counter() - self.start
         if world.is_chief:
             checkpoint.save_keras_model(self.learner.online, self.run_dir / "q_network.keras")
+        distributed.barrier()  # the file is complete on every rank's view before anyone is told of it
+        self.callbacks.fire("on_checkpoint", self, self.run_dir / "q_network.keras")
         summary = {
             "env_id": cfg.env_id, "world_size": world.size, "env_steps": s.env_steps,
             "updates": self.learner.updates, "wall_s": wall,
