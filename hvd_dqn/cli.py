@@ -89,7 +89,9 @@ def _evaluate(args) -> int:
     from hvd_dqn.serving import check_matches_env, load_policy
 
     if args.episodes < 1:
-        raise UserError("--episodes must be at least 1")
+        raise UserError(f"--episodes must be at least 1, got {args.episodes}")
+    if not 0.0 <= args.epsilon <= 1.0:
+        raise UserError(f"--epsilon must be in [0, 1], got {args.epsilon}")
     policy = load_policy(args.model)
     env_id = args.env_id or policy.env_id
     if env_id is None:
