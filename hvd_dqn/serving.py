@@ -28,10 +28,10 @@ class LoadedPolicy:
 
 
 def _load_keras(path: Path):
-    import tf_keras
+    from hvd_dqn.keras2 import keras
 
     try:
-        return tf_keras.models.load_model(path, compile=False)
+        return keras.models.load_model(path, compile=False)
     except (OSError, ValueError) as exc:
         raise UserError(f"{path}: not a loadable Keras model ({str(exc).splitlines()[0]})") from None
 
