@@ -165,6 +165,16 @@ def test_evaluate_run_dir_is_seeded_and_summarises(trained):
     assert parse_eval(again.stdout) == parse_eval(first.stdout)
 
 
+def test_evaluate_records_one_video_per_episode(trained, tmp_path):
+    videos = tmp_path / "videos"
+    proc = hvd_dqn("evaluate", trained[0], "--episodes", "2", "--seed", "7", "--video", videos)
+    assert proc.returncode == 0, proc.stderr
+    assert "Overwriting" not in proc.stderr
+    files = sorted(videos.glob("*.mp4"))
+    assert [f.name for f in files] == ["seed-7-episode-0.mp4", "seed-8-episode-0.mp4"]
+    assert all(f.read_bytes()[4:8] == b"ftyp" for f in files)  # MP4 container
+
+
 @pytest.fixture(scope="module")
 def exported(trained, tmp_path_factory):
     out = tmp_path_factory.mktemp("export") / "policy"
