@@ -82,6 +82,7 @@ def _train(args) -> int:
 
 
 def _evaluate(args) -> int:
+    import gymnasium as gym
     import numpy as np
 
     from hvd_dqn.envs import check_env_id, make_env
@@ -89,7 +90,9 @@ def _evaluate(args) -> int:
     from hvd_dqn.serving import check_matches_env, load_policy
 
     if args.episodes < 1:
-        raise UserError("--episodes must be at least 1")
+        raise UserError(f"--episodes must be at least 1, got {args.episodes}")
+    if not 0.0 <= args.epsilon <= 1.0:
+        raise UserError(f"--epsilon must be in [0, 1], got {args.epsilon}")
     policy = load_policy(args.model)
     env_id = args.env_id or policy.env_id
     if env_id is None:
@@ -98,16 +101,30 @@ def _evaluate(args) -> int:
         check_env_id(env_id)
     except ValueError as exc:
         raise UserError(f"--env: {exc}") from None
-    render = {"render_mode": "rgb_array"} if args.video else {}
+    render = {}
+    if args.video:
+        render = {"render_mode": "rgb_array"}
+        # off-screen rendering: no display or sound device is opened (pygame would complain on a headless host)
+        os.environ.setdefault("SDL_VIDEODRIVER", "dummy")
+        os.environ.setdefault("SDL_AUDIODRIVER", "dummy")
     envs = [make_env(env_id, **render) for _ in range(args.episodes)]
     check_matches_env(policy, envs[0])
+    seeds = [args.seed + i for i in range(args.episodes)]
     if args.video:
+        import warnings
+
         from gymnasium.wrappers import RecordVideo
 
-        envs = [RecordVideo(e, args.video, name_prefix=f"episode-{i}", episode_trigger=lambda _: True,
-                            disable_logger=True) for i, e in enumerate(envs)]
-    seeds = [args.seed + i for i in range(args.episodes)]
-    returns = run_episodes(env_id, policy.q_fn, seeds, args.epsilon, np.random.default_rng(args.seed), envs=envs)
+        with warnings.catch_warnings():  # one wrapper per episode, all into one folder: that is intended
+            warnings.filterwarnings("ignore", message=".*Overwriting existing videos")
+            # files: seed-<seed>-episode-0.mp4, so each video names the seed that replays it
+            envs = [RecordVideo(e, args.video, name_prefix=f"seed-{s}", episode_trigger=lambda _: True,
+                                disable_logger=True) for s, e in zip(seeds, envs)]
+    try:
+        returns = run_episodes(env_id, policy.q_fn, seeds, args.epsilon, np.random.default_rng(args.seed),
+                               envs=envs)
+    except gym.error.DependencyNotInstalled as exc:
+        raise UserError(f"--video: {exc}") from None
     for env in envs:
         env.close()
     result = summarize(returns)

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import numpy as np
 import tensorflow as tf
-import tf_keras as keras
+from hvd_dqn.keras2 import keras
 
 from hvd_dqn import distributed, losses
 from hvd_dqn.config import Config

@@ -6,7 +6,7 @@ while a user's Keras 3 code in the same process is left alone.
 from __future__ import annotations
 
 import numpy as np
-import tf_keras as keras
+from hvd_dqn.keras2 import keras
 
 
 def q_head(features, n_actions: int, dueling: bool, seed: int):

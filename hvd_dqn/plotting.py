@@ -8,6 +8,8 @@ from hvd_dqn.errors import UserError
 
 
 def read_run(run_dir: Path) -> dict:
+    if not run_dir.is_dir():
+        raise UserError(f"run dir not found: {run_dir}")
     metrics = run_dir / "metrics.jsonl"
     if not metrics.is_file():
         raise UserError(f"{run_dir}: no metrics.jsonl in it (is it a hvd-dqn run dir?)")

@@ -28,10 +28,10 @@ class LoadedPolicy:
 
 
 def _load_keras(path: Path):
-    import tf_keras
+    from hvd_dqn.keras2 import keras
 
     try:
-        return tf_keras.models.load_model(path, compile=False)
+        return keras.models.load_model(path, compile=False)
     except (OSError, ValueError) as exc:
         raise UserError(f"{path}: not a loadable Keras model ({str(exc).splitlines()[0]})") from None
 
@@ -85,14 +85,14 @@ def check_matches_env(policy: LoadedPolicy, env) -> None:
 def export(run_dir: str | Path, out_dir: str | Path) -> Path:
     """Write ``out_dir/saved_model`` (signatures ``q_values`` = serving_default, and ``greedy_action``),
     ``out_dir/q_network.keras`` and ``out_dir/export.json``. Returns out_dir."""
-    import tensorflow as tf
-
     run_dir, out_dir = Path(run_dir), Path(out_dir)
     if not run_dir.is_dir():
         raise UserError(f"run dir not found: {run_dir}")
     model_file = run_dir / "q_network.keras"
     if not model_file.is_file():
         raise UserError(f"{run_dir}: no model in it (q_network.keras is written when a run finishes)")
+    import tensorflow as tf  # after the checks: a mistyped path fails at once, not after TF's start-up
+
     model = _load_keras(model_file)
     obs_shape = tuple(model.input_shape[1:])
     spec = tf.TensorSpec([None, *obs_shape], tf.float32, name="observation")

@@ -25,6 +25,9 @@ def test_train_smoke_runs_updates_and_writes_outputs(tiny_cartpole, tmp_path):
     assert [r["env_steps"] for r in rows if "eval_return_mean" in r] == [1500, 3000]
     assert rows[-1]["updates"] == summary["updates"]
     assert "hvd-dqn summary:" in proc.stdout
+    # stdout is a pipe, not a terminal: one plain progress line per log point, no tqdm bar redrawn with \r
+    progress = [line for line in proc.stdout.splitlines() if line.startswith("hvd-dqn | steps")]
+    assert len(progress) == len(rows) and "\r" not in proc.stdout
     assert json.loads((run_dir / "config.json").read_text())["env_id"] == "CartPole-v1"
 
     # the saved Q-network loads with plain tf_keras where horovod cannot even be imported

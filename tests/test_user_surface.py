@@ -1,0 +1,302 @@
+"""The user's surface on one tiny CartPole run (trained once per module, in process, with callbacks):
+callbacks, TensorBoard tags, progress output, ``evaluate``, ``export`` (loaded where Horovod cannot be imported),
+``plot``, and the one-line errors of each command."""
+import io
+import json
+import re
+import struct
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from conftest import BIN, run
+from test_cli import NO_HOROVOD
+
+from hvd_dqn import Callback, Config, Trainer
+
+TINY = dict(env_id="CartPole-v1", seed=5, total_env_steps=1200, hidden_sizes=(16, 16), learning_starts=300,
+            train_every=100, updates_per_train=10, target_update_every=20, eval_every=600, eval_episodes=4,
+            log_every=300, batch_size=32, replay_capacity=2000)
+OBS = np.array([[0.01, -0.02, 0.03, 0.04], [0.1, 0.5, -0.05, -0.6], [-0.2, -1.0, 0.1, 1.5]], np.float32)
+
+
+class Recorder(Callback):
+    def __init__(self):
+        self.calls = []
+
+    def on_log(self, trainer, row):
+        self.calls.append(("log", dict(row)))
+
+    def on_evaluation(self, trainer, result):
+        self.calls.append(("evaluation", dict(result)))
+
+    def on_checkpoint(self, trainer, path):
+        self.calls.append(("checkpoint", (Path(path), Path(path).is_file())))
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """(run_dir, summary, recorder, q-values of OBS from the trained Keras model)."""
+    run_dir = tmp_path_factory.mktemp("surface") / "run"
+    recorder = Recorder()
+    trainer = Trainer(Config(**TINY), run_dir=run_dir, callbacks=[recorder])
+    summary = trainer.train()
+    q = trainer.q_network(OBS).numpy()
+    return run_dir, summary, recorder, q
+
+
+def hvd_dqn(*args, timeout=300):
+    return run([BIN / "hvd-dqn", *args], timeout=timeout)
+
+
+# ------------------------------------------------------------------ callbacks, TensorBoard, progress
+def test_callbacks_fire_at_every_log_evaluation_and_checkpoint(trained):
+    run_dir, summary, recorder, _ = trained
+    kinds = [kind for kind, _ in recorder.calls]
+    logs = [arg for kind, arg in recorder.calls if kind == "log"]
+    evals = [arg for kind, arg in recorder.calls if kind == "evaluation"]
+    # log every 300 of 1200 steps: 4 rows; evaluation at 600 and 1200, each followed by its log row
+    assert [row["env_steps"] for row in logs] == [300, 600, 900, 1200]
+    assert [e["env_steps"] for e in evals] == [600, 1200]
+    assert all({"eval_return_mean", "eval_return_std", "eval_return_min", "eval_return_max"} <= e.keys()
+               for e in evals)
+    assert evals[-1]["eval_return_mean"] == summary["final_eval_return_mean"]
+    assert evals[-1]["eval_episodes"] == 4
+    assert kinds[-1] == "checkpoint" and kinds.count("checkpoint") == 1
+    path, existed = recorder.calls[-1][1]
+    assert path == run_dir / "q_network.keras" and existed
+    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert [r["env_steps"] for r in rows] == [r["env_steps"] for r in logs]
+    assert logs[-1]["updates"] == summary["updates"] > 0
+
+
+def test_callbacks_must_be_callback_instances():
+    with pytest.raises(TypeError, match="hvd_dqn.Callback"):
+        Trainer(Config(**TINY), callbacks=[lambda *a: None])
+
+
+def test_tensorboard_event_files_hold_the_expected_tags(trained):
+    import tensorflow as tf
+
+    run_dir = trained[0]
+    files = list((run_dir / "tensorboard").glob("events.out.tfevents.*"))
+    assert files
+    steps_by_tag = {}
+    for f in files:
+        for event in tf.compat.v1.train.summary_iterator(str(f)):
+            for value in event.summary.value:
+                steps_by_tag.setdefault(value.tag, []).append(event.step)
+    expected = {"charts/episodic_return", "charts/epsilon", "losses/td_loss", "losses/q_mean", "eval_return_mean",
+                "eval_return_std", "perf/env_steps_per_s", "perf/env_steps_per_s_per_rank", "perf/updates_per_s",
+                "updates"}
+    assert expected <= steps_by_tag.keys(), sorted(steps_by_tag)
+    assert "perf/allreduce_ms" not in steps_by_tag  # one rank runs no allreduce: the row holds None, not 0
+    assert sorted(steps_by_tag["eval_return_mean"]) == [600, 1200]
+    assert sorted(steps_by_tag["charts/epsilon"]) == [300, 600, 900, 1200]
+
+
+def _row(steps):
+    return {"env_steps": steps, "wall_s": steps / 100, "charts/episodic_return": 21.5, "losses/td_loss": 0.25,
+            "charts/epsilon": 0.5, "perf/env_steps_per_s": 1234.0}
+
+
+def test_progress_is_plain_lines_when_not_a_terminal(tmp_path):
+    from hvd_dqn.metrics import RunLogger
+
+    stream = io.StringIO()
+    logger = RunLogger(tmp_path, enabled=True, total_env_steps=1000, stream=stream, tensorboard=False)
+    logger.log(_row(500))
+    logger.log({**_row(1000), "eval_return_mean": 200.0})
+    logger.close()
+    lines = stream.getvalue().splitlines()
+    assert len(lines) == 2 and all(line.startswith("hvd-dqn | steps") for line in lines)
+    assert "return    21.5" in lines[0] and "1,234 steps/s" in lines[0] and "eps 0.500" in lines[0]
+    assert "eval   200.0" in lines[1] and "\r" not in stream.getvalue()
+
+
+def test_progress_is_a_tqdm_bar_on_a_terminal(tmp_path):
+    from hvd_dqn.metrics import RunLogger
+
+    class Terminal(io.StringIO):
+        def isatty(self):
+            return True
+
+    stream = Terminal()
+    logger = RunLogger(tmp_path, enabled=True, total_env_steps=1000, stream=stream, tensorboard=False)
+    logger.log(_row(500))
+    logger.log({**_row(1000), "eval_return_mean": 200.0})
+    logger.close()
+    out = stream.getvalue()
+    assert "\r" in out and "hvd-dqn | steps" not in out  # a redrawn bar, not lines
+    last = out.split("\r")[-1]
+    assert "1.00k/1.00k" in last and "100%" in last and "return=21.5" in last and "eval=200.0" in last
+
+
+def test_other_ranks_write_nothing(tmp_path):
+    from hvd_dqn.metrics import RunLogger
+
+    stream = io.StringIO()
+    logger = RunLogger(tmp_path / "r1", enabled=False, total_env_steps=1000, stream=stream)
+    logger.log(_row(500))
+    logger.close()
+    assert stream.getvalue() == "" and not (tmp_path / "r1").exists()
+
+
+# ------------------------------------------------------------------ evaluate
+EVAL_LINE = re.compile(r"^(\S+): (\d+) episodes, mean (-?[\d.]+), std ([\d.]+), min (-?[\d.]+), max (-?[\d.]+)$")
+
+
+def parse_eval(stdout):
+    m = EVAL_LINE.match(stdout.strip().splitlines()[-1])
+    assert m, stdout
+    return m.group(1), int(m.group(2)), *map(float, m.groups()[2:])
+
+
+def test_evaluate_run_dir_is_seeded_and_summarises(trained):
+    run_dir = trained[0]
+    first = hvd_dqn("evaluate", run_dir, "--episodes", "3", "--seed", "7")
+    assert first.returncode == 0, first.stderr
+    env_id, n, mean, std, lo, hi = parse_eval(first.stdout)
+    assert env_id == "CartPole-v1" and n == 3
+    assert 1 <= lo <= mean <= hi <= 500 and std >= 0
+    again = hvd_dqn("evaluate", run_dir, "--episodes", "3", "--seed", "7")
+    assert parse_eval(again.stdout) == parse_eval(first.stdout)
+
+
+def test_evaluate_records_one_video_per_episode(trained, tmp_path):
+    videos = tmp_path / "videos"
+    proc = hvd_dqn("evaluate", trained[0], "--episodes", "2", "--seed", "7", "--video", videos)
+    assert proc.returncode == 0, proc.stderr
+    assert "Overwriting" not in proc.stderr
+    files = sorted(videos.glob("*.mp4"))
+    assert [f.name for f in files] == ["seed-7-episode-0.mp4", "seed-8-episode-0.mp4"]
+    assert all(f.read_bytes()[4:8] == b"ftyp" for f in files)  # MP4 container
+
+
+@pytest.fixture(scope="module")
+def exported(trained, tmp_path_factory):
+    out = tmp_path_factory.mktemp("export") / "policy"
+    proc = hvd_dqn("export", trained[0], out)
+    assert proc.returncode == 0, proc.stderr
+    assert f"exported to {out}" in proc.stdout
+    return out
+
+
+def test_export_writes_savedmodel_keras_and_metadata(exported, trained):
+    assert (exported / "saved_model" / "saved_model.pb").is_file()
+    assert (exported / "q_network.keras").is_file()
+    meta = json.loads((exported / "export.json").read_text())
+    assert meta["env_id"] == "CartPole-v1" and meta["observation_shape"] == [4] and meta["n_actions"] == 2
+    assert not list(exported.parent.glob(".*tmp*"))
+
+
+def test_evaluate_export_dir_matches_the_run_dir(trained, exported):
+    from_run = hvd_dqn("evaluate", trained[0], "--episodes", "2", "--seed", "11")
+    from_export = hvd_dqn("evaluate", exported, "--episodes", "2", "--seed", "11")
+    assert from_export.returncode == 0, from_export.stderr
+    assert parse_eval(from_export.stdout) == parse_eval(from_run.stdout)
+    keras_file = hvd_dqn("evaluate", exported / "q_network.keras", "--env", "CartPole-v1", "--episodes", "2",
+                         "--seed", "11")
+    assert keras_file.returncode == 0, keras_file.stderr
+    assert parse_eval(keras_file.stdout) == parse_eval(from_run.stdout)
+
+
+def test_export_loads_and_serves_without_horovod(trained, exported, tmp_path):
+    blocker = tmp_path / "blocker" / "horovod"
+    blocker.mkdir(parents=True)
+    (blocker / "__init__.py").write_text(NO_HOROVOD)
+    code = f"""
+import json, sys
+import numpy as np
+try:
+    import horovod
+    sys.exit("horovod imported")
+except ImportError:
+    pass
+import tensorflow as tf, tf_keras
+obs = tf.constant({OBS.tolist()}, tf.float32)
+loaded = tf.saved_model.load({str(exported / "saved_model")!r})
+q = loaded.signatures["q_values"](observation=obs)["q_values"].numpy()
+default = loaded.signatures["serving_default"](observation=obs)["q_values"].numpy()
+action = loaded.signatures["greedy_action"](observation=obs)["action"].numpy()
+k = tf_keras.models.load_model({str(exported / "q_network.keras")!r}, compile=False)(obs).numpy()
+print("OUT", json.dumps({{"q": q.tolist(), "default": default.tolist(), "action": action.tolist(),
+                         "keras": k.tolist(), "dtype": str(action.dtype), "hvd": "horovod" in sys.modules}}))
+"""
+    proc = run([sys.executable, "-c", code], PYTHONPATH=str(tmp_path / "blocker"))
+    assert proc.returncode == 0, proc.stderr
+    out = json.loads(proc.stdout.split("OUT ", 1)[1])
+    q_trained = trained[3]
+    np.testing.assert_allclose(out["q"], q_trained, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(out["default"], q_trained, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(out["keras"], q_trained, rtol=1e-5, atol=1e-6)
+    assert out["action"] == np.argmax(q_trained, axis=1).tolist() and out["dtype"] == "int32"
+    assert not out["hvd"]
+
+
+# ------------------------------------------------------------------ plot
+def test_plot_writes_a_png_of_the_expected_size(trained, tmp_path):
+    png = tmp_path / "curves" / "x.png"
+    proc = hvd_dqn("plot", trained[0], trained[0], "-o", png)
+    assert proc.returncode == 0, proc.stderr
+    data = png.read_bytes()
+    assert data[:8] == b"\x89PNG\r\n\x1a\n" and data[12:16] == b"IHDR"
+    assert struct.unpack(">II", data[16:24]) == (1200, 450)
+    assert data[-8:-4] == b"IEND"
+
+
+# ------------------------------------------------------------------ errors a person can act on
+# TensorFlow's C++ start-up chatter (written before absl logging is set up, so TF_CPP_MIN_LOG_LEVEL cannot
+# silence it) precedes our line when the command had to load TF; nothing else may.
+TF_CHATTER = re.compile(r"^(WARNING: All log messages before absl::InitializeLog|[EW]\d{4} [\d:.]+ +\d+ \S+:\d+\])")
+
+
+def assert_one_line_error(proc, *fragments):
+    assert proc.returncode == 2, (proc.stdout, proc.stderr)
+    lines = [line for line in proc.stderr.strip().splitlines() if not TF_CHATTER.match(line)]
+    assert len(lines) == 1 and lines[0].startswith("hvd-dqn: error: "), proc.stderr
+    assert "Traceback" not in proc.stderr
+    for fragment in fragments:
+        assert fragment in lines[0], lines[0]
+
+
+@pytest.mark.parametrize("command", ["evaluate", "export", "plot"])
+def test_missing_run_dir(command, tmp_path):
+    missing = tmp_path / "nope"
+    args = {"evaluate": [missing], "export": [missing, tmp_path / "out"], "plot": [missing, "-o", tmp_path / "p.png"]}
+    assert_one_line_error(hvd_dqn(command, *args[command]), str(missing))
+
+
+@pytest.mark.parametrize("command", ["evaluate", "export"])
+def test_run_dir_without_a_model(command, tmp_path):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    args = {"evaluate": [empty], "export": [empty, tmp_path / "out"]}
+    assert_one_line_error(hvd_dqn(command, *args[command]), str(empty), "no model")
+
+
+def test_plot_of_a_dir_without_metrics(tmp_path):
+    assert_one_line_error(hvd_dqn("plot", tmp_path, "-o", tmp_path / "p.png"), "no metrics.jsonl")
+
+
+@pytest.mark.parametrize("env_id, fragment", [("MountainCar-v0", "shape (2,) and 3 actions"),
+                                              ("Acrobot-v1", "shape (6,) and 3 actions")])
+def test_evaluate_on_an_env_that_does_not_match_the_model(trained, env_id, fragment):
+    assert_one_line_error(hvd_dqn("evaluate", trained[0], "--env", env_id, "--episodes", "1"),
+                          env_id, fragment, "expects shape (4,) and 2 actions")
+
+
+@pytest.mark.parametrize("args, fragment", [(["--episodes", "0"], "--episodes"),
+                                            (["--episodes", "-3"], "--episodes"),
+                                            (["--epsilon", "1.5"], "--epsilon"),
+                                            (["--env", "NoSuchEnv-v9"], "NoSuchEnv-v9")])
+def test_evaluate_bad_options(trained, args, fragment):
+    assert_one_line_error(hvd_dqn("evaluate", trained[0], *args), fragment)
+
+
+def test_evaluate_a_file_that_is_not_a_model(tmp_path):
+    bogus = tmp_path / "model.keras"
+    bogus.write_text("not a model")
+    assert_one_line_error(hvd_dqn("evaluate", bogus, "--env", "CartPole-v1"), str(bogus))
