@@ -21,30 +21,27 @@ SHORT_RUN = {  # a few thousand steps with several learning phases, kept small: 
 }
 
 
+def _started(script: str, start: str, stop: str, why_root: str):
+    """Run launch/<script> START, yield, then STOP: set-ups of machine state that the scripts undo themselves."""
+    if os.geteuid() != 0:
+        pytest.skip(why_root)
+    for action in (start, stop):
+        proc = subprocess.run([str(LAUNCH / script), action], capture_output=True, text=True, timeout=600)
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+        if action == start:
+            yield
+
+
 @pytest.fixture(scope="session")
 def local_slurm():
     """A running single-node SLURM on loopback; stops (only) the daemons it started at the end of the session."""
-    if os.geteuid() != 0:
-        pytest.skip("the local SLURM cluster needs root")
-    script = str(LAUNCH / "local-slurm.sh")
-    proc = subprocess.run([script, "start"], capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, proc.stdout + proc.stderr
-    yield
-    proc = subprocess.run([script, "stop"], capture_output=True, text=True, timeout=120)
-    assert proc.returncode == 0, proc.stdout + proc.stderr
+    yield from _started("local-slurm.sh", "start", "stop", "the local SLURM cluster needs root")
 
 
 @pytest.fixture(scope="session")
 def netns_hosts():
     """Two hosts on this machine, network namespaces hvdA (10.250.0.1) and hvdB (10.250.0.2); removed at the end."""
-    if os.geteuid() != 0:
-        pytest.skip("network namespaces need root")
-    script = str(LAUNCH / "netns-hosts.sh")
-    proc = subprocess.run([script, "up"], capture_output=True, text=True, timeout=60)
-    assert proc.returncode == 0, proc.stdout + proc.stderr
-    yield
-    proc = subprocess.run([script, "down"], capture_output=True, text=True, timeout=60)
-    assert proc.returncode == 0, proc.stdout + proc.stderr
+    yield from _started("netns-hosts.sh", "up", "down", "network namespaces need root")
 
 
 def _config(tmp_path, **overrides) -> Path:
