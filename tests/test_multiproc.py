@@ -1,7 +1,6 @@
 """Multi-process behaviour under `horovodrun -np 2`, for real."""
 import json
 import sys
-import time
 
 import pytest
 
@@ -41,20 +40,3 @@ def test_cli_two_ranks_trains_in_lockstep(tiny_cartpole, tmp_path):
     assert [r["env_steps"] for r in rows] == sorted(r["env_steps"] for r in rows)
     evals = [r for r in rows if "eval_return_mean" in r]
     assert evals and all(r["eval_episodes"] == 10 for r in evals)
-
-
-@pytest.mark.parametrize("controller", ["--gloo", "--mpi"])
-def test_a_failing_rank_ends_the_job(tiny_cartpole, tmp_path, controller):
-    """Rank 1 raises mid-training while rank 0 waits in a collective: the job must end, non-zero, in < 60 s."""
-    tiny = tiny_cartpole.read_text().replace("total_env_steps: 3000", "total_env_steps: 200000")
-    cfg = tmp_path / "long.yaml"
-    cfg.write_text(tiny)
-    t0 = time.monotonic()
-    proc = run([HOROVODRUN, "-np", "2", controller, BIN / "hvd-dqn", "train", "--config", cfg,
-                "--run-dir", tmp_path / "run"], timeout=240, HVD_DQN_FAULT="1:2000")
-    elapsed = time.monotonic() - t0
-    output = proc.stdout + proc.stderr
-    assert proc.returncode != 0, output
-    assert "injected fault at global env step" in output
-    assert "rank 1 failed" in output
-    assert elapsed < 60 + 20, elapsed  # 60 s after the fault, plus start-up of TensorFlow in both ranks

@@ -1,0 +1,35 @@
+#!/usr/bin/env bash
+# Start `hvd-dqn train` on several ranks with horovodrun.
+#
+#   launch/horovodrun.sh CONFIG [--set key=value ...]
+#
+# Everything after CONFIG goes to `hvd-dqn train` unchanged. Environment:
+#   NP               number of ranks in total (default 2)
+#   HOSTS            hosts and slots, horovodrun's -H: "node1:4,node2:4" (default localhost:NP)
+#   HOSTFILE         a hostfile instead ("node1 slots=4" per line); wins over HOSTS
+#   CONTROLLER       gloo (default) or mpi
+#   RUN_DIR          the run directory (default: hvd-dqn's runs/<env>-<time>)
+#   HOROVODRUN_ARGS  extra horovodrun options, word-split (e.g. "--network-interfaces eth0 --verbose")
+#   VIRTUAL_ENV      the venv holding hvd-dqn and horovodrun (default: this checkout's .venv, then PATH)
+# Across hosts, horovodrun reaches the others by ssh (passwordless) and runs the same paths there.
+# Every output line is prefixed by its rank: "[1]<stderr>:..." (gloo) or "[1,1]<stderr>:..." (mpi).
+set -euo pipefail
+here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+. "$here/common.sh"
+require_config "launch/horovodrun.sh CONFIG [--set key=value ...]" "$@"
+config=$1; shift
+
+NP=${NP:-2}
+CONTROLLER=${CONTROLLER:-gloo}
+case $CONTROLLER in gloo|mpi) ;; *) echo "hvd-dqn launcher: error: CONTROLLER must be gloo or mpi, not '$CONTROLLER'" >&2; exit 2 ;; esac
+hvd_dqn=$(find_hvd_dqn "$here/..")
+horovodrun=$(dirname "$hvd_dqn")/horovodrun
+[ -x "$horovodrun" ] || horovodrun=horovodrun
+
+args=(-np "$NP" "--$CONTROLLER")
+if [ -n "${HOSTFILE:-}" ]; then args+=(--hostfile "$HOSTFILE"); else args+=(-H "${HOSTS:-localhost:$NP}"); fi
+read -r -a extra <<< "${HOROVODRUN_ARGS:-}"
+train=("$hvd_dqn" train --config "$config")
+[ -n "${RUN_DIR:-}" ] && train+=(--run-dir "$RUN_DIR")
+
+exec "$horovodrun" "${args[@]}" "${extra[@]}" "${train[@]}" "$@"
