@@ -13,7 +13,7 @@ install:
 	@bash tools/install.sh
 
 train: install
-	$(VENV)/bin/horovodrun -np $(NP) --gloo -H localhost:$(NP) \
+	$(VENV)/bin/horovodrun -np $(NP) --mpi -H localhost:$(NP) \
 	    $(VENV)/bin/hvd-dqn train --config $(CONFIG) --run-dir $(RUN_DIR)
 
 test: install
