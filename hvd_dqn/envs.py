@@ -1,8 +1,17 @@
 """Environments: one gymnasium vector env per rank, seeded apart from every other rank and env.
 
-Vector envs run in SAME_STEP autoreset mode: a step that ends an episode returns the next episode's first
-observation and puts the true last observation in ``info["final_obs"]``, so every step is one real transition
-and no autoreset step ever reaches replay.
+Classic control: vector envs run in SAME_STEP autoreset mode: a step that ends an episode returns the next
+episode's first observation and puts the true last observation in ``info["final_obs"]``, so every step is one
+real transition and no autoreset step ever reaches replay.
+
+Atari (``ALE/<Game>-v5``): the DQN preprocessing of Mnih et al. 2015 / Machado et al. 2018 with gymnasium's own
+wrappers: the emulator at frameskip 1 with sticky actions as configured and an episode cap in frames, then
+``AtariPreprocessing`` (up to ``noop_max`` no-ops after reset, frame skip 4 with a max over the last two frames,
+84x84 grayscale uint8), then ``FrameStackObservation`` with zero padding at episode starts: (S, 84, 84) uint8.
+Reward clipping and terminal-on-life-loss are applied by the trainer on what it stores, so returns stay game
+scores. The vector env runs in NEXT_STEP autoreset mode, because the frame replay stores one frame per env per
+vector step: the step after an episode ends returns the reset observation (no transition; the replay knows).
+Training, evaluation and ``evaluate --video`` all build their envs with ``make_env``: the same preprocessing.
 """
 from __future__ import annotations
 
@@ -57,10 +66,38 @@ class OneHot(gym.ObservationWrapper):
         return out
 
 
+FRAME_PADDING = "zero"  # how FrameStackObservation pads an episode's first stacks; the frame replay pads alike
+
+
+def atari_options(config) -> dict[str, Any]:
+    """The keywords of ``make_env`` for an Atari config (empty for classic control)."""
+    if not config.is_atari:
+        return {}
+    return {"frame_stack": config.frame_stack, "noop_max": config.noop_max,
+            "sticky_action_prob": config.sticky_action_prob, "max_episode_frames": config.max_episode_frames}
+
+
+def make_atari_env(env_id: str, frame_stack: int = 4, noop_max: int = 30, sticky_action_prob: float = 0.25,
+                   max_episode_frames: int = 108_000, **kwargs: Any) -> gym.Env:
+    """One ALE env with the DQN preprocessing: (frame_stack, 84, 84) uint8 observations, 4 frames per step."""
+    from gymnasium.wrappers import AtariPreprocessing, FrameStackObservation
+
+    _register_atari()
+    try:
+        env = gym.make(env_id, frameskip=1, repeat_action_probability=sticky_action_prob,
+                       max_num_frames_per_episode=max_episode_frames, **kwargs)
+    except gym.error.Error as exc:
+        raise UserError(f"env {env_id!r}: {exc}") from None
+    env = AtariPreprocessing(env, noop_max=noop_max, frame_skip=4, screen_size=84, terminal_on_life_loss=False,
+                             grayscale_obs=True, scale_obs=False)
+    return FrameStackObservation(env, frame_stack, padding_type=FRAME_PADDING)
+
+
 def make_env(env_id: str, **kwargs: Any) -> gym.Env:
-    """One environment with the observation wrappers the networks expect."""
+    """One environment with the observation wrappers the networks expect (``kwargs``: Atari options of
+    ``make_atari_env``, or keywords for ``gym.make``)."""
     if env_id.startswith("ALE/"):
-        _register_atari()
+        return make_atari_env(env_id, **kwargs)
     try:
         env = gym.make(env_id, **kwargs)
     except gym.error.Error as exc:
@@ -75,11 +112,12 @@ def make_env(env_id: str, **kwargs: Any) -> gym.Env:
     return env
 
 
-def make_vector_env(env_id: str, num_envs: int) -> gym.vector.VectorEnv:
-    return gym.vector.SyncVectorEnv(
-        [lambda: make_env(env_id) for _ in range(num_envs)],
-        autoreset_mode=gym.vector.AutoresetMode.SAME_STEP,
-    )
+def make_vector_env(env_id: str, num_envs: int, **kwargs: Any) -> gym.vector.VectorEnv:
+    """This rank's envs in one vector env: SAME_STEP autoreset for classic control, NEXT_STEP for Atari (see
+    the module's docstring)."""
+    mode = gym.vector.AutoresetMode.NEXT_STEP if env_id.startswith("ALE/") else gym.vector.AutoresetMode.SAME_STEP
+    return gym.vector.SyncVectorEnv([lambda: make_env(env_id, **kwargs) for _ in range(num_envs)],
+                                    autoreset_mode=mode)
 
 
 def true_next_obs(next_obs: np.ndarray, done: np.ndarray, info: dict) -> np.ndarray:
