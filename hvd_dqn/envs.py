@@ -69,16 +69,19 @@ class OneHot(gym.ObservationWrapper):
 FRAME_PADDING = "zero"  # how FrameStackObservation pads an episode's first stacks; the frame replay pads alike
 
 
+ATARI_OPTIONS = ("frame_stack", "noop_max", "sticky_action_prob", "max_episode_frames")
+
+
 def atari_options(config) -> dict[str, Any]:
-    """The keywords of ``make_env`` for an Atari config (empty for classic control)."""
-    if not config.is_atari:
+    """The keywords of ``make_env`` for an Atari config, a Config or its dict (empty for classic control)."""
+    data = config if isinstance(config, dict) else config.to_dict()
+    if not str(data.get("env_id", "")).startswith("ALE/"):
         return {}
-    return {"frame_stack": config.frame_stack, "noop_max": config.noop_max,
-            "sticky_action_prob": config.sticky_action_prob, "max_episode_frames": config.max_episode_frames}
+    return {key: data[key] for key in ATARI_OPTIONS if key in data}
 
 
 def make_atari_env(env_id: str, frame_stack: int = 4, noop_max: int = 30, sticky_action_prob: float = 0.25,
-                   max_episode_frames: int = 108_000, **kwargs: Any) -> gym.Env:
+                   max_episode_frames: int = 108_000, frame_padding: str = FRAME_PADDING, **kwargs: Any) -> gym.Env:
     """One ALE env with the DQN preprocessing: (frame_stack, 84, 84) uint8 observations, 4 frames per step."""
     from gymnasium.wrappers import AtariPreprocessing, FrameStackObservation
 
@@ -90,7 +93,7 @@ def make_atari_env(env_id: str, frame_stack: int = 4, noop_max: int = 30, sticky
         raise UserError(f"env {env_id!r}: {exc}") from None
     env = AtariPreprocessing(env, noop_max=noop_max, frame_skip=4, screen_size=84, terminal_on_life_loss=False,
                              grayscale_obs=True, scale_obs=False)
-    return FrameStackObservation(env, frame_stack, padding_type=FRAME_PADDING)
+    return FrameStackObservation(env, frame_stack, padding_type=frame_padding)
 
 
 def make_env(env_id: str, **kwargs: Any) -> gym.Env:

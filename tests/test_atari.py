@@ -1,0 +1,179 @@
+"""The Atari pipeline: preprocessing, the frame-once replay against real env stacks, the Nature CNN, seeding."""
+import gymnasium as gym
+import numpy as np
+import pytest
+
+from hvd_dqn import distributed
+from hvd_dqn.config import Config
+from hvd_dqn.envs import env_seeds, make_env, make_vector_env
+from hvd_dqn.errors import UserError
+from hvd_dqn.frame_replay import FrameReplayBuffer
+from hvd_dqn.prioritized import ReplayShard
+
+
+def test_preprocessing_shape_dtype_and_frame_skip():
+    env = make_env("ALE/Pong-v5", sticky_action_prob=0.0)
+    obs, info = env.reset(seed=1)
+    assert env.observation_space.shape == (4, 84, 84) and env.observation_space.dtype == np.uint8
+    assert obs.shape == (4, 84, 84) and obs.dtype == np.uint8
+    assert not obs[:3].any() and obs[3].any()  # an episode's first stack: zero padding, then the first frame
+    frames = [info["episode_frame_number"]]
+    for _ in range(5):
+        next_obs, _, _, _, info = env.step(env.action_space.sample())
+        frames.append(info["episode_frame_number"])
+        np.testing.assert_array_equal(next_obs[:3], obs[1:])  # the stack shifts by one frame per step
+        obs = next_obs
+    assert np.diff(frames).tolist() == [4] * 5  # frame skip 4: four emulator frames per agent step
+    assert 1 <= frames[0] <= 30  # the no-op start (up to noop_max frames) happened before the first frame
+    env.close()
+
+
+def test_episode_is_truncated_at_max_episode_frames():
+    env = make_env("ALE/Pong-v5", max_episode_frames=200)
+    env.reset(seed=0)
+    steps, truncated, terminated = 0, False, False
+    while not (truncated or terminated):
+        _, _, terminated, truncated, info = env.step(0)
+        steps += 1
+    assert truncated and not terminated and info["episode_frame_number"] <= 200 and steps <= 50
+
+
+@pytest.mark.parametrize("padding", ["zero", "reset"])
+def test_replay_stacks_equal_the_env_stacks(padding):
+    """A real 2-env Breakout vector env (random play: episodes end by game over and by the frame cap; lives are
+    lost), every step into a 40-slot frame replay that wraps around many times; after every step each
+    sampleable transition, rebuilt from single frames, equals what the env returned, stacks and columns."""
+    envs = make_vector_env("ALE/Breakout-v5", 2, max_episode_frames=1000, sticky_action_prob=0.0,
+                           frame_padding=padding)
+    assert envs.metadata["autoreset_mode"] == gym.vector.AutoresetMode.NEXT_STEP
+    replay = FrameReplayBuffer(40, 2, (84, 84), stack=4, padding=padding)
+    rng = np.random.default_rng(0)
+    obs, info = envs.reset(seed=[11, 12])
+    replay.start(obs)
+    lives, ended = info["lives"], np.zeros(2, bool)
+    stored = {}  # slot -> the transition the env produced there
+    kinds = {"terminated": 0, "truncated": 0, "life_loss": 0, "checked": 0}
+    for _ in range(700):
+        action = rng.integers(0, 4, size=2)
+        next_obs, reward, terminated, truncated, info = envs.step(action)
+        life_loss = info["lives"] < lives
+        lives = info["lives"]
+        stored_terminated = terminated | life_loss  # terminal_on_life_loss: the stack must still go on
+        slots = replay.add(obs, action, reward, next_obs, stored_terminated, truncated,
+                           episode_end=terminated | truncated)
+        for j, slot in enumerate(slots):
+            stored.pop(slot, None)
+            if not ended[j]:  # the step after an episode's end is the reset: no transition
+                stored[slot] = (obs[j], action[j], reward[j], next_obs[j], stored_terminated[j], truncated[j])
+                kinds["terminated"] += bool(terminated[j])
+                kinds["truncated"] += bool(truncated[j])
+                kinds["life_loss"] += bool(life_loss[j] and not terminated[j])
+        ended = terminated | truncated
+        assert replay.sampleable(slots).tolist() == [slot in stored for slot in slots]  # newest: all usable
+        sampleable = np.flatnonzero(replay.sampleable(np.arange(len(replay))))
+        assert len(sampleable) >= len(stored) - 2 * 4  # only the oldest rows' transitions lose history
+        batch = replay.gather(sampleable)
+        for k, slot in enumerate(sampleable):
+            o, a, r, n, te, tr = stored[slot]
+            np.testing.assert_array_equal(batch.obs[k], o)
+            np.testing.assert_array_equal(batch.next_obs[k], n)
+            assert (batch.action[k], batch.reward[k], batch.terminated[k], batch.truncated[k]) == (a, r, te, tr)
+            kinds["checked"] += 1
+        obs = next_obs
+    envs.close()
+    assert replay.rows_written > 10 * replay.rows  # wrapped around many times
+    assert kinds["terminated"] >= 2 and kinds["truncated"] >= 1 and kinds["life_loss"] >= 4, kinds
+    assert batch.obs.dtype == np.uint8 and batch.obs.shape[1:] == (4, 84, 84)
+
+
+def _synthetic_replay(capacity=30, num_envs=3, steps=50, episode=7, **kwargs):
+    """Frames whose pixels are (env, step) codes; every env's episode lasts ``episode`` steps."""
+    replay = FrameReplayBuffer(capacity, num_envs, (2, 2), stack=4, **kwargs)
+    stack = np.zeros((num_envs, 4, 2, 2), np.uint8)
+    replay.start(stack + 1)
+    for t in range(steps):
+        ended = np.array([(t + j) % episode == 0 for j in range(num_envs)])
+        replay.add(stack, np.zeros(num_envs, np.int32), np.ones(num_envs), stack + t % 200, ended, ended & False)
+    return replay
+
+
+def test_shard_samples_only_complete_transitions_uniform_and_prioritized():
+    for prioritized in (False, True):
+        replay = _synthetic_replay()
+        shard = ReplayShard(replay, 0.99, prioritized=prioritized)
+        rng = np.random.default_rng(0)
+        for _ in range(20):
+            _, discount, weights, idx = shard.sample(rng, (2, 16))
+            assert replay.sampleable(idx).all() and np.isfinite(weights).all()
+            shard.update_priorities(idx, rng.random(idx.shape))
+        assert not replay.sampleable(np.arange(len(replay))).all()  # there were slots to avoid
+
+
+def test_replay_memory_per_transition_and_refusal():
+    replay = FrameReplayBuffer(1000, 4)
+    shard = ReplayShard(replay, 0.99)
+    per_transition = (replay.nbytes + shard.discount.nbytes) / replay.capacity
+    assert per_transition <= 7200, per_transition  # 1M transitions in <= 7.2 GB (7.5 GB with the process)
+    with pytest.raises(UserError, match="replay_capacity"):
+        FrameReplayBuffer(10**9, 4)
+    with pytest.raises(UserError, match="x 8 ranks on this host"):  # each rank's shard counts on a shared host
+        FrameReplayBuffer(replay.capacity * 10**4 // 8, 4, ranks_per_host=8)
+
+
+def test_seeding_gives_every_rank_and_env_its_own_games():
+    def trajectory(rank):
+        envs = make_vector_env("ALE/Pong-v5", 2)
+        obs, _ = envs.reset(seed=env_seeds(0, rank, 2))
+        frames = [obs]
+        for t in range(40):
+            obs, *_ = envs.step(np.array([t % 6, (t * 5) % 6]))
+            frames.append(obs)
+        envs.close()
+        return np.stack(frames)  # (steps, env, 4, 84, 84)
+
+    rank0, rank1, rank0_again = trajectory(0), trajectory(1), trajectory(0)
+    np.testing.assert_array_equal(rank0, rank0_again)  # same seeds, same actions: the same games
+    for a, b in ((rank0[:, 0], rank1[:, 0]), (rank0[:, 1], rank1[:, 1]), (rank0[:, 0], rank0[:, 1])):
+        assert not np.array_equal(a, b)  # ranks differ, and the envs of one rank differ
+
+
+def test_config_fields_and_limits():
+    cfg = Config(env_id="ALE/Pong-v5")
+    assert cfg.is_atari and (cfg.frame_stack, cfg.noop_max, cfg.max_episode_frames) == (4, 30, 108_000)
+    assert not Config(env_id="CartPole-v1").is_atari
+    with pytest.raises(UserError, match="n_step > 1 is not supported for Atari"):
+        Config.from_dict({"env_id": "ALE/Pong-v5", "n_step": 3})
+    with pytest.raises(UserError, match="frame_stack"):
+        Config.from_dict({"env_id": "ALE/Pong-v5", "frame_stack": 0})
+
+
+@pytest.mark.parametrize("dueling", [False, True])
+def test_nature_cnn_learns_from_uint8_replay_batches(dueling):
+    from hvd_dqn.learner import Learner
+
+    distributed.init()
+    cfg = Config(env_id="ALE/Pong-v5", dueling=dueling, batch_size=8)
+    learner = Learner(cfg, (4, 84, 84), 6, 1)
+    model = learner.online
+    assert model.input.dtype == "uint8" and model.output_shape == (None, 6)
+    conv = 4 * 8 * 8 * 32 + 32 + 32 * 4 * 4 * 64 + 64 + 64 * 3 * 3 * 64 + 64
+    dense = 7 * 7 * 64 * 512 + 512
+    head = 512 * 6 + 6 if not dueling else 512 * 7 + 7 + 36  # + dueling's fixed centring matrix
+    assert model.count_params() == conv + dense + head
+    big = FrameReplayBuffer(40, 2, (84, 84), stack=4)
+    rng = np.random.default_rng(1)
+    stacks = rng.integers(0, 256, size=(2, 4, 84, 84), dtype=np.uint8)
+    big.start(stacks)
+    for t in range(30):
+        stacks = rng.integers(0, 256, size=(2, 4, 84, 84), dtype=np.uint8)
+        big.add(stacks, rng.integers(0, 6, 2), rng.normal(size=2), stacks, np.array([t % 9 == 0, False]),
+                np.zeros(2, bool))
+    batch = big.sample(rng, (3, 8))
+    assert batch.obs.dtype == np.uint8  # no float copy of the frames outside the graph
+    before = [v.numpy().copy() for v in model.trainable_variables]
+    stats = learner.train_phase(batch, 1e-3)
+    assert learner.updates == 3 and np.isfinite(stats["td_loss"])
+    assert any(np.abs(a - v.numpy()).max() > 0 for a, v in zip(before, model.trainable_variables))
+    q = learner.acting_fn()(batch.obs[0])
+    assert q.shape == (8, 6)
+    np.testing.assert_allclose(q, learner.q_values(batch.obs[0]), rtol=1e-5, atol=1e-5)
