@@ -159,6 +159,9 @@ class Config(BaseModel):
             replay_capacity=-(-self.replay_capacity // world_size),
             vector_steps=-(-self.total_env_steps // vector_step),
             vector_steps_per_train=max(1, round(self.train_every / vector_step)),
+            # a vector step of all ranks brings more than train_every env steps (Atari's train_every 4 on 8 ranks):
+            # more updates per phase, so the updates per env step stay what the config says
+            updates_per_phase=self.updates_per_train * max(1, round(vector_step / self.train_every)),
             global_steps_per_vector_step=vector_step,
         )
 
@@ -211,6 +214,7 @@ class PerRank(BaseModel):
     replay_capacity: int
     vector_steps: int
     vector_steps_per_train: int
+    updates_per_phase: int
     global_steps_per_vector_step: int
 
 

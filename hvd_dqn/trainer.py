@@ -162,12 +162,12 @@ class Trainer:
                        stored_terminated, truncated, episode_end=terminated | truncated)
 
     def _learn(self) -> None:
-        """A phase of updates_per_train gradient updates, split where a target sync or a federated averaging
+        """A phase of updates_per_train gradient updates (more if one vector step exceeds train_every), split where a target sync or a federated averaging
         falls due (both decided from the update counters, equal on every rank)."""
         cfg, s, learner = self.config, self.state, self.learner
         lr = cfg.learning_rate * linear_epsilon(s.env_steps, 1.0, cfg.lr_final_fraction, cfg.total_env_steps)
         beta = annealed_beta(s.env_steps, cfg.total_env_steps, cfg.priority_beta_start)
-        remaining = cfg.updates_per_train
+        remaining = self.per.updates_per_phase
         while remaining:
             k = min(remaining, cfg.target_update_every - s.since_sync)
             if cfg.federated_every is not None:

@@ -3,6 +3,7 @@ import gymnasium as gym
 import numpy as np
 import pytest
 
+from conftest import ROOT
 from hvd_dqn import distributed
 from hvd_dqn.config import Config
 from hvd_dqn.envs import env_seeds, make_env, make_vector_env
@@ -140,6 +141,12 @@ def test_seeding_gives_every_rank_and_env_its_own_games():
 def test_config_fields_and_limits():
     cfg = Config(env_id="ALE/Pong-v5")
     assert cfg.is_atari and (cfg.frame_stack, cfg.noop_max, cfg.max_episode_frames) == (4, 30, 108_000)
+    pong = Config.from_yaml(ROOT / "configs" / "pong.yaml")
+    assert (pong.replay_capacity, pong.batch_size, pong.train_every, pong.total_env_steps) == (10**6, 32, 4, 10**7)
+    for world_size in (1, 2, 4, 8, 16):  # one update per 4 global env steps on any number of ranks
+        per = pong.per_rank(world_size)
+        steps_per_phase = per.vector_steps_per_train * per.global_steps_per_vector_step
+        assert per.updates_per_phase / steps_per_phase == 1 / 4, world_size
     assert not Config(env_id="CartPole-v1").is_atari
     with pytest.raises(UserError, match="n_step > 1 is not supported for Atari"):
         Config.from_dict({"env_id": "ALE/Pong-v5", "n_step": 3})
