@@ -93,6 +93,10 @@ class Config(BaseModel):
                            "the episode, its frame stack and its return still end only at game over.")
     clip_rewards: bool = Field(
         True, description="Atari: replay stores sign(reward); returns in the logs and evaluations stay unclipped.")
+    atari_vector_env: Literal["ale", "gymnasium"] = Field(
+        "ale", description="Atari: the training envs of a rank: ale-py's C++ AtariVectorEnv (faster with several "
+                           "envs) or gymnasium's wrappers in a SyncVectorEnv; the same frames bit for bit. "
+                           "Evaluation and videos use the gymnasium wrappers.")
     max_episode_frames: int = Field(
         108_000, ge=1, description="Atari: emulator frames after which an episode is truncated, in training and "
                                    "evaluation (108k = 30 min of play at 60 Hz, Machado et al. 2018).")

@@ -115,12 +115,41 @@ def make_env(env_id: str, **kwargs: Any) -> gym.Env:
     return env
 
 
-def make_vector_env(env_id: str, num_envs: int, **kwargs: Any) -> gym.vector.VectorEnv:
+def make_vector_env(env_id: str, num_envs: int, backend: str = "gymnasium", threads: int = 1,
+                    **kwargs: Any) -> gym.vector.VectorEnv:
     """This rank's envs in one vector env: SAME_STEP autoreset for classic control, NEXT_STEP for Atari (see
-    the module's docstring)."""
+    the module's docstring). Atari ``backend``: "gymnasium" (``make_env``'s wrappers in a SyncVectorEnv) or "ale"
+    (ale-py's C++ AtariVectorEnv on ``threads`` threads: the same frames, bit for bit, as tests/test_atari.py
+    checks, faster with several envs)."""
+    if backend == "ale" and env_id.startswith("ALE/"):
+        return _ale_vector_env(env_id, num_envs, threads, **kwargs)
     mode = gym.vector.AutoresetMode.NEXT_STEP if env_id.startswith("ALE/") else gym.vector.AutoresetMode.SAME_STEP
     return gym.vector.SyncVectorEnv([lambda: make_env(env_id, **kwargs) for _ in range(num_envs)],
                                     autoreset_mode=mode)
+
+
+def _ale_vector_env(env_id: str, num_envs: int, threads: int, frame_stack: int = 4, noop_max: int = 30,
+                    sticky_action_prob: float = 0.25, max_episode_frames: int = 108_000,
+                    frame_padding: str = FRAME_PADDING) -> gym.vector.VectorEnv:
+    from ale_py.vector_env import AtariVectorEnv
+
+    if frame_padding != "zero":
+        raise UserError("the ale vector env pads frame stacks with zeros only")
+
+    class SeededAtariVectorEnv(AtariVectorEnv):
+        def reset(self, *, seed=None, options=None):  # a list of per-env seeds, as SyncVectorEnv takes
+            seed = np.asarray(seed, np.int64) % 2**31 if isinstance(seed, (list, tuple)) else seed
+            return super().reset(seed=seed, options=options)
+
+    _register_atari()
+    game = gym.spec(env_id).kwargs["game"]  # the ROM id: "pong", "space_invaders"
+    # the preprocessing of make_atari_env: no FIRE on reset, no episodic life, no reward clipping (the trainer
+    # clips what it stores and handles lost lives itself)
+    return SeededAtariVectorEnv(
+        game, num_envs, num_threads=max(1, min(threads, num_envs)), max_num_frames_per_episode=max_episode_frames,
+        repeat_action_probability=sticky_action_prob, stack_num=frame_stack, frameskip=4, maxpool=True,
+        noop_max=noop_max, episodic_life=False, reward_clipping=False, use_fire_reset=False,
+        autoreset_mode=gym.vector.AutoresetMode.NEXT_STEP)
 
 
 def true_next_obs(next_obs: np.ndarray, done: np.ndarray, info: dict) -> np.ndarray:

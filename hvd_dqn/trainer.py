@@ -85,7 +85,8 @@ class Trainer:
         self.threshold = cfg.reward_threshold if cfg.reward_threshold is not None else reward_threshold(cfg.env_id)
         self.fault_step = _fault_step(world.rank)
 
-        self.envs = make_vector_env(cfg.env_id, cfg.num_envs, **atari_options(cfg))
+        self.envs = make_vector_env(cfg.env_id, cfg.num_envs, backend=cfg.atari_vector_env,
+                                    threads=world.cores_per_rank, **atari_options(cfg))
         self.obs, info = self.envs.reset(seed=env_seeds(cfg.seed, world.rank, cfg.num_envs))
         obs_shape = self.envs.single_observation_space.shape
         n_actions = int(self.envs.single_action_space.n)

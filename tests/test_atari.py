@@ -39,12 +39,32 @@ def test_episode_is_truncated_at_max_episode_frames():
     assert truncated and not terminated and info["episode_frame_number"] <= 200 and steps <= 50
 
 
-@pytest.mark.parametrize("padding", ["zero", "reset"])
-def test_replay_stacks_equal_the_env_stacks(padding):
+def test_both_vector_envs_give_the_same_frames():
+    """ale-py's C++ vector env and gymnasium's wrappers (used for evaluation and videos): the same frames, bit
+    for bit, and the same rewards, for the same actions (no random no-ops or sticky actions to draw apart)."""
+    options = {"noop_max": 0, "sticky_action_prob": 0.0}
+    ale = make_vector_env("ALE/Breakout-v5", 1, backend="ale", **options)
+    gym_env = make_env("ALE/Breakout-v5", **options)
+    obs, _ = ale.reset(seed=[0])
+    single, _ = gym_env.reset(seed=0)
+    np.testing.assert_array_equal(obs[0], single)
+    rng = np.random.default_rng(0)
+    for _ in range(150):
+        action = int(rng.integers(0, 4))
+        obs, reward, terminated, _, _ = ale.step(np.array([action]))
+        single, single_reward, single_terminated, _, _ = gym_env.step(action)
+        np.testing.assert_array_equal(obs[0], single)
+        assert (reward[0], terminated[0]) == (single_reward, single_terminated)
+    ale.close()
+    gym_env.close()
+
+
+@pytest.mark.parametrize("backend, padding", [("ale", "zero"), ("gymnasium", "zero"), ("gymnasium", "reset")])
+def test_replay_stacks_equal_the_env_stacks(backend, padding):
     """A real 2-env Breakout vector env (random play: episodes end by game over and by the frame cap; lives are
     lost), every step into a 40-slot frame replay that wraps around many times; after every step each
     sampleable transition, rebuilt from single frames, equals what the env returned, stacks and columns."""
-    envs = make_vector_env("ALE/Breakout-v5", 2, max_episode_frames=1000, sticky_action_prob=0.0,
+    envs = make_vector_env("ALE/Breakout-v5", 2, backend=backend, max_episode_frames=1000, sticky_action_prob=0.0,
                            frame_padding=padding)
     assert envs.metadata["autoreset_mode"] == gym.vector.AutoresetMode.NEXT_STEP
     replay = FrameReplayBuffer(40, 2, (84, 84), stack=4, padding=padding)
@@ -121,9 +141,10 @@ def test_replay_memory_per_transition_and_refusal():
         FrameReplayBuffer(replay.capacity * 10**4 // 8, 4, ranks_per_host=8)
 
 
-def test_seeding_gives_every_rank_and_env_its_own_games():
+@pytest.mark.parametrize("backend", ["ale", "gymnasium"])
+def test_seeding_gives_every_rank_and_env_its_own_games(backend):
     def trajectory(rank):
-        envs = make_vector_env("ALE/Pong-v5", 2)
+        envs = make_vector_env("ALE/Pong-v5", 2, backend=backend)
         obs, _ = envs.reset(seed=env_seeds(0, rank, 2))
         frames = [obs]
         for t in range(40):

@@ -1,0 +1,128 @@
+"""The Atari pipeline's parts, one at a time on this machine: env steps/s per rank (our vector env, and ale-py's
+C++ AtariVectorEnv for comparison), Nature CNN updates/s and acting calls/s, bytes per stored transition, and the
+peak memory of a filled 100k-transition frame replay. Prints figures; asserts nothing.
+
+    .venv/bin/python benchmarks/atari.py [--game Pong] [--seconds 5] [--replay 100000]
+
+One process, one core's worth of work at a time (the replay fill runs in a child process so its peak RSS is its
+own). The README's "Atari" section quotes these figures and the 10M-step estimate built from them.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+import numpy as np  # noqa: E402
+
+
+def rate(fn, seconds: float, per_call: int = 1) -> float:
+    """Calls of ``fn`` per second (times ``per_call``), after one warm-up call."""
+    fn()
+    n, start = 0, time.perf_counter()
+    while time.perf_counter() - start < seconds:
+        fn()
+        n += 1
+    return n * per_call / (time.perf_counter() - start)
+
+
+def env_rates(game: str, seconds: float) -> None:
+    from hvd_dqn.envs import make_vector_env
+
+    for num_envs in (1, 4):
+        envs = make_vector_env(f"ALE/{game}-v5", num_envs)
+        envs.reset(seed=list(range(num_envs)))
+        actions = np.zeros(num_envs, np.int64)
+        print(f"env steps/s per rank, gymnasium wrappers (ours), num_envs {num_envs}: "
+              f"{rate(lambda: envs.step(actions), seconds, num_envs):,.0f}")
+        envs.close()
+    try:
+        from ale_py.vector_env import AtariVectorEnv
+    except ImportError:
+        return
+    for num_envs in (1, 4):
+        envs = AtariVectorEnv(game.lower(), num_envs, num_threads=1)
+        envs.reset(seed=0)
+        actions = np.zeros(num_envs, np.int64)
+        print(f"env steps/s per rank, ale-py AtariVectorEnv (C++, 1 thread), num_envs {num_envs}: "
+              f"{rate(lambda: envs.step(actions), seconds, num_envs):,.0f}")
+        envs.close()
+
+
+def learner_rates(seconds: float) -> None:
+    from hvd_dqn import distributed
+    from hvd_dqn.config import Config
+    from hvd_dqn.frame_replay import FrameReplayBuffer
+    from hvd_dqn.learner import Learner
+    from hvd_dqn.prioritized import ReplayShard
+
+    distributed.init()
+    cfg = Config.from_yaml(ROOT / "configs" / "pong.yaml", ["replay_capacity=20000"])
+    learner = Learner(cfg, (4, 84, 84), 6, 1)
+    replay = FrameReplayBuffer(20_000, 1)
+    rng = np.random.default_rng(0)
+    stacks = rng.integers(0, 256, size=(1, 4, 84, 84), dtype=np.uint8)
+    replay.start(stacks)
+    for t in range(20_000):
+        replay.add(stacks, np.zeros(1, np.int32), np.zeros(1), stacks, np.array([t % 1000 == 999]), np.zeros(1, bool))
+    shard = ReplayShard(replay, cfg.gamma)
+    sample = lambda: shard.sample(rng, (1, 32))  # noqa: E731
+    batch = sample()[0]
+    print(f"replay sample + stack rebuild, batch 32: {rate(sample, seconds):,.0f} batches/s")
+    print(f"Nature CNN updates/s, batch 32, one update per call (as configs/pong.yaml): "
+          f"{rate(lambda: learner.train_phase(batch, 1e-4), seconds):,.1f}")
+    print(f"  with sampling from the frame replay: "
+          f"{rate(lambda: learner.train_phase(sample()[0], 1e-4), seconds):,.1f}")
+    act = learner.acting_fn()
+    for n in (1, 4):
+        print(f"Nature CNN acting calls/s, {n} observation(s) per call: {rate(lambda: act(batch.obs[0, :n]), seconds):,.0f}")
+
+
+def replay_memory(capacity: int) -> None:
+    """In a child process: RSS before allocating, after filling the ring once."""
+    code = f"""
+import resource, numpy as np, sys
+sys.path.insert(0, {str(ROOT)!r})
+from hvd_dqn.frame_replay import FrameReplayBuffer
+from hvd_dqn.prioritized import ReplayShard
+rss = lambda: resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+before = rss()
+replay = FrameReplayBuffer({capacity}, 1)
+shard = ReplayShard(replay, 0.99)
+stacks = np.random.default_rng(0).integers(0, 256, size=(1, 4, 84, 84), dtype=np.uint8)
+replay.start(stacks)
+for t in range({capacity}):
+    shard.add(stacks, np.zeros(1, np.int32), np.zeros(1), stacks, np.zeros(1, bool), np.zeros(1, bool))
+print((replay.nbytes + shard.discount.nbytes) / replay.capacity, before, rss())
+"""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
+    per, before, after = (float(x) for x in out[-3:])
+    print(f"bytes per stored transition (frame replay + discount column): {per:,.1f}")
+    print(f"  1M transitions: {per * 1e6 / 1e9:.2f} GB")
+    print(f"peak RSS, {capacity:,}-transition frame replay filled: {after:,.0f} MB "
+          f"(process before allocating: {before:,.0f} MB; replay {after - before:,.0f} MB)")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--game", default="Pong")
+    ap.add_argument("--seconds", type=float, default=5.0, help="per measurement")
+    ap.add_argument("--replay", type=int, default=100_000, help="transitions in the memory measurement")
+    args = ap.parse_args()
+    print(f"load average before: {os.getloadavg()[0]:.2f}; {os.cpu_count()} CPUs")
+    env_rates(args.game, args.seconds)
+    replay_memory(args.replay)
+    learner_rates(args.seconds)
+    print(f"peak RSS of this process: {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:,.0f} MB")
+
+
+if __name__ == "__main__":
+    main()
