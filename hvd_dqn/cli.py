@@ -107,9 +107,10 @@ def _evaluate(args) -> int:
         # off-screen rendering: no display or sound device is opened (pygame would complain on a headless host)
         os.environ.setdefault("SDL_VIDEODRIVER", "dummy")
         os.environ.setdefault("SDL_AUDIODRIVER", "dummy")
-    # Atari: the preprocessing and episode cap the model was trained with, read from the run's config.json
-    run_config = Path(args.model) / "config.json"
-    trained = json.loads(run_config.read_text()) if run_config.is_file() else {}
+    # Atari: the preprocessing and episode cap the model was trained with (a run's config.json, an export's
+    # export.json; a bare .keras file gets the defaults)
+    meta = [Path(args.model) / name for name in ("config.json", "export.json")]
+    trained = next((json.loads(m.read_text()) for m in meta if m.is_file()), {})
     options = atari_options({**trained, "env_id": env_id})
     envs = [make_env(env_id, **options, **render) for _ in range(args.episodes)]
     check_matches_env(policy, envs[0])
