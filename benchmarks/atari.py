@@ -87,28 +87,49 @@ def learner_rates(seconds: float) -> None:
 
 
 def replay_memory(capacity: int) -> None:
-    """In a child process: RSS before allocating, after filling the ring once."""
+    """In a child process: resident memory before allocating and after filling the ring once, and the peak."""
     code = f"""
-import resource, numpy as np, sys
+import resource, sys, numpy as np, psutil
 sys.path.insert(0, {str(ROOT)!r})
 from hvd_dqn.frame_replay import FrameReplayBuffer
 from hvd_dqn.prioritized import ReplayShard
-rss = lambda: resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-before = rss()
+before = psutil.Process().memory_info().rss
 replay = FrameReplayBuffer({capacity}, 1)
 shard = ReplayShard(replay, 0.99)
 stacks = np.random.default_rng(0).integers(0, 256, size=(1, 4, 84, 84), dtype=np.uint8)
 replay.start(stacks)
 for t in range({capacity}):
     shard.add(stacks, np.zeros(1, np.int32), np.zeros(1), stacks, np.zeros(1, bool), np.zeros(1, bool))
-print((replay.nbytes + shard.discount.nbytes) / replay.capacity, before, rss())
+batch = shard.sample(np.random.default_rng(0), (1, 32))
+after = psutil.Process().memory_info().rss
+peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+print((replay.nbytes + shard.discount.nbytes) / replay.capacity, replay.nbytes + shard.discount.nbytes, before, after, peak)
 """
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
-    per, before, after = (float(x) for x in out[-3:])
-    print(f"bytes per stored transition (frame replay + discount column): {per:,.1f}")
-    print(f"  1M transitions: {per * 1e6 / 1e9:.2f} GB")
-    print(f"peak RSS, {capacity:,}-transition frame replay filled: {after:,.0f} MB "
-          f"(process before allocating: {before:,.0f} MB; replay {after - before:,.0f} MB)")
+    per, nbytes, before, after, peak = (float(x) for x in out[-5:])
+    print(f"bytes per stored transition (frame replay + discount column): {per:,.1f}; "
+          f"1M transitions: {per * 1e6 / 1e9:.2f} GB")
+    print(f"{capacity:,}-transition frame replay, filled: arrays {nbytes / 1e6:,.0f} MB; process RSS "
+          f"{before / 1e6:,.0f} MB before allocating, {after / 1e6:,.0f} MB filled, peak {peak / 1e6:,.0f} MB")
+
+
+def train_rate(steps: int) -> None:
+    """configs/pong.yaml on one rank, shortened (a small replay, learning from step steps/3): the whole loop."""
+    import json
+    import tempfile
+
+    run_dir = Path(tempfile.mkdtemp(prefix="hvd-dqn-atari-bench-")) / "run"
+    cmd = [sys.executable, "-m", "hvd_dqn.cli", "train", "--config", str(ROOT / "configs" / "pong.yaml"),
+           "--run-dir", str(run_dir)]
+    for override in (f"total_env_steps={steps}", f"learning_starts={steps // 3}", "replay_capacity=20000",
+                     f"eval_every={10 * steps}", "eval_episodes=1", "max_episode_frames=2000", f"log_every={steps // 3}"):
+        cmd += ["--set", override]
+    subprocess.run(cmd, check=True, capture_output=True, env=dict(os.environ, PYTHONPATH=str(ROOT)), cwd=ROOT)
+    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    learning = rows[1]  # the second third of the run: all learning, no evaluation
+    print(f"whole loop, 1 rank, pong.yaml (1 update per 4 env steps, 1 env), while learning: "
+          f"{learning['perf/env_steps_per_s']:,.0f} env steps/s, {learning['perf/updates_per_s']:,.1f} updates/s "
+          f"(env steps {rows[0]['env_steps']:,}-{learning['env_steps']:,})")
 
 
 def main() -> None:
@@ -116,12 +137,17 @@ def main() -> None:
     ap.add_argument("--game", default="Pong")
     ap.add_argument("--seconds", type=float, default=5.0, help="per measurement")
     ap.add_argument("--replay", type=int, default=100_000, help="transitions in the memory measurement")
+    ap.add_argument("--train-steps", type=int, default=3000, help="env steps of the whole-loop run (0: skip)")
     args = ap.parse_args()
     print(f"load average before: {os.getloadavg()[0]:.2f}; {os.cpu_count()} CPUs")
     env_rates(args.game, args.seconds)
     replay_memory(args.replay)
     learner_rates(args.seconds)
-    print(f"peak RSS of this process: {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:,.0f} MB")
+    print(f"peak RSS of this process (TensorFlow, CNN, a 20k replay): "
+          f"{resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / 1e6:,.0f} MB")
+    if args.train_steps:
+        train_rate(args.train_steps)
+    print(f"load average after: {os.getloadavg()[0]:.2f}")
 
 
 if __name__ == "__main__":
