@@ -137,8 +137,6 @@ class Config(BaseModel):
             raise ValueError("eps_end must not exceed eps_start")
         if self.batch_size > self.replay_capacity:
             raise ValueError("batch_size must not exceed replay_capacity")
-        if self.is_atari and self.n_step > 1:
-            raise ValueError("n_step > 1 is not supported for Atari yet (its replay stores single steps); use 1")
         if self.federated_every is not None and self.target_tau is None \
                 and self.target_update_every % self.federated_every:
             # a hard sync copies the online net: it must fall on an averaging, where every rank holds the same one

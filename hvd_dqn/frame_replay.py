@@ -7,10 +7,13 @@ one new frame per env, the newest frame of ``next_obs``: the frames of env j at 
 ended on it, and ``ep_pos``: how many frames of its episode came before it (0 = an episode's first frame, which
 ends no transition and is never sampled).
 
-The transition ending on the frame of row r has ``next_obs`` = frames r-S+1..r and ``obs`` = frames r-S..r-1
-(S = frame_stack); frames before the episode's first one (offset d > ep_pos) are padding, exactly as the env's
-FrameStackObservation pads: zeros, or the episode's first frame repeated (offsets clamped to ep_pos). A slot is
-sampleable while every frame it needs is still in the ring: the oldest S rows' transitions are not.
+The step stored at row r has ``obs`` = frames r-S..r-1 and ``next_obs`` = frames r-S+1..r (S = frame_stack);
+frames before the episode's first one (offset d > ep_pos) are padding, exactly as the env's
+FrameStackObservation pads: zeros, or the episode's first frame repeated (offsets clamped to ep_pos). With
+n-step returns the transition sampled at row r sums the rewards of rows r..r+m-1 and ends on the stack of row
+r+m-1, m = n unless the episode ended (or a lost life cut the bootstrap) sooner; its discount is gamma^m. A slot
+is sampleable once its m steps are written and while every frame it needs is still in the ring (the oldest S
+rows' transitions are not).
 
 Memory: one frame (7,056 bytes) plus 14 bytes of columns per slot; ``nbytes`` is the total.
 """
@@ -23,10 +26,12 @@ from hvd_dqn.replay import Batch, check_fits
 
 class FrameReplayBuffer:
     def __init__(self, capacity: int, num_envs: int, frame_shape: tuple[int, ...] = (84, 84), stack: int = 4,
-                 padding: str = "zero", ranks_per_host: int = 1, memory_fraction: float = 0.9):
+                 padding: str = "zero", n_step: int = 1, gamma: float = 0.99, ranks_per_host: int = 1,
+                 memory_fraction: float = 0.9):
         if padding not in ("zero", "reset"):
             raise ValueError(f"padding must be 'zero' or 'reset', got {padding!r}")
         self.num_envs, self.stack, self.padding = int(num_envs), int(stack), padding
+        self.n_step, self.gamma = int(n_step), float(gamma)
         self.rows = max(-(-int(capacity) // self.num_envs), self.stack + 2)  # whole rows, at least one sampleable
         self.capacity = self.rows * self.num_envs
         self.frame_shape = tuple(frame_shape)
@@ -96,36 +101,55 @@ class FrameReplayBuffer:
         last = self.rows_written - 1
         return last - (last - idx // self.num_envs) % self.rows
 
+    def _steps(self, idx: np.ndarray):
+        """The n steps of each n-step transition starting with the step stored at slot ``idx``: their slots
+        (..., n), which of them count (the first, and each one after a step that did not end the episode or
+        cut the bootstrap), and whether every counted step has been written yet."""
+        ks = np.arange(self.n_step)
+        rows = self._abs_rows(idx)[..., None] + ks
+        slots = (rows % self.rows) * self.num_envs + (idx % self.num_envs)[..., None]
+        cut = self._data["terminated"][slots] | self._data["truncated"][slots]
+        counted = np.ones(slots.shape, bool)
+        counted[..., 1:] = ~np.logical_or.accumulate(cut, axis=-1)[..., :-1]
+        written = np.all(~counted | (rows < self.rows_written), axis=-1)
+        return slots, counted, written
+
     def sampleable(self, idx) -> np.ndarray:
-        """True where slot ``idx`` ends a transition whose frames are all still stored."""
+        """True where slot ``idx`` starts a transition whose frames and n steps are all stored."""
         idx = np.asarray(idx)
         ep_pos = self._data["ep_pos"][idx]
         oldest = self.rows_written - self.rows  # the oldest absolute row still in the ring
-        return (ep_pos >= 1) & (self._abs_rows(idx) - np.minimum(ep_pos, self.stack) >= oldest)
+        complete = (ep_pos >= 1) & (self._abs_rows(idx) - np.minimum(ep_pos, self.stack) >= oldest)
+        return complete & self._steps(idx)[2] if self.n_step > 1 else complete
 
-    def sample(self, rng: np.random.Generator, shape: tuple[int, ...]) -> Batch:
-        """Uniform over sampleable slots, with replacement."""
-        if len(self) == 0:
-            raise RuntimeError("sample from an empty replay buffer")
-        idx = rng.integers(0, len(self), size=shape)
-        bad = ~self.sampleable(idx)
-        for _ in range(1000):
-            if not bad.any():
-                return self.gather(idx)
-            idx[bad] = rng.integers(0, len(self), size=int(bad.sum()))
-            bad = ~self.sampleable(idx)
-        raise RuntimeError("replay holds no complete transition yet")
-
-    def gather(self, idx: np.ndarray) -> Batch:
-        """The transitions ending on slots ``idx`` (any shape), stacks rebuilt: obs and next_obs uint8."""
-        idx = np.asarray(idx)
-        d = self._data
-        ep_pos = d["ep_pos"][idx][..., None]
-        offsets = np.arange(self.stack, -1, -1)  # S, S-1, ..., 0 frames back: oldest first
-        rows = self._abs_rows(idx)[..., None] - np.minimum(offsets, ep_pos)  # clamped to the episode's first frame
-        slots = (rows % self.rows) * self.num_envs + (idx % self.num_envs)[..., None]
-        frames = d["frame"][slots]  # (..., S + 1, *frame), one gather
+    def _stacks(self, end_slots: np.ndarray) -> np.ndarray:
+        """The frame stacks ending on ``end_slots`` (any shape): (..., S, *frame) uint8, padded as the env pads
+        before an episode's first frame (offsets past it clamped to it, and zeroed for zero padding)."""
+        ep_pos = self._data["ep_pos"][end_slots][..., None]
+        offsets = np.arange(self.stack - 1, -1, -1)  # S-1, ..., 0 frames back: oldest first
+        rows = self._abs_rows(end_slots)[..., None] - np.minimum(offsets, ep_pos)
+        frames = self._data["frame"][(rows % self.rows) * self.num_envs + (end_slots % self.num_envs)[..., None]]
         if self.padding == "zero":
             frames[offsets > ep_pos] = 0
-        return Batch(frames[..., :-1, :, :], d["action"][idx], d["reward"][idx], frames[..., 1:, :, :],
-                     d["terminated"][idx], d["truncated"][idx])
+        return frames
+
+    def gather(self, idx: np.ndarray) -> Batch:
+        return self.gather_with_discount(idx)[0]
+
+    def gather_with_discount(self, idx: np.ndarray) -> tuple[Batch, np.ndarray]:
+        """The transitions starting at slots ``idx`` (any shape), their stacks rebuilt (obs and next_obs uint8),
+        and each one's bootstrap discount gamma^m (m <= n_step steps of reward; fewer where the episode ended
+        or a lost life cut it)."""
+        idx = np.asarray(idx)
+        d = self._data
+        prev = (self._abs_rows(idx) - 1) % self.rows * self.num_envs + idx % self.num_envs
+        if self.n_step == 1:
+            last, reward, m = idx, d["reward"][idx], np.ones(idx.shape)
+        else:
+            slots, counted, _ = self._steps(idx)
+            m = counted.sum(axis=-1)
+            last = np.take_along_axis(slots, (m - 1)[..., None], axis=-1)[..., 0]
+            reward = (d["reward"][slots] * counted * self.gamma ** np.arange(self.n_step)).sum(axis=-1)
+        batch = Batch(self._stacks(prev), d["action"][idx], reward.astype(np.float32), self._stacks(last),
+                      d["terminated"][last], d["truncated"][last])
+        return batch, (self.gamma ** m).astype(np.float32)

@@ -122,6 +122,9 @@ class ReplayShard:
             weights = np.ones(shape, np.float32)
         else:
             weights = importance_weights(self.tree.get(idx) / self.tree.total, size, beta)
+        if hasattr(self.buffer, "gather_with_discount"):  # the frame replay computes n-step discounts itself
+            batch, discount = self.buffer.gather_with_discount(idx)
+            return batch, discount, weights, idx
         return self.buffer.gather(idx), self.discount[idx], weights, idx
 
     def _draw(self, rng: np.random.Generator, shape: tuple[int, ...], size: int) -> np.ndarray:

@@ -93,7 +93,7 @@ class Trainer:
         self.rng = np.random.default_rng([cfg.seed, world.rank, 7])  # this rank's exploration and sampling
         if cfg.is_atari:  # each frame stored once; the stacks are rebuilt when sampled
             self.replay = FrameReplayBuffer(per.replay_capacity, cfg.num_envs, obs_shape[1:], cfg.frame_stack,
-                                            FRAME_PADDING, ranks_per_host=world.local_size)
+                                            FRAME_PADDING, cfg.n_step, cfg.gamma, ranks_per_host=world.local_size)
             self.replay.start(self.obs)
             self.lives = np.asarray(info["lives"])
         else:
@@ -101,7 +101,9 @@ class Trainer:
         # n-step discounts and priorities ride alongside the plain buffer (README "Algorithms")
         self.shard = ReplayShard(self.replay, cfg.gamma ** cfg.n_step, cfg.prioritized_replay, cfg.priority_alpha,
                                  cfg.priority_epsilon)
-        self.nstep = NStepAccumulator(cfg.num_envs, cfg.n_step, cfg.gamma) if cfg.n_step > 1 else None
+        # n-step transitions: built on the actor side, or (Atari) by the frame replay when sampled
+        self.nstep = NStepAccumulator(cfg.num_envs, cfg.n_step, cfg.gamma) if cfg.n_step > 1 and not cfg.is_atari \
+            else None
         self.learner = Learner(cfg, obs_shape, n_actions, world.size)
         self.learner.broadcast_initial_weights()
         self.act = self.learner.acting_fn()

@@ -59,21 +59,26 @@ def test_both_vector_envs_give_the_same_frames():
     gym_env.close()
 
 
-@pytest.mark.parametrize("backend, padding", [("ale", "zero"), ("gymnasium", "zero"), ("gymnasium", "reset")])
-def test_replay_stacks_equal_the_env_stacks(backend, padding):
+@pytest.mark.parametrize("backend, padding, n_step", [("ale", "zero", 1), ("ale", "zero", 3),
+                                                     ("gymnasium", "zero", 1), ("gymnasium", "reset", 3)])
+def test_replay_stacks_equal_the_env_stacks(backend, padding, n_step):
     """A real 2-env Breakout vector env (random play: episodes end by game over and by the frame cap; lives are
-    lost), every step into a 40-slot frame replay that wraps around many times; after every step each
-    sampleable transition, rebuilt from single frames, equals what the env returned, stacks and columns."""
+    lost), every step into a 40-slot frame replay that wraps around many times. After every step: exactly the
+    transitions that are complete (n steps written, or fewer before an episode end) and whose frames are still
+    in the ring are sampleable, and each one, rebuilt from single frames, equals what the env returned: stacks,
+    n-step reward, flags and discount."""
+    gamma = 0.9
     envs = make_vector_env("ALE/Breakout-v5", 2, backend=backend, max_episode_frames=1000, sticky_action_prob=0.0,
                            frame_padding=padding)
     assert envs.metadata["autoreset_mode"] == gym.vector.AutoresetMode.NEXT_STEP
-    replay = FrameReplayBuffer(40, 2, (84, 84), stack=4, padding=padding)
+    replay = FrameReplayBuffer(40, 2, (84, 84), stack=4, padding=padding, n_step=n_step, gamma=gamma)
     rng = np.random.default_rng(0)
     obs, info = envs.reset(seed=[11, 12])
     replay.start(obs)
-    lives, ended = info["lives"], np.zeros(2, bool)
-    stored = {}  # slot -> the transition the env produced there
-    kinds = {"terminated": 0, "truncated": 0, "life_loss": 0, "checked": 0}
+    lives, ended, ep_index = info["lives"], np.zeros(2, bool), np.zeros(2, int)  # start(): frames at ep 0
+    steps = [[], []]  # each env's transitions in order: (obs, action, reward, next_obs, terminated, truncated)
+    stored = {}  # slot -> (env, index in steps[env], row written, steps of its episode up to it)
+    kinds = {"terminated": 0, "truncated": 0, "life_loss": 0, "checked": 0, "short": 0}
     for _ in range(700):
         action = rng.integers(0, 4, size=2)
         next_obs, reward, terminated, truncated, info = envs.step(action)
@@ -84,26 +89,44 @@ def test_replay_stacks_equal_the_env_stacks(backend, padding):
                            episode_end=terminated | truncated)
         for j, slot in enumerate(slots):
             stored.pop(slot, None)
+            ep_index[j] = 0 if ended[j] else ep_index[j] + 1
             if not ended[j]:  # the step after an episode's end is the reset: no transition
-                stored[slot] = (obs[j], action[j], reward[j], next_obs[j], stored_terminated[j], truncated[j])
+                steps[j].append((obs[j], action[j], reward[j], next_obs[j], stored_terminated[j], truncated[j]))
+                stored[slot] = (j, len(steps[j]) - 1, replay.rows_written - 1, ep_index[j])
                 kinds["terminated"] += bool(terminated[j])
                 kinds["truncated"] += bool(truncated[j])
                 kinds["life_loss"] += bool(life_loss[j] and not terminated[j])
         ended = terminated | truncated
-        assert replay.sampleable(slots).tolist() == [slot in stored for slot in slots]  # newest: all usable
+        expected = {}
+        for slot, (j, i, row, ep) in stored.items():
+            chain = []
+            for k in range(n_step):
+                if i + k == len(steps[j]):
+                    break  # the n-step transition is not complete yet
+                chain.append(steps[j][i + k])
+                if chain[-1][4] or chain[-1][5]:
+                    break  # the episode ended, or a lost life cut the bootstrap
+            complete = len(chain) == n_step or chain[-1][4] or chain[-1][5]
+            if complete and row - min(ep, 4) >= replay.rows_written - replay.rows:  # its frames still stored
+                expected[slot] = chain
         sampleable = np.flatnonzero(replay.sampleable(np.arange(len(replay))))
-        assert len(sampleable) >= len(stored) - 2 * 4  # only the oldest rows' transitions lose history
-        batch = replay.gather(sampleable)
+        assert sorted(expected) == sampleable.tolist()
+        batch, discount = replay.gather_with_discount(sampleable)
         for k, slot in enumerate(sampleable):
-            o, a, r, n, te, tr = stored[slot]
-            np.testing.assert_array_equal(batch.obs[k], o)
-            np.testing.assert_array_equal(batch.next_obs[k], n)
-            assert (batch.action[k], batch.reward[k], batch.terminated[k], batch.truncated[k]) == (a, r, te, tr)
+            chain = expected[slot]
+            np.testing.assert_array_equal(batch.obs[k], chain[0][0])
+            np.testing.assert_array_equal(batch.next_obs[k], chain[-1][3])
+            assert batch.action[k] == chain[0][1]
+            assert batch.reward[k] == pytest.approx(sum(gamma ** m * c[2] for m, c in enumerate(chain)))
+            assert (batch.terminated[k], batch.truncated[k]) == (chain[-1][4], chain[-1][5])
+            assert discount[k] == pytest.approx(gamma ** len(chain))
             kinds["checked"] += 1
+            kinds["short"] += len(chain) < n_step
         obs = next_obs
     envs.close()
     assert replay.rows_written > 10 * replay.rows  # wrapped around many times
     assert kinds["terminated"] >= 2 and kinds["truncated"] >= 1 and kinds["life_loss"] >= 4, kinds
+    assert kinds["checked"] > 10_000 and (n_step == 1 or kinds["short"] > 100), kinds
     assert batch.obs.dtype == np.uint8 and batch.obs.shape[1:] == (4, 84, 84)
 
 
@@ -169,8 +192,6 @@ def test_config_fields_and_limits():
         steps_per_phase = per.vector_steps_per_train * per.global_steps_per_vector_step
         assert per.updates_per_phase / steps_per_phase == 1 / 4, world_size
     assert not Config(env_id="CartPole-v1").is_atari
-    with pytest.raises(UserError, match="n_step > 1 is not supported for Atari"):
-        Config.from_dict({"env_id": "ALE/Pong-v5", "n_step": 3})
     with pytest.raises(UserError, match="frame_stack"):
         Config.from_dict({"env_id": "ALE/Pong-v5", "frame_stack": 0})
 
@@ -196,7 +217,7 @@ def test_nature_cnn_learns_from_uint8_replay_batches(dueling):
         stacks = rng.integers(0, 256, size=(2, 4, 84, 84), dtype=np.uint8)
         big.add(stacks, rng.integers(0, 6, 2), rng.normal(size=2), stacks, np.array([t % 9 == 0, False]),
                 np.zeros(2, bool))
-    batch = big.sample(rng, (3, 8))
+    batch = ReplayShard(big, cfg.gamma).sample(rng, (3, 8))[0]
     assert batch.obs.dtype == np.uint8  # no float copy of the frames outside the graph
     before = [v.numpy().copy() for v in model.trainable_variables]
     stats = learner.train_phase(batch, 1e-3)

@@ -16,7 +16,7 @@ def test_two_rank_pong_smoke_run_updates_in_lockstep(tmp_path):
         "batch_size: 32", "replay_capacity: 400", "learning_starts: 200", "train_every: 8",
         "updates_per_train: 1", "target_update_every: 10", "eval_every: 100000", "eval_episodes: 2",
         "eval_epsilon: 0.05", "max_episode_frames: 300", "log_every: 200",
-        "terminal_on_life_loss: true", "prioritized_replay: true",
+        "terminal_on_life_loss: true", "prioritized_replay: true", "n_step: 3",
     ]) + "\n")
     run_dir = tmp_path / "run"
     proc = run([BIN / "horovodrun", "-np", "2", "--gloo", BIN / "hvd-dqn", "train", "--config", cfg,
