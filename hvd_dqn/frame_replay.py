@@ -32,7 +32,8 @@ class FrameReplayBuffer:
             raise ValueError(f"padding must be 'zero' or 'reset', got {padding!r}")
         self.num_envs, self.stack, self.padding = int(num_envs), int(stack), padding
         self.n_step, self.gamma = int(n_step), float(gamma)
-        self.rows = max(-(-int(capacity) // self.num_envs), self.stack + 2)  # whole rows, at least one sampleable
+        # whole rows, and enough of them for a transition's frames and n steps
+        self.rows = max(-(-int(capacity) // self.num_envs), self.stack + self.n_step + 1)
         self.capacity = self.rows * self.num_envs
         self.frame_shape = tuple(frame_shape)
         columns = {
