@@ -34,27 +34,26 @@ def rate(fn, seconds: float, per_call: int = 1) -> float:
     return n * per_call / (time.perf_counter() - start)
 
 
-def env_rates(game: str, seconds: float) -> None:
+def env_rates(game: str, seconds: float, rounds: int = 6) -> None:
+    """Env steps/s per rank of both vector envs, 1 and 4 envs, measured in interleaved rounds (median and best
+    of ``rounds``), so that load from other jobs on a shared machine falls on all four alike."""
     from hvd_dqn.envs import make_vector_env
 
-    for num_envs in (1, 4):
-        envs = make_vector_env(f"ALE/{game}-v5", num_envs)
-        envs.reset(seed=list(range(num_envs)))
-        actions = np.zeros(num_envs, np.int64)
-        print(f"env steps/s per rank, gymnasium wrappers (ours), num_envs {num_envs}: "
-              f"{rate(lambda: envs.step(actions), seconds, num_envs):,.0f}")
-        envs.close()
-    try:
-        from ale_py.vector_env import AtariVectorEnv
-    except ImportError:
-        return
-    for num_envs in (1, 4):
-        envs = AtariVectorEnv(game.lower(), num_envs, num_threads=1)
-        envs.reset(seed=0)
-        actions = np.zeros(num_envs, np.int64)
-        print(f"env steps/s per rank, ale-py AtariVectorEnv (C++, 1 thread), num_envs {num_envs}: "
-              f"{rate(lambda: envs.step(actions), seconds, num_envs):,.0f}")
-        envs.close()
+    envs = {}
+    for backend in ("ale", "gymnasium"):
+        for num_envs in (1, 4):
+            envs[backend, num_envs] = make_vector_env(f"ALE/{game}-v5", num_envs, backend=backend, threads=1)
+            envs[backend, num_envs].reset(seed=list(range(num_envs)))
+    rates = {key: [] for key in envs}
+    for _ in range(rounds):
+        for (backend, num_envs), env in envs.items():
+            actions = np.zeros(num_envs, np.int64)
+            rates[backend, num_envs].append(rate(lambda: env.step(actions), seconds / rounds * 2, num_envs))
+    names = {"ale": "ale-py AtariVectorEnv (C++, 1 thread)", "gymnasium": "gymnasium wrappers, SyncVectorEnv"}
+    for (backend, num_envs), values in rates.items():
+        print(f"env steps/s per rank, {names[backend]}, num_envs {num_envs}: median {np.median(values):,.0f}, "
+              f"best {max(values):,.0f}")
+        envs[backend, num_envs].close()
 
 
 def learner_rates(seconds: float) -> None:
