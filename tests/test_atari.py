@@ -3,7 +3,7 @@ import gymnasium as gym
 import numpy as np
 import pytest
 
-from conftest import ROOT
+from conftest import BIN, ROOT, run
 from hvd_dqn import distributed
 from hvd_dqn.config import Config
 from hvd_dqn.envs import env_seeds, make_env, make_vector_env
@@ -226,3 +226,12 @@ def test_nature_cnn_learns_from_uint8_replay_batches(dueling):
     q = learner.acting_fn()(batch.obs[0])
     assert q.shape == (8, 6)
     np.testing.assert_allclose(q, learner.q_values(batch.obs[0]), rtol=1e-5, atol=1e-5)
+
+
+def test_trainer_refuses_a_replay_that_does_not_fit(tmp_path):
+    proc = run([BIN / "hvd-dqn", "train", "--config", ROOT / "configs" / "pong.yaml", "--run-dir", tmp_path / "r",
+                "--set", "replay_capacity=100000000"], timeout=300)
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("hvd-dqn: error:")]
+    assert len(errors) == 1 and "100000000 transitions need 658." in errors[0] and "replay_capacity" in errors[0]
+    assert "Traceback" not in proc.stderr
