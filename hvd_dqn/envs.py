@@ -11,7 +11,10 @@ wrappers: the emulator at frameskip 1 with sticky actions as configured and an e
 Reward clipping and terminal-on-life-loss are applied by the trainer on what it stores, so returns stay game
 scores. The vector env runs in NEXT_STEP autoreset mode, because the frame replay stores one frame per env per
 vector step: the step after an episode ends returns the reset observation (no transition; the replay knows).
-Training, evaluation and ``evaluate --video`` all build their envs with ``make_env``: the same preprocessing.
+Training runs these wrappers in a SyncVectorEnv, or (the default) ale-py's C++ AtariVectorEnv set up to give
+the same frames bit for bit (tests/test_atari.py); evaluation and ``evaluate --video`` use ``make_env``'s single
+envs. ale-py's env caps an episode at max_episode_frames frames after its no-ops, gymnasium's counts them too:
+at most noop_max frames apart.
 """
 from __future__ import annotations
 
