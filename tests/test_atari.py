@@ -10,6 +10,7 @@ from hvd_dqn.envs import env_seeds, make_env, make_vector_env
 from hvd_dqn.errors import UserError
 from hvd_dqn.frame_replay import FrameReplayBuffer
 from hvd_dqn.prioritized import ReplayShard
+from hvd_dqn.replay import available_memory
 
 
 def test_preprocessing_shape_dtype_and_frame_skip():
@@ -131,13 +132,14 @@ def test_replay_stacks_equal_the_env_stacks(backend, padding, n_step):
 
 
 def _synthetic_replay(capacity=30, num_envs=3, steps=50, episode=7, **kwargs):
-    """Frames whose pixels are (env, step) codes; every env's episode lasts ``episode`` steps."""
+    """Tiny 2x2 frames; env j's episodes end at steps t with (t + j) % episode == 0."""
     replay = FrameReplayBuffer(capacity, num_envs, (2, 2), stack=4, **kwargs)
     stack = np.zeros((num_envs, 4, 2, 2), np.uint8)
     replay.start(stack + 1)
     for t in range(steps):
         ended = np.array([(t + j) % episode == 0 for j in range(num_envs)])
-        replay.add(stack, np.zeros(num_envs, np.int32), np.ones(num_envs), stack + t % 200, ended, ended & False)
+        replay.add(stack, np.zeros(num_envs, np.int32), np.ones(num_envs), stack + t % 200, ended,
+                   np.zeros(num_envs, bool))
     return replay
 
 
@@ -160,8 +162,9 @@ def test_replay_memory_per_transition_and_refusal():
     assert per_transition <= 7200, per_transition  # 1M transitions in <= 7.2 GB (7.5 GB with the process)
     with pytest.raises(UserError, match="replay_capacity"):
         FrameReplayBuffer(10**9, 4)
-    with pytest.raises(UserError, match="x 8 ranks on this host"):  # each rank's shard counts on a shared host
-        FrameReplayBuffer(replay.capacity * 10**4 // 8, 4, ranks_per_host=8)
+    fits_once = int(0.5 * available_memory() / per_transition)  # one such shard fits, 8 on one host do not
+    with pytest.raises(UserError, match="x 8 ranks on this host"):
+        FrameReplayBuffer(fits_once, 4, ranks_per_host=8)
 
 
 @pytest.mark.parametrize("backend", ["ale", "gymnasium"])
