@@ -85,7 +85,7 @@ def _evaluate(args) -> int:
     import gymnasium as gym
     import numpy as np
 
-    from hvd_dqn.envs import check_env_id, make_env
+    from hvd_dqn.envs import atari_options, check_env_id, make_env
     from hvd_dqn.evaluation import run_episodes, summarize
     from hvd_dqn.serving import check_matches_env, load_policy
 
@@ -107,7 +107,12 @@ def _evaluate(args) -> int:
         # off-screen rendering: no display or sound device is opened (pygame would complain on a headless host)
         os.environ.setdefault("SDL_VIDEODRIVER", "dummy")
         os.environ.setdefault("SDL_AUDIODRIVER", "dummy")
-    envs = [make_env(env_id, **render) for _ in range(args.episodes)]
+    # Atari: the preprocessing and episode cap the model was trained with (a run's config.json, an export's
+    # export.json; a bare .keras file gets the defaults)
+    meta = [Path(args.model) / name for name in ("config.json", "export.json")]
+    trained = next((json.loads(m.read_text()) for m in meta if m.is_file()), {})
+    options = atari_options({**trained, "env_id": env_id})
+    envs = [make_env(env_id, **options, **render) for _ in range(args.episodes)]
     check_matches_env(policy, envs[0])
     seeds = [args.seed + i for i in range(args.episodes)]
     if args.video:

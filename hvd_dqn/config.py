@@ -81,6 +81,26 @@ class Config(BaseModel):
                                 "with NO gradient allreduce, then the ranks average their weights; null = "
                                 "synchronous data parallelism (gradients averaged at every update).")
 
+    # --- Atari (ALE/<Game>-v5 ids); classic-control envs ignore these
+    frame_stack: int = Field(4, ge=1, le=16, description="Atari: the newest frames stacked into one observation.")
+    noop_max: int = Field(30, ge=0, le=1000, description="Atari: up to this many no-op actions after each reset "
+                                                         "(random starts, Mnih et al. 2015).")
+    sticky_action_prob: float = Field(
+        0.25, ge=0, le=1.0, description="Atari: probability that the emulator repeats the previous action instead of "
+                                        "the new one (0.25: ALE v5 and Machado et al. 2018; 0: Nature DQN).")
+    terminal_on_life_loss: bool = Field(
+        False, description="Atari: a lost life cuts the bootstrap (stored as terminated) while the game goes on; "
+                           "the episode, its frame stack and its return still end only at game over.")
+    clip_rewards: bool = Field(
+        True, description="Atari: replay stores sign(reward); returns in the logs and evaluations stay unclipped.")
+    atari_vector_env: Literal["ale", "gymnasium"] = Field(
+        "ale", description="Atari: the training envs of a rank: ale-py's C++ AtariVectorEnv (faster with several "
+                           "envs) or gymnasium's wrappers in a SyncVectorEnv; the same frames bit for bit. "
+                           "Evaluation and videos use the gymnasium wrappers.")
+    max_episode_frames: int = Field(
+        108_000, ge=1, description="Atari: emulator frames after which an episode is truncated, in training and "
+                                   "evaluation (108k = 30 min of play at 60 Hz, Machado et al. 2018).")
+
     # --- evaluation and logging
     eval_every: int = Field(5_000, ge=1, description="Global env steps between greedy evaluations.")
     eval_episodes: int = Field(10, ge=1, description="Greedy episodes per evaluation, split across ranks.")
@@ -124,6 +144,11 @@ class Config(BaseModel):
         return self
 
     # ---- derived values (properties, not fields)
+    @property
+    def is_atari(self) -> bool:
+        """ALE envs: Atari preprocessing, the Nature CNN and the frame-once replay."""
+        return self.env_id.startswith("ALE/")
+
     def per_rank(self, world_size: int) -> "PerRank":
         """Per-rank quantities for a job of ``world_size`` ranks; a UserError if the config cannot be split."""
         if self.batch_size % world_size:
@@ -136,6 +161,9 @@ class Config(BaseModel):
             replay_capacity=-(-self.replay_capacity // world_size),
             vector_steps=-(-self.total_env_steps // vector_step),
             vector_steps_per_train=max(1, round(self.train_every / vector_step)),
+            # a vector step of all ranks brings more than train_every env steps (Atari's train_every 4 on 8 ranks):
+            # more updates per phase, so the updates per env step stay what the config says
+            updates_per_phase=self.updates_per_train * max(1, round(vector_step / self.train_every)),
             global_steps_per_vector_step=vector_step,
         )
 
@@ -188,6 +216,7 @@ class PerRank(BaseModel):
     replay_capacity: int
     vector_steps: int
     vector_steps_per_train: int
+    updates_per_phase: int
     global_steps_per_vector_step: int
 
 

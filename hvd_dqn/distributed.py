@@ -26,6 +26,12 @@ class World:
     def is_chief(self) -> bool:
         return self.rank == 0
 
+    @property
+    def cores_per_rank(self) -> int:
+        """This host's cores (those this process may run on) shared out among its ranks."""
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+        return max(1, cores // self.local_size)
+
 
 _world: World | None = None
 
@@ -70,8 +76,7 @@ def _configure_devices(world: World) -> None:
             tf.config.set_visible_devices(gpu, "GPU")
             tf.config.experimental.set_memory_growth(gpu, True)
         # Ranks sharing a host share its cores; more threads than cores per rank only adds contention.
-        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-        threads = max(1, cores // world.local_size) if world.local_size > 1 else 0  # 0 = TF's own choice
+        threads = world.cores_per_rank if world.local_size > 1 else 0  # 0 = TF's own choice
         tf.config.threading.set_intra_op_parallelism_threads(threads)
         tf.config.threading.set_inter_op_parallelism_threads(min(2, threads) if threads else 0)
     except RuntimeError:

@@ -1,8 +1,20 @@
 """Environments: one gymnasium vector env per rank, seeded apart from every other rank and env.
 
-Vector envs run in SAME_STEP autoreset mode: a step that ends an episode returns the next episode's first
-observation and puts the true last observation in ``info["final_obs"]``, so every step is one real transition
-and no autoreset step ever reaches replay.
+Classic control: vector envs run in SAME_STEP autoreset mode: a step that ends an episode returns the next
+episode's first observation and puts the true last observation in ``info["final_obs"]``, so every step is one
+real transition and no autoreset step ever reaches replay.
+
+Atari (``ALE/<Game>-v5``): the DQN preprocessing of Mnih et al. 2015 / Machado et al. 2018 with gymnasium's own
+wrappers: the emulator at frameskip 1 with sticky actions as configured and an episode cap in frames, then
+``AtariPreprocessing`` (up to ``noop_max`` no-ops after reset, frame skip 4 with a max over the last two frames,
+84x84 grayscale uint8), then ``FrameStackObservation`` with zero padding at episode starts: (S, 84, 84) uint8.
+Reward clipping and terminal-on-life-loss are applied by the trainer on what it stores, so returns stay game
+scores. The vector env runs in NEXT_STEP autoreset mode, because the frame replay stores one frame per env per
+vector step: the step after an episode ends returns the reset observation (no transition; the replay knows).
+Training runs these wrappers in a SyncVectorEnv, or (the default) ale-py's C++ AtariVectorEnv set up to give
+the same frames bit for bit (tests/test_atari.py); evaluation and ``evaluate --video`` use ``make_env``'s single
+envs. ale-py's env caps an episode at max_episode_frames frames after its no-ops, gymnasium's counts them too:
+at most noop_max frames apart.
 """
 from __future__ import annotations
 
@@ -57,10 +69,41 @@ class OneHot(gym.ObservationWrapper):
         return out
 
 
+FRAME_PADDING = "zero"  # how FrameStackObservation pads an episode's first stacks; the frame replay pads alike
+
+
+ATARI_OPTIONS = ("frame_stack", "noop_max", "sticky_action_prob", "max_episode_frames")
+
+
+def atari_options(config) -> dict[str, Any]:
+    """The keywords of ``make_env`` for an Atari config, a Config or its dict (empty for classic control)."""
+    data = config if isinstance(config, dict) else config.to_dict()
+    if not str(data.get("env_id", "")).startswith("ALE/"):
+        return {}
+    return {key: data[key] for key in ATARI_OPTIONS if key in data}
+
+
+def make_atari_env(env_id: str, frame_stack: int = 4, noop_max: int = 30, sticky_action_prob: float = 0.25,
+                   max_episode_frames: int = 108_000, frame_padding: str = FRAME_PADDING, **kwargs: Any) -> gym.Env:
+    """One ALE env with the DQN preprocessing: (frame_stack, 84, 84) uint8 observations, 4 frames per step."""
+    from gymnasium.wrappers import AtariPreprocessing, FrameStackObservation
+
+    _register_atari()
+    try:
+        env = gym.make(env_id, frameskip=1, repeat_action_probability=sticky_action_prob,
+                       max_num_frames_per_episode=max_episode_frames, **kwargs)
+    except gym.error.Error as exc:
+        raise UserError(f"env {env_id!r}: {exc}") from None
+    env = AtariPreprocessing(env, noop_max=noop_max, frame_skip=4, screen_size=84, terminal_on_life_loss=False,
+                             grayscale_obs=True, scale_obs=False)
+    return FrameStackObservation(env, frame_stack, padding_type=frame_padding)
+
+
 def make_env(env_id: str, **kwargs: Any) -> gym.Env:
-    """One environment with the observation wrappers the networks expect."""
+    """One environment with the observation wrappers the networks expect (``kwargs``: Atari options of
+    ``make_atari_env``, or keywords for ``gym.make``)."""
     if env_id.startswith("ALE/"):
-        _register_atari()
+        return make_atari_env(env_id, **kwargs)
     try:
         env = gym.make(env_id, **kwargs)
     except gym.error.Error as exc:
@@ -75,11 +118,41 @@ def make_env(env_id: str, **kwargs: Any) -> gym.Env:
     return env
 
 
-def make_vector_env(env_id: str, num_envs: int) -> gym.vector.VectorEnv:
-    return gym.vector.SyncVectorEnv(
-        [lambda: make_env(env_id) for _ in range(num_envs)],
-        autoreset_mode=gym.vector.AutoresetMode.SAME_STEP,
-    )
+def make_vector_env(env_id: str, num_envs: int, backend: str = "gymnasium", threads: int = 1,
+                    **kwargs: Any) -> gym.vector.VectorEnv:
+    """This rank's envs in one vector env: SAME_STEP autoreset for classic control, NEXT_STEP for Atari (see
+    the module's docstring). Atari ``backend``: "gymnasium" (``make_env``'s wrappers in a SyncVectorEnv) or "ale"
+    (ale-py's C++ AtariVectorEnv on ``threads`` threads: the same frames, bit for bit, as tests/test_atari.py
+    checks, faster with several envs)."""
+    if backend == "ale" and env_id.startswith("ALE/"):
+        return _ale_vector_env(env_id, num_envs, threads, **kwargs)
+    mode = gym.vector.AutoresetMode.NEXT_STEP if env_id.startswith("ALE/") else gym.vector.AutoresetMode.SAME_STEP
+    return gym.vector.SyncVectorEnv([lambda: make_env(env_id, **kwargs) for _ in range(num_envs)],
+                                    autoreset_mode=mode)
+
+
+def _ale_vector_env(env_id: str, num_envs: int, threads: int, frame_stack: int = 4, noop_max: int = 30,
+                    sticky_action_prob: float = 0.25, max_episode_frames: int = 108_000,
+                    frame_padding: str = FRAME_PADDING) -> gym.vector.VectorEnv:
+    from ale_py.vector_env import AtariVectorEnv
+
+    if frame_padding != "zero":
+        raise UserError("the ale vector env pads frame stacks with zeros only")
+
+    class SeededAtariVectorEnv(AtariVectorEnv):
+        def reset(self, *, seed=None, options=None):  # a list of per-env seeds, as SyncVectorEnv takes
+            seed = np.asarray(seed, np.int64) % 2**31 if isinstance(seed, (list, tuple)) else seed
+            return super().reset(seed=seed, options=options)
+
+    _register_atari()
+    game = gym.spec(env_id).kwargs["game"]  # the ROM id: "pong", "space_invaders"
+    # the preprocessing of make_atari_env: no FIRE on reset, no episodic life, no reward clipping (the trainer
+    # clips what it stores and handles lost lives itself)
+    return SeededAtariVectorEnv(
+        game, num_envs, num_threads=max(1, min(threads, num_envs)), max_num_frames_per_episode=max_episode_frames,
+        repeat_action_probability=sticky_action_prob, stack_num=frame_stack, frameskip=4, maxpool=True,
+        noop_max=noop_max, episodic_life=False, reward_clipping=False, use_fire_reset=False,
+        autoreset_mode=gym.vector.AutoresetMode.NEXT_STEP)
 
 
 def true_next_obs(next_obs: np.ndarray, done: np.ndarray, info: dict) -> np.ndarray:

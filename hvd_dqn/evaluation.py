@@ -1,4 +1,9 @@
-"""Greedy evaluation: N seeded episodes, split across ranks, run side by side with one batched forward per step."""
+"""Greedy evaluation: N seeded episodes, split across ranks, run side by side with one batched forward per step.
+
+Atari follows the protocol of the literature: epsilon-greedy with a small ``eval_epsilon`` (0.05 in Mnih et al.
+2015; the configs say which), the training envs' preprocessing (no-op starts, sticky actions), unclipped game
+score as the return, and episodes truncated at ``max_episode_frames`` (108,000 frames = 27,000 agent steps).
+"""
 from __future__ import annotations
 
 from typing import Callable
@@ -41,10 +46,12 @@ def run_episodes(env_id: str, q_fn: Callable[[np.ndarray], np.ndarray], seeds: l
 class Evaluator:
     """Keeps this rank's evaluation envs between evaluations; the k-th evaluation uses fresh, known seeds."""
 
-    def __init__(self, env_id: str, n_episodes: int, seed: int, rank: int, world_size: int, epsilon: float = 0.0):
+    def __init__(self, env_id: str, n_episodes: int, seed: int, rank: int, world_size: int, epsilon: float = 0.0,
+                 env_kwargs: dict | None = None):
+        """``env_kwargs``: ``make_env``'s Atari options (the training envs' preprocessing and episode cap)."""
         self.env_id, self.epsilon, self.seed = env_id, epsilon, seed
         self.episodes = my_episodes(n_episodes, rank, world_size)
-        self.envs = [make_env(env_id) for _ in self.episodes]
+        self.envs = [make_env(env_id, **(env_kwargs or {})) for _ in self.episodes]
         self.count = 0
 
     def __call__(self, q_fn: Callable[[np.ndarray], np.ndarray]) -> np.ndarray:

@@ -20,28 +20,34 @@ from hvd_dqn.keras2 import keras
 
 from hvd_dqn import distributed, losses
 from hvd_dqn.config import Config
-from hvd_dqn.networks import build_mlp, mlp_forward, mlp_params
+from hvd_dqn.networks import build_q_network, mlp_forward, mlp_params
 from hvd_dqn.replay import Batch
 
 
 class Learner:
-    def __init__(self, config: Config, obs_dim: int, n_actions: int, world_size: int):
+    def __init__(self, config: Config, obs_shape: int | tuple[int, ...], n_actions: int, world_size: int):
+        """``obs_shape``: an int (a flat observation of that size: the MLP) or the env's observation shape
+        ((S, 84, 84) frame stacks: the Nature CNN)."""
         self.config = config
-        self.online = build_mlp(obs_dim, n_actions, config.hidden_sizes, seed=config.seed, name="q_network",
-                                dueling=config.dueling)
-        self.target = build_mlp(obs_dim, n_actions, config.hidden_sizes, seed=config.seed, name="target_network",
-                                dueling=config.dueling)
+        obs_shape = (obs_shape,) if isinstance(obs_shape, int) else tuple(obs_shape)
+        self.is_cnn = len(obs_shape) == 3
+        self.online = build_q_network(obs_shape, n_actions, config, name="q_network")
+        self.target = build_q_network(obs_shape, n_actions, config, name="target_network")
         self.optimizer = keras.optimizers.Adam(learning_rate=config.learning_rate, epsilon=config.adam_epsilon)
         self.updates = 0  # gradient updates done, identical on every rank
         self._multi = world_size > 1
         self._federated = config.federated_every is not None
         self._allreduce = self._multi and not self._federated  # an update runs a collective
-        self._phase = tf.function(self._phase_loop, jit_compile=not self._allreduce, reduce_retracing=True)
+        # XLA: for the MLP; the Nature CNN runs ~12x slower XLA-compiled on CPU than on TF's own (oneDNN)
+        # kernels (3 against 37 updates/s at batch 32 on the 2-core machine), so it runs without.
+        xla = not self.is_cnn
+        self._phase = tf.function(self._phase_loop, jit_compile=xla and not self._allreduce, reduce_retracing=True)
         self.last_td_abs = None  # |TD error| of every sample of the last phase, shape (K, B)
         if self._allreduce:
-            self._grads = tf.function(self._loss_and_grads, jit_compile=True, reduce_retracing=True)
-            self._apply = tf.function(self._clip_and_apply, jit_compile=True, reduce_retracing=True)
+            self._grads = tf.function(self._loss_and_grads, jit_compile=xla, reduce_retracing=True)
+            self._apply = tf.function(self._clip_and_apply, jit_compile=xla, reduce_retracing=True)
         self._optimizer_synced = False
+        self._act = None  # the CNN's acting tf.function, built on first use
 
     # ---- the math of one update
     def _loss_and_grads(self, obs, action, reward, next_obs, terminated, discount, weights):
@@ -140,9 +146,14 @@ class Learner:
 
     def acting_fn(self):
         """obs batch -> Q-values, for acting between learning phases. For the MLP a NumPy forward pass from a
-        snapshot of the weights: a TF call's fixed overhead would cost more than the arithmetic."""
+        snapshot of the weights: a TF call's fixed overhead would cost more than the arithmetic. For the CNN one
+        ``tf.function`` call per batch of all envs' observations (uint8 in), reading the live weights."""
+        if self.is_cnn:
+            if self._act is None:
+                self._act = tf.function(lambda obs: self.online(obs, training=False), reduce_retracing=True)
+            return lambda obs: self._act(tf.constant(obs, tf.uint8)).numpy()
         params = mlp_params(self.online)
         return lambda obs: mlp_forward(params, obs)
 
     def q_values(self, obs: np.ndarray) -> np.ndarray:
-        return self.online(tf.constant(obs, tf.float32), training=False).numpy()
+        return self.online(tf.constant(obs, self.online.input.dtype), training=False).numpy()

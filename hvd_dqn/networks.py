@@ -38,6 +38,32 @@ def build_mlp(obs_dim: int, n_actions: int, hidden_sizes, seed: int, name: str =
     return keras.Model(inputs, q, name=name)
 
 
+def build_nature_cnn(obs_shape: tuple[int, int, int], n_actions: int, seed: int, name: str = "q_network",
+                     dueling: bool = False) -> keras.Model:
+    """The Nature DQN torso (Mnih et al. 2015): conv 32 8x8/4, conv 64 4x4/2, conv 64 3x3/1, dense 512, all ReLU,
+    then the Q head. Input: uint8 frame stacks (S, 84, 84), channels first as the env gives them; the model
+    moves channels last (TF's CPU convolutions support only NHWC) and scales to [0, 1] itself, so replay
+    batches travel as uint8 (4x fewer bytes) all the way into the graph."""
+    init = keras.initializers.GlorotUniform
+    inputs = keras.Input(shape=tuple(obs_shape), dtype="uint8", name="observation")
+    x = keras.layers.Permute((2, 3, 1), name="channels_last")(inputs)
+    x = keras.layers.Rescaling(1.0 / 255.0, name="scale")(x)  # casts to float32, then scales
+    for i, (filters, size, stride) in enumerate(((32, 8, 4), (64, 4, 2), (64, 3, 1))):
+        x = keras.layers.Conv2D(filters, size, strides=stride, activation="relu", name=f"conv_{i}",
+                                kernel_initializer=init(seed=seed + i))(x)
+    x = keras.layers.Flatten(name="flatten")(x)
+    x = keras.layers.Dense(512, activation="relu", name="hidden_0", kernel_initializer=init(seed=seed + 3))(x)
+    return keras.Model(inputs, q_head(x, n_actions, dueling, seed + 4), name=name)
+
+
+def build_q_network(obs_shape: tuple[int, ...], n_actions: int, config, name: str = "q_network") -> keras.Model:
+    """The Nature CNN for image observations (Atari), the MLP of ``hidden_sizes`` for flat ones."""
+    if len(obs_shape) == 3:
+        return build_nature_cnn(obs_shape, n_actions, config.seed, name, config.dueling)
+    return build_mlp(obs_shape[0], n_actions, config.hidden_sizes, seed=config.seed, name=name,
+                     dueling=config.dueling)
+
+
 def mlp_params(model: keras.Model) -> dict:
     """The MLP's weights as NumPy arrays, for ``mlp_forward``: the hidden layers' (kernel, bias), and the head's
     (one layer, or the dueling streams)."""

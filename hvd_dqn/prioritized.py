@@ -98,10 +98,11 @@ class ReplayShard:
     def __len__(self) -> int:
         return len(self.buffer)
 
-    def add(self, obs, action, reward, next_obs, terminated, truncated, discount=None) -> None:
+    def add(self, obs, action, reward, next_obs, terminated, truncated, discount=None, **extra) -> None:
+        """Add transitions through the buffer's ``add`` (``extra``: its own keywords, e.g. the frame buffer's
+        ``episode_end``); they get this shard's discount and, when prioritized, the largest priority so far."""
         n = len(action)
-        idx = (self.buffer.pos + np.arange(n)) % self.capacity
-        self.buffer.add(obs, action, reward, next_obs, terminated, truncated)
+        idx = self.buffer.add(obs, action, reward, next_obs, terminated, truncated, **extra)
         if discount is not None:
             self.discount[idx] = discount
         if self.tree is not None:
@@ -116,13 +117,33 @@ class ReplayShard:
         if size == 0:
             raise RuntimeError("sample from an empty replay buffer")
         self._track_restored()
+        idx = self._draw(rng, shape, size)
         if self.tree is None:
-            idx = rng.integers(0, size, size=shape)
             weights = np.ones(shape, np.float32)
         else:
-            idx = self.tree.sample(rng, shape)
             weights = importance_weights(self.tree.get(idx) / self.tree.total, size, beta)
+        if hasattr(self.buffer, "gather_with_discount"):  # the frame replay computes n-step discounts itself
+            batch, discount = self.buffer.gather_with_discount(idx)
+            return batch, discount, weights, idx
         return self.buffer.gather(idx), self.discount[idx], weights, idx
+
+    def _draw(self, rng: np.random.Generator, shape: tuple[int, ...], size: int) -> np.ndarray:
+        """Slots to replay. A buffer with ``sampleable`` (the frame buffer: episode-start frames and the oldest
+        rows end no complete transition) has its other slots redrawn; prioritized, their priority goes to 0."""
+        sampleable = getattr(self.buffer, "sampleable", None)
+        idx = rng.integers(0, size, size=shape) if self.tree is None else self.tree.sample(rng, shape)
+        for _ in range(1000):
+            bad = None if sampleable is None else ~sampleable(idx)
+            if bad is None or not bad.any():
+                return idx
+            if self.tree is None:
+                idx[bad] = rng.integers(0, size, size=int(bad.sum()))
+            else:  # the whole draw again, so stratification and weights stay exact
+                self.tree.set(idx[bad], 0.0)
+                if self.tree.total <= 0:
+                    break
+                idx = self.tree.sample(rng, shape)
+        raise RuntimeError("replay holds no complete transition yet")
 
     def update_priorities(self, idx: np.ndarray, td_abs: np.ndarray) -> None:
         """New priorities ``(|td| + epsilon)^alpha`` for the sampled slots (no-op without prioritization)."""

@@ -24,8 +24,39 @@ class Batch(NamedTuple):
     truncated: np.ndarray
 
 
+def available_memory() -> int:
+    """Bytes this process can still allocate: the host's available memory, or less under a cgroup (v2 or v1)
+    memory limit, as in a container or a SLURM job with --mem."""
+    available = psutil.virtual_memory().available
+    for limit_file, usage_file in (("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory.current"),
+                                   ("/sys/fs/cgroup/memory/memory.limit_in_bytes",
+                                    "/sys/fs/cgroup/memory/memory.usage_in_bytes")):
+        try:
+            limit = open(limit_file).read().strip()
+            usage = int(open(usage_file).read().strip())
+        except (OSError, ValueError):
+            continue
+        if limit.isdigit():
+            available = min(available, max(0, int(limit) - usage))
+        break
+    return available
+
+
+def check_fits(need: int, capacity: int, ranks_per_host: int = 1, memory_fraction: float = 0.9) -> None:
+    """A UserError naming replay_capacity if ``ranks_per_host`` shards of ``need`` bytes each would not fit in
+    ``memory_fraction`` of the memory this process can see. (NumPy's zeros are committed only as they are
+    written, so an unchecked buffer fails much later, at an OOM kill, when the ring fills up.)"""
+    available = available_memory()
+    if need * ranks_per_host > memory_fraction * available:
+        on_host = f" x {ranks_per_host} ranks on this host" if ranks_per_host > 1 else ""
+        raise UserError(
+            f"replay: {capacity} transitions need {need / 2**30:.2f} GiB per rank{on_host} but only "
+            f"{available / 2**30:.2f} GiB is available; lower replay_capacity or use more hosts")
+
+
 class ReplayBuffer:
-    def __init__(self, capacity: int, obs_shape: tuple[int, ...], obs_dtype=np.float32, memory_fraction: float = 0.9):
+    def __init__(self, capacity: int, obs_shape: tuple[int, ...], obs_dtype=np.float32, memory_fraction: float = 0.9,
+                 ranks_per_host: int = 1):
         self.capacity = int(capacity)
         columns = {
             "obs": ((self.capacity, *obs_shape), obs_dtype),
@@ -36,11 +67,7 @@ class ReplayBuffer:
             "truncated": ((self.capacity,), np.bool_),
         }
         need = sum(int(np.prod(shape)) * np.dtype(dtype).itemsize for shape, dtype in columns.values())
-        available = psutil.virtual_memory().available
-        if need > memory_fraction * available:
-            raise UserError(
-                f"replay: {self.capacity} transitions need {need / 2**30:.2f} GiB per rank but only "
-                f"{available / 2**30:.2f} GiB is available; lower replay_capacity or use more ranks")
+        check_fits(need, self.capacity, ranks_per_host, memory_fraction)
         self._data = {name: np.zeros(shape, dtype) for name, (shape, dtype) in columns.items()}
         self.nbytes = need
         self.pos = 0  # next slot to write
@@ -49,8 +76,9 @@ class ReplayBuffer:
     def __len__(self) -> int:
         return self.size
 
-    def add(self, obs, action, reward, next_obs, terminated, truncated) -> None:
-        """Add a batch of transitions (leading dim = number of envs), wrapping around when full."""
+    def add(self, obs, action, reward, next_obs, terminated, truncated) -> np.ndarray:
+        """Add a batch of transitions (leading dim = number of envs), wrapping around when full; returns the
+        slots written."""
         n = len(action)
         if self.pos + n <= self.capacity:  # the common case: one contiguous slice, no index array
             idx = slice(self.pos, self.pos + n)
@@ -59,8 +87,10 @@ class ReplayBuffer:
         for name, value in (("obs", obs), ("next_obs", next_obs), ("action", action), ("reward", reward),
                             ("terminated", terminated), ("truncated", truncated)):
             self._data[name][idx] = value
+        slots = (self.pos + np.arange(n)) % self.capacity
         self.pos = int((self.pos + n) % self.capacity)
         self.size = min(self.size + n, self.capacity)
+        return slots
 
     def sample(self, rng: np.random.Generator, shape: tuple[int, ...]) -> Batch:
         """Uniform sample with replacement; ``shape`` = (updates, batch) gives one batch per update."""

@@ -13,6 +13,7 @@ from typing import Callable
 
 import numpy as np
 
+from hvd_dqn.envs import atari_options
 from hvd_dqn.errors import UserError
 
 EXPORT_META = "export.json"
@@ -20,7 +21,7 @@ EXPORT_META = "export.json"
 
 @dataclass
 class LoadedPolicy:
-    q_fn: Callable[[np.ndarray], np.ndarray]  # (batch, obs_dim) float32 -> (batch, n_actions)
+    q_fn: Callable[[np.ndarray], np.ndarray]  # (batch, *obs_shape) -> (batch, n_actions)
     obs_shape: tuple[int, ...]
     n_actions: int
     env_id: str | None  # the env it was trained on, when known
@@ -40,7 +41,8 @@ def _keras_policy(model, env_id, source) -> LoadedPolicy:
     import tensorflow as tf
 
     call = tf.function(lambda x: model(x, training=False))
-    return LoadedPolicy(lambda obs: call(tf.constant(obs, tf.float32)).numpy(), tuple(model.input_shape[1:]),
+    dtype = model.input.dtype  # float32 vectors, or uint8 frame stacks (Atari)
+    return LoadedPolicy(lambda obs: call(tf.constant(obs, dtype)).numpy(), tuple(model.input_shape[1:]),
                         int(model.output_shape[-1]), env_id, source)
 
 
@@ -61,7 +63,7 @@ def load_policy(path: str | Path) -> LoadedPolicy:
         fn = loaded.signatures["q_values"]
         spec = fn.structured_input_signature[1]["observation"]
         n_actions = int(fn.structured_outputs["q_values"].shape[-1])
-        return LoadedPolicy(lambda obs: fn(observation=tf.constant(obs, tf.float32))["q_values"].numpy(),
+        return LoadedPolicy(lambda obs: fn(observation=tf.constant(obs, spec.dtype))["q_values"].numpy(),
                             tuple(spec.shape[1:]), n_actions, meta.get("env_id"), str(path))
     model_file = path / "q_network.keras"
     if not model_file.is_file():
@@ -95,7 +97,7 @@ def export(run_dir: str | Path, out_dir: str | Path) -> Path:
 
     model = _load_keras(model_file)
     obs_shape = tuple(model.input_shape[1:])
-    spec = tf.TensorSpec([None, *obs_shape], tf.float32, name="observation")
+    spec = tf.TensorSpec([None, *obs_shape], model.input.dtype, name="observation")  # uint8 frames for Atari
 
     class Policy(tf.Module):
         def __init__(self, net):
@@ -121,7 +123,8 @@ def export(run_dir: str | Path, out_dir: str | Path) -> Path:
     config = json.loads((run_dir / "config.json").read_text()) if (run_dir / "config.json").is_file() else {}
     (tmp / EXPORT_META).write_text(json.dumps({
         "env_id": config.get("env_id"), "observation_shape": list(obs_shape),
-        "n_actions": int(model.output_shape[-1]), "from_run": str(run_dir)}, indent=2) + "\n")
+        "n_actions": int(model.output_shape[-1]), "from_run": str(run_dir),
+        **atari_options(config)}, indent=2) + "\n")  # Atari: the preprocessing evaluate must reproduce
     if out_dir.exists():
         shutil.rmtree(out_dir)
     tmp.rename(out_dir)  # the export appears whole or not at all

@@ -19,9 +19,10 @@ from hvd_dqn import checkpoint, distributed
 from hvd_dqn.actor import actor_epsilons, epsilon_greedy, linear_epsilon
 from hvd_dqn.callbacks import CallbackList
 from hvd_dqn.config import Config
-from hvd_dqn.envs import env_seeds, make_vector_env, reward_threshold, true_next_obs
+from hvd_dqn.envs import FRAME_PADDING, atari_options, env_seeds, make_vector_env, reward_threshold, true_next_obs
 from hvd_dqn.errors import UserError
 from hvd_dqn.evaluation import Evaluator, summarize
+from hvd_dqn.frame_replay import FrameReplayBuffer
 from hvd_dqn.learner import Learner
 from hvd_dqn.metrics import RunLogger
 from hvd_dqn.nstep import NStepAccumulator
@@ -84,20 +85,30 @@ class Trainer:
         self.threshold = cfg.reward_threshold if cfg.reward_threshold is not None else reward_threshold(cfg.env_id)
         self.fault_step = _fault_step(world.rank)
 
-        self.envs = make_vector_env(cfg.env_id, cfg.num_envs)
-        self.obs, _ = self.envs.reset(seed=env_seeds(cfg.seed, world.rank, cfg.num_envs))
+        self.envs = make_vector_env(cfg.env_id, cfg.num_envs, backend=cfg.atari_vector_env,
+                                    threads=world.cores_per_rank, **atari_options(cfg))
+        self.obs, info = self.envs.reset(seed=env_seeds(cfg.seed, world.rank, cfg.num_envs))
         obs_shape = self.envs.single_observation_space.shape
         n_actions = int(self.envs.single_action_space.n)
         self.rng = np.random.default_rng([cfg.seed, world.rank, 7])  # this rank's exploration and sampling
-        self.replay = ReplayBuffer(per.replay_capacity, obs_shape)
+        if cfg.is_atari:  # each frame stored once; the stacks are rebuilt when sampled
+            self.replay = FrameReplayBuffer(per.replay_capacity, cfg.num_envs, obs_shape[1:], cfg.frame_stack,
+                                            FRAME_PADDING, cfg.n_step, cfg.gamma, ranks_per_host=world.local_size)
+            self.replay.start(self.obs)
+            self.lives = np.asarray(info["lives"])
+        else:
+            self.replay = ReplayBuffer(per.replay_capacity, obs_shape, ranks_per_host=world.local_size)
         # n-step discounts and priorities ride alongside the plain buffer (README "Algorithms")
         self.shard = ReplayShard(self.replay, cfg.gamma ** cfg.n_step, cfg.prioritized_replay, cfg.priority_alpha,
                                  cfg.priority_epsilon)
-        self.nstep = NStepAccumulator(cfg.num_envs, cfg.n_step, cfg.gamma) if cfg.n_step > 1 else None
-        self.learner = Learner(cfg, obs_shape[0], n_actions, world.size)
+        # n-step transitions: built on the actor side, or (Atari) by the frame replay when sampled
+        self.nstep = NStepAccumulator(cfg.num_envs, cfg.n_step, cfg.gamma) if cfg.n_step > 1 and not cfg.is_atari \
+            else None
+        self.learner = Learner(cfg, obs_shape, n_actions, world.size)
         self.learner.broadcast_initial_weights()
         self.act = self.learner.acting_fn()
-        self.evaluator = Evaluator(cfg.env_id, cfg.eval_episodes, cfg.seed, world.rank, world.size, cfg.eval_epsilon)
+        self.evaluator = Evaluator(cfg.env_id, cfg.eval_episodes, cfg.seed, world.rank, world.size, cfg.eval_epsilon,
+                                   env_kwargs=atari_options(cfg))
         self.state = s = LoopState(episode_return=np.zeros(cfg.num_envs))
         self._tick = (0, self.start, 0)
 
@@ -126,24 +137,40 @@ class Trainer:
         actions = epsilon_greedy(self.act(self.obs), eps, self.rng)
         next_obs, reward, terminated, truncated, info = self.envs.step(actions)
         done = terminated | truncated
-        transition = (self.obs, actions, reward, true_next_obs(next_obs, done, info), terminated, truncated)
-        if self.nstep is None:
-            self.shard.add(*transition)
-        elif (ready := self.nstep.push(*transition)) is not None:
-            self.shard.add(*ready)
+        if cfg.is_atari:
+            self._store_atari(actions, next_obs, reward, terminated, truncated, info)
+        else:
+            transition = (self.obs, actions, reward, true_next_obs(next_obs, done, info), terminated, truncated)
+            if self.nstep is None:
+                self.shard.add(*transition)
+            elif (ready := self.nstep.push(*transition)) is not None:
+                self.shard.add(*ready)
         s.episode_return += reward
         if done.any():
             s.finished_returns.extend(s.episode_return[done].tolist())
             s.episode_return[done] = 0.0
         self.obs = next_obs
 
+    def _store_atari(self, actions, next_obs, reward, terminated, truncated, info) -> None:
+        """One vector step into the frame replay (NEXT_STEP autoreset: the frame replay skips the reset steps).
+        Stored: sign(reward) if clip_rewards; terminated also at a lost life if terminal_on_life_loss, while
+        the episode itself (its frame stacks, its return) goes on to game over."""
+        cfg = self.config
+        lives = np.asarray(info["lives"])
+        stored_terminated = terminated
+        if cfg.terminal_on_life_loss:
+            stored_terminated = terminated | (lives < self.lives)
+        self.lives = lives  # a reset step brings the new game's lives back up, never counted as a loss
+        self.shard.add(self.obs, actions, np.sign(reward) if cfg.clip_rewards else reward, next_obs,
+                       stored_terminated, truncated, episode_end=terminated | truncated)
+
     def _learn(self) -> None:
-        """A phase of updates_per_train gradient updates, split where a target sync or a federated averaging
+        """A phase of updates_per_train gradient updates (more if one vector step exceeds train_every), split where a target sync or a federated averaging
         falls due (both decided from the update counters, equal on every rank)."""
         cfg, s, learner = self.config, self.state, self.learner
         lr = cfg.learning_rate * linear_epsilon(s.env_steps, 1.0, cfg.lr_final_fraction, cfg.total_env_steps)
         beta = annealed_beta(s.env_steps, cfg.total_env_steps, cfg.priority_beta_start)
-        remaining = cfg.updates_per_train
+        remaining = self.per.updates_per_phase
         while remaining:
             k = min(remaining, cfg.target_update_every - s.since_sync)
             if cfg.federated_every is not None:
