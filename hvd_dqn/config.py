@@ -33,6 +33,9 @@ class Config(BaseModel):
     lr_final_fraction: float = Field(
         1.0, ge=0, le=1.0,
         description="Learning rate at the end of training as a fraction of learning_rate (linear decay; 1 = constant).")
+    optimizer: Literal["adam", "sgd"] = Field(
+        "adam", description="adam, or plain sgd (no momentum): with sgd, no gradient clipping and federated_every=1, "
+                            "federated averaging computes exactly what synchronous data parallelism does.")
     adam_epsilon: float = Field(1e-7, gt=0, description="Adam's epsilon.")
     batch_size: int = Field(
         64, ge=1, description="GLOBAL minibatch per gradient update; each of N ranks samples batch_size / N.")

@@ -33,7 +33,8 @@ class Learner:
         self.is_cnn = len(obs_shape) == 3
         self.online = build_q_network(obs_shape, n_actions, config, name="q_network")
         self.target = build_q_network(obs_shape, n_actions, config, name="target_network")
-        self.optimizer = keras.optimizers.Adam(learning_rate=config.learning_rate, epsilon=config.adam_epsilon)
+        self.optimizer = keras.optimizers.SGD(learning_rate=config.learning_rate) if config.optimizer == "sgd" \
+            else keras.optimizers.Adam(learning_rate=config.learning_rate, epsilon=config.adam_epsilon)
         self.updates = 0  # gradient updates done, identical on every rank
         self._multi = world_size > 1
         self._federated = config.federated_every is not None

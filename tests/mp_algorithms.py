@@ -48,6 +48,28 @@ for _ in range(2):
     soft.train_phase(replay.sample(rng, (3, 8)), 1e-2)
 soft_targets = {"start": soft_start, "end": distributed.gather_checksums(soft.target.variables)}
 
+# federated_every=1 with plain SGD and no clipping: mean_i(w - lr * g_i) = w - lr * mean_i(g_i), so it must track
+# a synchronous learner fed the same batches (up to float rounding: the two sum in a different order)
+pair = {}
+for mode, federated in (("sync", None), ("federated", 1)):
+    c = Config(env_id="CartPole-v1", hidden_sizes=(16, 16), batch_size=16, optimizer="sgd", max_grad_norm=None,
+               federated_every=federated, target_update_every=1000)
+    pair[mode] = Learner(c, 4, 2, world.size)
+    pair[mode].broadcast_initial_weights()
+same_data = np.random.default_rng(77 + world.rank)  # rank-dependent, the same for both learners
+for _ in range(10):
+    batch = replay.sample(same_data, (1, 8))
+    pair["sync"].train_phase(batch, 0.05)
+    pair["federated"].train_phase(batch, 0.05)
+    pair["federated"].average_weights()
+weights = {m: np.concatenate([v.numpy().ravel() for v in l.online.trainable_variables]) for m, l in pair.items()}
+sgd_k1 = {"max_diff": float(np.abs(weights["sync"] - weights["federated"]).max()),
+          "checksums": distributed.gather_checksums(pair["federated"].online.variables)}
+start = Learner(pair["sync"].config, 4, 2, world.size)
+start.broadcast_initial_weights()
+sgd_k1["moved"] = float(np.abs(weights["sync"] - np.concatenate(
+    [v.numpy().ravel() for v in start.online.trainable_variables])).max())
+
 eps = distributed.allgather(actor_epsilons(0.4, world.rank, world.size, 3, 7.0)[None, :])
 
 trainer_cfg = Config(env_id="CartPole-v1", total_env_steps=2400, hidden_sizes=(32, 32), learning_starts=400,
@@ -59,5 +81,5 @@ run_dir = distributed.broadcast_object(tempfile.mkdtemp(prefix="mp-alg-"))
 summary = Trainer(trainer_cfg, run_dir=run_dir).train()
 if world.rank == 0:
     print("RESULT " + json.dumps({"rounds": rounds, "eps": eps.tolist(), "summary": summary,
-                                 "soft_targets": soft_targets}))
+                                 "soft_targets": soft_targets, "sgd_k1": sgd_k1}))
 sys.stdout.flush()

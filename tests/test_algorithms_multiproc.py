@@ -49,3 +49,10 @@ def test_trainer_with_every_component_in_federated_mode(result):
     # every learning phase of 20 updates ends on an averaging (federated_every=10): replicas equal at the end
     assert s["replica_checksums"][0] == s["replica_checksums"][1]
     assert s["final_eval_return_mean"] is not None
+
+
+def test_federated_k1_with_sgd_is_synchronous_data_parallelism(result):
+    r = result["sgd_k1"]
+    assert r["moved"] > 1e-3  # ten SGD steps did change the weights
+    assert r["max_diff"] < 1e-5, r  # averaging weights after each step = averaging the gradients of that step
+    assert r["checksums"][0] == r["checksums"][1]
