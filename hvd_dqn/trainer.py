@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from hvd_dqn import checkpoint, distributed
+from hvd_dqn import checkpoint, distributed, trainstate
 from hvd_dqn.actor import actor_epsilons, epsilon_greedy, linear_epsilon
 from hvd_dqn.callbacks import CallbackList
 from hvd_dqn.config import Config
@@ -25,10 +25,12 @@ from hvd_dqn.evaluation import Evaluator, summarize
 from hvd_dqn.learner import Learner
 from hvd_dqn.metrics import RunLogger
 from hvd_dqn.nstep import NStepAccumulator
+from hvd_dqn.preemption import Preempted, StopRequest
 from hvd_dqn.prioritized import ReplayShard, annealed_beta
 from hvd_dqn.replay import ReplayBuffer
 
 FAULT_ENV = "HVD_DQN_FAULT"  # "RANK:GLOBAL_STEP": raise on that rank at that step (failure-handling tests)
+NAN_ENV = "HVD_DQN_INJECT_NAN"  # "UPDATE": rank 0 feeds a NaN reward into that gradient update (guard tests)
 
 
 @dataclass
@@ -47,12 +49,17 @@ class LoopState:
 
 
 class Trainer:
-    """``Trainer(config).train()`` trains on every rank of the job and returns the run summary (a dict)."""
+    """``Trainer(config).train()`` trains on every rank of the job and returns the run summary (a dict).
+    ``Trainer(config, run_dir, resume=True)`` continues from the newest checkpoint in ``run_dir``; ``train()``
+    raises ``Preempted`` (on every rank, after writing a checkpoint) when SIGTERM or SIGUSR1 stopped it."""
 
-    def __init__(self, config: Config, run_dir: str | os.PathLike | None = None, callbacks=()):
+    def __init__(self, config: Config, run_dir: str | os.PathLike | None = None, callbacks=(), resume: bool = False):
         if not isinstance(config, Config):
             raise TypeError("Trainer needs a hvd_dqn.Config")
+        if resume and run_dir is None:
+            raise UserError("resume needs the run directory of the run to continue")
         self.config = config
+        self.resume = resume
         self.run_dir = Path(run_dir) if run_dir is not None else None
         self.callbacks = CallbackList(callbacks)
         self.learner: Learner | None = None
@@ -64,25 +71,33 @@ class Trainer:
 
     def train(self) -> dict[str, Any]:
         self.world = distributed.init()
+        self.stop = StopRequest(self.world.rank).install()
         try:
             return self._train()
+        except Preempted:
+            self._close()  # every rank stopped at the same point, after the checkpoint: nobody waits in a collective
+            raise
         except BaseException as exc:
             if self.world.size > 1 and not isinstance(exc, KeyboardInterrupt):
                 # The other ranks are (or soon will be) blocked in a collective that this rank will never join.
                 user_error = isinstance(exc, UserError)
                 distributed.abort_job(exc, show_traceback=not user_error, exit_code=2 if user_error else 1)
             raise
+        finally:
+            self.stop.uninstall()
 
     # ------------------------------------------------------------------ the loop
     def _train(self) -> dict[str, Any]:
         cfg, world = self.config, self.world
-        self.start = time.perf_counter()
+        self.start, self.started_at = time.perf_counter(), time.time()
         self.per = per = cfg.per_rank(world.size)
         self.run_dir = self._resolve_run_dir()
+        resume_from = checkpoint.find_for_resume(self.run_dir) if self.resume else None
         self.logger = RunLogger(self.run_dir, enabled=world.is_chief, total_env_steps=cfg.total_env_steps)
         self.logger.write_json("config.json", {**cfg.to_dict(), "world_size": world.size})
         self.threshold = cfg.reward_threshold if cfg.reward_threshold is not None else reward_threshold(cfg.env_id)
         self.fault_step = _fault_step(world.rank)
+        self.nan_update = int(os.environ[NAN_ENV]) if os.environ.get(NAN_ENV) and world.is_chief else None
 
         self.envs = make_vector_env(cfg.env_id, cfg.num_envs)
         self.obs, _ = self.envs.reset(seed=env_seeds(cfg.seed, world.rank, cfg.num_envs))
@@ -100,6 +115,9 @@ class Trainer:
         self.evaluator = Evaluator(cfg.env_id, cfg.eval_episodes, cfg.seed, world.rank, world.size, cfg.eval_epsilon)
         self.state = s = LoopState(episode_return=np.zeros(cfg.num_envs))
         self._tick = (0, self.start, 0)
+        self.last_checkpoint_at = time.monotonic()
+        if resume_from is not None:
+            self._resume(resume_from)
 
         while s.vstep < per.vector_steps:
             prev_steps = s.env_steps
@@ -114,6 +132,12 @@ class Trainer:
                 row.update(self._evaluate())
             if final or row or _crossed(prev_steps, s.env_steps, cfg.log_every):
                 self._log(row)
+            save, stop = self._checkpoint_due(prev_steps, final)
+            if save:
+                saved = trainstate.save(self)
+                self.last_checkpoint_at = time.monotonic()
+                if stop:
+                    raise Preempted(s.env_steps, saved, self.stop.signame or "another rank's signal")
         return self._finish()
 
     # ------------------------------------------------------------------ the phases
@@ -149,6 +173,8 @@ class Trainer:
             if cfg.federated_every is not None:
                 k = min(k, cfg.federated_every - learner.updates % cfg.federated_every)
             batch, discount, weights, idx = self.shard.sample(self.rng, (k, self.per.batch_size), beta)
+            if self.nan_update is not None and 0 <= self.nan_update - learner.updates - 1 < k:
+                batch.reward[self.nan_update - learner.updates - 1, 0] = np.nan
             s.train_stats = learner.train_phase(batch, lr, discount, weights)
             self.shard.update_priorities(idx, learner.last_td_abs)
             remaining -= k
@@ -191,6 +217,38 @@ class Trainer:
         self.callbacks.fire("on_log", self, row)
         s.finished_returns.clear()
         self._tick = (s.env_steps, now, learner.updates)
+
+    def _checkpoint_due(self, prev_steps: int, final: bool) -> tuple[bool, bool]:
+        """(save a checkpoint now, stop after it). The step trigger and the end come from the global counter; a
+        stop request (any rank's signal) and the wall-clock trigger (rank 0's clock) are allreduced at decision
+        points, the iterations where a learning phase falls due, which are the same on every rank."""
+        cfg, s = self.config, self.state
+        save = final or (cfg.checkpoint_every is not None and _crossed(prev_steps, s.env_steps, cfg.checkpoint_every))
+        if not (final or s.vstep % self.per.vector_steps_per_train == 0):
+            return save, False
+        timed = self.world.is_chief and cfg.checkpoint_every_minutes is not None \
+            and time.monotonic() - self.last_checkpoint_at >= 60.0 * cfg.checkpoint_every_minutes
+        stop_votes, timed = distributed.allreduce_sum([float(self.stop.poll(s.env_steps)), float(timed)])
+        stop = stop_votes > 0 and not final  # at the end the run simply completes
+        return save or stop or timed > 0, stop
+
+    def _resume(self, ckpt: Path) -> None:
+        """Continue from ``ckpt``: restore the state, keep wall-clock times counting from the run's first start
+        (so the metrics show the gap), and log a row naming the checkpoint and the gap."""
+        state = trainstate.restore(self, ckpt)
+        s = self.state
+        now = time.perf_counter()
+        self.started_at = state["started_at"]
+        self.start = now - (time.time() - self.started_at)
+        self._tick = (s.env_steps, now, self.learner.updates)
+        self.logger.log({"env_steps": s.env_steps, "wall_s": now - self.start, "updates": self.learner.updates,
+                         "event": "resumed", "checkpoint": ckpt.name,
+                         "resume_gap_s": time.time() - state["written_at"]})
+
+    def _close(self) -> None:
+        for closable in (getattr(self, "logger", None), getattr(self, "envs", None)):
+            if closable is not None:
+                closable.close()
 
     def _finish(self) -> dict[str, Any]:
         """Checksums of every replica (a collective), the final network and the summary."""
