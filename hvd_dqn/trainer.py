@@ -73,18 +73,22 @@ class Trainer:
         self.world = distributed.init()
         self.stop = StopRequest(self.world.rank).install()
         try:
-            return self._train()
+            summary = self._train()
         except Preempted:
-            self._close()  # every rank stopped at the same point, after the checkpoint: nobody waits in a collective
+            # Every rank stopped at the same point, after the checkpoint: nobody waits in a collective. The
+            # handlers stay: launchers terminate the other ranks as soon as one exits (srun --kill-on-bad-exit,
+            # horovodrun), and a rank still closing must exit with PREEMPTED_EXIT_CODE too, not die of SIGTERM.
+            self._close()
             raise
         except BaseException as exc:
             if self.world.size > 1 and not isinstance(exc, KeyboardInterrupt):
                 # The other ranks are (or soon will be) blocked in a collective that this rank will never join.
                 user_error = isinstance(exc, UserError)
                 distributed.abort_job(exc, show_traceback=not user_error, exit_code=2 if user_error else 1)
-            raise
-        finally:
             self.stop.uninstall()
+            raise
+        self.stop.uninstall()
+        return summary
 
     # ------------------------------------------------------------------ the loop
     def _train(self) -> dict[str, Any]:
