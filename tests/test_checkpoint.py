@@ -222,3 +222,11 @@ def test_nan_stops_the_run_naming_the_update_and_the_last_checkpoint_stays_good(
     monkeypatch.delenv("HVD_DQN_INJECT_NAN")
     summary = Trainer(Config(**TINY), run_dir=run_dir, resume=True).train()  # and the run continues from it
     assert summary["env_steps"] == 1200 and summary["updates"] == 100
+
+
+def test_the_wall_clock_trigger_fires_only_at_decision_points(tmp_path):
+    """checkpoint_every_minutes tiny: a checkpoint at every decision point (every learning-phase boundary,
+    100 env steps here, the same iterations on every rank), none in between."""
+    cfg = Config(**{**TINY, "checkpoint_every": None, "checkpoint_every_minutes": 1e-6, "keep_checkpoints": 100})
+    Trainer(cfg, run_dir=tmp_path / "run").train()
+    assert [p.name for p in checkpoint.listed(tmp_path / "run")] == [f"ckpt-{s}" for s in range(100, 1300, 100)]
