@@ -23,6 +23,9 @@ def _parser() -> argparse.ArgumentParser:
     train.add_argument("--run-dir", help="where rank 0 writes metrics, summary and the model (default runs/<env>-<time>)")
     train.add_argument("--resume", metavar="RUN_DIR",
                        help="continue the run in RUN_DIR from its newest checkpoint (same number of ranks)")
+    train.add_argument("--elastic", action="store_true",
+                       help="run under horovodrun's elastic mode (--min-np/--max-np/--host-discovery-script): "
+                            "survive workers that die, take in workers that join")
     train.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                        help="override a config key (repeatable); the value is parsed as YAML")
 
@@ -82,7 +85,10 @@ def _train(args) -> int:
         config = Config.from_yaml(args.config, args.overrides)
     from hvd_dqn import distributed
     from hvd_dqn.preemption import Preempted
-    from hvd_dqn.trainer import Trainer
+    if args.elastic:
+        from hvd_dqn.elastic import ElasticTrainer as Trainer
+    else:
+        from hvd_dqn.trainer import Trainer
 
     try:
         summary = Trainer(config, run_dir=args.resume or args.run_dir, resume=args.resume is not None).train()

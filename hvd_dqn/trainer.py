@@ -92,6 +92,30 @@ class Trainer:
 
     # ------------------------------------------------------------------ the loop
     def _train(self) -> dict[str, Any]:
+        cfg, per, s = self.config, self._setup(), self.state
+        while s.vstep < per.vector_steps:
+            prev_steps = s.env_steps
+            s.vstep += 1
+            s.env_steps = s.vstep * per.global_steps_per_vector_step
+            final = s.vstep == per.vector_steps
+            self._collect()
+            if s.env_steps >= cfg.learning_starts and s.vstep % per.vector_steps_per_train == 0:
+                self._learn()
+            row = {}
+            if final or _crossed(prev_steps, s.env_steps, cfg.eval_every):
+                row.update(self._evaluate())
+            if final or row or _crossed(prev_steps, s.env_steps, cfg.log_every):
+                self._log(row)
+            save, stop = self._checkpoint_due(prev_steps, final)
+            if save:
+                saved = trainstate.save(self)
+                self.last_checkpoint_at = time.monotonic()
+                if stop:
+                    raise Preempted(s.env_steps, saved, self.stop.signame or "another rank's signal")
+        return self._finish()
+
+    def _setup(self):
+        """Run dir, logger, envs, replay, learner, evaluator and loop state (restored when resuming)."""
         cfg, world = self.config, self.world
         self.start, self.started_at = time.perf_counter(), time.time()
         self.per = per = cfg.per_rank(world.size)
@@ -113,36 +137,15 @@ class Trainer:
         self.shard = ReplayShard(self.replay, cfg.gamma ** cfg.n_step, cfg.prioritized_replay, cfg.priority_alpha,
                                  cfg.priority_epsilon)
         self.nstep = NStepAccumulator(cfg.num_envs, cfg.n_step, cfg.gamma) if cfg.n_step > 1 else None
-        self.learner = Learner(cfg, obs_shape[0], n_actions, world.size)
-        self.learner.broadcast_initial_weights()
+        self.learner = self._make_learner(obs_shape[0], n_actions)
         self.act = self.learner.acting_fn()
         self.evaluator = Evaluator(cfg.env_id, cfg.eval_episodes, cfg.seed, world.rank, world.size, cfg.eval_epsilon)
-        self.state = s = LoopState(episode_return=np.zeros(cfg.num_envs))
+        self.state = LoopState(episode_return=np.zeros(cfg.num_envs))
         self._tick = (0, self.start, 0)
         self.last_checkpoint_at = time.monotonic()
         if resume_from is not None:
             self._resume(resume_from)
-
-        while s.vstep < per.vector_steps:
-            prev_steps = s.env_steps
-            s.vstep += 1
-            s.env_steps = s.vstep * per.global_steps_per_vector_step
-            final = s.vstep == per.vector_steps
-            self._collect()
-            if s.env_steps >= cfg.learning_starts and s.vstep % per.vector_steps_per_train == 0:
-                self._learn()
-            row = {}
-            if final or _crossed(prev_steps, s.env_steps, cfg.eval_every):
-                row.update(self._evaluate())
-            if final or row or _crossed(prev_steps, s.env_steps, cfg.log_every):
-                self._log(row)
-            save, stop = self._checkpoint_due(prev_steps, final)
-            if save:
-                saved = trainstate.save(self)
-                self.last_checkpoint_at = time.monotonic()
-                if stop:
-                    raise Preempted(s.env_steps, saved, self.stop.signame or "another rank's signal")
-        return self._finish()
+        return per
 
     # ------------------------------------------------------------------ the phases
     def _collect(self) -> None:
@@ -221,6 +224,11 @@ class Trainer:
         self.callbacks.fire("on_log", self, row)
         s.finished_returns.clear()
         self._tick = (s.env_steps, now, learner.updates)
+
+    def _make_learner(self, obs_dim: int, n_actions: int) -> Learner:
+        learner = Learner(self.config, obs_dim, n_actions, self.world.size)
+        learner.broadcast_initial_weights()
+        return learner
 
     def _checkpoint_due(self, prev_steps: int, final: bool) -> tuple[bool, bool]:
         """(save a checkpoint now, stop after it). The step trigger and the end come from the global counter; a

@@ -49,7 +49,7 @@ def _wait_for_row(run_dir, env_steps, proc, timeout=240):
 
 def _rank_pids(launcher_pid):
     """The hvd-dqn processes under horovodrun (its middlemen start them through a shell)."""
-    out = subprocess.run(["ps", "-e", "-o", "pid=,ppid=,args="], capture_output=True, text=True).stdout
+    out = subprocess.run(["ps", "-ww", "-e", "-o", "pid=,ppid=,args="], capture_output=True, text=True).stdout
     rows = [line.split(None, 2) for line in out.splitlines()]
     children = {}
     for pid, ppid, args in rows:
