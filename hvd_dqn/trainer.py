@@ -121,6 +121,8 @@ class Trainer:
         self.per = per = cfg.per_rank(world.size)
         self.run_dir = self._resolve_run_dir()
         resume_from = checkpoint.find_for_resume(self.run_dir) if self.resume else None
+        if resume_from is not None and world.is_chief:
+            trainstate.trim_metrics(self.run_dir, resume_from)
         self.logger = RunLogger(self.run_dir, enabled=world.is_chief, total_env_steps=cfg.total_env_steps)
         self.logger.write_json("config.json", {**cfg.to_dict(), "world_size": world.size})
         self.threshold = cfg.reward_threshold if cfg.reward_threshold is not None else reward_threshold(cfg.env_id)

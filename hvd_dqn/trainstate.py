@@ -8,6 +8,7 @@ The files and formats are ``hvd_dqn.checkpoint``'s.
 """
 from __future__ import annotations
 
+import json
 import time
 from pathlib import Path
 from typing import Any
@@ -117,6 +118,28 @@ def model_objects(learner) -> dict[str, Any]:
 
 
 # ---------------------------------------------------------------------------------------------- restore
+def trim_metrics(run_dir: Path, ckpt: Path) -> None:
+    """Drop the metrics rows logged after ``ckpt`` (a run killed outright between checkpoints logged steps that
+    the resumed run does again), so metrics.jsonl holds each step once. Rank 0, before its logger opens it."""
+    metrics = Path(run_dir) / "metrics.jsonl"
+    step = int(ckpt.name.split("-")[-1])
+    if not metrics.is_file():
+        return
+    lines = metrics.read_text().splitlines(keepends=True)
+    kept = [line for line in lines if _row_step(line) <= step]
+    if len(kept) != len(lines):
+        from hvd_dqn.metrics import atomic_write_text
+
+        atomic_write_text(metrics, "".join(kept))
+
+
+def _row_step(line: str) -> float:
+    try:
+        return json.loads(line).get("env_steps", 0)
+    except ValueError:
+        return float("inf")  # a half-written last line of a killed run
+
+
 def restore(trainer, ckpt: Path) -> dict[str, Any]:
     """Load ``ckpt`` into a freshly set-up trainer (same config structure and world size); returns state.json."""
     world, s = trainer.world, trainer.state

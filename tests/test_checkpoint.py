@@ -230,3 +230,18 @@ def test_the_wall_clock_trigger_fires_only_at_decision_points(tmp_path):
     cfg = Config(**{**TINY, "checkpoint_every": None, "checkpoint_every_minutes": 1e-6, "keep_checkpoints": 100})
     Trainer(cfg, run_dir=tmp_path / "run").train()
     assert [p.name for p in checkpoint.listed(tmp_path / "run")] == [f"ckpt-{s}" for s in range(100, 1300, 100)]
+
+
+def test_resume_drops_metrics_rows_logged_after_the_checkpoint(run_dir, tmp_path):
+    """As after a kill -9 between checkpoints: rows past the newest checkpoint (and a half-written line) go, the
+    resumed run logs those steps again, each step's row appears once."""
+    run, ckpt = _copy(run_dir, tmp_path)
+    shutil.rmtree(ckpt)  # the newest is now ckpt-800; the rows at 900..1200 were logged after it
+    (run / "summary.json").unlink()
+    with open(run / "metrics.jsonl", "a") as f:
+        f.write('{"env_steps": 1300, "wall_s"')
+    assert _resume(run) == 0
+    rows = [json.loads(l) for l in (run / "metrics.jsonl").read_text().splitlines()]
+    steps = [r["env_steps"] for r in rows if r.get("event") != "resumed"]
+    assert steps == sorted(set(steps)) and steps[-1] == 1200
+    assert [r["env_steps"] for r in rows if r.get("event") == "resumed"] == [800]
