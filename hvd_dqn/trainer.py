@@ -244,6 +244,8 @@ class Trainer:
             and time.monotonic() - self.last_checkpoint_at >= 60.0 * cfg.checkpoint_every_minutes
         stop_votes, timed = distributed.allreduce_sum([float(self.stop.poll(s.env_steps)), float(timed)])
         stop = stop_votes > 0 and not final  # at the end the run simply completes
+        if stop_votes > 0:
+            self.stop.agreed()  # every rank is here: the checkpoint gets written, however long it takes
         return save or stop or timed > 0, stop
 
     def _resume(self, ckpt: Path) -> None:

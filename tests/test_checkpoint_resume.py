@@ -1,7 +1,7 @@
 """Preemption and exact resume through the CLI, for real: a run is stopped by a signal mid-training, writes a
 checkpoint and exits with the documented code; `hvd-dqn train --resume` then ends with the same replica
 checksums as an uninterrupted run of the same config, at np=1 (SIGUSR1 to the rank) and np=2 (SIGTERM to
-horovodrun, which passes it on to the ranks)."""
+launch/horovodrun.sh, which passes it on to the ranks as SIGUSR1)."""
 import json
 import signal
 import subprocess
@@ -10,6 +10,8 @@ import time
 import pytest
 
 from conftest import BIN, ROOT, run, run_env
+
+LAUNCH = ROOT / "launch"
 
 PREEMPTED = 75
 RUN = {  # long enough that a signal lands mid-run, small enough for seconds; periodic checkpoints too
@@ -48,7 +50,7 @@ def _wait_for_row(run_dir, env_steps, proc, timeout=240):
 
 
 def _rank_pids(launcher_pid):
-    """The hvd-dqn processes under horovodrun (its middlemen start them through a shell)."""
+    """The hvd-dqn processes under the launcher (horovodrun's middlemen start them through a shell)."""
     out = subprocess.run(["ps", "-ww", "-e", "-o", "pid=,ppid=,args="], capture_output=True, text=True).stdout
     rows = [line.split(None, 2) for line in out.splitlines()]
     children = {}
@@ -58,7 +60,7 @@ def _rank_pids(launcher_pid):
     while todo:
         for pid, args in children.get(todo.pop(), []):
             todo.append(pid)
-            if "hvd-dqn train" in args and "python" in args.split()[0]:
+            if "hvd-dqn train" in args and "python" in args.split()[0] and "horovodrun" not in args:
                 found.append(pid)
     return found
 
@@ -73,9 +75,14 @@ def test_a_signalled_run_resumes_bit_exactly(np_, tmp_path):
     expected = _summary(whole)["replica_checksums"]
     assert len(expected) == np_ and len(set(expected)) == 1
 
-    # the same run, signalled mid-training: np=1 SIGUSR1 to the rank, np=2 SIGTERM to horovodrun
-    job = subprocess.Popen([str(c) for c in _train_cmd(np_, "--config", cfg, "--run-dir", stopped)],
-                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=run_env(), cwd=ROOT)
+    # the same run, signalled mid-training: np=1 SIGUSR1 to the rank, np=2 SIGTERM to the launcher script
+    if np_ == 1:
+        cmd, env = _train_cmd(np_, "--config", cfg, "--run-dir", stopped), run_env()
+    else:
+        cmd = [LAUNCH / "horovodrun.sh", cfg]
+        env = run_env(NP=2, RUN_DIR=stopped, VIRTUAL_ENV=BIN.parent, CONTROLLER="gloo")
+    job = subprocess.Popen([str(c) for c in cmd], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                           env=env, cwd=ROOT)
     try:
         _wait_for_row(stopped, 4000, job)
         if np_ == 1:
@@ -91,8 +98,8 @@ def test_a_signalled_run_resumes_bit_exactly(np_, tmp_path):
     assert job.returncode == (PREEMPTED if np_ == 1 else 1), output
     if np_ == 2:
         assert "Exit code: 75" in output, output
-    signame = "SIGUSR1" if np_ == 1 else "SIGTERM"
-    assert f"hvd-dqn: stopped by {signame} at global env step" in output, output
+        assert "hvd-dqn launcher: SIGTERM: asking the ranks to checkpoint and stop" in output
+    assert "hvd-dqn: stopped by SIGUSR1 at global env step" in output, output
     assert not (stopped / "summary.json").exists()
     step = int(output.split("at global env step ")[1].split(";")[0])
     assert 4000 <= step < RUN["total_env_steps"]
