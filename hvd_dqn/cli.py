@@ -1,7 +1,8 @@
 """``hvd-dqn train|evaluate|export|plot``: train on every rank of a job, then use what it produced.
 
 Started plainly it is one rank; under horovodrun, mpirun or srun each process is one rank of the job.
-User mistakes print one line on stderr and exit 2; no traceback.
+User mistakes print one line on stderr and exit 2; no traceback. A run stopped by SIGTERM or SIGUSR1 writes a
+checkpoint and exits 75 (``hvd-dqn train --resume RUN_DIR`` continues it).
 """
 from __future__ import annotations
 
@@ -18,8 +19,13 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="hvd-dqn", description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
     train = sub.add_parser("train", help="train a DQN on every rank of the job")
-    train.add_argument("--config", required=True, help="YAML experiment file (see configs/)")
+    train.add_argument("--config", help="YAML experiment file (see configs/); with --resume, default: the run's own")
     train.add_argument("--run-dir", help="where rank 0 writes metrics, summary and the model (default runs/<env>-<time>)")
+    train.add_argument("--resume", metavar="RUN_DIR",
+                       help="continue the run in RUN_DIR from its newest checkpoint (same number of ranks)")
+    train.add_argument("--elastic", action="store_true",
+                       help="run under horovodrun's elastic mode (--min-np/--max-np/--host-discovery-script): "
+                            "survive workers that die, take in workers that join")
     train.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                        help="override a config key (repeatable); the value is parsed as YAML")
 
@@ -69,16 +75,49 @@ def _train(args) -> int:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")  # TF C++ start-up chatter (CUDA plugins on CPU hosts) hides our lines
     from hvd_dqn.config import Config
 
-    config = Config.from_yaml(args.config, args.overrides)
-    from hvd_dqn.trainer import Trainer
-
-    summary = Trainer(config, run_dir=args.run_dir).train()
+    if args.resume is not None:
+        if args.run_dir is not None and Path(args.run_dir).resolve() != Path(args.resume).resolve():
+            raise UserError("--resume RUN_DIR continues in RUN_DIR; drop --run-dir or give the same directory")
+        config = Config.from_yaml(args.config, args.overrides) if args.config else _run_config(args)
+    elif args.config is None:
+        raise UserError("train needs --config CONFIG (a new run) or --resume RUN_DIR (continue one)")
+    else:
+        config = Config.from_yaml(args.config, args.overrides)
     from hvd_dqn import distributed
+    from hvd_dqn.preemption import Preempted
+    if args.elastic:
+        from hvd_dqn.elastic import ElasticTrainer as Trainer
+    else:
+        from hvd_dqn.trainer import Trainer
 
+    try:
+        summary = Trainer(config, run_dir=args.resume or args.run_dir, resume=args.resume is not None).train()
+    except Preempted as exc:
+        if distributed.world().is_chief:
+            print(f"hvd-dqn: {exc}; continue with: hvd-dqn train --resume {exc.checkpoint.parent.parent}",
+                  file=sys.stderr, flush=True)
+        return exc.exit_code
     if distributed.world().is_chief:
         print("hvd-dqn summary: " + json.dumps({k: summary[k] for k in (
             "world_size", "env_steps", "wall_s", "final_eval_return_mean", "solved_env_steps", "solved_wall_s")}))
     return 0
+
+
+def _run_config(args):
+    """The config a run was started with (its config.json), with --set overrides on top."""
+    from hvd_dqn.config import Config, parse_overrides
+
+    path = Path(args.resume) / "config.json"
+    try:
+        data = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise UserError(f"--resume {args.resume}: no config.json (not a run directory? give --config)") from None
+    except (OSError, ValueError) as exc:
+        raise UserError(f"--resume {args.resume}: config.json is unreadable ({exc}); give --config") from None
+    if not isinstance(data, dict):
+        raise UserError(f"--resume {args.resume}: config.json is not a mapping; give --config")
+    data.pop("world_size", None)  # recorded next to the config, not part of it
+    return Config.from_dict({**data, **parse_overrides(args.overrides)}, source=str(path))
 
 
 def _evaluate(args) -> int:

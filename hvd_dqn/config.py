@@ -112,6 +112,15 @@ class Config(BaseModel):
         None, description="Return at which the task counts as solved; null = the env spec's reward_threshold.")
     log_every: int = Field(5_000, ge=1, description="Global env steps between metric log points.")
 
+    # --- full-state checkpoints (README "Checkpoints and resume"); one is also written at the end and on SIGTERM
+    checkpoint_every: Optional[int] = Field(
+        None, ge=1, description="Global env steps between checkpoints; null = none by step count.")
+    checkpoint_every_minutes: Optional[float] = Field(
+        30.0, gt=0, description="Wall-clock minutes between checkpoints (rank 0's clock, its decision broadcast "
+                                "at the next learning-phase boundary); null = none by time.")
+    keep_checkpoints: int = Field(2, ge=1, le=1000, description="Newest complete checkpoints kept; older ones "
+                                                                 "are deleted once a newer one is complete.")
+
     @field_validator("hidden_sizes", mode="before")
     @classmethod
     def _sizes_as_tuple(cls, value: Any) -> Any:

@@ -173,6 +173,34 @@ def gather_checksums(variables) -> list[str]:
     return [row.tobytes().hex() for row in gathered]
 
 
+def elastic_state(variables, **counters):
+    """Horovod elastic: the state that ``elastic_run`` commits, restores after a failure and syncs from rank 0
+    after every reset: ``variables`` (kept as NumPy copies on the host) and the Python values ``counters``
+    (attributes of the returned object)."""
+    import horovod.tensorflow.elastic as hvd_elastic
+
+    return hvd_elastic.TensorFlowState(list(variables), **counters)
+
+
+def elastic_run(func):
+    """Horovod elastic: ``func(state)`` re-run from the last commit (after ``state.restore()``, a re-rendezvous of
+    the remaining workers and ``state.sync()``) whenever a worker fails or hosts change. A failed collective
+    inside a tf.function surfaces as a TF error; Horovod's own wrapper only recognises some op names
+    (not HorovodGroupedAllreduce), so every TF error from a Horovod op counts as a worker failure here."""
+    import horovod.tensorflow.elastic as hvd_elastic
+    from horovod.common.exceptions import HorovodInternalError
+
+    def converted(state):
+        try:
+            return func(state)
+        except tf.errors.OpError as exc:
+            if "Horovod" in str(exc) or "horovod" in str(exc):
+                raise HorovodInternalError(exc) from exc
+            raise
+
+    return hvd_elastic.run(converted)
+
+
 def abort_job(exc: BaseException, *, show_traceback: bool = True, exit_code: int = 1) -> None:
     """End this process at once so the launcher tears the whole job down instead of the other ranks
     waiting forever in their next collective (Gloo has no stall shutdown). Never returns."""

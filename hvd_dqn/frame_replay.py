@@ -96,6 +96,25 @@ class FrameReplayBuffer:
         self.rows_written += 1
         return np.arange(idx.start, idx.stop)
 
+    # ---- checkpointing: plain arrays, no pickle
+    def state_dict(self) -> dict[str, np.ndarray]:
+        rows = min(self.rows_written, self.rows) * self.num_envs  # slots ever written
+        state = {name: arr[:rows] for name, arr in self._data.items()}
+        state.update(size=np.asarray(len(self)), pos=np.asarray(self.pos), rows_written=np.asarray(self.rows_written),
+                     env_ep_pos=self._ep_pos.copy(), env_episode_ended=self._episode_ended.copy())
+        return state
+
+    def load_state_dict(self, state: dict[str, np.ndarray]) -> None:
+        rows = len(state["frame"])
+        if rows > self.capacity or state["frame"].shape[1:] != self.frame_shape \
+                or len(state["env_ep_pos"]) != self.num_envs:
+            raise ValueError("frame replay of another capacity, frame shape or number of envs")
+        for name, arr in self._data.items():
+            arr[:rows] = state[name]
+        self.rows_written = int(state["rows_written"])
+        self._ep_pos = np.asarray(state["env_ep_pos"], np.int64).copy()
+        self._episode_ended = np.asarray(state["env_episode_ended"], bool).copy()
+
     # ---- sampling
     def _abs_rows(self, idx: np.ndarray) -> np.ndarray:
         """The absolute row (vector step count) of each slot's current content."""

@@ -117,14 +117,33 @@ class Learner:
         self.last_td_abs = td_abs.numpy()
         k = int(batch.action.shape[0])
         if not bool(finite):
-            raise FloatingPointError(
-                f"non-finite TD loss within updates {self.updates + 1}..{self.updates + k}; stopping")
+            bad = np.flatnonzero(~np.isfinite(self.last_td_abs).all(axis=1))
+            at = f"at update {self.updates + 1 + int(bad[0])}" if len(bad) else \
+                f"within updates {self.updates + 1}..{self.updates + k}"
+            raise FloatingPointError(f"non-finite TD loss {at}; stopping (the last checkpoint is intact)")
+        self.check_weights_finite(k)
         self.updates += k
         if not self._optimizer_synced:
             # Horovod: Adam's slots exist only after the first step; make rank 0's the truth from then on.
             distributed.broadcast_variables(self.optimizer.variables(), root_rank=0)
             self._optimizer_synced = True
         return {"td_loss": float(loss), "q_mean": float(q_mean)}
+
+    def check_weights_finite(self, k: int) -> None:
+        """Raise if the phase of ``k`` updates just run left a NaN or Inf in the online net. The weights are the
+        same on every rank, so every rank stops here together (a NaN loss on one rank alone would not)."""
+        for v in self.online.trainable_variables:
+            if not np.isfinite(v.numpy()).all():
+                raise FloatingPointError(
+                    f"non-finite weights ({v.name}) after updates {self.updates + 1}..{self.updates + k}; "
+                    "stopping (the last checkpoint is intact)")
+
+    def broadcast_restored(self) -> None:
+        """After a restore from a checkpoint: rank 0's networks and Adam state on every rank (all ranks read the
+        same file; the broadcast is the guarantee), and no further slot broadcast needed."""
+        distributed.broadcast_variables(
+            list(self.online.variables) + list(self.target.variables) + list(self.optimizer.variables()), 0)
+        self._optimizer_synced = True
 
     def broadcast_initial_weights(self) -> None:
         """Rank 0's initial online weights everywhere, and the target equal to them."""

@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from hvd_dqn import checkpoint, distributed
+from hvd_dqn import checkpoint, distributed, trainstate
 from hvd_dqn.actor import actor_epsilons, epsilon_greedy, linear_epsilon
 from hvd_dqn.callbacks import CallbackList
 from hvd_dqn.config import Config
@@ -26,10 +26,12 @@ from hvd_dqn.frame_replay import FrameReplayBuffer
 from hvd_dqn.learner import Learner
 from hvd_dqn.metrics import RunLogger
 from hvd_dqn.nstep import NStepAccumulator
+from hvd_dqn.preemption import Preempted, StopRequest
 from hvd_dqn.prioritized import ReplayShard, annealed_beta
 from hvd_dqn.replay import ReplayBuffer
 
 FAULT_ENV = "HVD_DQN_FAULT"  # "RANK:GLOBAL_STEP": raise on that rank at that step (failure-handling tests)
+NAN_ENV = "HVD_DQN_INJECT_NAN"  # "UPDATE": rank 0 feeds a NaN reward into that gradient update (guard tests)
 
 
 @dataclass
@@ -48,12 +50,17 @@ class LoopState:
 
 
 class Trainer:
-    """``Trainer(config).train()`` trains on every rank of the job and returns the run summary (a dict)."""
+    """``Trainer(config).train()`` trains on every rank of the job and returns the run summary (a dict).
+    ``Trainer(config, run_dir, resume=True)`` continues from the newest checkpoint in ``run_dir``; ``train()``
+    raises ``Preempted`` (on every rank, after writing a checkpoint) when SIGTERM or SIGUSR1 stopped it."""
 
-    def __init__(self, config: Config, run_dir: str | os.PathLike | None = None, callbacks=()):
+    def __init__(self, config: Config, run_dir: str | os.PathLike | None = None, callbacks=(), resume: bool = False):
         if not isinstance(config, Config):
             raise TypeError("Trainer needs a hvd_dqn.Config")
+        if resume and run_dir is None:
+            raise UserError("resume needs the run directory of the run to continue")
         self.config = config
+        self.resume = resume
         self.run_dir = Path(run_dir) if run_dir is not None else None
         self.callbacks = CallbackList(callbacks)
         self.learner: Learner | None = None
@@ -65,25 +72,63 @@ class Trainer:
 
     def train(self) -> dict[str, Any]:
         self.world = distributed.init()
+        self.stop = StopRequest(self.world.rank).install()
         try:
-            return self._train()
+            summary = self._train()
+        except Preempted:
+            # Every rank stopped at the same point, after the checkpoint: nobody waits in a collective. The
+            # handlers stay: launchers terminate the other ranks as soon as one exits (srun --kill-on-bad-exit,
+            # horovodrun), and a rank still closing must exit with PREEMPTED_EXIT_CODE too, not die of SIGTERM.
+            self._close()
+            raise
         except BaseException as exc:
             if self.world.size > 1 and not isinstance(exc, KeyboardInterrupt):
                 # The other ranks are (or soon will be) blocked in a collective that this rank will never join.
                 user_error = isinstance(exc, UserError)
                 distributed.abort_job(exc, show_traceback=not user_error, exit_code=2 if user_error else 1)
+            self.stop.uninstall()
             raise
+        self.stop.uninstall()
+        return summary
 
     # ------------------------------------------------------------------ the loop
     def _train(self) -> dict[str, Any]:
+        cfg, per, s = self.config, self._setup(), self.state
+        while s.vstep < per.vector_steps:
+            prev_steps = s.env_steps
+            s.vstep += 1
+            s.env_steps = s.vstep * per.global_steps_per_vector_step
+            final = s.vstep == per.vector_steps
+            self._collect()
+            if s.env_steps >= cfg.learning_starts and s.vstep % per.vector_steps_per_train == 0:
+                self._learn()
+            row = {}
+            if final or _crossed(prev_steps, s.env_steps, cfg.eval_every):
+                row.update(self._evaluate())
+            if final or row or _crossed(prev_steps, s.env_steps, cfg.log_every):
+                self._log(row)
+            save, stop = self._checkpoint_due(prev_steps, final)
+            if save:
+                saved = trainstate.save(self)
+                self.last_checkpoint_at = time.monotonic()
+                if stop:
+                    raise Preempted(s.env_steps, saved, self.stop.signame or "another rank's signal")
+        return self._finish()
+
+    def _setup(self):
+        """Run dir, logger, envs, replay, learner, evaluator and loop state (restored when resuming)."""
         cfg, world = self.config, self.world
-        self.start = time.perf_counter()
+        self.start, self.started_at = time.perf_counter(), time.time()
         self.per = per = cfg.per_rank(world.size)
         self.run_dir = self._resolve_run_dir()
+        resume_from = checkpoint.find_for_resume(self.run_dir) if self.resume else None
+        if resume_from is not None and world.is_chief:
+            trainstate.trim_metrics(self.run_dir, resume_from)
         self.logger = RunLogger(self.run_dir, enabled=world.is_chief, total_env_steps=cfg.total_env_steps)
         self.logger.write_json("config.json", {**cfg.to_dict(), "world_size": world.size})
         self.threshold = cfg.reward_threshold if cfg.reward_threshold is not None else reward_threshold(cfg.env_id)
         self.fault_step = _fault_step(world.rank)
+        self.nan_update = int(os.environ[NAN_ENV]) if os.environ.get(NAN_ENV) and world.is_chief else None
 
         self.envs = make_vector_env(cfg.env_id, cfg.num_envs, backend=cfg.atari_vector_env,
                                     threads=world.cores_per_rank, **atari_options(cfg))
@@ -104,28 +149,16 @@ class Trainer:
         # n-step transitions: built on the actor side, or (Atari) by the frame replay when sampled
         self.nstep = NStepAccumulator(cfg.num_envs, cfg.n_step, cfg.gamma) if cfg.n_step > 1 and not cfg.is_atari \
             else None
-        self.learner = Learner(cfg, obs_shape, n_actions, world.size)
-        self.learner.broadcast_initial_weights()
+        self.learner = self._make_learner(obs_shape, n_actions)
         self.act = self.learner.acting_fn()
         self.evaluator = Evaluator(cfg.env_id, cfg.eval_episodes, cfg.seed, world.rank, world.size, cfg.eval_epsilon,
                                    env_kwargs=atari_options(cfg))
-        self.state = s = LoopState(episode_return=np.zeros(cfg.num_envs))
+        self.state = LoopState(episode_return=np.zeros(cfg.num_envs))
         self._tick = (0, self.start, 0)
-
-        while s.vstep < per.vector_steps:
-            prev_steps = s.env_steps
-            s.vstep += 1
-            s.env_steps = s.vstep * per.global_steps_per_vector_step
-            final = s.vstep == per.vector_steps
-            self._collect()
-            if s.env_steps >= cfg.learning_starts and s.vstep % per.vector_steps_per_train == 0:
-                self._learn()
-            row = {}
-            if final or _crossed(prev_steps, s.env_steps, cfg.eval_every):
-                row.update(self._evaluate())
-            if final or row or _crossed(prev_steps, s.env_steps, cfg.log_every):
-                self._log(row)
-        return self._finish()
+        self.last_checkpoint_at = time.monotonic()
+        if resume_from is not None:
+            self._resume(resume_from)
+        return per
 
     # ------------------------------------------------------------------ the phases
     def _collect(self) -> None:
@@ -176,6 +209,8 @@ class Trainer:
             if cfg.federated_every is not None:
                 k = min(k, cfg.federated_every - learner.updates % cfg.federated_every)
             batch, discount, weights, idx = self.shard.sample(self.rng, (k, self.per.batch_size), beta)
+            if self.nan_update is not None and 0 <= self.nan_update - learner.updates - 1 < k:
+                batch.reward[self.nan_update - learner.updates - 1, 0] = np.nan
             s.train_stats = learner.train_phase(batch, lr, discount, weights)
             self.shard.update_priorities(idx, learner.last_td_abs)
             remaining -= k
@@ -218,6 +253,52 @@ class Trainer:
         self.callbacks.fire("on_log", self, row)
         s.finished_returns.clear()
         self._tick = (s.env_steps, now, learner.updates)
+
+    def _make_learner(self, obs_shape: tuple[int, ...], n_actions: int) -> Learner:
+        learner = Learner(self.config, obs_shape, n_actions, self.world.size)
+        learner.broadcast_initial_weights()
+        return learner
+
+    def _checkpoint_due(self, prev_steps: int, final: bool) -> tuple[bool, bool]:
+        """(save a checkpoint now, stop after it). The step trigger and the end come from the global counter; a
+        stop request (any rank's signal) and the wall-clock trigger (rank 0's clock) are allreduced at decision
+        points, the iterations where a learning phase falls due, which are the same on every rank."""
+        cfg, s = self.config, self.state
+        save = final or (cfg.checkpoint_every is not None and _crossed(prev_steps, s.env_steps, cfg.checkpoint_every))
+        if not (final or s.vstep % self.per.vector_steps_per_train == 0):
+            return save, False
+        timed = self.world.is_chief and cfg.checkpoint_every_minutes is not None \
+            and time.monotonic() - self.last_checkpoint_at >= 60.0 * cfg.checkpoint_every_minutes
+        stop_votes, timed = distributed.allreduce_sum([float(self.stop.poll(s.env_steps)), float(timed)])
+        stop = stop_votes > 0 and not final  # at the end the run simply completes
+        if stop_votes > 0:
+            self.stop.agreed()  # every rank is here: the checkpoint gets written, however long it takes
+        return save or stop or timed > 0, stop
+
+    def episodes_restarted(self, info: dict) -> None:
+        """The envs were reset mid-run (a resume whose env state could not be saved): the frame replay starts
+        new episodes from the reset frames, and life counting starts again."""
+        if self.config.is_atari:
+            self.replay.start(self.obs)
+            self.lives = np.asarray(info["lives"])
+
+    def _resume(self, ckpt: Path) -> None:
+        """Continue from ``ckpt``: restore the state, keep wall-clock times counting from the run's first start
+        (so the metrics show the gap), and log a row naming the checkpoint and the gap."""
+        state = trainstate.restore(self, ckpt)
+        s = self.state
+        now = time.perf_counter()
+        self.started_at = state["started_at"]
+        self.start = now - (time.time() - self.started_at)
+        self._tick = (s.env_steps, now, self.learner.updates)
+        self.logger.log({"env_steps": s.env_steps, "wall_s": now - self.start, "updates": self.learner.updates,
+                         "event": "resumed", "checkpoint": ckpt.name,
+                         "resume_gap_s": time.time() - state["written_at"]})
+
+    def _close(self) -> None:
+        for closable in (getattr(self, "logger", None), getattr(self, "envs", None)):
+            if closable is not None:
+                closable.close()
 
     def _finish(self) -> dict[str, Any]:
         """Checksums of every replica (a collective), the final network and the summary."""

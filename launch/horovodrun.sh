@@ -13,6 +13,9 @@
 #   VIRTUAL_ENV      the venv holding hvd-dqn and horovodrun (default: this checkout's .venv, then PATH)
 # Across hosts, horovodrun reaches the others by ssh (passwordless) and runs the same paths there.
 # Every output line is prefixed by its rank: "[1]<stderr>:..." (gloo) or "[1,1]<stderr>:..." (mpi).
+# Preemption: SIGTERM or SIGUSR1 to this script is passed to the ranks on this host as SIGUSR1 (one rank's
+# signal stops them all): they checkpoint and exit 75, horovodrun then exits 1 ("Exit code: 75" in its error).
+# Sent to horovodrun itself, SIGTERM gives the ranks only Horovod's fixed 5 s before SIGKILL.
 set -euo pipefail
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 . "$here/common.sh"
@@ -32,4 +35,27 @@ read -r -a extra <<< "${HOROVODRUN_ARGS:-}"
 train=("$hvd_dqn" train --config "$config")
 [ -n "${RUN_DIR:-}" ] && train+=(--run-dir "$RUN_DIR")
 
-exec "$horovodrun" "${args[@]}" "${extra[@]}" "${train[@]}" "$@"
+"$horovodrun" "${args[@]}" "${extra[@]}" "${train[@]}" "$@" &
+launcher=$!
+
+ranks() {  # the hvd-dqn processes among the launcher's descendants (not the shells that start them)
+  local child first
+  for child in $(pgrep -P "$1"); do
+    first=$(tr '\0' '\n' < "/proc/$child/cmdline" 2>/dev/null | head -n1) || true
+    case $first in *python*) grep -qa "hvd-dqn" "/proc/$child/cmdline" 2>/dev/null && echo "$child" ;; esac
+    ranks "$child"
+  done
+}
+forward() {
+  echo "hvd-dqn launcher: SIG$1: asking the ranks to checkpoint and stop" >&2
+  local pid
+  for pid in $(ranks "$launcher"); do kill -USR1 "$pid" 2>/dev/null || true; done
+}
+trap 'forward TERM' TERM
+trap 'forward USR1' USR1
+while :; do  # a trapped signal interrupts wait; wait again until horovodrun itself has ended
+  status=0
+  wait "$launcher" || status=$?
+  kill -0 "$launcher" 2>/dev/null || break
+done
+exit "$status"

@@ -155,6 +155,23 @@ def test_shard_samples_only_complete_transitions_uniform_and_prioritized():
         assert not replay.sampleable(np.arange(len(replay))).all()  # there were slots to avoid
 
 
+def test_frame_replay_checkpoint_round_trip_samples_the_same_and_goes_on_the_same():
+    for steps in (20, 50):  # before and after the ring wrapped
+        replay = _synthetic_replay(steps=steps, n_step=3, gamma=0.9)
+        state = {k: np.array(v) for k, v in replay.state_dict().items()}
+        copy = FrameReplayBuffer(30, 3, (2, 2), stack=4, n_step=3, gamma=0.9)
+        copy.load_state_dict(state)
+        assert len(copy) == len(replay) and copy.pos == replay.pos
+        idx = np.arange(len(replay))[replay.sampleable(np.arange(len(replay)))]
+        assert len(idx) > 0 and (copy.sampleable(idx)).all()
+        (a, da), (b, db) = replay.gather_with_discount(idx), copy.gather_with_discount(idx)
+        assert all(np.array_equal(x, y) for x, y in zip(a, b)) and np.array_equal(da, db)
+        stack = np.full((3, 4, 2, 2), 9, np.uint8)  # both go on identically after the restore
+        for buf in (replay, copy):
+            buf.add(stack, np.ones(3, np.int32), np.ones(3), stack, np.array([True, False, False]), np.zeros(3, bool))
+        assert all(np.array_equal(replay._data[k], copy._data[k]) for k in replay._data)
+
+
 def test_replay_memory_per_transition_and_refusal():
     replay = FrameReplayBuffer(1000, 4)
     shard = ReplayShard(replay, 0.99)

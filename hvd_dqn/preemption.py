@@ -1,0 +1,123 @@
+"""Preemption: SIGTERM or SIGUSR1 asks the run to stop, checkpoint and exit with PREEMPTED_EXIT_CODE.
+
+The handler only sets a flag. The trainer allreduces the flags of all ranks at its decision points (the same
+iterations on every rank), so a signal that reaches one rank, some or all of them stops every rank at the same
+update; the job then writes a checkpoint and every rank exits with PREEMPTED_EXIT_CODE. Who sends the signal:
+SLURM (``--signal=B:USR1@120`` to the batch script, which forwards it to srun's tasks), mpirun (forwards SIGUSR1;
+on SIGTERM it kills the ranks a few seconds later, so send SIGUSR1 to mpirun), horovodrun (on SIGTERM it gives
+the ranks SIGTERM, then SIGKILL 5 s later), or a user (``kill -USR1 <rank pid>``).
+"""
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import sys
+import threading
+
+PREEMPTED_EXIT_CODE = 75  # EX_TEMPFAIL (sysexits.h): stopped on request, a checkpoint is written, resume later
+SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
+PREEMPT_AT_ENV = "HVD_DQN_PREEMPT_AT"  # "RANK:GLOBAL_STEP": raise the flag on that rank at that step (tests)
+GRACE_ENV = "HVD_DQN_TERM_GRACE_S"  # seconds after SIGTERM to agree on the stop, else exit 143 (default 10)
+
+
+class Preempted(Exception):
+    """Raised on every rank once the checkpoint of a requested stop is written."""
+
+    exit_code = PREEMPTED_EXIT_CODE
+
+    def __init__(self, env_steps: int, checkpoint, signame: str):
+        super().__init__(f"stopped by {signame} at global env step {env_steps}; checkpoint {checkpoint}")
+        self.env_steps, self.checkpoint = env_steps, checkpoint
+
+
+class StopRequest:
+    """The flag set by the signal handlers (installed from the main thread only; a no-op elsewhere).
+
+    SIGTERM is also how launchers end the survivors when a rank has died (srun --kill-on-bad-exit, mpirun,
+    horovodrun), and such a survivor sits blocked in a collective that will never complete, where no Python
+    handler runs. So a watcher thread learns of the signal through ``signal.set_wakeup_fd`` (written by the C
+    handler at once) and, after SIGTERM, exits the process with 143 unless the ranks have agreed on the stop
+    within ``HVD_DQN_TERM_GRACE_S`` seconds (``agreed()``; after that, writing the checkpoint has no deadline
+    but the launcher's). SIGUSR1 is a request without a deadline."""
+
+    def __init__(self, rank: int):
+        self.signame: str | None = None
+        self._previous = {}
+        self._wakeup = None  # (previous wakeup fd, our socket pair)
+        self._timer: threading.Timer | None = None
+        self._agreed = False
+        self._lock = threading.Lock()
+        self.grace_s = float(os.environ.get(GRACE_ENV) or 10.0)
+        spec = os.environ.get(PREEMPT_AT_ENV, "")
+        at_rank, _, step = spec.partition(":")
+        self._at_step = int(step) if spec and int(at_rank) == rank else None
+
+    @property
+    def requested(self) -> bool:
+        return self.signame is not None
+
+    def poll(self, env_steps: int) -> bool:
+        if self._at_step is not None and env_steps >= self._at_step and self.signame is None:
+            self.signame = PREEMPT_AT_ENV
+        return self.requested
+
+    def agreed(self) -> None:
+        """Every rank has joined the stop decision: no deadline any more."""
+        with self._lock:
+            self._agreed = True
+            if self._timer is not None:
+                self._timer.cancel()
+
+    def _requested(self, signum: int) -> None:
+        with self._lock:
+            if self.signame is None:
+                self.signame = signal.Signals(signum).name
+            if signum == signal.SIGTERM and self._timer is None and not self._agreed:
+                self._timer = threading.Timer(self.grace_s, self._expire)
+                self._timer.daemon = True
+                self._timer.start()
+
+    def _expire(self) -> None:
+        print(f"hvd-dqn: SIGTERM, and the ranks did not agree on a stop within {self.grace_s:g} s (a rank is "
+              "gone, or this one is blocked); exiting without a checkpoint", file=sys.stderr, flush=True)
+        os._exit(128 + signal.SIGTERM)
+
+    def _handle(self, signum, frame) -> None:
+        self._requested(signum)
+
+    def _watch(self, sock: socket.socket) -> None:
+        while True:
+            try:
+                data = sock.recv(64)
+            except OSError:
+                return
+            if not data:
+                return
+            for signum in data:
+                if signum in SIGNALS:
+                    self._requested(signum)
+
+    def install(self) -> "StopRequest":
+        if threading.current_thread() is threading.main_thread():
+            for sig in SIGNALS:
+                self._previous[sig] = signal.signal(sig, self._handle)
+            reader, writer = socket.socketpair()
+            writer.setblocking(False)
+            self._wakeup = (signal.set_wakeup_fd(writer.fileno(), warn_on_full_buffer=False), reader, writer)
+            threading.Thread(target=self._watch, args=(reader,), daemon=True, name="hvd-dqn-signals").start()
+        return self
+
+    def uninstall(self) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+        self._previous.clear()
+        if self._wakeup is not None:
+            previous, reader, writer = self._wakeup
+            signal.set_wakeup_fd(previous)
+            writer.close()
+            reader.shutdown(socket.SHUT_RDWR)
+            reader.close()
+            self._wakeup = None
+        if self._timer is not None:
+            self._timer.cancel()

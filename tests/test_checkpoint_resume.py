@@ -1,0 +1,132 @@
+"""Preemption and exact resume through the CLI, for real: a run is stopped by a signal mid-training, writes a
+checkpoint and exits with the documented code; `hvd-dqn train --resume` then ends with the same replica
+checksums as an uninterrupted run of the same config, at np=1 (SIGUSR1 to the rank) and np=2 (SIGTERM to
+launch/horovodrun.sh, which passes it on to the ranks as SIGUSR1)."""
+import json
+import signal
+import subprocess
+import time
+
+import pytest
+
+from conftest import BIN, ROOT, run, run_env
+
+LAUNCH = ROOT / "launch"
+
+PREEMPTED = 75
+RUN = {  # long enough that a signal lands mid-run, small enough for seconds; periodic checkpoints too
+    "env_id": "CartPole-v1", "total_env_steps": 16000, "hidden_sizes": [32, 32], "learning_starts": 500,
+    "train_every": 200, "updates_per_train": 10, "target_update_every": 30, "eval_every": 4000,
+    "eval_episodes": 2, "log_every": 1000, "batch_size": 32, "replay_capacity": 5000, "checkpoint_every": 3000,
+    "seed": 11,
+}
+
+
+def _config(tmp_path):
+    cfg = tmp_path / "run.yaml"
+    cfg.write_text("".join(f"{k}: {json.dumps(v)}\n" for k, v in RUN.items()))
+    return cfg
+
+
+def _train_cmd(np_, *args):
+    cmd = [BIN / "hvd-dqn", "train", *args]
+    return [BIN / "horovodrun", "-np", "2", "--gloo", *cmd] if np_ == 2 else cmd
+
+
+def _summary(run_dir):
+    return json.loads((run_dir / "summary.json").read_text())
+
+
+def _wait_for_row(run_dir, env_steps, proc, timeout=240):
+    """Until rank 0 has logged the row at ``env_steps`` (training is under way, past XLA compilation)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        assert proc.poll() is None, "the run ended before it could be signalled"
+        metrics = run_dir / "metrics.jsonl"
+        if metrics.exists() and any(json.loads(l)["env_steps"] >= env_steps for l in metrics.read_text().splitlines()):
+            return
+        time.sleep(0.2)
+    raise AssertionError("no progress")
+
+
+def _rank_pids(launcher_pid):
+    """The hvd-dqn processes under the launcher (horovodrun's middlemen start them through a shell)."""
+    out = subprocess.run(["ps", "-ww", "-e", "-o", "pid=,ppid=,args="], capture_output=True, text=True).stdout
+    rows = [line.split(None, 2) for line in out.splitlines()]
+    children = {}
+    for pid, ppid, args in rows:
+        children.setdefault(int(ppid), []).append((int(pid), args))
+    found, todo = [], [launcher_pid]
+    while todo:
+        for pid, args in children.get(todo.pop(), []):
+            todo.append(pid)
+            if "hvd-dqn train" in args and "python" in args.split()[0] and "horovodrun" not in args:
+                found.append(pid)
+    return found
+
+
+@pytest.mark.multiproc
+@pytest.mark.parametrize("np_", [1, 2])
+def test_a_signalled_run_resumes_bit_exactly(np_, tmp_path):
+    cfg = _config(tmp_path)
+    whole, stopped = tmp_path / "whole", tmp_path / "stopped"
+    proc = run(_train_cmd(np_, "--config", cfg, "--run-dir", whole), timeout=600)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    expected = _summary(whole)["replica_checksums"]
+    assert len(expected) == np_ and len(set(expected)) == 1
+
+    # the same run, signalled mid-training: np=1 SIGUSR1 to the rank, np=2 SIGTERM to the launcher script
+    if np_ == 1:
+        cmd, env = _train_cmd(np_, "--config", cfg, "--run-dir", stopped), run_env()
+    else:
+        cmd = [LAUNCH / "horovodrun.sh", cfg]
+        env = run_env(NP=2, RUN_DIR=stopped, VIRTUAL_ENV=BIN.parent, CONTROLLER="gloo")
+    job = subprocess.Popen([str(c) for c in cmd], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                           env=env, cwd=ROOT)
+    try:
+        _wait_for_row(stopped, 4000, job)
+        if np_ == 1:
+            job.send_signal(signal.SIGUSR1)
+        else:
+            assert len(_rank_pids(job.pid)) == 2
+            job.send_signal(signal.SIGTERM)
+        output, _ = job.communicate(timeout=120)
+    finally:
+        if job.poll() is None:
+            job.kill()
+    # one rank: our exit code; horovodrun reports the ranks' 75 in its error and exits 1 itself
+    assert job.returncode == (PREEMPTED if np_ == 1 else 1), output
+    if np_ == 2:
+        assert "Exit code: 75" in output, output
+        assert "hvd-dqn launcher: SIGTERM: asking the ranks to checkpoint and stop" in output
+    assert "hvd-dqn: stopped by SIGUSR1 at global env step" in output, output
+    assert not (stopped / "summary.json").exists()
+    step = int(output.split("at global env step ")[1].split(";")[0])
+    assert 4000 <= step < RUN["total_env_steps"]
+    ckpts = sorted((stopped / "checkpoints").iterdir())
+    assert ckpts[-1].name == f"ckpt-{step}" and (ckpts[-1] / "COMPLETE").is_file()
+    assert sorted(p.name for p in ckpts[-1].iterdir() if p.name.startswith("replay-rank")) == \
+        [f"replay-rank{r}.npz" for r in range(np_)]
+
+    proc = run(_train_cmd(np_, "--resume", stopped), timeout=600)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    summary = _summary(stopped)
+    assert summary["env_steps"] == RUN["total_env_steps"] and summary["world_size"] == np_
+    assert summary["replica_checksums"] == expected  # bit-exact, every replica
+    assert _summary(whole)["updates"] == summary["updates"]
+    rows = [json.loads(l) for l in (stopped / "metrics.jsonl").read_text().splitlines()]
+    resumed = [r for r in rows if r.get("event") == "resumed"]
+    assert len(resumed) == 1 and resumed[0]["env_steps"] == step and resumed[0]["resume_gap_s"] > 0
+    assert [r["env_steps"] for r in rows] == sorted(r["env_steps"] for r in rows)
+
+
+def test_resume_with_another_world_size_says_what_to_do(tmp_path):
+    """A 1-rank checkpoint resumed on 2 ranks: one line naming the world size to use, exit 2 from the ranks."""
+    cfg = _config(tmp_path)
+    run_dir = tmp_path / "run"
+    proc = run([BIN / "hvd-dqn", "train", "--config", cfg, "--run-dir", run_dir, "--set", "total_env_steps=1000"])
+    assert proc.returncode == 0, proc.stderr
+    proc = run(_train_cmd(2, "--resume", run_dir), timeout=300)
+    assert proc.returncode != 0
+    assert "written by 1 ranks, this job has 2: resume with 1 ranks (e.g. horovodrun -np 1)" in proc.stdout + proc.stderr
+    assert "Exit code: 2" in proc.stdout + proc.stderr

@@ -1,0 +1,71 @@
+"""Preemption under SLURM, for real on the loopback cluster: the batch script gets USR1 (as from
+`--signal=B:USR1@120` before the time limit, or a preempting scheduler), the ranks checkpoint and exit 75, the
+script requeues the job, and the requeued job resumes by itself and completes; metrics.jsonl shows the gap."""
+import json
+import re
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from conftest import BIN
+from test_launchers import LAUNCH, _job, local_slurm, run  # noqa: F401 (local_slurm: the session fixture)
+
+pytestmark = [pytest.mark.cluster, pytest.mark.multiproc, pytest.mark.slow]
+TOTAL = 20000
+RUN = {"env_id": "CartPole-v1", "total_env_steps": TOTAL, "hidden_sizes": [32, 32], "learning_starts": 500,
+       "train_every": 200, "updates_per_train": 10, "target_update_every": 30, "eval_every": 5000,
+       "eval_episodes": 2, "log_every": 1000, "batch_size": 32, "replay_capacity": 5000}
+
+
+def _wait(predicate, timeout, what):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(1)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def _rows(run_dir: Path):
+    metrics = run_dir / "metrics.jsonl"
+    return [json.loads(l) for l in metrics.read_text().splitlines()] if metrics.exists() else []
+
+
+def test_a_signalled_job_checkpoints_requeues_and_completes(local_slurm, tmp_path):
+    cfg = tmp_path / "run.yaml"
+    cfg.write_text("".join(f"{k}: {json.dumps(v)}\n" for k, v in RUN.items()))
+    run_dir, out = tmp_path / "run", tmp_path / "job.out"
+    proc = run(["sbatch", "--parsable", f"--output={out}", LAUNCH / "slurm.sbatch", cfg],
+               RUN_DIR=run_dir, VIRTUAL_ENV=BIN.parent)
+    job = proc.stdout.strip().split(";")[0]
+    assert job.isdigit(), proc.stdout + proc.stderr
+    try:
+        _wait(lambda: any(r["env_steps"] >= 3000 for r in _rows(run_dir)), 300, "training to get under way")
+        subprocess.run(["scancel", "--batch", "--signal=USR1", job], check=True)  # the time-limit warning
+        _wait(lambda: _job(job).get("Restarts") == "1", 120, "the requeue")
+        # SLURM holds a requeued job until the old job credential expires (Reason=BeginTime, 120 s by default,
+        # slurm.conf AuthInfo=cred_expire); a job started earlier fails with "Job credential revoked"
+        state = _wait(lambda: _job(job)["JobState"] in ("COMPLETED", "FAILED", "CANCELLED") and _job(job), 600,
+                      "the requeued job to end")
+    finally:
+        if _job(job).get("JobState") in ("RUNNING", "PENDING"):
+            subprocess.run(["scancel", job])
+    output = out.read_text()
+    assert state["JobState"] == "COMPLETED" and state["Restarts"] == "1", (state, output)
+    stopped = int(re.search(r"stopped by SIGUSR1 at global env step (\d+)", output).group(1))
+    assert "checkpointed after SIGUSR1: requeueing it" in output
+    assert "(start 2)" in output and "holds a checkpoint: resuming" in output
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["env_steps"] == TOTAL and summary["world_size"] == 2
+    assert summary["replica_checksums"][0] == summary["replica_checksums"][1]
+    rows = _rows(run_dir)
+    i = next(i for i, r in enumerate(rows) if r.get("event") == "resumed")
+    resumed, before = rows[i], rows[i - 1]
+    assert resumed["env_steps"] == stopped and resumed["checkpoint"] == f"ckpt-{stopped}"
+    # wall_s counts from the run's first start, so the time the job spent stopped and queued shows as a jump
+    assert resumed["resume_gap_s"] > 1
+    assert resumed["wall_s"] - before["wall_s"] >= resumed["resume_gap_s"] - 0.5
+    assert rows[-1]["env_steps"] == TOTAL and sum(r.get("event") == "resumed" for r in rows) == 1

@@ -1,0 +1,85 @@
+"""Elastic training for real: `horovodrun --min-np 1 --max-np 2` with a host discovery script, a worker killed
+mid-run with SIGKILL; the survivor rolls back to the last commit, goes on alone and completes the run."""
+import json
+import os
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from conftest import BIN, ROOT, run_env
+
+pytestmark = pytest.mark.multiproc
+TOTAL = 16000
+RUN = {"env_id": "CartPole-v1", "total_env_steps": TOTAL, "hidden_sizes": [32, 32], "learning_starts": 500,
+       "train_every": 200, "updates_per_train": 10, "target_update_every": 30, "eval_every": 4000,
+       "eval_episodes": 2, "log_every": 1000, "batch_size": 32, "replay_capacity": 5000}
+# Two "hosts" of one slot, both this machine: the host of a failed worker is blacklisted, the other one goes on
+# (with one host of two slots, the failure would blacklist the only host).
+DISCOVERY = "#!/bin/sh\necho localhost:1\necho 127.0.0.1:1\n"
+
+
+def _rows(run_dir: Path):
+    metrics = run_dir / "metrics.jsonl"
+    return [json.loads(l) for l in metrics.read_text().splitlines()] if metrics.exists() else []
+
+
+def _worker_of_rank(launcher_pid: int, rank: int) -> int | None:
+    """The pid of the worker of ``rank`` among the launcher's descendants (never another job's process)."""
+    out = subprocess.run(["ps", "-ww", "-e", "-o", "pid=,ppid=,args="], capture_output=True, text=True).stdout
+    parent, args_of = {}, {}
+    for line in out.splitlines():
+        pid, ppid, args = line.split(None, 2)
+        parent[int(pid)], args_of[int(pid)] = int(ppid), args
+
+    def descends(pid):
+        while pid > 1:
+            pid = parent.get(pid, 0)
+            if pid == launcher_pid:
+                return True
+        return False
+
+    for pid, args in args_of.items():
+        if "hvd-dqn train --elastic" in args and args.split()[0].endswith("python") and descends(pid):
+            try:
+                env = dict(kv.split("=", 1) for kv in Path(f"/proc/{pid}/environ").read_text().split("\0") if "=" in kv)
+            except OSError:
+                continue
+            if env.get("HOROVOD_RANK") == str(rank):
+                return pid
+    return None
+
+
+def test_an_elastic_run_survives_a_killed_worker(tmp_path):
+    cfg, discover, run_dir = tmp_path / "run.yaml", tmp_path / "discover.sh", tmp_path / "run"
+    cfg.write_text("".join(f"{k}: {json.dumps(v)}\n" for k, v in RUN.items()))
+    discover.write_text(DISCOVERY)
+    discover.chmod(0o755)
+    cmd = [BIN / "horovodrun", "-np", "2", "--min-np", "1", "--max-np", "2", "--host-discovery-script", discover,
+           "--network-interfaces", "lo", "--gloo", BIN / "hvd-dqn", "train", "--elastic", "--config", cfg,
+           "--run-dir", run_dir]
+    job = subprocess.Popen([str(c) for c in cmd], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                           env=run_env(), cwd=ROOT, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 240
+        while not any(r["env_steps"] >= 4000 for r in _rows(run_dir)):
+            assert job.poll() is None and time.monotonic() < deadline, "the run ended or stalled before the kill"
+            time.sleep(0.2)
+        victim = _worker_of_rank(job.pid, 1)
+        assert victim is not None
+        os.kill(victim, signal.SIGKILL)
+        output, _ = job.communicate(timeout=300)
+    finally:
+        if job.poll() is None:
+            os.killpg(job.pid, signal.SIGKILL)
+            job.wait()
+    assert job.returncode == 0, output
+    assert "elastic reset: now rank 0 of 1" in output
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["world_size"] == 1 and summary["env_steps"] >= TOTAL and summary["updates"] > 0
+    rows = _rows(run_dir)
+    sizes = [r["world_size"] for r in rows if "world_size" in r]
+    assert sizes[0] == 2 and sizes[-1] == 1 and sorted(sizes, reverse=True) == sizes, sizes
+    assert rows[-1]["env_steps"] >= TOTAL
