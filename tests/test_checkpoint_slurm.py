@@ -13,20 +13,24 @@ from conftest import BIN
 from test_launchers import LAUNCH, _job, local_slurm, run  # noqa: F401 (local_slurm: the session fixture)
 
 pytestmark = [pytest.mark.cluster, pytest.mark.multiproc, pytest.mark.slow]
-TOTAL = 20000
+# Long enough that the signal, sent once 3,000 steps are logged, always lands mid-run: at 20,000 steps the run
+# once finished (some 3 s after step 3,000 at 6k steps/s) before the test's signal reached it, and was never requeued.
+TOTAL = 200000
 RUN = {"env_id": "CartPole-v1", "total_env_steps": TOTAL, "hidden_sizes": [32, 32], "learning_starts": 500,
+       "learning_rate": 0.002,
        "train_every": 200, "updates_per_train": 10, "target_update_every": 30, "eval_every": 5000,
        "eval_episodes": 2, "log_every": 1000, "batch_size": 32, "replay_capacity": 5000}
 
 
-def _wait(predicate, timeout, what):
+def _wait(predicate, timeout, what, output: Path):
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         value = predicate()
         if value:
             return value
         time.sleep(1)
-    raise AssertionError(f"timed out waiting for {what}")
+    log = output.read_text() if output.exists() else "(no job output)"
+    raise AssertionError(f"timed out waiting for {what}; the job's output:\n{log[-4000:]}")
 
 
 def _rows(run_dir: Path):
@@ -43,19 +47,20 @@ def test_a_signalled_job_checkpoints_requeues_and_completes(local_slurm, tmp_pat
     job = proc.stdout.strip().split(";")[0]
     assert job.isdigit(), proc.stdout + proc.stderr
     try:
-        _wait(lambda: any(r["env_steps"] >= 3000 for r in _rows(run_dir)), 300, "training to get under way")
+        _wait(lambda: any(r["env_steps"] >= 3000 for r in _rows(run_dir)), 300, "training to get under way", out)
         subprocess.run(["scancel", "--batch", "--signal=USR1", job], check=True)  # the time-limit warning
-        _wait(lambda: _job(job).get("Restarts") == "1", 120, "the requeue")
+        _wait(lambda: _job(job).get("Restarts") == "1", 120, "the requeue", out)
         # SLURM holds a requeued job until the old job credential expires (Reason=BeginTime, 120 s by default,
         # slurm.conf AuthInfo=cred_expire); a job started earlier fails with "Job credential revoked"
         state = _wait(lambda: _job(job)["JobState"] in ("COMPLETED", "FAILED", "CANCELLED") and _job(job), 600,
-                      "the requeued job to end")
+                      "the requeued job to end", out)
     finally:
         if _job(job).get("JobState") in ("RUNNING", "PENDING"):
             subprocess.run(["scancel", job])
     output = out.read_text()
     assert state["JobState"] == "COMPLETED" and state["Restarts"] == "1", (state, output)
     stopped = int(re.search(r"stopped by SIGUSR1 at global env step (\d+)", output).group(1))
+    assert 3000 <= stopped < TOTAL
     assert "checkpointed after SIGUSR1: requeueing it" in output
     assert "(start 2)" in output and "holds a checkpoint: resuming" in output
     summary = json.loads((run_dir / "summary.json").read_text())
