@@ -48,21 +48,28 @@ def main() -> None:
     header = ("np", "seed", "solved_s", "solved_steps", "final_eval", "wall_s", "steps/s/rank", "updates/s",
               "peak_MB/rank")
     print(" | ".join(header))
-    for np_ in args.nps:
-        solved = []
-        for seed in args.seeds:
+    fmt = lambda v, f: "never" if v is None else format(v, f)  # noqa: E731
+    solved = {np_: [] for np_ in args.nps}
+    # seeds outer, world sizes inner: a load that comes and goes on a shared machine falls on every np alike
+    for seed in args.seeds:
+        for np_ in args.nps:
             s = run_one(np_, seed, args.controller, args.overrides, out)
-            solved.append(s["solved_wall_s"])
-            fmt = lambda v, f: "never" if v is None else format(v, f)  # noqa: E731
+            solved[np_].append(s["solved_wall_s"])
             print(" | ".join([
                 str(np_), str(seed), fmt(s["solved_wall_s"], ".1f"), fmt(s["solved_env_steps"], "d"),
                 fmt(s["final_eval_return_mean"], ".1f"), f"{s['wall_s']:.1f}",
                 f"{s['env_steps_per_s'] / s['world_size']:.0f}", f"{s['updates_per_s']:.0f}",
                 "/".join(f"{m:.0f}" for m in s["peak_rss_mb"])]), flush=True)
-        ok = [t for t in solved if t is not None]
-        if ok:
-            print(f"np={np_}: solved in {len(ok)}/{len(solved)} seeds; median time to 475: "
-                  f"{statistics.median(t if t is not None else float('inf') for t in solved):.1f} s")
+    medians = {}
+    for np_, times in solved.items():
+        # an unsolved seed counts as never, so the median is honest about failures
+        medians[np_] = statistics.median(t if t is not None else float("inf") for t in times)
+        print(f"np={np_}: solved in {sum(t is not None for t in times)}/{len(times)} seeds; "
+              f"median time to 475: {fmt(None if medians[np_] == float('inf') else medians[np_], '.1f')} s")
+    if 1 in medians and len(medians) > 1:
+        for np_, m in medians.items():
+            if np_ != 1:
+                print(f"median time to 475, np={np_} / np=1: {m / medians[1]:.2f}x")
     print(f"load average after: {os.getloadavg()[0]:.2f}")
 
 

@@ -3,8 +3,10 @@
 One update = double-DQN Huber loss -> gradients averaged over all ranks by Horovod's ring-allreduce -> clip the
 global norm -> Adam step. Running K updates inside one ``tf.function`` (a ``tf.while_loop`` over K pre-sampled
 minibatches) pays TensorFlow's per-call overhead once per phase instead of once per update. On one rank the whole
-phase is XLA-compiled; on several, XLA compiles the loss-and-gradient and the optimizer step, and the allreduce
-runs between them (Horovod's ops have no XLA kernels).
+phase is XLA-compiled. On several ranks the phase runs as a plain TF graph: Horovod's ops have no XLA kernels on
+the CPU, and XLA-compiling the loss-and-gradient and the optimizer step on either side of the allreduce measured
+slower at np=2 on the 2-core machine (0.96-1.00 against 0.64-0.68 ms per update of the CartPole MLP, and 1-2 s
+more compilation before the first phase), the two XLA launches per update costing more than they save.
 
 Algorithm options (README "Algorithms"): a dueling head; per-sample bootstrap discounts (gamma^m of n-step
 transitions) and importance-sampling weights in, per-sample |TD error| out (for prioritized replay); soft
@@ -42,11 +44,12 @@ class Learner:
         # XLA: for the MLP; the Nature CNN runs ~12x slower XLA-compiled on CPU than on TF's own (oneDNN)
         # kernels (3 against 37 updates/s at batch 32 on the 2-core machine), so it runs without.
         xla = not self.is_cnn
-        self._phase = tf.function(self._phase_loop, jit_compile=xla and not self._allreduce, reduce_retracing=True)
+        self._phase = tf.function(self._phase_loop, jit_compile=xla and not self._allreduce, reduce_retracing=True,
+                                  autograph=False)
         self.last_td_abs = None  # |TD error| of every sample of the last phase, shape (K, B)
-        if self._allreduce:
-            self._grads = tf.function(self._loss_and_grads, jit_compile=xla, reduce_retracing=True)
-            self._apply = tf.function(self._clip_and_apply, jit_compile=xla, reduce_retracing=True)
+        if self._allreduce:  # not XLA-compiled: see the module docstring
+            self._grads = tf.function(self._loss_and_grads, reduce_retracing=True, autograph=False)
+            self._apply = tf.function(self._clip_and_apply, reduce_retracing=True, autograph=False)
         self._optimizer_synced = False
         self._act = None  # the CNN's acting tf.function, built on first use
 

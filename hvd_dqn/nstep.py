@@ -48,7 +48,10 @@ class NStepAccumulator:
                 pending.popleft()
         if not rows:
             return None
-        return NStepBatch(*(np.stack(col) for col in zip(*rows)))
+        # np.array on the scalar columns: np.stack per column and step cost more than the env step itself
+        obs, action, ret, next_obs, terminated, truncated, discount = zip(*rows)
+        return NStepBatch(np.stack(obs), np.array(action), np.array(ret), np.stack(next_obs), np.array(terminated),
+                          np.array(truncated), np.array(discount))
 
     def _emit(self, pending, next_obs, terminated, truncated):
         obs, action, _ = pending[0]
