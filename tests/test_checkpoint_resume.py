@@ -14,8 +14,9 @@ from conftest import BIN, ROOT, run, run_env
 LAUNCH = ROOT / "launch"
 
 PREEMPTED = 75
-RUN = {  # long enough that a signal lands mid-run, small enough for seconds; periodic checkpoints too
-    "env_id": "CartPole-v1", "total_env_steps": 16000, "hidden_sizes": [32, 32], "learning_starts": 500,
+RUN = {  # long enough that a signal sent at step 4,000 lands mid-run (a few s at 6k steps/s), small enough for
+    # seconds; periodic checkpoints too
+    "env_id": "CartPole-v1", "total_env_steps": 30000, "hidden_sizes": [32, 32], "learning_starts": 500,
     "train_every": 200, "updates_per_train": 10, "target_update_every": 30, "eval_every": 4000,
     "eval_episodes": 2, "log_every": 1000, "batch_size": 32, "replay_capacity": 5000, "checkpoint_every": 3000,
     "seed": 11,
