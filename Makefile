@@ -12,7 +12,10 @@ PYTEST_ARGS ?=
 install:
 	@bash tools/install.sh
 
+# make train starts afresh: it deletes its own run dir first (hvd-dqn refuses to train a new run into a dir that
+# holds an earlier run's checkpoints). Continue a run with: horovodrun ... hvd-dqn train --resume $(RUN_DIR)
 train: install
+	rm -rf $(RUN_DIR)
 	$(VENV)/bin/horovodrun -np $(NP) --mpi -H localhost:$(NP) \
 	    $(VENV)/bin/hvd-dqn train --config $(CONFIG) --run-dir $(RUN_DIR)
 

@@ -34,7 +34,9 @@ class RunLogger:
     point otherwise (so batch logs stay readable). A no-op where ``enabled`` is False (every rank but 0)."""
 
     def __init__(self, run_dir: Path, enabled: bool, total_env_steps: int | None = None, stream=None,
-                 tensorboard: bool = True):
+                 tensorboard: bool = True, fresh: bool = False):
+        """``fresh``: a new run, whose metrics.jsonl starts empty; otherwise rows are appended (a resumed run, an
+        elastic run whose new rank 0 takes over the outputs)."""
         self.enabled = enabled
         self.run_dir = Path(run_dir)
         self.stream = stream if stream is not None else sys.stdout
@@ -42,7 +44,7 @@ class RunLogger:
         if not enabled:
             return
         self.run_dir.mkdir(parents=True, exist_ok=True)
-        self._file = open(self.run_dir / "metrics.jsonl", "a", buffering=1)
+        self._file = open(self.run_dir / "metrics.jsonl", "w" if fresh else "a", buffering=1)
         if tensorboard:
             import tensorflow as tf
 
@@ -87,7 +89,16 @@ class RunLogger:
         self._file = self._tb = self._bar = None
 
 
+# Set in the ranks by mpirun/horovodrun (Open MPI), srun (PMI/PMIx, SLURM) or Horovod's Gloo launcher.
+LAUNCHER_ENV = ("OMPI_COMM_WORLD_SIZE", "PMI_SIZE", "PMIX_RANK", "SLURM_PROCID", "HOROVOD_RANK")
+
+
 def _is_terminal(stream) -> bool:
+    """A terminal that shows a redrawn bar. Not so under a launcher, even where the rank's stdout is a tty:
+    mpirun gives its local ranks a pty but forwards their output line by line, so a bar that only ever writes
+    "\r" showed nothing at all until the run ended."""
+    if any(name in os.environ for name in LAUNCHER_ENV):
+        return False
     try:
         return stream.isatty()
     except (AttributeError, ValueError):

@@ -122,9 +122,15 @@ class Trainer:
         self.per = per = cfg.per_rank(world.size)
         self.run_dir = self._resolve_run_dir()
         resume_from = checkpoint.find_for_resume(self.run_dir) if self.resume else None
+        if resume_from is None and checkpoint.listed(self.run_dir):
+            # a fresh run would mix its metrics and checkpoints with the earlier run's (and a later --resume
+            # could pick up the earlier run's newest checkpoint); its files are not ours to delete
+            raise UserError(f"run dir {self.run_dir} holds the checkpoints of an earlier run: continue it with "
+                            f"--resume {self.run_dir}, or train into another --run-dir")
         if resume_from is not None and world.is_chief:
             trainstate.trim_metrics(self.run_dir, resume_from)
-        self.logger = RunLogger(self.run_dir, enabled=world.is_chief, total_env_steps=cfg.total_env_steps)
+        self.logger = RunLogger(self.run_dir, enabled=world.is_chief, total_env_steps=cfg.total_env_steps,
+                                fresh=resume_from is None)
         self.logger.write_json("config.json", {**cfg.to_dict(), "world_size": world.size})
         self.threshold = cfg.reward_threshold if cfg.reward_threshold is not None else reward_threshold(cfg.env_id)
         self.fault_step = _fault_step(world.rank)

@@ -30,6 +30,15 @@ def test_train_smoke_runs_updates_and_writes_outputs(tiny_cartpole, tmp_path):
     assert len(progress) == len(rows) and "\r" not in proc.stdout
     assert json.loads((run_dir / "config.json").read_text())["env_id"] == "CartPole-v1"
 
+    # a new run into the same dir would mix with this one's files: refused, nothing touched
+    before = (run_dir / "metrics.jsonl").read_text()
+    again = run([BIN / "hvd-dqn", "train", "--config", tiny_cartpole, "--run-dir", run_dir])
+    assert again.returncode == 2 and "Traceback" not in again.stderr
+    assert again.stderr.strip().splitlines()[-1] == (
+        f"hvd-dqn: error: run dir {run_dir} holds the checkpoints of an earlier run: continue it with "
+        f"--resume {run_dir}, or train into another --run-dir")
+    assert (run_dir / "metrics.jsonl").read_text() == before
+
     # the saved Q-network loads with plain tf_keras where horovod cannot even be imported
     blocker = tmp_path / "blocker" / "horovod"
     blocker.mkdir(parents=True)
@@ -43,6 +52,19 @@ def test_train_smoke_runs_updates_and_writes_outputs(tiny_cartpole, tmp_path):
     assert loaded.returncode == 0, loaded.stderr
     q = json.loads(loaded.stdout.split("Q ", 1)[1])
     assert np.array(q).shape == (1, 2) and np.isfinite(q).all()
+
+
+def test_a_new_run_starts_its_own_metrics_file(tiny_cartpole, tmp_path):
+    """A run dir without checkpoints (say, of a run that failed early) is trained into afresh: its old
+    metrics.jsonl rows do not stay in front of the new run's."""
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    (run_dir / "metrics.jsonl").write_text(json.dumps({"env_steps": 99999, "wall_s": 1.0}) + "\n")
+    proc = run([BIN / "hvd-dqn", "train", "--config", tiny_cartpole, "--run-dir", run_dir,
+                "--set", "total_env_steps=1000", "--set", "eval_every=1000"])
+    assert proc.returncode == 0, proc.stderr
+    steps = [json.loads(line)["env_steps"] for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert steps == [1000]
 
 
 def test_run_dir_that_cannot_be_created_is_a_one_line_error(tiny_cartpole, tmp_path):
