@@ -5,6 +5,7 @@ launch/horovodrun.sh, which passes it on to the ranks as SIGUSR1)."""
 import json
 import signal
 import subprocess
+import sys
 import time
 
 import pytest
@@ -131,3 +132,48 @@ def test_resume_with_another_world_size_says_what_to_do(tmp_path):
     assert proc.returncode != 0
     assert "written by 1 ranks, this job has 2: resume with 1 ranks (e.g. horovodrun -np 1)" in proc.stdout + proc.stderr
     assert "Exit code: 2" in proc.stdout + proc.stderr
+
+
+@pytest.mark.multiproc
+def test_sigusr1_to_mpirun_stops_every_rank_with_a_checkpoint(tmp_path):
+    """The signal to the launcher, not to the ranks: mpirun (launch/mpirun.sh execs it) forwards SIGUSR1 to its
+    ranks, which checkpoint and exit 75, and so does mpirun; the same launcher then resumes the run to its end."""
+    cfg, run_dir = _config(tmp_path), tmp_path / "run"
+    env = run_env(NP=2, RUN_DIR=run_dir, VIRTUAL_ENV=BIN.parent)
+    job = subprocess.Popen([str(LAUNCH / "mpirun.sh"), str(cfg)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                           text=True, env=env, cwd=ROOT)
+    try:
+        _wait_for_row(run_dir, 4000, job)
+        job.send_signal(signal.SIGUSR1)
+        output, _ = job.communicate(timeout=120)
+    finally:
+        if job.poll() is None:
+            job.kill()
+    assert job.returncode == PREEMPTED, output
+    assert output.count("hvd-dqn: stopped by SIGUSR1 at global env step") == 1, output  # rank 0 says it
+    step = int(output.split("at global env step ")[1].split(";")[0])
+    assert 4000 <= step < RUN["total_env_steps"]
+    ckpt = run_dir / "checkpoints" / f"ckpt-{step}"
+    assert (ckpt / "COMPLETE").is_file() and (ckpt / "replay-rank0.npz").is_file() and (ckpt / "replay-rank1.npz").is_file()
+
+    proc = run([LAUNCH / "mpirun.sh", cfg, "--resume", run_dir], timeout=600, NP=2, RUN_DIR=run_dir,
+               VIRTUAL_ENV=BIN.parent)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    summary = _summary(run_dir)
+    assert summary["env_steps"] == RUN["total_env_steps"] and len(set(summary["replica_checksums"])) == 1
+
+
+def test_a_preempted_rank_exits_75_even_if_terminated_while_closing(tmp_path):
+    """Once its checkpoint is written, a rank must exit 75 whatever the launcher sends while it shuts down: srun
+    --kill-on-bad-exit SIGTERMs the ranks still closing as soon as one has exited, and a rank killed by it made
+    the step FAILED and SLURM never requeued the job. The interpreter restores the default action of its
+    handled signals when it finalizes, so the CLI ignores them from then on; here SIGTERM comes right after."""
+    code = ("import os, signal, sys\n"
+            "from hvd_dqn.cli import main\n"
+            f"status = main(['train', '--config', {str(_config(tmp_path))!r}, '--run-dir', {str(tmp_path / 'run')!r}])\n"
+            "print('ignored', signal.getsignal(signal.SIGTERM) == signal.SIG_IGN, flush=True)\n"
+            "os.kill(os.getpid(), signal.SIGTERM)\n"
+            "sys.exit(status)\n")
+    proc = run([sys.executable, "-c", code], HVD_DQN_PREEMPT_AT="0:4000")
+    assert proc.returncode == PREEMPTED, proc.stdout + proc.stderr
+    assert "ignored True" in proc.stdout and "stopped by HVD_DQN_PREEMPT_AT at global env step" in proc.stderr
