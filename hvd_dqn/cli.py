@@ -84,7 +84,7 @@ def _train(args) -> int:
     else:
         config = Config.from_yaml(args.config, args.overrides)
     from hvd_dqn import distributed
-    from hvd_dqn.preemption import Preempted
+    from hvd_dqn.preemption import Preempted, ignore_stop_signals
     if args.elastic:
         from hvd_dqn.elastic import ElasticTrainer as Trainer
     else:
@@ -93,7 +93,7 @@ def _train(args) -> int:
     try:
         summary = Trainer(config, run_dir=args.resume or args.run_dir, resume=args.resume is not None).train()
     except Preempted as exc:
-        _ignore_stop_signals()
+        ignore_stop_signals()
         if distributed.world().is_chief:
             print(f"hvd-dqn: {exc}; continue with: hvd-dqn train --resume {exc.checkpoint.parent.parent}",
                   file=sys.stderr, flush=True)
@@ -102,24 +102,6 @@ def _train(args) -> int:
         print("hvd-dqn summary: " + json.dumps({k: summary[k] for k in (
             "world_size", "env_steps", "wall_s", "final_eval_return_mean", "solved_env_steps", "solved_wall_s")}))
     return 0
-
-
-def _ignore_stop_signals() -> None:
-    """The checkpoint is written and this process exits with PREEMPTED_EXIT_CODE. A launcher ends the ranks still
-    closing as soon as one has exited (srun --kill-on-bad-exit, horovodrun), with SIGTERM; that must not turn a
-    rank's 75 into death by signal, which made srun report the step as killed and SLURM's requeue never happen.
-    The trainer's Python handlers cannot see to it: the interpreter restores the default action of every signal
-    it handles when it finalizes, while TensorFlow and Horovod are still shutting down. An ignored signal stays
-    ignored through that; a launcher that really means it sends SIGKILL after its grace period."""
-    import signal
-
-    from hvd_dqn.preemption import SIGNALS
-
-    try:
-        for sig in SIGNALS:
-            signal.signal(sig, signal.SIG_IGN)
-    except ValueError:  # main() called from another thread of an embedding program: its signals are its own
-        pass
 
 
 def _run_config(args):

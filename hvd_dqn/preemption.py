@@ -121,3 +121,18 @@ class StopRequest:
             self._wakeup = None
         if self._timer is not None:
             self._timer.cancel()
+
+
+def ignore_stop_signals() -> None:
+    """For a process that has written the checkpoint of a requested stop and now exits with PREEMPTED_EXIT_CODE.
+    A launcher ends the ranks still closing as soon as one has exited (srun --kill-on-bad-exit, horovodrun), with
+    SIGTERM; that must not turn a rank's 75 into death by signal, which made srun report the step as killed and
+    SLURM's requeue never happen. ``StopRequest``'s Python handlers cannot see to it: the interpreter restores the
+    default action of every signal it handles when it finalizes, while TensorFlow and Horovod are still shutting
+    down. An ignored signal stays ignored through that; a launcher that really means it sends SIGKILL after its
+    grace period. Called by the CLI, not by the Trainer: an embedding program's signals are its own."""
+    try:
+        for sig in SIGNALS:
+            signal.signal(sig, signal.SIG_IGN)
+    except ValueError:  # not the main thread (main() called from a thread of an embedding program)
+        pass

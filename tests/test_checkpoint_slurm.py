@@ -14,7 +14,7 @@ from test_launchers import LAUNCH, _job, local_slurm, run  # noqa: F401 (local_s
 
 pytestmark = [pytest.mark.cluster, pytest.mark.multiproc, pytest.mark.slow]
 # Long enough that the signal, sent once 3,000 steps are logged, always lands mid-run: at 20,000 steps the run
-# once finished (some 3 s after step 3,000 at 6k steps/s) before the test's signal reached it, and was never requeued.
+# could finish (some 3 s after step 3,000 at 6k steps/s) before the test's signal reached it, and not be requeued.
 TOTAL = 200000
 RUN = {"env_id": "CartPole-v1", "total_env_steps": TOTAL, "hidden_sizes": [32, 32], "learning_starts": 500,
        "learning_rate": 0.002,
