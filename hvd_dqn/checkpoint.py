@@ -39,7 +39,7 @@ COMPLETE = "COMPLETE"
 MODEL_PREFIX = "model"
 # Config keys that shape the saved state: a checkpoint restores only into a run that agrees on all of them.
 STRUCTURAL_KEYS = ("env_id", "num_envs", "hidden_sizes", "dueling", "replay_capacity", "n_step",
-                   "prioritized_replay")
+                   "prioritized_replay", "policy_ema")
 _NAME = re.compile(r"^ckpt-(\d+)$")
 
 

@@ -79,6 +79,11 @@ class Config(BaseModel):
     epsilon_spread: float = Field(
         0.0, ge=0, description="Ape-X exploration: actor i of N (all envs of all ranks) uses eps^(1 + spread * "
                                "i / (N - 1)) of the scheduled eps; 0 = every actor the same eps.")
+    policy_ema: Optional[float] = Field(
+        None, gt=0, lt=1.0, description="Weight averaging for the policy (Nikishin et al. 2018): after each learning "
+                                        "phase, averaged <- d * averaged + (1 - d) * online with this decay d; the "
+                                        "greedy evaluations and the saved q_network use the averaged weights, "
+                                        "exploration and learning the online ones; null = the online weights.")
     federated_every: Optional[int] = Field(
         None, ge=1, description="Federated averaging: each rank takes this many local updates on its own replay "
                                 "with NO gradient allreduce, then the ranks average their weights; null = "

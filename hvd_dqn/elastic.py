@@ -41,6 +41,7 @@ class ElasticTrainer(Trainer):
         learner = Learner(self.config, obs_shape, n_actions, world_size=2)
         for t, o in zip(learner.target.variables, learner.online.variables):
             t.assign(o)
+        learner.reset_average()
         learner.optimizer.build(learner.online.trainable_variables)  # slots exist now, so they are committed
         learner._optimizer_synced = True
         return learner
@@ -52,7 +53,7 @@ class ElasticTrainer(Trainer):
         self._setup()
         learner = self.learner
         state = distributed.elastic_state(
-            list(learner.online.variables) + list(learner.target.variables) + list(learner.optimizer.variables()),
+            learner.network_variables + list(learner.optimizer.variables()),
             **self._counters())
         state.register_reset_callbacks([self._on_reset])
         return distributed.elastic_run(self._loop)(state)
@@ -91,7 +92,7 @@ class ElasticTrainer(Trainer):
         self.learner.updates, self.evaluator.count = state.updates, state.evaluator_count
         s.last_eval, s.solved_env_steps, s.solved_wall_s = dict(state.last_eval), state.solved_env_steps, \
             state.solved_wall_s
-        self.act = self.learner.acting_fn()  # weights were restored or synced
+        self.refresh_acting()  # weights were restored or synced
 
     def _on_reset(self) -> None:
         """After workers came or went: this process's new rank and world size, and what depends on them."""

@@ -35,6 +35,9 @@ class Learner:
         self.is_cnn = len(obs_shape) == 3
         self.online = build_q_network(obs_shape, n_actions, config, name="q_network")
         self.target = build_q_network(obs_shape, n_actions, config, name="target_network")
+        # policy_ema: the network that evaluations and the saved model use (the online one when off)
+        self.averaged = None if config.policy_ema is None else \
+            build_q_network(obs_shape, n_actions, config, name="averaged_q_network")
         self.optimizer = keras.optimizers.SGD(learning_rate=config.learning_rate) if config.optimizer == "sgd" \
             else keras.optimizers.Adam(learning_rate=config.learning_rate, epsilon=config.adam_epsilon)
         self.updates = 0  # gradient updates done, identical on every rank
@@ -51,7 +54,7 @@ class Learner:
             self._grads = tf.function(self._loss_and_grads, reduce_retracing=True, autograph=False)
             self._apply = tf.function(self._clip_and_apply, reduce_retracing=True, autograph=False)
         self._optimizer_synced = False
-        self._act = None  # the CNN's acting tf.function, built on first use
+        self._act = {}  # the CNN's acting tf.functions, one per network, built on first use
 
     # ---- the math of one update
     def _loss_and_grads(self, obs, action, reward, next_obs, terminated, discount, weights):
@@ -144,14 +147,14 @@ class Learner:
     def broadcast_restored(self) -> None:
         """After a restore from a checkpoint: rank 0's networks and Adam state on every rank (all ranks read the
         same file; the broadcast is the guarantee), and no further slot broadcast needed."""
-        distributed.broadcast_variables(
-            list(self.online.variables) + list(self.target.variables) + list(self.optimizer.variables()), 0)
+        distributed.broadcast_variables(self.network_variables + list(self.optimizer.variables()), 0)
         self._optimizer_synced = True
 
     def broadcast_initial_weights(self) -> None:
         """Rank 0's initial online weights everywhere, and the target equal to them."""
         distributed.broadcast_variables(self.online.variables, root_rank=0)
         self.sync_target()
+        self.reset_average()
 
     def average_weights(self) -> None:
         """Federated averaging: every rank's online weights (and its target, which soft updates move locally)
@@ -161,21 +164,49 @@ class Learner:
             variables += list(self.target.trainable_variables)
         distributed.average_variables(variables)
 
+    @property
+    def policy(self) -> keras.Model:
+        """The network whose greedy actions are the trained policy: the weight average if policy_ema is set."""
+        return self.online if self.averaged is None else self.averaged
+
+    @property
+    def network_variables(self) -> list:
+        """Every network's variables (online, target, the average if any): what a checkpoint or a commit holds."""
+        nets = [self.online, self.target] + ([self.averaged] if self.averaged is not None else [])
+        return [v for net in nets for v in net.variables]
+
+    def reset_average(self) -> None:
+        """The average starts at the online weights (at the start of a run)."""
+        if self.averaged is not None:
+            for a, o in zip(self.averaged.variables, self.online.variables):
+                a.assign(o)
+
+    def update_average(self) -> None:
+        """One step of the policy's weight average, after a learning phase. A pure function of the online weights,
+        which are the same on every rank, so the average is too (no collective)."""
+        if self.averaged is not None:
+            d = self.config.policy_ema
+            for a, o in zip(self.averaged.variables, self.online.variables):
+                a.assign(losses.soft_update(a, o, 1.0 - d))
+
     def sync_target(self) -> None:
         """Copy online -> target, then broadcast rank 0's target so every rank bootstraps from the same net."""
         for t, o in zip(self.target.variables, self.online.variables):
             t.assign(o)
         distributed.broadcast_variables(self.target.variables, root_rank=0)
 
-    def acting_fn(self):
-        """obs batch -> Q-values, for acting between learning phases. For the MLP a NumPy forward pass from a
-        snapshot of the weights: a TF call's fixed overhead would cost more than the arithmetic. For the CNN one
-        ``tf.function`` call per batch of all envs' observations (uint8 in), reading the live weights."""
+    def acting_fn(self, model: keras.Model | None = None):
+        """obs batch -> Q-values of ``model`` (default: the online network, for acting between learning phases).
+        For the MLP a NumPy forward pass from a snapshot of the weights: a TF call's fixed overhead would cost more
+        than the arithmetic. For the CNN one ``tf.function`` call per batch of all envs' observations (uint8 in),
+        reading the live weights."""
+        model = self.online if model is None else model
         if self.is_cnn:
-            if self._act is None:
-                self._act = tf.function(lambda obs: self.online(obs, training=False), reduce_retracing=True)
-            return lambda obs: self._act(tf.constant(obs, tf.uint8)).numpy()
-        params = mlp_params(self.online)
+            if model.name not in self._act:
+                self._act[model.name] = tf.function(lambda obs: model(obs, training=False), reduce_retracing=True)
+            act = self._act[model.name]
+            return lambda obs: act(tf.constant(obs, tf.uint8)).numpy()
+        params = mlp_params(model)
         return lambda obs: mlp_forward(params, obs)
 
     def q_values(self, obs: np.ndarray) -> np.ndarray:

@@ -70,6 +70,12 @@ class Trainer:
         """The online Q-network, a Keras (tf_keras) model; available once train() has built it."""
         return None if self.learner is None else self.learner.online
 
+    @property
+    def policy_network(self):
+        """The network of the trained policy (saved as q_network.keras): the weight average when policy_ema is
+        set, else the online network."""
+        return None if self.learner is None else self.learner.policy
+
     def train(self) -> dict[str, Any]:
         self.world = distributed.init()
         self.stop = StopRequest(self.world.rank).install()
@@ -156,7 +162,7 @@ class Trainer:
         self.nstep = NStepAccumulator(cfg.num_envs, cfg.n_step, cfg.gamma) if cfg.n_step > 1 and not cfg.is_atari \
             else None
         self.learner = self._make_learner(obs_shape, n_actions)
-        self.act = self.learner.acting_fn()
+        self.refresh_acting()
         self.evaluator = Evaluator(cfg.env_id, cfg.eval_episodes, cfg.seed, world.rank, world.size, cfg.eval_epsilon,
                                    env_kwargs=atari_options(cfg))
         self.state = LoopState(episode_return=np.zeros(cfg.num_envs))
@@ -227,12 +233,18 @@ class Trainer:
                 if cfg.target_tau is None:  # soft updates happen inside every update instead
                     learner.sync_target()
                 s.since_sync = 0
+        learner.update_average()
+        self.refresh_acting()
+
+    def refresh_acting(self) -> None:
+        """Snapshots of the weights to act with: the online net's for exploring, the policy's for evaluating."""
         self.act = self.learner.acting_fn()
+        self.eval_act = self.act if self.learner.averaged is None else self.learner.acting_fn(self.learner.policy)
 
     def _evaluate(self) -> dict[str, Any]:
         """Greedy episodes, split across ranks and gathered on all (a collective)."""
         s = self.state
-        s.last_eval = summarize(distributed.allgather(self.evaluator(self.act)))
+        s.last_eval = summarize(distributed.allgather(self.evaluator(self.eval_act)))
         if s.solved_env_steps is None and self.threshold is not None \
                 and s.last_eval["eval_return_mean"] >= self.threshold:
             s.solved_env_steps, s.solved_wall_s = s.env_steps, time.perf_counter() - self.start
@@ -313,7 +325,7 @@ class Trainer:
         peak_rss_mb = distributed.allgather([_peak_rss_mb()]).tolist()
         wall = time.perf_counter() - self.start
         if world.is_chief:
-            checkpoint.save_keras_model(self.learner.online, self.run_dir / "q_network.keras")
+            checkpoint.save_keras_model(self.learner.policy, self.run_dir / "q_network.keras")
         distributed.barrier()  # the file is complete on every rank's view before anyone is told of it
         self.callbacks.fire("on_checkpoint", self, self.run_dir / "q_network.keras")
         summary = {

@@ -114,7 +114,10 @@ def save(trainer) -> Path:
 
 
 def model_objects(learner) -> dict[str, Any]:
-    return {"online": learner.online, "target": learner.target, "optimizer": learner.optimizer}
+    objects = {"online": learner.online, "target": learner.target, "optimizer": learner.optimizer}
+    if learner.averaged is not None:
+        objects["averaged"] = learner.averaged
+    return objects
 
 
 # ---------------------------------------------------------------------------------------------- restore
@@ -182,5 +185,5 @@ def restore(trainer, ckpt: Path) -> dict[str, Any]:
     trainer.evaluator.count = state["evaluator_count"]
     # Horovod: every rank read the same file; the broadcast makes rank 0's bytes the truth regardless.
     trainer.learner.broadcast_restored()
-    trainer.act = trainer.learner.acting_fn()
+    trainer.refresh_acting()
     return state

@@ -41,12 +41,16 @@ for r in range(3):
                    "mean_error": float(np.abs(averaged - everyone.mean(axis=0)).max())})
 
 # soft targets in synchronous mode: the online weights are identical, so every rank's target must be too
-soft = Learner(Config(env_id="CartPole-v1", hidden_sizes=(16,), batch_size=16, target_tau=0.1), 4, 2, world.size)
+soft = Learner(Config(env_id="CartPole-v1", hidden_sizes=(16,), batch_size=16, target_tau=0.1, policy_ema=0.5),
+               4, 2, world.size)
 soft.broadcast_initial_weights()
 soft_start = distributed.gather_checksums(soft.target.variables)
+policy_start = distributed.gather_checksums(soft.averaged.variables)
 for _ in range(2):
     soft.train_phase(replay.sample(rng, (3, 8)), 1e-2)
-soft_targets = {"start": soft_start, "end": distributed.gather_checksums(soft.target.variables)}
+    soft.update_average()
+soft_targets = {"start": soft_start, "end": distributed.gather_checksums(soft.target.variables),
+                "policy_start": policy_start, "policy_end": distributed.gather_checksums(soft.averaged.variables)}
 
 # federated_every=1 with plain SGD and no clipping: mean_i(w - lr * g_i) = w - lr * mean_i(g_i), so it must track
 # a synchronous learner fed the same batches (up to float rounding: the two sum in a different order)

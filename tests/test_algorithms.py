@@ -216,6 +216,47 @@ def test_soft_target_update_matches_the_formula(replay):
                    for t, t0 in zip(learner.target.trainable_variables, target_before)) > 1e-4
 
 
+def test_policy_weight_average_matches_the_formula_and_is_what_evaluation_uses(replay):
+    learner = Learner(Config(env_id="CartPole-v1", hidden_sizes=(8,), policy_ema=0.75), 4, 2, 1)
+    learner.broadcast_initial_weights()
+    assert learner.policy is learner.averaged
+    for a, o in zip(learner.averaged.variables, learner.online.variables):  # the average starts at the online net
+        np.testing.assert_array_equal(a.numpy(), o.numpy())
+    rng = np.random.default_rng(3)
+    for _ in range(2):
+        before = _values(learner.averaged.variables)
+        learner.train_phase(replay.sample(rng, (4, 16)), 1e-2)
+        learner.update_average()
+        for a, a0, o in zip(learner.averaged.variables, before, learner.online.variables):
+            np.testing.assert_allclose(a.numpy(), 0.75 * a0 + 0.25 * o.numpy(), rtol=1e-5, atol=1e-7)
+    gap = max(float(np.abs(a.numpy() - o.numpy()).max())
+              for a, o in zip(learner.averaged.variables, learner.online.variables))
+    assert gap > 1e-4  # the average lags the online net
+    obs = replay.sample(rng, (1, 5)).obs[0]
+    np.testing.assert_allclose(learner.acting_fn(learner.policy)(obs), learner.averaged(obs).numpy(), rtol=1e-5,
+                               atol=1e-6)
+    plain = Learner(Config(env_id="CartPole-v1", hidden_sizes=(8,)), 4, 2, 1)
+    assert plain.policy is plain.online and plain.averaged is None
+    plain.update_average()  # a no-op without policy_ema
+
+
+def test_a_run_with_policy_ema_saves_and_evaluates_the_average(tmp_path):
+    from hvd_dqn import Trainer
+
+    cfg = Config(env_id="CartPole-v1", seed=4, total_env_steps=1500, hidden_sizes=(16,), learning_starts=300,
+                 train_every=100, updates_per_train=10, target_update_every=20, eval_every=1500, eval_episodes=2,
+                 log_every=1500, batch_size=32, replay_capacity=2000, policy_ema=0.5)
+    trainer = Trainer(cfg, run_dir=tmp_path / "run")
+    trainer.train()
+    assert trainer.policy_network is trainer.learner.averaged and trainer.q_network is trainer.learner.online
+    saved = keras.models.load_model(tmp_path / "run" / "q_network.keras")
+    for s, a in zip(saved.get_weights(), trainer.policy_network.get_weights()):
+        np.testing.assert_array_equal(s, a)
+    assert any(np.abs(s - o).max() > 1e-6 for s, o in zip(saved.get_weights(), trainer.q_network.get_weights()))
+    obs = np.random.default_rng(0).normal(size=(3, 4)).astype(np.float32)
+    np.testing.assert_allclose(trainer.eval_act(obs), saved(obs).numpy(), rtol=1e-5, atol=1e-6)
+
+
 def test_importance_weights_scale_the_update_and_td_errors_come_back(replay):
     rng = np.random.default_rng(2)
     learner = Learner(Config(env_id="CartPole-v1", hidden_sizes=(8,), double_dqn=False), 4, 2, 1)

@@ -41,6 +41,8 @@ def test_soft_targets_stay_identical_across_ranks_in_synchronous_mode(result):
     soft = result["soft_targets"]
     assert soft["end"][0] == soft["end"][1]
     assert soft["start"][0] != soft["end"][0]  # the soft updates did move the target
+    # the policy's weight average is a function of the (identical) online weights: identical too, no collective
+    assert soft["policy_end"][0] == soft["policy_end"][1] and soft["policy_end"][0] != soft["policy_start"][0]
 
 
 def test_trainer_with_every_component_in_federated_mode(result):

@@ -1,14 +1,16 @@
 """Preemption and exact resume through the CLI, for real: a run is stopped by a signal mid-training, writes a
 checkpoint and exits with the documented code; `hvd-dqn train --resume` then ends with the same replica
 checksums as an uninterrupted run of the same config, at np=1 (SIGUSR1 to the rank) and np=2 (SIGTERM to
-launch/horovodrun.sh, which passes it on to the ranks as SIGUSR1)."""
+launch/horovodrun.sh, which passes it on to the ranks as SIGUSR1), and the same saved policy (policy_ema's average)."""
 import json
 import signal
 import subprocess
 import sys
 import time
 
+import numpy as np
 import pytest
+import tf_keras as keras
 
 from conftest import BIN, ROOT, run, run_env
 
@@ -20,7 +22,7 @@ RUN = {  # long enough that a signal sent at step 4,000 lands mid-run (a few s a
     "env_id": "CartPole-v1", "total_env_steps": 30000, "hidden_sizes": [32, 32], "learning_starts": 500,
     "train_every": 200, "updates_per_train": 10, "target_update_every": 30, "eval_every": 4000,
     "eval_episodes": 2, "log_every": 1000, "batch_size": 32, "replay_capacity": 5000, "checkpoint_every": 3000,
-    "seed": 11,
+    "seed": 11, "policy_ema": 0.9,
 }
 
 
@@ -115,6 +117,9 @@ def test_a_signalled_run_resumes_bit_exactly(np_, tmp_path):
     summary = _summary(stopped)
     assert summary["env_steps"] == RUN["total_env_steps"] and summary["world_size"] == np_
     assert summary["replica_checksums"] == expected  # bit-exact, every replica
+    # ... and the policy's weight average (saved as the model) too: it was in the checkpoint
+    saved = [keras.models.load_model(d / "q_network.keras").get_weights() for d in (whole, stopped)]
+    assert all(np.array_equal(a, b) for a, b in zip(*saved))
     assert _summary(whole)["updates"] == summary["updates"]
     rows = [json.loads(l) for l in (stopped / "metrics.jsonl").read_text().splitlines()]
     resumed = [r for r in rows if r.get("event") == "resumed"]

@@ -15,7 +15,8 @@ pytestmark = pytest.mark.multiproc
 TOTAL = 16000
 RUN = {"env_id": "CartPole-v1", "total_env_steps": TOTAL, "hidden_sizes": [32, 32], "learning_starts": 500,
        "train_every": 200, "updates_per_train": 10, "target_update_every": 30, "eval_every": 4000,
-       "eval_episodes": 2, "log_every": 1000, "batch_size": 32, "replay_capacity": 5000}
+       "eval_episodes": 2, "log_every": 1000, "batch_size": 32, "replay_capacity": 5000,
+       "policy_ema": 0.9}  # the policy's weight average is committed and synced too
 # Two "hosts" of one slot, both this machine: the host of a failed worker is blacklisted, the other one goes on
 # (with one host of two slots, the failure would blacklist the only host).
 DISCOVERY = "#!/bin/sh\necho localhost:1\necho 127.0.0.1:1\n"
