@@ -349,7 +349,13 @@ class Trainer:
 
     def _resolve_run_dir(self) -> Path:
         if self.run_dir is None:
-            name = f"{self.config.env_id.replace('/', '-')}-{time.strftime('%Y%m%d-%H%M%S')}"
+            name = None
+            if self.world.is_chief:  # its view of runs/ decides; two runs started in the same second get -2, -3, ...
+                base = name = f"{self.config.env_id.replace('/', '-')}-{time.strftime('%Y%m%d-%H%M%S')}"
+                n = 1
+                while (Path("runs") / name).exists():
+                    n += 1
+                    name = f"{base}-{n}"
             self.run_dir = Path("runs") / distributed.broadcast_object(name)
         try:
             if self.world.is_chief:

@@ -72,6 +72,19 @@ def test_callbacks_fire_at_every_log_evaluation_and_checkpoint(trained):
     assert logs[-1]["updates"] == summary["updates"] > 0
 
 
+def test_runs_started_in_the_same_second_get_their_own_default_run_dirs(tmp_path, monkeypatch):
+    import hvd_dqn.trainer
+
+    monkeypatch.chdir(tmp_path)
+    real = hvd_dqn.trainer.time.strftime
+    monkeypatch.setattr(hvd_dqn.trainer.time, "strftime",  # the run dir's clock stands still: one second for all
+                        lambda fmt, *t: "20261201-120000" if fmt == "%Y%m%d-%H%M%S" and not t else real(fmt, *t))
+    short = dict(TINY, total_env_steps=400, eval_every=400, log_every=400)
+    dirs = [Path(Trainer(Config(**short)).train()["run_dir"]) for _ in range(3)]
+    assert dirs == [Path("runs") / f"CartPole-v1-20261201-120000{s}" for s in ("", "-2", "-3")]
+    assert all((tmp_path / d / "summary.json").is_file() for d in dirs)
+
+
 def test_callbacks_must_be_callback_instances():
     with pytest.raises(TypeError, match="hvd_dqn.Callback"):
         Trainer(Config(**TINY), callbacks=[lambda *a: None])
