@@ -92,7 +92,7 @@ class ElasticTrainer(Trainer):
         self.learner.updates, self.evaluator.count = state.updates, state.evaluator_count
         s.last_eval, s.solved_env_steps, s.solved_wall_s = dict(state.last_eval), state.solved_env_steps, \
             state.solved_wall_s
-        self.refresh_acting()  # weights were restored or synced
+        self.act = self.learner.acting_fn()  # weights were restored or synced
 
     def _on_reset(self) -> None:
         """After workers came or went: this process's new rank and world size, and what depends on them."""

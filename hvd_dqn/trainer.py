@@ -162,7 +162,7 @@ class Trainer:
         self.nstep = NStepAccumulator(cfg.num_envs, cfg.n_step, cfg.gamma) if cfg.n_step > 1 and not cfg.is_atari \
             else None
         self.learner = self._make_learner(obs_shape, n_actions)
-        self.refresh_acting()
+        self.act = self.learner.acting_fn()
         self.evaluator = Evaluator(cfg.env_id, cfg.eval_episodes, cfg.seed, world.rank, world.size, cfg.eval_epsilon,
                                    env_kwargs=atari_options(cfg))
         self.state = LoopState(episode_return=np.zeros(cfg.num_envs))
@@ -234,16 +234,13 @@ class Trainer:
                     learner.sync_target()
                 s.since_sync = 0
         learner.update_average()
-        self.refresh_acting()
-
-    def refresh_acting(self) -> None:
-        """Snapshots of the weights to act with: the online net's for exploring, the policy's for evaluating."""
         self.act = self.learner.acting_fn()
-        self.eval_act = self.act if self.learner.averaged is None else self.learner.acting_fn(self.learner.policy)
 
     def _evaluate(self) -> dict[str, Any]:
         """Greedy episodes, split across ranks and gathered on all (a collective)."""
-        s = self.state
+        s, learner = self.state, self.learner
+        # the policy's weights, snapshotted here: evaluations are far fewer than learning phases
+        self.eval_act = self.act if learner.averaged is None else learner.acting_fn(learner.policy)
         s.last_eval = summarize(distributed.allgather(self.evaluator(self.eval_act)))
         if s.solved_env_steps is None and self.threshold is not None \
                 and s.last_eval["eval_return_mean"] >= self.threshold:

@@ -185,5 +185,5 @@ def restore(trainer, ckpt: Path) -> dict[str, Any]:
     trainer.evaluator.count = state["evaluator_count"]
     # Horovod: every rank read the same file; the broadcast makes rank 0's bytes the truth regardless.
     trainer.learner.broadcast_restored()
-    trainer.refresh_acting()
+    trainer.act = trainer.learner.acting_fn()
     return state
