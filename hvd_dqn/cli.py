@@ -117,7 +117,8 @@ def _run_config(args):
         raise UserError(f"--resume {args.resume}: config.json is unreadable ({exc}); give --config") from None
     if not isinstance(data, dict):
         raise UserError(f"--resume {args.resume}: config.json is not a mapping; give --config")
-    data.pop("world_size", None)  # recorded next to the config, not part of it
+    for recorded in ("world_size", "per_rank"):  # recorded next to the config, not part of it
+        data.pop(recorded, None)
     return Config.from_dict({**data, **parse_overrides(args.overrides)}, source=str(path))
 
 

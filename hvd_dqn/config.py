@@ -2,7 +2,9 @@
 
 Step counts are GLOBAL (summed over all ranks) so that a config means the same experiment at any world size;
 per-rank quantities are derived properties, never fields. How batch size and learning rate behave as ranks grow
-is the "scaling rule" in the README: the global batch and the learning rate are what the config says, at any N.
+is the "scaling rule" in the README and the ``scaling`` key: with ``strong`` (the default) the global batch and the
+learning rate are what the config says at any N; with ``weak`` the config describes the run at N = 1 and N ranks
+take N times the batch at N times the learning rate in 1/N as many updates.
 """
 from __future__ import annotations
 
@@ -29,7 +31,8 @@ class Config(BaseModel):
 
     # --- the Q-network and its optimisation
     hidden_sizes: tuple[int, ...] = Field((256, 256), description="Widths of the MLP's hidden layers.")
-    learning_rate: float = Field(1e-3, gt=0, le=1.0, description="Adam step size at the start of training.")
+    learning_rate: float = Field(
+        1e-3, gt=0, le=1.0, description="Adam step size at the start of training (times N with scaling weak).")
     lr_final_fraction: float = Field(
         1.0, ge=0, le=1.0,
         description="Learning rate at the end of training as a fraction of learning_rate (linear decay; 1 = constant).")
@@ -38,7 +41,8 @@ class Config(BaseModel):
                             "federated averaging computes exactly what synchronous data parallelism does.")
     adam_epsilon: float = Field(1e-7, gt=0, description="Adam's epsilon.")
     batch_size: int = Field(
-        64, ge=1, description="GLOBAL minibatch per gradient update; each of N ranks samples batch_size / N.")
+        64, ge=1, description="Minibatch per gradient update: with scaling strong the GLOBAL batch (each of N ranks "
+                              "samples batch_size / N), with scaling weak each rank's (N * batch_size in all).")
     gamma: float = Field(0.99, ge=0, le=1.0, description="Discount factor.")
     double_dqn: bool = Field(True, description="Double DQN target: online net picks the action, target net values it.")
     huber_delta: float = Field(1.0, gt=0, description="Huber loss threshold (quadratic below, linear above).")
@@ -51,9 +55,17 @@ class Config(BaseModel):
     learning_starts: int = Field(1_000, ge=0, description="Global env steps collected before the first update.")
     train_every: int = Field(
         256, ge=1, description="Global env steps between learning phases (rounded to whole vector steps per rank).")
-    updates_per_train: int = Field(128, ge=1, description="Gradient updates in each learning phase.")
+    updates_per_train: int = Field(
+        128, ge=1, description="Gradient updates in each learning phase (divided by N with scaling weak).")
     target_update_every: int = Field(
-        128, ge=1, description="Gradient updates between target-network syncs (rank 0's weights are broadcast).")
+        128, ge=1, description="Gradient updates between target-network syncs (rank 0's weights are broadcast); "
+                               "divided by N with scaling weak.")
+    scaling: Literal["strong", "weak"] = Field(
+        "strong", description="How N ranks share the learning (README \"Scaling rule\"): strong = the same updates "
+                              "as on one rank, each on batch_size / N samples per rank; weak = each rank samples "
+                              "batch_size, updates_per_train and target_update_every are divided by N and the "
+                              "learning rate multiplied by N (Goyal et al. 2017): the samples replayed per env step "
+                              "stay, the chain of updates is N times shorter.")
 
     # --- exploration: epsilon decays linearly from eps_start to eps_end over eps_decay_fraction of training
     eps_start: float = Field(1.0, ge=0, le=1.0, description="Epsilon at the first step.")
@@ -158,6 +170,9 @@ class Config(BaseModel):
                 and self.target_update_every % self.federated_every:
             # a hard sync copies the online net: it must fall on an averaging, where every rank holds the same one
             raise ValueError("target_update_every must be a multiple of federated_every")
+        if self.scaling == "weak" and self.federated_every is not None:
+            raise ValueError("scaling: weak shortens the chain of synchronous updates; federated_every runs local "
+                             "updates instead: use one of the two")
         return self
 
     # ---- derived values (properties, not fields)
@@ -168,19 +183,33 @@ class Config(BaseModel):
 
     def per_rank(self, world_size: int) -> "PerRank":
         """Per-rank quantities for a job of ``world_size`` ranks; a UserError if the config cannot be split."""
-        if self.batch_size % world_size:
-            raise UserError(
-                f"config: batch_size {self.batch_size} is not divisible by the {world_size} ranks "
-                f"(it is the global batch; use a multiple of {world_size})")
-        vector_step = world_size * self.num_envs  # global env steps per vector step of every rank
+        n = world_size
+        if self.scaling == "weak":
+            for key in ("updates_per_train", "target_update_every"):
+                if getattr(self, key) % n:
+                    raise UserError(
+                        f"config: {key} {getattr(self, key)} is not divisible by the {n} ranks (scaling: weak "
+                        f"divides it by N; use a multiple of {n}, or scaling: strong)")
+            batch_size, learning_rate = self.batch_size, self.learning_rate * n
+            updates_per_train, target_update_every = self.updates_per_train // n, self.target_update_every // n
+        else:
+            if self.batch_size % n:
+                raise UserError(
+                    f"config: batch_size {self.batch_size} is not divisible by the {n} ranks "
+                    f"(it is the global batch; use a multiple of {n}, or scaling: weak)")
+            batch_size, learning_rate = self.batch_size // n, self.learning_rate
+            updates_per_train, target_update_every = self.updates_per_train, self.target_update_every
+        vector_step = n * self.num_envs  # global env steps per vector step of every rank
         return PerRank(
-            batch_size=self.batch_size // world_size,
-            replay_capacity=-(-self.replay_capacity // world_size),
+            batch_size=batch_size,
+            learning_rate=learning_rate,
+            target_update_every=target_update_every,
+            replay_capacity=-(-self.replay_capacity // n),
             vector_steps=-(-self.total_env_steps // vector_step),
             vector_steps_per_train=max(1, round(self.train_every / vector_step)),
             # a vector step of all ranks brings more than train_every env steps (Atari's train_every 4 on 8 ranks):
             # more updates per phase, so the updates per env step stay what the config says
-            updates_per_phase=self.updates_per_train * max(1, round(vector_step / self.train_every)),
+            updates_per_phase=updates_per_train * max(1, round(vector_step / self.train_every)),
             global_steps_per_vector_step=vector_step,
         )
 
@@ -229,7 +258,9 @@ class PerRank(BaseModel):
     """What each rank does, derived from a Config and the world size."""
 
     model_config = ConfigDict(frozen=True)
-    batch_size: int
+    batch_size: int  # each rank's minibatch per update
+    learning_rate: float  # at the start of training, before lr_final_fraction's decay
+    target_update_every: int  # gradient updates between target syncs
     replay_capacity: int
     vector_steps: int
     vector_steps_per_train: int

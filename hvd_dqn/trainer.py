@@ -137,7 +137,9 @@ class Trainer:
             trainstate.trim_metrics(self.run_dir, resume_from)
         self.logger = RunLogger(self.run_dir, enabled=world.is_chief, total_env_steps=cfg.total_env_steps,
                                 fresh=resume_from is None)
-        self.logger.write_json("config.json", {**cfg.to_dict(), "world_size": world.size})
+        # what each rank runs after the scaling rule (README "Scaling rule"), beside the config as written
+        self.logger.write_json("config.json", {**cfg.to_dict(), "world_size": world.size,
+                                               "per_rank": per.model_dump()})
         self.threshold = cfg.reward_threshold if cfg.reward_threshold is not None else reward_threshold(cfg.env_id)
         self.fault_step = _fault_step(world.rank)
         self.nan_update = int(os.environ[NAN_ENV]) if os.environ.get(NAN_ENV) and world.is_chief else None
@@ -210,29 +212,24 @@ class Trainer:
                        stored_terminated, truncated, episode_end=terminated | truncated)
 
     def _learn(self) -> None:
-        """A phase of updates_per_train gradient updates (more if one vector step exceeds train_every), split where a target sync or a federated averaging
-        falls due (both decided from the update counters, equal on every rank)."""
-        cfg, s, learner = self.config, self.state, self.learner
-        lr = cfg.learning_rate * linear_epsilon(s.env_steps, 1.0, cfg.lr_final_fraction, cfg.total_env_steps)
+        """A phase of the per-rank updates_per_phase gradient updates, split where a target sync or a federated
+        averaging falls due (both decided from the update counters, equal on every rank)."""
+        cfg, s, learner, per = self.config, self.state, self.learner, self.per
+        lr = per.learning_rate * linear_epsilon(s.env_steps, 1.0, cfg.lr_final_fraction, cfg.total_env_steps)
         beta = annealed_beta(s.env_steps, cfg.total_env_steps, cfg.priority_beta_start)
-        remaining = self.per.updates_per_phase
-        while remaining:
-            k = min(remaining, cfg.target_update_every - s.since_sync)
-            if cfg.federated_every is not None:
-                k = min(k, cfg.federated_every - learner.updates % cfg.federated_every)
-            batch, discount, weights, idx = self.shard.sample(self.rng, (k, self.per.batch_size), beta)
+        chunks = phase_chunks(per.updates_per_phase, s.since_sync, per.target_update_every, learner.updates,
+                              cfg.federated_every)
+        for k, sync, average in chunks:
+            batch, discount, weights, idx = self.shard.sample(self.rng, (k, per.batch_size), beta)
             if self.nan_update is not None and 0 <= self.nan_update - learner.updates - 1 < k:
                 batch.reward[self.nan_update - learner.updates - 1, 0] = np.nan
             s.train_stats = learner.train_phase(batch, lr, discount, weights)
             self.shard.update_priorities(idx, learner.last_td_abs)
-            remaining -= k
-            s.since_sync += k
-            if cfg.federated_every is not None and learner.updates % cfg.federated_every == 0:
+            if average:
                 learner.average_weights()
-            if s.since_sync == cfg.target_update_every:
-                if cfg.target_tau is None:  # soft updates happen inside every update instead
-                    learner.sync_target()
-                s.since_sync = 0
+            s.since_sync = 0 if sync else s.since_sync + k
+            if sync and cfg.target_tau is None:  # soft updates happen inside every update instead
+                learner.sync_target()
         learner.update_average()
         self.act = self.learner.acting_fn()
 
@@ -360,6 +357,23 @@ class Trainer:
         except OSError as exc:
             raise UserError(f"run dir {self.run_dir}: cannot create it ({exc.strerror})") from None
         return self.run_dir
+
+
+def phase_chunks(n_updates: int, since_sync: int, target_every: int, updates_done: int,
+                 federated_every: int | None = None):
+    """Split a phase of ``n_updates`` into runs of consecutive updates, each ending where a target sync or a
+    federated averaging falls due: yields (updates, sync after them, average after them). A pure function of the
+    counters, which are equal on every rank, so every rank splits alike."""
+    while n_updates:
+        # max(1, ...): an elastic job that gained ranks under scaling weak may have a shorter target period than
+        # the updates done since the last sync: one more update, then the sync
+        k = min(n_updates, max(1, target_every - since_sync))
+        if federated_every is not None:
+            k = min(k, federated_every - updates_done % federated_every)
+        n_updates, since_sync, updates_done = n_updates - k, since_sync + k, updates_done + k
+        sync = since_sync >= target_every
+        since_sync = 0 if sync else since_sync
+        yield k, sync, federated_every is not None and updates_done % federated_every == 0
 
 
 def _peak_rss_mb() -> float:

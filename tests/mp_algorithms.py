@@ -1,11 +1,13 @@
 """Run under horovodrun -np 2. (1) Federated averaging at the learner level: each round takes K local updates on
 rank-dependent data (replicas must differ), then averages (replicas must be bit-identical, and equal to the mean
-of the two pre-average replicas). (2) Each rank's Ape-X epsilons, gathered; soft targets of a synchronous learner, gathered. (3) A short Trainer run with every
-component on, in federated mode, returning the summary (replicas equal at the end: the last update is an
-averaging)."""
+of the two pre-average replicas). (2) Each rank's Ape-X epsilons, gathered; soft targets of a synchronous
+learner, gathered. (3) A short Trainer run with every component on, in federated mode, returning the summary
+(replicas equal at the end: the last update is an averaging). (4) A short synchronous Trainer run under scaling
+weak: what each rank sampled, stepped and counted."""
 import json
 import sys
 import tempfile
+from pathlib import Path
 
 import numpy as np
 
@@ -83,7 +85,18 @@ trainer_cfg = Config(env_id="CartPole-v1", total_env_steps=2400, hidden_sizes=(3
                      federated_every=10)
 run_dir = distributed.broadcast_object(tempfile.mkdtemp(prefix="mp-alg-"))
 summary = Trainer(trainer_cfg, run_dir=run_dir).train()
+
+weak_cfg = Config(env_id="CartPole-v1", total_env_steps=2400, hidden_sizes=(32, 32), learning_starts=400,
+                  train_every=200, updates_per_train=20, target_update_every=20, eval_every=1200, eval_episodes=2,
+                  log_every=1200, batch_size=32, learning_rate=1e-3, replay_capacity=4000, num_envs=2,
+                  scaling="weak")
+weak_dir = distributed.broadcast_object(tempfile.mkdtemp(prefix="mp-weak-"))
+weak = Trainer(weak_cfg, run_dir=weak_dir)
+weak_summary = weak.train()
+weak_run = {"summary": weak_summary, "lr": float(weak.learner.optimizer.learning_rate.numpy()),
+            "sampled": list(weak.learner.last_td_abs.shape),
+            "config_json": json.loads((Path(weak_dir) / "config.json").read_text()) if world.rank == 0 else None}
 if world.rank == 0:
     print("RESULT " + json.dumps({"rounds": rounds, "eps": eps.tolist(), "summary": summary,
-                                 "soft_targets": soft_targets, "sgd_k1": sgd_k1}))
+                                 "soft_targets": soft_targets, "sgd_k1": sgd_k1, "weak": weak_run}))
 sys.stdout.flush()

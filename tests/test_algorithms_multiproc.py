@@ -1,4 +1,5 @@
-"""Federated averaging, per-rank exploration and soft targets under `horovodrun -np 2`, for real (one job)."""
+"""Federated averaging, per-rank exploration, soft targets and weak scaling under `horovodrun -np 2`, for real
+(one job)."""
 import json
 import sys
 
@@ -58,3 +59,20 @@ def test_federated_k1_with_sgd_is_synchronous_data_parallelism(result):
     assert r["moved"] > 1e-3  # ten SGD steps did change the weights
     assert r["max_diff"] < 1e-5, r  # averaging weights after each step = averaging the gradients of that step
     assert r["checksums"][0] == r["checksums"][1]
+
+
+def test_weak_scaling_two_ranks_take_half_the_updates_on_the_full_batch_at_twice_the_step(result):
+    from hvd_dqn.config import Config
+
+    weak = result["weak"]
+    s, per = weak["summary"], weak["config_json"]["per_rank"]
+    cfg = Config.from_dict({k: v for k, v in weak["config_json"].items() if k not in ("world_size", "per_rank")})
+    one = cfg.per_rank(1)
+    # phases fall at the same global env steps (every 200 from 400 to 2400: 11) at np=1 and np=2
+    phases = (cfg.total_env_steps - cfg.learning_starts) // cfg.train_every + 1
+    assert s["world_size"] == 2 and s["env_steps"] == 2400
+    assert s["updates"] == phases * one.updates_per_phase // 2 == 110  # half of np=1's 220
+    assert weak["sampled"] == [10, 32]  # the last chunk: 10 updates, each rank sampled the whole batch_size
+    assert weak["lr"] == pytest.approx(2 * cfg.learning_rate, rel=1e-6)  # Adam's own variable, as the graph read it
+    assert (per["batch_size"], per["updates_per_phase"], per["target_update_every"]) == (32, 10, 10)
+    assert s["replica_checksums"][0] == s["replica_checksums"][1]  # still synchronous: one allreduce per update

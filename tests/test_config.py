@@ -27,6 +27,39 @@ def test_per_rank_split():
         cfg.per_rank(3)
 
 
+def test_weak_scaling_rule():
+    cfg = Config(env_id="CartPole-v1", batch_size=128, learning_rate=2e-3, updates_per_train=128,
+                 target_update_every=64, train_every=256, num_envs=4, scaling="weak")
+    one, two = cfg.per_rank(1), cfg.per_rank(2)
+    # on one rank weak scaling is the config as written, the same as strong
+    assert one == cfg.replace(scaling="strong").per_rank(1)
+    assert (one.batch_size, one.learning_rate, one.updates_per_phase, one.target_update_every) == (128, 2e-3, 128, 64)
+    # N ranks: each rank's batch stays (N x the global batch), N x the step size, 1/N of the updates and target
+    # period; replay ratio (samples replayed per env step, summed over ranks) and the phase interval stay
+    assert (two.batch_size, two.learning_rate, two.updates_per_phase, two.target_update_every) == (128, 4e-3, 64, 32)
+    assert two.vector_steps_per_train == 32 and one.vector_steps_per_train == 64
+    def replayed(per, n):  # samples replayed per global env step
+        return n * per.batch_size * per.updates_per_phase / (n * cfg.num_envs * per.vector_steps_per_train)
+    assert replayed(one, 1) == replayed(two, 2)
+    strong = cfg.replace(scaling="strong").per_rank(2)
+    assert (strong.batch_size, strong.learning_rate, strong.updates_per_phase, strong.target_update_every) == \
+        (64, 2e-3, 128, 64)
+
+
+def test_weak_scaling_errors_are_one_line():
+    cfg = Config(env_id="CartPole-v1", updates_per_train=128, target_update_every=100, scaling="weak")
+    with pytest.raises(UserError, match="updates_per_train 128 is not divisible by the 3 ranks") as err:
+        cfg.per_rank(3)
+    assert "\n" not in str(err.value)
+    with pytest.raises(UserError, match="target_update_every 100 is not divisible by the 8 ranks"):
+        cfg.per_rank(8)
+    with pytest.raises(UserError, match="scaling: Input should be 'strong' or 'weak'"):
+        Config.from_dict({"env_id": "CartPole-v1", "scaling": "linear"})
+    with pytest.raises(UserError, match="scaling: weak .* federated_every"):
+        Config.from_dict({"env_id": "CartPole-v1", "scaling": "weak", "federated_every": 4,
+                          "target_update_every": 128})
+
+
 @pytest.mark.parametrize("data, message", [
     ({"env_id": "CartPole-v1", "bogus": 1}, "bogus: unknown key"),
     ({"env_id": "CartPole-v1", "seed": "abc"}, "seed: Input should be a valid integer"),

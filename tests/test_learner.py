@@ -55,3 +55,18 @@ def test_non_finite_loss_stops_naming_the_update(replay):
     batch.reward[1, 0] = np.nan  # the second update of the phase
     with pytest.raises(FloatingPointError, match=r"non-finite TD loss at update 2; stopping"):
         learner.train_phase(batch, 1e-3)
+
+
+def test_phase_chunks_end_where_a_sync_or_an_averaging_falls_due():
+    from hvd_dqn.trainer import phase_chunks
+
+    assert list(phase_chunks(128, 0, 128, 0)) == [(128, True, False)]  # the CartPole default: one sync a phase
+    assert list(phase_chunks(128, 0, 64, 0)) == [(64, True, False), (64, True, False)]
+    assert list(phase_chunks(20, 10, 30, 10)) == [(20, True, False)]
+    assert list(phase_chunks(10, 25, 30, 25)) == [(5, True, False), (5, False, False)]
+    # federated averaging every 10 updates, target every 30, starting 4 updates into an averaging round
+    assert list(phase_chunks(30, 4, 30, 4, federated_every=10)) == [
+        (6, False, True), (10, False, True), (10, True, True), (4, False, False)]
+    # an elastic job grew under scaling weak: 100 updates since the sync, the period is now 64
+    assert list(phase_chunks(64, 100, 64, 1000)) == [(1, True, False), (63, False, False)]
+    assert list(phase_chunks(0, 0, 10, 0)) == []
