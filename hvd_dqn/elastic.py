@@ -39,9 +39,7 @@ class ElasticTrainer(Trainer):
         # broadcast here: elastic_run syncs rank 0's state before the loop starts (a collective before it would
         # deadlock a worker that joins while the others sync).
         learner = Learner(self.config, obs_shape, n_actions, world_size=2)
-        for t, o in zip(learner.target.variables, learner.online.variables):
-            t.assign(o)
-        learner.reset_average()
+        learner.align_to_online()
         learner.optimizer.build(learner.online.trainable_variables)  # slots exist now, so they are committed
         learner._optimizer_synced = True
         return learner

@@ -178,8 +178,13 @@ class Learner:
     def reset_average(self) -> None:
         """The average starts at the online weights (at the start of a run)."""
         if self.averaged is not None:
-            for a, o in zip(self.averaged.variables, self.online.variables):
-                a.assign(o)
+            _copy_weights(self.averaged, self.online)
+
+    def align_to_online(self) -> None:
+        """Target and average set to this rank's online weights, with no collective (the elastic start, where
+        Horovod's state sync makes the ranks agree instead)."""
+        _copy_weights(self.target, self.online)
+        self.reset_average()
 
     def update_average(self) -> None:
         """One step of the policy's weight average, after a learning phase. A pure function of the online weights,
@@ -191,8 +196,7 @@ class Learner:
 
     def sync_target(self) -> None:
         """Copy online -> target, then broadcast rank 0's target so every rank bootstraps from the same net."""
-        for t, o in zip(self.target.variables, self.online.variables):
-            t.assign(o)
+        _copy_weights(self.target, self.online)
         distributed.broadcast_variables(self.target.variables, root_rank=0)
 
     def acting_fn(self, model: keras.Model | None = None):
@@ -211,3 +215,8 @@ class Learner:
 
     def q_values(self, obs: np.ndarray) -> np.ndarray:
         return self.online(tf.constant(obs, self.online.input.dtype), training=False).numpy()
+
+
+def _copy_weights(dst: keras.Model, src: keras.Model) -> None:
+    for d, v in zip(dst.variables, src.variables):
+        d.assign(v)
