@@ -39,7 +39,9 @@ class Config(BaseModel):
     optimizer: Literal["adam", "sgd"] = Field(
         "adam", description="adam, or plain sgd (no momentum): with sgd, no gradient clipping and federated_every=1, "
                             "federated averaging computes exactly what synchronous data parallelism does.")
-    adam_epsilon: float = Field(1e-7, gt=0, description="Adam's epsilon.")
+    adam_epsilon: float = Field(1e-7, gt=0, description="Adam's epsilon (divided by sqrt(N) with scaling adam_sqrt).")
+    adam_beta1: float = Field(0.9, ge=0, lt=1.0, description="Adam's decay of the gradient's running mean.")
+    adam_beta2: float = Field(0.999, ge=0, lt=1.0, description="Adam's decay of the squared gradient's running mean.")
     batch_size: int = Field(
         64, ge=1, description="Minibatch per gradient update: with scaling strong the GLOBAL batch (each of N ranks "
                               "samples batch_size / N), with scaling weak each rank's (N * batch_size in all).")
@@ -60,12 +62,19 @@ class Config(BaseModel):
     target_update_every: int = Field(
         128, ge=1, description="Gradient updates between target-network syncs (rank 0's weights are broadcast); "
                                "divided by N with scaling weak.")
-    scaling: Literal["strong", "weak"] = Field(
+    scaling: Literal["strong", "weak", "adam_sqrt"] = Field(
         "strong", description="How N ranks share the learning (README \"Scaling rule\"): strong = the same updates "
                               "as on one rank, each on batch_size / N samples per rank; weak = each rank samples "
                               "batch_size, updates_per_train and target_update_every are divided by N and the "
                               "learning rate multiplied by N (Goyal et al. 2017): the samples replayed per env step "
-                              "stay, the chain of updates is N times shorter.")
+                              "stay, the chain of updates is N times shorter; adam_sqrt = each rank samples "
+                              "batch_size, the updates and target period are divided by K = N / min(N, "
+                              "scaling_replay_boost), Adam's learning rate is multiplied by sqrt(N) and its epsilon "
+                              "divided by it, and its betas raised to the power K so their memory spans the same env "
+                              "steps (Malladi et al. 2022's square-root rule for adaptive methods).")
+    scaling_replay_boost: float = Field(
+        1.0, ge=1.0, description="scaling adam_sqrt: N > 1 ranks replay up to this many times the samples per env step "
+                                 "that one rank does (the updates are divided by N / min(N, boost), not N).")
 
     # --- exploration: epsilon decays linearly from eps_start to eps_end over eps_decay_fraction of training
     eps_start: float = Field(1.0, ge=0, le=1.0, description="Epsilon at the first step.")
@@ -170,9 +179,12 @@ class Config(BaseModel):
                 and self.target_update_every % self.federated_every:
             # a hard sync copies the online net: it must fall on an averaging, where every rank holds the same one
             raise ValueError("target_update_every must be a multiple of federated_every")
-        if self.scaling == "weak" and self.federated_every is not None:
-            raise ValueError("scaling: weak shortens the chain of synchronous updates; federated_every runs local "
-                             "updates instead: use one of the two")
+        if self.scaling_replay_boost != 1.0 and self.scaling != "adam_sqrt":
+            raise ValueError(f"scaling_replay_boost is a parameter of scaling: adam_sqrt, not of scaling: "
+                             f"{self.scaling}")
+        if self.scaling != "strong" and self.federated_every is not None:
+            raise ValueError(f"scaling: {self.scaling} shortens the chain of synchronous updates; federated_every "
+                             "runs local updates instead: use one of the two")
         return self
 
     # ---- derived values (properties, not fields)
@@ -184,6 +196,7 @@ class Config(BaseModel):
     def per_rank(self, world_size: int) -> "PerRank":
         """Per-rank quantities for a job of ``world_size`` ranks; a UserError if the config cannot be split."""
         n = world_size
+        beta1, beta2, adam_epsilon = self.adam_beta1, self.adam_beta2, self.adam_epsilon
         if self.scaling == "weak":
             for key in ("updates_per_train", "target_update_every"):
                 if getattr(self, key) % n:
@@ -192,6 +205,13 @@ class Config(BaseModel):
                         f"divides it by N; use a multiple of {n}, or scaling: strong)")
             batch_size, learning_rate = self.batch_size, self.learning_rate * n
             updates_per_train, target_update_every = self.updates_per_train // n, self.target_update_every // n
+        elif self.scaling == "adam_sqrt":
+            k = n / min(n, self.scaling_replay_boost)  # how many times shorter the chain of updates gets
+            batch_size, learning_rate, adam_epsilon = self.batch_size, self.learning_rate * n ** 0.5, \
+                self.adam_epsilon / n ** 0.5
+            beta1, beta2 = self.adam_beta1 ** k, self.adam_beta2 ** k
+            updates_per_train = max(1, round(self.updates_per_train / k))
+            target_update_every = max(1, round(self.target_update_every / k))
         else:
             if self.batch_size % n:
                 raise UserError(
@@ -211,6 +231,7 @@ class Config(BaseModel):
             # more updates per phase, so the updates per env step stay what the config says
             updates_per_phase=updates_per_train * max(1, round(vector_step / self.train_every)),
             global_steps_per_vector_step=vector_step,
+            adam_beta1=beta1, adam_beta2=beta2, adam_epsilon=adam_epsilon,
         )
 
     # ---- construction
@@ -266,6 +287,9 @@ class PerRank(BaseModel):
     vector_steps_per_train: int
     updates_per_phase: int
     global_steps_per_vector_step: int
+    adam_beta1: float
+    adam_beta2: float
+    adam_epsilon: float
 
 
 def parse_overrides(items: list[str] | tuple[str, ...]) -> dict[str, Any]:

@@ -38,8 +38,10 @@ class Learner:
         # policy_ema: the network that evaluations and the saved model use (the online one when off)
         self.averaged = None if config.policy_ema is None else \
             build_q_network(obs_shape, n_actions, config, name="averaged_q_network")
+        per = config.per_rank(world_size)  # Adam's betas and epsilon after the scaling rule
         self.optimizer = keras.optimizers.SGD(learning_rate=config.learning_rate) if config.optimizer == "sgd" \
-            else keras.optimizers.Adam(learning_rate=config.learning_rate, epsilon=config.adam_epsilon)
+            else keras.optimizers.Adam(learning_rate=config.learning_rate, beta_1=per.adam_beta1,
+                                       beta_2=per.adam_beta2, epsilon=per.adam_epsilon)
         self.updates = 0  # gradient updates done, identical on every rank
         self._multi = world_size > 1
         self._federated = config.federated_every is not None

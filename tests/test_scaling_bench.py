@@ -1,0 +1,58 @@
+"""benchmarks/scaling.py's bookkeeping: how a run is judged and how runs of one N are summarised."""
+import json
+import math
+import sys
+
+from conftest import ROOT, run
+
+sys.path.insert(0, str(ROOT / "benchmarks"))
+import scaling  # noqa: E402
+
+
+def _run(np_, seed, evals, final, updates=100, wall=10.0, threshold=475.0, overrides=()):
+    return {"config": "/c/cartpole.yaml", "overrides": list(overrides), "np": np_, "seed": seed,
+            "trainer_threshold": threshold, "final_eval": final, "evals": evals, "updates": updates,
+            "wall_s": wall, "replicas_equal": True, "load_before": [1.0, 0, 0], "load_after": [3.0, 0, 0]}
+
+
+def test_judge_takes_the_first_evaluation_at_or_above_the_threshold():
+    r = _run(1, 0, [[2500, 400.0, 10, 1.0], [5000, 475.0, 20, 2.0], [7500, 500.0, 30, 3.0]], final=300.0)
+    j = scaling.judge(r, None)
+    assert (j["solved_env_steps"], j["solved_updates"], j["solved_wall_s"], j["held"]) == (5000, 20, 2.0, False)
+    # another threshold, judged again from the recorded evaluations
+    j = scaling.judge(r, 250.0)
+    assert (j["solved_env_steps"], j["solved_updates"], j["held"], j["threshold"]) == (2500, 10, True, 250.0)
+    assert scaling.judge(r, 501.0)["solved_env_steps"] is None
+
+
+def test_summary_counts_unsolved_runs_as_never_in_the_medians():
+    rows = [_run(8, 0, [[1000, 500.0, 4, 1.0]], final=500.0),
+            _run(8, 1, [[3000, 480.0, 12, 3.0]], final=100.0),
+            _run(8, 2, [[1000, 100.0, 4, 1.0]], final=100.0),
+            {"config": "/c/cartpole.yaml", "overrides": [], "np": 8, "seed": 3, "failed": "exit 1: boom",
+             "load_before": [2.0, 0, 0], "load_after": [2.5, 0, 0]}]
+    s = scaling.summarize(rows)
+    assert (s["runs"], s["failed"], s["solved"], s["held"]) == (3, 1, 2, 1)
+    assert (s["steps_to_threshold"], s["updates_to_threshold"], s["wall_to_threshold"]) == (3000, 12, 3.0)
+    assert s["load"] == (1.0, 3.0)
+    rows[0]["evals"] = [[1000, 10.0, 4, 1.0]]  # now two of three never solved: the median is never
+    assert scaling.summarize(rows)["steps_to_threshold"] == math.inf
+
+
+def test_table_gives_the_ratios_to_one_rank_per_config_and_overrides():
+    rows = [_run(1, s, [[4000, 500.0, 400, 1.0]], final=500.0) for s in (0, 1)] + \
+           [_run(8, s, [[5000, 500.0, 80, 1.0]], final=500.0) for s in (0, 1)] + \
+           [_run(8, 0, [[1000, 500.0, 4, 1.0]], final=500.0, overrides=["learning_rate=0.1"])]
+    text = scaling.table(rows)
+    assert "| 8 | 2 | 2/2 | 2/2 | 5,000 | 1.25 | 80 | 0.20 |" in text
+    assert "cartpole.yaml --set learning_rate=0.1 (threshold 475)" in text
+    assert text.count("| N |") == 2
+
+
+def test_table_only_resumes_nothing_and_a_missing_results_file_is_one_line_exit_2(tmp_path):
+    results = tmp_path / "r.jsonl"
+    results.write_text(json.dumps(_run(1, 0, [[4000, 500.0, 400, 1.0]], final=500.0)) + "\n")
+    proc = run([sys.executable, ROOT / "benchmarks" / "scaling.py", "--table-only", "--results", results])
+    assert proc.returncode == 0 and "| 1 | 1 | 1/1 | 1/1 | 4,000 | 1.00 | 400 | 1.00 |" in proc.stdout, proc.stderr
+    proc = run([sys.executable, ROOT / "benchmarks" / "scaling.py", "--table-only", "--results", tmp_path / "no"])
+    assert proc.returncode == 2 and len(proc.stderr.strip().splitlines()) == 1 and "no runs in" in proc.stderr

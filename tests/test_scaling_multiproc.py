@@ -1,0 +1,38 @@
+"""scaling: adam_sqrt under `horovodrun -np 2`, for real: the learning rate, betas and epsilon that Adam read, the
+updates each rank took, and replicas still identical."""
+import json
+import math
+import sys
+
+import pytest
+
+from conftest import BIN, ROOT, run
+from hvd_dqn.config import Config
+
+pytestmark = pytest.mark.multiproc
+
+CONFIG = dict(env_id="CartPole-v1", total_env_steps=2400, hidden_sizes=[32, 32], learning_starts=400,
+              train_every=200, updates_per_train=20, target_update_every=20, eval_every=1200, eval_episodes=2,
+              log_every=1200, batch_size=32, learning_rate=1e-3, replay_capacity=4000, num_envs=2,
+              scaling="adam_sqrt")
+
+
+def test_two_ranks_take_half_the_updates_with_adam_scaled_by_the_rule():
+    proc = run([BIN / "horovodrun", "-np", "2", "--gloo", sys.executable, ROOT / "tests" / "mp_scaling.py",
+                json.dumps(CONFIG)], timeout=300)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    line = next(l for l in proc.stdout.splitlines() if "RESULT " in l)
+    out, _ = json.JSONDecoder().raw_decode(line.split("RESULT ", 1)[1])
+    s, mine = out["summary"], out["rank0"]
+    one = Config.from_dict(CONFIG).per_rank(1)
+    phases = (2400 - 400) // 200 + 1  # learning phases at 400, 600, ..., 2400 global env steps: 11 at any N
+    assert s["world_size"] == 2 and s["env_steps"] == 2400
+    assert s["updates"] == phases * one.updates_per_phase // 2 == 110  # K = 2: half of np=1's 220
+    assert mine["sampled"] == [10, 32]  # the last phase: 10 updates, each rank sampling the whole batch_size
+    # what Adam itself held at the end, on both ranks (lr decays linearly to 1.0 x: lr_final_fraction defaults to 1)
+    for lr, beta_1, beta_2, epsilon, updates in out["all"]:
+        assert lr == pytest.approx(1e-3 * math.sqrt(2), rel=1e-6)
+        assert beta_1 == pytest.approx(0.9 ** 2, rel=1e-6) and beta_2 == pytest.approx(0.999 ** 2, rel=1e-9)
+        assert epsilon == pytest.approx(1e-7 / math.sqrt(2), rel=1e-6)
+        assert updates == 110
+    assert s["replica_checksums"][0] == s["replica_checksums"][1]  # still synchronous: one allreduce per update

@@ -1,0 +1,53 @@
+"""The adam_sqrt scaling rule's arithmetic (Config.per_rank) and its errors."""
+import math
+
+import pytest
+
+from hvd_dqn.config import Config
+from hvd_dqn.errors import UserError
+
+BASE = dict(env_id="CartPole-v1", batch_size=128, learning_rate=2e-3, updates_per_train=128,
+            target_update_every=128, train_every=256, num_envs=4, adam_epsilon=1e-7)
+
+
+def test_one_rank_is_the_config_as_written():
+    for boost in (1.0, 2.0, 3.0):
+        cfg = Config(**BASE, scaling="adam_sqrt", scaling_replay_boost=boost)
+        assert cfg.per_rank(1) == Config(**BASE, scaling="weak").per_rank(1) == Config(**BASE).per_rank(1)
+    one = cfg.per_rank(1)
+    assert (one.learning_rate, one.adam_beta1, one.adam_beta2, one.adam_epsilon) == (2e-3, 0.9, 0.999, 1e-7)
+
+
+@pytest.mark.parametrize("n, k", [(2, 1), (4, 2), (8, 4), (16, 8)])
+def test_n_ranks_with_a_replay_boost_of_two(n, k):
+    per = Config(**BASE, scaling="adam_sqrt", scaling_replay_boost=2.0).per_rank(n)
+    # the chain of updates is K = N / 2 times shorter: 128 / K updates per phase, target synced after each phase
+    assert (per.updates_per_phase, per.target_update_every, per.batch_size) == (128 // k, 128 // k, 128)
+    assert per.learning_rate == pytest.approx(2e-3 * math.sqrt(n), rel=1e-12)
+    assert per.adam_epsilon == pytest.approx(1e-7 / math.sqrt(n), rel=1e-12)
+    # Adam's memory spans the same env steps: one update at N ranks decays its averages as K updates at N = 1 do
+    assert (per.adam_beta1, per.adam_beta2) == (pytest.approx(0.9 ** k), pytest.approx(0.999 ** k))
+    # phases fall every 256 global env steps at any N; samples replayed per env step are twice N = 1's at N >= 2
+    assert per.vector_steps_per_train * per.global_steps_per_vector_step == 256
+    assert n * per.batch_size * per.updates_per_phase == 2 * 128 * 128
+
+
+def test_without_a_boost_the_chain_is_n_times_shorter_and_uneven_divisions_round():
+    per = Config(**BASE, scaling="adam_sqrt").per_rank(8)
+    assert (per.updates_per_phase, per.adam_beta1) == (16, pytest.approx(0.9 ** 8))
+    per = Config(**BASE, scaling="adam_sqrt").per_rank(3)  # no divisibility needed: 128 / 3 = 42.7 -> 43
+    assert (per.updates_per_phase, per.target_update_every) == (43, 43)
+    assert Config(**{**BASE, "updates_per_train": 4}, scaling="adam_sqrt").per_rank(16).updates_per_phase == 1
+
+
+def test_errors_are_one_line_and_name_the_key():
+    with pytest.raises(UserError, match=r"scaling_replay_boost: Input should be greater than or equal to 1") as err:
+        Config.from_dict({"env_id": "CartPole-v1", "scaling": "adam_sqrt", "scaling_replay_boost": 0.5})
+    assert "\n" not in str(err.value)
+    with pytest.raises(UserError, match="scaling_replay_boost is a parameter of scaling: adam_sqrt, not of scaling: weak"):
+        Config.from_dict({"env_id": "CartPole-v1", "scaling": "weak", "scaling_replay_boost": 2})
+    with pytest.raises(UserError, match="scaling: adam_sqrt shortens the chain .* federated_every"):
+        Config.from_dict({"env_id": "CartPole-v1", "scaling": "adam_sqrt", "federated_every": 4,
+                          "target_update_every": 128})
+    with pytest.raises(UserError, match="adam_beta2: Input should be less than 1"):
+        Config.from_dict({"env_id": "CartPole-v1", "adam_beta2": 1.0})
