@@ -210,6 +210,11 @@ class Config(BaseModel):
             batch_size, learning_rate, adam_epsilon = self.batch_size, self.learning_rate * n ** 0.5, \
                 self.adam_epsilon / n ** 0.5
             beta1, beta2 = self.adam_beta1 ** k, self.adam_beta2 ** k
+            for key in ("updates_per_train", "target_update_every"):
+                if getattr(self, key) < k:  # rounded up to 1, the chain would not get shorter while lr and betas do
+                    raise UserError(
+                        f"config: {key} {getattr(self, key)} is less than the {k:g} times that scaling: adam_sqrt "
+                        f"divides it by on {n} ranks; raise it (with train_every, to keep their ratio) to {k:g} or more")
             updates_per_train = max(1, round(self.updates_per_train / k))
             target_update_every = max(1, round(self.target_update_every / k))
         else:

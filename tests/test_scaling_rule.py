@@ -37,7 +37,7 @@ def test_without_a_boost_the_chain_is_n_times_shorter_and_uneven_divisions_round
     assert (per.updates_per_phase, per.adam_beta1) == (16, pytest.approx(0.9 ** 8))
     per = Config(**BASE, scaling="adam_sqrt").per_rank(3)  # no divisibility needed: 128 / 3 = 42.7 -> 43
     assert (per.updates_per_phase, per.target_update_every) == (43, 43)
-    assert Config(**{**BASE, "updates_per_train": 4}, scaling="adam_sqrt").per_rank(16).updates_per_phase == 1
+    assert Config(**{**BASE, "updates_per_train": 16}, scaling="adam_sqrt").per_rank(16).updates_per_phase == 1
 
 
 def test_errors_are_one_line_and_name_the_key():
@@ -49,5 +49,13 @@ def test_errors_are_one_line_and_name_the_key():
     with pytest.raises(UserError, match="scaling: adam_sqrt shortens the chain .* federated_every"):
         Config.from_dict({"env_id": "CartPole-v1", "scaling": "adam_sqrt", "federated_every": 4,
                           "target_update_every": 128})
+    # Atari's published 1 update per phase cannot get 4 times fewer: an error, not a silent half-applied rule
+    atari = Config(env_id="CartPole-v1", train_every=4, updates_per_train=1, target_update_every=250,
+                   scaling="adam_sqrt", scaling_replay_boost=2)
+    assert atari.per_rank(2).updates_per_phase == 1  # K = 1 at N = 2
+    with pytest.raises(UserError, match="updates_per_train 1 is less than the 4 times that scaling: adam_sqrt divides "
+                                        "it by on 8 ranks; raise it") as err:
+        atari.per_rank(8)
+    assert "\n" not in str(err.value)
     with pytest.raises(UserError, match="adam_beta2: Input should be less than 1"):
         Config.from_dict({"env_id": "CartPole-v1", "adam_beta2": 1.0})
