@@ -109,7 +109,7 @@ def summarize(rows: list[dict], threshold: float | None = None) -> dict:
     """Figures for the runs of one N. Unsolved runs count as never (infinity), so a median is honest about them."""
     done = [{**r, **judge(r, threshold)} for r in rows if "failed" not in r]
     solved = lambda key: [r[key] if r["solved_env_steps"] is not None else INF for r in done]  # noqa: E731
-    loads = [r["load_before"][0] for r in rows] + [r["load_after"][0] for r in rows]
+    loads = [r[k][0] for r in rows for k in ("load_before", "load_after") if r.get(k)]
     return {
         "runs": len(done), "failed": len(rows) - len(done),
         "solved": sum(r["solved_env_steps"] is not None for r in done), "held": sum(r["held"] for r in done),
@@ -126,6 +126,10 @@ def _fmt(value: float, spec: str) -> str:
     if value == INF:
         return "never"
     return "-" if math.isnan(value) else format(value, spec)
+
+
+def _load(load: tuple[float, float]) -> str:
+    return "not recorded" if math.isnan(load[0]) else f"{load[0]:.1f}-{load[1]:.1f}"
 
 
 def table(rows: list[dict], threshold: float | None = None) -> str:
@@ -153,7 +157,7 @@ def table(rows: list[dict], threshold: float | None = None) -> str:
                 f"| {_fmt(s['steps_to_threshold'], ',.0f')} | {ratio('steps_to_threshold')} "
                 f"| {_fmt(s['updates_to_threshold'], ',.0f')} | {ratio('updates_to_threshold')} "
                 f"| {_fmt(s['updates'], ',.0f')} | {_fmt(s['wall_to_threshold'], '.1f')} | {_fmt(s['wall'], '.1f')} "
-                f"| {s['load'][0]:.1f}-{s['load'][1]:.1f} |")
+                f"| {_load(s['load'])} |")
             if not s["replicas_equal"]:
                 out[-1] += " replicas differ!"
     return "\n".join(out)
