@@ -1,6 +1,7 @@
 """Bad input and faults a user can cause (issue 14, items 7-9): each is exactly one line on stderr, exit code 2, no
 traceback, a short message whatever the size of the input, and nothing of the user's lost. Each row of the tables
 below is a row of the README's reliability table."""
+import errno
 import json
 import os
 import shutil
@@ -124,6 +125,23 @@ def test_learning_waits_until_the_replay_holds_a_batch(tmp_path):
     assert 267 <= summary["updates"] <= 269, summary["updates"]
 
 
+@pytest.mark.multiproc
+def test_two_ranks_wait_for_each_others_replay_in_lockstep(tmp_path):
+    """The same on 2 ranks (horovodrun, MPI controller): each rank's episodes end elsewhere, so their replays fill
+    differently; the allreduced decision starts both at the same step, the job ends and the replicas agree."""
+    path = tmp_path / "c.yaml"
+    path.write_text("env_id: CartPole-v1\ntotal_env_steps: 600\nlearning_starts: 0\ntrain_every: 2\n"
+                    "updates_per_train: 1\nn_step: 3\nbatch_size: 64\nhidden_sizes: [8]\neval_every: 600\n"
+                    "eval_episodes: 2\nlog_every: 600\ncheckpoint_every_minutes: null\n")
+    run_dir = tmp_path / "run"
+    proc = run([BIN / "horovodrun", "-np", "2", "--mpi", "-H", "localhost:2", BIN / "hvd-dqn", "train",
+                "--config", path, "--run-dir", run_dir], timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    summary = json.loads((run_dir / "summary.json").read_text())
+    # 300 vector steps of 2 ranks; 32 transitions per rank after 32-34 of them
+    assert 267 <= summary["updates"] <= 269 and len(set(summary["replica_checksums"])) == 1, summary
+
+
 # ------------------------------------------------------------------ damaged files in run dirs
 @pytest.fixture(scope="module")
 def finished(tmp_path_factory):
@@ -204,14 +222,14 @@ def small_disk(tmp_path):
 
 
 def _fill(directory):
-    with open(directory / "filler", "wb") as f:
-        try:
-            while True:
-                f.write(b"\0" * 4096)
-                f.flush()
-        except OSError:
+    fd = os.open(directory / "filler", os.O_WRONLY | os.O_CREAT)
+    try:
+        while os.write(fd, b"\0" * 4096):
             pass
-        os.fsync(f.fileno())
+    except OSError as exc:
+        assert exc.errno == errno.ENOSPC
+    finally:
+        os.close(fd)
 
 
 def test_resume_on_a_full_disk_is_one_line_and_changes_nothing(finished, small_disk, capsys):

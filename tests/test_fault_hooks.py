@@ -8,7 +8,6 @@ import pytest
 from conftest import BIN, ROOT, run
 from hvd_dqn import Config, Trainer
 from hvd_dqn.errors import UserError
-from hvd_dqn.testing import faults
 
 TINY = dict(env_id="CartPole-v1", seed=3, total_env_steps=600, hidden_sizes=(8,), learning_starts=200,
             train_every=100, updates_per_train=5, target_update_every=10, eval_every=600, eval_episodes=1,
@@ -29,6 +28,8 @@ def test_a_production_job_ignores_the_fault_variables(tmp_path):
 
 
 def test_the_switch_turns_them_on(tmp_path, monkeypatch):
+    from hvd_dqn.testing import faults
+
     monkeypatch.setenv("HVD_DQN_TEST_HOOKS", "1")
     monkeypatch.setenv("HVD_DQN_FAULT", "0:300")
     with pytest.raises(RuntimeError, match=r"^injected fault at global env step 300 \(HVD_DQN_FAULT\)$"):
@@ -37,6 +38,8 @@ def test_the_switch_turns_them_on(tmp_path, monkeypatch):
 
 
 def test_a_malformed_fault_variable_is_one_line(monkeypatch):
+    from hvd_dqn.testing import faults
+
     monkeypatch.setenv("HVD_DQN_FAULT", "one:300")
     with pytest.raises(UserError, match=r"^HVD_DQN_FAULT: expected an integer, got 'one'$"):
         faults.from_env()
