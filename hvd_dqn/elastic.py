@@ -65,7 +65,8 @@ class ElasticTrainer(Trainer):
             s.env_steps += self.per.global_steps_per_vector_step
             final = s.env_steps >= cfg.total_env_steps
             self._collect()
-            if s.env_steps >= cfg.learning_starts and s.vstep % self.per.vector_steps_per_train == 0:
+            if s.env_steps >= cfg.learning_starts and s.vstep % self.per.vector_steps_per_train == 0 \
+                    and self._replay_ready():
                 self._learn()
                 for name, value in self._counters().items():
                     setattr(state, name, value)
@@ -97,6 +98,7 @@ class ElasticTrainer(Trainer):
         cfg = self.config
         world = self.world = distributed.init()
         self.per = cfg.per_rank(world.size)
+        self.replay_ready = False  # a joining worker's replay starts empty: every rank asks again, alike
         count = self.evaluator.count
         self.evaluator = Evaluator(cfg.env_id, cfg.eval_episodes, cfg.seed, world.rank, world.size, cfg.eval_epsilon)
         self.evaluator.count = count

@@ -9,16 +9,30 @@ the ranks SIGTERM, then SIGKILL 5 s later), or a user (``kill -USR1 <rank pid>``
 """
 from __future__ import annotations
 
+import math
 import os
 import signal
 import socket
 import sys
 import threading
 
+from hvd_dqn.errors import UserError, excerpt
+
 PREEMPTED_EXIT_CODE = 75  # EX_TEMPFAIL (sysexits.h): stopped on request, a checkpoint is written, resume later
 SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
-PREEMPT_AT_ENV = "HVD_DQN_PREEMPT_AT"  # "RANK:GLOBAL_STEP": raise the flag on that rank at that step (tests)
 GRACE_ENV = "HVD_DQN_TERM_GRACE_S"  # seconds after SIGTERM to agree on the stop, else exit 143 (default 10)
+
+
+def grace_seconds() -> float:
+    """HVD_DQN_TERM_GRACE_S (default 10): a positive number of seconds, else a one-line UserError."""
+    raw = os.environ.get(GRACE_ENV) or "10"
+    try:
+        value = float(raw)
+    except ValueError:
+        value = math.nan
+    if not (math.isfinite(value) and value > 0):
+        raise UserError(f"{GRACE_ENV}: expected a positive number of seconds, got {excerpt(raw)}")
+    return value
 
 
 class Preempted(Exception):
@@ -48,18 +62,14 @@ class StopRequest:
         self._timer: threading.Timer | None = None
         self._agreed = False
         self._lock = threading.Lock()
-        self.grace_s = float(os.environ.get(GRACE_ENV) or 10.0)
-        spec = os.environ.get(PREEMPT_AT_ENV, "")
-        at_rank, _, step = spec.partition(":")
-        self._at_step = int(step) if spec and int(at_rank) == rank else None
+        self.grace_s = grace_seconds()
 
     @property
     def requested(self) -> bool:
         return self.signame is not None
 
     def poll(self, env_steps: int) -> bool:
-        if self._at_step is not None and env_steps >= self._at_step and self.signame is None:
-            self.signame = PREEMPT_AT_ENV
+        """Asked at each decision point (global env step ``env_steps``): has a stop been requested?"""
         return self.requested
 
     def agreed(self) -> None:

@@ -15,6 +15,7 @@ import numpy as np
 
 from hvd_dqn.envs import atari_options
 from hvd_dqn.errors import UserError
+from hvd_dqn.metrics import read_json_object
 
 EXPORT_META = "export.json"
 
@@ -58,7 +59,7 @@ def load_policy(path: str | Path) -> LoadedPolicy:
     if (path / "saved_model" / "saved_model.pb").is_file():
         import tensorflow as tf
 
-        meta = json.loads((path / EXPORT_META).read_text()) if (path / EXPORT_META).is_file() else {}
+        meta = read_json_object(path / EXPORT_META, missing={})
         loaded = tf.saved_model.load(str(path / "saved_model"))
         fn = loaded.signatures["q_values"]
         spec = fn.structured_input_signature[1]["observation"]
@@ -69,8 +70,7 @@ def load_policy(path: str | Path) -> LoadedPolicy:
     if not model_file.is_file():
         raise UserError(f"{path}: no model in it (expected q_network.keras from a finished run, or "
                         f"saved_model/ from hvd-dqn export)")
-    config_file = path / "config.json"
-    env_id = json.loads(config_file.read_text()).get("env_id") if config_file.is_file() else None
+    env_id = read_json_object(path / "config.json", missing={}).get("env_id")
     return _keras_policy(_load_keras(model_file), env_id, str(path))
 
 
@@ -93,6 +93,7 @@ def export(run_dir: str | Path, out_dir: str | Path) -> Path:
     model_file = run_dir / "q_network.keras"
     if not model_file.is_file():
         raise UserError(f"{run_dir}: no model in it (q_network.keras is written when a run finishes)")
+    config = read_json_object(run_dir / "config.json", missing={})
     import tensorflow as tf  # after the checks: a mistyped path fails at once, not after TF's start-up
 
     model = _load_keras(model_file)
@@ -120,7 +121,6 @@ def export(run_dir: str | Path, out_dir: str | Path) -> Path:
     tf.saved_model.save(policy, str(tmp / "saved_model"), signatures={
         "serving_default": policy.q_values, "q_values": policy.q_values, "greedy_action": policy.greedy_action})
     shutil.copy2(model_file, tmp / "q_network.keras")
-    config = json.loads((run_dir / "config.json").read_text()) if (run_dir / "config.json").is_file() else {}
     (tmp / EXPORT_META).write_text(json.dumps({
         "env_id": config.get("env_id"), "observation_shape": list(obs_shape),
         "n_actions": int(model.output_shape[-1]), "from_run": str(run_dir),

@@ -30,8 +30,7 @@ from hvd_dqn.preemption import Preempted, StopRequest
 from hvd_dqn.prioritized import ReplayShard, annealed_beta
 from hvd_dqn.replay import ReplayBuffer
 
-FAULT_ENV = "HVD_DQN_FAULT"  # "RANK:GLOBAL_STEP": raise on that rank at that step (failure-handling tests)
-NAN_ENV = "HVD_DQN_INJECT_NAN"  # "UPDATE": rank 0 feeds a NaN reward into that gradient update (guard tests)
+TEST_HOOKS_ENV = "HVD_DQN_TEST_HOOKS"  # "1" turns on hvd_dqn.testing.faults' switches; read once, by __init__
 
 
 @dataclass
@@ -62,7 +61,7 @@ class Trainer:
         self.config = config
         self.resume = resume
         self.run_dir = Path(run_dir) if run_dir is not None else None
-        self.callbacks = CallbackList(callbacks)
+        self.callbacks = CallbackList([*callbacks, *_test_hooks()])
         self.learner: Learner | None = None
 
     @property
@@ -106,7 +105,8 @@ class Trainer:
             s.env_steps = s.vstep * per.global_steps_per_vector_step
             final = s.vstep == per.vector_steps
             self._collect()
-            if s.env_steps >= cfg.learning_starts and s.vstep % per.vector_steps_per_train == 0:
+            if s.env_steps >= cfg.learning_starts and s.vstep % per.vector_steps_per_train == 0 \
+                    and self._replay_ready():
                 self._learn()
             row = {}
             if final or _crossed(prev_steps, s.env_steps, cfg.eval_every):
@@ -126,6 +126,7 @@ class Trainer:
         cfg, world = self.config, self.world
         self.start, self.started_at = time.perf_counter(), time.time()
         self.per = per = cfg.per_rank(world.size)
+        cfg.check_schedule(per)
         self.run_dir = self._resolve_run_dir()
         resume_from = checkpoint.find_for_resume(self.run_dir) if self.resume else None
         if resume_from is None and checkpoint.listed(self.run_dir):
@@ -133,16 +134,8 @@ class Trainer:
             # could pick up the earlier run's newest checkpoint); its files are not ours to delete
             raise UserError(f"run dir {self.run_dir} holds the checkpoints of an earlier run: continue it with "
                             f"--resume {self.run_dir}, or train into another --run-dir")
-        if resume_from is not None and world.is_chief:
-            trainstate.trim_metrics(self.run_dir, resume_from)
-        self.logger = RunLogger(self.run_dir, enabled=world.is_chief, total_env_steps=cfg.total_env_steps,
-                                fresh=resume_from is None)
-        # what each rank runs after the scaling rule (README "Scaling rule"), beside the config as written
-        self.logger.write_json("config.json", {**cfg.to_dict(), "world_size": world.size,
-                                               "per_rank": per.model_dump()})
+        self._open_outputs(resume_from)
         self.threshold = cfg.reward_threshold if cfg.reward_threshold is not None else reward_threshold(cfg.env_id)
-        self.fault_step = _fault_step(world.rank)
-        self.nan_update = int(os.environ[NAN_ENV]) if os.environ.get(NAN_ENV) and world.is_chief else None
 
         self.envs = make_vector_env(cfg.env_id, cfg.num_envs, backend=cfg.atari_vector_env,
                                     threads=world.cores_per_rank, **atari_options(cfg))
@@ -168,18 +161,35 @@ class Trainer:
         self.evaluator = Evaluator(cfg.env_id, cfg.eval_episodes, cfg.seed, world.rank, world.size, cfg.eval_epsilon,
                                    env_kwargs=atari_options(cfg))
         self.state = LoopState(episode_return=np.zeros(cfg.num_envs))
+        self.replay_ready = False
         self._tick = (0, self.start, 0)
         self.last_checkpoint_at = time.monotonic()
         if resume_from is not None:
             self._resume(resume_from)
+        self.callbacks.fire("on_train_begin", self)
         return per
+
+    def _open_outputs(self, resume_from: Path | None) -> None:
+        """Rank 0: metrics.jsonl trimmed to the checkpoint, the logger, config.json. A full or read-only disk is
+        a one-line UserError; these writes are atomic (temp file, then rename), so nothing of the run changed."""
+        cfg, world = self.config, self.world
+        try:
+            if resume_from is not None and world.is_chief:
+                trainstate.trim_metrics(self.run_dir, resume_from)
+            self.logger = RunLogger(self.run_dir, enabled=world.is_chief, total_env_steps=cfg.total_env_steps,
+                                    fresh=resume_from is None)
+            # what each rank runs after the scaling rule (README "Scaling rule"), beside the config as written
+            self.logger.write_json("config.json", {**cfg.to_dict(), "world_size": world.size,
+                                                   "per_rank": self.per.model_dump()})
+        except OSError as exc:
+            name = Path(exc.filename).name if exc.filename else "its files"
+            raise UserError(f"run dir {self.run_dir}: cannot write {name} ({exc.strerror or exc}); "
+                            f"its files were left as they were") from None
 
     # ------------------------------------------------------------------ the phases
     def _collect(self) -> None:
         """One step of every env of this rank, epsilon-greedy, into the replay shard."""
         cfg, s = self.config, self.state
-        if self.fault_step is not None and s.env_steps >= self.fault_step:
-            raise RuntimeError(f"injected fault at global env step {s.env_steps} ({FAULT_ENV})")
         eps = actor_epsilons(self.epsilon(), self.world.rank, self.world.size, cfg.num_envs, cfg.epsilon_spread)
         actions = epsilon_greedy(self.act(self.obs), eps, self.rng)
         next_obs, reward, terminated, truncated, info = self.envs.step(actions)
@@ -221,8 +231,6 @@ class Trainer:
                               cfg.federated_every)
         for k, sync, average in chunks:
             batch, discount, weights, idx = self.shard.sample(self.rng, (k, per.batch_size), beta)
-            if self.nan_update is not None and 0 <= self.nan_update - learner.updates - 1 < k:
-                batch.reward[self.nan_update - learner.updates - 1, 0] = np.nan
             s.train_stats = learner.train_phase(batch, lr, discount, weights)
             self.shard.update_priorities(idx, learner.last_td_abs)
             if average:
@@ -232,6 +240,15 @@ class Trainer:
                 learner.sync_target()
         learner.update_average()
         self.act = self.learner.acting_fn()
+
+    def _replay_ready(self) -> bool:
+        """Every rank's replay holds a minibatch to sample (a small learning_starts can come before that: n-step
+        transitions need n steps, Atari's frame stacks a few frames). Allreduced, so every rank decides alike;
+        replay only grows, so once true it stays true and the collective is not run again."""
+        if not self.replay_ready:
+            short = float(self.shard.sampleable_count() < self.per.batch_size)
+            self.replay_ready = distributed.allreduce_sum([short])[0] == 0
+        return self.replay_ready
 
     def _evaluate(self) -> dict[str, Any]:
         """Greedy episodes, split across ranks and gathered on all (a collective)."""
@@ -385,9 +402,10 @@ def _crossed(before: int, after: int, every: int) -> bool:
     return after // every > before // every
 
 
-def _fault_step(rank: int) -> int | None:
-    spec = os.environ.get(FAULT_ENV)
-    if not spec:
-        return None
-    fault_rank, _, step = spec.partition(":")
-    return int(step or 0) if int(fault_rank) == rank else None
+def _test_hooks() -> list:
+    """The fault-injection callbacks that tests switch on with HVD_DQN_TEST_HOOKS=1; none in a production job."""
+    if os.environ.get(TEST_HOOKS_ENV) != "1":
+        return []
+    from hvd_dqn.testing.faults import from_env
+
+    return from_env()

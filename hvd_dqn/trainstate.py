@@ -17,6 +17,7 @@ import numpy as np
 
 from hvd_dqn import checkpoint, distributed, envstate
 from hvd_dqn.checkpoint import CheckpointError
+from hvd_dqn.errors import clip, excerpt
 
 
 # ---------------------------------------------------------------------------------------------- per-rank arrays
@@ -143,12 +144,32 @@ def _row_step(line: str) -> float:
         return float("inf")  # a half-written last line of a killed run
 
 
+# state.json's keys that restore reads, and their JSON types
+STATE_TYPES = {"world_size": int, "config": dict, "loop": dict, "updates": int, "evaluator_count": int,
+               "started_at": (int, float), "written_at": (int, float)}
+LOOP_TYPES = {"vstep": int, "env_steps": int, "since_sync": int, "train_stats": dict, "last_eval": dict,
+              "solved_env_steps": (int, type(None)), "solved_wall_s": (int, float, type(None))}
+
+
+def _check_state(ckpt: Path, state: dict[str, Any]) -> None:
+    """A one-line CheckpointError naming state.json where a key that restore reads is missing or of another type
+    (a hand-edited or foreign file whose manifest was rewritten to match)."""
+    for where, data, types in (("", state, STATE_TYPES), ("loop.", state.get("loop"), LOOP_TYPES)):
+        for key, kind in types.items():
+            if key not in data:
+                raise CheckpointError(f"checkpoint {ckpt}: state.json is damaged (no {where}{key})")
+            if not isinstance(data[key], kind) or isinstance(data[key], bool):
+                raise CheckpointError(f"checkpoint {ckpt}: state.json is damaged ({where}{key} is a "
+                                      f"{type(data[key]).__name__}: {excerpt(data[key])})")
+
+
 def restore(trainer, ckpt: Path) -> dict[str, Any]:
     """Load ``ckpt`` into a freshly set-up trainer (same config structure and world size); returns state.json."""
     world, s = trainer.world, trainer.state
     error, state = None, None
     try:
         state = checkpoint.verify(ckpt)
+        _check_state(ckpt, state)
         checkpoint.check_compatible(ckpt, state, trainer.config.to_dict(), world.size)
         learner = trainer.learner
         # Adam's slots exist only after a first step; create them now so the checkpoint restores into them
@@ -172,8 +193,9 @@ def restore(trainer, ckpt: Path) -> dict[str, Any]:
         s.finished_returns = list(mine["finished_returns"])
     except CheckpointError as exc:
         error = exc
-    except (KeyError, TypeError, ValueError) as exc:
-        error = CheckpointError(f"checkpoint {ckpt}: damaged or foreign contents ({type(exc).__name__}: {exc})")
+    except (AttributeError, KeyError, TypeError, ValueError) as exc:
+        error = CheckpointError(f"checkpoint {ckpt}: damaged or foreign contents ({type(exc).__name__}: "
+                                f"{clip(str(exc), 200)})")
     # Horovod: no rank goes on (into collectives) with a checkpoint another rank could not load.
     if distributed.allreduce_sum([float(error is not None)])[0]:
         raise error or CheckpointError(f"checkpoint {ckpt}: another rank could not load its part (see its error)")

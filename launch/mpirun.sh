@@ -11,8 +11,10 @@
 #   MPIRUN_ARGS  extra mpirun options, word-split (e.g. "--mca btl_tcp_if_include eth0")
 #   VIRTUAL_ENV  the venv holding hvd-dqn (default: this checkout's .venv, then PATH)
 # Flags: -bind-to none -map-by slot (each rank gets its cores from TensorFlow's thread pools, not from MPI's
-# binding), `-x` exports PATH, LD_LIBRARY_PATH, PYTHONPATH, VIRTUAL_ENV, TF_* and every HOROVOD_*, NCCL_* and
-# HVD_DQN_* variable that is set here to the ranks on every host; --allow-run-as-root only when run as root.
+# binding), `-x` exports PATH, LD_LIBRARY_PATH, PYTHONPATH, VIRTUAL_ENV, HVD_DQN_TERM_GRACE_S and every TF_*,
+# HOROVOD_* and NCCL_* variable that is set here to the ranks on every host; --allow-run-as-root only when run as
+# root. hvd-dqn's test hooks (HVD_DQN_TEST_HOOKS and the faults it enables) are not production settings and are
+# not exported.
 # Every output line is prefixed by its rank: "[1,1]<stderr>:...".
 set -euo pipefail
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -26,7 +28,8 @@ hvd_dqn=$(find_hvd_dqn "$here/..")
 args=(-np "$NP" -bind-to none -map-by slot --tag-output -mca pml ob1 -mca btl ^openib)
 if [ -n "${HOSTFILE:-}" ]; then args+=(--hostfile "$HOSTFILE"); elif [ -n "${HOSTS:-}" ]; then args+=(-H "$HOSTS"); fi
 [ "$(id -u)" = 0 ] && args+=(--allow-run-as-root)
-for var in PATH LD_LIBRARY_PATH PYTHONPATH VIRTUAL_ENV $(compgen -e | grep -E '^(TF_|HOROVOD_|NCCL_|HVD_DQN_)' || true); do
+for var in PATH LD_LIBRARY_PATH PYTHONPATH VIRTUAL_ENV HVD_DQN_TERM_GRACE_S \
+    $(compgen -e | grep -E '^(TF_|HOROVOD_|NCCL_)' || true); do
   [ -n "${!var+set}" ] && args+=(-x "$var")
 done
 read -r -a extra <<< "${MPIRUN_ARGS:-}"

@@ -6,7 +6,7 @@ from conftest import run
 from hvd_dqn.config import Config
 from hvd_dqn.errors import UserError
 
-GOOD = "env_id: CartPole-v1\ntotal_env_steps: 1000\n"
+GOOD = "env_id: CartPole-v1\ntotal_env_steps: 1000\nlearning_starts: 100\n"
 
 
 def test_yaml_and_overrides(tmp_path):
@@ -20,7 +20,7 @@ def test_yaml_and_overrides(tmp_path):
 
 def test_per_rank_split():
     cfg = Config(env_id="CartPole-v1", batch_size=64, replay_capacity=1001, total_env_steps=1000, num_envs=2,
-                 train_every=256)
+                 train_every=256, learning_starts=100)
     per = cfg.per_rank(2)
     assert (per.batch_size, per.replay_capacity, per.vector_steps, per.vector_steps_per_train) == (32, 501, 250, 64)
     with pytest.raises(UserError, match="batch_size 64 is not divisible by the 3 ranks"):
