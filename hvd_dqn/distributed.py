@@ -145,6 +145,13 @@ def allgather(values: np.ndarray) -> np.ndarray:
     return _hvd().allgather(tf.convert_to_tensor(values)).numpy()
 
 
+def allgather_object(obj) -> list:
+    """Every rank's ``obj`` (a small picklable value: names, sizes, digests) in rank order; a collective."""
+    if world().size == 1:
+        return [obj]
+    return _hvd().allgather_object(obj)
+
+
 def barrier() -> None:
     """Every rank waits here until all have arrived (e.g. until rank 0 has finished writing a file)."""
     if world().size > 1:

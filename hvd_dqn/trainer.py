@@ -99,6 +99,7 @@ class Trainer:
     # ------------------------------------------------------------------ the loop
     def _train(self) -> dict[str, Any]:
         cfg, per, s = self.config, self._setup(), self.state
+        summary = None
         while s.vstep < per.vector_steps:
             prev_steps = s.env_steps
             s.vstep += 1
@@ -113,13 +114,27 @@ class Trainer:
                 row.update(self._evaluate())
             if final or row or _crossed(prev_steps, s.env_steps, cfg.log_every):
                 self._log(row)
+            if final:  # before the final checkpoint, so that a failing one cannot take the finished run with it
+                summary = self._write_outputs()
             save, stop = self._checkpoint_due(prev_steps, final)
             if save:
-                saved = trainstate.save(self)
+                saved = self._save_checkpoint(final)
                 self.last_checkpoint_at = time.monotonic()
                 if stop:
                     raise Preempted(s.env_steps, saved, self.stop.signame or "another rank's signal")
-        return self._finish()
+        if summary is None:  # resumed from the final checkpoint of a finished run: nothing left to train
+            summary = self._write_outputs()
+        self._close()
+        return summary
+
+    def _save_checkpoint(self, final: bool) -> Path:
+        try:
+            return trainstate.save(self)
+        except checkpoint.CheckpointError as exc:
+            if not final:
+                raise
+            raise checkpoint.CheckpointError(f"{exc}; the finished run's q_network.keras and summary.json are "
+                                             f"saved in {self.run_dir}") from None
 
     def _setup(self):
         """Run dir, logger, envs, replay, learner, evaluator and loop state (restored when resuming)."""
@@ -330,6 +345,11 @@ class Trainer:
                 closable.close()
 
     def _finish(self) -> dict[str, Any]:
+        summary = self._write_outputs()
+        self._close()
+        return summary
+
+    def _write_outputs(self) -> dict[str, Any]:
         """Checksums of every replica (a collective), the final network and the summary."""
         cfg, s, world = self.config, self.state, self.world
         checksums = distributed.gather_checksums(self.learner.online.variables)
@@ -348,8 +368,6 @@ class Trainer:
             "replica_checksums": checksums, "peak_rss_mb": peak_rss_mb, "run_dir": str(self.run_dir),
         }
         self.logger.write_json("summary.json", summary)
-        self.logger.close()
-        self.envs.close()
         return summary
 
     # ------------------------------------------------------------------ helpers
