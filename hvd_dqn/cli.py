@@ -66,7 +66,8 @@ def main(argv: list[str] | None = None) -> int:
             print(f"wrote {plot_runs([Path(d) for d in args.run_dirs], Path(args.output))}")
             return 0
     except UserError as exc:
-        print(f"hvd-dqn: error: {exc}", file=sys.stderr)
+        if not getattr(exc, "quiet", False):  # said once for the whole job, by rank 0
+            print(f"hvd-dqn: error: {exc}", file=sys.stderr)
         return exc.exit_code
     return 1
 
