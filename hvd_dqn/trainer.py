@@ -70,6 +70,7 @@ class Trainer:
         self.learner: Learner | None = None
         self.lock: RunLock | None = None
         self.watchdog: Watchdog | None = None
+        self.compiled = False  # whether this process has run a learning phase (traced the update) yet
 
     @property
     def q_network(self):
@@ -123,9 +124,10 @@ class Trainer:
             final = s.vstep == per.vector_steps
             self._collect()
             if s.env_steps >= cfg.learning_starts and s.vstep % per.vector_steps_per_train == 0:
-                # the first phase traces and compiles the update, which may take minutes (Atari CNN, XLA)
-                with self.paused("compiling the update") if self.learner.updates == 0 else contextlib.nullcontext():
+                # this process's first phase traces and compiles the update, which may take minutes (Atari CNN, XLA)
+                with self.paused("compiling the update") if not self.compiled else contextlib.nullcontext():
                     self._learn()
+                self.compiled = True
             row = {}
             if final or _crossed(prev_steps, s.env_steps, cfg.eval_every):
                 row.update(self._evaluate())
