@@ -36,6 +36,7 @@ from typing import Any
 
 import numpy as np
 
+from hvd_dqn import runlock
 from hvd_dqn.errors import UserError
 
 FORMAT = "hvd-dqn-checkpoint"
@@ -99,15 +100,20 @@ def latest(run_dir: Path) -> Path | None:
 
 
 def prune(run_dir: Path, keep: int, current: Path) -> None:
-    """Keep the newest ``keep`` complete checkpoints; drop older ones and stale ``.tmp`` writes (never ``current``)."""
+    """Keep the newest ``keep`` complete checkpoints; drop older ones and stale ``.tmp`` writes (never ``current``).
+
+    A ``ckpt-*.tmp`` (or ``.old``) may be another job's write in progress, so it is deleted only while this
+    process holds the run dir's lock (``hvd_dqn.runlock``): then no other job can be writing here, and every one
+    is the leftover of a job that died mid-write (ours was renamed into place before pruning)."""
     complete = [p for p in listed(run_dir) if is_complete(p)]
     for old in complete[:-keep]:
         if old != current:
             shutil.rmtree(old, ignore_errors=True)
-    for stale in checkpoints_dir(run_dir).glob("ckpt-*.tmp"):
-        shutil.rmtree(stale, ignore_errors=True)
-    for stale in checkpoints_dir(run_dir).glob("ckpt-*.old"):
-        shutil.rmtree(stale, ignore_errors=True)
+    if not runlock.holds(run_dir):
+        return
+    for pattern in ("ckpt-*.tmp", "ckpt-*.old"):
+        for stale in checkpoints_dir(run_dir).glob(pattern):
+            shutil.rmtree(stale, ignore_errors=True)
 
 
 # ---------------------------------------------------------------------------------------------- writing

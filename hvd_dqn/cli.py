@@ -68,7 +68,8 @@ def main(argv: list[str] | None = None) -> int:
             print(f"wrote {plot_runs([Path(d) for d in args.run_dirs], Path(args.output))}")
             return 0
     except UserError as exc:
-        print(f"hvd-dqn: error: {one_line(exc)}", file=sys.stderr)
+        if not getattr(exc, "quiet", False):  # said once for the whole job, by rank 0
+            print(f"hvd-dqn: error: {one_line(exc)}", file=sys.stderr)
         return exc.exit_code
     return 1
 
@@ -94,8 +95,15 @@ def _train(args) -> int:
     else:
         from hvd_dqn.trainer import Trainer
 
+    from hvd_dqn.runlock import RunDirInUse
+
     try:
         summary = Trainer(config, run_dir=args.resume or args.run_dir, resume=args.resume is not None).train()
+    except RunDirInUse:
+        # every rank of the job is leaving with 2; a launcher that SIGTERMs the others once the first has exited
+        # (horovodrun --gloo) must not turn a rank's 2 into 143
+        ignore_stop_signals()
+        raise
     except Preempted as exc:
         ignore_stop_signals()
         if distributed.world().is_chief:

@@ -154,6 +154,11 @@ class Config(BaseModel):
                                 "at the next learning-phase boundary); null = none by time.")
     keep_checkpoints: int = Field(2, ge=1, le=1000, description="Newest complete checkpoints kept; older ones "
                                                                  "are deleted once a newer one is complete.")
+    hang_timeout_s: Optional[float] = Field(
+        300.0, ge=10, le=7 * 24 * 3600, description="Seconds a rank's training loop may make no progress (waiting "
+                                                    "for a stopped, deadlocked or unreachable rank) before the job "
+                                                    "ends non-zero with a line naming that rank; local evaluations "
+                                                    "and checkpoint writes do not count; null = wait forever.")
 
     @field_validator("hidden_sizes", mode="before")
     @classmethod

@@ -18,6 +18,7 @@ from hvd_dqn.errors import UserError
 from hvd_dqn.evaluation import Evaluator
 from hvd_dqn.learner import Learner
 from hvd_dqn.metrics import RunLogger
+from hvd_dqn.runlock import RunDirInUse, RunLock
 from hvd_dqn.trainer import Trainer, _crossed
 
 COUNTERS = ("vstep", "env_steps", "since_sync", "updates", "evaluator_count", "last_eval", "solved_env_steps",
@@ -46,6 +47,15 @@ class ElasticTrainer(Trainer):
 
     def _checkpoint_due(self, prev_steps: int, final: bool) -> tuple[bool, bool]:
         return False, False
+
+    def _lock_run_dir(self) -> None:
+        # No broadcast of the outcome: a worker that joins later runs this too, alone. A refused rank 0 fails
+        # with a plain UserError, which ends the whole job (the base class's RunDirInUse assumes every rank knows).
+        if self.world.is_chief:
+            try:
+                self.lock = RunLock(self.run_dir).acquire()
+            except RunDirInUse as exc:
+                raise UserError(str(exc)) from None
 
     def _train(self) -> dict[str, Any]:
         self._setup()

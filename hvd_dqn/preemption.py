@@ -4,8 +4,9 @@ The handler only sets a flag. The trainer allreduces the flags of all ranks at i
 iterations on every rank), so a signal that reaches one rank, some or all of them stops every rank at the same
 update; the job then writes a checkpoint and every rank exits with PREEMPTED_EXIT_CODE. Who sends the signal:
 SLURM (``--signal=B:USR1@120`` to the batch script, which forwards it to srun's tasks), mpirun (forwards SIGUSR1;
-on SIGTERM it kills the ranks a few seconds later, so send SIGUSR1 to mpirun), horovodrun (on SIGTERM it gives
-the ranks SIGTERM, then SIGKILL 5 s later), or a user (``kill -USR1 <rank pid>``).
+on SIGTERM it kills the ranks a few seconds later, so send SIGUSR1 to mpirun), horovodrun (with Gloo, on SIGTERM
+it gives the ranks SIGTERM, then SIGKILL 5 s later; with MPI it ends alone, and the ranks see it gone:
+``hvd_dqn.launcherwatch``), or a user (``kill -USR1 <rank pid>``).
 """
 from __future__ import annotations
 
@@ -79,17 +80,22 @@ class StopRequest:
             if self._timer is not None:
                 self._timer.cancel()
 
-    def _requested(self, signum: int) -> None:
+    def request(self, reason: str, deadline: bool = True) -> None:
+        """Ask for the stop (from any thread); ``reason`` names it in the messages. With ``deadline`` the ranks
+        must agree on it within ``grace_s``, as after SIGTERM (e.g. the launcher is gone: see launcherwatch)."""
         with self._lock:
             if self.signame is None:
-                self.signame = signal.Signals(signum).name
-            if signum == signal.SIGTERM and self._timer is None and not self._agreed:
-                self._timer = threading.Timer(self.grace_s, self._expire)
+                self.signame = reason
+            if deadline and self._timer is None and not self._agreed:
+                self._timer = threading.Timer(self.grace_s, self._expire, args=(reason,))
                 self._timer.daemon = True
                 self._timer.start()
 
-    def _expire(self) -> None:
-        print(f"hvd-dqn: SIGTERM, and the ranks did not agree on a stop within {self.grace_s:g} s (a rank is "
+    def _requested(self, signum: int) -> None:
+        self.request(signal.Signals(signum).name, deadline=signum == signal.SIGTERM)
+
+    def _expire(self, reason: str) -> None:
+        print(f"hvd-dqn: {reason}, and the ranks did not agree on a stop within {self.grace_s:g} s (a rank is "
               "gone, or this one is blocked); exiting without a checkpoint", file=sys.stderr, flush=True)
         os._exit(128 + signal.SIGTERM)
 

@@ -6,8 +6,10 @@ makes exactly the same collective calls.
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import resource
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -15,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from hvd_dqn import checkpoint, distributed, trainstate
+from hvd_dqn import checkpoint, distributed, launcherwatch, trainstate
 from hvd_dqn.actor import actor_epsilons, epsilon_greedy, linear_epsilon
 from hvd_dqn.callbacks import CallbackList
 from hvd_dqn.config import Config
@@ -29,6 +31,8 @@ from hvd_dqn.nstep import NStepAccumulator
 from hvd_dqn.preemption import Preempted, StopRequest
 from hvd_dqn.prioritized import ReplayShard, annealed_beta
 from hvd_dqn.replay import ReplayBuffer
+from hvd_dqn.runlock import RunDirInUse, RunLock
+from hvd_dqn.watchdog import Watchdog
 
 TEST_HOOKS_ENV = "HVD_DQN_TEST_HOOKS"  # "1" turns on hvd_dqn.testing.faults' switches; read once, by __init__
 
@@ -63,6 +67,9 @@ class Trainer:
         self.run_dir = Path(run_dir) if run_dir is not None else None
         self.callbacks = CallbackList([*callbacks, *_test_hooks()])
         self.learner: Learner | None = None
+        self.lock: RunLock | None = None
+        self.watchdog: Watchdog | None = None
+        self.compiled = False  # whether this process has run a learning phase (traced the update) yet
 
     @property
     def q_network(self):
@@ -78,6 +85,7 @@ class Trainer:
     def train(self) -> dict[str, Any]:
         self.world = distributed.init()
         self.stop = StopRequest(self.world.rank).install()
+        launcher = launcherwatch.watch(self.stop.request)
         try:
             summary = self._train()
         except Preempted:
@@ -86,6 +94,9 @@ class Trainer:
             # horovodrun), and a rank still closing must exit with PREEMPTED_EXIT_CODE too, not die of SIGTERM.
             self._close()
             raise
+        except RunDirInUse:
+            self.stop.uninstall()  # every rank learnt it from rank 0 and leaves: nobody waits in a collective
+            raise
         except BaseException as exc:
             if self.world.size > 1 and not isinstance(exc, KeyboardInterrupt):
                 # The other ranks are (or soon will be) blocked in a collective that this rank will never join.
@@ -93,6 +104,10 @@ class Trainer:
                 distributed.abort_job(exc, show_traceback=not user_error, exit_code=2 if user_error else 1)
             self.stop.uninstall()
             raise
+        finally:
+            if launcher is not None:
+                launcher.cancel()
+            self._release()
         self.stop.uninstall()
         return summary
 
@@ -100,6 +115,8 @@ class Trainer:
     def _train(self) -> dict[str, Any]:
         cfg, per, s = self.config, self._setup(), self.state
         summary = None
+        if cfg.hang_timeout_s is not None:
+            self.watchdog = Watchdog(self.run_dir, self.world.rank, self.world.size, cfg.hang_timeout_s).start()
         while s.vstep < per.vector_steps:
             prev_steps = s.env_steps
             s.vstep += 1
@@ -108,7 +125,10 @@ class Trainer:
             self._collect()
             if s.env_steps >= cfg.learning_starts and s.vstep % per.vector_steps_per_train == 0 \
                     and self._replay_ready():
-                self._learn()
+                # this process's first phase traces and compiles the update, which may take minutes (Atari CNN, XLA)
+                with self.paused("compiling the update") if not self.compiled else contextlib.nullcontext():
+                    self._learn()
+                self.compiled = True
             row = {}
             if final or _crossed(prev_steps, s.env_steps, cfg.eval_every):
                 row.update(self._evaluate())
@@ -118,10 +138,14 @@ class Trainer:
                 summary = self._write_outputs()
             save, stop = self._checkpoint_due(prev_steps, final)
             if save:
-                saved = self._save_checkpoint(final)
+                with self.paused("writing a checkpoint"):
+                    saved = self._save_checkpoint(final)
                 self.last_checkpoint_at = time.monotonic()
                 if stop:
                     raise Preempted(s.env_steps, saved, self.stop.signame or "another rank's signal")
+            if self.watchdog is not None:
+                # armed from the end of the first iteration, whose first action compiles the acting network
+                self.watchdog.progress()
         if summary is None:  # resumed from the final checkpoint of a finished run: nothing left to train
             summary = self._write_outputs()
         self._close()
@@ -136,6 +160,10 @@ class Trainer:
             raise checkpoint.CheckpointError(f"{exc}; the finished run's q_network.keras and summary.json are "
                                              f"saved in {self.run_dir}") from None
 
+    def paused(self, what: str):
+        """Mark local work that may outlast hang_timeout_s (no collective inside), so the watchdogs wait for it."""
+        return self.watchdog.paused(what) if self.watchdog is not None else contextlib.nullcontext()
+
     def _setup(self):
         """Run dir, logger, envs, replay, learner, evaluator and loop state (restored when resuming)."""
         cfg, world = self.config, self.world
@@ -143,6 +171,7 @@ class Trainer:
         self.per = per = cfg.per_rank(world.size)
         cfg.check_schedule(per)
         self.run_dir = self._resolve_run_dir()
+        self._lock_run_dir()
         resume_from = checkpoint.find_for_resume(self.run_dir) if self.resume else None
         if resume_from is None and checkpoint.listed(self.run_dir):
             # a fresh run would mix its metrics and checkpoints with the earlier run's (and a later --resume
@@ -270,7 +299,9 @@ class Trainer:
         s, learner = self.state, self.learner
         # the policy's weights, snapshotted here: evaluations are far fewer than learning phases
         self.eval_act = self.act if learner.averaged is None else learner.acting_fn(learner.policy)
-        s.last_eval = summarize(distributed.allgather(self.evaluator(self.eval_act)))
+        with self.paused("evaluating"):
+            returns = self.evaluator(self.eval_act)
+        s.last_eval = summarize(distributed.allgather(returns))
         if s.solved_env_steps is None and self.threshold is not None \
                 and s.last_eval["eval_return_mean"] >= self.threshold:
             s.solved_env_steps, s.solved_wall_s = s.env_steps, time.perf_counter() - self.start
@@ -339,6 +370,30 @@ class Trainer:
                          "event": "resumed", "checkpoint": ckpt.name,
                          "resume_gap_s": time.time() - state["written_at"]})
 
+    def _lock_run_dir(self) -> None:
+        """Rank 0 locks the run dir (README "One job per run dir") before anything in it is read, written or
+        pruned, and tells every rank the outcome, so the ranks of a refused job all leave instead of waiting for
+        rank 0 in the next collective. Only rank 0 says why."""
+        refusal = None
+        if self.world.is_chief:
+            try:
+                self.lock = RunLock(self.run_dir).acquire()
+            except UserError as exc:
+                refusal = str(exc)
+            else:
+                if self.lock.took_over:
+                    print(f"hvd-dqn: run dir {self.run_dir}: the job that held it last ended without releasing it "
+                          f"({self.lock.took_over}); this job takes it over", file=sys.stderr, flush=True)
+        refusal = distributed.broadcast_object(refusal)
+        if refusal is not None:
+            raise RunDirInUse(refusal, quiet=not self.world.is_chief)
+
+    def _release(self) -> None:
+        if self.watchdog is not None:
+            self.watchdog.stop()
+        if self.lock is not None:
+            self.lock.release()
+
     def _close(self) -> None:
         for closable in (getattr(self, "logger", None), getattr(self, "envs", None)):
             if closable is not None:
@@ -356,7 +411,8 @@ class Trainer:
         peak_rss_mb = distributed.allgather([_peak_rss_mb()]).tolist()
         wall = time.perf_counter() - self.start
         if world.is_chief:
-            checkpoint.save_keras_model(self.learner.policy, self.run_dir / "q_network.keras")
+            with self.paused("saving the model"):
+                checkpoint.save_keras_model(self.learner.policy, self.run_dir / "q_network.keras")
         distributed.barrier()  # the file is complete on every rank's view before anyone is told of it
         self.callbacks.fire("on_checkpoint", self, self.run_dir / "q_network.keras")
         summary = {

@@ -15,7 +15,9 @@
 # Every output line is prefixed by its rank: "[1]<stderr>:..." (gloo) or "[1,1]<stderr>:..." (mpi).
 # Preemption: SIGTERM or SIGUSR1 to this script is passed to the ranks on this host as SIGUSR1 (one rank's
 # signal stops them all): they checkpoint and exit 75, horovodrun then exits 1 ("Exit code: 75" in its error).
-# Sent to horovodrun itself, SIGTERM gives the ranks only Horovod's fixed 5 s before SIGKILL.
+# Sent to horovodrun itself (or by `timeout`), SIGTERM still stops every rank with a checkpoint: with gloo
+# horovodrun gives the ranks SIGTERM and SIGKILL 5 s later; with mpi it ends alone, and each rank, watching it,
+# asks for the stop itself (hvd_dqn/launcherwatch.py). Here the ranks get SIGUSR1, which has no 5 s limit.
 set -euo pipefail
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 . "$here/common.sh"

@@ -98,3 +98,15 @@ def test_cli_config_errors_are_one_line_exit_2(tmp_path, content, args, message)
     assert len(lines) == 1, proc.stderr
     assert message in lines[0] and lines[0].startswith("hvd-dqn: error:")
     assert "Traceback" not in proc.stderr + proc.stdout
+
+
+def test_hang_timeout_is_bounded():
+    """The watchdog's bound (README "A hung rank ends the job"): 10 s up to a week, or null for none."""
+    assert Config.from_dict({"env_id": "CartPole-v1"}).hang_timeout_s == 300.0
+    assert Config.from_dict({"env_id": "CartPole-v1", "hang_timeout_s": None}).hang_timeout_s is None
+    assert Config.from_dict({"env_id": "CartPole-v1", "hang_timeout_s": 10}).hang_timeout_s == 10.0
+    for bad, why in [(5, "greater than or equal to 10"), (float("inf"), "less than or equal to 604800"),
+                     (float("nan"), "hang_timeout_s"), ("soon", "hang_timeout_s")]:
+        with pytest.raises(UserError, match=why) as err:
+            Config.from_dict({"env_id": "CartPole-v1", "hang_timeout_s": bad})
+        assert "\n" not in str(err.value)
