@@ -116,6 +116,22 @@ class Config(BaseModel):
                                 "with NO gradient allreduce, then the ranks average their weights; null = "
                                 "synchronous data parallelism (gradients averaged at every update).")
 
+    # --- Horovod's gradient allreduce (README "Horovod options"); used when a job has several ranks
+    allreduce_op: Literal["average", "adasum"] = Field(
+        "average", description="How the ranks' gradients are combined: average (Horovod's DistributedOptimizer), "
+                               "or adasum (Maleki et al. 2020, through DistributedGradientTape; needs the MPI "
+                               "controller and a power-of-2 number of ranks).")
+    gradient_compression: Literal["none", "fp16"] = Field(
+        "none", description="Gradients sent as float16 in the allreduce (half the bytes, float16 rounding).")
+    backward_passes_per_step: int = Field(
+        1, ge=1, le=1024, description="Local gradient aggregation: each rank sums this many updates' gradients and "
+                                      "the ranks allreduce and step once per that many. An update is one "
+                                      "backward pass: updates_per_train and target_update_every count them and "
+                                      "must be multiples of this (per rank, after scaling).")
+    average_aggregated_gradients: bool = Field(
+        False, description="With backward_passes_per_step > 1: step on the mean of the aggregated gradients "
+                           "instead of their sum (Horovod's default is the sum).")
+
     # --- Atari (ALE/<Game>-v5 ids); classic-control envs ignore these
     frame_stack: int = Field(4, ge=1, le=16, description="Atari: the newest frames stacked into one observation.")
     noop_max: int = Field(30, ge=0, le=1000, description="Atari: up to this many no-op actions after each reset "
@@ -202,7 +218,23 @@ class Config(BaseModel):
         if self.scaling == "weak" and self.federated_every is not None:
             raise ValueError("scaling: weak shortens the chain of synchronous updates; federated_every runs local "
                              "updates instead: use one of the two")
+        self._check_horovod_options()
         return self
+
+    def _check_horovod_options(self) -> None:
+        k = self.backward_passes_per_step
+        if self.federated_every is not None and (k > 1 or self.allreduce_op != "average"
+                                                 or self.gradient_compression != "none"):
+            raise ValueError("allreduce_op, gradient_compression and backward_passes_per_step shape the gradient "
+                             "allreduce; federated_every runs none: use one of the two")
+        if self.allreduce_op == "adasum" and k > 1:
+            raise ValueError("backward_passes_per_step > 1 needs allreduce_op: average (Horovod aggregates "
+                             "gradients locally only in its DistributedOptimizer, which refuses Adasum)")
+        if self.average_aggregated_gradients and k == 1:
+            raise ValueError("average_aggregated_gradients needs backward_passes_per_step > 1")
+        if k > 1 and self.target_tau is not None:
+            raise ValueError("target_tau moves the target after every update, backward_passes_per_step > 1 steps "
+                             "the online net once per several: use one of the two")
 
     # ---- derived values (properties, not fields)
     @property
@@ -229,6 +261,16 @@ class Config(BaseModel):
             batch_size, learning_rate = self.batch_size // n, self.learning_rate
             updates_per_train, target_update_every = self.updates_per_train, self.target_update_every
         vector_step = n * self.num_envs  # global env steps per vector step of every rank
+        # a vector step of all ranks brings more than train_every env steps (Atari's train_every 4 on 8 ranks):
+        # more updates per phase, so the updates per env step stay what the config says
+        updates_per_phase = updates_per_train * max(1, round(vector_step / self.train_every))
+        k = self.backward_passes_per_step
+        for name, value in (("updates per learning phase", updates_per_phase),
+                            ("target_update_every", target_update_every)):
+            if value % k:
+                # a phase or target period ending between two optimizer steps would leave gradients half-summed
+                raise UserError(f"config: {name} is {value} per rank at {n} rank(s), not a multiple of "
+                                f"backward_passes_per_step {k}")
         return PerRank(
             batch_size=batch_size,
             learning_rate=learning_rate,
@@ -236,9 +278,7 @@ class Config(BaseModel):
             replay_capacity=-(-self.replay_capacity // n),
             vector_steps=-(-self.total_env_steps // vector_step),
             vector_steps_per_train=max(1, round(self.train_every / vector_step)),
-            # a vector step of all ranks brings more than train_every env steps (Atari's train_every 4 on 8 ranks):
-            # more updates per phase, so the updates per env step stay what the config says
-            updates_per_phase=updates_per_train * max(1, round(vector_step / self.train_every)),
+            updates_per_phase=updates_per_phase,
             global_steps_per_vector_step=vector_step,
         )
 

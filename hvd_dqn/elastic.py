@@ -33,6 +33,9 @@ class ElasticTrainer(Trainer):
             raise UserError("--elastic runs commit in memory and write no checkpoint to resume; drop --resume")
         if run_dir is None:
             raise UserError("--elastic needs --run-dir (workers that join later must find the same directory)")
+        if config.backward_passes_per_step > 1:
+            raise UserError("--elastic needs backward_passes_per_step: 1 (the gradients a rank sums between two "
+                            "allreduces are not part of the committed state)")
         super().__init__(config, run_dir, callbacks)
 
     def _make_learner(self, obs_shape, n_actions: int) -> Learner:

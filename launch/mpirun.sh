@@ -9,6 +9,8 @@
 #   HOSTFILE     a hostfile instead ("node1 slots=4" per line); wins over HOSTS
 #   RUN_DIR      the run directory (default: hvd-dqn's runs/<env>-<time>)
 #   MPIRUN_ARGS  extra mpirun options, word-split (e.g. "--mca btl_tcp_if_include eth0")
+#   TIMELINE     record a Horovod timeline (Chrome trace JSON, written by rank 0) to this new file
+#   AUTOTUNE_LOG run Horovod's autotuner, logging each sampled setting and its score to this new file
 #   VIRTUAL_ENV  the venv holding hvd-dqn (default: this checkout's .venv, then PATH)
 # Flags: -bind-to none -map-by slot (each rank gets its cores from TensorFlow's thread pools, not from MPI's
 # binding), `-x` exports PATH, LD_LIBRARY_PATH, PYTHONPATH, VIRTUAL_ENV, HVD_DQN_TERM_GRACE_S and every TF_*,
@@ -23,6 +25,7 @@ require_config "launch/mpirun.sh CONFIG [--set key=value ...]" "$@"
 config=$1; shift
 
 NP=${NP:-2}
+horovod_profiling  # exports HOROVOD_*: passed on with -x below
 hvd_dqn=$(find_hvd_dqn "$here/..")
 
 args=(-np "$NP" -bind-to none -map-by slot --tag-output -mca pml ob1 -mca btl ^openib)
