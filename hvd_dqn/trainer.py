@@ -215,7 +215,7 @@ class Trainer:
 
     def _open_outputs(self, resume_from: Path | None) -> None:
         """Rank 0: metrics.jsonl trimmed to the checkpoint, the logger, config.json. A full or read-only disk is
-        a one-line UserError; these writes are atomic (temp file, then rename), so nothing of the run changed."""
+        a one-line UserError; the rewrites are atomic (temp file, then rename), so a resumed run's files stay whole."""
         cfg, world = self.config, self.world
         try:
             if resume_from is not None and world.is_chief:
@@ -227,8 +227,8 @@ class Trainer:
                                                    "per_rank": self.per.model_dump()})
         except OSError as exc:
             name = Path(exc.filename).name if exc.filename else "its files"
-            raise UserError(f"run dir {self.run_dir}: cannot write {name} ({exc.strerror or exc}); "
-                            f"its files were left as they were") from None
+            raise UserError(f"run dir {self.run_dir}: cannot write {name} ({exc.strerror or exc}); free space or "
+                            f"make it writable, then run again") from None
 
     # ------------------------------------------------------------------ the phases
     def _collect(self) -> None:
