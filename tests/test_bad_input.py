@@ -2,6 +2,7 @@
 traceback, a short message whatever the size of the input, and nothing of the user's lost. Each row of the tables
 below is a row of the README's reliability table."""
 import errno
+import hashlib
 import json
 import os
 import shutil
@@ -156,7 +157,8 @@ def _rewrite_state(ckpt, change):
     change(state)
     (ckpt / "state.json").write_text(json.dumps(state))
     marker = json.loads((ckpt / "COMPLETE").read_text())
-    marker["files"]["state.json"] = (ckpt / "state.json").stat().st_size
+    marker["files"]["state.json"] = {"size": (ckpt / "state.json").stat().st_size,
+                                     "sha256": hashlib.sha256((ckpt / "state.json").read_bytes()).hexdigest()}
     (ckpt / "COMPLETE").write_text(json.dumps(marker))
 
 
