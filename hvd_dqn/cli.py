@@ -71,6 +71,12 @@ def main(argv: list[str] | None = None) -> int:
         if not getattr(exc, "quiet", False):  # said once for the whole job, by rank 0
             print(f"hvd-dqn: error: {one_line(exc)}", file=sys.stderr)
         return exc.exit_code
+    except OSError as exc:
+        if args.command == "train":  # a rank's failure: the trainer has already ended the job and said why
+            raise
+        # a full disk or a vanished file while writing an export or a plot: what was there before is kept
+        print(f"hvd-dqn: error: {args.command} failed: {one_line(exc)}", file=sys.stderr)
+        return 1
     return 1
 
 

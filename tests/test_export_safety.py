@@ -12,7 +12,7 @@ import pytest
 from conftest import BIN, run_env
 from test_user_surface import TF_CHATTER
 
-from hvd_dqn import Config, Trainer, serving
+from hvd_dqn import Config, Trainer, cli, serving
 from hvd_dqn.errors import UserError
 
 TINY = dict(env_id="CartPole-v1", seed=5, total_env_steps=600, hidden_sizes=(8,), learning_starts=200,
@@ -107,7 +107,7 @@ def test_an_earlier_export_is_replaced_whole(run_dir, tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["policy"]  # nothing left beside it
 
 
-def test_an_export_that_fails_midway_leaves_the_earlier_one_untouched(run_dir, tmp_path, monkeypatch):
+def test_an_export_that_fails_midway_leaves_the_earlier_one_untouched(run_dir, tmp_path, monkeypatch, capsys):
     """Single process, in process: the SavedModel write fails after the temp dir exists."""
     import tensorflow as tf
 
@@ -123,6 +123,11 @@ def test_an_export_that_fails_midway_leaves_the_earlier_one_untouched(run_dir, t
         serving.export(run_dir, out)
     assert tree(out) == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["policy"]
+    # the CLI says it in one line, no traceback
+    assert cli.main(["export", str(run_dir), str(out)]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == ["hvd-dqn: error: export failed: [Errno 28] No space left on device"], err
+    assert tree(out) == before
 
 
 # ------------------------------------------------------------------ models that would run code when loaded
