@@ -161,7 +161,8 @@ class Trainer:
                                              f"saved in {self.run_dir}") from None
 
     def paused(self, what: str):
-        """Mark local work that may outlast hang_timeout_s (no collective inside), so the watchdogs wait for it."""
+        """Mark work that may outlast hang_timeout_s: the other ranks' watchdogs wait for this rank, and this
+        rank's still ends the job if another rank's heartbeat goes stale (see hvd_dqn.watchdog)."""
         return self.watchdog.paused(what) if self.watchdog is not None else contextlib.nullcontext()
 
     def _setup(self):

@@ -29,6 +29,7 @@ from pathlib import Path
 HANG_EXIT_CODE = 1
 HEARTBEAT_DIR = ".heartbeat"
 BEAT_S = 1.0
+FROZEN_S = 5.0  # a watchdog check this late means the process itself was not running
 READ_TIMEOUT_S = 10.0  # reading the heartbeats may block on a hung shared filesystem: end the job anyway
 
 
@@ -88,7 +89,16 @@ class Watchdog:
                 self._beat()
 
     def _watch_loop(self) -> None:
-        while not self._stop.wait(min(1.0, self.timeout_s / 10)):
+        every = min(1.0, self.timeout_s / 10)
+        last = time.monotonic()
+        while not self._stop.wait(every):
+            now = time.monotonic()
+            if now - last > every + FROZEN_S:
+                # this whole process was stopped (SIGSTOP, a suspended VM): the time it stood still is not a
+                # stall of its loop; without this a stopped rank, continued by the launcher only to be
+                # terminated, would blame itself
+                self._progress_at += now - last - every
+            last = now
             stalled, busy = self._stalled_s(), self._busy
             if stalled <= self.timeout_s:
                 continue
@@ -96,6 +106,7 @@ class Watchdog:
             reader = threading.Thread(target=lambda: found.append(self._culprits()), daemon=True)
             reader.start()
             reader.join(READ_TIMEOUT_S)
+            last = time.monotonic()  # the read's own time is no freeze
             if self._stop.is_set():
                 return
             if not found:
