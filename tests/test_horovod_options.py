@@ -13,6 +13,7 @@ from conftest import BIN, ROOT, run
 pytestmark = pytest.mark.multiproc
 HOROVODRUN = str(BIN / "horovodrun")
 LEARNER_UPDATES = 16  # two phases of 8 in mp_horovod_options.py
+TIMELINE_UPDATES = LEARNER_UPDATES + 4  # and the phase of 4 with a NaN, which every rank runs to its end
 
 
 def _run(options: dict, tmp_path, controller="--mpi"):
@@ -66,7 +67,7 @@ def test_average_is_the_mean_of_the_ranks_gradients_in_one_allreduce_per_update(
     np.testing.assert_array_equal(r["reduced"][0], (g[0] + g[1]) * np.float32(0.5))
     per_tensor = learner_allreduces(timeline)
     assert len(per_tensor) == 6  # 3 kernels + 3 biases of the 16x16 MLP, in one grouped allreduce
-    assert all(dtypes == ["float32"] * LEARNER_UPDATES for dtypes in per_tensor.values()), per_tensor
+    assert all(dtypes == ["float32"] * TIMELINE_UPDATES for dtypes in per_tensor.values()), per_tensor
 
 
 def test_fp16_compression_sends_float16_and_rounds_to_it(tmp_path):
@@ -78,7 +79,7 @@ def test_fp16_compression_sends_float16_and_rounds_to_it(tmp_path):
     assert not np.array_equal(expected, (r["grads"][0, 0] + r["grads"][1, 0]) * np.float32(0.5))
     per_tensor = learner_allreduces(timeline)
     assert len(per_tensor) == 6
-    assert all(dtypes == ["float16"] * LEARNER_UPDATES for dtypes in per_tensor.values()), per_tensor
+    assert all(dtypes == ["float16"] * TIMELINE_UPDATES for dtypes in per_tensor.values()), per_tensor
 
 
 @pytest.mark.parametrize("average", [False, True])
@@ -94,7 +95,7 @@ def test_backward_passes_per_step_sums_locally_and_allreduces_once_per_k(tmp_pat
     np.testing.assert_array_equal(r["reduced"][1], expected)
     per_tensor = learner_allreduces(timeline)
     assert len(per_tensor) == 6
-    assert all(len(dtypes) == LEARNER_UPDATES // 2 for dtypes in per_tensor.values()), per_tensor
+    assert all(len(dtypes) == TIMELINE_UPDATES // 2 for dtypes in per_tensor.values()), per_tensor
 
 
 def test_adasum_combines_by_projection(tmp_path):
@@ -107,7 +108,7 @@ def test_adasum_combines_by_projection(tmp_path):
     assert np.abs(r["reduced"][0] - (a + b) / 2).max() > 0.1  # not the mean
     per_tensor = learner_allreduces(timeline)
     assert len(per_tensor) == 6
-    assert all(len(ops) == LEARNER_UPDATES for ops in per_tensor.values()), per_tensor
+    assert all(len(ops) == TIMELINE_UPDATES for ops in per_tensor.values()), per_tensor
 
 
 def test_adasum_under_gloo_is_a_one_line_error(tmp_path, tiny_cartpole):
