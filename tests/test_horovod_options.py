@@ -13,20 +13,20 @@ from conftest import BIN, ROOT, run
 pytestmark = pytest.mark.multiproc
 HOROVODRUN = str(BIN / "horovodrun")
 LEARNER_UPDATES = 16  # two phases of 8 in mp_horovod_options.py
+TIMELINE_UPDATES = LEARNER_UPDATES + 4  # and the phase of 4 with a NaN, which every rank runs to its end
 
 
 def _run(options: dict, tmp_path, controller="--mpi"):
-    timeline = tmp_path / "timeline.json"
+    """(the job's result, its timeline)"""
+    timeline, out = tmp_path / "timeline.json", tmp_path / "result.json"
     proc = run([HOROVODRUN, "-np", "2", controller, "-H", "localhost:2", sys.executable,
-                ROOT / "tests" / "mp_horovod_options.py", json.dumps(options)], timeout=850,
+                ROOT / "tests" / "mp_horovod_options.py", json.dumps(options), out], timeout=850,
                HOROVOD_TIMELINE=timeline)
-    return proc, timeline
-
-
-def _result(proc) -> dict:
     assert proc.returncode == 0, proc.stdout + proc.stderr
-    line = next(l for l in proc.stdout.splitlines() if "RESULT " in l)
-    result, _ = json.JSONDecoder().raw_decode(line.split("RESULT ", 1)[1])
+    return json.loads(out.read_text()), timeline
+
+
+def _result(result: dict) -> dict:
     learner = result["learner"]
     assert learner["updates"] == LEARNER_UPDATES
     for key in ("start", "end", "adam"):  # different data on each rank, the same weights and Adam state
@@ -60,32 +60,32 @@ def learner_allreduces(timeline) -> dict[str, list]:
 
 
 def test_average_is_the_mean_of_the_ranks_gradients_in_one_allreduce_per_update(tmp_path):
-    proc, timeline = _run({}, tmp_path)
-    r = _result(proc)
+    result, timeline = _run({}, tmp_path)
+    r = _result(result)
     g = r["grads"][:, 0]
     np.testing.assert_array_equal(r["reduced"][0], (g[0] + g[1]) * np.float32(0.5))
     per_tensor = learner_allreduces(timeline)
     assert len(per_tensor) == 6  # 3 kernels + 3 biases of the 16x16 MLP, in one grouped allreduce
-    assert all(dtypes == ["float32"] * LEARNER_UPDATES for dtypes in per_tensor.values()), per_tensor
+    assert all(dtypes == ["float32"] * TIMELINE_UPDATES for dtypes in per_tensor.values()), per_tensor
 
 
 def test_fp16_compression_sends_float16_and_rounds_to_it(tmp_path):
-    proc, timeline = _run({"gradient_compression": "fp16"}, tmp_path)
-    r = _result(proc)
+    result, timeline = _run({"gradient_compression": "fp16"}, tmp_path)
+    r = _result(result)
     g = r["grads"][:, 0].astype(np.float16)
     expected = ((g[0] + g[1]) * np.float16(0.5)).astype(np.float32)  # summed and halved in float16
     np.testing.assert_array_equal(r["reduced"][0], expected)
     assert not np.array_equal(expected, (r["grads"][0, 0] + r["grads"][1, 0]) * np.float32(0.5))
     per_tensor = learner_allreduces(timeline)
     assert len(per_tensor) == 6
-    assert all(dtypes == ["float16"] * LEARNER_UPDATES for dtypes in per_tensor.values()), per_tensor
+    assert all(dtypes == ["float16"] * TIMELINE_UPDATES for dtypes in per_tensor.values()), per_tensor
 
 
 @pytest.mark.parametrize("average", [False, True])
 def test_backward_passes_per_step_sums_locally_and_allreduces_once_per_k(tmp_path, average):
     options = {"backward_passes_per_step": 2, **({"average_aggregated_gradients": True} if average else {})}
-    proc, timeline = _run(options, tmp_path, controller="--gloo" if average else "--mpi")
-    r = _result(proc)
+    result, timeline = _run(options, tmp_path, controller="--gloo" if average else "--mpi")
+    r = _result(result)
     np.testing.assert_array_equal(r["reduced"][0], 0.0)  # the first pass only aggregated: no step yet
     local = r["grads"][:, 0] + r["grads"][:, 1]  # each rank's sum of its two passes
     expected = (local[0] + local[1]) * np.float32(0.5)
@@ -94,12 +94,12 @@ def test_backward_passes_per_step_sums_locally_and_allreduces_once_per_k(tmp_pat
     np.testing.assert_array_equal(r["reduced"][1], expected)
     per_tensor = learner_allreduces(timeline)
     assert len(per_tensor) == 6
-    assert all(len(dtypes) == LEARNER_UPDATES // 2 for dtypes in per_tensor.values()), per_tensor
+    assert all(len(dtypes) == TIMELINE_UPDATES // 2 for dtypes in per_tensor.values()), per_tensor
 
 
 def test_adasum_combines_by_projection(tmp_path):
-    proc, timeline = _run({"allreduce_op": "adasum"}, tmp_path)
-    r = _result(proc)
+    result, timeline = _run({"allreduce_op": "adasum"}, tmp_path)
+    r = _result(result)
     a, b = r["grads"][:, 0].astype(np.float64)
     dot = (a * b).sum()
     adasum = (1 - dot / (2 * (a * a).sum())) * a + (1 - dot / (2 * (b * b).sum())) * b
@@ -107,7 +107,7 @@ def test_adasum_combines_by_projection(tmp_path):
     assert np.abs(r["reduced"][0] - (a + b) / 2).max() > 0.1  # not the mean
     per_tensor = learner_allreduces(timeline)
     assert len(per_tensor) == 6
-    assert all(len(ops) == LEARNER_UPDATES for ops in per_tensor.values()), per_tensor
+    assert all(len(ops) == TIMELINE_UPDATES for ops in per_tensor.values()), per_tensor
 
 
 def test_adasum_under_gloo_is_a_one_line_error(tmp_path, tiny_cartpole):
