@@ -48,3 +48,8 @@ horovod_profiling() {
   done
   return 0
 }
+
+# Open MPI's mpirun SIGKILLs its ranks 1 s after it is itself SIGTERMed (`timeout N horovodrun --mpi ...` signals
+# mpirun too), too soon for the ranks to agree on the stop and write a checkpoint; 10 s leaves them the time and
+# still ends a hung rank. A value the user set wins.
+export OMPI_MCA_odls_base_sigkill_timeout=${OMPI_MCA_odls_base_sigkill_timeout:-10}
