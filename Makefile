@@ -16,7 +16,8 @@ install:
 # holds an earlier run's checkpoints). Continue a run with: horovodrun ... hvd-dqn train --resume $(RUN_DIR)
 train: install
 	rm -rf $(RUN_DIR)
-	$(VENV)/bin/horovodrun -np $(NP) --mpi -H localhost:$(NP) \
+	OMPI_MCA_odls_base_sigkill_timeout=$${OMPI_MCA_odls_base_sigkill_timeout:-10} \
+	    $(VENV)/bin/horovodrun -np $(NP) --mpi -H localhost:$(NP) \
 	    $(VENV)/bin/hvd-dqn train --config $(CONFIG) --run-dir $(RUN_DIR)
 
 test: install

@@ -69,7 +69,7 @@ def main(total_env_steps: int = 30_000, run_dir: str = "runs/embedded") -> None:
     q_net = trainer.q_network  # a tf_keras model: use it in your own TF code as it is
     print(f"[my program] trained {summary['updates']} updates; best evaluation {watcher.best[0]:.1f} at "
           f"{watcher.best[1]} steps; Q(s0) = {[round(float(q), 2) for q in q_net(np.zeros((1, 4), np.float32))[0]]}")
-    out = export(run_dir, Path(run_dir) / "export")
+    out = export(run_dir, f"{run_dir}-export")  # beside the run dir: export refuses a place inside it
     print(f"[my program] served one greedy episode from {out}: return "
           f"{serve_one_episode(out / 'saved_model', config.env_id):.0f}")
 

@@ -12,6 +12,10 @@ from typing import Any
 
 
 class Callback:
+    def on_train_begin(self, trainer) -> None:
+        """Once set up (envs, replay, networks; restored from the checkpoint when resuming), before the first
+        step."""
+
     def on_log(self, trainer, row: dict[str, Any]) -> None:
         """After each log point; ``row`` is the metrics.jsonl row (global env steps, wall clock, losses, speeds)."""
 

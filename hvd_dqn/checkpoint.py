@@ -14,13 +14,18 @@ A checkpoint directory holds, and loading it runs no code (no pickle anywhere):
 ``replay-rank<r>.npz``     rank r: its replay shard (ring buffer, pos/size, discounts, priorities), n-step pending
 ``rank<r>.json``           rank r: its exploration RNG, its envs' state (physics, RNG, time-limit step), current
                            observations and running episode returns
-``COMPLETE``               rank 0, last: the manifest (every file's name and size)
+``COMPLETE``               rank 0, last: the manifest (every file's name, size and sha256)
 
 Each checkpoint is written into ``ckpt-N.tmp``, the manifest last, then renamed to ``ckpt-N``: a directory named
-``ckpt-N`` without ``COMPLETE`` was damaged after the fact, never half-written by us.
+``ckpt-N`` without ``COMPLETE`` was damaged after the fact, never half-written by us. A write that fails (a full
+disk) removes its ``ckpt-N.tmp``. On resume each rank checks the sha256 of the files it reads (the shared ones
+and its own), so an edit that keeps a file's size is refused too; every message about a damaged checkpoint names
+the checkpoint to fall back to.
 """
 from __future__ import annotations
 
+import errno
+import hashlib
 import json
 import os
 import re
@@ -31,16 +36,19 @@ from typing import Any
 
 import numpy as np
 
+from hvd_dqn import runlock
 from hvd_dqn.errors import UserError
 
 FORMAT = "hvd-dqn-checkpoint"
-VERSION = 1
+VERSION = 2  # 2: the manifest records a sha256 per file; version 1 (sizes only) is still read
+READABLE_VERSIONS = (1, 2)
 COMPLETE = "COMPLETE"
 MODEL_PREFIX = "model"
 # Config keys that shape the saved state: a checkpoint restores only into a run that agrees on all of them.
 STRUCTURAL_KEYS = ("env_id", "num_envs", "hidden_sizes", "dueling", "replay_capacity", "n_step",
-                   "prioritized_replay", "policy_ema")
+                   "prioritized_replay", "policy_ema", "optimizer", "frame_stack")
 _NAME = re.compile(r"^ckpt-(\d+)$")
+_RANK_FILE = re.compile(r"^(?:replay-rank(\d+)\.npz|rank(\d+)\.json)$")
 
 
 class CheckpointError(UserError):
@@ -92,15 +100,20 @@ def latest(run_dir: Path) -> Path | None:
 
 
 def prune(run_dir: Path, keep: int, current: Path) -> None:
-    """Keep the newest ``keep`` complete checkpoints; drop older ones and stale ``.tmp`` writes (never ``current``)."""
+    """Keep the newest ``keep`` complete checkpoints; drop older ones and stale ``.tmp`` writes (never ``current``).
+
+    A ``ckpt-*.tmp`` (or ``.old``) may be another job's write in progress, so it is deleted only while this
+    process holds the run dir's lock (``hvd_dqn.runlock``): then no other job can be writing here, and every one
+    is the leftover of a job that died mid-write (ours was renamed into place before pruning)."""
     complete = [p for p in listed(run_dir) if is_complete(p)]
     for old in complete[:-keep]:
         if old != current:
             shutil.rmtree(old, ignore_errors=True)
-    for stale in checkpoints_dir(run_dir).glob("ckpt-*.tmp"):
-        shutil.rmtree(stale, ignore_errors=True)
-    for stale in checkpoints_dir(run_dir).glob("ckpt-*.old"):
-        shutil.rmtree(stale, ignore_errors=True)
+    if not runlock.holds(run_dir):
+        return
+    for pattern in ("ckpt-*.tmp", "ckpt-*.old"):
+        for stale in checkpoints_dir(run_dir).glob(pattern):
+            shutil.rmtree(stale, ignore_errors=True)
 
 
 # ---------------------------------------------------------------------------------------------- writing
@@ -125,9 +138,14 @@ def write_json(path: Path, data: dict[str, Any]) -> None:
 
 
 def write_arrays(path: Path, arrays: dict[str, np.ndarray]) -> None:
-    """Plain ``.npz`` (uncompressed: checkpoints are written often, and replay does not compress much)."""
+    """Plain ``.npz`` (uncompressed: checkpoints are written often, and replay does not compress much). Written
+    here rather than by ``np.savez``, which on a failed write (a full disk) leaves its ZipFile open, to be closed
+    later on a closed file: "Exception ignored in ZipFile.__del__" on stderr."""
     with open(path, "wb") as f:
-        np.savez(f, **arrays)
+        with zipfile.ZipFile(f, "w", zipfile.ZIP_STORED) as archive:
+            for name, value in arrays.items():
+                with archive.open(f"{name}.npy", "w", force_zip64=True) as member:
+                    np.lib.format.write_array(member, np.asanyarray(value), allow_pickle=False)
         f.flush()
         os.fsync(f.fileno())
 
@@ -136,16 +154,34 @@ def write_model(directory: Path, objects: dict[str, Any]) -> None:
     """Networks and optimizer as a TF checkpoint (``model.index`` + ``model.data-*``), tensors only."""
     import tensorflow as tf
 
-    tf.train.Checkpoint(**objects).write(str(Path(directory) / MODEL_PREFIX))
+    prefix = str(Path(directory) / MODEL_PREFIX)
+    try:
+        tf.train.Checkpoint(**objects).write(prefix)
+    except tf.errors.OpError as exc:  # TF's own type for I/O failures (a full disk: ResourceExhaustedError)
+        code = errno.ENOSPC if "No space left" in exc.message else errno.EIO
+        raise OSError(code, os.strerror(code), prefix) from None
     for p in Path(directory).glob(MODEL_PREFIX + ".*"):
         _fsync_file(p)
 
 
-def commit(tmp: Path, final: Path) -> None:
-    """Rank 0, after every rank has written its files: the manifest last, then rename into place. A previous
-    checkpoint of the same step (a resumed run saving again where it started) is replaced only after the new one
-    is complete."""
-    manifest = {p.name: p.stat().st_size for p in sorted(Path(tmp).iterdir()) if p.is_file()}
+def describe(paths) -> dict[str, dict[str, Any]]:
+    """Name -> size and sha256 of files a rank has just written (read back: the page cache still holds them)."""
+    return {Path(p).name: {"size": Path(p).stat().st_size, "sha256": _sha256(Path(p))} for p in paths}
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 20):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def commit(tmp: Path, final: Path, files: dict[str, dict[str, Any]]) -> None:
+    """Rank 0, after every rank has written its files (``files``: every rank's ``describe``): the manifest last,
+    then rename into place. A previous checkpoint of the same step (a resumed run saving again where it started)
+    is replaced only after the new one is complete."""
+    manifest = dict(sorted(files.items()))
     write_json(Path(tmp) / COMPLETE, {"format": FORMAT, "version": VERSION, "files": manifest})
     _fsync_dir(tmp)
     if final.exists():
@@ -164,6 +200,22 @@ def _fail(ckpt: Path, what: str) -> CheckpointError:
     return CheckpointError(f"checkpoint {ckpt}: {what}")
 
 
+def damaged(ckpt: Path, what: str) -> CheckpointError:
+    """The error for a checkpoint that cannot be used as it is, naming the one to fall back to."""
+    return CheckpointError(f"checkpoint {ckpt}: {what}; {fallback(ckpt)}")
+
+
+def fallback(ckpt: Path) -> str:
+    ckpt = Path(ckpt)
+    m = _NAME.match(ckpt.name)
+    step = int(m.group(1)) if m else None
+    older = [p for p in listed(ckpt.parent.parent) if p != ckpt and is_complete(p)
+             and (step is None or int(_NAME.match(p.name).group(1)) < step)]
+    if older:
+        return f"delete it to resume from {older[-1].name}, the next older complete checkpoint"
+    return "there is no older complete checkpoint to fall back to"
+
+
 def find_for_resume(run_dir: Path) -> Path:
     """The newest checkpoint of ``run_dir``; a one-line error if there is none."""
     run_dir = Path(run_dir)
@@ -176,29 +228,49 @@ def find_for_resume(run_dir: Path) -> Path:
     return ckpt
 
 
-def verify(ckpt: Path) -> dict[str, Any]:
-    """Check the marker and that every file of the manifest is there at its full size; return state.json."""
+def verify(ckpt: Path, rank: int | None = None) -> dict[str, Any]:
+    """Check the marker, that every file of the manifest is there at its full size, and the sha256 of the files
+    ``rank`` reads (the shared ones and its own; every file when ``rank`` is None); return state.json."""
     ckpt = Path(ckpt)
-    older = [p.name for p in listed(ckpt.parent.parent) if p != ckpt and is_complete(p)]
-    hint = f"; delete it to resume from {older[-1]}" if older else ""
     if not (ckpt / COMPLETE).is_file():
-        raise _fail(ckpt, f"missing {COMPLETE} marker (truncated write?){hint}")
-    marker = _read_json(ckpt, COMPLETE, hint)
+        raise damaged(ckpt, f"missing {COMPLETE} marker (truncated write?)")
+    marker = _read_json(ckpt, COMPLETE)
     if marker.get("format") != FORMAT:
-        raise _fail(ckpt, f"not an hvd-dqn checkpoint ({COMPLETE} names format {marker.get('format')!r}){hint}")
-    if marker.get("version") != VERSION:
-        raise _fail(ckpt, f"format version {marker.get('version')}, this hvd-dqn reads version {VERSION}")
-    for name, size in marker.get("files", {}).items():
+        raise damaged(ckpt, f"not an hvd-dqn checkpoint ({COMPLETE} names format {marker.get('format')!r})")
+    version = marker.get("version")
+    if version not in READABLE_VERSIONS:
+        raise _fail(ckpt, f"format version {version}, this hvd-dqn reads versions "
+                          f"{', '.join(map(str, READABLE_VERSIONS))}")
+    files = marker.get("files")
+    if not isinstance(files, dict):
+        raise damaged(ckpt, f"{COMPLETE} is damaged (no file list)")
+    for name, entry in files.items():
+        # version 1 recorded the size alone
+        size, sha = (entry, None) if version == 1 else (_entry(ckpt, entry, "size"), _entry(ckpt, entry, "sha256"))
         path = ckpt / name
         if not path.is_file():
-            raise _fail(ckpt, f"{name} is missing{hint}")
+            raise damaged(ckpt, f"{name} is missing")
         if path.stat().st_size != size:
-            raise _fail(ckpt, f"{name} is truncated or altered ({path.stat().st_size} bytes, "
-                              f"the manifest says {size}){hint}")
-    state = _read_json(ckpt, "state.json", hint)
+            raise damaged(ckpt, f"{name} is truncated or altered ({path.stat().st_size} bytes, "
+                                f"the manifest says {size})")
+        if sha is not None and _reads(rank, name) and _sha256(path) != sha:
+            raise damaged(ckpt, f"{name} is altered or damaged (its sha256 differs from the manifest's)")
+    state = _read_json(ckpt, "state.json")
     if state.get("format") != FORMAT:
-        raise _fail(ckpt, f"state.json is not an hvd-dqn checkpoint's{hint}")
+        raise damaged(ckpt, "state.json is not an hvd-dqn checkpoint's")
     return state
+
+
+def _entry(ckpt: Path, entry: Any, key: str) -> Any:
+    if not isinstance(entry, dict) or key not in entry:
+        raise damaged(ckpt, f"{COMPLETE} is damaged (a file without its {key})")
+    return entry[key]
+
+
+def _reads(rank: int | None, name: str) -> bool:
+    """Whether ``rank`` reads the checkpoint file ``name`` on resume: the shared files and its own."""
+    m = _RANK_FILE.match(name)
+    return rank is None or m is None or int(m.group(1) or m.group(2)) == rank
 
 
 def check_compatible(ckpt: Path, state: dict[str, Any], config: dict[str, Any], world_size: int) -> None:
@@ -218,15 +290,15 @@ def _norm(value):
     return list(value) if isinstance(value, (list, tuple)) else value
 
 
-def _read_json(ckpt: Path, name: str, hint: str = "") -> dict[str, Any]:
+def _read_json(ckpt: Path, name: str) -> dict[str, Any]:
     try:
         data = json.loads((ckpt / name).read_text())
     except FileNotFoundError:
-        raise _fail(ckpt, f"{name} is missing{hint}") from None
+        raise damaged(ckpt, f"{name} is missing") from None
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise _fail(ckpt, f"{name} is damaged ({type(exc).__name__}: {exc}){hint}") from None
+        raise damaged(ckpt, f"{name} is damaged ({type(exc).__name__}: {exc})") from None
     if not isinstance(data, dict):
-        raise _fail(ckpt, f"{name} is damaged (not a JSON object){hint}")
+        raise damaged(ckpt, f"{name} is damaged (not a JSON object)")
     return data
 
 
@@ -241,9 +313,9 @@ def read_arrays(ckpt: Path, name: str) -> dict[str, np.ndarray]:
         with np.load(path, allow_pickle=False) as data:
             return {k: data[k] for k in data.files}
     except FileNotFoundError:
-        raise _fail(ckpt, f"{name} is missing") from None
+        raise damaged(ckpt, f"{name} is missing") from None
     except (OSError, ValueError, zipfile.BadZipFile, EOFError, KeyError) as exc:
-        raise _fail(ckpt, f"{name} is damaged ({type(exc).__name__}: {exc})") from None
+        raise damaged(ckpt, f"{name} is damaged ({type(exc).__name__}: {exc})") from None
 
 
 def read_model(ckpt: Path, objects: dict[str, Any]) -> None:
@@ -255,7 +327,7 @@ def read_model(ckpt: Path, objects: dict[str, Any]) -> None:
         status.assert_consumed()
     except (tf.errors.OpError, AssertionError, ValueError) as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise _fail(ckpt, f"model (TF checkpoint) is damaged or from another network ({first[:200]})") from None
+        raise damaged(ckpt, f"model (TF checkpoint) is damaged or from another network ({first[:200]})") from None
 
 
 # ---------------------------------------------------------------------------------------------- JSON values

@@ -12,7 +12,9 @@ import os
 import sys
 from pathlib import Path
 
-from hvd_dqn.errors import UserError
+from hvd_dqn.errors import UserError, one_line
+
+MAX_EPISODES = 1000  # evaluate holds one env per episode
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -31,7 +33,7 @@ def _parser() -> argparse.ArgumentParser:
 
     ev = sub.add_parser("evaluate", help="greedy episodes of a trained model (a run dir, an export dir or a .keras)")
     ev.add_argument("model", metavar="RUN_DIR_OR_MODEL")
-    ev.add_argument("--episodes", type=int, default=10)
+    ev.add_argument("--episodes", type=int, default=10, help=f"greedy episodes, 1 to {MAX_EPISODES} (default 10)")
     ev.add_argument("--seed", type=int, default=12345, help="seeds of the episodes: seed, seed+1, ...")
     ev.add_argument("--env", dest="env_id", help="env id (default: the one the model was trained on)")
     ev.add_argument("--epsilon", type=float, default=0.0, help="probability of a random action (default 0)")
@@ -66,8 +68,15 @@ def main(argv: list[str] | None = None) -> int:
             print(f"wrote {plot_runs([Path(d) for d in args.run_dirs], Path(args.output))}")
             return 0
     except UserError as exc:
-        print(f"hvd-dqn: error: {exc}", file=sys.stderr)
+        if not getattr(exc, "quiet", False):  # said once for the whole job, by rank 0
+            print(f"hvd-dqn: error: {one_line(exc)}", file=sys.stderr)
         return exc.exit_code
+    except OSError as exc:
+        if args.command == "train":  # a rank's failure: the trainer has already ended the job and said why
+            raise
+        # a full disk or a vanished file while writing an export or a plot: what was there before is kept
+        print(f"hvd-dqn: error: {args.command} failed: {one_line(exc)}", file=sys.stderr)
+        return 1
     return 1
 
 
@@ -84,14 +93,23 @@ def _train(args) -> int:
     else:
         config = Config.from_yaml(args.config, args.overrides)
     from hvd_dqn import distributed
-    from hvd_dqn.preemption import Preempted, ignore_stop_signals
+    from hvd_dqn.preemption import Preempted, grace_seconds, ignore_stop_signals
+
+    grace_seconds()  # a bad HVD_DQN_TERM_GRACE_S fails here, before Horovod and TensorFlow start
     if args.elastic:
         from hvd_dqn.elastic import ElasticTrainer as Trainer
     else:
         from hvd_dqn.trainer import Trainer
 
+    from hvd_dqn.runlock import RunDirInUse
+
     try:
         summary = Trainer(config, run_dir=args.resume or args.run_dir, resume=args.resume is not None).train()
+    except RunDirInUse:
+        # every rank of the job is leaving with 2; a launcher that SIGTERMs the others once the first has exited
+        # (horovodrun --gloo) must not turn a rank's 2 into 143
+        ignore_stop_signals()
+        raise
     except Preempted as exc:
         ignore_stop_signals()
         if distributed.world().is_chief:
@@ -108,15 +126,12 @@ def _run_config(args):
     """The config a run was started with (its config.json), with --set overrides on top."""
     from hvd_dqn.config import Config, parse_overrides
 
+    from hvd_dqn.metrics import read_json_object
+
     path = Path(args.resume) / "config.json"
-    try:
-        data = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise UserError(f"--resume {args.resume}: no config.json (not a run directory? give --config)") from None
-    except (OSError, ValueError) as exc:
-        raise UserError(f"--resume {args.resume}: config.json is unreadable ({exc}); give --config") from None
-    if not isinstance(data, dict):
-        raise UserError(f"--resume {args.resume}: config.json is not a mapping; give --config")
+    if not path.is_file():
+        raise UserError(f"--resume {args.resume}: no config.json (not a run directory? give --config)")
+    data = read_json_object(path)
     for recorded in ("world_size", "per_rank"):  # recorded next to the config, not part of it
         data.pop(recorded, None)
     return Config.from_dict({**data, **parse_overrides(args.overrides)}, source=str(path))
@@ -128,10 +143,11 @@ def _evaluate(args) -> int:
 
     from hvd_dqn.envs import atari_options, check_env_id, make_env
     from hvd_dqn.evaluation import run_episodes, summarize
+    from hvd_dqn.metrics import read_json_object
     from hvd_dqn.serving import check_matches_env, load_policy
 
-    if args.episodes < 1:
-        raise UserError(f"--episodes must be at least 1, got {args.episodes}")
+    if not 1 <= args.episodes <= MAX_EPISODES:
+        raise UserError(f"--episodes must be 1 to {MAX_EPISODES}, got {args.episodes}")
     if not 0.0 <= args.epsilon <= 1.0:
         raise UserError(f"--epsilon must be in [0, 1], got {args.epsilon}")
     policy = load_policy(args.model)
@@ -151,7 +167,7 @@ def _evaluate(args) -> int:
     # Atari: the preprocessing and episode cap the model was trained with (a run's config.json, an export's
     # export.json; a bare .keras file gets the defaults)
     meta = [Path(args.model) / name for name in ("config.json", "export.json")]
-    trained = next((json.loads(m.read_text()) for m in meta if m.is_file()), {})
+    trained = next((read_json_object(m) for m in meta if m.is_file()), {})
     options = atari_options({**trained, "env_id": env_id})
     envs = [make_env(env_id, **options, **render) for _ in range(args.episodes)]
     check_matches_env(policy, envs[0])

@@ -15,22 +15,31 @@ from typing import Any, Literal, Optional
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from hvd_dqn.errors import UserError
+from hvd_dqn.errors import UserError, clip, excerpt
+
+MAX_HIDDEN_LAYERS, MAX_HIDDEN_WIDTH = 8, 8192  # 7 x 8192^2 weights: about 1.9 GB per copy, 4 copies in training
+MAX_EVAL_EPISODES = 1000  # each rank holds one env per evaluation episode it plays
+MAX_PHASE_SAMPLES = 2 ** 17  # transitions sampled at once per rank for a run of updates (Atari: about 7 GB)
+MAX_CONFIG_BYTES = 1 << 20  # a config is a few dozen keys; a bigger file is not one
 
 
 class Config(BaseModel):
     """One DQN experiment. Every field has a default except ``env_id``; unknown keys are errors."""
 
-    model_config = ConfigDict(frozen=True, extra="forbid", strict=True, validate_default=True)
+    # allow_inf_nan=False: no float field has a use for inf or NaN (null says "none" where a field allows it)
+    model_config = ConfigDict(frozen=True, extra="forbid", strict=True, validate_default=True, allow_inf_nan=False)
 
     # --- what to train on
     env_id: str = Field(description="A gymnasium id: classic control (CartPole-v1) or Atari (ALE/Pong-v5).")
     seed: int = Field(0, ge=0, lt=2**31, description="Base seed; rank r's envs and exploration use seed + r.")
-    total_env_steps: int = Field(100_000, gt=0, description="Env steps to train for, summed over all ranks.")
+    total_env_steps: int = Field(100_000, gt=0, le=10 ** 12,
+                                 description="Env steps to train for, summed over all ranks (at most 10^12).")
     num_envs: int = Field(1, ge=1, le=1024, description="Environments per rank, stepped together as a vector env.")
 
     # --- the Q-network and its optimisation
-    hidden_sizes: tuple[int, ...] = Field((256, 256), description="Widths of the MLP's hidden layers.")
+    hidden_sizes: tuple[int, ...] = Field(
+        (256, 256), description=f"Widths of the MLP's hidden layers: 1 to {MAX_HIDDEN_LAYERS} layers, each 1 to "
+                                f"{MAX_HIDDEN_WIDTH} wide.")
     learning_rate: float = Field(
         1e-3, gt=0, le=1.0, description="Adam step size at the start of training (times N with scaling weak).")
     lr_final_fraction: float = Field(
@@ -54,11 +63,17 @@ class Config(BaseModel):
     # --- replay and the learning schedule (all in global env steps)
     replay_capacity: int = Field(
         100_000, ge=1, description="Transitions kept, summed over ranks; each rank keeps replay_capacity / N.")
-    learning_starts: int = Field(1_000, ge=0, description="Global env steps collected before the first update.")
+    learning_starts: int = Field(
+        1_000, ge=0, description="Global env steps collected before the first update; below total_env_steps. "
+                                 "Learning also waits until every rank's replay holds a minibatch of transitions "
+                                 "(n_step > 1 needs n steps per transition).")
     train_every: int = Field(
         256, ge=1, description="Global env steps between learning phases (rounded to whole vector steps per rank).")
     updates_per_train: int = Field(
-        128, ge=1, description="Gradient updates in each learning phase (divided by N with scaling weak).")
+        128, ge=1, description="Gradient updates in each learning phase (divided by N with scaling weak). The "
+                               "minibatches of a run of updates up to a target sync are sampled at once: "
+                               "min(updates per phase, target_update_every) times each rank's batch may be at "
+                               f"most {MAX_PHASE_SAMPLES:,} transitions.")
     target_update_every: int = Field(
         128, ge=1, description="Gradient updates between target-network syncs (rank 0's weights are broadcast); "
                                "divided by N with scaling weak.")
@@ -110,6 +125,22 @@ class Config(BaseModel):
                                 "with NO gradient allreduce, then the ranks average their weights; null = "
                                 "synchronous data parallelism (gradients averaged at every update).")
 
+    # --- Horovod's gradient allreduce (README "Horovod options"); used when a job has several ranks
+    allreduce_op: Literal["average", "adasum"] = Field(
+        "average", description="How the ranks' gradients are combined: average (Horovod's DistributedOptimizer), "
+                               "or adasum (Maleki et al. 2020, through DistributedGradientTape; needs the MPI "
+                               "controller and a power-of-2 number of ranks).")
+    gradient_compression: Literal["none", "fp16"] = Field(
+        "none", description="Gradients sent as float16 in the allreduce (half the bytes, float16 rounding).")
+    backward_passes_per_step: int = Field(
+        1, ge=1, le=1024, description="Local gradient aggregation: each rank sums this many updates' gradients and "
+                                      "the ranks allreduce and step once per that many. An update is one "
+                                      "backward pass: updates_per_train and target_update_every count them and "
+                                      "must be multiples of this (per rank, after scaling).")
+    average_aggregated_gradients: bool = Field(
+        False, description="With backward_passes_per_step > 1: step on the mean of the aggregated gradients "
+                           "instead of their sum (Horovod's default is the sum).")
+
     # --- Atari (ALE/<Game>-v5 ids); classic-control envs ignore these
     frame_stack: int = Field(4, ge=1, le=16, description="Atari: the newest frames stacked into one observation.")
     noop_max: int = Field(30, ge=0, le=1000, description="Atari: up to this many no-op actions after each reset "
@@ -132,7 +163,9 @@ class Config(BaseModel):
 
     # --- evaluation and logging
     eval_every: int = Field(5_000, ge=1, description="Global env steps between greedy evaluations.")
-    eval_episodes: int = Field(10, ge=1, description="Greedy episodes per evaluation, split across ranks.")
+    eval_episodes: int = Field(
+        10, ge=1, le=MAX_EVAL_EPISODES,
+        description=f"Greedy episodes per evaluation, split across ranks (at most {MAX_EVAL_EPISODES}).")
     eval_epsilon: float = Field(0.0, ge=0, le=1.0, description="Epsilon during evaluation (0 = greedy).")
     reward_threshold: Optional[float] = Field(
         None, description="Return at which the task counts as solved; null = the env spec's reward_threshold.")
@@ -146,10 +179,17 @@ class Config(BaseModel):
                                 "at the next learning-phase boundary); null = none by time.")
     keep_checkpoints: int = Field(2, ge=1, le=1000, description="Newest complete checkpoints kept; older ones "
                                                                  "are deleted once a newer one is complete.")
+    hang_timeout_s: Optional[float] = Field(
+        300.0, ge=10, le=7 * 24 * 3600, description="Seconds a rank's training loop may make no progress (waiting "
+                                                    "for a stopped, deadlocked or unreachable rank) before the job "
+                                                    "ends non-zero with a line naming that rank; local evaluations "
+                                                    "and checkpoint writes do not count; null = wait forever.")
 
     @field_validator("hidden_sizes", mode="before")
     @classmethod
     def _sizes_as_tuple(cls, value: Any) -> Any:
+        if isinstance(value, (list, tuple)) and len(value) > MAX_HIDDEN_LAYERS:  # before validating each item
+            raise ValueError(f"at most {MAX_HIDDEN_LAYERS} layers, got {len(value):,}")
         if isinstance(value, list):
             return tuple(value)
         return value
@@ -159,6 +199,8 @@ class Config(BaseModel):
     def _sizes_positive(cls, value: tuple[int, ...]) -> tuple[int, ...]:
         if not value or any(v < 1 for v in value):
             raise ValueError("must be a non-empty list of positive integers")
+        if max(value) > MAX_HIDDEN_WIDTH:
+            raise ValueError(f"each layer at most {MAX_HIDDEN_WIDTH} wide, got {excerpt(max(value))}")
         return value
 
     @field_validator("env_id")
@@ -175,6 +217,9 @@ class Config(BaseModel):
             raise ValueError("eps_end must not exceed eps_start")
         if self.batch_size > self.replay_capacity:
             raise ValueError("batch_size must not exceed replay_capacity")
+        if self.learning_starts >= self.total_env_steps:
+            raise ValueError(f"learning_starts {self.learning_starts} must be below total_env_steps "
+                             f"{self.total_env_steps} (else the run makes no gradient update)")
         if self.federated_every is not None and self.target_tau is None \
                 and self.target_update_every % self.federated_every:
             # a hard sync copies the online net: it must fall on an averaging, where every rank holds the same one
@@ -185,7 +230,23 @@ class Config(BaseModel):
         if self.scaling != "strong" and self.federated_every is not None:
             raise ValueError(f"scaling: {self.scaling} shortens the chain of synchronous updates; federated_every "
                              "runs local updates instead: use one of the two")
+        self._check_horovod_options()
         return self
+
+    def _check_horovod_options(self) -> None:
+        k = self.backward_passes_per_step
+        if self.federated_every is not None and (k > 1 or self.allreduce_op != "average"
+                                                 or self.gradient_compression != "none"):
+            raise ValueError("allreduce_op, gradient_compression and backward_passes_per_step shape the gradient "
+                             "allreduce; federated_every runs none: use one of the two")
+        if self.allreduce_op == "adasum" and k > 1:
+            raise ValueError("backward_passes_per_step > 1 needs allreduce_op: average (Horovod aggregates "
+                             "gradients locally only in its DistributedOptimizer, which refuses Adasum)")
+        if self.average_aggregated_gradients and k == 1:
+            raise ValueError("average_aggregated_gradients needs backward_passes_per_step > 1")
+        if k > 1 and self.target_tau is not None:
+            raise ValueError("target_tau moves the target after every update, backward_passes_per_step > 1 steps "
+                             "the online net once per several: use one of the two")
 
     # ---- derived values (properties, not fields)
     @property
@@ -225,6 +286,16 @@ class Config(BaseModel):
             batch_size, learning_rate = self.batch_size // n, self.learning_rate
             updates_per_train, target_update_every = self.updates_per_train, self.target_update_every
         vector_step = n * self.num_envs  # global env steps per vector step of every rank
+        # a vector step of all ranks brings more than train_every env steps (Atari's train_every 4 on 8 ranks):
+        # more updates per phase, so the updates per env step stay what the config says
+        updates_per_phase = updates_per_train * max(1, round(vector_step / self.train_every))
+        k = self.backward_passes_per_step
+        for name, value in (("updates per learning phase", updates_per_phase),
+                            ("target_update_every", target_update_every)):
+            if value % k:
+                # a phase or target period ending between two optimizer steps would leave gradients half-summed
+                raise UserError(f"config: {name} is {value} per rank at {n} rank(s), not a multiple of "
+                                f"backward_passes_per_step {k}")
         return PerRank(
             batch_size=batch_size,
             learning_rate=learning_rate,
@@ -232,12 +303,29 @@ class Config(BaseModel):
             replay_capacity=-(-self.replay_capacity // n),
             vector_steps=-(-self.total_env_steps // vector_step),
             vector_steps_per_train=max(1, round(self.train_every / vector_step)),
-            # a vector step of all ranks brings more than train_every env steps (Atari's train_every 4 on 8 ranks):
-            # more updates per phase, so the updates per env step stay what the config says
-            updates_per_phase=updates_per_train * max(1, round(vector_step / self.train_every)),
+            updates_per_phase=updates_per_phase,
             global_steps_per_vector_step=vector_step,
             adam_beta1=beta1, adam_beta2=beta2, adam_epsilon=adam_epsilon,
         )
+
+    def check_schedule(self, per: "PerRank") -> None:
+        """A UserError if a job of these per-rank quantities would make no gradient update, or would sample more
+        transitions at once than MAX_PHASE_SAMPLES (the memory runs out before anything can fail cleanly)."""
+        vector_step = per.global_steps_per_vector_step
+        first = max(1, -(-self.learning_starts // vector_step))  # the first vector step at or past learning_starts
+        first = -(-first // per.vector_steps_per_train) * per.vector_steps_per_train  # ... that ends a phase
+        if first > per.vector_steps:
+            raise UserError(
+                f"config: no learning phase falls due: the first would end at global env step {first * vector_step:,} "
+                f"(learning_starts {self.learning_starts}, train_every {self.train_every}, "
+                f"{vector_step} env steps per vector step of all ranks), after total_env_steps "
+                f"{self.total_env_steps}; lower learning_starts or train more steps")
+        run = min(per.updates_per_phase, per.target_update_every, self.federated_every or per.updates_per_phase)
+        if run * per.batch_size > MAX_PHASE_SAMPLES:
+            raise UserError(
+                f"config: each rank would sample {run:,} updates x {per.batch_size} transitions = "
+                f"{run * per.batch_size:,} at once, more than {MAX_PHASE_SAMPLES:,}: lower updates_per_train, "
+                f"target_update_every or batch_size")
 
     # ---- construction
     @classmethod
@@ -250,7 +338,7 @@ class Config(BaseModel):
         except ValidationError as exc:
             raise UserError(f"{source}: {_one_line(exc)}") from None
         except TypeError as exc:  # e.g. non-string keys
-            raise UserError(f"{source}: {exc}") from None
+            raise UserError(f"{source}: {clip(str(exc), 200)}") from None
 
     @classmethod
     def from_yaml(cls, path: str | os.PathLike, overrides: list[str] | tuple[str, ...] = ()) -> "Config":
@@ -259,13 +347,18 @@ class Config(BaseModel):
         if not path.is_file():
             raise UserError(f"config file not found: {path}")
         try:
-            data = yaml.safe_load(path.read_text())
+            if path.stat().st_size > MAX_CONFIG_BYTES:
+                raise UserError(f"{path}: {path.stat().st_size:,} bytes is too big for a config "
+                                f"(at most {MAX_CONFIG_BYTES:,})")
+            data = load_yaml(path.read_text())
         except yaml.YAMLError as exc:
             mark = getattr(exc, "problem_mark", None)
             where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
             raise UserError(f"{path}: malformed YAML{where}: {getattr(exc, 'problem', exc)}") from None
         except (OSError, UnicodeDecodeError) as exc:
             raise UserError(f"{path}: cannot read: {exc}") from None
+        except ValueError as exc:  # an integer past Python's int-to-str limit (4300 digits)
+            raise UserError(f"{path}: {_too_long(exc)}") from None
         data = {} if data is None else data
         if not isinstance(data, dict):
             raise UserError(f"{path}: expected a mapping of keys to values, got {type(data).__name__}")
@@ -303,24 +396,58 @@ def parse_overrides(items: list[str] | tuple[str, ...]) -> dict[str, Any]:
     for item in items:
         key, sep, raw = item.partition("=")
         if not sep or not key.strip():
-            raise UserError(f"--set {item!r}: expected key=value")
+            raise UserError(f"--set {excerpt(item)}: expected key=value")
         try:
-            out[key.strip()] = yaml.safe_load(raw) if raw.strip() else None
-        except yaml.YAMLError:
-            raise UserError(f"--set {item!r}: the value is not valid YAML") from None
+            out[key.strip()] = load_yaml(raw) if raw.strip() else None
+        except yaml.YAMLError as exc:
+            raise UserError(f"--set {excerpt(item)}: the value is not valid YAML ({getattr(exc, 'problem', exc)})") \
+                from None
+        except ValueError as exc:
+            raise UserError(f"--set {excerpt(key.strip())}: {_too_long(exc)}") from None
     return out
 
 
+class _NoAliasLoader(yaml.SafeLoader):
+    """PyYAML's SafeLoader without aliases. A config is a few dozen keys, where an alias saves nothing, while a
+    few hundred bytes of nested aliases ("billion laughs") expand to gigabytes: refused at the first ``*name``."""
+
+    def compose_node(self, parent, index):
+        if self.check_event(yaml.AliasEvent):
+            event = self.peek_event()
+            raise yaml.composer.ComposerError(
+                None, None, f"YAML aliases (*{clip(event.anchor)}) are not allowed in a config; "
+                            "write the value out", event.start_mark)
+        return super().compose_node(parent, index)
+
+
+def load_yaml(text: str) -> Any:
+    """YAML as ``yaml.safe_load`` reads it, with aliases refused (``_NoAliasLoader``)."""
+    loader = _NoAliasLoader(text)
+    try:
+        return loader.get_single_data()
+    finally:
+        loader.dispose()
+
+
+def _too_long(exc: ValueError) -> str:
+    if "digits" in str(exc):
+        return "an integer with more than 4300 digits (no config value is that big)"
+    return clip(str(exc), 200)
+
+
 def _one_line(exc: ValidationError) -> str:
-    parts = []
-    for err in exc.errors():
-        field = ".".join(str(p) for p in err["loc"]) or "config"
-        msg = err["msg"].removeprefix("Value error, ")
+    """The first few of pydantic's errors, each naming its field and quoting at most an excerpt of the input."""
+    parts, errors, shown = [], exc.errors(), 3
+    for err in errors[:shown]:
+        field = clip(".".join(str(p) for p in err["loc"]) or "config")
+        msg = clip(err["msg"].removeprefix("Value error, "), 300)
         if err["type"] == "extra_forbidden":
             msg = "unknown key"
         elif err["type"] == "missing":
             msg = "required key is missing"
         elif "input" in err and err["type"] not in ("value_error",):
-            msg = f"{msg} (got {err['input']!r})"
+            msg = f"{msg} (got {excerpt(err['input'])})"
         parts.append(f"{field}: {msg}")
+    if len(errors) > shown:
+        parts.append(f"and {len(errors) - shown:,} more")
     return "; ".join(parts)

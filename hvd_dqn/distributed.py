@@ -1,4 +1,4 @@
-"""Every Horovod call of the package lives here: init and device pinning, broadcasts, the gradient allreduce,
+"""Every Horovod call of the package lives here: init and device pinning, broadcasts, the distributed optimizer,
 gathers for metrics and checksums, and ending the whole job when one rank fails.
 
 Other modules ask this one; none imports horovod.
@@ -13,6 +13,8 @@ from dataclasses import dataclass
 
 import numpy as np
 import tensorflow as tf
+
+from hvd_dqn.errors import UserError
 
 
 @dataclass(frozen=True)
@@ -64,6 +66,8 @@ LATENCY_DEFAULTS = {"HOROVOD_CYCLE_TIME": "0.1", "OMPI_MCA_mpi_yield_when_idle":
 
 def _latency_defaults() -> None:
     for key, value in LATENCY_DEFAULTS.items():
+        if key == "HOROVOD_CYCLE_TIME" and os.environ.get("HOROVOD_AUTOTUNE", "0") not in ("", "0"):
+            continue  # a cycle time set in the environment is one that Horovod's autotuner leaves alone
         os.environ.setdefault(key, value)
 
 
@@ -89,12 +93,54 @@ def world() -> World:
     return _world
 
 
-def average_gradients(grads):
-    """Horovod: average ``grads`` over all ranks with one fused ring-allreduce, the same collective that
-    DistributedGradientTape runs. Called explicitly (not through ``optimizer.apply_gradients`` on a
-    DistributedOptimizer, which in a custom loop does NO allreduce and lets replicas drift: see STACK.md)."""
+def wrap_optimizer(optimizer, *, op: str = "average", compression: str = "none", backward_passes_per_step: int = 1,
+                   average_aggregated_gradients: bool = False):
+    """Horovod: ``optimizer`` (a tf_keras one) made to reduce its gradients over all ranks inside
+    ``minimize(loss, variables, tape=tape)``: its compute_gradients runs the allreduce, then its apply_gradients
+    clips (``global_clipnorm``: the REDUCED gradient) and steps. Only minimize (or compute_gradients) reduces:
+    ``tape.gradient`` + ``apply_gradients`` would not (the allreduce trap, README "Horovod options").
+
+    ``op``: "average" (Horovod's keras DistributedOptimizer) or "adasum" (through DistributedGradientTape, since
+    that optimizer refuses Adasum). ``compression``: "none" or "fp16" on the wire. ``backward_passes_per_step`` k:
+    each rank sums k gradients locally, one allreduce and one optimizer step per k (divided by k if
+    ``average_aggregated_gradients``). With average, all the gradients of an update travel in one grouped
+    allreduce."""
     hvd = _hvd()
-    return hvd.grouped_allreduce(list(grads), op=hvd.Average)
+    wire = hvd.Compression.fp16 if compression == "fp16" else hvd.Compression.none
+    if op == "adasum":
+        if not hvd.mpi_enabled():
+            raise UserError("allreduce_op: adasum needs the MPI controller (horovodrun --mpi, mpirun or srun); "
+                            "this job runs on Gloo")
+        size = world().size
+        if size & (size - 1):
+            raise UserError(f"allreduce_op: adasum needs a power-of-2 number of ranks, not {size}")
+        return _adasum_optimizer(optimizer, wire)
+    import horovod.tensorflow.keras as hvd_keras
+
+    return hvd_keras.DistributedOptimizer(
+        optimizer, compression=wire, backward_passes_per_step=backward_passes_per_step,
+        average_aggregated_gradients=average_aggregated_gradients, groups=1)
+
+
+def _adasum_optimizer(optimizer, wire):
+    """``optimizer``'s class with a compute_gradients that reduces by Adasum through DistributedGradientTape (the
+    way Horovod's own keras DistributedOptimizer builds its class; saved under the same name)."""
+    hvd = _hvd()
+
+    def compute_gradients(self, loss, var_list, tape=None):
+        # Horovod: Adasum combines the ranks' gradients by their projections, not their mean. One allreduce per
+        # tensor (fused by Horovod's cycle): horovod 0.28.1's grouped allreduce fails with Adasum (UnboundLocalError)
+        tape = hvd.DistributedGradientTape(tape, op=hvd.Adasum, compression=wire)
+        return list(zip(tape.gradient(loss, var_list), var_list))
+
+    cls = type(type(optimizer).__name__, (type(optimizer),), {"compute_gradients": compute_gradients})
+    return cls.from_config(optimizer.get_config())
+
+
+def _grouped_average(tensors):
+    """One fused allreduce averaging ``tensors`` (eagerly, outside the learner's graph)."""
+    hvd = _hvd()
+    return hvd.grouped_allreduce(list(tensors), op=hvd.Average)
 
 
 def average_variables(variables) -> None:
@@ -104,8 +150,7 @@ def average_variables(variables) -> None:
     variables = list(variables)
     if world().size == 1:
         return
-    hvd = _hvd()
-    for var, mean in zip(variables, hvd.grouped_allreduce([v.read_value() for v in variables], op=hvd.Average)):
+    for var, mean in zip(variables, _grouped_average([v.read_value() for v in variables])):
         var.assign(mean)
 
 
@@ -117,10 +162,10 @@ def time_allreduce(variables, repeats: int = 3) -> float | None:
     import time
 
     tensors = [tf.zeros_like(v) for v in variables]
-    average_gradients(tensors)  # the first call pays Horovod's negotiation; time the steady state
+    _grouped_average(tensors)  # the first call pays Horovod's negotiation; time the steady state
     start = time.perf_counter()
     for _ in range(repeats):
-        average_gradients(tensors)
+        _grouped_average(tensors)
     return (time.perf_counter() - start) / repeats * 1e3
 
 
@@ -143,6 +188,13 @@ def allgather(values: np.ndarray) -> np.ndarray:
     if world().size == 1:
         return values
     return _hvd().allgather(tf.convert_to_tensor(values)).numpy()
+
+
+def allgather_object(obj) -> list:
+    """Every rank's ``obj`` (a small picklable value: names, sizes, digests) in rank order; a collective."""
+    if world().size == 1:
+        return [obj]
+    return _hvd().allgather_object(obj)
 
 
 def barrier() -> None:

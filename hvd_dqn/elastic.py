@@ -18,6 +18,7 @@ from hvd_dqn.errors import UserError
 from hvd_dqn.evaluation import Evaluator
 from hvd_dqn.learner import Learner
 from hvd_dqn.metrics import RunLogger
+from hvd_dqn.runlock import RunDirInUse, RunLock
 from hvd_dqn.trainer import Trainer, _crossed
 
 COUNTERS = ("vstep", "env_steps", "since_sync", "updates", "evaluator_count", "last_eval", "solved_env_steps",
@@ -32,6 +33,9 @@ class ElasticTrainer(Trainer):
             raise UserError("--elastic runs commit in memory and write no checkpoint to resume; drop --resume")
         if run_dir is None:
             raise UserError("--elastic needs --run-dir (workers that join later must find the same directory)")
+        if config.backward_passes_per_step > 1:
+            raise UserError("--elastic needs backward_passes_per_step: 1 (the gradients a rank sums between two "
+                            "allreduces are not part of the committed state)")
         super().__init__(config, run_dir, callbacks)
 
     def _make_learner(self, obs_shape, n_actions: int) -> Learner:
@@ -46,6 +50,15 @@ class ElasticTrainer(Trainer):
 
     def _checkpoint_due(self, prev_steps: int, final: bool) -> tuple[bool, bool]:
         return False, False
+
+    def _lock_run_dir(self) -> None:
+        # No broadcast of the outcome: a worker that joins later runs this too, alone. A refused rank 0 fails
+        # with a plain UserError, which ends the whole job (the base class's RunDirInUse assumes every rank knows).
+        if self.world.is_chief:
+            try:
+                self.lock = RunLock(self.run_dir).acquire()
+            except RunDirInUse as exc:
+                raise UserError(str(exc)) from None
 
     def _train(self) -> dict[str, Any]:
         self._setup()
@@ -65,7 +78,8 @@ class ElasticTrainer(Trainer):
             s.env_steps += self.per.global_steps_per_vector_step
             final = s.env_steps >= cfg.total_env_steps
             self._collect()
-            if s.env_steps >= cfg.learning_starts and s.vstep % self.per.vector_steps_per_train == 0:
+            if s.env_steps >= cfg.learning_starts and s.vstep % self.per.vector_steps_per_train == 0 \
+                    and self._replay_ready():
                 self._learn()
                 for name, value in self._counters().items():
                     setattr(state, name, value)
@@ -97,6 +111,7 @@ class ElasticTrainer(Trainer):
         cfg = self.config
         world = self.world = distributed.init()
         self.per = cfg.per_rank(world.size)
+        self.replay_ready = False  # a joining worker's replay starts empty: every rank asks again, alike
         count = self.evaluator.count
         self.evaluator = Evaluator(cfg.env_id, cfg.eval_episodes, cfg.seed, world.rank, world.size, cfg.eval_epsilon)
         self.evaluator.count = count

@@ -1,12 +1,20 @@
 """The learner: online and target Q-networks, Adam, and a learning phase of K gradient updates in one TF call.
 
-One update = double-DQN Huber loss -> gradients averaged over all ranks by Horovod's ring-allreduce -> clip the
-global norm -> Adam step. Running K updates inside one ``tf.function`` (a ``tf.while_loop`` over K pre-sampled
-minibatches) pays TensorFlow's per-call overhead once per phase instead of once per update. On one rank the whole
-phase is XLA-compiled. On several ranks the phase runs as a plain TF graph: Horovod's ops have no XLA kernels on
-the CPU, and XLA-compiling the loss-and-gradient and the optimizer step on either side of the allreduce measured
-slower at np=2 on the 2-core machine (0.96-1.00 against 0.64-0.68 ms per update of the CartPole MLP, and 1-2 s
-more compilation before the first phase), the two XLA launches per update costing more than they save.
+One update = double-DQN Huber loss -> ``optimizer.minimize(loss, variables, tape=tape)``. On several ranks the
+optimizer is Horovod's DistributedOptimizer (``distributed.wrap_optimizer``, options in the config's Horovod
+keys): its compute_gradients averages the gradients over all ranks (one grouped ring-allreduce), then its
+apply_gradients clips the averaged gradient's global norm (``global_clipnorm``) and steps. Running K updates
+inside one ``tf.function`` (a ``tf.while_loop`` over K pre-sampled minibatches) pays TensorFlow's per-call
+overhead once per phase instead of once per update. Without a collective in the update (one rank, federated
+averaging) the whole phase is XLA-compiled. With one it runs as a plain TF graph: Horovod's ops have no XLA
+kernels on the CPU, and XLA-compiling the loss-and-gradient and the optimizer step on either side of the
+allreduce measured slower at np=2 on the 2-core machine (0.96-1.00 against 0.64-0.68 ms per update of the
+CartPole MLP, and 1-2 s more compilation before the first phase), the two XLA launches per update costing more
+than they save.
+
+With ``backward_passes_per_step`` k > 1 an "update" is one backward pass: the optimizer steps (and the ranks
+allreduce) once per k of them, on their local sum. The config keeps every phase and target period a multiple of
+k, so no gradient is left half-aggregated at a phase boundary (a target sync, a checkpoint).
 
 Algorithm options (README "Algorithms"): a dueling head; per-sample bootstrap discounts (gamma^m of n-step
 transitions) and importance-sampling weights in, per-sample |TD error| out (for prioritized replay); soft
@@ -39,27 +47,29 @@ class Learner:
         self.averaged = None if config.policy_ema is None else \
             build_q_network(obs_shape, n_actions, config, name="averaged_q_network")
         per = config.per_rank(world_size)  # Adam's betas and epsilon after the scaling rule
-        self.optimizer = keras.optimizers.SGD(learning_rate=config.learning_rate) if config.optimizer == "sgd" \
+        clip = {"global_clipnorm": config.max_grad_norm}  # applied inside apply_gradients, after any allreduce
+        optimizer = keras.optimizers.SGD(learning_rate=config.learning_rate, **clip) if config.optimizer == "sgd" \
             else keras.optimizers.Adam(learning_rate=config.learning_rate, beta_1=per.adam_beta1,
-                                       beta_2=per.adam_beta2, epsilon=per.adam_epsilon)
-        self.updates = 0  # gradient updates done, identical on every rank
-        self._multi = world_size > 1
+                                       beta_2=per.adam_beta2, epsilon=per.adam_epsilon, **clip)
+        self.updates = 0  # gradient updates (backward passes) done, identical on every rank
         self._federated = config.federated_every is not None
-        self._allreduce = self._multi and not self._federated  # an update runs a collective
+        # an update runs Horovod's ops: an allreduce, or the local aggregation of backward_passes_per_step
+        self._allreduce = (world_size > 1 or config.backward_passes_per_step > 1) and not self._federated
+        self.optimizer = optimizer if not self._allreduce else distributed.wrap_optimizer(
+            optimizer, op=config.allreduce_op, compression=config.gradient_compression,
+            backward_passes_per_step=config.backward_passes_per_step,
+            average_aggregated_gradients=config.average_aggregated_gradients)
         # XLA: for the MLP; the Nature CNN runs ~12x slower XLA-compiled on CPU than on TF's own (oneDNN)
         # kernels (3 against 37 updates/s at batch 32 on the 2-core machine), so it runs without.
         xla = not self.is_cnn
         self._phase = tf.function(self._phase_loop, jit_compile=xla and not self._allreduce, reduce_retracing=True,
                                   autograph=False)
         self.last_td_abs = None  # |TD error| of every sample of the last phase, shape (K, B)
-        if self._allreduce:  # not XLA-compiled: see the module docstring
-            self._grads = tf.function(self._loss_and_grads, reduce_retracing=True, autograph=False)
-            self._apply = tf.function(self._clip_and_apply, reduce_retracing=True, autograph=False)
         self._optimizer_synced = False
         self._act = {}  # the CNN's acting tf.functions, one per network, built on first use
 
     # ---- the math of one update
-    def _loss_and_grads(self, obs, action, reward, next_obs, terminated, discount, weights):
+    def _update(self, obs, action, reward, next_obs, terminated, discount, weights):
         cfg = self.config
         next_q_target = self.target(next_obs, training=False)
         next_q_online = self.online(next_obs, training=False) if cfg.double_dqn else None
@@ -68,28 +78,12 @@ class Learner:
             q = self.online(obs, training=True)
             q_taken = losses.q_of_actions(q, action)
             loss = losses.weighted_huber_loss(q_taken - target, weights, cfg.huber_delta)
-        grads = tape.gradient(loss, self.online.trainable_variables)
-        return loss, tf.reduce_mean(q_taken), tf.abs(q_taken - target), grads
-
-    def _clip_and_apply(self, grads):
-        cfg = self.config
-        if cfg.max_grad_norm is not None:
-            grads, _ = tf.clip_by_global_norm(grads, cfg.max_grad_norm)
-        self.optimizer.apply_gradients(zip(grads, self.online.trainable_variables))
+        # Horovod: on several ranks the allreduce runs inside minimize (never tape.gradient + apply_gradients)
+        self.optimizer.minimize(loss, self.online.trainable_variables, tape=tape)
         if cfg.target_tau is not None:  # same online weights on every rank -> the same target on every rank
             for t, o in zip(self.target.trainable_variables, self.online.trainable_variables):
                 t.assign(losses.soft_update(t, o, cfg.target_tau))
-
-    def _update(self, *batch):
-        if not self._allreduce:
-            loss, q_mean, td_abs, grads = self._loss_and_grads(*batch)
-            self._clip_and_apply(grads)
-        else:
-            loss, q_mean, td_abs, grads = self._grads(*batch)
-            # Horovod: the one collective of an update, the ring-allreduce averaging the gradients.
-            grads = distributed.average_gradients(grads)
-            self._apply(grads)
-        return loss, q_mean, td_abs
+        return loss, tf.reduce_mean(q_taken), tf.abs(q_taken - target)
 
     def _phase_loop(self, obs, action, reward, next_obs, terminated, discount, weights):
         n = tf.shape(action)[0]

@@ -1,9 +1,11 @@
-"""Run outputs written by rank 0 only: metrics.jsonl rows, summary.json, and plain progress lines.
+"""Run outputs written by rank 0 only: metrics.jsonl rows, summary.json, and plain progress lines; and the run's
+JSON files read back.
 
 On other ranks the logger is a no-op, so the training loop carries no ``if rank == 0``.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -11,15 +13,40 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from hvd_dqn.errors import UserError, clip
+
 
 def atomic_write_text(path: Path, text: str) -> None:
-    """Write via a temporary file and rename, so a reader never sees half a file."""
+    """Write via a temporary file and rename, so a reader never sees half a file (nor is one left on failure)."""
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    with open(tmp, "w") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "w") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException as exc:  # a full disk, say: the old file stays as it was, and no half-written temp file
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        if isinstance(exc, OSError):
+            exc.filename = str(path)  # the file the caller asked for, not our temporary one
+        raise
+
+
+def read_json_object(path: Path, missing: dict[str, Any] | None = None) -> dict[str, Any]:
+    """A run's JSON file (config.json, summary.json, export.json) as a dict; ``missing`` where there is no such
+    file (a UserError when None). Unreadable, malformed or not an object: a one-line UserError naming it."""
+    try:
+        data = json.loads(Path(path).read_text())
+    except FileNotFoundError:
+        if missing is None:
+            raise UserError(f"{path}: not found") from None
+        return missing
+    except (OSError, UnicodeDecodeError, ValueError) as exc:  # ValueError: JSONDecodeError, or a 5,000-digit int
+        raise UserError(f"{path}: unreadable or not JSON ({clip(str(exc), 120)})") from None
+    if not isinstance(data, dict):
+        raise UserError(f"{path}: expected a JSON object, got {type(data).__name__}")
+    return data
 
 
 def _clean(value: Any) -> Any:

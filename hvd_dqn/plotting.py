@@ -1,10 +1,12 @@
 """Learning curves from run dirs: greedy evaluation return against global env steps and against wall clock."""
 from __future__ import annotations
 
+import contextlib
 import json
 from pathlib import Path
 
 from hvd_dqn.errors import UserError
+from hvd_dqn.metrics import read_json_object
 
 
 def read_run(run_dir: Path) -> dict:
@@ -19,12 +21,15 @@ def read_run(run_dir: Path) -> dict:
             rows.append(json.loads(line))
         except json.JSONDecodeError:
             raise UserError(f"{metrics}: line {n} is not JSON") from None
-    summary = json.loads((run_dir / "summary.json").read_text()) if (run_dir / "summary.json").is_file() else {}
-    config = json.loads((run_dir / "config.json").read_text()) if (run_dir / "config.json").is_file() else {}
+    summary = read_json_object(run_dir / "summary.json", missing={})
+    config = read_json_object(run_dir / "config.json", missing={})
     return {"rows": rows, "summary": summary, "config": config}
 
 
 def plot_runs(run_dirs: list[Path], out: Path, width_px: int = 1200, height_px: int = 450, dpi: int = 100) -> Path:
+    out = Path(out)
+    if out.is_dir():
+        raise UserError(f"-o {out}: is a directory; name the PNG file to write, e.g. {out / 'curves.png'}")
     import matplotlib
 
     matplotlib.use("Agg")
@@ -56,10 +61,15 @@ def plot_runs(run_dirs: list[Path], out: Path, width_px: int = 1200, height_px: 
     env_ids = sorted({run["config"].get("env_id", "?") for _, run in runs})
     fig.suptitle(f"hvd-dqn: {', '.join(env_ids)}")
     fig.tight_layout()
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(f".{out.stem}.tmp.png")
-    fig.savefig(tmp, dpi=dpi)
-    plt.close(fig)
-    tmp.replace(out)
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        fig.savefig(tmp, dpi=dpi)
+        tmp.replace(out)
+    except OSError as exc:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        raise UserError(f"-o {out}: cannot write it ({exc.strerror or exc})") from None
+    finally:
+        plt.close(fig)
     return out

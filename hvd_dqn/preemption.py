@@ -4,21 +4,36 @@ The handler only sets a flag. The trainer allreduces the flags of all ranks at i
 iterations on every rank), so a signal that reaches one rank, some or all of them stops every rank at the same
 update; the job then writes a checkpoint and every rank exits with PREEMPTED_EXIT_CODE. Who sends the signal:
 SLURM (``--signal=B:USR1@120`` to the batch script, which forwards it to srun's tasks), mpirun (forwards SIGUSR1;
-on SIGTERM it kills the ranks a few seconds later, so send SIGUSR1 to mpirun), horovodrun (on SIGTERM it gives
-the ranks SIGTERM, then SIGKILL 5 s later), or a user (``kill -USR1 <rank pid>``).
+on SIGTERM it kills the ranks a few seconds later, so send SIGUSR1 to mpirun), horovodrun (with Gloo, on SIGTERM
+it gives the ranks SIGTERM, then SIGKILL 5 s later; with MPI it ends alone, and the ranks see it gone:
+``hvd_dqn.launcherwatch``), or a user (``kill -USR1 <rank pid>``).
 """
 from __future__ import annotations
 
+import math
 import os
 import signal
 import socket
 import sys
 import threading
 
+from hvd_dqn.errors import UserError, excerpt
+
 PREEMPTED_EXIT_CODE = 75  # EX_TEMPFAIL (sysexits.h): stopped on request, a checkpoint is written, resume later
 SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
-PREEMPT_AT_ENV = "HVD_DQN_PREEMPT_AT"  # "RANK:GLOBAL_STEP": raise the flag on that rank at that step (tests)
 GRACE_ENV = "HVD_DQN_TERM_GRACE_S"  # seconds after SIGTERM to agree on the stop, else exit 143 (default 10)
+
+
+def grace_seconds() -> float:
+    """HVD_DQN_TERM_GRACE_S (default 10): a positive number of seconds, else a one-line UserError."""
+    raw = os.environ.get(GRACE_ENV) or "10"
+    try:
+        value = float(raw)
+    except ValueError:
+        value = math.nan
+    if not (math.isfinite(value) and value > 0):
+        raise UserError(f"{GRACE_ENV}: expected a positive number of seconds, got {excerpt(raw)}")
+    return value
 
 
 class Preempted(Exception):
@@ -48,18 +63,14 @@ class StopRequest:
         self._timer: threading.Timer | None = None
         self._agreed = False
         self._lock = threading.Lock()
-        self.grace_s = float(os.environ.get(GRACE_ENV) or 10.0)
-        spec = os.environ.get(PREEMPT_AT_ENV, "")
-        at_rank, _, step = spec.partition(":")
-        self._at_step = int(step) if spec and int(at_rank) == rank else None
+        self.grace_s = grace_seconds()
 
     @property
     def requested(self) -> bool:
         return self.signame is not None
 
     def poll(self, env_steps: int) -> bool:
-        if self._at_step is not None and env_steps >= self._at_step and self.signame is None:
-            self.signame = PREEMPT_AT_ENV
+        """Asked at each decision point (global env step ``env_steps``): has a stop been requested?"""
         return self.requested
 
     def agreed(self) -> None:
@@ -69,17 +80,22 @@ class StopRequest:
             if self._timer is not None:
                 self._timer.cancel()
 
-    def _requested(self, signum: int) -> None:
+    def request(self, reason: str, deadline: bool = True) -> None:
+        """Ask for the stop (from any thread); ``reason`` names it in the messages. With ``deadline`` the ranks
+        must agree on it within ``grace_s``, as after SIGTERM (e.g. the launcher is gone: see launcherwatch)."""
         with self._lock:
             if self.signame is None:
-                self.signame = signal.Signals(signum).name
-            if signum == signal.SIGTERM and self._timer is None and not self._agreed:
-                self._timer = threading.Timer(self.grace_s, self._expire)
+                self.signame = reason
+            if deadline and self._timer is None and not self._agreed:
+                self._timer = threading.Timer(self.grace_s, self._expire, args=(reason,))
                 self._timer.daemon = True
                 self._timer.start()
 
-    def _expire(self) -> None:
-        print(f"hvd-dqn: SIGTERM, and the ranks did not agree on a stop within {self.grace_s:g} s (a rank is "
+    def _requested(self, signum: int) -> None:
+        self.request(signal.Signals(signum).name, deadline=signum == signal.SIGTERM)
+
+    def _expire(self, reason: str) -> None:
+        print(f"hvd-dqn: {reason}, and the ranks did not agree on a stop within {self.grace_s:g} s (a rank is "
               "gone, or this one is blocked); exiting without a checkpoint", file=sys.stderr, flush=True)
         os._exit(128 + signal.SIGTERM)
 

@@ -98,6 +98,13 @@ class ReplayShard:
     def __len__(self) -> int:
         return len(self.buffer)
 
+    def sampleable_count(self) -> int:
+        """Transitions a sample can draw: every stored one, or (a buffer with ``sampleable``, the frame replay)
+        those whose frames and n steps are all stored."""
+        n = len(self.buffer)
+        sampleable = getattr(self.buffer, "sampleable", None)
+        return n if sampleable is None or n == 0 else int(np.count_nonzero(sampleable(np.arange(n))))
+
     def add(self, obs, action, reward, next_obs, terminated, truncated, discount=None, **extra) -> None:
         """Add transitions through the buffer's ``add`` (``extra``: its own keywords, e.g. the frame buffer's
         ``episode_end``); they get this shard's discount and, when prioritized, the largest priority so far."""

@@ -2,11 +2,21 @@
 
 A model is found from a run dir (``q_network.keras`` + ``config.json``), an export dir (``saved_model/`` +
 ``export.json``) or a ``.keras`` file. Nothing here needs Horovod.
+
+Loading a ``.keras`` file runs no code from it: only the zip format is read, with Keras' ``safe_mode`` (which
+refuses Lambda layers' bytecode), and only when every object its config names is a Keras built-in (tf_keras'
+safe_mode, unlike Keras 3.9's, would import a function or class from any module a file names). HDF5 files,
+whose Lambda layers run on loading, are refused. A SavedModel is a TensorFlow graph, which can do what any
+program can: load only exports from someone you trust.
 """
 from __future__ import annotations
 
 import json
+import os
+import re
+import secrets
 import shutil
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -15,8 +25,14 @@ import numpy as np
 
 from hvd_dqn.envs import atari_options
 from hvd_dqn.errors import UserError
+from hvd_dqn.metrics import read_json_object
 
 EXPORT_META = "export.json"
+EXPORT_FORMAT = "hvd-dqn-export"
+# What an export dir holds; an existing OUT_DIR is replaced only when it holds nothing else.
+EXPORT_ENTRIES = frozenset({"saved_model", "q_network.keras", EXPORT_META})
+HDF5_MAGIC = b"\x89HDF\r\n\x1a\n"
+_KERAS_MODULE = re.compile(r"^(tf_)?keras(\.|$)")
 
 
 @dataclass
@@ -29,12 +45,65 @@ class LoadedPolicy:
 
 
 def _load_keras(path: Path):
+    """The model in a ``.keras`` zip file, loaded without running code from it (UserError otherwise)."""
+    _check_keras_zip(path)
     from hvd_dqn.keras2 import keras
 
     try:
-        return keras.models.load_model(path, compile=False)
-    except (OSError, ValueError) as exc:
-        raise UserError(f"{path}: not a loadable Keras model ({str(exc).splitlines()[0]})") from None
+        # tf_keras reads a zip named *.keras with its v3 loader, which honours safe_mode; anything else would go
+        # to the legacy HDF5/SavedModel loaders, which run Lambda bytecode (_check_keras_zip keeps it out)
+        return keras.models.load_model(path, compile=False, safe_mode=True)
+    except Exception as exc:  # Keras raises many types for a foreign or damaged archive
+        text = str(exc).strip()
+        if "safe_mode" in text:  # a Lambda our own check missed: Keras' safe_mode still refused it
+            raise UserError(f"{path}: refused: the model holds a Lambda layer, whose Python code would run on "
+                            f"loading") from None
+        first = text.splitlines()[0][:200] if text else type(exc).__name__
+        raise UserError(f"{path}: not a loadable Keras model ({first})") from None
+
+
+def _check_keras_zip(path: Path) -> None:
+    if not str(path).endswith(".keras"):
+        raise UserError(f"{path}: not a .keras model file")
+    try:
+        with open(path, "rb") as f:
+            head = f.read(len(HDF5_MAGIC))
+        is_zip = zipfile.is_zipfile(path)
+    except OSError as exc:
+        raise UserError(f"{path}: cannot read it ({exc.strerror})") from None
+    if not is_zip:
+        kind = "an HDF5 file" if head == HDF5_MAGIC else "not a zip archive"
+        raise UserError(f"{path}: refused: {kind}, not the .keras zip format (only that format is loaded, "
+                        f"because loading the others can run code stored in the file)")
+    try:
+        with zipfile.ZipFile(path) as archive:
+            config = json.loads(archive.read("config.json"))
+        foreign = _foreign_object(config)
+    except (OSError, KeyError, ValueError, RecursionError, zipfile.BadZipFile) as exc:
+        raise UserError(f"{path}: not a loadable Keras model (config.json: {str(exc)[:200]})") from None
+    if foreign == "Lambda":
+        raise UserError(f"{path}: refused: the model holds a Lambda layer, whose Python code would run on loading")
+    if foreign is not None:
+        raise UserError(f"{path}: refused: the model names {foreign[:100]}, which is not part of Keras, and "
+                        f"loading it would run code from outside Keras")
+
+
+def _foreign_object(node) -> str | None:
+    """The first object of a Keras config that Keras would take from outside its own modules (as
+    ``module.name``), or "Lambda" for a Lambda layer (Python bytecode); None when it holds Keras' objects only."""
+    if isinstance(node, dict):
+        if "class_name" in node:
+            module, name = node.get("module"), node["class_name"]
+            if name == "Lambda":
+                return "Lambda"
+            if module is not None and not _KERAS_MODULE.match(str(module)):
+                return f"{module}.{name}"
+        children = node.values()
+    elif isinstance(node, list):
+        children = node
+    else:
+        return None
+    return next((found for child in children if (found := _foreign_object(child)) is not None), None)
 
 
 def _keras_policy(model, env_id, source) -> LoadedPolicy:
@@ -58,7 +127,7 @@ def load_policy(path: str | Path) -> LoadedPolicy:
     if (path / "saved_model" / "saved_model.pb").is_file():
         import tensorflow as tf
 
-        meta = json.loads((path / EXPORT_META).read_text()) if (path / EXPORT_META).is_file() else {}
+        meta = read_json_object(path / EXPORT_META, missing={})
         loaded = tf.saved_model.load(str(path / "saved_model"))
         fn = loaded.signatures["q_values"]
         spec = fn.structured_input_signature[1]["observation"]
@@ -69,8 +138,7 @@ def load_policy(path: str | Path) -> LoadedPolicy:
     if not model_file.is_file():
         raise UserError(f"{path}: no model in it (expected q_network.keras from a finished run, or "
                         f"saved_model/ from hvd-dqn export)")
-    config_file = path / "config.json"
-    env_id = json.loads(config_file.read_text()).get("env_id") if config_file.is_file() else None
+    env_id = read_json_object(path / "config.json", missing={}).get("env_id")
     return _keras_policy(_load_keras(model_file), env_id, str(path))
 
 
@@ -93,6 +161,9 @@ def export(run_dir: str | Path, out_dir: str | Path) -> Path:
     model_file = run_dir / "q_network.keras"
     if not model_file.is_file():
         raise UserError(f"{run_dir}: no model in it (q_network.keras is written when a run finishes)")
+    config = read_json_object(run_dir / "config.json", missing={})
+    target = _check_out_dir(run_dir, out_dir)
+    _check_keras_zip(model_file)
     import tensorflow as tf  # after the checks: a mistyped path fails at once, not after TF's start-up
 
     model = _load_keras(model_file)
@@ -114,18 +185,77 @@ def export(run_dir: str | Path, out_dir: str | Path) -> Path:
             return {"action": tf.argmax(q, axis=-1, output_type=tf.int32)}
 
     policy = Policy(model)
-    tmp = out_dir.with_name(f".{out_dir.name}.tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    tf.saved_model.save(policy, str(tmp / "saved_model"), signatures={
-        "serving_default": policy.q_values, "q_values": policy.q_values, "greedy_action": policy.greedy_action})
-    shutil.copy2(model_file, tmp / "q_network.keras")
-    config = json.loads((run_dir / "config.json").read_text()) if (run_dir / "config.json").is_file() else {}
-    (tmp / EXPORT_META).write_text(json.dumps({
-        "env_id": config.get("env_id"), "observation_shape": list(obs_shape),
-        "n_actions": int(model.output_shape[-1]), "from_run": str(run_dir),
-        **atari_options(config)}, indent=2) + "\n")  # Atari: the preprocessing evaluate must reproduce
-    if out_dir.exists():
-        shutil.rmtree(out_dir)
-    tmp.rename(out_dir)  # the export appears whole or not at all
+    tmp = _new_sibling(target, "tmp")
+    try:
+        tf.saved_model.save(policy, str(tmp / "saved_model"), signatures={
+            "serving_default": policy.q_values, "q_values": policy.q_values, "greedy_action": policy.greedy_action})
+        shutil.copy2(model_file, tmp / "q_network.keras")
+        (tmp / EXPORT_META).write_text(json.dumps({
+            "format": EXPORT_FORMAT, "env_id": config.get("env_id"), "observation_shape": list(obs_shape),
+            "n_actions": int(model.output_shape[-1]), "from_run": str(run_dir),
+            **atari_options(config)}, indent=2) + "\n")  # Atari: the preprocessing evaluate must reproduce
+        _put_in_place(tmp, target)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)  # ours; gone already when it became out_dir
     return out_dir
+
+
+def _check_out_dir(run_dir: Path, out_dir: Path) -> Path:
+    """The export's destination, resolved; a UserError for one whose replacement could lose something not ours:
+    the run dir itself, a dir around it or inside it, anything that is not an earlier export."""
+    run, out = run_dir.resolve(), out_dir.resolve()
+    if out == run or out in run.parents:
+        raise UserError(f"export OUT_DIR {out_dir} is or contains the run dir {run_dir}: give a new directory "
+                        f"outside it")
+    if run in out.parents:
+        raise UserError(f"export OUT_DIR {out_dir} is inside the run dir {run_dir}: give a directory outside it")
+    if out.exists() or out.is_symlink():
+        meta = _read_export_meta(out)
+        if meta is None:
+            raise UserError(f"export OUT_DIR {out_dir} exists and is not an earlier hvd-dqn export (no "
+                            f"{EXPORT_META} of ours): give a new path; nothing was written")
+        extra = sorted(set(os.listdir(out)) - EXPORT_ENTRIES)
+        if extra:
+            raise UserError(f"export OUT_DIR {out_dir} is an earlier export but also holds {extra[0]!r}, which "
+                            f"hvd-dqn did not write: move it away or give a new path; nothing was written")
+    return out
+
+
+def _read_export_meta(path: Path) -> dict | None:
+    """The export.json of an earlier export (written by this or an older hvd-dqn), else None."""
+    try:
+        meta = json.loads((path / EXPORT_META).read_text())
+    except (OSError, UnicodeDecodeError, ValueError):
+        return None
+    if not isinstance(meta, dict):
+        return None
+    # before EXPORT_FORMAT was written, an export.json was recognisable by these keys
+    return meta if meta.get("format") == EXPORT_FORMAT or {"from_run", "n_actions"} <= meta.keys() else None
+
+
+def _new_sibling(path: Path, kind: str) -> Path:
+    """A new, empty directory beside ``path`` with a name nobody else uses (mkdir fails rather than reuse one)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    while True:
+        sibling = path.with_name(f".{path.name}.{kind}-{os.getpid()}-{secrets.token_hex(4)}")
+        try:
+            sibling.mkdir()
+            return sibling
+        except FileExistsError:
+            continue
+
+
+def _put_in_place(new: Path, out: Path) -> None:
+    """Rename ``new`` to ``out``; an earlier export at ``out`` is moved aside first and deleted only after the new
+    one is in place, so ``out`` always holds a whole export (or, for an instant, nothing)."""
+    if not out.exists():
+        os.replace(new, out)
+        return
+    old = _new_sibling(out, "old")
+    os.replace(out, old)  # onto an empty directory: allowed by POSIX rename
+    try:
+        os.replace(new, out)
+    except OSError:
+        os.replace(old, out)  # the earlier export back where it was
+        raise
+    shutil.rmtree(old)

@@ -6,8 +6,10 @@ makes exactly the same collective calls.
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import resource
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -15,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from hvd_dqn import checkpoint, distributed, trainstate
+from hvd_dqn import checkpoint, distributed, launcherwatch, trainstate
 from hvd_dqn.actor import actor_epsilons, epsilon_greedy, linear_epsilon
 from hvd_dqn.callbacks import CallbackList
 from hvd_dqn.config import Config
@@ -29,9 +31,10 @@ from hvd_dqn.nstep import NStepAccumulator
 from hvd_dqn.preemption import Preempted, StopRequest
 from hvd_dqn.prioritized import ReplayShard, annealed_beta
 from hvd_dqn.replay import ReplayBuffer
+from hvd_dqn.runlock import RunDirInUse, RunLock
+from hvd_dqn.watchdog import Watchdog
 
-FAULT_ENV = "HVD_DQN_FAULT"  # "RANK:GLOBAL_STEP": raise on that rank at that step (failure-handling tests)
-NAN_ENV = "HVD_DQN_INJECT_NAN"  # "UPDATE": rank 0 feeds a NaN reward into that gradient update (guard tests)
+TEST_HOOKS_ENV = "HVD_DQN_TEST_HOOKS"  # "1" turns on hvd_dqn.testing.faults' switches; read once, by __init__
 
 
 @dataclass
@@ -62,8 +65,11 @@ class Trainer:
         self.config = config
         self.resume = resume
         self.run_dir = Path(run_dir) if run_dir is not None else None
-        self.callbacks = CallbackList(callbacks)
+        self.callbacks = CallbackList([*callbacks, *_test_hooks()])
         self.learner: Learner | None = None
+        self.lock: RunLock | None = None
+        self.watchdog: Watchdog | None = None
+        self.compiled = False  # whether this process has run a learning phase (traced the update) yet
 
     @property
     def q_network(self):
@@ -79,6 +85,7 @@ class Trainer:
     def train(self) -> dict[str, Any]:
         self.world = distributed.init()
         self.stop = StopRequest(self.world.rank).install()
+        launcher = launcherwatch.watch(self.stop.request)
         try:
             summary = self._train()
         except Preempted:
@@ -87,6 +94,9 @@ class Trainer:
             # horovodrun), and a rank still closing must exit with PREEMPTED_EXIT_CODE too, not die of SIGTERM.
             self._close()
             raise
+        except RunDirInUse:
+            self.stop.uninstall()  # every rank learnt it from rank 0 and leaves: nobody waits in a collective
+            raise
         except BaseException as exc:
             if self.world.size > 1 and not isinstance(exc, KeyboardInterrupt):
                 # The other ranks are (or soon will be) blocked in a collective that this rank will never join.
@@ -94,55 +104,83 @@ class Trainer:
                 distributed.abort_job(exc, show_traceback=not user_error, exit_code=2 if user_error else 1)
             self.stop.uninstall()
             raise
+        finally:
+            if launcher is not None:
+                launcher.cancel()
+            self._release()
         self.stop.uninstall()
         return summary
 
     # ------------------------------------------------------------------ the loop
     def _train(self) -> dict[str, Any]:
         cfg, per, s = self.config, self._setup(), self.state
+        summary = None
+        if cfg.hang_timeout_s is not None:
+            self.watchdog = Watchdog(self.run_dir, self.world.rank, self.world.size, cfg.hang_timeout_s).start()
         while s.vstep < per.vector_steps:
             prev_steps = s.env_steps
             s.vstep += 1
             s.env_steps = s.vstep * per.global_steps_per_vector_step
             final = s.vstep == per.vector_steps
             self._collect()
-            if s.env_steps >= cfg.learning_starts and s.vstep % per.vector_steps_per_train == 0:
-                self._learn()
+            if s.env_steps >= cfg.learning_starts and s.vstep % per.vector_steps_per_train == 0 \
+                    and self._replay_ready():
+                # this process's first phase traces and compiles the update, which may take minutes (Atari CNN, XLA)
+                with self.paused("compiling the update") if not self.compiled else contextlib.nullcontext():
+                    self._learn()
+                self.compiled = True
             row = {}
             if final or _crossed(prev_steps, s.env_steps, cfg.eval_every):
                 row.update(self._evaluate())
             if final or row or _crossed(prev_steps, s.env_steps, cfg.log_every):
                 self._log(row)
+            if final:  # before the final checkpoint, so that a failing one cannot take the finished run with it
+                summary = self._write_outputs()
             save, stop = self._checkpoint_due(prev_steps, final)
             if save:
-                saved = trainstate.save(self)
+                with self.paused("writing a checkpoint"):
+                    saved = self._save_checkpoint(final)
                 self.last_checkpoint_at = time.monotonic()
                 if stop:
                     raise Preempted(s.env_steps, saved, self.stop.signame or "another rank's signal")
-        return self._finish()
+            if self.watchdog is not None:
+                # armed from the end of the first iteration, whose first action compiles the acting network
+                self.watchdog.progress()
+        if summary is None:  # resumed from the final checkpoint of a finished run: nothing left to train
+            summary = self._write_outputs()
+        self._close()
+        return summary
+
+    def _save_checkpoint(self, final: bool) -> Path:
+        try:
+            return trainstate.save(self)
+        except checkpoint.CheckpointError as exc:
+            if not final:
+                raise
+            raise checkpoint.CheckpointError(f"{exc}; the finished run's q_network.keras and summary.json are "
+                                             f"saved in {self.run_dir}") from None
+
+    def paused(self, what: str):
+        """Mark work that may outlast hang_timeout_s: the other ranks' watchdogs wait for this rank, and this
+        rank's still ends the job if another rank's heartbeat goes stale (see hvd_dqn.watchdog)."""
+        return self.watchdog.paused(what) if self.watchdog is not None else contextlib.nullcontext()
 
     def _setup(self):
         """Run dir, logger, envs, replay, learner, evaluator and loop state (restored when resuming)."""
         cfg, world = self.config, self.world
         self.start, self.started_at = time.perf_counter(), time.time()
         self.per = per = cfg.per_rank(world.size)
+        cfg.check_schedule(per)
         self.run_dir = self._resolve_run_dir()
+        self._lock_run_dir()
         resume_from = checkpoint.find_for_resume(self.run_dir) if self.resume else None
         if resume_from is None and checkpoint.listed(self.run_dir):
             # a fresh run would mix its metrics and checkpoints with the earlier run's (and a later --resume
             # could pick up the earlier run's newest checkpoint); its files are not ours to delete
             raise UserError(f"run dir {self.run_dir} holds the checkpoints of an earlier run: continue it with "
                             f"--resume {self.run_dir}, or train into another --run-dir")
-        if resume_from is not None and world.is_chief:
-            trainstate.trim_metrics(self.run_dir, resume_from)
-        self.logger = RunLogger(self.run_dir, enabled=world.is_chief, total_env_steps=cfg.total_env_steps,
-                                fresh=resume_from is None)
-        # what each rank runs after the scaling rule (README "Scaling rule"), beside the config as written
-        self.logger.write_json("config.json", {**cfg.to_dict(), "world_size": world.size,
-                                               "per_rank": per.model_dump()})
+        self._open_outputs(resume_from)
         self.threshold = cfg.reward_threshold if cfg.reward_threshold is not None else reward_threshold(cfg.env_id)
-        self.fault_step = _fault_step(world.rank)
-        self.nan_update = int(os.environ[NAN_ENV]) if os.environ.get(NAN_ENV) and world.is_chief else None
 
         self.envs = make_vector_env(cfg.env_id, cfg.num_envs, backend=cfg.atari_vector_env,
                                     threads=world.cores_per_rank, **atari_options(cfg))
@@ -168,18 +206,35 @@ class Trainer:
         self.evaluator = Evaluator(cfg.env_id, cfg.eval_episodes, cfg.seed, world.rank, world.size, cfg.eval_epsilon,
                                    env_kwargs=atari_options(cfg))
         self.state = LoopState(episode_return=np.zeros(cfg.num_envs))
+        self.replay_ready = False
         self._tick = (0, self.start, 0)
         self.last_checkpoint_at = time.monotonic()
         if resume_from is not None:
             self._resume(resume_from)
+        self.callbacks.fire("on_train_begin", self)
         return per
+
+    def _open_outputs(self, resume_from: Path | None) -> None:
+        """Rank 0: metrics.jsonl trimmed to the checkpoint, the logger, config.json. A full or read-only disk is
+        a one-line UserError; the rewrites are atomic (temp file, then rename), so a resumed run's files stay whole."""
+        cfg, world = self.config, self.world
+        try:
+            if resume_from is not None and world.is_chief:
+                trainstate.trim_metrics(self.run_dir, resume_from)
+            self.logger = RunLogger(self.run_dir, enabled=world.is_chief, total_env_steps=cfg.total_env_steps,
+                                    fresh=resume_from is None)
+            # what each rank runs after the scaling rule (README "Scaling rule"), beside the config as written
+            self.logger.write_json("config.json", {**cfg.to_dict(), "world_size": world.size,
+                                                   "per_rank": self.per.model_dump()})
+        except OSError as exc:
+            name = Path(exc.filename).name if exc.filename else "its files"
+            raise UserError(f"run dir {self.run_dir}: cannot write {name} ({exc.strerror or exc}); free space or "
+                            f"make it writable, then run again") from None
 
     # ------------------------------------------------------------------ the phases
     def _collect(self) -> None:
         """One step of every env of this rank, epsilon-greedy, into the replay shard."""
         cfg, s = self.config, self.state
-        if self.fault_step is not None and s.env_steps >= self.fault_step:
-            raise RuntimeError(f"injected fault at global env step {s.env_steps} ({FAULT_ENV})")
         eps = actor_epsilons(self.epsilon(), self.world.rank, self.world.size, cfg.num_envs, cfg.epsilon_spread)
         actions = epsilon_greedy(self.act(self.obs), eps, self.rng)
         next_obs, reward, terminated, truncated, info = self.envs.step(actions)
@@ -221,8 +276,6 @@ class Trainer:
                               cfg.federated_every)
         for k, sync, average in chunks:
             batch, discount, weights, idx = self.shard.sample(self.rng, (k, per.batch_size), beta)
-            if self.nan_update is not None and 0 <= self.nan_update - learner.updates - 1 < k:
-                batch.reward[self.nan_update - learner.updates - 1, 0] = np.nan
             s.train_stats = learner.train_phase(batch, lr, discount, weights)
             self.shard.update_priorities(idx, learner.last_td_abs)
             if average:
@@ -233,12 +286,23 @@ class Trainer:
         learner.update_average()
         self.act = self.learner.acting_fn()
 
+    def _replay_ready(self) -> bool:
+        """Every rank's replay holds a minibatch to sample (a small learning_starts can come before that: n-step
+        transitions need n steps, Atari's frame stacks a few frames). Allreduced, so every rank decides alike;
+        replay only grows, so once true it stays true and the collective is not run again."""
+        if not self.replay_ready:
+            short = float(self.shard.sampleable_count() < self.per.batch_size)
+            self.replay_ready = distributed.allreduce_sum([short])[0] == 0
+        return self.replay_ready
+
     def _evaluate(self) -> dict[str, Any]:
         """Greedy episodes, split across ranks and gathered on all (a collective)."""
         s, learner = self.state, self.learner
         # the policy's weights, snapshotted here: evaluations are far fewer than learning phases
         self.eval_act = self.act if learner.averaged is None else learner.acting_fn(learner.policy)
-        s.last_eval = summarize(distributed.allgather(self.evaluator(self.eval_act)))
+        with self.paused("evaluating"):
+            returns = self.evaluator(self.eval_act)
+        s.last_eval = summarize(distributed.allgather(returns))
         if s.solved_env_steps is None and self.threshold is not None \
                 and s.last_eval["eval_return_mean"] >= self.threshold:
             s.solved_env_steps, s.solved_wall_s = s.env_steps, time.perf_counter() - self.start
@@ -307,19 +371,49 @@ class Trainer:
                          "event": "resumed", "checkpoint": ckpt.name,
                          "resume_gap_s": time.time() - state["written_at"]})
 
+    def _lock_run_dir(self) -> None:
+        """Rank 0 locks the run dir (README "One job per run dir") before anything in it is read, written or
+        pruned, and tells every rank the outcome, so the ranks of a refused job all leave instead of waiting for
+        rank 0 in the next collective. Only rank 0 says why."""
+        refusal = None
+        if self.world.is_chief:
+            try:
+                self.lock = RunLock(self.run_dir).acquire()
+            except UserError as exc:
+                refusal = str(exc)
+            else:
+                if self.lock.took_over:
+                    print(f"hvd-dqn: run dir {self.run_dir}: the job that held it last ended without releasing it "
+                          f"({self.lock.took_over}); this job takes it over", file=sys.stderr, flush=True)
+        refusal = distributed.broadcast_object(refusal)
+        if refusal is not None:
+            raise RunDirInUse(refusal, quiet=not self.world.is_chief)
+
+    def _release(self) -> None:
+        if self.watchdog is not None:
+            self.watchdog.stop()
+        if self.lock is not None:
+            self.lock.release()
+
     def _close(self) -> None:
         for closable in (getattr(self, "logger", None), getattr(self, "envs", None)):
             if closable is not None:
                 closable.close()
 
     def _finish(self) -> dict[str, Any]:
+        summary = self._write_outputs()
+        self._close()
+        return summary
+
+    def _write_outputs(self) -> dict[str, Any]:
         """Checksums of every replica (a collective), the final network and the summary."""
         cfg, s, world = self.config, self.state, self.world
         checksums = distributed.gather_checksums(self.learner.online.variables)
         peak_rss_mb = distributed.allgather([_peak_rss_mb()]).tolist()
         wall = time.perf_counter() - self.start
         if world.is_chief:
-            checkpoint.save_keras_model(self.learner.policy, self.run_dir / "q_network.keras")
+            with self.paused("saving the model"):
+                checkpoint.save_keras_model(self.learner.policy, self.run_dir / "q_network.keras")
         distributed.barrier()  # the file is complete on every rank's view before anyone is told of it
         self.callbacks.fire("on_checkpoint", self, self.run_dir / "q_network.keras")
         summary = {
@@ -331,8 +425,6 @@ class Trainer:
             "replica_checksums": checksums, "peak_rss_mb": peak_rss_mb, "run_dir": str(self.run_dir),
         }
         self.logger.write_json("summary.json", summary)
-        self.logger.close()
-        self.envs.close()
         return summary
 
     # ------------------------------------------------------------------ helpers
@@ -385,9 +477,10 @@ def _crossed(before: int, after: int, every: int) -> bool:
     return after // every > before // every
 
 
-def _fault_step(rank: int) -> int | None:
-    spec = os.environ.get(FAULT_ENV)
-    if not spec:
-        return None
-    fault_rank, _, step = spec.partition(":")
-    return int(step or 0) if int(fault_rank) == rank else None
+def _test_hooks() -> list:
+    """The fault-injection callbacks that tests switch on with HVD_DQN_TEST_HOOKS=1; none in a production job."""
+    if os.environ.get(TEST_HOOKS_ENV) != "1":
+        return []
+    from hvd_dqn.testing.faults import from_env
+
+    return from_env()

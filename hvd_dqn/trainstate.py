@@ -9,6 +9,7 @@ The files and formats are ``hvd_dqn.checkpoint``'s.
 from __future__ import annotations
 
 import json
+import shutil
 import time
 from pathlib import Path
 from typing import Any
@@ -17,6 +18,7 @@ import numpy as np
 
 from hvd_dqn import checkpoint, distributed, envstate
 from hvd_dqn.checkpoint import CheckpointError
+from hvd_dqn.errors import clip, excerpt
 
 
 # ---------------------------------------------------------------------------------------------- per-rank arrays
@@ -69,11 +71,12 @@ def save(trainer) -> Path:
     final = checkpoint.final_path(trainer.run_dir, s.env_steps)
     tmp = checkpoint.tmp_path(trainer.run_dir, s.env_steps)
     started = time.perf_counter()
-    error = None
+    error, written = None, {}
     try:
         tmp.mkdir(parents=True, exist_ok=True)
-        checkpoint.write_arrays(tmp / f"replay-rank{world.rank}.npz", replay_arrays(trainer.shard, trainer.nstep))
-        checkpoint.write_json(tmp / f"rank{world.rank}.json", {
+        mine = [tmp / f"replay-rank{world.rank}.npz", tmp / f"rank{world.rank}.json"]
+        checkpoint.write_arrays(mine[0], replay_arrays(trainer.shard, trainer.nstep))
+        checkpoint.write_json(mine[1], {
             "rank": world.rank,
             "rng": trainer.rng.bit_generator.state,
             "envs": envstate.capture(trainer.envs),
@@ -93,18 +96,23 @@ def save(trainer) -> Path:
                 "started_at": trainer.started_at, "written_at": time.time(),
                 "weights_checksum": distributed.weights_checksum(trainer.learner.online.variables),
             })
+            mine += [tmp / "state.json", *sorted(tmp.glob(checkpoint.MODEL_PREFIX + ".*"))]
+        written = checkpoint.describe(mine)
     except OSError as exc:
         error = f"{exc.strerror or exc} ({exc.filename or tmp})"
-    # Horovod: doubles as the barrier after which every rank's files are complete.
-    failed = distributed.allreduce_sum([float(error is not None)])[0]
+    # Horovod: doubles as the barrier after which every rank's files are complete; rank 0 learns their digests.
+    reports = distributed.allgather_object((error, written))
+    failed = any(e is not None for e, _ in reports)
     if not failed and world.is_chief:
         try:
-            checkpoint.commit(tmp, final)
+            checkpoint.commit(tmp, final, {name: d for _, files in reports for name, d in files.items()})
             checkpoint.prune(trainer.run_dir, cfg.keep_checkpoints, current=final)
         except OSError as exc:
             error = f"{exc.strerror or exc} ({exc.filename or tmp})"
     failed = distributed.allreduce_sum([float(error is not None)])[0]  # every rank learns of rank 0's rename
     if failed:
+        if world.is_chief:  # every rank is past its writes: the half-written directory goes (a full disk)
+            shutil.rmtree(tmp, ignore_errors=True)
         previous = [p.name for p in checkpoint.listed(trainer.run_dir) if checkpoint.is_complete(p)]
         where = f"this rank: {error}" if error else "another rank"
         intact = f"the previous checkpoint {previous[-1]} is intact" if previous else "no earlier checkpoint exists"
@@ -143,12 +151,32 @@ def _row_step(line: str) -> float:
         return float("inf")  # a half-written last line of a killed run
 
 
+# state.json's keys that restore reads, and their JSON types
+STATE_TYPES = {"world_size": int, "config": dict, "loop": dict, "updates": int, "evaluator_count": int,
+               "started_at": (int, float), "written_at": (int, float)}
+LOOP_TYPES = {"vstep": int, "env_steps": int, "since_sync": int, "train_stats": dict, "last_eval": dict,
+              "solved_env_steps": (int, type(None)), "solved_wall_s": (int, float, type(None))}
+
+
+def _check_state(ckpt: Path, state: dict[str, Any]) -> None:
+    """A one-line CheckpointError naming state.json where a key that restore reads is missing or of another type
+    (a hand-edited or foreign file whose manifest was rewritten to match)."""
+    for where, data, types in (("", state, STATE_TYPES), ("loop.", state.get("loop"), LOOP_TYPES)):
+        for key, kind in types.items():
+            if key not in data:
+                raise checkpoint.damaged(ckpt, f"state.json is damaged (no {where}{key})")
+            if not isinstance(data[key], kind) or isinstance(data[key], bool):
+                raise checkpoint.damaged(ckpt, f"state.json is damaged ({where}{key} is a "
+                                               f"{type(data[key]).__name__}: {excerpt(data[key])})")
+
+
 def restore(trainer, ckpt: Path) -> dict[str, Any]:
     """Load ``ckpt`` into a freshly set-up trainer (same config structure and world size); returns state.json."""
     world, s = trainer.world, trainer.state
     error, state = None, None
     try:
-        state = checkpoint.verify(ckpt)
+        state = checkpoint.verify(ckpt, world.rank)
+        _check_state(ckpt, state)
         checkpoint.check_compatible(ckpt, state, trainer.config.to_dict(), world.size)
         learner = trainer.learner
         # Adam's slots exist only after a first step; create them now so the checkpoint restores into them
@@ -172,8 +200,9 @@ def restore(trainer, ckpt: Path) -> dict[str, Any]:
         s.finished_returns = list(mine["finished_returns"])
     except CheckpointError as exc:
         error = exc
-    except (KeyError, TypeError, ValueError) as exc:
-        error = CheckpointError(f"checkpoint {ckpt}: damaged or foreign contents ({type(exc).__name__}: {exc})")
+    except (AttributeError, KeyError, TypeError, ValueError) as exc:
+        error = checkpoint.damaged(ckpt, f"damaged or foreign contents ({type(exc).__name__}: "
+                                         f"{clip(str(exc), 200)})")
     # Horovod: no rank goes on (into collectives) with a checkpoint another rank could not load.
     if distributed.allreduce_sum([float(error is not None)])[0]:
         raise error or CheckpointError(f"checkpoint {ckpt}: another rank could not load its part (see its error)")

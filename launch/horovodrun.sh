@@ -10,12 +10,16 @@
 #   CONTROLLER       mpi (default: 2-4x lower latency per update than gloo, README "Results") or gloo
 #   RUN_DIR          the run directory (default: hvd-dqn's runs/<env>-<time>)
 #   HOROVODRUN_ARGS  extra horovodrun options, word-split (e.g. "--network-interfaces eth0 --verbose")
+#   TIMELINE         record a Horovod timeline (Chrome trace JSON, written by rank 0) to this new file
+#   AUTOTUNE_LOG     run Horovod's autotuner, logging each sampled setting and its score to this new file
 #   VIRTUAL_ENV      the venv holding hvd-dqn and horovodrun (default: this checkout's .venv, then PATH)
 # Across hosts, horovodrun reaches the others by ssh (passwordless) and runs the same paths there.
 # Every output line is prefixed by its rank: "[1]<stderr>:..." (gloo) or "[1,1]<stderr>:..." (mpi).
 # Preemption: SIGTERM or SIGUSR1 to this script is passed to the ranks on this host as SIGUSR1 (one rank's
 # signal stops them all): they checkpoint and exit 75, horovodrun then exits 1 ("Exit code: 75" in its error).
-# Sent to horovodrun itself, SIGTERM gives the ranks only Horovod's fixed 5 s before SIGKILL.
+# Sent to horovodrun itself (or by `timeout`), SIGTERM still stops every rank with a checkpoint: with gloo
+# horovodrun gives the ranks SIGTERM and SIGKILL 5 s later; with mpi it ends alone, and each rank, watching it,
+# asks for the stop itself (hvd_dqn/launcherwatch.py). Here the ranks get SIGUSR1, which has no 5 s limit.
 set -euo pipefail
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 . "$here/common.sh"
@@ -25,6 +29,7 @@ config=$1; shift
 NP=${NP:-2}
 CONTROLLER=${CONTROLLER:-mpi}
 case $CONTROLLER in gloo|mpi) ;; *) echo "hvd-dqn launcher: error: CONTROLLER must be gloo or mpi, not '$CONTROLLER'" >&2; exit 2 ;; esac
+horovod_profiling
 hvd_dqn=$(find_hvd_dqn "$here/..")
 horovodrun=$(dirname "$hvd_dqn")/horovodrun
 [ -x "$horovodrun" ] || horovodrun=horovodrun

@@ -9,6 +9,9 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # this checkout's hvd_dqn, even where the venv's editable install points elsewhere
 BIN = Path(sys.executable).parent
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+# the fault-injection switches of hvd_dqn.testing.faults (HVD_DQN_FAULT, ...) work in this suite, in process and
+# in every child; a test of a production job unsets it
+os.environ.setdefault("HVD_DQN_TEST_HOOKS", "1")
 
 
 def run_env(**extra) -> dict:

@@ -15,18 +15,15 @@ from hvd_dqn import distributed
 from hvd_dqn.actor import actor_epsilons
 from hvd_dqn.config import Config
 from hvd_dqn.learner import Learner
-from hvd_dqn.replay import ReplayBuffer
 from hvd_dqn.trainer import Trainer
+from mp_data import random_replay
 
 world = distributed.init()
 K = 5
 cfg = Config(env_id="CartPole-v1", hidden_sizes=(16, 16), batch_size=16, learning_rate=1e-2, federated_every=K,
              target_update_every=2 * K, dueling=True)
 rng = np.random.default_rng(1000 + world.rank)  # rank-dependent data
-n = 300
-replay = ReplayBuffer(n, (4,))
-replay.add(rng.normal(size=(n, 4)).astype(np.float32), rng.integers(0, 2, n), rng.normal(size=n),
-           rng.normal(size=(n, 4)).astype(np.float32), rng.random(n) < 0.1, np.zeros(n, bool))
+replay = random_replay(rng, 300)
 
 learner = Learner(cfg, 4, 2, world.size)
 learner.broadcast_initial_weights()

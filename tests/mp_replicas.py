@@ -9,15 +9,12 @@ import numpy as np
 from hvd_dqn import distributed
 from hvd_dqn.config import Config
 from hvd_dqn.learner import Learner
-from hvd_dqn.replay import ReplayBuffer
+from mp_data import random_replay
 
 world = distributed.init()
 cfg = Config(env_id="CartPole-v1", hidden_sizes=(32, 32), batch_size=16, learning_rate=1e-2)
 rng = np.random.default_rng(1000 + world.rank)  # rank-dependent data
-n = 500
-replay = ReplayBuffer(n, (4,))
-replay.add(rng.normal(size=(n, 4)).astype(np.float32), rng.integers(0, 2, n), rng.normal(size=n),
-           rng.normal(size=(n, 4)).astype(np.float32), rng.random(n) < 0.1, np.zeros(n, bool))
+replay = random_replay(rng, 500)
 
 out = {}
 for name, world_size in (("synced", world.size), ("local_only", 1)):

@@ -1,20 +1,29 @@
 """Full-state checkpoints on one rank, in process: exact round trips of replay, env and JSON state; what a
-checkpoint directory holds; the one-line errors for damaged, truncated, foreign and incompatible checkpoints;
-a failed write that leaves the previous checkpoint intact; a NaN stopping the run with the last one intact."""
+checkpoint directory holds; the one-line errors for damaged, truncated, edited, foreign and incompatible
+checkpoints, each naming the checkpoint to fall back to; a failed write (injected, or a real full disk) that
+leaves the previous checkpoint intact and no .tmp; a failed final checkpoint that keeps the model and summary; a
+NaN stopping the run with the last one intact."""
 import errno
+import hashlib
 import json
+import re
 import shutil
+import subprocess
+import sys
 
 import gymnasium as gym
 import numpy as np
 import pytest
 
-from hvd_dqn import Config, Trainer, checkpoint, cli, envstate, trainstate
+from hvd_dqn import Callback, Config, Trainer, checkpoint, cli, envstate, trainstate
 from hvd_dqn.checkpoint import CheckpointError
 from hvd_dqn.envs import make_vector_env
 from hvd_dqn.nstep import NStepAccumulator
 from hvd_dqn.prioritized import ReplayShard
 from hvd_dqn.replay import ReplayBuffer
+from test_user_surface import TF_CHATTER
+
+TF_LOG = re.compile(TF_CHATTER.pattern.replace("[EW]", "[EWI]"))
 
 TINY = dict(env_id="CartPole-v1", seed=3, total_env_steps=1200, hidden_sizes=(16, 16), learning_starts=300,
             train_every=100, updates_per_train=10, target_update_every=20, eval_every=600, eval_episodes=2,
@@ -139,12 +148,26 @@ def _one_line_error(capsys):
     return err[-1]
 
 
+def _reseal(ckpt, name):
+    """Record ``name``'s current bytes in the manifest, as if the damage had happened before it was written."""
+    marker = json.loads((ckpt / "COMPLETE").read_text())
+    data = (ckpt / name).read_bytes()
+    marker["files"][name] = {"size": len(data), "sha256": hashlib.sha256(data).hexdigest()}
+    (ckpt / "COMPLETE").write_text(json.dumps(marker))
+
+
+FALLBACK = "; delete it to resume from ckpt-800, the next older complete checkpoint"
+
+
 @pytest.mark.parametrize("damage, message", [
-    ("no_marker", "missing COMPLETE marker (truncated write?); delete it to resume from ckpt-800"),
+    ("no_marker", "missing COMPLETE marker (truncated write?)"),
     ("truncated", "replay-rank0.npz is truncated or altered"),
     ("missing_file", "rank0.json is missing"),
-    ("garbage_replay", "replay-rank0.npz is damaged"),
-    ("garbage_model", "model (TF checkpoint) is damaged"),
+    ("garbage_replay", "replay-rank0.npz is altered or damaged (its sha256 differs from the manifest's)"),
+    ("garbage_model", "model.data-00000-of-00001 is altered or damaged (its sha256 differs from the manifest's)"),
+    ("garbage_replay_resealed", "replay-rank0.npz is damaged"),
+    ("garbage_model_resealed", "model (TF checkpoint) is damaged"),
+    ("state_same_size", "state.json is altered or damaged (its sha256 differs from the manifest's)"),
     ("foreign", "not an hvd-dqn checkpoint"),
 ])
 def test_a_damaged_checkpoint_is_a_one_line_error(run_dir, tmp_path, capsys, damage, message):
@@ -157,16 +180,62 @@ def test_a_damaged_checkpoint_is_a_one_line_error(run_dir, tmp_path, capsys, dam
     elif damage == "missing_file":
         (ckpt / "rank0.json").unlink()
     elif damage.startswith("garbage"):  # same size, so only the formats' own checksums can tell
-        path = ckpt / ("replay-rank0.npz" if damage == "garbage_replay" else "model.data-00000-of-00001")
+        path = ckpt / ("replay-rank0.npz" if "replay" in damage else "model.data-00000-of-00001")
         data = bytearray(path.read_bytes())
         mid = len(data) // 2
         data[mid:mid + 64] = np.random.default_rng(0).integers(0, 256, 64, dtype=np.uint8).tobytes()
         path.write_bytes(bytes(data))
+        if damage.endswith("resealed"):  # past the manifest: the formats' own checks must catch it
+            _reseal(ckpt, path.name)
+    elif damage == "state_same_size":  # as a hand edit: env steps 1200 -> 9200, not a byte more or less
+        text = (ckpt / "state.json").read_text()
+        assert text.count('"env_steps": 1200') == 2
+        (ckpt / "state.json").write_text(text.replace('"env_steps": 1200', '"env_steps": 9200'))
     elif damage == "foreign":
         (ckpt / "COMPLETE").write_text('{"format": "someone-else", "files": {}}')
     assert _resume(run) == 2
     line = _one_line_error(capsys)
     assert line.startswith(f"hvd-dqn: error: checkpoint {ckpt}: ") and message in line, line
+    assert line.endswith(FALLBACK), line
+
+
+def test_a_damaged_checkpoint_without_an_older_one_says_there_is_none(run_dir, tmp_path, capsys):
+    run, ckpt = _copy(run_dir, tmp_path)
+    shutil.rmtree(run / "checkpoints" / "ckpt-800")
+    (ckpt / "rank0.json").write_text((ckpt / "rank0.json").read_text().replace('"rank": 0', '"rank": 7'))
+    assert _resume(run) == 2
+    assert _one_line_error(capsys) == (
+        f"hvd-dqn: error: checkpoint {ckpt}: rank0.json is altered or damaged (its sha256 differs from the "
+        f"manifest's); there is no older complete checkpoint to fall back to")
+
+
+def test_the_manifest_records_each_files_size_and_sha256(run_dir):
+    ckpt = run_dir / "checkpoints" / "ckpt-1200"
+    marker = json.loads((ckpt / "COMPLETE").read_text())
+    assert marker["version"] == 2
+    assert sorted(marker["files"]) == sorted(p.name for p in ckpt.iterdir() if p.name != "COMPLETE")
+    for name, entry in marker["files"].items():
+        data = (ckpt / name).read_bytes()
+        assert entry == {"size": len(data), "sha256": hashlib.sha256(data).hexdigest()}, name
+
+
+def test_a_version_1_checkpoint_sizes_only_still_resumes(run_dir, tmp_path):
+    run, ckpt = _copy(run_dir, tmp_path)
+    marker = json.loads((ckpt / "COMPLETE").read_text())
+    marker.update(version=1, files={name: e["size"] for name, e in marker["files"].items()})
+    (ckpt / "COMPLETE").write_text(json.dumps(marker))
+    assert checkpoint.verify(ckpt)["env_steps"] == 1200
+
+
+@pytest.mark.parametrize("override, change", [("optimizer=sgd", "optimizer 'adam' -> 'sgd'"),
+                                              ("frame_stack=2", "frame_stack 4 -> 2")])
+def test_resume_refuses_a_changed_optimizer_or_frame_stack(run_dir, tmp_path, capsys, override, change):
+    run, ckpt = _copy(run_dir, tmp_path)
+    before = sorted(p.name for p in (run / "checkpoints").iterdir())
+    assert _resume(run, "--set", override) == 2
+    assert _one_line_error(capsys) == (f"hvd-dqn: error: checkpoint {ckpt}: incompatible config ({change}); "
+                                       f"these keys must match the checkpoint's")
+    assert sorted(p.name for p in (run / "checkpoints").iterdir()) == before
 
 
 def test_resume_refuses_an_incompatible_config_or_world_size(run_dir, tmp_path, capsys):
@@ -206,8 +275,88 @@ def test_a_failed_write_leaves_the_previous_checkpoint_intact(tmp_path, monkeypa
     assert "ckpt-800: writing it failed on this rank: No space left on device" in msg
     assert "the previous checkpoint ckpt-400 is intact" in msg
     assert [p.name for p in checkpoint.listed(run_dir)] == ["ckpt-400"]
+    assert not list((run_dir / "checkpoints").glob("*.tmp"))  # the half-written one is gone
     assert checkpoint.find_for_resume(run_dir).name == "ckpt-400"
     assert checkpoint.verify(run_dir / "checkpoints" / "ckpt-400")["env_steps"] == 400
+
+
+class _ReplaceCheckpointsDirWithAFile(Callback):
+    """At the final evaluation, before the final checkpoint: ``checkpoints`` becomes a file, so creating
+    ``checkpoints/ckpt-N.tmp`` fails for real (ENOTDIR), as it would for root, whom chmod does not stop."""
+
+    def on_evaluation(self, trainer, result):
+        if result["env_steps"] == trainer.config.total_env_steps:
+            (trainer.run_dir / "checkpoints").write_text("not a directory")
+
+
+def test_a_failed_final_checkpoint_keeps_the_model_and_summary(tmp_path):
+    cfg = Config(**{**TINY, "checkpoint_every": None, "checkpoint_every_minutes": None})  # the final one only
+    run_dir = tmp_path / "run"
+    trainer = Trainer(cfg, run_dir=run_dir, callbacks=[_ReplaceCheckpointsDirWithAFile()])
+    with pytest.raises(CheckpointError) as err:
+        trainer.train()
+    assert str(err.value) == (
+        f"checkpoint {run_dir}/checkpoints/ckpt-1200: writing it failed on this rank: Not a directory "
+        f"({run_dir}/checkpoints/ckpt-1200.tmp); no earlier checkpoint exists; the finished run's "
+        f"q_network.keras and summary.json are saved in {run_dir}")
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["env_steps"] == 1200 and summary["updates"] == 100
+    from hvd_dqn.keras2 import keras
+
+    saved = keras.models.load_model(run_dir / "q_network.keras", compile=False)
+    for a, b in zip(saved.get_weights(), trainer.policy_network.get_weights()):
+        np.testing.assert_array_equal(a, b)
+    assert (run_dir / "checkpoints").read_text() == "not a directory"  # and nothing of ours overwrote it
+
+
+FILL_DISK = """
+import os, sys
+from hvd_dqn import Callback, Config, Trainer
+from hvd_dqn.errors import UserError
+
+class FillDisk(Callback):
+    def on_log(self, trainer, row):
+        if row["env_steps"] == 600:  # after ckpt-400, before ckpt-800: nothing else is written in between
+            with open(os.path.join(sys.argv[1], "filler"), "wb", buffering=0) as f:
+                try:
+                    while True:
+                        f.write(b"x" * 4096)
+                except OSError:  # full: not a byte left for the checkpoint at 800
+                    pass
+
+try:
+    Trainer(Config(**{tiny}), run_dir=os.path.join(sys.argv[1], "run"), callbacks=[FillDisk()]).train()
+except UserError as exc:
+    print(f"hvd-dqn: error: {{exc}}", file=sys.stderr)
+    sys.exit(exc.exit_code)
+"""
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A real 4 MB filesystem (tmpfs), mounted for the test and unmounted after; skipped where mounting is not
+    allowed (not root, or no CAP_SYS_ADMIN)."""
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(disk)], capture_output=True)
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.decode().strip()}")
+    yield disk
+    subprocess.run(["umount", "-l", str(disk)], check=True)
+
+
+def test_a_save_on_a_full_disk_removes_its_tmp_and_says_one_line(small_disk):
+    from conftest import run
+
+    proc = run([sys.executable, "-c", FILL_DISK.format(tiny=repr(TINY)), small_disk])
+    assert proc.returncode == 2, proc.stderr
+    ckpts = small_disk / "run" / "checkpoints"
+    # TF's C++ log lines (XLA's start-up notice among them) aside, the one line and nothing else
+    lines = [line for line in proc.stderr.strip().splitlines() if not TF_LOG.match(line)]
+    assert lines == [f"hvd-dqn: error: checkpoint {ckpts}/ckpt-800: writing it failed on this rank: No space "
+                     f"left on device ({ckpts}/ckpt-800.tmp); the previous checkpoint ckpt-400 is intact"], proc.stderr
+    assert sorted(p.name for p in ckpts.iterdir()) == ["ckpt-400"]  # no ckpt-800.tmp
+    assert checkpoint.verify(ckpts / "ckpt-400")["env_steps"] == 400
 
 
 def test_nan_stops_the_run_naming_the_update_and_the_last_checkpoint_stays_good(tmp_path, monkeypatch):

@@ -6,7 +6,7 @@ from conftest import run
 from hvd_dqn.config import Config
 from hvd_dqn.errors import UserError
 
-GOOD = "env_id: CartPole-v1\ntotal_env_steps: 1000\n"
+GOOD = "env_id: CartPole-v1\ntotal_env_steps: 1000\nlearning_starts: 100\n"
 
 
 def test_yaml_and_overrides(tmp_path):
@@ -20,7 +20,7 @@ def test_yaml_and_overrides(tmp_path):
 
 def test_per_rank_split():
     cfg = Config(env_id="CartPole-v1", batch_size=64, replay_capacity=1001, total_env_steps=1000, num_envs=2,
-                 train_every=256)
+                 train_every=256, learning_starts=100)
     per = cfg.per_rank(2)
     assert (per.batch_size, per.replay_capacity, per.vector_steps, per.vector_steps_per_train) == (32, 501, 250, 64)
     with pytest.raises(UserError, match="batch_size 64 is not divisible by the 3 ranks"):
@@ -98,3 +98,61 @@ def test_cli_config_errors_are_one_line_exit_2(tmp_path, content, args, message)
     assert len(lines) == 1, proc.stderr
     assert message in lines[0] and lines[0].startswith("hvd-dqn: error:")
     assert "Traceback" not in proc.stderr + proc.stdout
+
+
+def test_hang_timeout_is_bounded():
+    """The watchdog's bound (README "A hung rank ends the job"): 10 s up to a week, or null for none."""
+    assert Config.from_dict({"env_id": "CartPole-v1"}).hang_timeout_s == 300.0
+    assert Config.from_dict({"env_id": "CartPole-v1", "hang_timeout_s": None}).hang_timeout_s is None
+    assert Config.from_dict({"env_id": "CartPole-v1", "hang_timeout_s": 10}).hang_timeout_s == 10.0
+    for bad, why in [(5, "greater than or equal to 10"), (float("inf"), "less than or equal to 604800"),
+                     (float("nan"), "hang_timeout_s"), ("soon", "hang_timeout_s")]:
+        with pytest.raises(UserError, match=why) as err:
+            Config.from_dict({"env_id": "CartPole-v1", "hang_timeout_s": bad})
+        assert "\n" not in str(err.value)
+
+
+CP = {"env_id": "CartPole-v1"}
+
+
+@pytest.mark.parametrize("data, message", [
+    ({**CP, "allreduce_op": "sum"}, "allreduce_op: Input should be 'average' or 'adasum'"),
+    ({**CP, "gradient_compression": "int8"}, "gradient_compression: Input should be 'none' or 'fp16'"),
+    ({**CP, "backward_passes_per_step": 0}, "backward_passes_per_step: Input should be greater than or equal to 1"),
+    ({**CP, "average_aggregated_gradients": True},
+     "average_aggregated_gradients needs backward_passes_per_step > 1"),
+    ({**CP, "allreduce_op": "adasum", "backward_passes_per_step": 2},
+     "backward_passes_per_step > 1 needs allreduce_op: average"),
+    ({**CP, "federated_every": 4, "target_update_every": 128, "gradient_compression": "fp16"},
+     "federated_every runs none: use one of the two"),
+    ({**CP, "target_tau": 0.01, "backward_passes_per_step": 2}, "target_tau moves the target after every update"),
+])
+def test_horovod_keys_are_validated(data, message):
+    with pytest.raises(UserError) as err:
+        Config.from_dict(data)
+    assert message in str(err.value) and "\n" not in str(err.value)
+
+
+def test_backward_passes_per_step_must_divide_the_phase_and_the_target_period():
+    cfg = Config(env_id="CartPole-v1", updates_per_train=128, target_update_every=64, train_every=256,
+                 num_envs=4, scaling="weak", backward_passes_per_step=4)
+    assert cfg.per_rank(8).updates_per_phase == 16  # 16 and 8 per rank: multiples of 4
+    with pytest.raises(UserError) as err:
+        cfg.per_rank(32)  # 4 updates per phase, but a target period of 2
+    assert str(err.value) == "config: target_update_every is 2 per rank at 32 rank(s), not a multiple of " \
+                             "backward_passes_per_step 4"
+    with pytest.raises(UserError, match="updates per learning phase is 6 per rank at 1 rank"):
+        cfg.replace(updates_per_train=6, target_update_every=8, scaling="strong").per_rank(1)
+
+
+def test_elastic_refuses_local_gradient_aggregation(tmp_path):
+    """The gradients a rank sums between two allreduces are not in an elastic commit: a reset would leave the
+    ranks' sums out of step."""
+    path = tmp_path / "c.yaml"
+    path.write_text(GOOD)
+    proc = run([sys.executable, "-m", "hvd_dqn.cli", "train", "--elastic", "--config", path, "--run-dir",
+                tmp_path / "run", "--set", "backward_passes_per_step=2"], timeout=120)
+    assert proc.returncode == 2, proc.stderr
+    assert "Traceback" not in proc.stderr  # (TensorFlow's own start-up warnings come first)
+    assert proc.stderr.strip().splitlines()[-1] == "hvd-dqn: error: --elastic needs backward_passes_per_step: 1 (the gradients a " \
+                                  "rank sums between two allreduces are not part of the committed state)"

@@ -13,5 +13,5 @@ def test_embed_in_tf_program(tmp_path):
     assert evaluations == ["300", "600", "900", "1200"]
     assert f"[my program] model written to {run_dir / 'q_network.keras'}" in proc.stdout
     served = re.search(r"served one greedy episode from (\S+): return (\d+)$", proc.stdout, re.M)
-    assert served and served.group(1) == str(run_dir / "export") and 1 <= int(served.group(2)) <= 500
-    assert (run_dir / "export" / "saved_model" / "saved_model.pb").is_file()
+    assert served and served.group(1) == f"{run_dir}-export" and 1 <= int(served.group(2)) <= 500
+    assert (tmp_path / "run-export" / "saved_model" / "saved_model.pb").is_file()

@@ -1,0 +1,108 @@
+"""Fault injection for the failure-handling tests, switched on by HVD_DQN_TEST_HOOKS=1 and nothing else.
+
+The trainer reads that one switch once, when it is built, and only then imports this module, which reads the
+fault variables below and installs a callback for each one set. The callback wraps the trainer's own methods in
+``on_train_begin``, so the training loop carries no fault check at all in a production job.
+
+- ``HVD_DQN_FAULT=RANK:STEP``: that rank raises RuntimeError at the first vector step at or past global env
+  step STEP (a failing rank; the others wait in a collective).
+- ``HVD_DQN_INJECT_NAN=UPDATE``: rank 0 feeds a NaN reward into gradient update UPDATE (the non-finite guard).
+- ``HVD_DQN_PREEMPT_AT=RANK:STEP``: that rank raises the stop flag at the first decision point at or past STEP,
+  as a SIGUSR1 would (preemption without a signal).
+"""
+from __future__ import annotations
+
+import os
+
+import numpy as np
+
+from hvd_dqn.callbacks import Callback
+from hvd_dqn.errors import UserError, excerpt
+
+FAULT_ENV = "HVD_DQN_FAULT"
+NAN_ENV = "HVD_DQN_INJECT_NAN"
+PREEMPT_AT_ENV = "HVD_DQN_PREEMPT_AT"
+
+
+class RaiseAt(Callback):
+    """Rank ``rank`` raises RuntimeError when it collects at or past global env step ``step``."""
+
+    def __init__(self, rank: int, step: int):
+        self.rank, self.step = rank, step
+
+    def on_train_begin(self, trainer) -> None:
+        if trainer.world.rank != self.rank:
+            return
+        collect = trainer._collect
+
+        def failing_collect():
+            steps = trainer.state.env_steps
+            if steps >= self.step:
+                raise RuntimeError(f"injected fault at global env step {steps} ({FAULT_ENV})")
+            collect()
+
+        trainer._collect = failing_collect
+
+
+class InjectNan(Callback):
+    """Rank 0 puts a NaN reward into the first sample of gradient update ``update`` (counted from 1)."""
+
+    def __init__(self, update: int):
+        self.update = update
+
+    def on_train_begin(self, trainer) -> None:
+        if not trainer.world.is_chief:
+            return
+        sample = trainer.shard.sample
+
+        def poisoned_sample(rng, shape, *args, **kwargs):
+            batch, *rest = sample(rng, shape, *args, **kwargs)
+            k = self.update - trainer.learner.updates - 1  # this run of updates starts after learner.updates
+            if 0 <= k < shape[0]:
+                batch.reward[k, 0] = np.nan
+            return (batch, *rest)
+
+        trainer.shard.sample = poisoned_sample
+
+
+class PreemptAt(Callback):
+    """Rank ``rank`` raises the stop flag at the first decision point at or past global env step ``step``."""
+
+    def __init__(self, rank: int, step: int):
+        self.rank, self.step = rank, step
+
+    def on_train_begin(self, trainer) -> None:
+        if trainer.world.rank != self.rank:
+            return
+        stop, poll = trainer.stop, trainer.stop.poll
+
+        def poll_or_preempt(env_steps):
+            if env_steps >= self.step and stop.signame is None:
+                stop.signame = PREEMPT_AT_ENV
+            return poll(env_steps)
+
+        stop.poll = poll_or_preempt
+
+
+def from_env() -> list[Callback]:
+    """A callback for each fault variable that is set."""
+    hooks = []
+    if os.environ.get(FAULT_ENV):
+        hooks.append(RaiseAt(*_rank_step(FAULT_ENV)))
+    if os.environ.get(NAN_ENV):
+        hooks.append(InjectNan(_int(NAN_ENV, os.environ[NAN_ENV])))
+    if os.environ.get(PREEMPT_AT_ENV):
+        hooks.append(PreemptAt(*_rank_step(PREEMPT_AT_ENV)))
+    return hooks
+
+
+def _rank_step(name: str) -> tuple[int, int]:
+    rank, _, step = os.environ[name].partition(":")
+    return _int(name, rank), _int(name, step or "0")
+
+
+def _int(name: str, text: str) -> int:
+    try:
+        return int(text)
+    except ValueError:
+        raise UserError(f"{name}: expected an integer, got {excerpt(text)}") from None

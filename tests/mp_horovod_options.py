@@ -1,0 +1,71 @@
+"""Run under horovodrun -np 2 with the config's Horovod keys as a JSON mapping in argv[1] (and HOROVOD_TIMELINE
+set by the test); rank 0 writes to the file argv[2] a JSON mapping with
+- "grads" (rank, backward pass, 3, 5): the gradient each rank computed in each backward pass, and "reduced"
+  (backward pass, 3, 5): what ``distributed.wrap_optimizer``'s optimizer had stepped with after each pass, read
+  off variables that start at 0 under SGD with a learning rate of 1 (the weights are then exactly minus the
+  gradient applied), for the test to recompute in NumPy;
+- "learner": each rank's checksums of its online weights and Adam state after two phases of 8 updates each on
+  different data per rank, and the update count;
+- "nan": what stopped each rank in a third phase where rank 0 alone feeds a NaN reward into update 18."""
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import tensorflow as tf
+
+from hvd_dqn import distributed
+from hvd_dqn.config import Config
+from hvd_dqn.keras2 import keras
+from hvd_dqn.learner import Learner
+from mp_data import random_replay
+
+options = json.loads(sys.argv[1])
+world = distributed.init()
+cfg = Config(env_id="CartPole-v1", hidden_sizes=(16, 16), batch_size=16, learning_rate=1e-2, **options)
+rng = np.random.default_rng(100 + world.rank)  # rank-dependent data
+
+# ---- the reduction itself: loss = sum(w * g) has the gradient g exactly
+passes = cfg.backward_passes_per_step
+grads = rng.normal(size=(passes, 3, 5)).astype(np.float32)
+w = tf.Variable(tf.zeros((3, 5)))
+sgd = distributed.wrap_optimizer(keras.optimizers.SGD(learning_rate=1.0), op=cfg.allreduce_op,
+                                 compression=cfg.gradient_compression, backward_passes_per_step=passes,
+                                 average_aggregated_gradients=cfg.average_aggregated_gradients)
+
+
+@tf.function(autograph=False)
+def step(g):
+    with tf.GradientTape() as tape:
+        loss = tf.reduce_sum(w * g)
+    sgd.minimize(loss, [w], tape=tape)
+
+
+reduced = []
+for g in grads:
+    step(tf.constant(g))
+    reduced.append((-w.numpy()).tolist())
+out = {"grads": distributed.allgather(grads[None]).tolist(), "reduced": reduced}
+
+# ---- the learner: replicas must stay identical
+replay = random_replay(rng, 500)
+learner = Learner(cfg, 4, 2, world.size)
+learner.broadcast_initial_weights()
+start = distributed.gather_checksums(learner.online.variables)
+for _ in range(2):
+    learner.train_phase(replay.sample(rng, (8, cfg.batch_size // world.size)), 1e-2)
+out["learner"] = {"start": start, "end": distributed.gather_checksums(learner.online.variables),
+                  "adam": distributed.gather_checksums(learner.optimizer.variables()), "updates": learner.updates}
+
+# ---- a NaN reward on rank 0 only, in update 18
+batch = replay.sample(rng, (4, cfg.batch_size // world.size))
+if world.rank == 0:
+    batch.reward[1, 0] = np.nan
+try:
+    learner.train_phase(batch, 1e-2)
+    stopped = "no error"
+except FloatingPointError as exc:
+    stopped = str(exc)
+out["nan"] = [stopped, distributed.broadcast_object(stopped, root_rank=1)]
+if world.rank == 0:  # to a file: mpirun splits long output lines, tagging each piece
+    Path(sys.argv[2]).write_text(json.dumps(out))

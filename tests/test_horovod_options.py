@@ -1,0 +1,121 @@
+"""The config's Horovod keys (allreduce_op, gradient_compression, backward_passes_per_step,
+average_aggregated_gradients) under `horovodrun -np 2`, for real: the reduced gradient recomputed in NumPy from
+every rank's own, the learner's allreduces counted in a Horovod timeline, and the replicas bit-identical."""
+import collections
+import json
+import sys
+
+import numpy as np
+import pytest
+
+from conftest import BIN, ROOT, run
+
+pytestmark = pytest.mark.multiproc
+HOROVODRUN = str(BIN / "horovodrun")
+LEARNER_UPDATES = 16  # two phases of 8 in mp_horovod_options.py
+TIMELINE_UPDATES = LEARNER_UPDATES + 4  # and the phase of 4 with a NaN, which every rank runs to its end
+
+
+def _run(options: dict, tmp_path, controller="--mpi"):
+    """(the job's result, its timeline)"""
+    timeline, out = tmp_path / "timeline.json", tmp_path / "result.json"
+    proc = run([HOROVODRUN, "-np", "2", controller, "-H", "localhost:2", sys.executable,
+                ROOT / "tests" / "mp_horovod_options.py", json.dumps(options), out], timeout=850,
+               HOROVOD_TIMELINE=timeline)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    return json.loads(out.read_text()), timeline
+
+
+def _result(result: dict) -> dict:
+    learner = result["learner"]
+    assert learner["updates"] == LEARNER_UPDATES
+    for key in ("start", "end", "adam"):  # different data on each rank, the same weights and Adam state
+        assert len(learner[key]) == 2 and learner[key][0] == learner[key][1], (key, learner)
+    assert learner["start"] != learner["end"]
+    # the finite checks stop both ranks in the same phase: rank 0 at its NaN loss, rank 1 at the first loss
+    # computed from the weights that the reduced NaN gradient made
+    assert result["nan"] == [f"non-finite TD loss at update {u}; stopping (the last checkpoint is intact)"
+                             for u in (18, 19)]
+    grads = np.asarray(result["grads"], np.float32)  # (rank, pass, 3, 5)
+    return {"grads": grads, "reduced": np.asarray(result["reduced"], np.float32), "learner": learner}
+
+
+def learner_allreduces(timeline) -> dict[str, list]:
+    """{tensor name: [dtype of each ALLREDUCE]} for the learner's gradient tensors in a Horovod timeline (rank 0
+    writes it; each tensor is a "process" of the Chrome trace, named in a metadata event)."""
+    events = json.loads(timeline.read_text())
+    names = {e["pid"]: e["args"]["name"] for e in events
+             if e.get("name") == "process_name" and "name" in e.get("args", {})}
+    out = collections.defaultdict(list)
+    open_op = {}
+    for e in events:
+        name = names.get(e.get("pid"), "")
+        if "while/" not in name:  # the learner's phase loop, not the script's stand-alone optimizer
+            continue
+        if e["ph"] == "B" and e["name"] in ("ALLREDUCE", "ADASUM"):
+            open_op[e["pid"]] = e["name"]
+        elif e["ph"] == "E" and "dtype" in e.get("args", {}) and open_op.pop(e["pid"], None):
+            out[name].append(e["args"]["dtype"])
+    return out
+
+
+def test_average_is_the_mean_of_the_ranks_gradients_in_one_allreduce_per_update(tmp_path):
+    result, timeline = _run({}, tmp_path)
+    r = _result(result)
+    g = r["grads"][:, 0]
+    np.testing.assert_array_equal(r["reduced"][0], (g[0] + g[1]) * np.float32(0.5))
+    per_tensor = learner_allreduces(timeline)
+    assert len(per_tensor) == 6  # 3 kernels + 3 biases of the 16x16 MLP, in one grouped allreduce
+    assert all(dtypes == ["float32"] * TIMELINE_UPDATES for dtypes in per_tensor.values()), per_tensor
+
+
+def test_fp16_compression_sends_float16_and_rounds_to_it(tmp_path):
+    result, timeline = _run({"gradient_compression": "fp16"}, tmp_path)
+    r = _result(result)
+    g = r["grads"][:, 0].astype(np.float16)
+    expected = ((g[0] + g[1]) * np.float16(0.5)).astype(np.float32)  # summed and halved in float16
+    np.testing.assert_array_equal(r["reduced"][0], expected)
+    assert not np.array_equal(expected, (r["grads"][0, 0] + r["grads"][1, 0]) * np.float32(0.5))
+    per_tensor = learner_allreduces(timeline)
+    assert len(per_tensor) == 6
+    assert all(dtypes == ["float16"] * TIMELINE_UPDATES for dtypes in per_tensor.values()), per_tensor
+
+
+@pytest.mark.parametrize("average", [False, True])
+def test_backward_passes_per_step_sums_locally_and_allreduces_once_per_k(tmp_path, average):
+    options = {"backward_passes_per_step": 2, **({"average_aggregated_gradients": True} if average else {})}
+    result, timeline = _run(options, tmp_path, controller="--gloo" if average else "--mpi")
+    r = _result(result)
+    np.testing.assert_array_equal(r["reduced"][0], 0.0)  # the first pass only aggregated: no step yet
+    local = r["grads"][:, 0] + r["grads"][:, 1]  # each rank's sum of its two passes
+    expected = (local[0] + local[1]) * np.float32(0.5)
+    if average:
+        expected = expected / np.float32(2)
+    np.testing.assert_array_equal(r["reduced"][1], expected)
+    per_tensor = learner_allreduces(timeline)
+    assert len(per_tensor) == 6
+    assert all(len(dtypes) == TIMELINE_UPDATES // 2 for dtypes in per_tensor.values()), per_tensor
+
+
+def test_adasum_combines_by_projection(tmp_path):
+    result, timeline = _run({"allreduce_op": "adasum"}, tmp_path)
+    r = _result(result)
+    a, b = r["grads"][:, 0].astype(np.float64)
+    dot = (a * b).sum()
+    adasum = (1 - dot / (2 * (a * a).sum())) * a + (1 - dot / (2 * (b * b).sum())) * b
+    np.testing.assert_allclose(r["reduced"][0], adasum, rtol=1e-5, atol=1e-6)
+    assert np.abs(r["reduced"][0] - (a + b) / 2).max() > 0.1  # not the mean
+    per_tensor = learner_allreduces(timeline)
+    assert len(per_tensor) == 6
+    assert all(len(ops) == TIMELINE_UPDATES for ops in per_tensor.values()), per_tensor
+
+
+def test_adasum_under_gloo_is_a_one_line_error(tmp_path, tiny_cartpole):
+    proc = run([HOROVODRUN, "-np", "2", "--gloo", "-H", "localhost:2", BIN / "hvd-dqn", "train", "--config",
+                tiny_cartpole, "--run-dir", tmp_path / "run", "--set", "allreduce_op=adasum"], timeout=850)
+    output = proc.stdout + proc.stderr
+    assert proc.returncode != 0 and "Exit code: 2" in output  # the ranks' exit code for bad input
+    assert "allreduce_op: adasum needs the MPI controller (horovodrun --mpi, mpirun or srun); this job runs on " \
+           "Gloo" in output
+    # no rank printed a traceback (horovodrun itself prints one when it reports the ranks' exit)
+    assert not [line for line in output.splitlines() if line.startswith(("[0]", "[1]")) and "Traceback" in line]

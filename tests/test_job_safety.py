@@ -1,0 +1,237 @@
+"""No two jobs in one run dir, no rank outliving its launcher, no silent hang: each for real under
+``horovodrun -np 2`` with both controllers (README "Reliability"). Every test kills what it started, even when
+it fails: each process whose command line names the test's run dir, and every descendant seen."""
+import json
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+
+from conftest import BIN, ROOT, run_env
+
+pytestmark = [pytest.mark.multiproc, pytest.mark.slow]
+LONG_RUN = {  # long enough to be mid-training whenever the test acts: the tests stop it or let it run out
+    "env_id": "CartPole-v1", "total_env_steps": 2_000_000, "hidden_sizes": [32, 32], "learning_starts": 500,
+    "train_every": 250, "updates_per_train": 5, "target_update_every": 50, "eval_every": 1_000_000,
+    "eval_episodes": 2, "log_every": 1000, "batch_size": 32, "replay_capacity": 5000,
+}
+START_S = 300  # TensorFlow and Horovod start-up of two ranks on a busy 2-core machine
+
+
+def _config(tmp_path, **overrides) -> Path:
+    cfg = tmp_path / "run.yaml"
+    cfg.write_text("".join(f"{k}: {json.dumps(v)}\n" for k, v in {**LONG_RUN, **overrides}.items()))
+    return cfg
+
+
+def _horovodrun(controller: str, *train_args) -> list[str]:
+    return [str(BIN / "horovodrun"), "-np", "2", f"--{controller}", "-H", "localhost:2", str(BIN / "hvd-dqn"),
+            "train", *[str(a) for a in train_args]]
+
+
+class Job:
+    """A launcher command in its own session, output to a file; ``cleanup()`` kills everything it left."""
+
+    def __init__(self, cmd, run_dir: Path, log: Path, **env):
+        self.run_dir, self.log = run_dir, log
+        self.seen: set[int] = set()
+        with open(log, "w") as out:
+            self.proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=run_env(**env), cwd=ROOT,
+                                         start_new_session=True)
+
+    @property
+    def output(self) -> str:
+        return self.log.read_text()
+
+    def alive(self) -> list[psutil.Process]:
+        """The job's processes still running: descendants of the launcher (remembered, since orphans lose
+        their parent) and any process whose command line names the run dir (mpirun, the ranks)."""
+        found = {}
+        try:
+            for p in psutil.Process(self.proc.pid).children(recursive=True):
+                self.seen.add(p.pid)
+        except psutil.Error:
+            pass
+        for p in psutil.process_iter(["pid", "cmdline", "status"]):
+            if p.info["status"] == psutil.STATUS_ZOMBIE or p.pid == os.getpid():
+                continue
+            if p.pid in self.seen or str(self.run_dir) in " ".join(p.info["cmdline"] or []):
+                found[p.pid] = p
+        return list(found.values())
+
+    def ranks(self) -> dict[int, psutil.Process]:
+        """rank -> its process (from the rank variables that horovodrun's controllers give each rank)."""
+        ranks = {}
+        for p in self.alive():
+            try:
+                cmd, env = p.cmdline(), p.environ()
+            except psutil.Error:
+                continue
+            rank = env.get("HOROVOD_RANK", env.get("OMPI_COMM_WORLD_RANK"))
+            if rank is not None and "train" in cmd and "python" in os.path.basename(cmd[0]) \
+                    and not any(os.path.basename(c) == "horovodrun" for c in cmd):  # gloo's forked helpers
+                ranks[int(rank)] = p
+        return ranks
+
+    def wait_training(self, min_rows: int = 2) -> None:
+        """Until rank 0 has logged ``min_rows`` metric rows."""
+        deadline = time.monotonic() + START_S
+        metrics = self.run_dir / "metrics.jsonl"
+        while time.monotonic() < deadline:
+            if metrics.is_file() and len(metrics.read_text().splitlines()) >= min_rows:
+                return
+            assert self.proc.poll() is None, self.output
+            time.sleep(1)
+        pytest.fail(f"no training within {START_S} s:\n{self.output[-3000:]}")
+
+    def wait_gone(self, within_s: float) -> float:
+        """Seconds until none of the job's processes is left; fails after ``within_s``."""
+        t0 = time.monotonic()
+        while time.monotonic() - t0 < within_s:
+            self.proc.poll()  # reap the launcher
+            if not self.alive():
+                return time.monotonic() - t0
+            time.sleep(0.5)
+        left = [(p.pid, " ".join(p.cmdline())[:80]) for p in self.alive()]
+        pytest.fail(f"processes still alive {within_s:g} s after: {left}\n{self.output[-3000:]}")
+
+    def cleanup(self) -> None:
+        for p in self.alive():
+            for sig in (signal.SIGCONT, signal.SIGKILL):
+                try:
+                    p.send_signal(sig)
+                except psutil.Error:
+                    pass
+        try:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        except OSError:
+            pass
+        self.proc.wait(timeout=30)
+
+
+@pytest.fixture
+def jobs():
+    started = []
+    yield lambda *args, **env: started.append(Job(*args, **env)) or started[-1]
+    for job in started:
+        job.cleanup()
+
+
+# ---------------------------------------------------------------------------------------------- one job per run dir
+@pytest.mark.parametrize("controller,second", [("mpi", "resume"), ("gloo", "fresh")])
+def test_a_second_job_in_a_busy_run_dir_is_refused(controller, second, tmp_path, jobs):
+    """While a job trains, a second one into its run dir (--resume, or a fresh run) gets one line naming the
+    owner (host and rank 0's pid), its ranks exit 2 and touch nothing; the first job trains on and, stopped
+    with SIGUSR1 afterwards, writes a complete checkpoint and releases the lock."""
+    run_dir = tmp_path / "run"
+    cfg = _config(tmp_path, checkpoint_every=5000)
+    first = jobs(_horovodrun(controller, "--config", cfg, "--run-dir", run_dir), run_dir, tmp_path / "first.log")
+    first.wait_training()
+    owner = json.loads((run_dir / ".hvd-dqn.lock").read_text())
+    assert owner["host"] == socket.gethostname() and owner["pid"] == first.ranks()[0].pid
+    config_before = (run_dir / "config.json").read_bytes()
+    checkpoints = run_dir / "checkpoints"
+
+    args = ["--resume", run_dir] if second == "resume" else ["--config", cfg, "--run-dir", run_dir]
+    proc = subprocess.run(_horovodrun(controller, *args), capture_output=True, text=True, timeout=START_S,
+                          env=run_env(), cwd=ROOT)
+    output = proc.stdout + proc.stderr
+    assert proc.returncode != 0, output
+    lines = [l for l in output.splitlines() if "is in use by another job" in l]
+    assert len(lines) == 1, output  # said once, by rank 0
+    assert f"hvd-dqn: error: run dir {run_dir} is in use by another job (host {owner['host']}, " \
+           f"pid {owner['pid']}, started " in lines[0]
+    # both ranks of the second job exited 2 (none waited for rank 0 in a collective)
+    codes = re.findall(r"(?:Exit code:|exit with status code)\s+(\d+)", output)
+    assert codes and set(codes) == {"2"}, output
+    assert not re.search(r"^\[[\d,]+\]<stderr>:Traceback", output, re.M), output  # none from a rank
+    assert (run_dir / "config.json").read_bytes() == config_before  # the second job wrote nothing
+
+    rows_before = len((run_dir / "metrics.jsonl").read_text().splitlines())
+    first.wait_training(min_rows=rows_before + 1)  # the first job trains on
+    first.ranks()[0].send_signal(signal.SIGUSR1)
+    first.proc.wait(timeout=120)
+    assert "Exit code:" in first.output and set(re.findall(r"(?:Exit code:|exit with status code)\s+(\d+)",
+                                                             first.output)) == {"75"}, first.output
+    step = int(first.output.split("at global env step ")[1].split(";")[0])
+    ckpt = checkpoints / f"ckpt-{step}"
+    assert checkpoint_complete(ckpt), sorted(p.name for p in checkpoints.iterdir())
+    rows = [json.loads(l) for l in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert [r["env_steps"] for r in rows] == sorted(r["env_steps"] for r in rows) and len(rows) > rows_before
+    assert (run_dir / "config.json").read_bytes() == config_before
+    assert (run_dir / ".hvd-dqn.lock").read_text() == ""  # released at the end: no owner left to report
+    first.wait_gone(30)
+
+
+def checkpoint_complete(ckpt: Path) -> bool:
+    return all((ckpt / name).is_file() for name in ("COMPLETE", "state.json", "replay-rank0.npz", "replay-rank1.npz"))
+
+
+# ---------------------------------------------------------------------------------------------- SIGTERM to horovodrun
+@pytest.mark.parametrize("how", ["mpi", "gloo", "timeout-mpi"])
+def test_sigterm_to_horovodrun_stops_every_rank_with_a_checkpoint(how, tmp_path, jobs):
+    """kill <horovodrun pid> (and timeout N horovodrun ..., whose expiry is the SIGTERM that timeout forwards
+    when it receives one itself): within 30 s every rank has written its part of a checkpoint and no process
+    of the job (horovodrun, mpirun, ranks) is left. With --mpi horovodrun has become `sh -c mpirun ...`,
+    which dies alone: the ranks notice it gone. timeout also signals its process group, mpirun included, which
+    SIGKILLs the ranks 1 s after its own SIGTERM unless odls_base_sigkill_timeout says otherwise: the README's
+    recipe for timeout, tested here."""
+    run_dir = tmp_path / "run"
+    controller = how.split("-")[-1]
+    cmd = _horovodrun(controller, "--config", _config(tmp_path), "--run-dir", run_dir)
+    env = {}
+    if how.startswith("timeout"):
+        cmd = ["timeout", "3600", *cmd]
+        env = {"OMPI_MCA_odls_base_sigkill_timeout": 10}  # measured: 5 s let mpirun end 12 s after
+    job = jobs(cmd, run_dir, tmp_path / "job.log", **env)
+    job.wait_training()
+    assert len(job.ranks()) == 2, job.output
+    job.proc.send_signal(signal.SIGTERM)
+    seconds = job.wait_gone(30)
+    print(f"{how}: every process gone {seconds:.1f} s after SIGTERM")
+    ckpts = sorted((run_dir / "checkpoints").iterdir()) if (run_dir / "checkpoints").is_dir() else []
+    assert ckpts, f"no checkpoint after {seconds:.0f} s:\n{job.output[-3000:]}"
+    ckpt = ckpts[-1]
+    assert checkpoint_complete(ckpt), sorted(p.name for p in ckpt.iterdir())
+    assert not (run_dir / "summary.json").exists()  # stopped mid-run, not run to the end
+    step = int(ckpt.name.split("-")[1])
+    assert 1000 <= step < LONG_RUN["total_env_steps"]
+
+
+# ---------------------------------------------------------------------------------------------- a hung rank
+HANG_S = 20
+
+
+@pytest.mark.parametrize("controller", ["mpi", "gloo"])
+def test_a_stopped_rank_ends_the_job_naming_it(controller, tmp_path, jobs):
+    """SIGSTOP on rank 1: within hang_timeout_s plus a bound the job ends non-zero, one line names rank 1, and
+    no process of the job is left (the launcher kills the stopped rank)."""
+    run_dir = tmp_path / "run"
+    cfg = _config(tmp_path, hang_timeout_s=HANG_S)
+    job = jobs(_horovodrun(controller, "--config", cfg, "--run-dir", run_dir), run_dir, tmp_path / "job.log")
+    job.wait_training(min_rows=3)
+    ranks = job.ranks()
+    assert sorted(ranks) == [0, 1], job.output
+    ranks[1].send_signal(signal.SIGSTOP)
+    t0 = time.monotonic()
+    try:
+        job.proc.wait(timeout=HANG_S + 60)
+    except subprocess.TimeoutExpired:
+        pytest.fail(f"the job still runs {HANG_S + 60} s after rank 1 stopped:\n{job.output[-3000:]}")
+    ended_after = time.monotonic() - t0
+    print(f"{controller}: the job ended {ended_after:.1f} s after SIGSTOP (hang_timeout_s {HANG_S})")
+    output = job.output
+    assert job.proc.returncode != 0, output
+    lines = [l for l in output.splitlines() if "made no progress" in l]
+    assert len(lines) == 1, output
+    assert re.search(rf"hvd-dqn: rank 1 made no progress for \d+ s \(last heartbeat [0-9:]+ \w+, host "
+                     rf"{re.escape(socket.gethostname())}, pid {ranks[1].pid}\); ending the job$", lines[0]), lines[0]
+    assert HANG_S <= ended_after < HANG_S + 45, ended_after
+    job.wait_gone(30)
