@@ -48,6 +48,7 @@ class RunLock:
         key = self.run_dir.resolve()
         if key in _held:
             raise RunDirInUse(f"run dir {self.run_dir} is in use by another run of this process (pid {os.getpid()})")
+        created = not self.path.exists()
         try:
             fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
         except OSError as exc:
@@ -67,9 +68,16 @@ class RunLock:
             self.took_over = describe(previous)
         me = {"host": socket.gethostname(), "pid": os.getpid(), "started_at": time.time(),
               "started": time.strftime("%Y-%m-%d %H:%M:%S %Z")}
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, (json.dumps(me) + "\n").encode(), 0)
-        os.fsync(fd)
+        try:
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, (json.dumps(me) + "\n").encode(), 0)
+            os.fsync(fd)
+        except OSError as exc:  # a full disk: leave the run dir as it was, the lock file included if it was new
+            if created:
+                self.path.unlink(missing_ok=True)
+            os.close(fd)
+            raise UserError(f"run dir {self.run_dir}: cannot write its lock file {LOCK_NAME} ({exc.strerror}); "
+                            "free space or make it writable, then run again") from None
         self._fd = fd
         _held[key] = self
         return self

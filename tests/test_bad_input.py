@@ -242,7 +242,8 @@ def test_resume_on_a_full_disk_is_one_line_and_changes_nothing(finished, small_d
     _fill(small_disk)
     assert cli.main(["train", "--resume", str(run_dir)]) == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert err == [f"hvd-dqn: error: run dir {run_dir}: cannot write metrics.jsonl (No space left on device); "
-                   f"free space or make it writable, then run again"], err
+    # the lock file is the first thing a run writes into its run dir
+    assert err == [f"hvd-dqn: error: run dir {run_dir}: cannot write its lock file .hvd-dqn.lock (No space left on "
+                   f"device); free space or make it writable, then run again"], err
     after = {p.relative_to(run_dir): p.read_bytes() for p in run_dir.rglob("*") if p.is_file()}
     assert after == before  # no stray .metrics.jsonl.tmp*, metrics.jsonl and checkpoints as they were

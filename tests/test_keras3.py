@@ -34,7 +34,7 @@ reloaded = keras.models.load_model(os.path.join(sys.argv[1], "user.keras"))
 same = np.allclose(reloaded.predict(x, verbose=0), user.predict(x, verbose=0))
 
 # and our export is usable from Keras 3 through its SavedModel
-out = export(sys.argv[1], os.path.join(sys.argv[1], "export"))
+out = export(sys.argv[1], sys.argv[1].rstrip("/") + "-export")  # beside the run dir, not in it
 layer = keras.layers.TFSMLayer(os.path.join(out, "saved_model"), call_endpoint="q_values")
 obs = rng.normal(size=(5, 4)).astype("float32")
 via_keras3 = np.asarray(layer(obs)["q_values"])
