@@ -40,3 +40,16 @@ def tiny_cartpole(tmp_path):
         "eval_episodes: 10", "log_every: 1000", "batch_size: 32", "replay_capacity: 5000",
     ]) + "\n")
     return cfg
+
+
+@pytest.fixture(autouse=True)
+def _restore_stop_signals():
+    """Tests that call cli.main in this process can leave SIGTERM/SIGUSR1 ignored (the CLI ignores them once a run
+    has stopped, see preemption.ignore_stop_signals); an ignored signal stays ignored in every child started after,
+    which would make a later test's horovodrun or mpirun deaf to SIGTERM. Each test starts with the suite's own."""
+    import signal
+
+    saved = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGUSR1)}
+    yield
+    for sig, handler in saved.items():
+        signal.signal(sig, handler)
