@@ -5,7 +5,7 @@ peak memory of a filled 100k-transition frame replay. Prints figures; asserts no
     .venv/bin/python benchmarks/atari.py [--game Pong] [--seconds 5] [--replay 100000]
 
 One process, one core's worth of work at a time (the replay fill runs in a child process so its peak RSS is its
-own). The README's "Atari" section quotes these figures and the 10M-step estimate built from them.
+own). docs/atari-cost.md quotes these figures and the 10M-step estimate built from them.
 """
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The README "Algorithms" comparison: plain DQN, each component on its own, all together, and 2-rank
+"""The algorithms comparison of docs/algorithms.md: plain DQN, each component on its own, all together, and 2-rank
 synchronous vs federated training, on CartPole-v1 and Acrobot-v1, several seeds each. Prints figures and a
 markdown table; asserts nothing.
 
@@ -25,7 +25,7 @@ ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 CONFIGS = {"cartpole": ROOT / "benchmarks" / "configs" / "cartpole.yaml",
            "acrobot": ROOT / "benchmarks" / "configs" / "acrobot.yaml",
-           # kept for the rows it produced: plain DQN never left -200 in 60k steps (README "Algorithms")
+           # kept for the rows it produced: plain DQN never left -200 in 60k steps (docs/algorithms.md)
            "mountaincar": ROOT / "benchmarks" / "configs" / "mountaincar.yaml"}
 
 # variant -> (ranks, --set overrides). The first five change one thing against "plain" (np=1); "apex-eps"

@@ -7,7 +7,7 @@
 #   NP               number of ranks in total (default 2)
 #   HOSTS            hosts and slots, horovodrun's -H: "node1:4,node2:4" (default localhost:NP)
 #   HOSTFILE         a hostfile instead ("node1 slots=4" per line); wins over HOSTS
-#   CONTROLLER       mpi (default: 2-4x lower latency per update than gloo, README "Results") or gloo
+#   CONTROLLER       mpi (default: lower latency per update than gloo, docs/update-cost.md) or gloo
 #   RUN_DIR          the run directory (default: hvd-dqn's runs/<env>-<time>)
 #   HOROVODRUN_ARGS  extra horovodrun options, word-split (e.g. "--network-interfaces eth0 --verbose")
 #   TIMELINE         record a Horovod timeline (Chrome trace JSON, written by rank 0) to this new file

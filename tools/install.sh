@@ -49,7 +49,7 @@ export PIP_NO_WARN_SCRIPT_LOCATION=1
 if ! "$VENV/bin/python" -c "import horovod.tensorflow" >/dev/null 2>&1 \
    || [ "$("$VENV/bin/python" -c 'import horovod; print(horovod.__version__)')" != "$HOROVOD_VERSION" ]; then
   log "building horovod $HOROVOD_VERSION (a few minutes)"
-  # GPU clusters add HOROVOD_GPU_OPERATIONS=NCCL (see README, "GPU clusters").
+  # GPU clusters add HOROVOD_GPU_OPERATIONS=NCCL (see README "Install", and docs/cluster.md "GPU clusters").
   HOROVOD_WITH_TENSORFLOW=1 HOROVOD_WITH_MPI=1 HOROVOD_WITH_GLOO=1 \
   HOROVOD_WITHOUT_PYTORCH=1 HOROVOD_WITHOUT_MXNET=1 MAKEFLAGS="-j$(nproc)" \
     "${PIP[@]}" --no-build-isolation "horovod==$HOROVOD_VERSION"
