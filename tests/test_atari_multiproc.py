@@ -32,7 +32,8 @@ def test_two_rank_pong_smoke_run_updates_in_lockstep(tmp_path):
     # The job is deterministic (two runs: the same replica checksums, losses and returns), so for this config the
     # values are exact. 26 updates teach Pong nothing: in 75 agent steps the opponent scores once in each episode.
     assert (rows[-1]["eval_episodes"], rows[-1]["eval_return_mean"], rows[-1]["eval_return_std"]) == (2, -1.0, 0.0)
-    assert rows[-1]["losses/td_loss"] == pytest.approx(0.0011769647, rel=1e-6)
+    # the loss to 1e-3: its last digits would move with another CPU's vector instructions (oneDNN picks kernels per CPU)
+    assert rows[-1]["losses/td_loss"] == pytest.approx(0.0011769647, rel=1e-3)
     assert rows[-1]["charts/episodic_return"] == -1.0
     # 100 steps per env; episodes end at the 300-frame cap (< 75 steps), so each of the 4 envs finished one
     assert sum(r["charts/episodes"] for r in rows) == 4
