@@ -95,5 +95,6 @@ weak_run = {"summary": weak_summary, "lr": float(weak.learner.optimizer.learning
             "config_json": json.loads((Path(weak_dir) / "config.json").read_text()) if world.rank == 0 else None}
 if world.rank == 0:
     print("RESULT " + json.dumps({"rounds": rounds, "eps": eps.tolist(), "summary": summary,
+                                 "trainer_config": trainer_cfg.to_dict(),
                                  "soft_targets": soft_targets, "sgd_k1": sgd_k1, "weak": weak_run}))
 sys.stdout.flush()

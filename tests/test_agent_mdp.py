@@ -10,6 +10,7 @@ import gymnasium as gym
 import numpy as np
 
 from hvd_dqn import Config, Trainer
+from run_schedule import expected_updates
 
 GAMMA = 0.9
 
@@ -48,4 +49,5 @@ def test_learns_exact_q_values_within_5_percent(tmp_path):
     np.testing.assert_allclose(q, expected, rtol=0.05)
     # the greedy policy walks straight to the goal: return 1 in every evaluation episode
     assert summary["final_eval_return_mean"] == 1.0
-    assert summary["updates"] > 0
+    # 2 envs: a phase of 25 updates every 25 vector steps (50 env steps), from 500 to 6000: 111 phases
+    assert summary["env_steps"] == 6000 and summary["updates"] == expected_updates(cfg) == 25 * 111

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 from conftest import BIN, ROOT, run
+from run_schedule import expected_updates
 
 pytestmark = pytest.mark.multiproc
 
@@ -47,11 +48,15 @@ def test_soft_targets_stay_identical_across_ranks_in_synchronous_mode(result):
 
 
 def test_trainer_with_every_component_in_federated_mode(result):
-    s = result["summary"]
-    assert s["world_size"] == 2 and s["updates"] > 0 and s["env_steps"] >= 2400
+    s, cfg = result["summary"], result["trainer_config"]
+    # 2 ranks of 2 envs: a phase of 20 updates every 50 vector steps (200 env steps), from 400 to 2400: 11 phases
+    assert s["world_size"] == 2 and s["env_steps"] == 2400
+    assert s["updates"] == expected_updates(cfg, 2) == 20 * 11
     # every learning phase of 20 updates ends on an averaging (federated_every=10): replicas equal at the end
     assert s["replica_checksums"][0] == s["replica_checksums"][1]
-    assert s["final_eval_return_mean"] is not None
+    # 220 updates teach CartPole nothing yet (this checks that every component runs, not that they learn); the job
+    # is deterministic (two runs: the same replica checksums), so the final greedy mean is exact for this config
+    assert s["final_eval_return_mean"] == 9.0  # 2 episodes
 
 
 def test_federated_k1_with_sgd_is_synchronous_data_parallelism(result):

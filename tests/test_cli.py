@@ -6,6 +6,9 @@ import numpy as np
 import pytest
 
 from conftest import BIN, run
+from run_schedule import expected_updates, points
+
+from hvd_dqn.config import Config
 
 NO_HOROVOD = "import sys\nraise ImportError('horovod is deliberately unavailable in this process')\n"
 
@@ -15,15 +18,26 @@ def test_train_smoke_runs_updates_and_writes_outputs(tiny_cartpole, tmp_path):
     proc = run([BIN / "hvd-dqn", "train", "--config", tiny_cartpole, "--run-dir", run_dir, "--set", "seed=3"])
     assert proc.returncode == 0, proc.stderr
     summary = json.loads((run_dir / "summary.json").read_text())
-    assert summary["world_size"] == 1 and summary["env_steps"] == 3000
-    # learning_starts 500, a phase of 20 updates every 200 steps: (3000 - 400) / 200 phases
-    assert summary["updates"] == 20 * 13
-    assert len(summary["replica_checksums"]) == 1 and summary["final_eval_return_mean"] > 0
-    assert summary["solved_env_steps"] is None or summary["solved_env_steps"] <= 3000
+    cfg = Config.from_yaml(tiny_cartpole)
+    assert summary["world_size"] == 1 and summary["env_steps"] == cfg.total_env_steps == 3000
+    # learning_starts 500, a phase of 20 updates every 200 steps: phases at 600, 800, ..., 3000, 13 of them
+    assert summary["updates"] == expected_updates(cfg) == 20 * 13
+    assert len(summary["replica_checksums"]) == 1
+    # 260 updates do not teach CartPole: the greedy policy falls within about 10 steps (a random one lasts about
+    # 22), so this is no learning check (test_default_cartpole_config_solves_and_stays_solved is). A run at np=1
+    # is deterministic (two runs: the same replica checksum), so for seed 3 the evaluation's mean is exact; it
+    # changes when the learner's arithmetic, the evaluation seeds or the env change.
+    assert summary["final_eval_return_mean"] == 9.5
+    assert summary["reward_threshold"] == 475.0 and summary["solved_env_steps"] is None
     rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     assert all({"env_steps", "wall_s"} <= row.keys() for row in rows)
-    assert [r["env_steps"] for r in rows if "eval_return_mean" in r] == [1500, 3000]
-    assert rows[-1]["updates"] == summary["updates"]
+    # a row every log_every (1000) steps and at each evaluation (every 1500 steps and at the end)
+    assert [r["env_steps"] for r in rows] == sorted(set(points(cfg, cfg.log_every) + points(cfg, cfg.eval_every))) \
+        == [1000, 1500, 2000, 3000]
+    assert [r["env_steps"] for r in rows if "eval_return_mean" in r] == points(cfg, cfg.eval_every) == [1500, 3000]
+    assert [r["updates"] for r in rows] == [expected_updates(cfg, until=r["env_steps"]) for r in rows] \
+        == [60, 100, 160, 260]
+    assert rows[-1]["eval_return_mean"] == summary["final_eval_return_mean"] and rows[-1]["eval_episodes"] == 10
     assert "hvd-dqn summary:" in proc.stdout
     # stdout is a pipe, not a terminal: one plain progress line per log point, no tqdm bar redrawn with \r
     progress = [line for line in proc.stdout.splitlines() if line.startswith("hvd-dqn | steps")]
@@ -51,7 +65,10 @@ def test_train_smoke_runs_updates_and_writes_outputs(tiny_cartpole, tmp_path):
     loaded = run([sys.executable, "-c", code], PYTHONPATH=str(tmp_path / "blocker"))
     assert loaded.returncode == 0, loaded.stderr
     q = json.loads(loaded.stdout.split("Q ", 1)[1])
-    assert np.array(q).shape == (1, 2) and np.isfinite(q).all()
+    import tf_keras
+
+    # the same Q-values as the model loaded where Horovod is at hand (this process)
+    assert q == tf_keras.models.load_model(run_dir / "q_network.keras")(obs).numpy().tolist()
 
 
 def test_a_new_run_starts_its_own_metrics_file(tiny_cartpole, tmp_path):

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from conftest import BIN, ROOT, run_env
+from run_schedule import expected_updates
 
 pytestmark = pytest.mark.multiproc
 TOTAL = 16000
@@ -79,8 +80,25 @@ def test_an_elastic_run_survives_a_killed_worker(tmp_path):
     assert job.returncode == 0, output
     assert "elastic reset: now rank 0 of 1" in output
     summary = json.loads((run_dir / "summary.json").read_text())
-    assert summary["world_size"] == 1 and summary["env_steps"] >= TOTAL and summary["updates"] > 0
+    # alone at the end, the survivor counts 1 env step per vector step: it stops at TOTAL exactly
+    assert summary["world_size"] == 1 and summary["env_steps"] == TOTAL
+    # the updates do not depend on where the kill fell: whatever commit the survivor rolled back to (any phase of
+    # the 2-rank part, vector steps 300 to 8000), 78 phases of 10 updates, as in a run without a kill
+    expected = expected_updates(RUN)
+    assert expected == 780 and {_elastic_updates(c) for c in range(300, TOTAL // 2 + 1, 100)} == {expected}
+    assert summary["updates"] == expected
     rows = _rows(run_dir)
     sizes = [r["world_size"] for r in rows if "world_size" in r]
     assert sizes[0] == 2 and sizes[-1] == 1 and sorted(sizes, reverse=True) == sizes, sizes
-    assert rows[-1]["env_steps"] >= TOTAL
+    assert rows[-1]["env_steps"] == TOTAL and rows[-1]["updates"] == summary["updates"]
+
+
+def _elastic_updates(commit: int) -> int:
+    """The updates of a run that goes on alone from the commit at vector step ``commit`` of its 2-rank part (a
+    phase boundary). The vector step counter goes on from the 2-rank count, so the 1-rank phases (every 200
+    vector steps) may fall 100 env steps off the 2-rank rhythm: one phase comes early, and one is missing at the end."""
+    vector_steps_per_phase = {2: RUN["train_every"] // 2, 1: RUN["train_every"]}
+    two = [v for v in range(1, commit + 1) if v % vector_steps_per_phase[2] == 0 and 2 * v >= RUN["learning_starts"]]
+    # vector step v > commit of the survivor ends global env step 2 * commit + (v - commit), the last TOTAL
+    one = [v for v in range(commit + 1, TOTAL - commit + 1) if v % vector_steps_per_phase[1] == 0]
+    return RUN["updates_per_train"] * (len(two) + len(one))

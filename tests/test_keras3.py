@@ -5,6 +5,7 @@ import sys
 import pytest
 
 from conftest import run
+from run_schedule import expected_updates
 
 SCRIPT = """
 import json, os, sys
@@ -40,7 +41,8 @@ obs = rng.normal(size=(5, 4)).astype("float32")
 via_keras3 = np.asarray(layer(obs)["q_values"])
 ours = trainer.q_network(obs).numpy()
 print("OUT", json.dumps({
-    "updates": summary["updates"], "loss_before": float(loss_before), "loss_after": float(loss_after),
+    "config": cfg.to_dict(), "updates": summary["updates"],
+    "loss_before": float(loss_before), "loss_after": float(loss_after),
     "reloaded_same": bool(same), "reloaded_type": type(reloaded).__module__,
     "our_model": type(trainer.q_network).__module__, "keras3_vs_ours": float(np.abs(via_keras3 - ours).max()),
     "legacy_env": os.environ.get("TF_USE_LEGACY_KERAS")}))
@@ -51,7 +53,8 @@ def test_user_keras3_survives_training_in_the_same_process(tmp_path):
     proc = run([sys.executable, "-c", SCRIPT, tmp_path], TF_USE_LEGACY_KERAS="")
     assert proc.returncode == 0, proc.stderr[-3000:]
     out = json.loads(proc.stdout.split("OUT ", 1)[1])
-    assert out["updates"] > 0
+    # learning_starts 200, a phase of 5 updates every 100 steps to 600: phases at 200, 300, ..., 600
+    assert out["updates"] == expected_updates(out["config"]) == 5 * 5
     assert out["our_model"].startswith("tf_keras.")  # Keras 2, as Horovod needs
     assert out["reloaded_type"].startswith("keras.") and out["reloaded_same"]
     assert out["loss_after"] < out["loss_before"] / 2  # the user's model really trained after ours

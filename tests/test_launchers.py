@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from conftest import BIN, ROOT, run
+from run_schedule import expected_updates
 
 pytestmark = [pytest.mark.cluster, pytest.mark.multiproc]
 LAUNCH = ROOT / "launch"
@@ -92,7 +93,8 @@ def test_a_short_run_trains_in_lockstep(launcher, tmp_path, request):
     assert status == 0, output
     summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["world_size"] == 2
-    assert summary["env_steps"] >= 2000 and summary["updates"] > 0
+    # 2 ranks: a phase of 5 updates every 125 vector steps (250 env steps), from 500 to 2000: 7 phases
+    assert summary["env_steps"] == 2000 and summary["updates"] == expected_updates(SHORT_RUN, 2) == 5 * 7
     assert json.loads((run_dir / "config.json").read_text())["seed"] == 7  # --set got through the launcher
     checksums = summary["replica_checksums"]
     assert len(checksums) == 2 and checksums[0] == checksums[1]
@@ -139,6 +141,6 @@ def test_mpirun_across_two_hosts(netns_hosts, tmp_path):
     nodes = set(re.findall(r"Data for node: (\S+)\s+Num slots: \d+\s+Max slots: \d+\s+Num procs: (\d+)", output))
     assert len(nodes) == 2 and ("hvdB", "1") in nodes and all(n == "1" for _, n in nodes), output
     summary = json.loads((run_dir / "summary.json").read_text())
-    assert summary["world_size"] == 2 and summary["updates"] > 0
+    assert summary["world_size"] == 2 and summary["updates"] == expected_updates(SHORT_RUN, 2) == 5 * 7
     checksums = summary["replica_checksums"]
     assert len(checksums) == 2 and checksums[0] == checksums[1]

@@ -5,6 +5,9 @@ import sys
 import pytest
 
 from conftest import BIN, ROOT, run
+from run_schedule import expected_updates, points
+
+from hvd_dqn.config import Config
 
 pytestmark = pytest.mark.multiproc
 HOROVODRUN = str(BIN / "horovodrun")
@@ -32,11 +35,15 @@ def test_cli_two_ranks_trains_in_lockstep(tiny_cartpole, tmp_path):
                 "--run-dir", run_dir], timeout=300)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     summary = json.loads((run_dir / "summary.json").read_text())
+    cfg = Config.from_yaml(tiny_cartpole)
     assert summary["world_size"] == 2
-    assert summary["updates"] > 0 and summary["env_steps"] >= 3000
+    # 2 ranks: a phase of 20 updates every 100 vector steps (200 env steps), from 600 to 3000: 13 phases
+    assert summary["env_steps"] == 3000 and summary["updates"] == expected_updates(cfg, 2) == 20 * 13
     assert len(summary["replica_checksums"]) == 2
     assert summary["replica_checksums"][0] == summary["replica_checksums"][1]
     rows = [json.loads(l) for l in (run_dir / "metrics.jsonl").read_text().splitlines()]
-    assert [r["env_steps"] for r in rows] == sorted(r["env_steps"] for r in rows)
+    logged = sorted(set(points(cfg, cfg.log_every, 2) + points(cfg, cfg.eval_every, 2)))
+    assert [r["env_steps"] for r in rows] == logged == [1000, 1500, 2000, 3000]
+    assert [r["updates"] for r in rows] == [expected_updates(cfg, 2, until=r["env_steps"]) for r in rows]
     evals = [r for r in rows if "eval_return_mean" in r]
-    assert evals and all(r["eval_episodes"] == 10 for r in evals)
+    assert [r["env_steps"] for r in evals] == [1500, 3000] and all(r["eval_episodes"] == 10 for r in evals)

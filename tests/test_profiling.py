@@ -5,7 +5,10 @@ import os
 import pytest
 
 from conftest import BIN, ROOT, run
+from run_schedule import expected_updates
 from test_horovod_options import learner_allreduces
+
+from hvd_dqn.config import Config
 
 LAUNCH = ROOT / "launch"
 
@@ -20,8 +23,8 @@ def test_horovodrun_launcher_records_a_timeline_and_runs_the_autotuner(tiny_cart
     events = json.loads(timeline.read_text())  # Horovod keeps the file valid JSON as it goes
     assert {"NEGOTIATE_ALLREDUCE", "ALLREDUCE"} <= {e.get("name") for e in events}
     per_tensor = learner_allreduces(timeline)
-    # the MLP's 3 kernels and 3 biases, each allreduced once per gradient update of the run
-    assert len(per_tensor) == 6 and summary["updates"] > 0
+    # the MLP's 3 kernels and 3 biases, each allreduced once per gradient update of the run: 13 phases of 20
+    assert len(per_tensor) == 6 and summary["updates"] == expected_updates(Config.from_yaml(tiny_cartpole), 2) == 260
     assert all(len(dtypes) == summary["updates"] for dtypes in per_tensor.values())
     assert autotune.read_text().splitlines()[0].startswith("hierarchical_allreduce,")  # the autotuner's log
 

@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 from conftest import BIN, run
+from run_schedule import expected_updates
 from test_cli import NO_HOROVOD
 
 from hvd_dqn import Callback, Config, Trainer
@@ -69,7 +70,10 @@ def test_callbacks_fire_at_every_log_evaluation_and_checkpoint(trained):
     assert path == run_dir / "q_network.keras" and existed
     rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     assert [r["env_steps"] for r in rows] == [r["env_steps"] for r in logs]
-    assert logs[-1]["updates"] == summary["updates"] > 0
+    # learning_starts 300, a phase of 10 updates every 100 steps: 4 phases by step 600, 10 by the end
+    assert [row["updates"] for row in logs] == [expected_updates(TINY, until=row["env_steps"]) for row in logs] \
+        == [10, 40, 70, 100]
+    assert logs[-1]["updates"] == summary["updates"]
 
 
 def test_runs_started_in_the_same_second_get_their_own_default_run_dirs(tmp_path, monkeypatch):
@@ -188,9 +192,32 @@ def test_evaluate_run_dir_is_seeded_and_summarises(trained):
     assert first.returncode == 0, first.stderr
     env_id, n, mean, std, lo, hi = parse_eval(first.stdout)
     assert env_id == "CartPole-v1" and n == 3
-    assert 1 <= lo <= mean <= hi <= 500 and std >= 0
+    # the run's saved network, greedy, on CartPole seeded 7, 8, 9, played here one episode at a time
+    returns = greedy_returns(run_dir / "q_network.keras", "CartPole-v1", [7, 8, 9])
+    assert (mean, std, lo, hi) == tuple(round(float(x), 2) for x in
+                                        (np.mean(returns), np.std(returns), np.min(returns), np.max(returns)))
     again = hvd_dqn("evaluate", run_dir, "--episodes", "3", "--seed", "7")
     assert parse_eval(again.stdout) == parse_eval(first.stdout)
+
+
+def greedy_returns(model_file, env_id, seeds):
+    """Each seed's return of the greedy policy of a saved Q-network, with plain gymnasium and tf_keras."""
+    import gymnasium as gym
+    import tf_keras
+
+    model = tf_keras.models.load_model(model_file, compile=False)
+    returns = []
+    for seed in seeds:
+        env = gym.make(env_id)
+        obs, _ = env.reset(seed=seed)
+        total, done = 0.0, False
+        while not done:
+            q = model(np.asarray(obs, np.float32)[None], training=False).numpy()
+            obs, reward, terminated, truncated, _ = env.step(int(np.argmax(q[0])))
+            total, done = total + reward, terminated or truncated
+        env.close()
+        returns.append(total)
+    return returns
 
 
 def test_evaluate_records_one_video_per_episode(trained, tmp_path):
