@@ -12,6 +12,7 @@ import os
 import sys
 from pathlib import Path
 
+from hvd_dqn import quiet
 from hvd_dqn.errors import UserError, one_line
 
 MAX_EPISODES = 1000  # evaluate holds one env per episode
@@ -66,6 +67,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "train":
             return _train(args)
         os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+        if args.command in ("evaluate", "export"):
+            quiet.install()
         if args.command == "evaluate":
             return _evaluate(args)
         if args.command == "export":
@@ -92,6 +95,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def _train(args) -> int:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")  # TF C++ start-up chatter (CUDA plugins on CPU hosts) hides our lines
+    quiet.install(warm_xla=True)  # and what TF_CPP_MIN_LOG_LEVEL cannot silence
     from hvd_dqn.config import Config
 
     if args.resume is not None:

@@ -40,7 +40,12 @@ read -r -a extra <<< "${HOROVODRUN_ARGS:-}"
 train=("$hvd_dqn" train --config "$config")
 [ -n "${RUN_DIR:-}" ] && train+=(--run-dir "$RUN_DIR")
 
-"$horovodrun" "${args[@]}" "${extra[@]}" "${train[@]}" "$@" &
+# horovodrun checks its build in children that import TensorFlow and print its CUDA-plugin noise on a CPU host;
+# hvd_dqn.quiet runs it with that filtered out (the same horovodrun, in the same process)
+quiet=()
+python=$(dirname "$hvd_dqn")/python
+if [ -x "$python" ] && [ "$(head -c 2 "$horovodrun" 2>/dev/null)" = "#!" ]; then quiet=("$python" -m hvd_dqn.quiet); fi
+"${quiet[@]}" "$horovodrun" "${args[@]}" "${extra[@]}" "${train[@]}" "$@" &
 launcher=$!
 
 ranks() {  # the hvd-dqn processes among the launcher's descendants (not the shells that start them)
