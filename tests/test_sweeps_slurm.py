@@ -53,6 +53,14 @@ def test_an_array_job_trains_one_seed_per_task(local_slurm, tmp_path):
         assert (config["seed"], config["exp_name"], config["world_size"]) == (task, "cp-sweep", 1)
         assert json.loads((run_dir / "summary.json").read_text())["env_steps"] == SHORT_RUN["total_env_steps"]
     assert sorted(p.name for p in (tmp_path / "runs").iterdir()) == ["cp-sweep-seed0", "cp-sweep-seed1"]
+    # the array submitted again: a finished task's run is left as it is
+    summary = (tmp_path / "runs" / "cp-sweep-seed1" / "summary.json").read_bytes()
+    again, outputs = _array(tmp_path, cfg, "1")
+    run_dir = tmp_path / "runs" / "cp-sweep-seed1"
+    _first_line(outputs[1], _task_jobs(again)[1], f"seed 1 (array task 1 of job {again})", run_dir)
+    assert outputs[1].splitlines()[1:] == [f"hvd-dqn: {run_dir} holds a finished run (summary.json): nothing to "
+                                           "do (set RUN_DIR for a new sweep)"]
+    assert (run_dir / "summary.json").read_bytes() == summary
     table = run([BIN / "hvd-dqn", "table", *sorted((tmp_path / "runs").iterdir())], timeout=60)
     assert table.returncode == 0 and table.stderr == "", table.stderr
     assert table.stdout.splitlines()[2].startswith("| cp-sweep | 2 | 1 | 475 | ")
