@@ -17,6 +17,7 @@ import importlib.abc
 import importlib.util
 import os
 import re
+import signal
 import subprocess
 import sys
 
@@ -34,12 +35,13 @@ _MESSAGES = [
 NOISE = re.compile(rf"^(?:WARNING: All log messages before absl::InitializeLog\(\) is called are written to "
                    rf"STDERR$|{_PREFIX}(?:{'|'.join(_MESSAGES)}))")
 
-# The filter: SIGINT/SIGTERM to the job's process group must not end it before the pipe is drained (it ends at
-# the pipe's end, when the import is done or its process gone); -I -S: no site-packages, a fast start.
+# The filter ends at the pipe's end, when the import is done or its process gone (-I -S: no site-packages, a fast
+# start). A stop signal to the whole job (Ctrl-C, a launcher's SIGTERM, SLURM's USR1 to every process of the step)
+# must not end it first and leave the rank writing into a broken pipe: it starts with those signals blocked
+# (the mask is inherited from the thread that starts it), from its first instruction on.
+_STOP_SIGNALS = {signal.SIGINT, signal.SIGTERM, signal.SIGUSR1, signal.SIGHUP}
 _FILTER = """\
-import re, signal, sys
-signal.signal(signal.SIGINT, signal.SIG_IGN)
-signal.signal(signal.SIGTERM, signal.SIG_IGN)
+import re, sys
 noise, out = re.compile(sys.argv[1]), sys.stdout.buffer
 for line in sys.stdin.buffer:
     if not noise.match(line.decode("utf-8", "replace").rstrip("\\n")):
@@ -62,10 +64,16 @@ def filtered_stderr():
     except OSError:  # no fd 2 at all: nothing to filter
         yield
         return
+    # blocked here, a stop signal for this process waits (it is delivered when the mask is restored, not lost)
+    mask = signal.pthread_sigmask(signal.SIG_BLOCK, _STOP_SIGNALS)
     try:
         proc = subprocess.Popen([sys.executable, "-I", "-S", "-c", _FILTER, NOISE.pattern],
                                 stdin=subprocess.PIPE, stdout=saved, stderr=saved)
     except OSError:  # no process to spare: the noise is better than losing a line
+        proc = None
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, mask)
+    if proc is None:
         os.close(saved)
         yield
         return

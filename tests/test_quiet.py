@@ -88,6 +88,19 @@ def test_what_a_crashing_import_wrote_still_shows(tmp_path):
     assert proc.stderr.splitlines() == [REAL[0], REAL[1], "fatal: about to abort"]
 
 
+def test_a_stop_signal_to_the_whole_job_during_the_import_loses_nothing(tmp_path):
+    """SLURM signals every process of a job step, Ctrl-C the whole process group: the filter outlives it. (The
+    rank handles the signals, as the trainer does; a handler, unlike SIG_IGN, is not inherited by the filter.)"""
+    fake = _fake_tensorflow(tmp_path, "import signal, time\nfor sig in (signal.SIGUSR1, signal.SIGTERM, signal.SIGINT):"
+                                      "\n    os.killpg(0, sig)\ntime.sleep(0.5)\nos.write(2, b'still here\\n')")
+    code = ("import signal\nfor sig in (signal.SIGUSR1, signal.SIGTERM, signal.SIGINT):\n"
+            "    signal.signal(sig, lambda *_: None)\nfrom hvd_dqn import quiet\nquiet.install()\nimport tensorflow")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
+                          env=run_env(PYTHONPATH=f"{fake}{os.pathsep}{ROOT}"), start_new_session=True)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stderr.splitlines() == [REAL[0], REAL[1], "still here"]
+
+
 # ------------------------------------------------------------------ the real thing, as a user runs it
 def _user_env(**extra):
     """A user's shell: no TF_CPP_MIN_LOG_LEVEL (the suite sets it)."""
