@@ -14,10 +14,11 @@ install:
 
 # make train starts afresh: it deletes its own run dir first (hvd-dqn refuses to train a new run into a dir that
 # holds an earlier run's checkpoints). Continue a run with: horovodrun ... hvd-dqn train --resume $(RUN_DIR)
+# hvd_dqn.quiet runs horovodrun with the CUDA-plugin noise of its TensorFlow build check filtered out.
 train: install
 	rm -rf $(RUN_DIR)
 	OMPI_MCA_odls_base_sigkill_timeout=$${OMPI_MCA_odls_base_sigkill_timeout:-10} \
-	    $(VENV)/bin/horovodrun -np $(NP) --mpi -H localhost:$(NP) \
+	    $(VENV)/bin/python -m hvd_dqn.quiet $(VENV)/bin/horovodrun -np $(NP) --mpi -H localhost:$(NP) \
 	    $(VENV)/bin/hvd-dqn train --config $(CONFIG) --run-dir $(RUN_DIR)
 
 test: install

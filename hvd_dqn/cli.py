@@ -1,4 +1,4 @@
-"""``hvd-dqn train|evaluate|export|plot``: train on every rank of a job, then use what it produced.
+"""``hvd-dqn train|evaluate|export|plot|table``: train on every rank of a job, then use what it produced.
 
 Started plainly it is one rank; under horovodrun, mpirun or srun each process is one rank of the job.
 User mistakes print one line on stderr and exit 2; no traceback. A run stopped by SIGTERM or SIGUSR1 writes a
@@ -12,9 +12,11 @@ import os
 import sys
 from pathlib import Path
 
+from hvd_dqn import quiet
 from hvd_dqn.errors import UserError, one_line
 
 MAX_EPISODES = 1000  # evaluate holds one env per episode
+GROUP_KEY = "exp_name"  # hvd_dqn.sweeps.DEFAULT_GROUP_KEY, named here so that --help needs no numpy
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -46,6 +48,16 @@ def _parser() -> argparse.ArgumentParser:
     pl = sub.add_parser("plot", help="learning curves of one or more run dirs into a PNG")
     pl.add_argument("run_dirs", metavar="RUN_DIR", nargs="+")
     pl.add_argument("-o", "--output", required=True, metavar="FILE.png")
+    pl.add_argument("--group", action="store_true",
+                    help="one mean curve and min-max band per group of runs (runs of one config: a seed sweep) "
+                         "instead of one line per run")
+    pl.add_argument("--group-by", metavar="KEY", help="with --group: the config key that names a run's group "
+                                                      f"(default {GROUP_KEY}: the config file's name)")
+
+    tb = sub.add_parser("table", help="the results of a set of runs, one markdown line per group (e.g. runs/*)")
+    tb.add_argument("run_dirs", metavar="RUN_DIR", nargs="*")
+    tb.add_argument("--group-by", metavar="KEY", default=GROUP_KEY,
+                    help=f"the config key that names a run's group (default {GROUP_KEY}: the config file's name)")
     return parser
 
 
@@ -55,6 +67,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "train":
             return _train(args)
         os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+        if args.command in ("evaluate", "export"):
+            quiet.install()
         if args.command == "evaluate":
             return _evaluate(args)
         if args.command == "export":
@@ -63,10 +77,9 @@ def main(argv: list[str] | None = None) -> int:
             print(f"exported to {export(args.run_dir, args.out_dir)}")
             return 0
         if args.command == "plot":
-            from hvd_dqn.plotting import plot_runs
-
-            print(f"wrote {plot_runs([Path(d) for d in args.run_dirs], Path(args.output))}")
-            return 0
+            return _plot(args)
+        if args.command == "table":
+            return _table(args)
     except UserError as exc:
         if not getattr(exc, "quiet", False):  # said once for the whole job, by rank 0
             print(f"hvd-dqn: error: {one_line(exc)}", file=sys.stderr)
@@ -82,6 +95,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def _train(args) -> int:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")  # TF C++ start-up chatter (CUDA plugins on CPU hosts) hides our lines
+    quiet.install(warm_xla=True)  # and what TF_CPP_MIN_LOG_LEVEL cannot silence
     from hvd_dqn.config import Config
 
     if args.resume is not None:
@@ -135,6 +149,32 @@ def _run_config(args):
     for recorded in ("world_size", "per_rank"):  # recorded next to the config, not part of it
         data.pop(recorded, None)
     return Config.from_dict({**data, **parse_overrides(args.overrides)}, source=str(path))
+
+
+def _plot(args) -> int:
+    from hvd_dqn.plotting import plot_runs
+
+    if args.group_by and not args.group:
+        raise UserError("--group-by KEY names the groups of --group: give --group too")
+    notes: list[str] = []
+    out = plot_runs([Path(d) for d in args.run_dirs], Path(args.output),
+                    group_by=(args.group_by or GROUP_KEY) if args.group else None, notes=notes)
+    for note in notes:
+        print(f"hvd-dqn: {note}", file=sys.stderr)
+    print(f"wrote {out}")
+    return 0
+
+
+def _table(args) -> int:
+    from hvd_dqn import sweeps
+
+    runs = sweeps.read_runs([Path(d) for d in args.run_dirs])
+    groups = sweeps.group(runs, args.group_by)
+    print(sweeps.table({name: sweeps.results(members) for name, members in groups.items()}))
+    for run in runs:
+        if not run["summary"]:
+            print(f"hvd-dqn: {run['dir']}: not finished (no summary.json), not counted", file=sys.stderr)
+    return 0
 
 
 def _evaluate(args) -> int:

@@ -31,6 +31,11 @@ class Config(BaseModel):
 
     # --- what to train on
     env_id: str = Field(description="A gymnasium id: classic control (CartPole-v1) or Atari (ALE/Pong-v5).")
+    exp_name: Optional[str] = Field(
+        None, min_length=1, max_length=200,
+        description="The experiment's name, recorded in config.json: runs that share it are one group in "
+                    "`hvd-dqn plot --group` and `hvd-dqn table`. Default: the config file's name without .yaml "
+                    "(null when the config is not read from a file).")
     seed: int = Field(0, ge=0, lt=2**31, description="Base seed; rank r's envs and exploration use seed + r.")
     total_env_steps: int = Field(100_000, gt=0, le=10 ** 12,
                                  description="Env steps to train for, summed over all ranks (at most 10^12).")
@@ -362,7 +367,8 @@ class Config(BaseModel):
         data = {} if data is None else data
         if not isinstance(data, dict):
             raise UserError(f"{path}: expected a mapping of keys to values, got {type(data).__name__}")
-        return cls.from_dict({**data, **parse_overrides(overrides)}, source=str(path))
+        # the runs of one config file form one group in the plots and tables of a sweep (CleanRL's exp_name)
+        return cls.from_dict({"exp_name": path.stem, **data, **parse_overrides(overrides)}, source=str(path))
 
     def to_dict(self) -> dict[str, Any]:
         out = self.model_dump()

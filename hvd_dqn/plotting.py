@@ -1,33 +1,21 @@
-"""Learning curves from run dirs: greedy evaluation return against global env steps and against wall clock."""
+"""Learning curves from run dirs: greedy evaluation return against global env steps and against wall clock, one
+line per run, or (``group``) one mean line and min-max band per group of runs (hvd_dqn.sweeps)."""
 from __future__ import annotations
 
 import contextlib
-import json
 from pathlib import Path
 
+from hvd_dqn import sweeps
 from hvd_dqn.errors import UserError
-from hvd_dqn.metrics import read_json_object
 
 
-def read_run(run_dir: Path) -> dict:
-    if not run_dir.is_dir():
-        raise UserError(f"run dir not found: {run_dir}")
-    metrics = run_dir / "metrics.jsonl"
-    if not metrics.is_file():
-        raise UserError(f"{run_dir}: no metrics.jsonl in it (is it a hvd-dqn run dir?)")
-    rows = []
-    for n, line in enumerate(metrics.read_text().splitlines(), 1):
-        try:
-            rows.append(json.loads(line))
-        except json.JSONDecodeError:
-            raise UserError(f"{metrics}: line {n} is not JSON") from None
-    summary = read_json_object(run_dir / "summary.json", missing={})
-    config = read_json_object(run_dir / "config.json", missing={})
-    return {"rows": rows, "summary": summary, "config": config}
-
-
-def plot_runs(run_dirs: list[Path], out: Path, width_px: int = 1200, height_px: int = 450, dpi: int = 100) -> Path:
+def plot_runs(run_dirs: list[Path], out: Path, width_px: int = 1200, height_px: int = 450, dpi: int = 100,
+              group_by: str | None = None, notes: list[str] | None = None) -> Path:
+    """Write the PNG ``out``. ``group_by``: a config key (``exp_name``: the config's name) whose runs are drawn
+    as one group; what the caller should tell the user about a group (interpolated, cut, left out) is appended
+    to ``notes``."""
     out = Path(out)
+    notes = [] if notes is None else notes
     if out.is_dir():
         raise UserError(f"-o {out}: is a directory; name the PNG file to write, e.g. {out / 'curves.png'}")
     import matplotlib
@@ -35,31 +23,26 @@ def plot_runs(run_dirs: list[Path], out: Path, width_px: int = 1200, height_px: 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    runs = [(Path(d), read_run(Path(d))) for d in run_dirs]
+    runs = sweeps.read_runs(run_dirs) if group_by else [sweeps.read_run(Path(d)) for d in run_dirs]
     fig, (ax_steps, ax_wall) = plt.subplots(1, 2, figsize=(width_px / dpi, height_px / dpi), dpi=dpi)
-    thresholds = set()
-    for run_dir, run in runs:
-        evals = [r for r in run["rows"] if r.get("eval_return_mean") is not None]
-        world = run["summary"].get("world_size") or run["config"].get("world_size")
-        label = f"{run_dir.name}" + (f" (np={world})" if world else "")
-        for ax, key in ((ax_steps, "env_steps"), (ax_wall, "wall_s")):
-            line, = ax.plot([r[key] for r in evals], [r["eval_return_mean"] for r in evals], marker="o",
-                            markersize=3, label=label)
-            train = [r for r in run["rows"] if r.get("charts/episodic_return") is not None]
-            ax.plot([r[key] for r in train], [r["charts/episodic_return"] for r in train], color=line.get_color(),
-                    alpha=0.3, linewidth=1)
-        threshold = run["summary"].get("reward_threshold")
-        if threshold is not None:
-            thresholds.add(threshold)
+    axes = ((ax_steps, "env_steps"), (ax_wall, "wall_s"))
+    if group_by:
+        _draw_groups(sweeps.group(runs, group_by), axes, notes)
+        ylabel, title = "greedy eval return", " (each group: the mean of its runs, the band from lowest to highest)"
+    else:
+        _draw_runs(runs, axes)
+        ylabel, title = "return (greedy eval: dots; training episodes: faint)", ""
+    thresholds = {run["summary"]["reward_threshold"] for run in runs
+                  if run["summary"].get("reward_threshold") is not None}
     for ax, xlabel in ((ax_steps, "global env steps"), (ax_wall, "wall clock (s)")):
         for t in sorted(thresholds):
             ax.axhline(t, color="grey", linestyle="--", linewidth=1, label=f"solved ({t:g})")
         ax.set_xlabel(xlabel)
-        ax.set_ylabel("return (greedy eval: dots; training episodes: faint)")
+        ax.set_ylabel(ylabel)
         ax.grid(alpha=0.3)
     ax_steps.legend(fontsize=8, loc="lower right")
-    env_ids = sorted({run["config"].get("env_id", "?") for _, run in runs})
-    fig.suptitle(f"hvd-dqn: {', '.join(env_ids)}")
+    env_ids = sorted({run["config"].get("env_id", "?") for run in runs})
+    fig.suptitle(f"hvd-dqn: {', '.join(env_ids)}{title}")
     fig.tight_layout()
     tmp = out.with_name(f".{out.stem}.tmp.png")
     try:
@@ -73,3 +56,49 @@ def plot_runs(run_dirs: list[Path], out: Path, width_px: int = 1200, height_px: 
     finally:
         plt.close(fig)
     return out
+
+
+def _draw_runs(runs, axes) -> None:
+    for run in runs:
+        evals = [r for r in run["rows"] if r.get("eval_return_mean") is not None]
+        world = run["summary"].get("world_size") or run["config"].get("world_size")
+        label = f"{run['dir'].name}" + (f" (np={world})" if world else "")
+        for ax, key in axes:
+            line, = ax.plot([r[key] for r in evals], [r["eval_return_mean"] for r in evals], marker="o",
+                            markersize=3, label=label)
+            train = [r for r in run["rows"] if r.get("charts/episodic_return") is not None]
+            ax.plot([r[key] for r in train], [r["charts/episodic_return"] for r in train], color=line.get_color(),
+                    alpha=0.3, linewidth=1)
+
+
+def _draw_groups(groups, axes, notes: list[str]) -> None:
+    for name, runs in groups.items():
+        with_evals = []
+        for run in runs:
+            if sweeps.eval_curve(run["rows"])[0]:
+                with_evals.append(run)
+            else:
+                notes.append(f"{run['dir']}: no evaluation yet, left out of group {name}")
+        if not with_evals:
+            continue
+        color = None
+        for ax, key in axes:
+            try:
+                b = sweeps.band([sweeps.eval_curve(r["rows"], key) for r in with_evals])
+            except ValueError as exc:
+                notes.append(f"group {name} ({key}): {exc}; not drawn")
+                continue
+            how = [f"mean of {b.runs} run{'s' * (b.runs > 1)}"] + (["interpolated"] if b.interpolated else [])
+            line, = ax.plot(b.x, b.mean, marker="o", markersize=3, color=color, label=f"{name}: {', '.join(how)}")
+            color = line.get_color()
+            ax.fill_between(b.x, b.low, b.high, color=color, alpha=0.2, linewidth=0)
+            if key != "env_steps":  # runs never evaluate at the same second: the wall-clock band is always interpolated
+                continue
+            what = "global env steps"
+            if b.interpolated:
+                notes.append(f"group {name}: its runs evaluated at different {what}; each run is interpolated "
+                             f"linearly onto the {len(b.x)} points where any of them evaluated ({what} "
+                             f"{b.x[0]:g} to {b.x[-1]:g})")
+            if b.cut:
+                notes.append(f"group {name}: drawn over {what} {b.x[0]:g} to {b.x[-1]:g}, the range all "
+                             f"{b.runs} runs cover")

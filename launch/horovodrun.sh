@@ -40,7 +40,16 @@ read -r -a extra <<< "${HOROVODRUN_ARGS:-}"
 train=("$hvd_dqn" train --config "$config")
 [ -n "${RUN_DIR:-}" ] && train+=(--run-dir "$RUN_DIR")
 
-"$horovodrun" "${args[@]}" "${extra[@]}" "${train[@]}" "$@" &
+# horovodrun checks its build in children that import TensorFlow and print its CUDA-plugin noise on a CPU host;
+# hvd_dqn.quiet runs it with that filtered out (the same horovodrun, in the same process), under the Python that
+# hvd-dqn's own script names; a horovodrun that is not a Python script runs as it is
+quiet=()
+read -r shebang < "$hvd_dqn" || true
+python=${shebang#\#!}
+if [ "$python" != "$shebang" ] && [ -x "$python" ] && [ "$(head -c 2 "$(command -v "$horovodrun")" 2>/dev/null)" = "#!" ]; then
+  quiet=("$python" -m hvd_dqn.quiet)
+fi
+"${quiet[@]}" "$horovodrun" "${args[@]}" "${extra[@]}" "${train[@]}" "$@" &
 launcher=$!
 
 ranks() {  # the hvd-dqn processes among the launcher's descendants (not the shells that start them)
