@@ -181,7 +181,7 @@ def _evaluate(args) -> int:
     import gymnasium as gym
     import numpy as np
 
-    from hvd_dqn.envs import atari_options, check_env_id, make_env
+    from hvd_dqn.envs import atari_options, check_env_id, env_options, make_env
     from hvd_dqn.evaluation import run_episodes, summarize
     from hvd_dqn.metrics import read_json_object
     from hvd_dqn.serving import check_matches_env, load_policy
@@ -208,7 +208,9 @@ def _evaluate(args) -> int:
     # export.json; a bare .keras file gets the defaults)
     meta = [Path(args.model) / name for name in ("config.json", "export.json")]
     trained = next((read_json_object(m) for m in meta if m.is_file()), {})
-    options = atari_options({**trained, "env_id": env_id})
+    # the env's constructor keywords too, where the model is evaluated on the env it was trained on
+    same_env = trained.get("env_id") == env_id
+    options = (env_options if same_env else atari_options)({**trained, "env_id": env_id})
     envs = [make_env(env_id, **options, **render) for _ in range(args.episodes)]
     check_matches_env(policy, envs[0])
     seeds = [args.seed + i for i in range(args.episodes)]

@@ -8,6 +8,7 @@ take N times the batch at N times the learning rate in 1/N as many updates.
 """
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 from typing import Any, Literal, Optional
@@ -20,6 +21,7 @@ from hvd_dqn.errors import UserError, clip, excerpt
 MAX_HIDDEN_LAYERS, MAX_HIDDEN_WIDTH = 8, 8192  # 7 x 8192^2 weights: about 1.9 GB per copy, 4 copies in training
 MAX_EVAL_EPISODES = 1000  # each rank holds one env per evaluation episode it plays
 MAX_PHASE_SAMPLES = 2 ** 17  # transitions sampled at once per rank for a run of updates (Atari: about 7 GB)
+MAX_ENV_KWARGS = 64  # keywords for an env constructor; more is a mistake
 MAX_CONFIG_BYTES = 1 << 20  # a config is a few dozen keys; a bigger file is not one
 
 
@@ -30,7 +32,12 @@ class Config(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid", strict=True, validate_default=True, allow_inf_nan=False)
 
     # --- what to train on
-    env_id: str = Field(description="A gymnasium id: classic control (CartPole-v1) or Atari (ALE/Pong-v5).")
+    env_id: str = Field(description="A gymnasium id: classic control (CartPole-v1), Atari (ALE/Pong-v5), or a user's "
+                                    "env as module:id (my_pkg.envs:Corridor-v0: the module is imported on every "
+                                    "rank, then the id looked up, gymnasium's own convention).")
+    env_kwargs: dict[str, Any] = Field(
+        default_factory=dict, description="Keywords for the env's constructor (gym.make(env_id, **env_kwargs)), for "
+                                          "training, evaluation and videos alike; not for Atari (use its keys).")
     exp_name: Optional[str] = Field(
         None, min_length=1, max_length=200,
         description="The experiment's name, recorded in config.json: runs that share it are one group in "
@@ -42,6 +49,10 @@ class Config(BaseModel):
     num_envs: int = Field(1, ge=1, le=1024, description="Environments per rank, stepped together as a vector env.")
 
     # --- the Q-network and its optimisation
+    q_network: Optional[str] = Field(
+        None, description="A user's Q-network as module:function, called as function(observation_space, n_actions, "
+                          "config) and returning a tf_keras Model from observations to one Q-value per action; "
+                          "null = the built-in MLP (vectors) or CNN (uint8 images).")
     hidden_sizes: tuple[int, ...] = Field(
         (256, 256), description=f"Widths of the MLP's hidden layers: 1 to {MAX_HIDDEN_LAYERS} layers, each 1 to "
                                 f"{MAX_HIDDEN_WIDTH} wide.")
@@ -216,8 +227,35 @@ class Config(BaseModel):
         check_env_id(value)
         return value
 
+    @field_validator("env_kwargs")
+    @classmethod
+    def _env_kwargs_plain(cls, value: dict[str, Any]) -> dict[str, Any]:
+        if len(value) > MAX_ENV_KWARGS:
+            raise ValueError(f"at most {MAX_ENV_KWARGS} keywords, got {len(value):,}")
+        for key, item in value.items():
+            if not key.isidentifier():
+                raise ValueError(f"{excerpt(key)} is not a keyword name")
+            try:
+                json.dumps(item, allow_nan=False)
+            except (TypeError, ValueError):
+                raise ValueError(f"{key}: {excerpt(item)} is not a plain value (numbers, strings, booleans, null, "
+                                 "lists and mappings of those)") from None
+        return value
+
+    @field_validator("q_network")
+    @classmethod
+    def _q_network_importable(cls, value: Optional[str]) -> Optional[str]:
+        if value is not None:
+            from hvd_dqn.networks import load_builder  # imports the user's module, as env_id does
+
+            load_builder(value)
+        return value
+
     @model_validator(mode="after")
     def _consistent(self) -> "Config":
+        if self.env_kwargs and self.is_atari:
+            raise ValueError("env_kwargs: Atari games take their options as config keys (frame_stack, noop_max, "
+                             "sticky_action_prob, max_episode_frames), not as env_kwargs")
         if self.eps_end > self.eps_start:
             raise ValueError("eps_end must not exceed eps_start")
         if self.batch_size > self.replay_capacity:
@@ -257,7 +295,9 @@ class Config(BaseModel):
     @property
     def is_atari(self) -> bool:
         """ALE envs: Atari preprocessing, the Nature CNN and the frame-once replay."""
-        return self.env_id.startswith("ALE/")
+        from hvd_dqn.envs import is_atari_id
+
+        return is_atari_id(self.env_id)
 
     def per_rank(self, world_size: int) -> "PerRank":
         """Per-rank quantities for a job of ``world_size`` ranks; a UserError if the config cannot be split."""

@@ -38,11 +38,11 @@ class ElasticTrainer(Trainer):
                             "allreduces are not part of the committed state)")
         super().__init__(config, run_dir, callbacks)
 
-    def _make_learner(self, obs_shape, n_actions: int) -> Learner:
+    def _make_learner(self, obs_shape, n_actions: int, build_network=None) -> Learner:
         # Always the allreduce path (even while alone), so a worker that joins later is averaged with; no
         # broadcast here: elastic_run syncs rank 0's state before the loop starts (a collective before it would
         # deadlock a worker that joins while the others sync).
-        learner = Learner(self.config, obs_shape, n_actions, world_size=2)
+        learner = Learner(self.config, obs_shape, n_actions, world_size=2, build_network=build_network)
         learner.align_to_online()
         learner.optimizer.build(learner.online.trainable_variables)  # slots exist now, so they are committed
         learner._optimizer_synced = True

@@ -18,6 +18,7 @@ at most noop_max frames apart.
 """
 from __future__ import annotations
 
+import importlib
 from typing import Any
 
 import gymnasium as gym
@@ -35,18 +36,51 @@ def _register_atari() -> None:
         pass
 
 
-def check_env_id(env_id: str) -> None:
-    """Raise ValueError (turned into a config error) if gymnasium does not know ``env_id``."""
-    if env_id.startswith("ALE/"):
+def split_env_id(env_id: str) -> tuple[str | None, str]:
+    """``"my_pkg.envs:Corridor-v0"`` -> ``("my_pkg.envs", "Corridor-v0")``; a plain id has no module."""
+    module, sep, name = env_id.rpartition(":")
+    return (module, name) if sep and module else (None, env_id)
+
+
+def is_atari_id(env_id: str) -> bool:
+    return split_env_id(env_id)[1].startswith("ALE/")
+
+
+def env_spec(env_id: str):
+    """gymnasium's EnvSpec of ``env_id``, importing the module of a ``module:id`` first (gymnasium's own
+    convention; ``gym.spec`` alone never imports it). Raises ValueError with one line naming the problem."""
+    module, name = split_env_id(env_id)
+    if module is not None:
+        try:
+            importlib.import_module(module)
+        except ModuleNotFoundError as exc:
+            raise ValueError(f"cannot import module {module!r} of {env_id!r} ({exc}); is it installed or on "
+                             "PYTHONPATH on every host?") from None
+        except Exception as exc:  # the user's module failed while importing: say which and how, not a traceback
+            raise ValueError(f"importing module {module!r} of {env_id!r} failed: {type(exc).__name__}: "
+                             f"{_first_line(exc)}") from None
+    if name.startswith("ALE/"):
         _register_atari()
     try:
-        gym.spec(env_id)
+        return gym.spec(name)
     except gym.error.Error as exc:
-        raise ValueError(f"unknown gymnasium env id {env_id!r} ({exc})") from None
+        where = f"module {module!r} registers no env {name!r}" if module else f"unknown gymnasium env id {name!r}"
+        raise ValueError(f"{where} ({_first_line(exc)})") from None
+
+
+def check_env_id(env_id: str) -> None:
+    """Raise ValueError (turned into a config error) if gymnasium does not know ``env_id``."""
+    env_spec(env_id)
 
 
 def reward_threshold(env_id: str) -> float | None:
-    return gym.spec(env_id).reward_threshold
+    return env_spec(env_id).reward_threshold
+
+
+def _first_line(exc: BaseException, limit: int = 300) -> str:
+    text = str(exc).strip().splitlines()
+    line = text[0] if text else ""
+    return line if len(line) <= limit else line[:limit] + "..."
 
 
 def env_seeds(seed: int, rank: int, count: int, stream: int = 0) -> list[int]:
@@ -69,6 +103,20 @@ class OneHot(gym.ObservationWrapper):
         return out
 
 
+class AsFloat32(gym.ObservationWrapper):
+    """A vector observation of another dtype (float64, ints) as float32, the MLP's input."""
+
+    def __init__(self, env: gym.Env):
+        super().__init__(env)
+        space = env.observation_space
+        with np.errstate(over="ignore"):  # float64 bounds beyond float32's range become +-inf, as they mean
+            low, high = space.low.astype(np.float32), space.high.astype(np.float32)
+        self.observation_space = gym.spaces.Box(low, high, space.shape, np.float32)
+
+    def observation(self, observation: Any) -> np.ndarray:
+        return np.asarray(observation, dtype=np.float32)
+
+
 FRAME_PADDING = "zero"  # how FrameStackObservation pads an episode's first stacks; the frame replay pads alike
 
 
@@ -78,9 +126,16 @@ ATARI_OPTIONS = ("frame_stack", "noop_max", "sticky_action_prob", "max_episode_f
 def atari_options(config) -> dict[str, Any]:
     """The keywords of ``make_env`` for an Atari config, a Config or its dict (empty for classic control)."""
     data = config if isinstance(config, dict) else config.to_dict()
-    if not str(data.get("env_id", "")).startswith("ALE/"):
+    if not is_atari_id(str(data.get("env_id", ""))):
         return {}
     return {key: data[key] for key in ATARI_OPTIONS if key in data}
+
+
+def env_options(config) -> dict[str, Any]:
+    """All keywords of ``make_env`` for a config (a Config or its dict): the user's ``env_kwargs`` for the env's
+    constructor, and for Atari the preprocessing options."""
+    data = config if isinstance(config, dict) else config.to_dict()
+    return {**(data.get("env_kwargs") or {}), **atari_options(data)}
 
 
 def make_atari_env(env_id: str, frame_stack: int = 4, noop_max: int = 30, sticky_action_prob: float = 0.25,
@@ -101,21 +156,64 @@ def make_atari_env(env_id: str, frame_stack: int = 4, noop_max: int = 30, sticky
 
 def make_env(env_id: str, **kwargs: Any) -> gym.Env:
     """One environment with the observation wrappers the networks expect (``kwargs``: Atari options of
-    ``make_atari_env``, or keywords for ``gym.make``)."""
-    if env_id.startswith("ALE/"):
-        return make_atari_env(env_id, **kwargs)
+    ``make_atari_env``, or the keywords of the env's constructor, through ``gym.make``)."""
+    if is_atari_id(env_id):
+        return make_atari_env(split_env_id(env_id)[1], **kwargs)
+    env_spec(env_id)  # a module:id's module imported, or one line on what is wrong
     try:
         env = gym.make(env_id, **kwargs)
     except gym.error.Error as exc:
-        raise UserError(f"env {env_id!r}: {exc}") from None
-    if isinstance(env.observation_space, gym.spaces.Discrete):
-        env = OneHot(env)
-    if not isinstance(env.action_space, gym.spaces.Discrete):
-        raise UserError(f"env {env_id!r}: DQN needs a Discrete action space, this one is {env.action_space}")
+        raise UserError(f"env {env_id!r}: {_first_line(exc)}") from None
+    except Exception as exc:  # the env's own constructor refused its arguments, or failed
+        given = f" with env_kwargs {kwargs}" if kwargs else ""
+        raise UserError(f"env {env_id!r} could not be made{given}: {type(exc).__name__}: {_first_line(exc)}") \
+            from None
+    check_action_space(env_id, env.action_space)
+    return observation_wrappers(env, env_id)
+
+
+def check_action_space(env_id: str, space) -> None:
+    """DQN picks one of n actions by its Q-value: a Discrete action space (starting at 0), nothing else."""
+    if isinstance(space, gym.spaces.Discrete) and int(space.start) == 0:
+        return
+    if isinstance(space, gym.spaces.Discrete):
+        why = f"its actions start at {int(space.start)}; DQN's are 0..n-1 (wrap the env to shift them)"
+    elif isinstance(space, gym.spaces.Box):
+        why = "it is continuous, and DQN takes the max over a finite set of actions (discretise it with a wrapper, " \
+              "or use an algorithm for continuous control)"
+    else:
+        why = "DQN needs a single Discrete action space (flatten several choices into one Discrete with a wrapper)"
+    raise UserError(f"env {env_id!r}: action space {space} cannot be served: {why}")
+
+
+def is_image_space(space) -> bool:
+    """uint8 Box observations of 2 or 3 dims are images (a CNN); other Boxes are vectors (an MLP)."""
+    return isinstance(space, gym.spaces.Box) and space.dtype == np.uint8 and len(space.shape) in (2, 3)
+
+
+def observation_wrappers(env: gym.Env, env_id: str) -> gym.Env:
+    """What each observation space becomes: Discrete -> one-hot float32 vector; Dict, Tuple and multi-dim
+    non-image Boxes -> flattened float32 vector (gymnasium's FlattenObservation); uint8 images -> kept as
+    they are, a 2-D one with a channel axis added (channels first); 1-D Boxes -> float32."""
     space = env.observation_space
+    if isinstance(space, gym.spaces.Discrete):
+        return OneHot(env)
+    if is_image_space(space):
+        if len(space.shape) == 2:
+            env = gym.wrappers.ReshapeObservation(env, (1, *space.shape))
+        return env
+    if isinstance(space, (gym.spaces.Dict, gym.spaces.Tuple)) or \
+            (isinstance(space, gym.spaces.Box) and len(space.shape) > 1):
+        try:
+            env = gym.wrappers.FlattenObservation(env)
+        except Exception as exc:  # a space gymnasium cannot flatten (Graph, Sequence, Text inside it)
+            raise UserError(f"env {env_id!r}: observation space {space} cannot be flattened into a vector "
+                            f"({_first_line(exc)})") from None
+        space = env.observation_space
     if not (isinstance(space, gym.spaces.Box) and len(space.shape) == 1):
-        raise UserError(f"env {env_id!r}: observation space {space} is not a flat vector or a Discrete index")
-    return env
+        raise UserError(f"env {env_id!r}: observation space {space} cannot be served: the networks take a vector "
+                        "(Box, Discrete, Dict or Tuple of those) or a uint8 image")
+    return env if space.dtype == np.float32 else AsFloat32(env)
 
 
 def make_vector_env(env_id: str, num_envs: int, backend: str = "gymnasium", threads: int = 1,
@@ -124,9 +222,9 @@ def make_vector_env(env_id: str, num_envs: int, backend: str = "gymnasium", thre
     the module's docstring). Atari ``backend``: "gymnasium" (``make_env``'s wrappers in a SyncVectorEnv) or "ale"
     (ale-py's C++ AtariVectorEnv on ``threads`` threads: the same frames, bit for bit, as tests/test_atari.py
     checks, faster with several envs)."""
-    if backend == "ale" and env_id.startswith("ALE/"):
-        return _ale_vector_env(env_id, num_envs, threads, **kwargs)
-    mode = gym.vector.AutoresetMode.NEXT_STEP if env_id.startswith("ALE/") else gym.vector.AutoresetMode.SAME_STEP
+    if backend == "ale" and is_atari_id(env_id):
+        return _ale_vector_env(split_env_id(env_id)[1], num_envs, threads, **kwargs)
+    mode = gym.vector.AutoresetMode.NEXT_STEP if is_atari_id(env_id) else gym.vector.AutoresetMode.SAME_STEP
     return gym.vector.SyncVectorEnv([lambda: make_env(env_id, **kwargs) for _ in range(num_envs)],
                                     autoreset_mode=mode)
 

@@ -35,17 +35,21 @@ from hvd_dqn.replay import Batch
 
 
 class Learner:
-    def __init__(self, config: Config, obs_shape: int | tuple[int, ...], n_actions: int, world_size: int):
+    def __init__(self, config: Config, obs_shape: int | tuple[int, ...], n_actions: int, world_size: int,
+                 build_network=None):
         """``obs_shape``: an int (a flat observation of that size: the MLP) or the env's observation shape
-        ((S, 84, 84) frame stacks: the Nature CNN)."""
+        (uint8 images, e.g. (S, 84, 84) frame stacks: the Nature CNN). ``build_network(name)``: a user's
+        Q-network instead (a new tf_keras Model per call), acted with through TF."""
         self.config = config
         obs_shape = (obs_shape,) if isinstance(obs_shape, int) else tuple(obs_shape)
         self.is_cnn = len(obs_shape) == 3
-        self.online = build_q_network(obs_shape, n_actions, config, name="q_network")
-        self.target = build_q_network(obs_shape, n_actions, config, name="target_network")
+        # the NumPy forward pass knows only the built-in MLP; any other network acts through a tf.function
+        self.tf_acting = self.is_cnn or build_network is not None
+        build = build_network or (lambda name: build_q_network(obs_shape, n_actions, config, name=name))
+        self.online = build("q_network")
+        self.target = build("target_network")
         # policy_ema: the network that evaluations and the saved model use (the online one when off)
-        self.averaged = None if config.policy_ema is None else \
-            build_q_network(obs_shape, n_actions, config, name="averaged_q_network")
+        self.averaged = None if config.policy_ema is None else build("averaged_q_network")
         per = config.per_rank(world_size)  # Adam's betas and epsilon after the scaling rule
         clip = {"global_clipnorm": config.max_grad_norm}  # applied inside apply_gradients, after any allreduce
         optimizer = keras.optimizers.SGD(learning_rate=config.learning_rate, **clip) if config.optimizer == "sgd" \
@@ -61,7 +65,7 @@ class Learner:
             average_aggregated_gradients=config.average_aggregated_gradients)
         # XLA: for the MLP; the Nature CNN runs ~12x slower XLA-compiled on CPU than on TF's own (oneDNN)
         # kernels (3 against 37 updates/s at batch 32 on the 2-core machine), so it runs without.
-        xla = not self.is_cnn
+        xla = not self.tf_acting
         self._phase = tf.function(self._phase_loop, jit_compile=xla and not self._allreduce, reduce_retracing=True,
                                   autograph=False)
         self.last_td_abs = None  # |TD error| of every sample of the last phase, shape (K, B)
@@ -201,11 +205,12 @@ class Learner:
         than the arithmetic. For the CNN one ``tf.function`` call per batch of all envs' observations (uint8 in),
         reading the live weights."""
         model = self.online if model is None else model
-        if self.is_cnn:
-            if model.name not in self._act:
-                self._act[model.name] = tf.function(lambda obs: model(obs, training=False), reduce_retracing=True)
-            act = self._act[model.name]
-            return lambda obs: act(tf.constant(obs, tf.uint8)).numpy()
+        if self.tf_acting:
+            key = id(model)
+            if key not in self._act:
+                self._act[key] = tf.function(lambda obs: model(obs, training=False), reduce_retracing=True)
+            act, dtype = self._act[key], model.input.dtype
+            return lambda obs: act(tf.constant(obs, dtype)).numpy()
         params = mlp_params(model)
         return lambda obs: mlp_forward(params, obs)
 

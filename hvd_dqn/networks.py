@@ -5,6 +5,9 @@ while a user's Keras 3 code in the same process is left alone.
 """
 from __future__ import annotations
 
+import importlib
+import random
+
 import numpy as np
 from hvd_dqn.keras2 import keras
 
@@ -39,29 +42,94 @@ def build_mlp(obs_dim: int, n_actions: int, hidden_sizes, seed: int, name: str =
 
 
 def build_nature_cnn(obs_shape: tuple[int, int, int], n_actions: int, seed: int, name: str = "q_network",
-                     dueling: bool = False) -> keras.Model:
+                     dueling: bool = False, channels_first: bool = True) -> keras.Model:
     """The Nature DQN torso (Mnih et al. 2015): conv 32 8x8/4, conv 64 4x4/2, conv 64 3x3/1, dense 512, all ReLU,
-    then the Q head. Input: uint8 frame stacks (S, 84, 84), channels first as the env gives them; the model
+    then the Q head. Input: uint8 images, channels first (Atari's frame stacks (S, 84, 84)) or last; the model
     moves channels last (TF's CPU convolutions support only NHWC) and scales to [0, 1] itself, so replay
-    batches travel as uint8 (4x fewer bytes) all the way into the graph."""
+    batches travel as uint8 (4x fewer bytes) all the way into the graph. Frames smaller than the 36x36 the
+    three convolutions need without padding are zero-padded at each convolution ("same"), so any frame size
+    works; 36x36 and up is the published network unchanged."""
     init = keras.initializers.GlorotUniform
     inputs = keras.Input(shape=tuple(obs_shape), dtype="uint8", name="observation")
-    x = keras.layers.Permute((2, 3, 1), name="channels_last")(inputs)
+    height, width = obs_shape[1:] if channels_first else obs_shape[:2]
+    padding = "valid" if min(height, width) >= NATURE_CNN_MIN_FRAME else "same"
+    x = keras.layers.Permute((2, 3, 1), name="channels_last")(inputs) if channels_first else inputs
     x = keras.layers.Rescaling(1.0 / 255.0, name="scale")(x)  # casts to float32, then scales
     for i, (filters, size, stride) in enumerate(((32, 8, 4), (64, 4, 2), (64, 3, 1))):
-        x = keras.layers.Conv2D(filters, size, strides=stride, activation="relu", name=f"conv_{i}",
+        x = keras.layers.Conv2D(filters, size, strides=stride, activation="relu", name=f"conv_{i}", padding=padding,
                                 kernel_initializer=init(seed=seed + i))(x)
     x = keras.layers.Flatten(name="flatten")(x)
     x = keras.layers.Dense(512, activation="relu", name="hidden_0", kernel_initializer=init(seed=seed + 3))(x)
     return keras.Model(inputs, q_head(x, n_actions, dueling, seed + 4), name=name)
 
 
+NATURE_CNN_MIN_FRAME = 36  # (36 - 8) / 4 + 1 = 8, (8 - 4) / 2 + 1 = 3, (3 - 3) / 1 + 1 = 1
+
+
+def channels_first(obs_shape: tuple[int, ...]) -> bool:
+    """Whether an image observation (C, H, W) has its channels first: the smallest axis is taken to be the
+    channels (Stable-Baselines3's rule), first if it is axis 0."""
+    return int(np.argmin(obs_shape)) == 0
+
+
 def build_q_network(obs_shape: tuple[int, ...], n_actions: int, config, name: str = "q_network") -> keras.Model:
-    """The Nature CNN for image observations (Atari), the MLP of ``hidden_sizes`` for flat ones."""
+    """The Nature CNN for image observations (uint8, 3 dims: Atari's frame stacks, a user's frames), the MLP of
+    ``hidden_sizes`` for flat ones."""
     if len(obs_shape) == 3:
-        return build_nature_cnn(obs_shape, n_actions, config.seed, name, config.dueling)
+        return build_nature_cnn(obs_shape, n_actions, config.seed, name, config.dueling,
+                                channels_first=channels_first(obs_shape))
     return build_mlp(obs_shape[0], n_actions, config.hidden_sizes, seed=config.seed, name=name,
                      dueling=config.dueling)
+
+
+def load_builder(ref: str):
+    """The function a ``q_network: module:function`` names, imported; ValueError with one line if it is not."""
+    module, sep, attr = ref.partition(":")
+    if not sep or not module or not attr:
+        raise ValueError(f"{ref!r} is not module:function (e.g. my_pkg.nets:build)")
+    try:
+        mod = importlib.import_module(module)
+    except ModuleNotFoundError as exc:
+        raise ValueError(f"cannot import module {module!r} ({exc}); is it installed or on PYTHONPATH on every "
+                         "host?") from None
+    except Exception as exc:
+        raise ValueError(f"importing module {module!r} failed: {type(exc).__name__}: {exc}") from None
+    builder = mod
+    for part in attr.split("."):
+        builder = getattr(builder, part, None)
+    if not callable(builder):
+        raise ValueError(f"module {module!r} has no function {attr!r}")
+    return builder
+
+
+def build_user_network(builder, observation_space, n_actions: int, config, name: str) -> keras.Model:
+    """A user's Q-network from ``builder(observation_space, n_actions, config)``, checked: a tf_keras Model
+    whose input takes one observation and whose output is one Q-value per action. UserError otherwise."""
+    from hvd_dqn.errors import UserError
+
+    what = getattr(builder, "__qualname__", repr(builder))
+    # a user's layers are rarely seeded: Keras' seeds make their initial weights a function of the config's seed,
+    # so a run is repeatable (rank 0's weights are broadcast all the same); Python's and NumPy's global random
+    # states, which set_random_seed also resets, are the user's program's and are put back
+    py_state, np_state = random.getstate(), np.random.get_state()
+    keras.utils.set_random_seed(int(config.seed))
+    try:
+        model = builder(observation_space, n_actions, config)
+    finally:
+        random.setstate(py_state)
+        np.random.set_state(np_state)
+    if not isinstance(model, keras.Model):
+        hint = " (a Keras 3 model? build it with tf_keras, as Horovod needs)" if "keras" in type(model).__module__ \
+            else ""
+        raise UserError(f"q_network {what} returned {type(model).__name__}, not a tf_keras Model{hint}")
+    want_in = (None, *observation_space.shape)
+    got_in = tuple(model.input_shape) if not isinstance(model.input_shape, list) else None
+    if got_in != want_in:
+        raise UserError(f"q_network {what}: its input shape is {got_in}, the env's observations need {want_in}")
+    if tuple(model.output_shape) != (None, n_actions):
+        raise UserError(f"q_network {what}: its output shape is {tuple(model.output_shape)}, the env has "
+                        f"{n_actions} actions: it must be (None, {n_actions})")
+    return model
 
 
 def mlp_params(model: keras.Model) -> dict:

@@ -193,7 +193,7 @@ def export(run_dir: str | Path, out_dir: str | Path) -> Path:
         (tmp / EXPORT_META).write_text(json.dumps({
             "format": EXPORT_FORMAT, "env_id": config.get("env_id"), "observation_shape": list(obs_shape),
             "n_actions": int(model.output_shape[-1]), "from_run": str(run_dir),
-            **atari_options(config)}, indent=2) + "\n")  # Atari: the preprocessing evaluate must reproduce
+            "env_kwargs": config.get("env_kwargs") or {}, **atari_options(config)}, indent=2) + "\n")  # Atari: the preprocessing evaluate must reproduce
         _put_in_place(tmp, target)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)  # ours; gone already when it became out_dir

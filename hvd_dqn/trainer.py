@@ -21,12 +21,13 @@ from hvd_dqn import checkpoint, distributed, launcherwatch, trainstate
 from hvd_dqn.actor import actor_epsilons, epsilon_greedy, linear_epsilon
 from hvd_dqn.callbacks import CallbackList
 from hvd_dqn.config import Config
-from hvd_dqn.envs import FRAME_PADDING, atari_options, env_seeds, make_vector_env, reward_threshold, true_next_obs
+from hvd_dqn.envs import FRAME_PADDING, env_options, env_seeds, make_vector_env, reward_threshold, true_next_obs
 from hvd_dqn.errors import UserError
 from hvd_dqn.evaluation import Evaluator, summarize
 from hvd_dqn.frame_replay import FrameReplayBuffer
 from hvd_dqn.learner import Learner
 from hvd_dqn.metrics import RunLogger
+from hvd_dqn.networks import build_user_network, load_builder
 from hvd_dqn.nstep import NStepAccumulator
 from hvd_dqn.preemption import Preempted, StopRequest
 from hvd_dqn.prioritized import ReplayShard, annealed_beta
@@ -55,15 +56,21 @@ class LoopState:
 class Trainer:
     """``Trainer(config).train()`` trains on every rank of the job and returns the run summary (a dict).
     ``Trainer(config, run_dir, resume=True)`` continues from the newest checkpoint in ``run_dir``; ``train()``
-    raises ``Preempted`` (on every rank, after writing a checkpoint) when SIGTERM or SIGUSR1 stopped it."""
+    raises ``Preempted`` (on every rank, after writing a checkpoint) when SIGTERM or SIGUSR1 stopped it.
+    ``q_network``: a user's Q-network builder, ``q_network(observation_space, n_actions, config)`` -> a tf_keras
+    Model (instead of the config's ``q_network``, or the built-in MLP/CNN); pass the same one to resume."""
 
-    def __init__(self, config: Config, run_dir: str | os.PathLike | None = None, callbacks=(), resume: bool = False):
+    def __init__(self, config: Config, run_dir: str | os.PathLike | None = None, callbacks=(), resume: bool = False,
+                 q_network=None):
         if not isinstance(config, Config):
             raise TypeError("Trainer needs a hvd_dqn.Config")
         if resume and run_dir is None:
             raise UserError("resume needs the run directory of the run to continue")
+        if q_network is not None and not callable(q_network):
+            raise TypeError("q_network must be a function (observation_space, n_actions, config) -> tf_keras Model")
         self.config = config
         self.resume = resume
+        self.q_network_builder = q_network
         self.run_dir = Path(run_dir) if run_dir is not None else None
         self.callbacks = CallbackList([*callbacks, *_test_hooks()])
         self.learner: Learner | None = None
@@ -183,7 +190,7 @@ class Trainer:
         self.threshold = cfg.reward_threshold if cfg.reward_threshold is not None else reward_threshold(cfg.env_id)
 
         self.envs = make_vector_env(cfg.env_id, cfg.num_envs, backend=cfg.atari_vector_env,
-                                    threads=world.cores_per_rank, **atari_options(cfg))
+                                    threads=world.cores_per_rank, **env_options(cfg))
         self.obs, info = self.envs.reset(seed=env_seeds(cfg.seed, world.rank, cfg.num_envs))
         obs_shape = self.envs.single_observation_space.shape
         n_actions = int(self.envs.single_action_space.n)
@@ -201,10 +208,10 @@ class Trainer:
         # n-step transitions: built on the actor side, or (Atari) by the frame replay when sampled
         self.nstep = NStepAccumulator(cfg.num_envs, cfg.n_step, cfg.gamma) if cfg.n_step > 1 and not cfg.is_atari \
             else None
-        self.learner = self._make_learner(obs_shape, n_actions)
+        self.learner = self._make_learner(obs_shape, n_actions, self._network_builder())
         self.act = self.learner.acting_fn()
         self.evaluator = Evaluator(cfg.env_id, cfg.eval_episodes, cfg.seed, world.rank, world.size, cfg.eval_epsilon,
-                                   env_kwargs=atari_options(cfg))
+                                   env_kwargs=env_options(cfg))
         self.state = LoopState(episode_return=np.zeros(cfg.num_envs))
         self.replay_ready = False
         self._tick = (0, self.start, 0)
@@ -330,8 +337,18 @@ class Trainer:
         s.finished_returns.clear()
         self._tick = (s.env_steps, now, learner.updates)
 
-    def _make_learner(self, obs_shape: tuple[int, ...], n_actions: int) -> Learner:
-        learner = Learner(self.config, obs_shape, n_actions, self.world.size)
+    def _network_builder(self):
+        """``name -> model`` for a user's Q-network (the API's, else the config's), None for the built-in ones."""
+        builder = self.q_network_builder
+        if builder is None and self.config.q_network is not None:
+            builder = load_builder(self.config.q_network)
+        if builder is None:
+            return None
+        space, n_actions, cfg = self.envs.single_observation_space, int(self.envs.single_action_space.n), self.config
+        return lambda name: build_user_network(builder, space, n_actions, cfg, name)
+
+    def _make_learner(self, obs_shape: tuple[int, ...], n_actions: int, build_network=None) -> Learner:
+        learner = Learner(self.config, obs_shape, n_actions, self.world.size, build_network)
         learner.broadcast_initial_weights()
         return learner
 
