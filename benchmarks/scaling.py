@@ -55,8 +55,13 @@ def judge(run: dict, threshold: float | None) -> dict:
             "solved_wall_s": hit and hit[3], "held": final is not None and final >= threshold}
 
 
+def config_name(config: str) -> str:
+    """A config by its file name: the same config run from another checkout (a worktree, a clone) is one group."""
+    return Path(config).name
+
+
 def run_key(config: str, overrides: list[str], np_: int, seed: int) -> tuple:
-    return (config, tuple(overrides), np_, seed)
+    return (config_name(config), tuple(overrides), np_, seed)
 
 
 def run_one(config: Path, np_: int, seed: int, overrides: list[str], out: Path, timeout: float) -> dict:
@@ -136,7 +141,7 @@ def table(rows: list[dict], threshold: float | None = None) -> str:
     """A markdown table per config + overrides, one line per N, with the ratios to N = 1 where it was run."""
     groups: dict[tuple, list[dict]] = {}
     for r in rows:
-        groups.setdefault((r["config"], tuple(r["overrides"])), []).append(r)
+        groups.setdefault((config_name(r["config"]), tuple(r["overrides"])), []).append(r)
     out = []
     for (config, overrides), rs in groups.items():
         thresholds = sorted({judge(r, threshold)["threshold"] for r in rs if "failed" not in r})
@@ -216,7 +221,7 @@ def main(argv: list[str] | None = None) -> int:
             j = judge(row, args.threshold)
             print(f"N={np_} seed={seed}: solved at {j['solved_env_steps']} steps / {j['solved_updates']} updates, "
                   f"final {row['final_eval']:.1f}, {row['wall_s']:.0f} s", flush=True)
-    mine = [r for r in read_results(results) if r["config"] == str(config) and r["overrides"] == args.overrides]
+    mine = [r for r in read_results(results) if config_name(r["config"]) == config_name(str(config)) and r["overrides"] == args.overrides]
     print(table(mine, args.threshold))
     return 0
 
