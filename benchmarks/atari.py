@@ -77,10 +77,10 @@ def learner_rates(seconds: float) -> None:
     batch = sample()[0]
     print(f"replay sample + stack rebuild, batch 32: {rate(sample, seconds):,.0f} batches/s")
     print(f"Nature CNN updates/s, batch 32, one update per call (as configs/pong.yaml): "
-          f"{rate(lambda: learner.train_phase(batch, 1e-4), seconds):,.1f}")
+          f"{rate(lambda: learner.run_updates(batch, 1e-4), seconds):,.1f}")
     print(f"  with sampling from the frame replay: "
-          f"{rate(lambda: learner.train_phase(sample()[0], 1e-4), seconds):,.1f}")
-    act = learner.acting_fn()
+          f"{rate(lambda: learner.run_updates(sample()[0], 1e-4), seconds):,.1f}")
+    act = learner.q_fn()
     for n in (1, 4):
         print(f"Nature CNN acting calls/s, {n} observation(s) per call: {rate(lambda: act(batch.obs[0, :n]), seconds):,.0f}")
 

@@ -3,11 +3,14 @@ from __future__ import annotations
 
 import numpy as np
 
+from hvd_dqn.schedules import linear_schedule
 
-def linear_epsilon(global_step: int, start: float, end: float, decay_steps: float) -> float:
-    """Epsilon decaying linearly from ``start`` to ``end`` over ``decay_steps`` global env steps, then flat."""
-    frac = min(1.0, global_step / max(decay_steps, 1.0))
-    return start + frac * (end - start)
+
+def scheduled_epsilon(config, env_steps: int) -> float:
+    """The exploration epsilon at ``env_steps`` global env steps: eps_start decaying linearly to eps_end over
+    eps_decay_fraction of training."""
+    return linear_schedule(env_steps, config.eps_start, config.eps_end,
+                           config.eps_decay_fraction * config.total_env_steps)
 
 
 def epsilon_greedy(q_values: np.ndarray, epsilon: float | np.ndarray, rng: np.random.Generator) -> np.ndarray:

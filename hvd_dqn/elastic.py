@@ -42,11 +42,7 @@ class ElasticTrainer(Trainer):
         # Always the allreduce path (even while alone), so a worker that joins later is averaged with; no
         # broadcast here: elastic_run syncs rank 0's state before the loop starts (a collective before it would
         # deadlock a worker that joins while the others sync).
-        learner = Learner(self.config, obs_shape, n_actions, world_size=2)
-        learner.align_to_online()
-        learner.optimizer.build(learner.online.trainable_variables)  # slots exist now, so they are committed
-        learner._optimizer_synced = True
-        return learner
+        return Learner(self.config, obs_shape, n_actions, self.world.size, elastic=True)
 
     def _checkpoint_due(self, prev_steps: int, final: bool) -> tuple[bool, bool]:
         return False, False
@@ -93,18 +89,18 @@ class ElasticTrainer(Trainer):
 
     def _counters(self) -> dict[str, Any]:
         s = self.state
-        return {"vstep": s.vstep, "env_steps": s.env_steps, "since_sync": s.since_sync,
+        return {"vstep": s.vstep, "env_steps": s.env_steps, "since_sync": self.learner.since_sync,
                 "updates": self.learner.updates, "evaluator_count": self.evaluator.count,
                 "last_eval": dict(s.last_eval), "solved_env_steps": s.solved_env_steps,
                 "solved_wall_s": s.solved_wall_s}
 
     def _load(self, state) -> None:
         s = self.state
-        s.vstep, s.env_steps, s.since_sync = state.vstep, state.env_steps, state.since_sync
+        s.vstep, s.env_steps, self.learner.since_sync = state.vstep, state.env_steps, state.since_sync
         self.learner.updates, self.evaluator.count = state.updates, state.evaluator_count
         s.last_eval, s.solved_env_steps, s.solved_wall_s = dict(state.last_eval), state.solved_env_steps, \
             state.solved_wall_s
-        self.act = self.learner.acting_fn()  # weights were restored or synced
+        self.q_fn = self.learner.q_fn()  # weights were restored or synced
 
     def _on_reset(self) -> None:
         """After workers came or went: this process's new rank and world size, and what depends on them."""

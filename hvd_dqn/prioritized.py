@@ -74,11 +74,6 @@ def importance_weights(probs: np.ndarray, size: int, beta: float) -> np.ndarray:
     return (w / w.max(axis=-1, keepdims=True)).astype(np.float32)
 
 
-def annealed_beta(env_steps: int, total_env_steps: int, beta_start: float) -> float:
-    """IS exponent rising linearly from ``beta_start`` to 1 over training (full correction by the end)."""
-    return beta_start + (1.0 - beta_start) * min(1.0, env_steps / max(1, total_env_steps))
-
-
 class ReplayShard:
     """This rank's ring buffer plus a per-slot bootstrap discount (gamma^m for n-step transitions) and, when
     prioritized, a sum-tree of priorities. Uses only ReplayBuffer's public ``add``/``gather``/``pos``."""
@@ -177,4 +172,4 @@ class ReplayShard:
         self._track_restored()
 
 
-__all__ = ["Batch", "ReplayShard", "SumTree", "annealed_beta", "importance_weights"]
+__all__ = ["ReplayShard", "SumTree", "importance_weights"]

@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 
 from hvd_dqn import checkpoint, distributed, launcherwatch, trainstate
-from hvd_dqn.actor import actor_epsilons, epsilon_greedy, linear_epsilon
+from hvd_dqn.actor import actor_epsilons, epsilon_greedy, scheduled_epsilon
 from hvd_dqn.callbacks import CallbackList
 from hvd_dqn.config import Config
 from hvd_dqn.envs import FRAME_PADDING, atari_options, env_seeds, make_vector_env, reward_threshold, true_next_obs
@@ -29,7 +29,7 @@ from hvd_dqn.learner import Learner
 from hvd_dqn.metrics import RunLogger
 from hvd_dqn.nstep import NStepAccumulator
 from hvd_dqn.preemption import Preempted, StopRequest
-from hvd_dqn.prioritized import ReplayShard, annealed_beta
+from hvd_dqn.prioritized import ReplayShard
 from hvd_dqn.replay import ReplayBuffer
 from hvd_dqn.runlock import RunDirInUse, RunLock
 from hvd_dqn.watchdog import Watchdog
@@ -43,10 +43,9 @@ class LoopState:
 
     vstep: int = 0  # vector steps done by this rank
     env_steps: int = 0  # global env steps done by all ranks
-    since_sync: int = 0  # gradient updates since the last target sync
     episode_return: np.ndarray | None = None  # running return of each env of this rank
     finished_returns: list = field(default_factory=list)  # returns of episodes ended since the last log point
-    train_stats: dict = field(default_factory=dict)  # the last learning phase's loss and Q
+    phase_stats: dict = field(default_factory=dict)  # the last learning phase's loss and Q
     last_eval: dict = field(default_factory=dict)
     solved_env_steps: int | None = None
     solved_wall_s: float | None = None
@@ -202,7 +201,7 @@ class Trainer:
         self.nstep = NStepAccumulator(cfg.num_envs, cfg.n_step, cfg.gamma) if cfg.n_step > 1 and not cfg.is_atari \
             else None
         self.learner = self._make_learner(obs_shape, n_actions)
-        self.act = self.learner.acting_fn()
+        self.q_fn = self.learner.q_fn()  # Q-values of the online network, for acting
         self.evaluator = Evaluator(cfg.env_id, cfg.eval_episodes, cfg.seed, world.rank, world.size, cfg.eval_epsilon,
                                    env_kwargs=atari_options(cfg))
         self.state = LoopState(episode_return=np.zeros(cfg.num_envs))
@@ -236,7 +235,7 @@ class Trainer:
         """One step of every env of this rank, epsilon-greedy, into the replay shard."""
         cfg, s = self.config, self.state
         eps = actor_epsilons(self.epsilon(), self.world.rank, self.world.size, cfg.num_envs, cfg.epsilon_spread)
-        actions = epsilon_greedy(self.act(self.obs), eps, self.rng)
+        actions = epsilon_greedy(self.q_fn(self.obs), eps, self.rng)
         next_obs, reward, terminated, truncated, info = self.envs.step(actions)
         done = terminated | truncated
         if cfg.is_atari:
@@ -267,24 +266,11 @@ class Trainer:
                        stored_terminated, truncated, episode_end=terminated | truncated)
 
     def _learn(self) -> None:
-        """A phase of the per-rank updates_per_phase gradient updates, split where a target sync or a federated
-        averaging falls due (both decided from the update counters, equal on every rank)."""
-        cfg, s, learner, per = self.config, self.state, self.learner, self.per
-        lr = per.learning_rate * linear_epsilon(s.env_steps, 1.0, cfg.lr_final_fraction, cfg.total_env_steps)
-        beta = annealed_beta(s.env_steps, cfg.total_env_steps, cfg.priority_beta_start)
-        chunks = phase_chunks(per.updates_per_phase, s.since_sync, per.target_update_every, learner.updates,
-                              cfg.federated_every)
-        for k, sync, average in chunks:
-            batch, discount, weights, idx = self.shard.sample(self.rng, (k, per.batch_size), beta)
-            s.train_stats = learner.train_phase(batch, lr, discount, weights)
-            self.shard.update_priorities(idx, learner.last_td_abs)
-            if average:
-                learner.average_weights()
-            s.since_sync = 0 if sync else s.since_sync + k
-            if sync and cfg.target_tau is None:  # soft updates happen inside every update instead
-                learner.sync_target()
-        learner.update_average()
-        self.act = self.learner.acting_fn()
+        """A learning phase (the learner's schedule: its updates, target syncs, averagings), then acting on the
+        new weights."""
+        self.last_phase = self.learner.learn(self.shard, self.rng, self.per, self.state.env_steps)
+        self.state.phase_stats = self.last_phase.stats()
+        self.q_fn = self.learner.q_fn()
 
     def _replay_ready(self) -> bool:
         """Every rank's replay holds a minibatch to sample (a small learning_starts can come before that: n-step
@@ -299,9 +285,9 @@ class Trainer:
         """Greedy episodes, split across ranks and gathered on all (a collective)."""
         s, learner = self.state, self.learner
         # the policy's weights, snapshotted here: evaluations are far fewer than learning phases
-        self.eval_act = self.act if learner.averaged is None else learner.acting_fn(learner.policy)
+        self.eval_q_fn = self.q_fn if learner.averaged is None else learner.q_fn(learner.policy)
         with self.paused("evaluating"):
-            returns = self.evaluator(self.eval_act)
+            returns = self.evaluator(self.eval_q_fn)
         s.last_eval = summarize(distributed.allgather(returns))
         if s.solved_env_steps is None and self.threshold is not None \
                 and s.last_eval["eval_return_mean"] >= self.threshold:
@@ -319,7 +305,7 @@ class Trainer:
             "env_steps": s.env_steps, "wall_s": now - self.start, "updates": learner.updates,
             "charts/episodic_return": sums[0] / sums[1] if sums[1] else None,
             "charts/episodes": int(sums[1]), "charts/epsilon": self.epsilon(),
-            "losses/td_loss": s.train_stats.get("td_loss"), "losses/q_mean": s.train_stats.get("q_mean"),
+            "losses/td_loss": s.phase_stats.get("td_loss"), "losses/q_mean": s.phase_stats.get("q_mean"),
             "perf/env_steps_per_s": (s.env_steps - tick_steps) / (now - tick_time),
             "perf/env_steps_per_s_per_rank": (s.env_steps - tick_steps) / (now - tick_time) / self.world.size,
             "perf/updates_per_s": (learner.updates - tick_updates) / (now - tick_time),
@@ -429,9 +415,7 @@ class Trainer:
 
     # ------------------------------------------------------------------ helpers
     def epsilon(self) -> float:
-        cfg = self.config
-        return linear_epsilon(self.state.env_steps, cfg.eps_start, cfg.eps_end,
-                              cfg.eps_decay_fraction * cfg.total_env_steps)
+        return scheduled_epsilon(self.config, self.state.env_steps)
 
     def _resolve_run_dir(self) -> Path:
         if self.run_dir is None:
@@ -449,23 +433,6 @@ class Trainer:
         except OSError as exc:
             raise UserError(f"run dir {self.run_dir}: cannot create it ({exc.strerror})") from None
         return self.run_dir
-
-
-def phase_chunks(n_updates: int, since_sync: int, target_every: int, updates_done: int,
-                 federated_every: int | None = None):
-    """Split a phase of ``n_updates`` into runs of consecutive updates, each ending where a target sync or a
-    federated averaging falls due: yields (updates, sync after them, average after them). A pure function of the
-    counters, which are equal on every rank, so every rank splits alike."""
-    while n_updates:
-        # max(1, ...): an elastic job that gained ranks under scaling weak may have a shorter target period than
-        # the updates done since the last sync: one more update, then the sync
-        k = min(n_updates, max(1, target_every - since_sync))
-        if federated_every is not None:
-            k = min(k, federated_every - updates_done % federated_every)
-        n_updates, since_sync, updates_done = n_updates - k, since_sync + k, updates_done + k
-        sync = since_sync >= target_every
-        since_sync = 0 if sync else since_sync
-        yield k, sync, federated_every is not None and updates_done % federated_every == 0
 
 
 def _peak_rss_mb() -> float:

@@ -89,8 +89,8 @@ def save(trainer) -> Path:
             checkpoint.write_json(tmp / "state.json", {
                 "format": checkpoint.FORMAT, "version": checkpoint.VERSION,
                 "env_steps": s.env_steps, "world_size": world.size, "config": cfg.to_dict(),
-                "loop": {"vstep": s.vstep, "env_steps": s.env_steps, "since_sync": s.since_sync,
-                         "train_stats": s.train_stats, "last_eval": s.last_eval,
+                "loop": {"vstep": s.vstep, "env_steps": s.env_steps, "since_sync": trainer.learner.since_sync,
+                         "train_stats": s.phase_stats, "last_eval": s.last_eval,
                          "solved_env_steps": s.solved_env_steps, "solved_wall_s": s.solved_wall_s},
                 "updates": trainer.learner.updates, "evaluator_count": trainer.evaluator.count,
                 "started_at": trainer.started_at, "written_at": time.time(),
@@ -207,12 +207,12 @@ def restore(trainer, ckpt: Path) -> dict[str, Any]:
     if distributed.allreduce_sum([float(error is not None)])[0]:
         raise error or CheckpointError(f"checkpoint {ckpt}: another rank could not load its part (see its error)")
     loop = state["loop"]
-    s.vstep, s.env_steps, s.since_sync = loop["vstep"], loop["env_steps"], loop["since_sync"]
-    s.train_stats, s.last_eval = loop["train_stats"], loop["last_eval"]
+    s.vstep, s.env_steps, trainer.learner.since_sync = loop["vstep"], loop["env_steps"], loop["since_sync"]
+    s.phase_stats, s.last_eval = loop["train_stats"], loop["last_eval"]
     s.solved_env_steps, s.solved_wall_s = loop["solved_env_steps"], loop["solved_wall_s"]
     trainer.learner.updates = state["updates"]
     trainer.evaluator.count = state["evaluator_count"]
     # Horovod: every rank read the same file; the broadcast makes rank 0's bytes the truth regardless.
     trainer.learner.broadcast_restored()
-    trainer.act = trainer.learner.acting_fn()
+    trainer.q_fn = trainer.learner.q_fn()
     return state
