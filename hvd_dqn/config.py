@@ -22,6 +22,16 @@ MAX_EVAL_EPISODES = 1000  # each rank holds one env per evaluation episode it pl
 MAX_PHASE_SAMPLES = 2 ** 17  # transitions sampled at once per rank for a run of updates (Atari: about 7 GB)
 MAX_CONFIG_BYTES = 1 << 20  # a config is a few dozen keys; a bigger file is not one
 
+# Atari (ALE/<Game>-v5 ids): the preprocessing options and their defaults, declared once (the config's fields,
+# envs.make_env and the ale vector env all read these)
+ATARI_PREFIX = "ALE/"
+ATARI_DEFAULTS = {"frame_stack": 4, "noop_max": 30, "sticky_action_prob": 0.25, "max_episode_frames": 108_000}
+
+
+def is_atari_id(env_id: str) -> bool:
+    """ALE envs: Atari preprocessing, the Nature CNN and the frame-once replay."""
+    return env_id.startswith(ATARI_PREFIX)
+
 
 class Config(BaseModel):
     """One DQN experiment. Every field has a default except ``env_id``; unknown keys are errors."""
@@ -142,11 +152,11 @@ class Config(BaseModel):
                            "instead of their sum (Horovod's default is the sum).")
 
     # --- Atari (ALE/<Game>-v5 ids); classic-control envs ignore these
-    frame_stack: int = Field(4, ge=1, le=16, description="Atari: the newest frames stacked into one observation.")
-    noop_max: int = Field(30, ge=0, le=1000, description="Atari: up to this many no-op actions after each reset "
+    frame_stack: int = Field(ATARI_DEFAULTS["frame_stack"], ge=1, le=16, description="Atari: the newest frames stacked into one observation.")
+    noop_max: int = Field(ATARI_DEFAULTS["noop_max"], ge=0, le=1000, description="Atari: up to this many no-op actions after each reset "
                                                          "(random starts, Mnih et al. 2015).")
     sticky_action_prob: float = Field(
-        0.25, ge=0, le=1.0, description="Atari: probability that the emulator repeats the previous action instead of "
+        ATARI_DEFAULTS["sticky_action_prob"], ge=0, le=1.0, description="Atari: probability that the emulator repeats the previous action instead of "
                                         "the new one (0.25: ALE v5 and Machado et al. 2018; 0: Nature DQN).")
     terminal_on_life_loss: bool = Field(
         False, description="Atari: a lost life cuts the bootstrap (stored as terminated) while the game goes on; "
@@ -158,7 +168,7 @@ class Config(BaseModel):
                            "envs) or gymnasium's wrappers in a SyncVectorEnv; the same frames bit for bit. "
                            "Evaluation and videos use the gymnasium wrappers.")
     max_episode_frames: int = Field(
-        108_000, ge=1, description="Atari: emulator frames after which an episode is truncated, in training and "
+        ATARI_DEFAULTS["max_episode_frames"], ge=1, description="Atari: emulator frames after which an episode is truncated, in training and "
                                    "evaluation (108k = 30 min of play at 60 Hz, Machado et al. 2018).")
 
     # --- evaluation and logging
@@ -252,7 +262,7 @@ class Config(BaseModel):
     @property
     def is_atari(self) -> bool:
         """ALE envs: Atari preprocessing, the Nature CNN and the frame-once replay."""
-        return self.env_id.startswith("ALE/")
+        return is_atari_id(self.env_id)
 
     def per_rank(self, world_size: int) -> "PerRank":
         """Per-rank quantities for a job of ``world_size`` ranks; a UserError if the config cannot be split."""

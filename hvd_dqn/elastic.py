@@ -108,9 +108,9 @@ class ElasticTrainer(Trainer):
         world = self.world = distributed.init()
         self.per = cfg.per_rank(world.size)
         self.replay_ready = False  # a joining worker's replay starts empty: every rank asks again, alike
-        count = self.evaluator.count
-        self.evaluator = Evaluator(cfg.env_id, cfg.eval_episodes, cfg.seed, world.rank, world.size, cfg.eval_epsilon)
-        self.evaluator.count = count
+        evaluated = self.evaluator.state_dict()
+        self.evaluator = self._make_evaluator()  # this rank's share of the episodes, the run's env options
+        self.evaluator.load_state_dict(evaluated)
         if world.is_chief and not self.logger.enabled:  # rank 0 died: its successor writes the outputs
             self.logger = RunLogger(self.run_dir, enabled=True, total_env_steps=cfg.total_env_steps)
         elif not world.is_chief and self.logger.enabled:

@@ -23,6 +23,7 @@ from typing import Any
 import gymnasium as gym
 import numpy as np
 
+from hvd_dqn.config import ATARI_DEFAULTS, is_atari_id
 from hvd_dqn.errors import UserError
 
 
@@ -37,7 +38,7 @@ def _register_atari() -> None:
 
 def check_env_id(env_id: str) -> None:
     """Raise ValueError (turned into a config error) if gymnasium does not know ``env_id``."""
-    if env_id.startswith("ALE/"):
+    if is_atari_id(env_id):
         _register_atari()
     try:
         gym.spec(env_id)
@@ -72,22 +73,25 @@ class OneHot(gym.ObservationWrapper):
 FRAME_PADDING = "zero"  # how FrameStackObservation pads an episode's first stacks; the frame replay pads alike
 
 
-ATARI_OPTIONS = ("frame_stack", "noop_max", "sticky_action_prob", "max_episode_frames")
-
-
 def atari_options(config) -> dict[str, Any]:
     """The keywords of ``make_env`` for an Atari config, a Config or its dict (empty for classic control)."""
     data = config if isinstance(config, dict) else config.to_dict()
-    if not str(data.get("env_id", "")).startswith("ALE/"):
+    if not is_atari_id(str(data.get("env_id", ""))):
         return {}
-    return {key: data[key] for key in ATARI_OPTIONS if key in data}
+    return {key: data[key] for key in ATARI_DEFAULTS if key in data}
 
 
-def make_atari_env(env_id: str, frame_stack: int = 4, noop_max: int = 30, sticky_action_prob: float = 0.25,
-                   max_episode_frames: int = 108_000, frame_padding: str = FRAME_PADDING, **kwargs: Any) -> gym.Env:
-    """One ALE env with the DQN preprocessing: (frame_stack, 84, 84) uint8 observations, 4 frames per step."""
+def _with_atari_defaults(kwargs: dict[str, Any]) -> tuple[int, int, float, int]:
+    """(frame_stack, noop_max, sticky_action_prob, max_episode_frames) taken out of ``kwargs``, defaults filled."""
+    return tuple(kwargs.pop(key, default) for key, default in ATARI_DEFAULTS.items())
+
+
+def make_atari_env(env_id: str, frame_padding: str = FRAME_PADDING, **kwargs: Any) -> gym.Env:
+    """One ALE env with the DQN preprocessing: (frame_stack, 84, 84) uint8 observations, 4 frames per step.
+    ``kwargs``: the Atari options (``config.ATARI_DEFAULTS`` where not given), then keywords for ``gym.make``."""
     from gymnasium.wrappers import AtariPreprocessing, FrameStackObservation
 
+    frame_stack, noop_max, sticky_action_prob, max_episode_frames = _with_atari_defaults(kwargs)
     _register_atari()
     try:
         env = gym.make(env_id, frameskip=1, repeat_action_probability=sticky_action_prob,
@@ -102,7 +106,7 @@ def make_atari_env(env_id: str, frame_stack: int = 4, noop_max: int = 30, sticky
 def make_env(env_id: str, **kwargs: Any) -> gym.Env:
     """One environment with the observation wrappers the networks expect (``kwargs``: Atari options of
     ``make_atari_env``, or keywords for ``gym.make``)."""
-    if env_id.startswith("ALE/"):
+    if is_atari_id(env_id):
         return make_atari_env(env_id, **kwargs)
     try:
         env = gym.make(env_id, **kwargs)
@@ -124,17 +128,20 @@ def make_vector_env(env_id: str, num_envs: int, backend: str = "gymnasium", thre
     the module's docstring). Atari ``backend``: "gymnasium" (``make_env``'s wrappers in a SyncVectorEnv) or "ale"
     (ale-py's C++ AtariVectorEnv on ``threads`` threads: the same frames, bit for bit, as tests/test_atari.py
     checks, faster with several envs)."""
-    if backend == "ale" and env_id.startswith("ALE/"):
+    if backend == "ale" and is_atari_id(env_id):
         return _ale_vector_env(env_id, num_envs, threads, **kwargs)
-    mode = gym.vector.AutoresetMode.NEXT_STEP if env_id.startswith("ALE/") else gym.vector.AutoresetMode.SAME_STEP
+    mode = gym.vector.AutoresetMode.NEXT_STEP if is_atari_id(env_id) else gym.vector.AutoresetMode.SAME_STEP
     return gym.vector.SyncVectorEnv([lambda: make_env(env_id, **kwargs) for _ in range(num_envs)],
                                     autoreset_mode=mode)
 
 
-def _ale_vector_env(env_id: str, num_envs: int, threads: int, frame_stack: int = 4, noop_max: int = 30,
-                    sticky_action_prob: float = 0.25, max_episode_frames: int = 108_000,
-                    frame_padding: str = FRAME_PADDING) -> gym.vector.VectorEnv:
+def _ale_vector_env(env_id: str, num_envs: int, threads: int, frame_padding: str = FRAME_PADDING,
+                    **options: Any) -> gym.vector.VectorEnv:
     from ale_py.vector_env import AtariVectorEnv
+
+    frame_stack, noop_max, sticky_action_prob, max_episode_frames = _with_atari_defaults(options)
+    if options:
+        raise TypeError(f"unexpected keywords for the ale vector env: {', '.join(options)}")
 
     if frame_padding != "zero":
         raise UserError("the ale vector env pads frame stacks with zeros only")

@@ -182,6 +182,24 @@ class Learner:
             self._optimizer_synced = True
         return PhaseResult(float(loss), float(q_mean), td_abs)
 
+    # ---- checkpointing
+    def state_dict(self) -> dict[str, int]:
+        """The counters; the networks and the optimizer are ``checkpoint_objects``' (a TF checkpoint)."""
+        return {"updates": self.updates, "since_sync": self.since_sync}
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        self.updates, self.since_sync = state["updates"], state["since_sync"]
+
+    def checkpoint_objects(self, restoring: bool = False) -> dict:
+        """The networks and the optimizer by name, as a checkpoint writes and reads them. ``restoring``: Adam's
+        slots exist only after a first step; they are created now, so the checkpoint has variables to read into."""
+        if restoring:
+            self.optimizer.build(self.online.trainable_variables)
+        objects = {"online": self.online, "target": self.target, "optimizer": self.optimizer}
+        if self.averaged is not None:
+            objects["averaged"] = self.averaged
+        return objects
+
     def check_weights_finite(self, k: int) -> None:
         """Raise if the phase of ``k`` updates just run left a NaN or Inf in the online net. The weights are the
         same on every rank, so every rank stops here together (a NaN loss on one rank alone would not)."""

@@ -162,14 +162,26 @@ class ReplayShard:
             self.tree.set(np.arange(self._tracked, len(self.buffer)), self.max_priority ** self.alpha)
             self._tracked = len(self.buffer)
 
-    # the plain buffer's checkpoint state (priorities and n-step discounts are rebuilt, not saved)
+    # ---- checkpointing: plain arrays, no pickle
     def state_dict(self) -> dict[str, np.ndarray]:
-        return self.buffer.state_dict()
+        """The buffer's own arrays plus each slot's discount and, when prioritized, the priorities of the slots
+        tracked so far and the largest priority seen."""
+        arrays = dict(self.buffer.state_dict())
+        arrays["shard_discount"] = self.discount[:int(arrays["size"])]
+        if self.tree is not None:
+            arrays["shard_priority"] = self.tree.get(np.arange(self._tracked))
+            arrays["shard_max_priority"] = np.asarray(self.max_priority)
+        return arrays
 
-    def load_state_dict(self, state: dict[str, np.ndarray]) -> None:
-        self.buffer.load_state_dict(state)
-        self._tracked = 0
-        self._track_restored()
+    def load_state_dict(self, arrays: dict[str, np.ndarray]) -> None:
+        self.buffer.load_state_dict(arrays)
+        self.discount[:int(arrays["size"])] = arrays["shard_discount"]
+        if self.tree is not None:
+            priority = arrays["shard_priority"]
+            # the tree is a function of its leaves (each parent = left + right), so rebuilding them is exact
+            self.tree.set(np.arange(len(priority)), priority)
+            self._tracked = len(priority)
+            self.max_priority = float(arrays["shard_max_priority"])
 
 
 __all__ = ["ReplayShard", "SumTree", "importance_weights"]

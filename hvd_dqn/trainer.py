@@ -17,20 +17,16 @@ from typing import Any
 
 import numpy as np
 
-from hvd_dqn import checkpoint, distributed, launcherwatch, trainstate
-from hvd_dqn.actor import actor_epsilons, epsilon_greedy, scheduled_epsilon
+from hvd_dqn import checkpoint, distributed, launcherwatch, tasks, trainstate
+from hvd_dqn.actor import Actor, actor_epsilons, scheduled_epsilon
 from hvd_dqn.callbacks import CallbackList
 from hvd_dqn.config import Config
-from hvd_dqn.envs import FRAME_PADDING, atari_options, env_seeds, make_vector_env, reward_threshold, true_next_obs
+from hvd_dqn.envs import env_seeds, make_vector_env, reward_threshold
 from hvd_dqn.errors import UserError
 from hvd_dqn.evaluation import Evaluator, summarize
-from hvd_dqn.frame_replay import FrameReplayBuffer
 from hvd_dqn.learner import Learner
 from hvd_dqn.metrics import RunLogger
-from hvd_dqn.nstep import NStepAccumulator
 from hvd_dqn.preemption import Preempted, StopRequest
-from hvd_dqn.prioritized import ReplayShard
-from hvd_dqn.replay import ReplayBuffer
 from hvd_dqn.runlock import RunDirInUse, RunLock
 from hvd_dqn.watchdog import Watchdog
 
@@ -39,16 +35,24 @@ TEST_HOOKS_ENV = "HVD_DQN_TEST_HOOKS"  # "1" turns on hvd_dqn.testing.faults' sw
 
 @dataclass
 class LoopState:
-    """Everything the loop carries from one vector step to the next (besides networks, replay and envs)."""
+    """The loop's counters and results, equal on every rank (the actor, learner and replay keep their own)."""
 
     vstep: int = 0  # vector steps done by this rank
     env_steps: int = 0  # global env steps done by all ranks
-    episode_return: np.ndarray | None = None  # running return of each env of this rank
-    finished_returns: list = field(default_factory=list)  # returns of episodes ended since the last log point
     phase_stats: dict = field(default_factory=dict)  # the last learning phase's loss and Q
     last_eval: dict = field(default_factory=dict)
     solved_env_steps: int | None = None
     solved_wall_s: float | None = None
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"vstep": self.vstep, "env_steps": self.env_steps, "train_stats": dict(self.phase_stats),
+                "last_eval": dict(self.last_eval), "solved_env_steps": self.solved_env_steps,
+                "solved_wall_s": self.solved_wall_s}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.vstep, self.env_steps = state["vstep"], state["env_steps"]
+        self.phase_stats, self.last_eval = dict(state["train_stats"]), dict(state["last_eval"])
+        self.solved_env_steps, self.solved_wall_s = state["solved_env_steps"], state["solved_wall_s"]
 
 
 class Trainer:
@@ -152,7 +156,7 @@ class Trainer:
 
     def _save_checkpoint(self, final: bool) -> Path:
         try:
-            return trainstate.save(self)
+            return trainstate.save(self.run_dir, self.world, self.config, self.parts(), self.started_at)
         except checkpoint.CheckpointError as exc:
             if not final:
                 raise
@@ -181,30 +185,18 @@ class Trainer:
         self._open_outputs(resume_from)
         self.threshold = cfg.reward_threshold if cfg.reward_threshold is not None else reward_threshold(cfg.env_id)
 
+        self.task = tasks.for_config(cfg)  # classic control or Atari: what differs between them
         self.envs = make_vector_env(cfg.env_id, cfg.num_envs, backend=cfg.atari_vector_env,
-                                    threads=world.cores_per_rank, **atari_options(cfg))
-        self.obs, info = self.envs.reset(seed=env_seeds(cfg.seed, world.rank, cfg.num_envs))
+                                    threads=world.cores_per_rank, **self.task.env_options)
         obs_shape = self.envs.single_observation_space.shape
         n_actions = int(self.envs.single_action_space.n)
-        self.rng = np.random.default_rng([cfg.seed, world.rank, 7])  # this rank's exploration and sampling
-        if cfg.is_atari:  # each frame stored once; the stacks are rebuilt when sampled
-            self.replay = FrameReplayBuffer(per.replay_capacity, cfg.num_envs, obs_shape[1:], cfg.frame_stack,
-                                            FRAME_PADDING, cfg.n_step, cfg.gamma, ranks_per_host=world.local_size)
-            self.replay.start(self.obs)
-            self.lives = np.asarray(info["lives"])
-        else:
-            self.replay = ReplayBuffer(per.replay_capacity, obs_shape, ranks_per_host=world.local_size)
-        # n-step discounts and priorities ride alongside the plain buffer (README "Algorithms")
-        self.shard = ReplayShard(self.replay, cfg.gamma ** cfg.n_step, cfg.prioritized_replay, cfg.priority_alpha,
-                                 cfg.priority_epsilon)
-        # n-step transitions: built on the actor side, or (Atari) by the frame replay when sampled
-        self.nstep = NStepAccumulator(cfg.num_envs, cfg.n_step, cfg.gamma) if cfg.n_step > 1 and not cfg.is_atari \
-            else None
+        self.shard = self.task.make_replay(per.replay_capacity, obs_shape, world.local_size)
+        self.actor = Actor(self.envs, self.task, self.shard, np.random.default_rng([cfg.seed, world.rank, 7]),
+                           env_seeds(cfg.seed, world.rank, cfg.num_envs))
         self.learner = self._make_learner(obs_shape, n_actions)
         self.q_fn = self.learner.q_fn()  # Q-values of the online network, for acting
-        self.evaluator = Evaluator(cfg.env_id, cfg.eval_episodes, cfg.seed, world.rank, world.size, cfg.eval_epsilon,
-                                   env_kwargs=atari_options(cfg))
-        self.state = LoopState(episode_return=np.zeros(cfg.num_envs))
+        self.evaluator = self._make_evaluator()
+        self.state = LoopState()
         self.replay_ready = False
         self._tick = (0, self.start, 0)
         self.last_checkpoint_at = time.monotonic()
@@ -233,42 +225,14 @@ class Trainer:
     # ------------------------------------------------------------------ the phases
     def _collect(self) -> None:
         """One step of every env of this rank, epsilon-greedy, into the replay shard."""
-        cfg, s = self.config, self.state
-        eps = actor_epsilons(self.epsilon(), self.world.rank, self.world.size, cfg.num_envs, cfg.epsilon_spread)
-        actions = epsilon_greedy(self.q_fn(self.obs), eps, self.rng)
-        next_obs, reward, terminated, truncated, info = self.envs.step(actions)
-        done = terminated | truncated
-        if cfg.is_atari:
-            self._store_atari(actions, next_obs, reward, terminated, truncated, info)
-        else:
-            transition = (self.obs, actions, reward, true_next_obs(next_obs, done, info), terminated, truncated)
-            if self.nstep is None:
-                self.shard.add(*transition)
-            elif (ready := self.nstep.push(*transition)) is not None:
-                self.shard.add(*ready)
-        s.episode_return += reward
-        if done.any():
-            s.finished_returns.extend(s.episode_return[done].tolist())
-            s.episode_return[done] = 0.0
-        self.obs = next_obs
-
-    def _store_atari(self, actions, next_obs, reward, terminated, truncated, info) -> None:
-        """One vector step into the frame replay (NEXT_STEP autoreset: the frame replay skips the reset steps).
-        Stored: sign(reward) if clip_rewards; terminated also at a lost life if terminal_on_life_loss, while
-        the episode itself (its frame stacks, its return) goes on to game over."""
         cfg = self.config
-        lives = np.asarray(info["lives"])
-        stored_terminated = terminated
-        if cfg.terminal_on_life_loss:
-            stored_terminated = terminated | (lives < self.lives)
-        self.lives = lives  # a reset step brings the new game's lives back up, never counted as a loss
-        self.shard.add(self.obs, actions, np.sign(reward) if cfg.clip_rewards else reward, next_obs,
-                       stored_terminated, truncated, episode_end=terminated | truncated)
+        eps = actor_epsilons(self.epsilon(), self.world.rank, self.world.size, cfg.num_envs, cfg.epsilon_spread)
+        self.actor.step(self.q_fn, eps)
 
     def _learn(self) -> None:
         """A learning phase (the learner's schedule: its updates, target syncs, averagings), then acting on the
         new weights."""
-        self.last_phase = self.learner.learn(self.shard, self.rng, self.per, self.state.env_steps)
+        self.last_phase = self.learner.learn(self.shard, self.actor.rng, self.per, self.state.env_steps)
         self.state.phase_stats = self.last_phase.stats()
         self.q_fn = self.learner.q_fn()
 
@@ -300,7 +264,8 @@ class Trainer:
         s, learner = self.state, self.learner
         now = time.perf_counter()
         tick_steps, tick_time, tick_updates = self._tick
-        sums = distributed.allreduce_sum([sum(s.finished_returns), len(s.finished_returns)])
+        finished = self.actor.take_finished_returns()
+        sums = distributed.allreduce_sum([sum(finished), len(finished)])
         row.update({
             "env_steps": s.env_steps, "wall_s": now - self.start, "updates": learner.updates,
             "charts/episodic_return": sums[0] / sums[1] if sums[1] else None,
@@ -313,13 +278,21 @@ class Trainer:
         })
         self.logger.log(row)
         self.callbacks.fire("on_log", self, row)
-        s.finished_returns.clear()
         self._tick = (s.env_steps, now, learner.updates)
 
     def _make_learner(self, obs_shape: tuple[int, ...], n_actions: int) -> Learner:
         learner = Learner(self.config, obs_shape, n_actions, self.world.size)
         learner.broadcast_initial_weights()
         return learner
+
+    def _make_evaluator(self) -> Evaluator:
+        cfg, world = self.config, self.world
+        return Evaluator(cfg.env_id, cfg.eval_episodes, cfg.seed, world.rank, world.size, cfg.eval_epsilon,
+                         env_kwargs=self.task.env_options)
+
+    def parts(self) -> trainstate.Parts:
+        """The parts whose state a checkpoint holds."""
+        return trainstate.Parts(self.learner, self.shard, self.task, self.actor, self.evaluator, self.state)
 
     def _checkpoint_due(self, prev_steps: int, final: bool) -> tuple[bool, bool]:
         """(save a checkpoint now, stop after it). The step trigger and the end come from the global counter; a
@@ -337,17 +310,11 @@ class Trainer:
             self.stop.agreed()  # every rank is here: the checkpoint gets written, however long it takes
         return save or stop or timed > 0, stop
 
-    def episodes_restarted(self, info: dict) -> None:
-        """The envs were reset mid-run (a resume whose env state could not be saved): the frame replay starts
-        new episodes from the reset frames, and life counting starts again."""
-        if self.config.is_atari:
-            self.replay.start(self.obs)
-            self.lives = np.asarray(info["lives"])
-
     def _resume(self, ckpt: Path) -> None:
         """Continue from ``ckpt``: restore the state, keep wall-clock times counting from the run's first start
         (so the metrics show the gap), and log a row naming the checkpoint and the gap."""
-        state = trainstate.restore(self, ckpt)
+        state = trainstate.restore(ckpt, self.world, self.config, self.parts())
+        self.q_fn = self.learner.q_fn()
         s = self.state
         now = time.perf_counter()
         self.started_at = state["started_at"]
