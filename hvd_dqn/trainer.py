@@ -116,27 +116,35 @@ class Trainer:
 
     # ------------------------------------------------------------------ the loop
     def _train(self) -> dict[str, Any]:
-        cfg, per, s = self.config, self._setup(), self.state
-        summary = None
-        if cfg.hang_timeout_s is not None:
+        cfg = self.config
+        self._setup()
+        if cfg.hang_timeout_s is not None and self.watch_for_hangs:
             self.watchdog = Watchdog(self.run_dir, self.world.rank, self.world.size, cfg.hang_timeout_s).start()
-        while s.vstep < per.vector_steps:
+        summary = self._run(self._loop)
+        self._close()
+        return summary
+
+    def _loop(self) -> dict[str, Any]:
+        cfg, s = self.config, self.state
+        summary = None
+        while s.env_steps < cfg.total_env_steps:
             prev_steps = s.env_steps
             s.vstep += 1
-            s.env_steps = s.vstep * per.global_steps_per_vector_step
-            final = s.vstep == per.vector_steps
+            s.env_steps += self.per.global_steps_per_vector_step
+            final = s.env_steps >= cfg.total_env_steps
             self._collect()
-            if s.env_steps >= cfg.learning_starts and s.vstep % per.vector_steps_per_train == 0 \
+            if s.env_steps >= cfg.learning_starts and s.vstep % self.per.vector_steps_per_train == 0 \
                     and self._replay_ready():
                 # this process's first phase traces and compiles the update, which may take minutes (Atari CNN, XLA)
                 with self.paused("compiling the update") if not self.compiled else contextlib.nullcontext():
                     self._learn()
                 self.compiled = True
+                self._phase_done()
             row = {}
             if final or _crossed(prev_steps, s.env_steps, cfg.eval_every):
                 row.update(self._evaluate())
             if final or row or _crossed(prev_steps, s.env_steps, cfg.log_every):
-                self._log(row)
+                self._log({**row, **self._row_extras()})
             if final:  # before the final checkpoint, so that a failing one cannot take the finished run with it
                 summary = self._write_outputs()
             save, stop = self._checkpoint_due(prev_steps, final)
@@ -151,8 +159,21 @@ class Trainer:
                 self.watchdog.progress()
         if summary is None:  # resumed from the final checkpoint of a finished run: nothing left to train
             summary = self._write_outputs()
-        self._close()
         return summary
+
+    # ------------------------------------------------------------------ hooks (hvd_dqn.elastic overrides them)
+    watch_for_hangs = True  # a Watchdog per rank when hang_timeout_s is set
+
+    def _run(self, loop) -> dict[str, Any]:
+        """Run the loop to the end and return the summary."""
+        return loop()
+
+    def _phase_done(self) -> None:
+        """After each learning phase, on every rank at the same point."""
+
+    def _row_extras(self) -> dict[str, Any]:
+        """Keys added to every metrics row."""
+        return {}
 
     def _save_checkpoint(self, final: bool) -> Path:
         try:
@@ -352,11 +373,6 @@ class Trainer:
         for closable in (getattr(self, "logger", None), getattr(self, "envs", None)):
             if closable is not None:
                 closable.close()
-
-    def _finish(self) -> dict[str, Any]:
-        summary = self._write_outputs()
-        self._close()
-        return summary
 
     def _write_outputs(self) -> dict[str, Any]:
         """Checksums of every replica (a collective), the final network and the summary."""

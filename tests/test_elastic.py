@@ -84,3 +84,30 @@ def test_an_elastic_run_survives_a_killed_worker(tmp_path):
     sizes = [r["world_size"] for r in rows if "world_size" in r]
     assert sizes[0] == 2 and sizes[-1] == 1 and sorted(sizes, reverse=True) == sizes, sizes
     assert rows[-1]["env_steps"] >= TOTAL
+
+
+def test_an_elastic_reset_on_an_atari_config_keeps_the_runs_evaluation_options(tmp_path):
+    """After a reset the evaluator is rebuilt for the new rank and world size, with the run's Atari options
+    (pong.yaml: no sticky actions), not make_env's defaults (sticky actions 0.25)."""
+    from hvd_dqn import distributed
+    from hvd_dqn.config import Config
+    from hvd_dqn.elastic import ElasticTrainer
+
+    cfg = Config.from_yaml(ROOT / "configs" / "pong.yaml", ["replay_capacity=2000", "eval_episodes=3",
+                                                            "max_episode_frames=5000", "noop_max=7"])
+    trainer = ElasticTrainer(cfg, run_dir=tmp_path / "run")
+    trainer.world = distributed.init()
+    trainer._setup()
+    try:
+        trainer.evaluator.load_state_dict({"count": 5})
+        trainer._on_reset()
+        envs = trainer.evaluator.envs
+        assert len(envs) == 3 and trainer.evaluator.state_dict() == {"count": 5}
+        for env in envs:
+            ale = env.unwrapped.ale
+            assert ale.getFloat("repeat_action_probability") == 0.0
+            assert ale.getInt("max_num_frames_per_episode") == 5000
+            assert env.env.noop_max == 7 and env.observation_space.shape == (4, 84, 84)
+    finally:
+        trainer._release()
+        trainer._close()
