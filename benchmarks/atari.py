@@ -59,9 +59,9 @@ def env_rates(game: str, seconds: float, rounds: int = 6) -> None:
 def learner_rates(seconds: float) -> None:
     from hvd_dqn import distributed
     from hvd_dqn.config import Config
-    from hvd_dqn.frame_replay import FrameReplayBuffer
+    from hvd_dqn.replay import FrameReplayBuffer
     from hvd_dqn.learner import Learner
-    from hvd_dqn.prioritized import ReplayShard
+    from hvd_dqn.replay import ReplayShard
 
     distributed.init()
     cfg = Config.from_yaml(ROOT / "configs" / "pong.yaml", ["replay_capacity=20000"])
@@ -90,8 +90,8 @@ def replay_memory(capacity: int) -> None:
     code = f"""
 import resource, sys, numpy as np, psutil
 sys.path.insert(0, {str(ROOT)!r})
-from hvd_dqn.frame_replay import FrameReplayBuffer
-from hvd_dqn.prioritized import ReplayShard
+from hvd_dqn.replay import FrameReplayBuffer
+from hvd_dqn.replay import ReplayShard
 before = psutil.Process().memory_info().rss
 replay = FrameReplayBuffer({capacity}, 1)
 shard = ReplayShard(replay, 0.99)

@@ -10,10 +10,8 @@ from typing import Any
 import numpy as np
 
 from hvd_dqn.envs import FRAME_PADDING, atari_options, is_atari_id, true_next_obs
-from hvd_dqn.frame_replay import FrameReplayBuffer
 from hvd_dqn.nstep import NStepAccumulator
-from hvd_dqn.prioritized import ReplayShard
-from hvd_dqn.replay import ReplayBuffer
+from hvd_dqn.replay import FrameReplayBuffer, ReplayBuffer, ReplayShard
 
 
 class ClassicControl:

@@ -31,7 +31,7 @@ class Parts(NamedTuple):
     """The parts of a run whose state a checkpoint holds."""
 
     learner: Any  # hvd_dqn.learner.Learner
-    replay: Any  # hvd_dqn.prioritized.ReplayShard
+    replay: Any  # hvd_dqn.replay.ReplayShard
     task: Any  # hvd_dqn.tasks.ClassicControl | Atari (the pending n-step starts)
     actor: Any  # hvd_dqn.actor.Actor
     evaluator: Any  # hvd_dqn.evaluation.Evaluator

@@ -11,7 +11,7 @@ from hvd_dqn.errors import UserError
 from hvd_dqn.learner import Learner
 from hvd_dqn.networks import build_mlp, mlp_forward, mlp_params
 from hvd_dqn.nstep import NStepAccumulator
-from hvd_dqn.prioritized import ReplayShard, SumTree, importance_weights
+from hvd_dqn.replay import ReplayShard, SumTree, importance_weights
 from hvd_dqn.replay import ReplayBuffer
 from hvd_dqn.schedules import annealed_beta
 

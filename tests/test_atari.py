@@ -8,8 +8,8 @@ from hvd_dqn import distributed
 from hvd_dqn.config import Config
 from hvd_dqn.envs import env_seeds, make_env, make_vector_env
 from hvd_dqn.errors import UserError
-from hvd_dqn.frame_replay import FrameReplayBuffer
-from hvd_dqn.prioritized import ReplayShard
+from hvd_dqn.replay import FrameReplayBuffer
+from hvd_dqn.replay import ReplayShard
 from hvd_dqn.replay import available_memory
 
 

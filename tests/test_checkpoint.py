@@ -19,7 +19,7 @@ from hvd_dqn import Callback, Config, Trainer, checkpoint, cli, envstate
 from hvd_dqn.checkpoint import CheckpointError
 from hvd_dqn.envs import make_vector_env
 from hvd_dqn.nstep import NStepAccumulator
-from hvd_dqn.prioritized import ReplayShard
+from hvd_dqn.replay import ReplayShard
 from hvd_dqn.replay import ReplayBuffer
 from test_user_surface import TF_CHATTER
 
