@@ -1,18 +1,18 @@
 """Learning curves from run dirs: greedy evaluation return against global env steps and against wall clock."""
 from __future__ import annotations
 
-import contextlib
 import json
 from pathlib import Path
 
 from hvd_dqn.errors import UserError
-from hvd_dqn.metrics import read_json_object
+from hvd_dqn import rundir
+from hvd_dqn.rundir import read_json_object
 
 
 def read_run(run_dir: Path) -> dict:
     if not run_dir.is_dir():
         raise UserError(f"run dir not found: {run_dir}")
-    metrics = run_dir / "metrics.jsonl"
+    metrics = run_dir / rundir.METRICS
     if not metrics.is_file():
         raise UserError(f"{run_dir}: no metrics.jsonl in it (is it a hvd-dqn run dir?)")
     rows = []
@@ -21,8 +21,8 @@ def read_run(run_dir: Path) -> dict:
             rows.append(json.loads(line))
         except json.JSONDecodeError:
             raise UserError(f"{metrics}: line {n} is not JSON") from None
-    summary = read_json_object(run_dir / "summary.json", missing={})
-    config = read_json_object(run_dir / "config.json", missing={})
+    summary = read_json_object(run_dir / rundir.SUMMARY, missing={})
+    config = read_json_object(run_dir / rundir.CONFIG, missing={})
     return {"rows": rows, "summary": summary, "config": config}
 
 
@@ -61,14 +61,10 @@ def plot_runs(run_dirs: list[Path], out: Path, width_px: int = 1200, height_px: 
     env_ids = sorted({run["config"].get("env_id", "?") for _, run in runs})
     fig.suptitle(f"hvd-dqn: {', '.join(env_ids)}")
     fig.tight_layout()
-    tmp = out.with_name(f".{out.stem}.tmp.png")
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
-        fig.savefig(tmp, dpi=dpi)
-        tmp.replace(out)
+        rundir.atomic_write(out, lambda tmp: fig.savefig(tmp, dpi=dpi))
     except OSError as exc:
-        with contextlib.suppress(OSError):
-            tmp.unlink()
         raise UserError(f"-o {out}: cannot write it ({exc.strerror or exc})") from None
     finally:
         plt.close(fig)

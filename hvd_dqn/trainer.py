@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from hvd_dqn import checkpoint, distributed, launcherwatch, tasks, trainstate
+from hvd_dqn import checkpoint, distributed, launcherwatch, rundir, tasks, trainstate
 from hvd_dqn.actor import Actor, actor_epsilons, scheduled_epsilon
 from hvd_dqn.callbacks import CallbackList
 from hvd_dqn.config import Config
@@ -236,7 +236,7 @@ class Trainer:
             self.logger = RunLogger(self.run_dir, enabled=world.is_chief, total_env_steps=cfg.total_env_steps,
                                     fresh=resume_from is None)
             # what each rank runs after the scaling rule (README "Scaling rule"), beside the config as written
-            self.logger.write_json("config.json", {**cfg.to_dict(), "world_size": world.size,
+            self.logger.write_json(rundir.CONFIG, {**cfg.to_dict(), "world_size": world.size,
                                                    "per_rank": self.per.model_dump()})
         except OSError as exc:
             name = Path(exc.filename).name if exc.filename else "its files"
@@ -382,9 +382,9 @@ class Trainer:
         wall = time.perf_counter() - self.start
         if world.is_chief:
             with self.paused("saving the model"):
-                checkpoint.save_keras_model(self.learner.policy, self.run_dir / "q_network.keras")
+                checkpoint.save_keras_model(self.learner.policy, self.run_dir / rundir.MODEL)
         distributed.barrier()  # the file is complete on every rank's view before anyone is told of it
-        self.callbacks.fire("on_checkpoint", self, self.run_dir / "q_network.keras")
+        self.callbacks.fire("on_checkpoint", self, self.run_dir / rundir.MODEL)
         summary = {
             "env_id": cfg.env_id, "world_size": world.size, "env_steps": s.env_steps,
             "updates": self.learner.updates, "wall_s": wall,
@@ -393,7 +393,7 @@ class Trainer:
             "solved_env_steps": s.solved_env_steps, "solved_wall_s": s.solved_wall_s,
             "replica_checksums": checksums, "peak_rss_mb": peak_rss_mb, "run_dir": str(self.run_dir),
         }
-        self.logger.write_json("summary.json", summary)
+        self.logger.write_json(rundir.SUMMARY, summary)
         return summary
 
     # ------------------------------------------------------------------ helpers
@@ -406,10 +406,10 @@ class Trainer:
             if self.world.is_chief:  # its view of runs/ decides; two runs started in the same second get -2, -3, ...
                 base = name = f"{self.config.env_id.replace('/', '-')}-{time.strftime('%Y%m%d-%H%M%S')}"
                 n = 1
-                while (Path("runs") / name).exists():
+                while (Path(rundir.RUNS) / name).exists():
                     n += 1
                     name = f"{base}-{n}"
-            self.run_dir = Path("runs") / distributed.broadcast_object(name)
+            self.run_dir = Path(rundir.RUNS) / distributed.broadcast_object(name)
         try:
             if self.world.is_chief:
                 self.run_dir.mkdir(parents=True, exist_ok=True)

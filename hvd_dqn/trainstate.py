@@ -19,7 +19,7 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from hvd_dqn import checkpoint, distributed
+from hvd_dqn import checkpoint, distributed, rundir
 from hvd_dqn.checkpoint import CheckpointError
 from hvd_dqn.envs import env_seeds
 from hvd_dqn.errors import clip, excerpt
@@ -97,16 +97,14 @@ def save(run_dir: Path, world, config, parts: Parts, started_at: float) -> Path:
 def trim_metrics(run_dir: Path, ckpt: Path) -> None:
     """Drop the metrics rows logged after ``ckpt`` (a run killed outright between checkpoints logged steps that
     the resumed run does again), so metrics.jsonl holds each step once. Rank 0, before its logger opens it."""
-    metrics = Path(run_dir) / "metrics.jsonl"
+    metrics = Path(run_dir) / rundir.METRICS
     step = int(ckpt.name.split("-")[-1])
     if not metrics.is_file():
         return
     lines = metrics.read_text().splitlines(keepends=True)
     kept = [line for line in lines if _row_step(line) <= step]
     if len(kept) != len(lines):
-        from hvd_dqn.metrics import atomic_write_text
-
-        atomic_write_text(metrics, "".join(kept))
+        rundir.atomic_write_text(metrics, "".join(kept))
 
 
 def _row_step(line: str) -> float:
