@@ -98,7 +98,7 @@ class ElasticTrainer(Trainer):
         """After workers came or went: this process's new rank and world size, and what depends on them."""
         cfg = self.config
         world = self.world = distributed.init()
-        self.per = cfg.per_rank(world.size)
+        self.per_rank = cfg.per_rank(world.size)
         self.replay_ready = False  # a joining worker's replay starts empty: every rank asks again, alike
         evaluated = self.evaluator.state_dict()
         self.evaluator = self._make_evaluator()  # this rank's share of the episodes, the run's env options

@@ -13,7 +13,7 @@ keys): its compute_gradients averages the gradients over all ranks (one grouped 
 apply_gradients clips the averaged gradient's global norm (``global_clipnorm``) and steps. Without a collective in
 the update (one rank, federated averaging) the whole run of updates is XLA-compiled. With one it runs as a plain TF
 graph: Horovod's ops have no XLA kernels on the CPU, and compiling the parts on either side of the allreduce
-separately costs two XLA launches per update, more than they save (benchmarks/update_latency.py measures it).
+separately costs two XLA launches per update, more than they save (docs/update-cost.md).
 
 With ``backward_passes_per_step`` k > 1 an "update" is one backward pass: the optimizer steps (and the ranks
 allreduce) once per k of them, on their local sum. The config keeps every phase and target period a multiple of
@@ -70,11 +70,11 @@ class Learner:
         # policy_ema: the network that evaluations and the saved model use (the online one when off)
         self.averaged = None if config.policy_ema is None else \
             build_q_network(obs_shape, n_actions, config, name="averaged_q_network")
-        per = config.per_rank(world_size)  # Adam's betas and epsilon after the scaling rule
+        share = config.per_rank(world_size)  # Adam's betas and epsilon after the scaling rule
         clip = {"global_clipnorm": config.max_grad_norm}  # applied inside apply_gradients, after any allreduce
         optimizer = keras.optimizers.SGD(learning_rate=config.learning_rate, **clip) if config.optimizer == "sgd" \
-            else keras.optimizers.Adam(learning_rate=config.learning_rate, beta_1=per.adam_beta1,
-                                       beta_2=per.adam_beta2, epsilon=per.adam_epsilon, **clip)
+            else keras.optimizers.Adam(learning_rate=config.learning_rate, beta_1=share.adam_beta1,
+                                       beta_2=share.adam_beta2, epsilon=share.adam_epsilon, **clip)
         self.updates = 0  # gradient updates (backward passes) done, identical on every rank
         self.since_sync = 0  # gradient updates since the last target sync, identical on every rank
         self._federated = config.federated_every is not None
@@ -84,8 +84,8 @@ class Learner:
             optimizer, op=config.allreduce_op, compression=config.gradient_compression,
             backward_passes_per_step=config.backward_passes_per_step,
             average_aggregated_gradients=config.average_aggregated_gradients)
-        # XLA: for the MLP; the Nature CNN runs many times slower XLA-compiled on CPU than on TF's own (oneDNN)
-        # kernels (benchmarks/atari.py), so it runs without.
+        # XLA: for the MLP; the Nature CNN runs slower XLA-compiled on CPU than on TF's own (oneDNN) kernels
+        # (docs/atari.md), so it runs without.
         xla = not self.is_cnn
         self._updates_fn = tf.function(self._update_loop, jit_compile=xla and not self._allreduce,
                                        reduce_retracing=True, autograph=False)
@@ -130,19 +130,19 @@ class Learner:
         return loss_sum / n_f, q_sum / n_f, finite, td_all.stack()
 
     # ---- what the trainer calls
-    def learn(self, replay, rng: np.random.Generator, per: PerRank, env_steps: int) -> PhaseResult:
-        """One learning phase at global env step ``env_steps``: ``per.updates_per_phase`` gradient updates on
-        minibatches of ``per.batch_size`` that ``replay`` samples (``replay.sample(rng, (K, B), beta)`` ->
+    def learn(self, replay, rng: np.random.Generator, share: PerRank, env_steps: int) -> PhaseResult:
+        """One learning phase at global env step ``env_steps``: ``share.updates_per_phase`` gradient updates on
+        minibatches of ``share.batch_size`` that ``replay`` samples (``replay.sample(rng, (K, B), beta)`` ->
         batch, discount, weights, slots; ``replay.update_priorities(slots, td_abs)`` after each run of updates),
         a target sync or a federated averaging wherever one falls due, and one step of the policy average at the
         end. Every rank must call this at the same point. Returns the last run of updates' result."""
         cfg = self.config
-        lr = per.learning_rate * linear_schedule(env_steps, 1.0, cfg.lr_final_fraction, cfg.total_env_steps)
+        lr = share.learning_rate * linear_schedule(env_steps, 1.0, cfg.lr_final_fraction, cfg.total_env_steps)
         beta = annealed_beta(env_steps, cfg.total_env_steps, cfg.priority_beta_start)
         result = None
-        for k, sync, average in phase_chunks(per.updates_per_phase, self.since_sync, per.target_update_every,
+        for k, sync, average in phase_chunks(share.updates_per_phase, self.since_sync, share.target_update_every,
                                              self.updates, cfg.federated_every):
-            batch, discount, weights, slots = replay.sample(rng, (k, per.batch_size), beta)
+            batch, discount, weights, slots = replay.sample(rng, (k, share.batch_size), beta)
             result = self.run_updates(batch, lr, discount, weights)
             replay.update_priorities(slots, result.td_abs)
             if average:

@@ -72,7 +72,8 @@ class RunLogger:
 
     def write_json(self, name: str, data: dict[str, Any]) -> None:
         if self.enabled:
-            rundir.atomic_write_text(self.run_dir / name, json.dumps({k: _clean(v) for k, v in data.items()}, indent=2) + "\n")
+            text = json.dumps({k: _clean(v) for k, v in data.items()}, indent=2) + "\n"
+            rundir.atomic_write_text(self.run_dir / name, text)
 
     def close(self) -> None:
         for handle in (self._file, self._tb, self._bar):

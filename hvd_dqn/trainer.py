@@ -130,10 +130,10 @@ class Trainer:
         while s.env_steps < cfg.total_env_steps:
             prev_steps = s.env_steps
             s.vstep += 1
-            s.env_steps += self.per.global_steps_per_vector_step
+            s.env_steps += self.per_rank.global_steps_per_vector_step
             final = s.env_steps >= cfg.total_env_steps
             self._collect()
-            if s.env_steps >= cfg.learning_starts and s.vstep % self.per.vector_steps_per_train == 0 \
+            if s.env_steps >= cfg.learning_starts and s.vstep % self.per_rank.vector_steps_per_train == 0 \
                     and self._replay_ready():
                 # this process's first phase traces and compiles the update, which may take minutes (Atari CNN, XLA)
                 with self.paused("compiling the update") if not self.compiled else contextlib.nullcontext():
@@ -189,12 +189,12 @@ class Trainer:
         rank's still ends the job if another rank's heartbeat goes stale (see hvd_dqn.watchdog)."""
         return self.watchdog.paused(what) if self.watchdog is not None else contextlib.nullcontext()
 
-    def _setup(self):
+    def _setup(self) -> None:
         """Run dir, logger, envs, replay, learner, evaluator and loop state (restored when resuming)."""
         cfg, world = self.config, self.world
         self.start, self.started_at = time.perf_counter(), time.time()
-        self.per = per = cfg.per_rank(world.size)
-        cfg.check_schedule(per)
+        self.per_rank = share = cfg.per_rank(world.size)
+        cfg.check_schedule(share)
         self.run_dir = self._resolve_run_dir()
         self._lock_run_dir()
         resume_from = checkpoint.find_for_resume(self.run_dir) if self.resume else None
@@ -211,7 +211,7 @@ class Trainer:
                                     threads=world.cores_per_rank, **self.task.env_options)
         obs_shape = self.envs.single_observation_space.shape
         n_actions = int(self.envs.single_action_space.n)
-        self.shard = self.task.make_replay(per.replay_capacity, obs_shape, world.local_size)
+        self.shard = self.task.make_replay(share.replay_capacity, obs_shape, world.local_size)
         self.actor = Actor(self.envs, self.task, self.shard, np.random.default_rng([cfg.seed, world.rank, 7]),
                            env_seeds(cfg.seed, world.rank, cfg.num_envs))
         self.learner = self._make_learner(obs_shape, n_actions)
@@ -224,7 +224,6 @@ class Trainer:
         if resume_from is not None:
             self._resume(resume_from)
         self.callbacks.fire("on_train_begin", self)
-        return per
 
     def _open_outputs(self, resume_from: Path | None) -> None:
         """Rank 0: metrics.jsonl trimmed to the checkpoint, the logger, config.json. A full or read-only disk is
@@ -235,9 +234,9 @@ class Trainer:
                 trainstate.trim_metrics(self.run_dir, resume_from)
             self.logger = RunLogger(self.run_dir, enabled=world.is_chief, total_env_steps=cfg.total_env_steps,
                                     fresh=resume_from is None)
-            # what each rank runs after the scaling rule (README "Scaling rule"), beside the config as written
+            # what each rank runs after the scaling rule (docs/scaling.md), beside the config as written
             self.logger.write_json(rundir.CONFIG, {**cfg.to_dict(), "world_size": world.size,
-                                                   "per_rank": self.per.model_dump()})
+                                                   "per_rank": self.per_rank.model_dump()})
         except OSError as exc:
             name = Path(exc.filename).name if exc.filename else "its files"
             raise UserError(f"run dir {self.run_dir}: cannot write {name} ({exc.strerror or exc}); free space or "
@@ -253,7 +252,7 @@ class Trainer:
     def _learn(self) -> None:
         """A learning phase (the learner's schedule: its updates, target syncs, averagings), then acting on the
         new weights."""
-        self.last_phase = self.learner.learn(self.shard, self.actor.rng, self.per, self.state.env_steps)
+        self.last_phase = self.learner.learn(self.shard, self.actor.rng, self.per_rank, self.state.env_steps)
         self.state.phase_stats = self.last_phase.stats()
         self.q_fn = self.learner.q_fn()
 
@@ -262,7 +261,7 @@ class Trainer:
         transitions need n steps, Atari's frame stacks a few frames). Allreduced, so every rank decides alike;
         replay only grows, so once true it stays true and the collective is not run again."""
         if not self.replay_ready:
-            short = float(self.shard.sampleable_count() < self.per.batch_size)
+            short = float(self.shard.sampleable_count() < self.per_rank.batch_size)
             self.replay_ready = distributed.allreduce_sum([short])[0] == 0
         return self.replay_ready
 
@@ -321,7 +320,7 @@ class Trainer:
         points, the iterations where a learning phase falls due, which are the same on every rank."""
         cfg, s = self.config, self.state
         save = final or (cfg.checkpoint_every is not None and _crossed(prev_steps, s.env_steps, cfg.checkpoint_every))
-        if not (final or s.vstep % self.per.vector_steps_per_train == 0):
+        if not (final or s.vstep % self.per_rank.vector_steps_per_train == 0):
             return save, False
         timed = self.world.is_chief and cfg.checkpoint_every_minutes is not None \
             and time.monotonic() - self.last_checkpoint_at >= 60.0 * cfg.checkpoint_every_minutes
@@ -346,7 +345,7 @@ class Trainer:
                          "resume_gap_s": time.time() - state["written_at"]})
 
     def _lock_run_dir(self) -> None:
-        """Rank 0 locks the run dir (README "One job per run dir") before anything in it is read, written or
+        """Rank 0 locks the run dir (docs/reliability.md) before anything in it is read, written or
         pruned, and tells every rank the outcome, so the ranks of a refused job all leave instead of waiting for
         rank 0 in the next collective. Only rank 0 says why."""
         refusal = None
