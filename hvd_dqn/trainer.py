@@ -13,7 +13,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -31,6 +31,14 @@ from hvd_dqn.runlock import RunDirInUse, RunLock
 from hvd_dqn.watchdog import Watchdog
 
 TEST_HOOKS_ENV = "HVD_DQN_TEST_HOOKS"  # "1" turns on hvd_dqn.testing.faults' switches; read once, by __init__
+
+
+class LogPoint(NamedTuple):
+    """Where the last metrics row was logged: the speeds of the next row are measured from here."""
+
+    env_steps: int
+    time: float  # time.perf_counter()
+    updates: int
 
 
 @dataclass
@@ -219,7 +227,7 @@ class Trainer:
         self.evaluator = self._make_evaluator()
         self.state = LoopState()
         self.replay_ready = False
-        self._tick = (0, self.start, 0)
+        self.last_log = LogPoint(0, self.start, 0)
         self.last_checkpoint_at = time.monotonic()
         if resume_from is not None:
             self._resume(resume_from)
@@ -283,7 +291,7 @@ class Trainer:
         """A metrics row: training returns summed over ranks (a collective), losses and speeds."""
         s, learner = self.state, self.learner
         now = time.perf_counter()
-        tick_steps, tick_time, tick_updates = self._tick
+        last = self.last_log
         finished = self.actor.take_finished_returns()
         sums = distributed.allreduce_sum([sum(finished), len(finished)])
         row.update({
@@ -291,14 +299,14 @@ class Trainer:
             "charts/episodic_return": sums[0] / sums[1] if sums[1] else None,
             "charts/episodes": int(sums[1]), "charts/epsilon": self.epsilon(),
             "losses/td_loss": s.phase_stats.get("td_loss"), "losses/q_mean": s.phase_stats.get("q_mean"),
-            "perf/env_steps_per_s": (s.env_steps - tick_steps) / (now - tick_time),
-            "perf/env_steps_per_s_per_rank": (s.env_steps - tick_steps) / (now - tick_time) / self.world.size,
-            "perf/updates_per_s": (learner.updates - tick_updates) / (now - tick_time),
+            "perf/env_steps_per_s": (s.env_steps - last.env_steps) / (now - last.time),
+            "perf/env_steps_per_s_per_rank": (s.env_steps - last.env_steps) / (now - last.time) / self.world.size,
+            "perf/updates_per_s": (learner.updates - last.updates) / (now - last.time),
             "perf/allreduce_ms": distributed.time_allreduce(learner.online.trainable_variables),
         })
         self.logger.log(row)
         self.callbacks.fire("on_log", self, row)
-        self._tick = (s.env_steps, now, learner.updates)
+        self.last_log = LogPoint(s.env_steps, now, learner.updates)
 
     def _make_learner(self, obs_shape: tuple[int, ...], n_actions: int) -> Learner:
         learner = Learner(self.config, obs_shape, n_actions, self.world.size)
@@ -339,7 +347,7 @@ class Trainer:
         now = time.perf_counter()
         self.started_at = state["started_at"]
         self.start = now - (time.time() - self.started_at)
-        self._tick = (s.env_steps, now, self.learner.updates)
+        self.last_log = LogPoint(s.env_steps, now, self.learner.updates)
         self.logger.log({"env_steps": s.env_steps, "wall_s": now - self.start, "updates": self.learner.updates,
                          "event": "resumed", "checkpoint": ckpt.name,
                          "resume_gap_s": time.time() - state["written_at"]})

@@ -9,6 +9,7 @@ Atari (frame-once replay, n-step over stored frames, lives), each at np=1 and np
     python tools/checksums.py            # run every case, compare with EXPECTED; exit 1 on a mismatch
     python tools/checksums.py --quick    # without the two full-length default runs
     python tools/checksums.py CASE ...   # only these cases
+    python tools/checksums.py --keep     # and keep each run dir (its metrics.jsonl rows should match too)
 
 np=2 runs use ``horovodrun -np 2 --mpi -H localhost:2``. The checkout this script lives in is put first on
 PYTHONPATH, so its hvd_dqn is the one that runs.
@@ -18,6 +19,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -61,7 +63,7 @@ EXPECTED: dict[str, list[str]] = {
 }
 
 
-def run_case(name: str) -> list[str]:
+def run_case(name: str, keep: bool) -> list[str]:
     ranks, config, overrides = CASES[name]
     run_dir = Path(tempfile.mkdtemp(prefix=f"checksums-{name}-"))
     cmd = [sys.executable, "-m", "hvd_dqn.cli", "train", "--config", str(ROOT / config), "--run-dir", str(run_dir)]
@@ -75,13 +77,19 @@ def run_case(name: str) -> list[str]:
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=ROOT)
     if proc.returncode != 0:
         raise SystemExit(f"{name}: exit {proc.returncode}\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
-    return json.loads((run_dir / "summary.json").read_text())["replica_checksums"]
+    checksums = json.loads((run_dir / "summary.json").read_text())["replica_checksums"]
+    if keep:
+        print(f"{name}: run dir {run_dir}", flush=True)
+    else:
+        shutil.rmtree(run_dir, ignore_errors=True)
+    return checksums
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("cases", nargs="*", metavar="CASE", help=", ".join(CASES))
     parser.add_argument("--quick", action="store_true", help="skip " + " and ".join(FULL))
+    parser.add_argument("--keep", action="store_true", help="keep the run dirs (to compare metrics.jsonl rows)")
     args = parser.parse_args()
     unknown = [n for n in args.cases if n not in CASES]
     if unknown:
@@ -90,7 +98,7 @@ def main() -> int:
     bad = 0
     for name in names:
         start = time.perf_counter()
-        sums = run_case(name)
+        sums = run_case(name, args.keep)
         want = EXPECTED.get(name)
         verdict = "no expected value" if want is None else ("ok" if sums == want else f"MISMATCH (expected {want})")
         bad += want is not None and sums != want
