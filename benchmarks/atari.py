@@ -59,9 +59,9 @@ def env_rates(game: str, seconds: float, rounds: int = 6) -> None:
 def learner_rates(seconds: float) -> None:
     from hvd_dqn import distributed
     from hvd_dqn.config import Config
-    from hvd_dqn.frame_replay import FrameReplayBuffer
+    from hvd_dqn.replay import FrameReplayBuffer
     from hvd_dqn.learner import Learner
-    from hvd_dqn.prioritized import ReplayShard
+    from hvd_dqn.replay import ReplayShard
 
     distributed.init()
     cfg = Config.from_yaml(ROOT / "configs" / "pong.yaml", ["replay_capacity=20000"])
@@ -77,10 +77,10 @@ def learner_rates(seconds: float) -> None:
     batch = sample()[0]
     print(f"replay sample + stack rebuild, batch 32: {rate(sample, seconds):,.0f} batches/s")
     print(f"Nature CNN updates/s, batch 32, one update per call (as configs/pong.yaml): "
-          f"{rate(lambda: learner.train_phase(batch, 1e-4), seconds):,.1f}")
+          f"{rate(lambda: learner.run_updates(batch, 1e-4), seconds):,.1f}")
     print(f"  with sampling from the frame replay: "
-          f"{rate(lambda: learner.train_phase(sample()[0], 1e-4), seconds):,.1f}")
-    act = learner.acting_fn()
+          f"{rate(lambda: learner.run_updates(sample()[0], 1e-4), seconds):,.1f}")
+    act = learner.q_fn()
     for n in (1, 4):
         print(f"Nature CNN acting calls/s, {n} observation(s) per call: {rate(lambda: act(batch.obs[0, :n]), seconds):,.0f}")
 
@@ -90,8 +90,8 @@ def replay_memory(capacity: int) -> None:
     code = f"""
 import resource, sys, numpy as np, psutil
 sys.path.insert(0, {str(ROOT)!r})
-from hvd_dqn.frame_replay import FrameReplayBuffer
-from hvd_dqn.prioritized import ReplayShard
+from hvd_dqn.replay import FrameReplayBuffer
+from hvd_dqn.replay import ReplayShard
 before = psutil.Process().memory_info().rss
 replay = FrameReplayBuffer({capacity}, 1)
 shard = ReplayShard(replay, 0.99)

@@ -1,13 +1,21 @@
-"""Acting: the exploration schedule and epsilon-greedy actions for all envs of a rank in one call."""
+"""Acting: the exploration schedule, epsilon-greedy actions for all envs of a rank in one call, and the
+``Actor`` that steps this rank's envs into its replay shard."""
 from __future__ import annotations
+
+from typing import Any, Callable
 
 import numpy as np
 
+from hvd_dqn import envstate
+from hvd_dqn.checkpoint import from_json, to_json
+from hvd_dqn.schedules import linear_schedule
 
-def linear_epsilon(global_step: int, start: float, end: float, decay_steps: float) -> float:
-    """Epsilon decaying linearly from ``start`` to ``end`` over ``decay_steps`` global env steps, then flat."""
-    frac = min(1.0, global_step / max(decay_steps, 1.0))
-    return start + frac * (end - start)
+
+def scheduled_epsilon(config, env_steps: int) -> float:
+    """The exploration epsilon at ``env_steps`` global env steps: eps_start decaying linearly to eps_end over
+    eps_decay_fraction of training."""
+    return linear_schedule(env_steps, config.eps_start, config.eps_end,
+                           config.eps_decay_fraction * config.total_env_steps)
 
 
 def epsilon_greedy(q_values: np.ndarray, epsilon: float | np.ndarray, rng: np.random.Generator) -> np.ndarray:
@@ -30,3 +38,53 @@ def actor_epsilons(epsilon: float, rank: int, world_size: int, num_envs: int, sp
     n = world_size * num_envs
     exponent = 1.0 + spread * i / (n - 1) if n > 1 else np.ones(num_envs)
     return np.float64(epsilon) ** exponent
+
+
+class Actor:
+    """This rank's envs and what acting carries from one vector step to the next: the current observations, each
+    env's running return, the returns of episodes ended since they were last taken, and the RNG of this rank's
+    exploration (the learner draws its replay samples from it too). ``task`` (``hvd_dqn.tasks``) stores each
+    step into ``replay``."""
+
+    def __init__(self, envs, task, replay, rng: np.random.Generator, seeds: list[int]):
+        self.envs, self.task, self.replay, self.rng = envs, task, replay, rng
+        self.obs, info = envs.reset(seed=seeds)
+        task.begin(replay, self.obs, info)
+        self.episode_return = np.zeros(envs.num_envs)
+        self.finished_returns: list[float] = []
+
+    def step(self, q_fn: Callable[[np.ndarray], np.ndarray], epsilons: np.ndarray) -> None:
+        """One step of every env, epsilon-greedy on ``q_fn``'s Q-values, into the replay."""
+        actions = epsilon_greedy(q_fn(self.obs), epsilons, self.rng)
+        next_obs, reward, terminated, truncated, info = self.envs.step(actions)
+        self.task.store(self.replay, self.obs, actions, reward, next_obs, terminated, truncated, info)
+        done = terminated | truncated
+        self.episode_return += reward
+        if done.any():
+            self.finished_returns.extend(self.episode_return[done].tolist())
+            self.episode_return[done] = 0.0
+        self.obs = next_obs
+
+    def take_finished_returns(self) -> list[float]:
+        """The returns of the episodes ended since the last call."""
+        returns, self.finished_returns = self.finished_returns, []
+        return returns
+
+    def state_dict(self) -> dict[str, Any]:
+        """As exact JSON: the RNG, the envs' own state (None where it cannot be captured, see
+        ``hvd_dqn.envstate``), the observations and running returns."""
+        return {"rng": self.rng.bit_generator.state, "envs": envstate.capture(self.envs), "obs": to_json(self.obs),
+                "episode_return": to_json(self.episode_return), "finished_returns": list(self.finished_returns)}
+
+    def load_state_dict(self, state: dict[str, Any], restart_seeds: list[int]) -> None:
+        """Continue where ``state`` stood; envs whose state was not captured start fresh episodes from
+        ``restart_seeds`` instead (not bit-exact)."""
+        self.rng.bit_generator.state = state["rng"]
+        if state["envs"] is not None:
+            envstate.restore(self.envs, state["envs"])
+            self.obs = from_json(state["obs"])
+            self.episode_return = from_json(state["episode_return"])
+        else:
+            self.obs, info = self.envs.reset(seed=restart_seeds)
+            self.task.begin(self.replay, self.obs, info)
+        self.finished_returns = list(state["finished_returns"])

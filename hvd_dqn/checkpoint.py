@@ -36,7 +36,7 @@ from typing import Any
 
 import numpy as np
 
-from hvd_dqn import runlock
+from hvd_dqn import rundir, runlock
 from hvd_dqn.errors import UserError
 
 FORMAT = "hvd-dqn-checkpoint"
@@ -57,19 +57,12 @@ class CheckpointError(UserError):
 
 def save_keras_model(model, path: Path) -> None:
     """Save ``model`` as a ``.keras`` file that plain tf_keras loads (no Horovod, no custom objects)."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.stem}.tmp{os.getpid()}.keras")
-    try:
-        model.save(tmp)
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink() if tmp.is_file() else shutil.rmtree(tmp)
+    rundir.atomic_write(Path(path), model.save)
 
 
 # ---------------------------------------------------------------------------------------------- where they live
 def checkpoints_dir(run_dir: Path) -> Path:
-    return Path(run_dir) / "checkpoints"
+    return Path(run_dir) / rundir.CHECKPOINTS
 
 
 def final_path(run_dir: Path, env_steps: int) -> Path:

@@ -140,12 +140,12 @@ def _run_config(args):
     """The config a run was started with (its config.json), with --set overrides on top."""
     from hvd_dqn.config import Config, parse_overrides
 
-    from hvd_dqn.metrics import read_json_object
+    from hvd_dqn import rundir
 
-    path = Path(args.resume) / "config.json"
+    path = Path(args.resume) / rundir.CONFIG
     if not path.is_file():
         raise UserError(f"--resume {args.resume}: no config.json (not a run directory? give --config)")
-    data = read_json_object(path)
+    data = rundir.read_json_object(path)
     for recorded in ("world_size", "per_rank"):  # recorded next to the config, not part of it
         data.pop(recorded, None)
     return Config.from_dict({**data, **parse_overrides(args.overrides)}, source=str(path))
@@ -183,8 +183,8 @@ def _evaluate(args) -> int:
 
     from hvd_dqn.envs import atari_options, check_env_id, env_options, make_env
     from hvd_dqn.evaluation import run_episodes, summarize
-    from hvd_dqn.metrics import read_json_object
-    from hvd_dqn.serving import check_matches_env, load_policy
+    from hvd_dqn.rundir import CONFIG, read_json_object
+    from hvd_dqn.serving import EXPORT_META, check_matches_env, load_policy
 
     if not 1 <= args.episodes <= MAX_EPISODES:
         raise UserError(f"--episodes must be 1 to {MAX_EPISODES}, got {args.episodes}")
@@ -206,7 +206,7 @@ def _evaluate(args) -> int:
         os.environ.setdefault("SDL_AUDIODRIVER", "dummy")
     # Atari: the preprocessing and episode cap the model was trained with (a run's config.json, an export's
     # export.json; a bare .keras file gets the defaults)
-    meta = [Path(args.model) / name for name in ("config.json", "export.json")]
+    meta = [Path(args.model) / name for name in (CONFIG, EXPORT_META)]
     trained = next((read_json_object(m) for m in meta if m.is_file()), {})
     # the env's constructor keywords too, where the model is evaluated on the env it was trained on
     same_env = trained.get("env_id") == env_id

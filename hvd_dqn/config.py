@@ -2,7 +2,7 @@
 
 Step counts are GLOBAL (summed over all ranks) so that a config means the same experiment at any world size;
 per-rank quantities are derived properties, never fields. How batch size and learning rate behave as ranks grow
-is the "scaling rule" in the README and the ``scaling`` key: with ``strong`` (the default) the global batch and the
+is the "scaling rule" (docs/scaling.md) and the ``scaling`` key: with ``strong`` (the default) the global batch and the
 learning rate are what the config says at any N; with ``weak`` the config describes the run at N = 1 and N ranks
 take N times the batch at N times the learning rate in 1/N as many updates.
 """
@@ -23,6 +23,16 @@ MAX_EVAL_EPISODES = 1000  # each rank holds one env per evaluation episode it pl
 MAX_PHASE_SAMPLES = 2 ** 17  # transitions sampled at once per rank for a run of updates (Atari: about 7 GB)
 MAX_ENV_KWARGS = 64  # keywords for an env constructor; more is a mistake
 MAX_CONFIG_BYTES = 1 << 20  # a config is a few dozen keys; a bigger file is not one
+
+# Atari (ALE/<Game>-v5 ids): the preprocessing options and their defaults, declared once (the config's fields,
+# envs.make_env and the ale vector env all read these)
+ATARI_PREFIX = "ALE/"
+ATARI_DEFAULTS = {"frame_stack": 4, "noop_max": 30, "sticky_action_prob": 0.25, "max_episode_frames": 108_000}
+
+
+def is_atari_id(env_id: str) -> bool:
+    """ALE envs (also as ``module:ALE/...``): Atari preprocessing, the Nature CNN and the frame-once replay."""
+    return env_id.rpartition(":")[2].startswith(ATARI_PREFIX)
 
 
 class Config(BaseModel):
@@ -94,7 +104,7 @@ class Config(BaseModel):
         128, ge=1, description="Gradient updates between target-network syncs (rank 0's weights are broadcast); "
                                "divided by N with scaling weak.")
     scaling: Literal["strong", "weak", "adam_sqrt"] = Field(
-        "strong", description="How N ranks share the learning (README \"Scaling rule\"): strong = the same updates "
+        "strong", description="How N ranks share the learning (docs/scaling.md): strong = the same updates "
                               "as on one rank, each on batch_size / N samples per rank; weak = each rank samples "
                               "batch_size, updates_per_train and target_update_every are divided by N and the "
                               "learning rate multiplied by N (Goyal et al. 2017): the samples replayed per env step "
@@ -113,7 +123,7 @@ class Config(BaseModel):
     eps_decay_fraction: float = Field(
         0.1, gt=0, le=1.0, description="Fraction of total_env_steps over which epsilon decays.")
 
-    # --- algorithm components (README "Algorithms"); each off where the published DQN is the reference
+    # --- algorithm components (docs/algorithms.md); each off where the published DQN is the reference
     dueling: bool = Field(False, description="Dueling Q-head: Q = V(s) + A(s, a) - mean_a A(s, a) (Wang et al. 2016).")
     n_step: int = Field(
         1, ge=1, le=100, description="Steps of real reward before bootstrapping (1 = one-step DQN); an episode "
@@ -141,7 +151,7 @@ class Config(BaseModel):
                                 "with NO gradient allreduce, then the ranks average their weights; null = "
                                 "synchronous data parallelism (gradients averaged at every update).")
 
-    # --- Horovod's gradient allreduce (README "Horovod options"); used when a job has several ranks
+    # --- Horovod's gradient allreduce (docs/horovod-options.md); used when a job has several ranks
     allreduce_op: Literal["average", "adasum"] = Field(
         "average", description="How the ranks' gradients are combined: average (Horovod's DistributedOptimizer), "
                                "or adasum (Maleki et al. 2020, through DistributedGradientTape; needs the MPI "
@@ -158,12 +168,15 @@ class Config(BaseModel):
                            "instead of their sum (Horovod's default is the sum).")
 
     # --- Atari (ALE/<Game>-v5 ids); classic-control envs ignore these
-    frame_stack: int = Field(4, ge=1, le=16, description="Atari: the newest frames stacked into one observation.")
-    noop_max: int = Field(30, ge=0, le=1000, description="Atari: up to this many no-op actions after each reset "
-                                                         "(random starts, Mnih et al. 2015).")
+    frame_stack: int = Field(ATARI_DEFAULTS["frame_stack"], ge=1, le=16,
+                             description="Atari: the newest frames stacked into one observation.")
+    noop_max: int = Field(ATARI_DEFAULTS["noop_max"], ge=0, le=1000,
+                          description="Atari: up to this many no-op actions after each reset (random starts, Mnih et "
+                                      "al. 2015).")
     sticky_action_prob: float = Field(
-        0.25, ge=0, le=1.0, description="Atari: probability that the emulator repeats the previous action instead of "
-                                        "the new one (0.25: ALE v5 and Machado et al. 2018; 0: Nature DQN).")
+        ATARI_DEFAULTS["sticky_action_prob"], ge=0, le=1.0,
+        description="Atari: probability that the emulator repeats the previous action instead of the new one (0.25: "
+                    "ALE v5 and Machado et al. 2018; 0: Nature DQN).")
     terminal_on_life_loss: bool = Field(
         False, description="Atari: a lost life cuts the bootstrap (stored as terminated) while the game goes on; "
                            "the episode, its frame stack and its return still end only at game over.")
@@ -174,8 +187,9 @@ class Config(BaseModel):
                            "envs) or gymnasium's wrappers in a SyncVectorEnv; the same frames bit for bit. "
                            "Evaluation and videos use the gymnasium wrappers.")
     max_episode_frames: int = Field(
-        108_000, ge=1, description="Atari: emulator frames after which an episode is truncated, in training and "
-                                   "evaluation (108k = 30 min of play at 60 Hz, Machado et al. 2018).")
+        ATARI_DEFAULTS["max_episode_frames"], ge=1,
+        description="Atari: emulator frames after which an episode is truncated, in training and evaluation (108k = "
+                    "30 min of play at 60 Hz, Machado et al. 2018).")
 
     # --- evaluation and logging
     eval_every: int = Field(5_000, ge=1, description="Global env steps between greedy evaluations.")
@@ -187,7 +201,7 @@ class Config(BaseModel):
         None, description="Return at which the task counts as solved; null = the env spec's reward_threshold.")
     log_every: int = Field(5_000, ge=1, description="Global env steps between metric log points.")
 
-    # --- full-state checkpoints (README "Checkpoints and resume"); one is also written at the end and on SIGTERM
+    # --- full-state checkpoints (docs/checkpoints.md); one is also written at the end and on SIGTERM
     checkpoint_every: Optional[int] = Field(
         None, ge=1, description="Global env steps between checkpoints; null = none by step count.")
     checkpoint_every_minutes: Optional[float] = Field(
@@ -295,8 +309,6 @@ class Config(BaseModel):
     @property
     def is_atari(self) -> bool:
         """ALE envs: Atari preprocessing, the Nature CNN and the frame-once replay."""
-        from hvd_dqn.envs import is_atari_id
-
         return is_atari_id(self.env_id)
 
     def per_rank(self, world_size: int) -> "PerRank":
@@ -353,23 +365,24 @@ class Config(BaseModel):
             adam_beta1=beta1, adam_beta2=beta2, adam_epsilon=adam_epsilon,
         )
 
-    def check_schedule(self, per: "PerRank") -> None:
+    def check_schedule(self, share: "PerRank") -> None:
         """A UserError if a job of these per-rank quantities would make no gradient update, or would sample more
         transitions at once than MAX_PHASE_SAMPLES (the memory runs out before anything can fail cleanly)."""
-        vector_step = per.global_steps_per_vector_step
+        vector_step = share.global_steps_per_vector_step
         first = max(1, -(-self.learning_starts // vector_step))  # the first vector step at or past learning_starts
-        first = -(-first // per.vector_steps_per_train) * per.vector_steps_per_train  # ... that ends a phase
-        if first > per.vector_steps:
+        first = -(-first // share.vector_steps_per_train) * share.vector_steps_per_train  # ... that ends a phase
+        if first > share.vector_steps:
             raise UserError(
                 f"config: no learning phase falls due: the first would end at global env step {first * vector_step:,} "
                 f"(learning_starts {self.learning_starts}, train_every {self.train_every}, "
                 f"{vector_step} env steps per vector step of all ranks), after total_env_steps "
                 f"{self.total_env_steps}; lower learning_starts or train more steps")
-        run = min(per.updates_per_phase, per.target_update_every, self.federated_every or per.updates_per_phase)
-        if run * per.batch_size > MAX_PHASE_SAMPLES:
+        run = min(share.updates_per_phase, share.target_update_every,
+                  self.federated_every or share.updates_per_phase)
+        if run * share.batch_size > MAX_PHASE_SAMPLES:
             raise UserError(
-                f"config: each rank would sample {run:,} updates x {per.batch_size} transitions = "
-                f"{run * per.batch_size:,} at once, more than {MAX_PHASE_SAMPLES:,}: lower updates_per_train, "
+                f"config: each rank would sample {run:,} updates x {share.batch_size} transitions = "
+                f"{run * share.batch_size:,} at once, more than {MAX_PHASE_SAMPLES:,}: lower updates_per_train, "
                 f"target_update_every or batch_size")
 
     # ---- construction

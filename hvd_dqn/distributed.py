@@ -60,7 +60,7 @@ def init() -> World:
 # Horovod and Open MPI settings read at hvd.init(); the user's own values always win. A DQN update allreduces a
 # few kilobytes hundreds of times a second, so latency, not bandwidth, bounds it: Horovod's default 1 ms cycle
 # costs up to a cycle per update, and MPI ranks that spin while idle steal the cores that the other ranks of the
-# host compute on. Measured on 2 ranks of a 2-core host (README "Results"): 1.8-2.3 ms per update -> 0.8-1.0 ms.
+# host compute on (docs/update-cost.md measures both; benchmarks/update_latency.py reproduces it).
 LATENCY_DEFAULTS = {"HOROVOD_CYCLE_TIME": "0.1", "OMPI_MCA_mpi_yield_when_idle": "1"}
 
 
@@ -98,7 +98,7 @@ def wrap_optimizer(optimizer, *, op: str = "average", compression: str = "none",
     """Horovod: ``optimizer`` (a tf_keras one) made to reduce its gradients over all ranks inside
     ``minimize(loss, variables, tape=tape)``: its compute_gradients runs the allreduce, then its apply_gradients
     clips (``global_clipnorm``: the REDUCED gradient) and steps. Only minimize (or compute_gradients) reduces:
-    ``tape.gradient`` + ``apply_gradients`` would not (the allreduce trap, README "Horovod options").
+    ``tape.gradient`` + ``apply_gradients`` would not (the allreduce trap, docs/horovod-options.md).
 
     ``op``: "average" (Horovod's keras DistributedOptimizer) or "adasum" (through DistributedGradientTape, since
     that optimizer refuses Adasum). ``compression``: "none" or "fp16" on the wire. ``backward_passes_per_step`` k:

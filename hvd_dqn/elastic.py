@@ -15,18 +15,16 @@ from typing import Any
 
 from hvd_dqn import distributed
 from hvd_dqn.errors import UserError
-from hvd_dqn.evaluation import Evaluator
 from hvd_dqn.learner import Learner
 from hvd_dqn.metrics import RunLogger
 from hvd_dqn.runlock import RunDirInUse, RunLock
-from hvd_dqn.trainer import Trainer, _crossed
-
-COUNTERS = ("vstep", "env_steps", "since_sync", "updates", "evaluator_count", "last_eval", "solved_env_steps",
-            "solved_wall_s")
+from hvd_dqn.trainer import Trainer
 
 
 class ElasticTrainer(Trainer):
-    """``Trainer`` whose loop runs under ``hvd.elastic.run``, committing at each learning-phase boundary."""
+    """``Trainer`` whose one loop runs under ``hvd.elastic.run`` through the loop's hooks: it commits after each
+    learning phase and rebuilds what depends on the rank and world size after each reset, with the trainer's own
+    constructors of the parts."""
 
     def __init__(self, config, run_dir=None, callbacks=(), resume: bool = False):
         if resume:
@@ -42,11 +40,7 @@ class ElasticTrainer(Trainer):
         # Always the allreduce path (even while alone), so a worker that joins later is averaged with; no
         # broadcast here: elastic_run syncs rank 0's state before the loop starts (a collective before it would
         # deadlock a worker that joins while the others sync).
-        learner = Learner(self.config, obs_shape, n_actions, world_size=2, build_network=build_network)
-        learner.align_to_online()
-        learner.optimizer.build(learner.online.trainable_variables)  # slots exist now, so they are committed
-        learner._optimizer_synced = True
-        return learner
+        return Learner(self.config, obs_shape, n_actions, self.world.size, build_network, elastic=True)
 
     def _checkpoint_due(self, prev_steps: int, final: bool) -> tuple[bool, bool]:
         return False, False
@@ -60,61 +54,55 @@ class ElasticTrainer(Trainer):
             except RunDirInUse as exc:
                 raise UserError(str(exc)) from None
 
-    def _train(self) -> dict[str, Any]:
-        self._setup()
-        learner = self.learner
-        state = distributed.elastic_state(
-            learner.network_variables + list(learner.optimizer.variables()),
-            **self._counters())
-        state.register_reset_callbacks([self._on_reset])
-        return distributed.elastic_run(self._loop)(state)
+    # ---- the loop's hooks
+    watch_for_hangs = False  # the heartbeats of a fixed set of ranks: elastic ranks come and go
 
-    def _loop(self, state) -> dict[str, Any]:
-        cfg, s = self.config, self.state
-        self._load(state)  # the committed (or just synced) counters
-        while s.env_steps < cfg.total_env_steps:
-            prev_steps = s.env_steps
-            s.vstep += 1
-            s.env_steps += self.per.global_steps_per_vector_step
-            final = s.env_steps >= cfg.total_env_steps
-            self._collect()
-            if s.env_steps >= cfg.learning_starts and s.vstep % self.per.vector_steps_per_train == 0 \
-                    and self._replay_ready():
-                self._learn()
-                for name, value in self._counters().items():
-                    setattr(state, name, value)
-                state.commit()  # Horovod: a collective; raises HostsUpdatedInterrupt when workers came or went
-            row = {}
-            if final or _crossed(prev_steps, s.env_steps, cfg.eval_every):
-                row.update(self._evaluate())
-            if final or row or _crossed(prev_steps, s.env_steps, cfg.log_every):
-                self._log({**row, "world_size": self.world.size})
-        return self._finish()
+    def _run(self, loop) -> dict[str, Any]:
+        """The loop under ``hvd.elastic.run``: started again from the last commit after every reset."""
+        learner = self.learner
+        state = self.elastic_state = distributed.elastic_state(
+            learner.network_variables + list(learner.optimizer.variables()), **self._counters())
+        state.register_reset_callbacks([self._on_reset])
+
+        def from_commit(state) -> dict[str, Any]:
+            self._load(state)  # the committed (or just synced) counters
+            return loop()
+
+        return distributed.elastic_run(from_commit)(state)
+
+    def _phase_done(self) -> None:
+        for name, value in self._counters().items():
+            setattr(self.elastic_state, name, value)
+        self.elastic_state.commit()  # Horovod: a collective; raises HostsUpdatedInterrupt when workers came or went
+
+    def _row_extras(self) -> dict[str, Any]:
+        return {"world_size": self.world.size}
 
     def _counters(self) -> dict[str, Any]:
+        """The committed values besides the networks: the loop's, the learner's and the evaluator's counters."""
         s = self.state
-        return {"vstep": s.vstep, "env_steps": s.env_steps, "since_sync": s.since_sync,
-                "updates": self.learner.updates, "evaluator_count": self.evaluator.count,
-                "last_eval": dict(s.last_eval), "solved_env_steps": s.solved_env_steps,
-                "solved_wall_s": s.solved_wall_s}
+        return {"vstep": s.vstep, "env_steps": s.env_steps, **self.learner.state_dict(),
+                "evaluator_count": self.evaluator.state_dict()["count"], "last_eval": dict(s.last_eval),
+                "solved_env_steps": s.solved_env_steps, "solved_wall_s": s.solved_wall_s}
 
     def _load(self, state) -> None:
         s = self.state
-        s.vstep, s.env_steps, s.since_sync = state.vstep, state.env_steps, state.since_sync
-        self.learner.updates, self.evaluator.count = state.updates, state.evaluator_count
+        s.vstep, s.env_steps = state.vstep, state.env_steps
         s.last_eval, s.solved_env_steps, s.solved_wall_s = dict(state.last_eval), state.solved_env_steps, \
             state.solved_wall_s
-        self.act = self.learner.acting_fn()  # weights were restored or synced
+        self.learner.load_state_dict({"updates": state.updates, "since_sync": state.since_sync})
+        self.evaluator.load_state_dict({"count": state.evaluator_count})
+        self.q_fn = self.learner.q_fn()  # weights were restored or synced
 
     def _on_reset(self) -> None:
         """After workers came or went: this process's new rank and world size, and what depends on them."""
         cfg = self.config
         world = self.world = distributed.init()
-        self.per = cfg.per_rank(world.size)
+        self.per_rank = cfg.per_rank(world.size)
         self.replay_ready = False  # a joining worker's replay starts empty: every rank asks again, alike
-        count = self.evaluator.count
-        self.evaluator = Evaluator(cfg.env_id, cfg.eval_episodes, cfg.seed, world.rank, world.size, cfg.eval_epsilon)
-        self.evaluator.count = count
+        evaluated = self.evaluator.state_dict()
+        self.evaluator = self._make_evaluator()  # this rank's share of the episodes, the run's env options
+        self.evaluator.load_state_dict(evaluated)
         if world.is_chief and not self.logger.enabled:  # rank 0 died: its successor writes the outputs
             self.logger = RunLogger(self.run_dir, enabled=True, total_env_steps=cfg.total_env_steps)
         elif not world.is_chief and self.logger.enabled:

@@ -24,6 +24,7 @@ from typing import Any
 import gymnasium as gym
 import numpy as np
 
+from hvd_dqn.config import ATARI_DEFAULTS, is_atari_id
 from hvd_dqn.errors import UserError
 
 
@@ -42,10 +43,6 @@ def split_env_id(env_id: str) -> tuple[str | None, str]:
     return (module, name) if sep and module else (None, env_id)
 
 
-def is_atari_id(env_id: str) -> bool:
-    return split_env_id(env_id)[1].startswith("ALE/")
-
-
 def env_spec(env_id: str):
     """gymnasium's EnvSpec of ``env_id``, importing the module of a ``module:id`` first (gymnasium's own
     convention; ``gym.spec`` alone never imports it). Raises ValueError with one line naming the problem."""
@@ -59,7 +56,7 @@ def env_spec(env_id: str):
         except Exception as exc:  # the user's module failed while importing: say which and how, not a traceback
             raise ValueError(f"importing module {module!r} of {env_id!r} failed: {type(exc).__name__}: "
                              f"{_first_line(exc)}") from None
-    if name.startswith("ALE/"):
+    if is_atari_id(name):
         _register_atari()
     try:
         return gym.spec(name)
@@ -120,15 +117,12 @@ class AsFloat32(gym.ObservationWrapper):
 FRAME_PADDING = "zero"  # how FrameStackObservation pads an episode's first stacks; the frame replay pads alike
 
 
-ATARI_OPTIONS = ("frame_stack", "noop_max", "sticky_action_prob", "max_episode_frames")
-
-
 def atari_options(config) -> dict[str, Any]:
     """The keywords of ``make_env`` for an Atari config, a Config or its dict (empty for classic control)."""
     data = config if isinstance(config, dict) else config.to_dict()
     if not is_atari_id(str(data.get("env_id", ""))):
         return {}
-    return {key: data[key] for key in ATARI_OPTIONS if key in data}
+    return {key: data[key] for key in ATARI_DEFAULTS if key in data}
 
 
 def env_options(config) -> dict[str, Any]:
@@ -138,11 +132,17 @@ def env_options(config) -> dict[str, Any]:
     return {**(data.get("env_kwargs") or {}), **atari_options(data)}
 
 
-def make_atari_env(env_id: str, frame_stack: int = 4, noop_max: int = 30, sticky_action_prob: float = 0.25,
-                   max_episode_frames: int = 108_000, frame_padding: str = FRAME_PADDING, **kwargs: Any) -> gym.Env:
-    """One ALE env with the DQN preprocessing: (frame_stack, 84, 84) uint8 observations, 4 frames per step."""
+def _with_atari_defaults(kwargs: dict[str, Any]) -> tuple[int, int, float, int]:
+    """(frame_stack, noop_max, sticky_action_prob, max_episode_frames) taken out of ``kwargs``, defaults filled."""
+    return tuple(kwargs.pop(key, default) for key, default in ATARI_DEFAULTS.items())
+
+
+def make_atari_env(env_id: str, frame_padding: str = FRAME_PADDING, **kwargs: Any) -> gym.Env:
+    """One ALE env with the DQN preprocessing: (frame_stack, 84, 84) uint8 observations, 4 frames per step.
+    ``kwargs``: the Atari options (``config.ATARI_DEFAULTS`` where not given), then keywords for ``gym.make``."""
     from gymnasium.wrappers import AtariPreprocessing, FrameStackObservation
 
+    frame_stack, noop_max, sticky_action_prob, max_episode_frames = _with_atari_defaults(kwargs)
     _register_atari()
     try:
         env = gym.make(env_id, frameskip=1, repeat_action_probability=sticky_action_prob,
@@ -229,10 +229,13 @@ def make_vector_env(env_id: str, num_envs: int, backend: str = "gymnasium", thre
                                     autoreset_mode=mode)
 
 
-def _ale_vector_env(env_id: str, num_envs: int, threads: int, frame_stack: int = 4, noop_max: int = 30,
-                    sticky_action_prob: float = 0.25, max_episode_frames: int = 108_000,
-                    frame_padding: str = FRAME_PADDING) -> gym.vector.VectorEnv:
+def _ale_vector_env(env_id: str, num_envs: int, threads: int, frame_padding: str = FRAME_PADDING,
+                    **options: Any) -> gym.vector.VectorEnv:
     from ale_py.vector_env import AtariVectorEnv
+
+    frame_stack, noop_max, sticky_action_prob, max_episode_frames = _with_atari_defaults(options)
+    if options:
+        raise TypeError(f"unexpected keywords for the ale vector env: {', '.join(options)}")
 
     if frame_padding != "zero":
         raise UserError("the ale vector env pads frame stacks with zeros only")

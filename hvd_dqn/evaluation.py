@@ -62,6 +62,12 @@ class Evaluator:
         self.count += 1
         return run_episodes(self.env_id, q_fn, seeds, self.epsilon, rng, envs=self.envs)
 
+    def state_dict(self) -> dict[str, int]:
+        return {"count": self.count}
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        self.count = state["count"]
+
 
 def summarize(returns: np.ndarray) -> dict[str, float]:
     return {"eval_return_mean": float(np.mean(returns)), "eval_return_std": float(np.std(returns)),

@@ -1,76 +1,103 @@
-"""The learner: online and target Q-networks, Adam, and a learning phase of K gradient updates in one TF call.
+"""The learner: online and target Q-networks, the optimizer, and the learning schedule.
+
+``learn`` runs one learning phase: the per-rank updates of the phase, split where a target sync (or a federated
+averaging) falls due, each run of updates on minibatches sampled from the replay at once and executed in one TF
+call (a ``tf.while_loop`` over K pre-sampled minibatches: TensorFlow's per-call overhead is paid once per run,
+not once per update), the sampled transitions' priorities updated after each run, and the policy's weight average
+stepped at the end. Every decision that leads to a collective (a sync, an averaging) comes from the update
+counters, which are equal on every rank.
 
 One update = double-DQN Huber loss -> ``optimizer.minimize(loss, variables, tape=tape)``. On several ranks the
 optimizer is Horovod's DistributedOptimizer (``distributed.wrap_optimizer``, options in the config's Horovod
 keys): its compute_gradients averages the gradients over all ranks (one grouped ring-allreduce), then its
-apply_gradients clips the averaged gradient's global norm (``global_clipnorm``) and steps. Running K updates
-inside one ``tf.function`` (a ``tf.while_loop`` over K pre-sampled minibatches) pays TensorFlow's per-call
-overhead once per phase instead of once per update. Without a collective in the update (one rank, federated
-averaging) the whole phase is XLA-compiled. With one it runs as a plain TF graph: Horovod's ops have no XLA
-kernels on the CPU, and XLA-compiling the loss-and-gradient and the optimizer step on either side of the
-allreduce measured slower at np=2 on the 2-core machine (0.96-1.00 against 0.64-0.68 ms per update of the
-CartPole MLP, and 1-2 s more compilation before the first phase), the two XLA launches per update costing more
-than they save.
+apply_gradients clips the averaged gradient's global norm (``global_clipnorm``) and steps. Without a collective in
+the update (one rank, federated averaging) the whole run of updates is XLA-compiled. With one it runs as a plain TF
+graph: Horovod's ops have no XLA kernels on the CPU, and compiling the parts on either side of the allreduce
+separately costs two XLA launches per update, more than they save (docs/update-cost.md).
 
 With ``backward_passes_per_step`` k > 1 an "update" is one backward pass: the optimizer steps (and the ranks
 allreduce) once per k of them, on their local sum. The config keeps every phase and target period a multiple of
 k, so no gradient is left half-aggregated at a phase boundary (a target sync, a checkpoint).
 
-Algorithm options (README "Algorithms"): a dueling head; per-sample bootstrap discounts (gamma^m of n-step
+Algorithm options (docs/algorithms.md): a dueling head; per-sample bootstrap discounts (gamma^m of n-step
 transitions) and importance-sampling weights in, per-sample |TD error| out (for prioritized replay); soft
 (Polyak) target updates after every update; and federated averaging, where an update has NO collective (each rank
-steps on its own data, so even several ranks run the phase XLA-compiled) and ``average_weights`` is called every
+steps on its own data, so even several ranks run XLA-compiled) and the ranks average their weights every
 ``federated_every`` updates.
 """
 from __future__ import annotations
+
+from typing import NamedTuple
 
 import numpy as np
 import tensorflow as tf
 from hvd_dqn.keras2 import keras
 
 from hvd_dqn import distributed, losses
-from hvd_dqn.config import Config
+from hvd_dqn.config import Config, PerRank
 from hvd_dqn.networks import build_q_network, mlp_forward, mlp_params
 from hvd_dqn.replay import Batch
+from hvd_dqn.schedules import annealed_beta, linear_schedule
+
+
+class PhaseResult(NamedTuple):
+    """What a run of updates returns: its mean TD loss and mean Q(s, a), and each sample's |TD error| (K, B), the
+    new priorities of the sampled transitions."""
+
+    td_loss: float
+    q_mean: float
+    td_abs: np.ndarray
+
+    def stats(self) -> dict[str, float]:
+        """The loss and Q as the metrics rows (and the checkpoint's loop state) record them."""
+        return {"td_loss": self.td_loss, "q_mean": self.q_mean}
 
 
 class Learner:
     def __init__(self, config: Config, obs_shape: int | tuple[int, ...], n_actions: int, world_size: int,
-                 build_network=None):
+                 build_network=None, elastic: bool = False):
         """``obs_shape``: an int (a flat observation of that size: the MLP) or the env's observation shape
         (uint8 images, e.g. (S, 84, 84) frame stacks: the Nature CNN). ``build_network(name)``: a user's
-        Q-network instead (a new tf_keras Model per call), acted with through TF."""
+        Q-network instead (a new tf_keras Model per call), whose Q-values are computed through TF. ``elastic``: a
+        learner of an elastic job, whose ranks come and go: its updates always run the allreduce (even while it
+        is alone, so a worker that joins later is averaged with), and it makes no collective here (Horovod's state
+        sync makes the ranks agree before the first step): target and average start at this rank's online weights
+        and the optimizer's slots exist at once, so they are part of the committed state."""
         self.config = config
         obs_shape = (obs_shape,) if isinstance(obs_shape, int) else tuple(obs_shape)
         self.is_cnn = len(obs_shape) == 3
-        # the NumPy forward pass knows only the built-in MLP; any other network acts through a tf.function
-        self.tf_acting = self.is_cnn or build_network is not None
+        # the NumPy forward pass knows only the built-in MLP; any other network's Q-values come from a tf.function
+        self.tf_q_values = self.is_cnn or build_network is not None
         build = build_network or (lambda name: build_q_network(obs_shape, n_actions, config, name=name))
         self.online = build("q_network")
         self.target = build("target_network")
         # policy_ema: the network that evaluations and the saved model use (the online one when off)
         self.averaged = None if config.policy_ema is None else build("averaged_q_network")
-        per = config.per_rank(world_size)  # Adam's betas and epsilon after the scaling rule
+        share = config.per_rank(world_size)  # Adam's betas and epsilon after the scaling rule
         clip = {"global_clipnorm": config.max_grad_norm}  # applied inside apply_gradients, after any allreduce
         optimizer = keras.optimizers.SGD(learning_rate=config.learning_rate, **clip) if config.optimizer == "sgd" \
-            else keras.optimizers.Adam(learning_rate=config.learning_rate, beta_1=per.adam_beta1,
-                                       beta_2=per.adam_beta2, epsilon=per.adam_epsilon, **clip)
+            else keras.optimizers.Adam(learning_rate=config.learning_rate, beta_1=share.adam_beta1,
+                                       beta_2=share.adam_beta2, epsilon=share.adam_epsilon, **clip)
         self.updates = 0  # gradient updates (backward passes) done, identical on every rank
+        self.since_sync = 0  # gradient updates since the last target sync, identical on every rank
         self._federated = config.federated_every is not None
         # an update runs Horovod's ops: an allreduce, or the local aggregation of backward_passes_per_step
-        self._allreduce = (world_size > 1 or config.backward_passes_per_step > 1) and not self._federated
+        self._allreduce = (elastic or world_size > 1 or config.backward_passes_per_step > 1) and not self._federated
         self.optimizer = optimizer if not self._allreduce else distributed.wrap_optimizer(
             optimizer, op=config.allreduce_op, compression=config.gradient_compression,
             backward_passes_per_step=config.backward_passes_per_step,
             average_aggregated_gradients=config.average_aggregated_gradients)
-        # XLA: for the MLP; the Nature CNN runs ~12x slower XLA-compiled on CPU than on TF's own (oneDNN)
-        # kernels (3 against 37 updates/s at batch 32 on the 2-core machine), so it runs without.
-        xla = not self.tf_acting
-        self._phase = tf.function(self._phase_loop, jit_compile=xla and not self._allreduce, reduce_retracing=True,
-                                  autograph=False)
-        self.last_td_abs = None  # |TD error| of every sample of the last phase, shape (K, B)
+        # XLA: for the built-in MLP; the Nature CNN runs slower XLA-compiled on CPU than on TF's own (oneDNN)
+        # kernels (docs/atari.md), and a user's network may hold layers XLA cannot compile, so they run without.
+        xla = not self.tf_q_values
+        self._updates_fn = tf.function(self._update_loop, jit_compile=xla and not self._allreduce,
+                                       reduce_retracing=True, autograph=False)
         self._optimizer_synced = False
-        self._act = {}  # the CNN's acting tf.functions, one per network, built on first use
+        self._q_fns = {}  # the CNN's Q-value tf.functions, one per network, built on first use
+        if elastic:
+            self.align_to_online()
+            self.optimizer.build(self.online.trainable_variables)
+            self._optimizer_synced = True
 
     # ---- the math of one update
     def _update(self, obs, action, reward, next_obs, terminated, discount, weights):
@@ -89,7 +116,7 @@ class Learner:
                 t.assign(losses.soft_update(t, o, cfg.target_tau))
         return loss, tf.reduce_mean(q_taken), tf.abs(q_taken - target)
 
-    def _phase_loop(self, obs, action, reward, next_obs, terminated, discount, weights):
+    def _update_loop(self, obs, action, reward, next_obs, terminated, discount, weights):
         n = tf.shape(action)[0]
         td_all = tf.TensorArray(tf.float32, size=n)
 
@@ -106,24 +133,47 @@ class Learner:
         return loss_sum / n_f, q_sum / n_f, finite, td_all.stack()
 
     # ---- what the trainer calls
-    def train_phase(self, batch: Batch, learning_rate: float, discount: np.ndarray | None = None,
-                    weights: np.ndarray | None = None) -> dict[str, float]:
-        """Run one gradient update per leading index of ``batch`` (shape (K, B, ...)); every rank must call this
-        with the same K. ``discount`` (K, B): each sample's bootstrap weight (default gamma); ``weights`` (K, B):
-        importance-sampling weights (default 1). Returns the phase's mean loss and mean Q(s, a); each sample's
-        |TD error| is left in ``last_td_abs``."""
+    def learn(self, replay, rng: np.random.Generator, share: PerRank, env_steps: int) -> PhaseResult:
+        """One learning phase at global env step ``env_steps``: ``share.updates_per_phase`` gradient updates on
+        minibatches of ``share.batch_size`` that ``replay`` samples (``replay.sample(rng, (K, B), beta)`` ->
+        batch, discount, weights, slots; ``replay.update_priorities(slots, td_abs)`` after each run of updates),
+        a target sync or a federated averaging wherever one falls due, and one step of the policy average at the
+        end. Every rank must call this at the same point. Returns the last run of updates' result."""
+        cfg = self.config
+        lr = share.learning_rate * linear_schedule(env_steps, 1.0, cfg.lr_final_fraction, cfg.total_env_steps)
+        beta = annealed_beta(env_steps, cfg.total_env_steps, cfg.priority_beta_start)
+        result = None
+        for k, sync, average in phase_chunks(share.updates_per_phase, self.since_sync, share.target_update_every,
+                                             self.updates, cfg.federated_every):
+            batch, discount, weights, slots = replay.sample(rng, (k, share.batch_size), beta)
+            result = self.run_updates(batch, lr, discount, weights)
+            replay.update_priorities(slots, result.td_abs)
+            if average:
+                self.average_weights()
+            self.since_sync = 0 if sync else self.since_sync + k
+            if sync and cfg.target_tau is None:  # soft updates happen inside every update instead
+                self.sync_target()
+        self.update_average()
+        return result
+
+    def run_updates(self, batch: Batch, learning_rate: float, discount: np.ndarray | None = None,
+                    weights: np.ndarray | None = None) -> PhaseResult:
+        """One gradient update per leading index of ``batch`` (shape (K, B, ...)), in one TF call; every rank must
+        call this with the same K. ``discount`` (K, B): each sample's bootstrap weight (default gamma);
+        ``weights`` (K, B): importance-sampling weights (default 1). No target sync, averaging or schedule: that
+        is ``learn``'s."""
         self.optimizer.learning_rate = learning_rate  # assigns the optimizer's own variable, read inside the graph
         shape = batch.action.shape
         discount = np.full(shape, self.config.gamma, np.float32) if discount is None else discount
         weights = np.ones(shape, np.float32) if weights is None else weights
-        loss, q_mean, finite, td_abs = self._phase(
+        loss, q_mean, finite, td_abs = self._updates_fn(
             tf.constant(batch.obs), tf.constant(batch.action), tf.constant(batch.reward),
             tf.constant(batch.next_obs), tf.constant(batch.terminated),
             tf.constant(discount, tf.float32), tf.constant(weights, tf.float32))
-        self.last_td_abs = td_abs.numpy()
+        td_abs = td_abs.numpy()
         k = int(batch.action.shape[0])
         if not bool(finite):
-            bad = np.flatnonzero(~np.isfinite(self.last_td_abs).all(axis=1))
+            bad = np.flatnonzero(~np.isfinite(td_abs).all(axis=1))
             at = f"at update {self.updates + 1 + int(bad[0])}" if len(bad) else \
                 f"within updates {self.updates + 1}..{self.updates + k}"
             raise FloatingPointError(f"non-finite TD loss {at}; stopping (the last checkpoint is intact)")
@@ -133,7 +183,25 @@ class Learner:
             # Horovod: Adam's slots exist only after the first step; make rank 0's the truth from then on.
             distributed.broadcast_variables(self.optimizer.variables(), root_rank=0)
             self._optimizer_synced = True
-        return {"td_loss": float(loss), "q_mean": float(q_mean)}
+        return PhaseResult(float(loss), float(q_mean), td_abs)
+
+    # ---- checkpointing
+    def state_dict(self) -> dict[str, int]:
+        """The counters; the networks and the optimizer are ``checkpoint_objects``' (a TF checkpoint)."""
+        return {"updates": self.updates, "since_sync": self.since_sync}
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        self.updates, self.since_sync = state["updates"], state["since_sync"]
+
+    def checkpoint_objects(self, restoring: bool = False) -> dict:
+        """The networks and the optimizer by name, as a checkpoint writes and reads them. ``restoring``: Adam's
+        slots exist only after a first step; they are created now, so the checkpoint has variables to read into."""
+        if restoring:
+            self.optimizer.build(self.online.trainable_variables)
+        objects = {"online": self.online, "target": self.target, "optimizer": self.optimizer}
+        if self.averaged is not None:
+            objects["averaged"] = self.averaged
+        return objects
 
     def check_weights_finite(self, k: int) -> None:
         """Raise if the phase of ``k`` updates just run left a NaN or Inf in the online net. The weights are the
@@ -199,23 +267,40 @@ class Learner:
         _copy_weights(self.target, self.online)
         distributed.broadcast_variables(self.target.variables, root_rank=0)
 
-    def acting_fn(self, model: keras.Model | None = None):
+    def q_fn(self, model: keras.Model | None = None):
         """obs batch -> Q-values of ``model`` (default: the online network, for acting between learning phases).
         For the MLP a NumPy forward pass from a snapshot of the weights: a TF call's fixed overhead would cost more
         than the arithmetic. For the CNN one ``tf.function`` call per batch of all envs' observations (uint8 in),
         reading the live weights."""
         model = self.online if model is None else model
-        if self.tf_acting:
+        if self.tf_q_values:
             key = id(model)
-            if key not in self._act:
-                self._act[key] = tf.function(lambda obs: model(obs, training=False), reduce_retracing=True)
-            act, dtype = self._act[key], model.input.dtype
-            return lambda obs: act(tf.constant(obs, dtype)).numpy()
+            if key not in self._q_fns:
+                self._q_fns[key] = tf.function(lambda obs: model(obs, training=False), reduce_retracing=True)
+            q, dtype = self._q_fns[key], model.input.dtype
+            return lambda obs: q(tf.constant(obs, dtype)).numpy()
         params = mlp_params(model)
         return lambda obs: mlp_forward(params, obs)
 
     def q_values(self, obs: np.ndarray) -> np.ndarray:
         return self.online(tf.constant(obs, self.online.input.dtype), training=False).numpy()
+
+
+def phase_chunks(n_updates: int, since_sync: int, target_every: int, updates_done: int,
+                 federated_every: int | None = None):
+    """Split a phase of ``n_updates`` into runs of consecutive updates, each ending where a target sync or a
+    federated averaging falls due: yields (updates, sync after them, average after them). A pure function of the
+    counters, which are equal on every rank, so every rank splits alike."""
+    while n_updates:
+        # max(1, ...): an elastic job that gained ranks under scaling weak may have a shorter target period than
+        # the updates done since the last sync: one more update, then the sync
+        k = min(n_updates, max(1, target_every - since_sync))
+        if federated_every is not None:
+            k = min(k, federated_every - updates_done % federated_every)
+        n_updates, since_sync, updates_done = n_updates - k, since_sync + k, updates_done + k
+        sync = since_sync >= target_every
+        since_sync = 0 if sync else since_sync
+        yield k, sync, federated_every is not None and updates_done % federated_every == 0
 
 
 def _copy_weights(dst: keras.Model, src: keras.Model) -> None:

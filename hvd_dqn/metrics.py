@@ -1,11 +1,9 @@
-"""Run outputs written by rank 0 only: metrics.jsonl rows, summary.json, and plain progress lines; and the run's
-JSON files read back.
+"""Run outputs written by rank 0 only: metrics.jsonl rows, summary.json, and plain progress lines.
 
 On other ranks the logger is a no-op, so the training loop carries no ``if rank == 0``.
 """
 from __future__ import annotations
 
-import contextlib
 import json
 import math
 import os
@@ -13,40 +11,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from hvd_dqn.errors import UserError, clip
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    """Write via a temporary file and rename, so a reader never sees half a file (nor is one left on failure)."""
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    try:
-        with open(tmp, "w") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException as exc:  # a full disk, say: the old file stays as it was, and no half-written temp file
-        with contextlib.suppress(OSError):
-            tmp.unlink()
-        if isinstance(exc, OSError):
-            exc.filename = str(path)  # the file the caller asked for, not our temporary one
-        raise
-
-
-def read_json_object(path: Path, missing: dict[str, Any] | None = None) -> dict[str, Any]:
-    """A run's JSON file (config.json, summary.json, export.json) as a dict; ``missing`` where there is no such
-    file (a UserError when None). Unreadable, malformed or not an object: a one-line UserError naming it."""
-    try:
-        data = json.loads(Path(path).read_text())
-    except FileNotFoundError:
-        if missing is None:
-            raise UserError(f"{path}: not found") from None
-        return missing
-    except (OSError, UnicodeDecodeError, ValueError) as exc:  # ValueError: JSONDecodeError, or a 5,000-digit int
-        raise UserError(f"{path}: unreadable or not JSON ({clip(str(exc), 120)})") from None
-    if not isinstance(data, dict):
-        raise UserError(f"{path}: expected a JSON object, got {type(data).__name__}")
-    return data
+from hvd_dqn import rundir
 
 
 def _clean(value: Any) -> Any:
@@ -71,11 +36,11 @@ class RunLogger:
         if not enabled:
             return
         self.run_dir.mkdir(parents=True, exist_ok=True)
-        self._file = open(self.run_dir / "metrics.jsonl", "w" if fresh else "a", buffering=1)
+        self._file = open(self.run_dir / rundir.METRICS, "w" if fresh else "a", buffering=1)
         if tensorboard:
             import tensorflow as tf
 
-            self._tb = tf.summary.create_file_writer(str(self.run_dir / "tensorboard"))
+            self._tb = tf.summary.create_file_writer(str(self.run_dir / rundir.TENSORBOARD))
         if total_env_steps and _is_terminal(self.stream):
             from tqdm import tqdm
 
@@ -107,7 +72,8 @@ class RunLogger:
 
     def write_json(self, name: str, data: dict[str, Any]) -> None:
         if self.enabled:
-            atomic_write_text(self.run_dir / name, json.dumps({k: _clean(v) for k, v in data.items()}, indent=2) + "\n")
+            text = json.dumps({k: _clean(v) for k, v in data.items()}, indent=2) + "\n"
+            rundir.atomic_write_text(self.run_dir / name, text)
 
     def close(self) -> None:
         for handle in (self._file, self._tb, self._bar):

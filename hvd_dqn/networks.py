@@ -144,8 +144,8 @@ def mlp_params(model: keras.Model) -> dict:
 
 
 def mlp_forward(params: dict, obs: np.ndarray) -> np.ndarray:
-    """The MLP's Q-values in NumPy: for a handful of observations this is ~10x faster than a TF call,
-    whose fixed overhead (hundreds of microseconds) would otherwise dominate acting."""
+    """The MLP's Q-values in NumPy: for a handful of observations this is faster than a TF call, whose fixed
+    overhead would otherwise dominate acting."""
     x = np.asarray(obs, dtype=np.float32)
     for kernel, bias in params["hidden"]:
         x = x @ kernel

@@ -57,3 +57,28 @@ class NStepAccumulator:
         obs, action, _ = pending[0]
         ret, discount = nstep_return([r for _, _, r in pending], self.gamma)
         return (obs, action, np.float32(ret), next_obs, terminated, truncated, np.float32(discount))
+
+    # ---- checkpointing: the starts still waiting for their rewards, as plain arrays
+    def state_dict(self) -> dict[str, np.ndarray]:
+        arrays = {"nstep_len": np.array([len(p) for p in self._pending], np.int64)}
+        rows = [row for p in self._pending for row in p]
+        if rows:
+            arrays["nstep_obs"] = np.stack([r[0] for r in rows])
+            arrays["nstep_action"] = np.array([r[1] for r in rows])
+            arrays["nstep_reward"] = np.array([r[2] for r in rows])
+        return arrays
+
+    def load_state_dict(self, arrays: dict[str, np.ndarray]) -> None:
+        lengths = arrays["nstep_len"]
+        if len(lengths) != len(self._pending):
+            raise ValueError("n-step state of another number of envs")
+        k = 0
+        for pending, n in zip(self._pending, lengths):
+            pending.clear()
+            for _ in range(int(n)):
+                pending.append((arrays["nstep_obs"][k], arrays["nstep_action"][k], arrays["nstep_reward"][k]))
+                k += 1
+
+    def pending_counts(self) -> list[int]:
+        """How many starts wait for their rewards in each env."""
+        return [len(p) for p in self._pending]

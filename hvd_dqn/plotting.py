@@ -2,10 +2,9 @@
 line per run, or (``group``) one mean line and min-max band per group of runs (hvd_dqn.sweeps)."""
 from __future__ import annotations
 
-import contextlib
 from pathlib import Path
 
-from hvd_dqn import sweeps
+from hvd_dqn import rundir, sweeps
 from hvd_dqn.errors import UserError
 
 
@@ -44,14 +43,10 @@ def plot_runs(run_dirs: list[Path], out: Path, width_px: int = 1200, height_px: 
     env_ids = sorted({run["config"].get("env_id", "?") for run in runs})
     fig.suptitle(f"hvd-dqn: {', '.join(env_ids)}{title}")
     fig.tight_layout()
-    tmp = out.with_name(f".{out.stem}.tmp.png")
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
-        fig.savefig(tmp, dpi=dpi)
-        tmp.replace(out)
+        rundir.atomic_write(out, lambda tmp: fig.savefig(tmp, dpi=dpi))
     except OSError as exc:
-        with contextlib.suppress(OSError):
-            tmp.unlink()
         raise UserError(f"-o {out}: cannot write it ({exc.strerror or exc})") from None
     finally:
         plt.close(fig)

@@ -19,9 +19,10 @@ import socket
 import time
 from pathlib import Path
 
+from hvd_dqn import rundir
 from hvd_dqn.errors import UserError
 
-LOCK_NAME = ".hvd-dqn.lock"
+LOCK_NAME = rundir.LOCK
 _held: dict[Path, "RunLock"] = {}  # run dirs locked by this process
 
 

@@ -25,12 +25,13 @@ import numpy as np
 
 from hvd_dqn.envs import atari_options
 from hvd_dqn.errors import UserError
-from hvd_dqn.metrics import read_json_object
+from hvd_dqn import rundir
+from hvd_dqn.rundir import read_json_object
 
 EXPORT_META = "export.json"
 EXPORT_FORMAT = "hvd-dqn-export"
 # What an export dir holds; an existing OUT_DIR is replaced only when it holds nothing else.
-EXPORT_ENTRIES = frozenset({"saved_model", "q_network.keras", EXPORT_META})
+EXPORT_ENTRIES = frozenset({"saved_model", rundir.MODEL, EXPORT_META})
 HDF5_MAGIC = b"\x89HDF\r\n\x1a\n"
 _KERAS_MODULE = re.compile(r"^(tf_)?keras(\.|$)")
 
@@ -134,11 +135,11 @@ def load_policy(path: str | Path) -> LoadedPolicy:
         n_actions = int(fn.structured_outputs["q_values"].shape[-1])
         return LoadedPolicy(lambda obs: fn(observation=tf.constant(obs, spec.dtype))["q_values"].numpy(),
                             tuple(spec.shape[1:]), n_actions, meta.get("env_id"), str(path))
-    model_file = path / "q_network.keras"
+    model_file = path / rundir.MODEL
     if not model_file.is_file():
         raise UserError(f"{path}: no model in it (expected q_network.keras from a finished run, or "
                         f"saved_model/ from hvd-dqn export)")
-    env_id = read_json_object(path / "config.json", missing={}).get("env_id")
+    env_id = read_json_object(path / rundir.CONFIG, missing={}).get("env_id")
     return _keras_policy(_load_keras(model_file), env_id, str(path))
 
 
@@ -158,10 +159,10 @@ def export(run_dir: str | Path, out_dir: str | Path) -> Path:
     run_dir, out_dir = Path(run_dir), Path(out_dir)
     if not run_dir.is_dir():
         raise UserError(f"run dir not found: {run_dir}")
-    model_file = run_dir / "q_network.keras"
+    model_file = run_dir / rundir.MODEL
     if not model_file.is_file():
         raise UserError(f"{run_dir}: no model in it (q_network.keras is written when a run finishes)")
-    config = read_json_object(run_dir / "config.json", missing={})
+    config = read_json_object(run_dir / rundir.CONFIG, missing={})
     target = _check_out_dir(run_dir, out_dir)
     _check_keras_zip(model_file)
     import tensorflow as tf  # after the checks: a mistyped path fails at once, not after TF's start-up
@@ -189,7 +190,7 @@ def export(run_dir: str | Path, out_dir: str | Path) -> Path:
     try:
         tf.saved_model.save(policy, str(tmp / "saved_model"), signatures={
             "serving_default": policy.q_values, "q_values": policy.q_values, "greedy_action": policy.greedy_action})
-        shutil.copy2(model_file, tmp / "q_network.keras")
+        shutil.copy2(model_file, tmp / rundir.MODEL)
         (tmp / EXPORT_META).write_text(json.dumps({
             "format": EXPORT_FORMAT, "env_id": config.get("env_id"), "observation_shape": list(obs_shape),
             "n_actions": int(model.output_shape[-1]), "from_run": str(run_dir),

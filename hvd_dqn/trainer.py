@@ -13,44 +13,55 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
-from hvd_dqn import checkpoint, distributed, launcherwatch, trainstate
-from hvd_dqn.actor import actor_epsilons, epsilon_greedy, linear_epsilon
+from hvd_dqn import checkpoint, distributed, launcherwatch, rundir, tasks, trainstate
+from hvd_dqn.actor import Actor, actor_epsilons, scheduled_epsilon
 from hvd_dqn.callbacks import CallbackList
 from hvd_dqn.config import Config
-from hvd_dqn.envs import FRAME_PADDING, env_options, env_seeds, make_vector_env, reward_threshold, true_next_obs
+from hvd_dqn.envs import env_seeds, make_vector_env, reward_threshold
 from hvd_dqn.errors import UserError
 from hvd_dqn.evaluation import Evaluator, summarize
-from hvd_dqn.frame_replay import FrameReplayBuffer
 from hvd_dqn.learner import Learner
 from hvd_dqn.metrics import RunLogger
 from hvd_dqn.networks import build_user_network, load_builder
-from hvd_dqn.nstep import NStepAccumulator
 from hvd_dqn.preemption import Preempted, StopRequest
-from hvd_dqn.prioritized import ReplayShard, annealed_beta
-from hvd_dqn.replay import ReplayBuffer
 from hvd_dqn.runlock import RunDirInUse, RunLock
 from hvd_dqn.watchdog import Watchdog
 
 TEST_HOOKS_ENV = "HVD_DQN_TEST_HOOKS"  # "1" turns on hvd_dqn.testing.faults' switches; read once, by __init__
 
 
+class LogPoint(NamedTuple):
+    """Where the last metrics row was logged: the speeds of the next row are measured from here."""
+
+    env_steps: int
+    time: float  # time.perf_counter()
+    updates: int
+
+
 @dataclass
 class LoopState:
-    """Everything the loop carries from one vector step to the next (besides networks, replay and envs)."""
+    """The loop's counters and results, equal on every rank (the actor, learner and replay keep their own)."""
 
     vstep: int = 0  # vector steps done by this rank
     env_steps: int = 0  # global env steps done by all ranks
-    since_sync: int = 0  # gradient updates since the last target sync
-    episode_return: np.ndarray | None = None  # running return of each env of this rank
-    finished_returns: list = field(default_factory=list)  # returns of episodes ended since the last log point
-    train_stats: dict = field(default_factory=dict)  # the last learning phase's loss and Q
+    phase_stats: dict = field(default_factory=dict)  # the last learning phase's loss and Q
     last_eval: dict = field(default_factory=dict)
     solved_env_steps: int | None = None
     solved_wall_s: float | None = None
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"vstep": self.vstep, "env_steps": self.env_steps, "train_stats": dict(self.phase_stats),
+                "last_eval": dict(self.last_eval), "solved_env_steps": self.solved_env_steps,
+                "solved_wall_s": self.solved_wall_s}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.vstep, self.env_steps = state["vstep"], state["env_steps"]
+        self.phase_stats, self.last_eval = dict(state["train_stats"]), dict(state["last_eval"])
+        self.solved_env_steps, self.solved_wall_s = state["solved_env_steps"], state["solved_wall_s"]
 
 
 class Trainer:
@@ -120,27 +131,35 @@ class Trainer:
 
     # ------------------------------------------------------------------ the loop
     def _train(self) -> dict[str, Any]:
-        cfg, per, s = self.config, self._setup(), self.state
-        summary = None
-        if cfg.hang_timeout_s is not None:
+        cfg = self.config
+        self._setup()
+        if cfg.hang_timeout_s is not None and self.watch_for_hangs:
             self.watchdog = Watchdog(self.run_dir, self.world.rank, self.world.size, cfg.hang_timeout_s).start()
-        while s.vstep < per.vector_steps:
+        summary = self._run(self._loop)
+        self._close()
+        return summary
+
+    def _loop(self) -> dict[str, Any]:
+        cfg, s = self.config, self.state
+        summary = None
+        while s.env_steps < cfg.total_env_steps:
             prev_steps = s.env_steps
             s.vstep += 1
-            s.env_steps = s.vstep * per.global_steps_per_vector_step
-            final = s.vstep == per.vector_steps
+            s.env_steps += self.per_rank.global_steps_per_vector_step
+            final = s.env_steps >= cfg.total_env_steps
             self._collect()
-            if s.env_steps >= cfg.learning_starts and s.vstep % per.vector_steps_per_train == 0 \
+            if s.env_steps >= cfg.learning_starts and s.vstep % self.per_rank.vector_steps_per_train == 0 \
                     and self._replay_ready():
                 # this process's first phase traces and compiles the update, which may take minutes (Atari CNN, XLA)
                 with self.paused("compiling the update") if not self.compiled else contextlib.nullcontext():
                     self._learn()
                 self.compiled = True
+                self._phase_done()
             row = {}
             if final or _crossed(prev_steps, s.env_steps, cfg.eval_every):
                 row.update(self._evaluate())
             if final or row or _crossed(prev_steps, s.env_steps, cfg.log_every):
-                self._log(row)
+                self._log({**row, **self._row_extras()})
             if final:  # before the final checkpoint, so that a failing one cannot take the finished run with it
                 summary = self._write_outputs()
             save, stop = self._checkpoint_due(prev_steps, final)
@@ -155,12 +174,25 @@ class Trainer:
                 self.watchdog.progress()
         if summary is None:  # resumed from the final checkpoint of a finished run: nothing left to train
             summary = self._write_outputs()
-        self._close()
         return summary
+
+    # ------------------------------------------------------------------ hooks (hvd_dqn.elastic overrides them)
+    watch_for_hangs = True  # a Watchdog per rank when hang_timeout_s is set
+
+    def _run(self, loop) -> dict[str, Any]:
+        """Run the loop to the end and return the summary."""
+        return loop()
+
+    def _phase_done(self) -> None:
+        """After each learning phase, on every rank at the same point."""
+
+    def _row_extras(self) -> dict[str, Any]:
+        """Keys added to every metrics row."""
+        return {}
 
     def _save_checkpoint(self, final: bool) -> Path:
         try:
-            return trainstate.save(self)
+            return trainstate.save(self.run_dir, self.world, self.config, self.parts(), self.started_at)
         except checkpoint.CheckpointError as exc:
             if not final:
                 raise
@@ -172,12 +204,12 @@ class Trainer:
         rank's still ends the job if another rank's heartbeat goes stale (see hvd_dqn.watchdog)."""
         return self.watchdog.paused(what) if self.watchdog is not None else contextlib.nullcontext()
 
-    def _setup(self):
+    def _setup(self) -> None:
         """Run dir, logger, envs, replay, learner, evaluator and loop state (restored when resuming)."""
         cfg, world = self.config, self.world
         self.start, self.started_at = time.perf_counter(), time.time()
-        self.per = per = cfg.per_rank(world.size)
-        cfg.check_schedule(per)
+        self.per_rank = share = cfg.per_rank(world.size)
+        cfg.check_schedule(share)
         self.run_dir = self._resolve_run_dir()
         self._lock_run_dir()
         resume_from = checkpoint.find_for_resume(self.run_dir) if self.resume else None
@@ -189,37 +221,24 @@ class Trainer:
         self._open_outputs(resume_from)
         self.threshold = cfg.reward_threshold if cfg.reward_threshold is not None else reward_threshold(cfg.env_id)
 
+        self.task = tasks.for_config(cfg)  # classic control or Atari: what differs between them
         self.envs = make_vector_env(cfg.env_id, cfg.num_envs, backend=cfg.atari_vector_env,
-                                    threads=world.cores_per_rank, **env_options(cfg))
-        self.obs, info = self.envs.reset(seed=env_seeds(cfg.seed, world.rank, cfg.num_envs))
+                                    threads=world.cores_per_rank, **self.task.env_options)
         obs_shape = self.envs.single_observation_space.shape
         n_actions = int(self.envs.single_action_space.n)
-        self.rng = np.random.default_rng([cfg.seed, world.rank, 7])  # this rank's exploration and sampling
-        if cfg.is_atari:  # each frame stored once; the stacks are rebuilt when sampled
-            self.replay = FrameReplayBuffer(per.replay_capacity, cfg.num_envs, obs_shape[1:], cfg.frame_stack,
-                                            FRAME_PADDING, cfg.n_step, cfg.gamma, ranks_per_host=world.local_size)
-            self.replay.start(self.obs)
-            self.lives = np.asarray(info["lives"])
-        else:
-            self.replay = ReplayBuffer(per.replay_capacity, obs_shape, ranks_per_host=world.local_size)
-        # n-step discounts and priorities ride alongside the plain buffer (README "Algorithms")
-        self.shard = ReplayShard(self.replay, cfg.gamma ** cfg.n_step, cfg.prioritized_replay, cfg.priority_alpha,
-                                 cfg.priority_epsilon)
-        # n-step transitions: built on the actor side, or (Atari) by the frame replay when sampled
-        self.nstep = NStepAccumulator(cfg.num_envs, cfg.n_step, cfg.gamma) if cfg.n_step > 1 and not cfg.is_atari \
-            else None
+        self.shard = self.task.make_replay(share.replay_capacity, obs_shape, world.local_size)
+        self.actor = Actor(self.envs, self.task, self.shard, np.random.default_rng([cfg.seed, world.rank, 7]),
+                           env_seeds(cfg.seed, world.rank, cfg.num_envs))
         self.learner = self._make_learner(obs_shape, n_actions, self._network_builder())
-        self.act = self.learner.acting_fn()
-        self.evaluator = Evaluator(cfg.env_id, cfg.eval_episodes, cfg.seed, world.rank, world.size, cfg.eval_epsilon,
-                                   env_kwargs=env_options(cfg))
-        self.state = LoopState(episode_return=np.zeros(cfg.num_envs))
+        self.q_fn = self.learner.q_fn()  # Q-values of the online network, for acting
+        self.evaluator = self._make_evaluator()
+        self.state = LoopState()
         self.replay_ready = False
-        self._tick = (0, self.start, 0)
+        self.last_log = LogPoint(0, self.start, 0)
         self.last_checkpoint_at = time.monotonic()
         if resume_from is not None:
             self._resume(resume_from)
         self.callbacks.fire("on_train_begin", self)
-        return per
 
     def _open_outputs(self, resume_from: Path | None) -> None:
         """Rank 0: metrics.jsonl trimmed to the checkpoint, the logger, config.json. A full or read-only disk is
@@ -230,9 +249,9 @@ class Trainer:
                 trainstate.trim_metrics(self.run_dir, resume_from)
             self.logger = RunLogger(self.run_dir, enabled=world.is_chief, total_env_steps=cfg.total_env_steps,
                                     fresh=resume_from is None)
-            # what each rank runs after the scaling rule (README "Scaling rule"), beside the config as written
-            self.logger.write_json("config.json", {**cfg.to_dict(), "world_size": world.size,
-                                                   "per_rank": self.per.model_dump()})
+            # what each rank runs after the scaling rule (docs/scaling.md), beside the config as written
+            self.logger.write_json(rundir.CONFIG, {**cfg.to_dict(), "world_size": world.size,
+                                                   "per_rank": self.per_rank.model_dump()})
         except OSError as exc:
             name = Path(exc.filename).name if exc.filename else "its files"
             raise UserError(f"run dir {self.run_dir}: cannot write {name} ({exc.strerror or exc}); free space or "
@@ -241,64 +260,23 @@ class Trainer:
     # ------------------------------------------------------------------ the phases
     def _collect(self) -> None:
         """One step of every env of this rank, epsilon-greedy, into the replay shard."""
-        cfg, s = self.config, self.state
-        eps = actor_epsilons(self.epsilon(), self.world.rank, self.world.size, cfg.num_envs, cfg.epsilon_spread)
-        actions = epsilon_greedy(self.act(self.obs), eps, self.rng)
-        next_obs, reward, terminated, truncated, info = self.envs.step(actions)
-        done = terminated | truncated
-        if cfg.is_atari:
-            self._store_atari(actions, next_obs, reward, terminated, truncated, info)
-        else:
-            transition = (self.obs, actions, reward, true_next_obs(next_obs, done, info), terminated, truncated)
-            if self.nstep is None:
-                self.shard.add(*transition)
-            elif (ready := self.nstep.push(*transition)) is not None:
-                self.shard.add(*ready)
-        s.episode_return += reward
-        if done.any():
-            s.finished_returns.extend(s.episode_return[done].tolist())
-            s.episode_return[done] = 0.0
-        self.obs = next_obs
-
-    def _store_atari(self, actions, next_obs, reward, terminated, truncated, info) -> None:
-        """One vector step into the frame replay (NEXT_STEP autoreset: the frame replay skips the reset steps).
-        Stored: sign(reward) if clip_rewards; terminated also at a lost life if terminal_on_life_loss, while
-        the episode itself (its frame stacks, its return) goes on to game over."""
         cfg = self.config
-        lives = np.asarray(info["lives"])
-        stored_terminated = terminated
-        if cfg.terminal_on_life_loss:
-            stored_terminated = terminated | (lives < self.lives)
-        self.lives = lives  # a reset step brings the new game's lives back up, never counted as a loss
-        self.shard.add(self.obs, actions, np.sign(reward) if cfg.clip_rewards else reward, next_obs,
-                       stored_terminated, truncated, episode_end=terminated | truncated)
+        eps = actor_epsilons(self.epsilon(), self.world.rank, self.world.size, cfg.num_envs, cfg.epsilon_spread)
+        self.actor.step(self.q_fn, eps)
 
     def _learn(self) -> None:
-        """A phase of the per-rank updates_per_phase gradient updates, split where a target sync or a federated
-        averaging falls due (both decided from the update counters, equal on every rank)."""
-        cfg, s, learner, per = self.config, self.state, self.learner, self.per
-        lr = per.learning_rate * linear_epsilon(s.env_steps, 1.0, cfg.lr_final_fraction, cfg.total_env_steps)
-        beta = annealed_beta(s.env_steps, cfg.total_env_steps, cfg.priority_beta_start)
-        chunks = phase_chunks(per.updates_per_phase, s.since_sync, per.target_update_every, learner.updates,
-                              cfg.federated_every)
-        for k, sync, average in chunks:
-            batch, discount, weights, idx = self.shard.sample(self.rng, (k, per.batch_size), beta)
-            s.train_stats = learner.train_phase(batch, lr, discount, weights)
-            self.shard.update_priorities(idx, learner.last_td_abs)
-            if average:
-                learner.average_weights()
-            s.since_sync = 0 if sync else s.since_sync + k
-            if sync and cfg.target_tau is None:  # soft updates happen inside every update instead
-                learner.sync_target()
-        learner.update_average()
-        self.act = self.learner.acting_fn()
+        """A learning phase (the learner's schedule: its updates, target syncs, averagings), then acting on the
+        new weights."""
+        self.last_phase = self.learner.learn(self.shard, self.actor.rng, self.per_rank, self.state.env_steps)
+        self.state.phase_stats = self.last_phase.stats()
+        self.q_fn = self.learner.q_fn()
 
     def _replay_ready(self) -> bool:
         """Every rank's replay holds a minibatch to sample (a small learning_starts can come before that: n-step
         transitions need n steps, Atari's frame stacks a few frames). Allreduced, so every rank decides alike;
         replay only grows, so once true it stays true and the collective is not run again."""
         if not self.replay_ready:
-            short = float(self.shard.sampleable_count() < self.per.batch_size)
+            short = float(self.shard.sampleable_count() < self.per_rank.batch_size)
             self.replay_ready = distributed.allreduce_sum([short])[0] == 0
         return self.replay_ready
 
@@ -306,9 +284,9 @@ class Trainer:
         """Greedy episodes, split across ranks and gathered on all (a collective)."""
         s, learner = self.state, self.learner
         # the policy's weights, snapshotted here: evaluations are far fewer than learning phases
-        self.eval_act = self.act if learner.averaged is None else learner.acting_fn(learner.policy)
+        self.eval_q_fn = self.q_fn if learner.averaged is None else learner.q_fn(learner.policy)
         with self.paused("evaluating"):
-            returns = self.evaluator(self.eval_act)
+            returns = self.evaluator(self.eval_q_fn)
         s.last_eval = summarize(distributed.allgather(returns))
         if s.solved_env_steps is None and self.threshold is not None \
                 and s.last_eval["eval_return_mean"] >= self.threshold:
@@ -320,22 +298,22 @@ class Trainer:
         """A metrics row: training returns summed over ranks (a collective), losses and speeds."""
         s, learner = self.state, self.learner
         now = time.perf_counter()
-        tick_steps, tick_time, tick_updates = self._tick
-        sums = distributed.allreduce_sum([sum(s.finished_returns), len(s.finished_returns)])
+        last = self.last_log
+        finished = self.actor.take_finished_returns()
+        sums = distributed.allreduce_sum([sum(finished), len(finished)])
         row.update({
             "env_steps": s.env_steps, "wall_s": now - self.start, "updates": learner.updates,
             "charts/episodic_return": sums[0] / sums[1] if sums[1] else None,
             "charts/episodes": int(sums[1]), "charts/epsilon": self.epsilon(),
-            "losses/td_loss": s.train_stats.get("td_loss"), "losses/q_mean": s.train_stats.get("q_mean"),
-            "perf/env_steps_per_s": (s.env_steps - tick_steps) / (now - tick_time),
-            "perf/env_steps_per_s_per_rank": (s.env_steps - tick_steps) / (now - tick_time) / self.world.size,
-            "perf/updates_per_s": (learner.updates - tick_updates) / (now - tick_time),
+            "losses/td_loss": s.phase_stats.get("td_loss"), "losses/q_mean": s.phase_stats.get("q_mean"),
+            "perf/env_steps_per_s": (s.env_steps - last.env_steps) / (now - last.time),
+            "perf/env_steps_per_s_per_rank": (s.env_steps - last.env_steps) / (now - last.time) / self.world.size,
+            "perf/updates_per_s": (learner.updates - last.updates) / (now - last.time),
             "perf/allreduce_ms": distributed.time_allreduce(learner.online.trainable_variables),
         })
         self.logger.log(row)
         self.callbacks.fire("on_log", self, row)
-        s.finished_returns.clear()
-        self._tick = (s.env_steps, now, learner.updates)
+        self.last_log = LogPoint(s.env_steps, now, learner.updates)
 
     def _network_builder(self):
         """``name -> model`` for a user's Q-network (the API's, else the config's), None for the built-in ones."""
@@ -352,13 +330,22 @@ class Trainer:
         learner.broadcast_initial_weights()
         return learner
 
+    def _make_evaluator(self) -> Evaluator:
+        cfg, world = self.config, self.world
+        return Evaluator(cfg.env_id, cfg.eval_episodes, cfg.seed, world.rank, world.size, cfg.eval_epsilon,
+                         env_kwargs=self.task.env_options)
+
+    def parts(self) -> trainstate.Parts:
+        """The parts whose state a checkpoint holds."""
+        return trainstate.Parts(self.learner, self.shard, self.task, self.actor, self.evaluator, self.state)
+
     def _checkpoint_due(self, prev_steps: int, final: bool) -> tuple[bool, bool]:
         """(save a checkpoint now, stop after it). The step trigger and the end come from the global counter; a
         stop request (any rank's signal) and the wall-clock trigger (rank 0's clock) are allreduced at decision
         points, the iterations where a learning phase falls due, which are the same on every rank."""
         cfg, s = self.config, self.state
         save = final or (cfg.checkpoint_every is not None and _crossed(prev_steps, s.env_steps, cfg.checkpoint_every))
-        if not (final or s.vstep % self.per.vector_steps_per_train == 0):
+        if not (final or s.vstep % self.per_rank.vector_steps_per_train == 0):
             return save, False
         timed = self.world.is_chief and cfg.checkpoint_every_minutes is not None \
             and time.monotonic() - self.last_checkpoint_at >= 60.0 * cfg.checkpoint_every_minutes
@@ -368,28 +355,22 @@ class Trainer:
             self.stop.agreed()  # every rank is here: the checkpoint gets written, however long it takes
         return save or stop or timed > 0, stop
 
-    def episodes_restarted(self, info: dict) -> None:
-        """The envs were reset mid-run (a resume whose env state could not be saved): the frame replay starts
-        new episodes from the reset frames, and life counting starts again."""
-        if self.config.is_atari:
-            self.replay.start(self.obs)
-            self.lives = np.asarray(info["lives"])
-
     def _resume(self, ckpt: Path) -> None:
         """Continue from ``ckpt``: restore the state, keep wall-clock times counting from the run's first start
         (so the metrics show the gap), and log a row naming the checkpoint and the gap."""
-        state = trainstate.restore(self, ckpt)
+        state = trainstate.restore(ckpt, self.world, self.config, self.parts())
+        self.q_fn = self.learner.q_fn()
         s = self.state
         now = time.perf_counter()
         self.started_at = state["started_at"]
         self.start = now - (time.time() - self.started_at)
-        self._tick = (s.env_steps, now, self.learner.updates)
+        self.last_log = LogPoint(s.env_steps, now, self.learner.updates)
         self.logger.log({"env_steps": s.env_steps, "wall_s": now - self.start, "updates": self.learner.updates,
                          "event": "resumed", "checkpoint": ckpt.name,
                          "resume_gap_s": time.time() - state["written_at"]})
 
     def _lock_run_dir(self) -> None:
-        """Rank 0 locks the run dir (README "One job per run dir") before anything in it is read, written or
+        """Rank 0 locks the run dir (docs/reliability.md) before anything in it is read, written or
         pruned, and tells every rank the outcome, so the ranks of a refused job all leave instead of waiting for
         rank 0 in the next collective. Only rank 0 says why."""
         refusal = None
@@ -417,11 +398,6 @@ class Trainer:
             if closable is not None:
                 closable.close()
 
-    def _finish(self) -> dict[str, Any]:
-        summary = self._write_outputs()
-        self._close()
-        return summary
-
     def _write_outputs(self) -> dict[str, Any]:
         """Checksums of every replica (a collective), the final network and the summary."""
         cfg, s, world = self.config, self.state, self.world
@@ -430,9 +406,9 @@ class Trainer:
         wall = time.perf_counter() - self.start
         if world.is_chief:
             with self.paused("saving the model"):
-                checkpoint.save_keras_model(self.learner.policy, self.run_dir / "q_network.keras")
+                checkpoint.save_keras_model(self.learner.policy, self.run_dir / rundir.MODEL)
         distributed.barrier()  # the file is complete on every rank's view before anyone is told of it
-        self.callbacks.fire("on_checkpoint", self, self.run_dir / "q_network.keras")
+        self.callbacks.fire("on_checkpoint", self, self.run_dir / rundir.MODEL)
         summary = {
             "env_id": cfg.env_id, "world_size": world.size, "env_steps": s.env_steps,
             "updates": self.learner.updates, "wall_s": wall,
@@ -441,14 +417,12 @@ class Trainer:
             "solved_env_steps": s.solved_env_steps, "solved_wall_s": s.solved_wall_s,
             "replica_checksums": checksums, "peak_rss_mb": peak_rss_mb, "run_dir": str(self.run_dir),
         }
-        self.logger.write_json("summary.json", summary)
+        self.logger.write_json(rundir.SUMMARY, summary)
         return summary
 
     # ------------------------------------------------------------------ helpers
     def epsilon(self) -> float:
-        cfg = self.config
-        return linear_epsilon(self.state.env_steps, cfg.eps_start, cfg.eps_end,
-                              cfg.eps_decay_fraction * cfg.total_env_steps)
+        return scheduled_epsilon(self.config, self.state.env_steps)
 
     def _resolve_run_dir(self) -> Path:
         if self.run_dir is None:
@@ -456,33 +430,16 @@ class Trainer:
             if self.world.is_chief:  # its view of runs/ decides; two runs started in the same second get -2, -3, ...
                 base = name = f"{self.config.env_id.replace('/', '-')}-{time.strftime('%Y%m%d-%H%M%S')}"
                 n = 1
-                while (Path("runs") / name).exists():
+                while (Path(rundir.RUNS) / name).exists():
                     n += 1
                     name = f"{base}-{n}"
-            self.run_dir = Path("runs") / distributed.broadcast_object(name)
+            self.run_dir = Path(rundir.RUNS) / distributed.broadcast_object(name)
         try:
             if self.world.is_chief:
                 self.run_dir.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
             raise UserError(f"run dir {self.run_dir}: cannot create it ({exc.strerror})") from None
         return self.run_dir
-
-
-def phase_chunks(n_updates: int, since_sync: int, target_every: int, updates_done: int,
-                 federated_every: int | None = None):
-    """Split a phase of ``n_updates`` into runs of consecutive updates, each ending where a target sync or a
-    federated averaging falls due: yields (updates, sync after them, average after them). A pure function of the
-    counters, which are equal on every rank, so every rank splits alike."""
-    while n_updates:
-        # max(1, ...): an elastic job that gained ranks under scaling weak may have a shorter target period than
-        # the updates done since the last sync: one more update, then the sync
-        k = min(n_updates, max(1, target_every - since_sync))
-        if federated_every is not None:
-            k = min(k, federated_every - updates_done % federated_every)
-        n_updates, since_sync, updates_done = n_updates - k, since_sync + k, updates_done + k
-        sync = since_sync >= target_every
-        since_sync = 0 if sync else since_sync
-        yield k, sync, federated_every is not None and updates_done % federated_every == 0
 
 
 def _peak_rss_mb() -> float:

@@ -1,7 +1,10 @@
-"""A trainer's whole state into a checkpoint and back (README "Checkpoints and resume").
+"""A run's whole training state into a checkpoint and back (docs/checkpoints.md), composed of named parts that
+each save and restore their own state (``state_dict``/``load_state_dict``): the learner (networks, optimizer,
+counters), this rank's replay shard and the task's pending n-step starts, its actor (RNG, envs, observations,
+running returns), the evaluator, and the loop's counters.
 
 ``save`` is a collective: every rank calls it at the same loop iteration (decided from global counters or an
-allreduced flag). Each rank writes its own replay shard and env state; rank 0 writes the networks, optimizer and
+allreduced flag). Each rank writes its own replay shard and actor state; rank 0 writes the networks, optimizer and
 counters (identical on every rank); after every rank reports success rank 0 writes the manifest and renames the
 directory into place. ``restore`` is a collective too, and ends with rank 0's networks broadcast as a guarantee.
 The files and formats are ``hvd_dqn.checkpoint``'s.
@@ -12,89 +15,59 @@ import json
 import shutil
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
-from hvd_dqn import checkpoint, distributed, envstate
+from hvd_dqn import checkpoint, distributed, rundir
 from hvd_dqn.checkpoint import CheckpointError
+from hvd_dqn.envs import env_seeds
 from hvd_dqn.errors import clip, excerpt
 
-
-# ---------------------------------------------------------------------------------------------- per-rank arrays
-def replay_arrays(shard, nstep) -> dict[str, np.ndarray]:
-    """This rank's replay shard (the buffer's own ``state_dict`` plus the shard's discounts and priorities) and
-    the n-step starts still waiting for their rewards."""
-    arrays = dict(shard.buffer.state_dict())
-    size = int(arrays["size"])
-    arrays["shard_discount"] = shard.discount[:size]
-    if shard.tree is not None:
-        arrays["shard_priority"] = shard.tree.get(np.arange(shard._tracked))
-        arrays["shard_max_priority"] = np.asarray(shard.max_priority)
-    if nstep is not None:
-        pending = nstep._pending
-        arrays["nstep_len"] = np.array([len(p) for p in pending], np.int64)
-        rows = [row for p in pending for row in p]
-        if rows:
-            arrays["nstep_obs"] = np.stack([r[0] for r in rows])
-            arrays["nstep_action"] = np.array([r[1] for r in rows])
-            arrays["nstep_reward"] = np.array([r[2] for r in rows])
-    return arrays
+LOOP_KEYS = ("train_stats", "last_eval", "solved_env_steps", "solved_wall_s")  # state.json's loop, after the counters
 
 
-def load_replay_arrays(arrays: dict[str, np.ndarray], shard, nstep) -> None:
-    shard.buffer.load_state_dict(arrays)
-    size = int(arrays["size"])
-    shard.discount[:size] = arrays["shard_discount"]
-    if shard.tree is not None:
-        priority = arrays["shard_priority"]
-        # the tree is a function of its leaves (each parent = left + right), so rebuilding them is exact
-        shard.tree.set(np.arange(len(priority)), priority)
-        shard._tracked = len(priority)
-        shard.max_priority = float(arrays["shard_max_priority"])
-    if nstep is not None:
-        lengths = arrays["nstep_len"]
-        if len(lengths) != len(nstep._pending):
-            raise ValueError("n-step state of another number of envs")
-        k = 0
-        for pending, n in zip(nstep._pending, lengths):
-            pending.clear()
-            for _ in range(int(n)):
-                pending.append((arrays["nstep_obs"][k], arrays["nstep_action"][k], arrays["nstep_reward"][k]))
-                k += 1
+class Parts(NamedTuple):
+    """The parts of a run whose state a checkpoint holds."""
+
+    learner: Any  # hvd_dqn.learner.Learner
+    replay: Any  # hvd_dqn.replay.ReplayShard
+    task: Any  # hvd_dqn.tasks.ClassicControl | Atari (the pending n-step starts)
+    actor: Any  # hvd_dqn.actor.Actor
+    evaluator: Any  # hvd_dqn.evaluation.Evaluator
+    loop: Any  # hvd_dqn.trainer.LoopState
+
+
+def replay_arrays(parts: Parts) -> dict[str, np.ndarray]:
+    """This rank's replay-rank<r>.npz: the replay shard's arrays and the n-step starts still waiting for their
+    rewards."""
+    return {**parts.replay.state_dict(), **parts.task.state_dict()}
 
 
 # ---------------------------------------------------------------------------------------------- save
-def save(trainer) -> Path:
-    """Write a checkpoint of ``trainer`` at its current global env step; return its directory."""
-    cfg, s, world = trainer.config, trainer.state, trainer.world
-    final = checkpoint.final_path(trainer.run_dir, s.env_steps)
-    tmp = checkpoint.tmp_path(trainer.run_dir, s.env_steps)
-    started = time.perf_counter()
+def save(run_dir: Path, world, config, parts: Parts, started_at: float) -> Path:
+    """Write a checkpoint of ``parts`` at the loop's current global env step; return its directory."""
+    loop, learner = parts.loop, parts.learner
+    final = checkpoint.final_path(run_dir, loop.env_steps)
+    tmp = checkpoint.tmp_path(run_dir, loop.env_steps)
     error, written = None, {}
     try:
         tmp.mkdir(parents=True, exist_ok=True)
         mine = [tmp / f"replay-rank{world.rank}.npz", tmp / f"rank{world.rank}.json"]
-        checkpoint.write_arrays(mine[0], replay_arrays(trainer.shard, trainer.nstep))
-        checkpoint.write_json(mine[1], {
-            "rank": world.rank,
-            "rng": trainer.rng.bit_generator.state,
-            "envs": envstate.capture(trainer.envs),
-            "obs": checkpoint.to_json(trainer.obs),
-            "episode_return": checkpoint.to_json(s.episode_return),
-            "finished_returns": list(s.finished_returns),
-        })
+        checkpoint.write_arrays(mine[0], replay_arrays(parts))
+        checkpoint.write_json(mine[1], {"rank": world.rank, **parts.actor.state_dict()})
         if world.is_chief:
-            checkpoint.write_model(tmp, model_objects(trainer.learner))
+            checkpoint.write_model(tmp, learner.checkpoint_objects())
+            counters = learner.state_dict()
+            loop_state = loop.state_dict()
             checkpoint.write_json(tmp / "state.json", {
                 "format": checkpoint.FORMAT, "version": checkpoint.VERSION,
-                "env_steps": s.env_steps, "world_size": world.size, "config": cfg.to_dict(),
-                "loop": {"vstep": s.vstep, "env_steps": s.env_steps, "since_sync": s.since_sync,
-                         "train_stats": s.train_stats, "last_eval": s.last_eval,
-                         "solved_env_steps": s.solved_env_steps, "solved_wall_s": s.solved_wall_s},
-                "updates": trainer.learner.updates, "evaluator_count": trainer.evaluator.count,
-                "started_at": trainer.started_at, "written_at": time.time(),
-                "weights_checksum": distributed.weights_checksum(trainer.learner.online.variables),
+                "env_steps": loop.env_steps, "world_size": world.size, "config": config.to_dict(),
+                "loop": {"vstep": loop_state["vstep"], "env_steps": loop_state["env_steps"],
+                         "since_sync": counters["since_sync"], **{k: loop_state[k] for k in LOOP_KEYS}},
+                "updates": counters["updates"], "evaluator_count": parts.evaluator.state_dict()["count"],
+                "started_at": started_at, "written_at": time.time(),
+                "weights_checksum": distributed.weights_checksum(learner.online.variables),
             })
             mine += [tmp / "state.json", *sorted(tmp.glob(checkpoint.MODEL_PREFIX + ".*"))]
         written = checkpoint.describe(mine)
@@ -106,42 +79,32 @@ def save(trainer) -> Path:
     if not failed and world.is_chief:
         try:
             checkpoint.commit(tmp, final, {name: d for _, files in reports for name, d in files.items()})
-            checkpoint.prune(trainer.run_dir, cfg.keep_checkpoints, current=final)
+            checkpoint.prune(run_dir, config.keep_checkpoints, current=final)
         except OSError as exc:
             error = f"{exc.strerror or exc} ({exc.filename or tmp})"
     failed = distributed.allreduce_sum([float(error is not None)])[0]  # every rank learns of rank 0's rename
     if failed:
         if world.is_chief:  # every rank is past its writes: the half-written directory goes (a full disk)
             shutil.rmtree(tmp, ignore_errors=True)
-        previous = [p.name for p in checkpoint.listed(trainer.run_dir) if checkpoint.is_complete(p)]
+        previous = [p.name for p in checkpoint.listed(run_dir) if checkpoint.is_complete(p)]
         where = f"this rank: {error}" if error else "another rank"
         intact = f"the previous checkpoint {previous[-1]} is intact" if previous else "no earlier checkpoint exists"
         raise CheckpointError(f"checkpoint {final}: writing it failed on {where}; {intact}")
-    trainer.last_checkpoint_s = time.perf_counter() - started
     return final
-
-
-def model_objects(learner) -> dict[str, Any]:
-    objects = {"online": learner.online, "target": learner.target, "optimizer": learner.optimizer}
-    if learner.averaged is not None:
-        objects["averaged"] = learner.averaged
-    return objects
 
 
 # ---------------------------------------------------------------------------------------------- restore
 def trim_metrics(run_dir: Path, ckpt: Path) -> None:
     """Drop the metrics rows logged after ``ckpt`` (a run killed outright between checkpoints logged steps that
     the resumed run does again), so metrics.jsonl holds each step once. Rank 0, before its logger opens it."""
-    metrics = Path(run_dir) / "metrics.jsonl"
+    metrics = Path(run_dir) / rundir.METRICS
     step = int(ckpt.name.split("-")[-1])
     if not metrics.is_file():
         return
     lines = metrics.read_text().splitlines(keepends=True)
     kept = [line for line in lines if _row_step(line) <= step]
     if len(kept) != len(lines):
-        from hvd_dqn.metrics import atomic_write_text
-
-        atomic_write_text(metrics, "".join(kept))
+        rundir.atomic_write_text(metrics, "".join(kept))
 
 
 def _row_step(line: str) -> float:
@@ -170,34 +133,19 @@ def _check_state(ckpt: Path, state: dict[str, Any]) -> None:
                                                f"{type(data[key]).__name__}: {excerpt(data[key])})")
 
 
-def restore(trainer, ckpt: Path) -> dict[str, Any]:
-    """Load ``ckpt`` into a freshly set-up trainer (same config structure and world size); returns state.json."""
-    world, s = trainer.world, trainer.state
+def restore(ckpt: Path, world, config, parts: Parts) -> dict[str, Any]:
+    """Load ``ckpt`` into freshly made ``parts`` (same config structure and world size); returns state.json."""
     error, state = None, None
     try:
         state = checkpoint.verify(ckpt, world.rank)
         _check_state(ckpt, state)
-        checkpoint.check_compatible(ckpt, state, trainer.config.to_dict(), world.size)
-        learner = trainer.learner
-        # Adam's slots exist only after a first step; create them now so the checkpoint restores into them
-        learner.optimizer.build(learner.online.trainable_variables)
-        checkpoint.read_model(ckpt, model_objects(learner))
-        load_replay_arrays(checkpoint.read_arrays(ckpt, f"replay-rank{world.rank}.npz"), trainer.shard, trainer.nstep)
-        mine = checkpoint.read_json(ckpt, f"rank{world.rank}.json")
-        trainer.rng.bit_generator.state = mine["rng"]
-        if mine["envs"] is not None:
-            envstate.restore(trainer.envs, mine["envs"])
-        else:  # an env whose state cannot be captured: fresh episodes, seeded apart from the run's first ones
-            from hvd_dqn.envs import env_seeds
-
-            trainer.obs, info = trainer.envs.reset(
-                seed=env_seeds(trainer.config.seed, world.rank, trainer.config.num_envs, stream=2 + state["env_steps"]))
-            trainer.episodes_restarted(info)
-            mine["obs"], mine["episode_return"] = None, None
-        if mine["obs"] is not None:
-            trainer.obs = checkpoint.from_json(mine["obs"])
-            s.episode_return = checkpoint.from_json(mine["episode_return"])
-        s.finished_returns = list(mine["finished_returns"])
+        checkpoint.check_compatible(ckpt, state, config.to_dict(), world.size)
+        checkpoint.read_model(ckpt, parts.learner.checkpoint_objects(restoring=True))
+        arrays = checkpoint.read_arrays(ckpt, f"replay-rank{world.rank}.npz")
+        parts.replay.load_state_dict(arrays)
+        parts.task.load_state_dict(arrays)
+        restart = env_seeds(config.seed, world.rank, config.num_envs, stream=2 + state["env_steps"])
+        parts.actor.load_state_dict(checkpoint.read_json(ckpt, f"rank{world.rank}.json"), restart_seeds=restart)
     except CheckpointError as exc:
         error = exc
     except (AttributeError, KeyError, TypeError, ValueError) as exc:
@@ -207,12 +155,9 @@ def restore(trainer, ckpt: Path) -> dict[str, Any]:
     if distributed.allreduce_sum([float(error is not None)])[0]:
         raise error or CheckpointError(f"checkpoint {ckpt}: another rank could not load its part (see its error)")
     loop = state["loop"]
-    s.vstep, s.env_steps, s.since_sync = loop["vstep"], loop["env_steps"], loop["since_sync"]
-    s.train_stats, s.last_eval = loop["train_stats"], loop["last_eval"]
-    s.solved_env_steps, s.solved_wall_s = loop["solved_env_steps"], loop["solved_wall_s"]
-    trainer.learner.updates = state["updates"]
-    trainer.evaluator.count = state["evaluator_count"]
+    parts.loop.load_state_dict(loop)
+    parts.learner.load_state_dict({"updates": state["updates"], "since_sync": loop["since_sync"]})
+    parts.evaluator.load_state_dict({"count": state["evaluator_count"]})
     # Horovod: every rank read the same file; the broadcast makes rank 0's bytes the truth regardless.
-    trainer.learner.broadcast_restored()
-    trainer.act = trainer.learner.acting_fn()
+    parts.learner.broadcast_restored()
     return state

@@ -26,8 +26,10 @@ import threading
 import time
 from pathlib import Path
 
+from hvd_dqn import rundir
+
 HANG_EXIT_CODE = 1
-HEARTBEAT_DIR = ".heartbeat"
+HEARTBEAT_DIR = rundir.HEARTBEATS
 BEAT_S = 1.0
 FROZEN_S = 5.0  # a watchdog check this late means the process itself was not running
 READ_TIMEOUT_S = 10.0  # reading the heartbeats may block on a hung shared filesystem: end the job anyway
@@ -79,9 +81,7 @@ class Watchdog:
     def _beat(self) -> None:
         record = {"rank": self.rank, "host": socket.gethostname(), "pid": os.getpid(), "wall": time.time(),
                   "stalled_s": round(self._stalled_s(), 1), "busy": self._busy}
-        tmp = self.dir / f".rank-{self.rank}.tmp"
-        tmp.write_text(json.dumps(record))
-        os.replace(tmp, self._path(self.rank))
+        rundir.atomic_write_text(self._path(self.rank), json.dumps(record), durable=False)
 
     def _beat_loop(self) -> None:
         while not self._stop.wait(BEAT_S):

@@ -29,7 +29,7 @@ learner = Learner(cfg, 4, 2, world.size)
 learner.broadcast_initial_weights()
 rounds = []
 for r in range(3):
-    learner.train_phase(replay.sample(rng, (K, cfg.batch_size // world.size)), 1e-2)
+    learner.run_updates(replay.sample(rng, (K, cfg.batch_size // world.size)), 1e-2)
     before = distributed.gather_checksums(learner.online.variables)
     flat = np.concatenate([v.numpy().ravel() for v in learner.online.trainable_variables])
     everyone = distributed.allgather(flat[None, :])
@@ -46,7 +46,7 @@ soft.broadcast_initial_weights()
 soft_start = distributed.gather_checksums(soft.target.variables)
 policy_start = distributed.gather_checksums(soft.averaged.variables)
 for _ in range(2):
-    soft.train_phase(replay.sample(rng, (3, 8)), 1e-2)
+    soft.run_updates(replay.sample(rng, (3, 8)), 1e-2)
     soft.update_average()
 soft_targets = {"start": soft_start, "end": distributed.gather_checksums(soft.target.variables),
                 "policy_start": policy_start, "policy_end": distributed.gather_checksums(soft.averaged.variables)}
@@ -62,8 +62,8 @@ for mode, federated in (("sync", None), ("federated", 1)):
 same_data = np.random.default_rng(77 + world.rank)  # rank-dependent, the same for both learners
 for _ in range(10):
     batch = replay.sample(same_data, (1, 8))
-    pair["sync"].train_phase(batch, 0.05)
-    pair["federated"].train_phase(batch, 0.05)
+    pair["sync"].run_updates(batch, 0.05)
+    pair["federated"].run_updates(batch, 0.05)
     pair["federated"].average_weights()
 weights = {m: np.concatenate([v.numpy().ravel() for v in l.online.trainable_variables]) for m, l in pair.items()}
 sgd_k1 = {"max_diff": float(np.abs(weights["sync"] - weights["federated"]).max()),
@@ -91,7 +91,7 @@ weak_dir = distributed.broadcast_object(tempfile.mkdtemp(prefix="mp-weak-"))
 weak = Trainer(weak_cfg, run_dir=weak_dir)
 weak_summary = weak.train()
 weak_run = {"summary": weak_summary, "lr": float(weak.learner.optimizer.learning_rate.numpy()),
-            "sampled": list(weak.learner.last_td_abs.shape),
+            "sampled": list(weak.last_phase.td_abs.shape),
             "config_json": json.loads((Path(weak_dir) / "config.json").read_text()) if world.rank == 0 else None}
 if world.rank == 0:
     print("RESULT " + json.dumps({"rounds": rounds, "eps": eps.tolist(), "summary": summary,

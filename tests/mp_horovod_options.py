@@ -53,7 +53,7 @@ learner = Learner(cfg, 4, 2, world.size)
 learner.broadcast_initial_weights()
 start = distributed.gather_checksums(learner.online.variables)
 for _ in range(2):
-    learner.train_phase(replay.sample(rng, (8, cfg.batch_size // world.size)), 1e-2)
+    learner.run_updates(replay.sample(rng, (8, cfg.batch_size // world.size)), 1e-2)
 out["learner"] = {"start": start, "end": distributed.gather_checksums(learner.online.variables),
                   "adam": distributed.gather_checksums(learner.optimizer.variables()), "updates": learner.updates}
 
@@ -62,7 +62,7 @@ batch = replay.sample(rng, (4, cfg.batch_size // world.size))
 if world.rank == 0:
     batch.reward[1, 0] = np.nan
 try:
-    learner.train_phase(batch, 1e-2)
+    learner.run_updates(batch, 1e-2)
     stopped = "no error"
 except FloatingPointError as exc:
     stopped = str(exc)

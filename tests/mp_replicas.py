@@ -22,7 +22,7 @@ for name, world_size in (("synced", world.size), ("local_only", 1)):
     learner.broadcast_initial_weights()
     start = distributed.gather_checksums(learner.online.variables)
     for phase in range(4):
-        learner.train_phase(replay.sample(rng, (6, cfg.batch_size // world.size)), 1e-2)
+        learner.run_updates(replay.sample(rng, (6, cfg.batch_size // world.size)), 1e-2)
         if phase == 1:
             learner.sync_target()
     out[name] = {"start": start, "end": distributed.gather_checksums(learner.online.variables),

@@ -18,7 +18,7 @@ summary = trainer.train()
 opt = trainer.learner.optimizer
 mine = {"lr": float(opt.learning_rate.numpy()), "beta_1": float(opt.beta_1), "beta_2": float(opt.beta_2),
         "epsilon": float(opt.epsilon), "updates": trainer.learner.updates,
-        "sampled": list(trainer.learner.last_td_abs.shape), "num_envs": int(trainer.envs.num_envs)}
+        "sampled": list(trainer.last_phase.td_abs.shape), "num_envs": int(trainer.envs.num_envs)}
 everyone = distributed.allgather(np.array([[mine[k] for k in ("lr", "beta_1", "beta_2", "epsilon", "updates")]]))
 if world.rank == 0:
     print("RESULT " + json.dumps({"summary": summary, "rank0": mine, "all": everyone.tolist()}))

@@ -1,15 +1,16 @@
 import numpy as np
 import pytest
 
-from hvd_dqn.actor import epsilon_greedy, linear_epsilon
+from hvd_dqn.actor import epsilon_greedy
 from hvd_dqn.networks import build_mlp, mlp_forward, mlp_params
+from hvd_dqn.schedules import linear_schedule
 
 
-def test_linear_epsilon():
-    assert linear_epsilon(0, 1.0, 0.1, 100) == 1.0
-    assert linear_epsilon(50, 1.0, 0.1, 100) == pytest.approx(0.55)
-    assert linear_epsilon(100, 1.0, 0.1, 100) == pytest.approx(0.1)
-    assert linear_epsilon(10_000, 1.0, 0.1, 100) == pytest.approx(0.1)
+def test_linear_schedule():
+    assert linear_schedule(0, 1.0, 0.1, 100) == 1.0
+    assert linear_schedule(50, 1.0, 0.1, 100) == pytest.approx(0.55)
+    assert linear_schedule(100, 1.0, 0.1, 100) == pytest.approx(0.1)
+    assert linear_schedule(10_000, 1.0, 0.1, 100) == pytest.approx(0.1)
 
 
 def test_epsilon_greedy_greedy_and_random():

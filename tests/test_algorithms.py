@@ -11,8 +11,9 @@ from hvd_dqn.errors import UserError
 from hvd_dqn.learner import Learner
 from hvd_dqn.networks import build_mlp, mlp_forward, mlp_params
 from hvd_dqn.nstep import NStepAccumulator
-from hvd_dqn.prioritized import ReplayShard, SumTree, annealed_beta, importance_weights
+from hvd_dqn.replay import ReplayShard, SumTree, importance_weights
 from hvd_dqn.replay import ReplayBuffer
+from hvd_dqn.schedules import annealed_beta
 
 
 # ---------------------------------------------------------------- n-step returns
@@ -209,7 +210,7 @@ def test_soft_target_update_matches_the_formula(replay):
     rng = np.random.default_rng(1)
     for _ in range(2):
         target_before = _values(learner.target.trainable_variables)
-        learner.train_phase(replay.sample(rng, (1, 16)), 1e-2)
+        learner.run_updates(replay.sample(rng, (1, 16)), 1e-2)
         for t, t0, o in zip(learner.target.trainable_variables, target_before, learner.online.trainable_variables):
             np.testing.assert_allclose(t.numpy(), 0.1 * o.numpy() + 0.9 * t0, rtol=1e-5, atol=1e-7)
         assert max(float(np.abs(t.numpy() - t0).max())
@@ -225,7 +226,7 @@ def test_policy_weight_average_matches_the_formula_and_is_what_evaluation_uses(r
     rng = np.random.default_rng(3)
     for _ in range(2):
         before = _values(learner.averaged.variables)
-        learner.train_phase(replay.sample(rng, (4, 16)), 1e-2)
+        learner.run_updates(replay.sample(rng, (4, 16)), 1e-2)
         learner.update_average()
         for a, a0, o in zip(learner.averaged.variables, before, learner.online.variables):
             np.testing.assert_allclose(a.numpy(), 0.75 * a0 + 0.25 * o.numpy(), rtol=1e-5, atol=1e-7)
@@ -233,7 +234,7 @@ def test_policy_weight_average_matches_the_formula_and_is_what_evaluation_uses(r
               for a, o in zip(learner.averaged.variables, learner.online.variables))
     assert gap > 1e-4  # the average lags the online net
     obs = replay.sample(rng, (1, 5)).obs[0]
-    np.testing.assert_allclose(learner.acting_fn(learner.policy)(obs), learner.averaged(obs).numpy(), rtol=1e-5,
+    np.testing.assert_allclose(learner.q_fn(learner.policy)(obs), learner.averaged(obs).numpy(), rtol=1e-5,
                                atol=1e-6)
     plain = Learner(Config(env_id="CartPole-v1", hidden_sizes=(8,)), 4, 2, 1)
     assert plain.policy is plain.online and plain.averaged is None
@@ -254,7 +255,7 @@ def test_a_run_with_policy_ema_saves_and_evaluates_the_average(tmp_path):
         np.testing.assert_array_equal(s, a)
     assert any(np.abs(s - o).max() > 1e-6 for s, o in zip(saved.get_weights(), trainer.q_network.get_weights()))
     obs = np.random.default_rng(0).normal(size=(3, 4)).astype(np.float32)
-    np.testing.assert_allclose(trainer.eval_act(obs), saved(obs).numpy(), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(trainer.eval_q_fn(obs), saved(obs).numpy(), rtol=1e-5, atol=1e-6)
 
 
 def test_importance_weights_scale_the_update_and_td_errors_come_back(replay):
@@ -266,11 +267,11 @@ def test_importance_weights_scale_the_update_and_td_errors_come_back(replay):
     q = learner.online(batch.obs[0]).numpy()[np.arange(16), batch.action[0]]
     target = batch.reward[0] + 0.5 * (1 - batch.terminated[0]) * learner.target(batch.next_obs[0]).numpy().max(1)
     before = _values(learner.online.variables)
-    learner.train_phase(batch, 1e-2, discount, np.zeros((1, 16), np.float32))
-    np.testing.assert_allclose(learner.last_td_abs, np.abs(q - target)[None], rtol=1e-5, atol=1e-6)
+    result = learner.run_updates(batch, 1e-2, discount, np.zeros((1, 16), np.float32))
+    np.testing.assert_allclose(result.td_abs, np.abs(q - target)[None], rtol=1e-5, atol=1e-6)
     for a, b in zip(before, learner.online.variables):  # weight 0 on every sample: no gradient, no step
         np.testing.assert_array_equal(a, b.numpy())
-    learner.train_phase(batch, 1e-2, discount, np.ones((1, 16), np.float32))
+    learner.run_updates(batch, 1e-2, discount, np.ones((1, 16), np.float32))
     assert any(np.abs(a - b.numpy()).max() > 1e-4 for a, b in zip(before, learner.online.variables))
 
 

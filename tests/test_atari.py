@@ -8,8 +8,8 @@ from hvd_dqn import distributed
 from hvd_dqn.config import Config
 from hvd_dqn.envs import env_seeds, make_env, make_vector_env
 from hvd_dqn.errors import UserError
-from hvd_dqn.frame_replay import FrameReplayBuffer
-from hvd_dqn.prioritized import ReplayShard
+from hvd_dqn.replay import FrameReplayBuffer
+from hvd_dqn.replay import ReplayShard
 from hvd_dqn.replay import available_memory
 
 
@@ -240,10 +240,10 @@ def test_nature_cnn_learns_from_uint8_replay_batches(dueling):
     batch = ReplayShard(big, cfg.gamma).sample(rng, (3, 8))[0]
     assert batch.obs.dtype == np.uint8  # no float copy of the frames outside the graph
     before = [v.numpy().copy() for v in model.trainable_variables]
-    stats = learner.train_phase(batch, 1e-3)
-    assert learner.updates == 3 and np.isfinite(stats["td_loss"])
+    stats = learner.run_updates(batch, 1e-3)
+    assert learner.updates == 3 and np.isfinite(stats.td_loss)
     assert any(np.abs(a - v.numpy()).max() > 0 for a, v in zip(before, model.trainable_variables))
-    q = learner.acting_fn()(batch.obs[0])
+    q = learner.q_fn()(batch.obs[0])
     assert q.shape == (8, 6)
     np.testing.assert_allclose(q, learner.q_values(batch.obs[0]), rtol=1e-5, atol=1e-5)
 

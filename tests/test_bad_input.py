@@ -1,6 +1,6 @@
 """Bad input and faults a user can cause (issue 14, items 7-9): each is exactly one line on stderr, exit code 2, no
 traceback, a short message whatever the size of the input, and nothing of the user's lost. Each row of the tables
-below is a row of the README's reliability table."""
+below is a row of the reliability table (docs/reliability.md)."""
 import errno
 import hashlib
 import json

@@ -15,11 +15,11 @@ import gymnasium as gym
 import numpy as np
 import pytest
 
-from hvd_dqn import Callback, Config, Trainer, checkpoint, cli, envstate, trainstate
+from hvd_dqn import Callback, Config, Trainer, checkpoint, cli, envstate
 from hvd_dqn.checkpoint import CheckpointError
 from hvd_dqn.envs import make_vector_env
 from hvd_dqn.nstep import NStepAccumulator
-from hvd_dqn.prioritized import ReplayShard
+from hvd_dqn.replay import ReplayShard
 from hvd_dqn.replay import ReplayBuffer
 from test_user_surface import TF_CHATTER
 
@@ -50,10 +50,12 @@ def test_replay_round_trip_is_exact(tmp_path):
     rng = np.random.default_rng(0)
     shard, nstep = _filled_shard(rng)
     assert len(shard) == shard.capacity and shard.buffer.pos != 0  # wrapped: pos matters
-    assert any(len(p) for p in nstep._pending)
-    checkpoint.write_arrays(tmp_path / "r.npz", trainstate.replay_arrays(shard, nstep))
+    assert any(nstep.pending_counts())
+    checkpoint.write_arrays(tmp_path / "r.npz", {**shard.state_dict(), **nstep.state_dict()})
     other, other_nstep = ReplayShard(ReplayBuffer(37, (4,)), 0.5, prioritized=True), NStepAccumulator(3, 3, 0.99)
-    trainstate.load_replay_arrays(checkpoint.read_arrays(tmp_path, "r.npz"), other, other_nstep)
+    arrays = checkpoint.read_arrays(tmp_path, "r.npz")
+    other.load_state_dict(arrays)
+    other_nstep.load_state_dict(arrays)
 
     for name, arr in shard.buffer._data.items():
         np.testing.assert_array_equal(other.buffer._data[name], arr, err_msg=name)
@@ -61,11 +63,11 @@ def test_replay_round_trip_is_exact(tmp_path):
     np.testing.assert_array_equal(other.discount, shard.discount)
     assert other.tree._tree.tobytes() == shard.tree._tree.tobytes()  # every partial sum, bit for bit
     assert other.max_priority == shard.max_priority
-    for mine, theirs in zip(nstep._pending, other_nstep._pending):
-        assert len(mine) == len(theirs)
-        for a, b in zip(mine, theirs):
-            np.testing.assert_array_equal(a[0], b[0])
-            assert a[1:] == b[1:]
+    assert other_nstep.pending_counts() == nstep.pending_counts()
+    mine, theirs = nstep.state_dict(), other_nstep.state_dict()
+    assert sorted(mine) == sorted(theirs) and len(mine) == 4  # lengths, obs, actions, rewards
+    for name in mine:
+        np.testing.assert_array_equal(theirs[name], mine[name], err_msg=name)
     # and they behave the same from here on
     r1, r2 = np.random.default_rng(5), np.random.default_rng(5)
     s1, s2 = shard.sample(r1, (3, 8)), other.sample(r2, (3, 8))

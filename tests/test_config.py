@@ -101,7 +101,7 @@ def test_cli_config_errors_are_one_line_exit_2(tmp_path, content, args, message)
 
 
 def test_hang_timeout_is_bounded():
-    """The watchdog's bound (README "A hung rank ends the job"): 10 s up to a week, or null for none."""
+    """The watchdog's bound (docs/reliability.md): 10 s up to a week, or null for none."""
     assert Config.from_dict({"env_id": "CartPole-v1"}).hang_timeout_s == 300.0
     assert Config.from_dict({"env_id": "CartPole-v1", "hang_timeout_s": None}).hang_timeout_s is None
     assert Config.from_dict({"env_id": "CartPole-v1", "hang_timeout_s": 10}).hang_timeout_s == 10.0

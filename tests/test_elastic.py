@@ -102,3 +102,30 @@ def _elastic_updates(commit: int) -> int:
     # vector step v > commit of the survivor ends global env step 2 * commit + (v - commit), the last TOTAL
     one = [v for v in range(commit + 1, TOTAL - commit + 1) if v % vector_steps_per_phase[1] == 0]
     return RUN["updates_per_train"] * (len(two) + len(one))
+
+
+def test_an_elastic_reset_on_an_atari_config_keeps_the_runs_evaluation_options(tmp_path):
+    """After a reset the evaluator is rebuilt for the new rank and world size, with the run's Atari options
+    (pong.yaml: no sticky actions), not make_env's defaults (sticky actions 0.25)."""
+    from hvd_dqn import distributed
+    from hvd_dqn.config import Config
+    from hvd_dqn.elastic import ElasticTrainer
+
+    cfg = Config.from_yaml(ROOT / "configs" / "pong.yaml", ["replay_capacity=2000", "eval_episodes=3",
+                                                            "max_episode_frames=5000", "noop_max=7"])
+    trainer = ElasticTrainer(cfg, run_dir=tmp_path / "run")
+    trainer.world = distributed.init()
+    trainer._setup()
+    try:
+        trainer.evaluator.load_state_dict({"count": 5})
+        trainer._on_reset()
+        envs = trainer.evaluator.envs
+        assert len(envs) == 3 and trainer.evaluator.state_dict() == {"count": 5}
+        for env in envs:
+            ale = env.unwrapped.ale
+            assert ale.getFloat("repeat_action_probability") == 0.0
+            assert ale.getInt("max_num_frames_per_episode") == 5000
+            assert env.env.noop_max == 7 and env.observation_space.shape == (4, 84, 84)
+    finally:
+        trainer._release()
+        trainer._close()

@@ -1,5 +1,5 @@
 """No two jobs in one run dir, no rank outliving its launcher, no silent hang: each for real under
-``horovodrun -np 2`` with both controllers (README "Reliability"). Every test kills what it started, even when
+``horovodrun -np 2`` with both controllers (docs/reliability.md). Every test kills what it started, even when
 it fails: each process whose command line names the test's run dir, and every descendant seen."""
 import json
 import os
@@ -181,8 +181,8 @@ def test_sigterm_to_horovodrun_stops_every_rank_with_a_checkpoint(how, tmp_path,
     when it receives one itself): within 30 s every rank has written its part of a checkpoint and no process
     of the job (horovodrun, mpirun, ranks) is left. With --mpi horovodrun has become `sh -c mpirun ...`,
     which dies alone: the ranks notice it gone. timeout also signals its process group, mpirun included, which
-    SIGKILLs the ranks 1 s after its own SIGTERM unless odls_base_sigkill_timeout says otherwise: the README's
-    recipe for timeout, tested here."""
+    SIGKILLs the ranks 1 s after its own SIGTERM unless odls_base_sigkill_timeout says otherwise: the recipe
+    for timeout in docs/reliability.md, tested here."""
     run_dir = tmp_path / "run"
     controller = how.split("-")[-1]
     cmd = _horovodrun(controller, "--config", _config(tmp_path), "--run-dir", run_dir)

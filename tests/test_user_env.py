@@ -1,7 +1,6 @@
 """A user's own env (module:id, env_kwargs), the spaces it may have, and a user's own Q-network."""
 import json
 import os
-import signal
 import subprocess
 import sys
 

@@ -1,8 +1,9 @@
 """Fault injection for the failure-handling tests, switched on by HVD_DQN_TEST_HOOKS=1 and nothing else.
 
 The trainer reads that one switch once, when it is built, and only then imports this module, which reads the
-fault variables below and installs a callback for each one set. The callback wraps the trainer's own methods in
-``on_train_begin``, so the training loop carries no fault check at all in a production job.
+fault variables below and installs a callback for each one set. The callback wraps the public methods of the
+trainer's parts (the actor's step, the replay's sample, the stop request's poll) in ``on_train_begin``, so the
+training loop carries no fault check at all in a production job.
 
 - ``HVD_DQN_FAULT=RANK:STEP``: that rank raises RuntimeError at the first vector step at or past global env
   step STEP (a failing rank; the others wait in a collective).
@@ -33,15 +34,16 @@ class RaiseAt(Callback):
     def on_train_begin(self, trainer) -> None:
         if trainer.world.rank != self.rank:
             return
-        collect = trainer._collect
+        actor = trainer.actor
+        step = actor.step
 
-        def failing_collect():
+        def failing_step(*args):
             steps = trainer.state.env_steps
             if steps >= self.step:
                 raise RuntimeError(f"injected fault at global env step {steps} ({FAULT_ENV})")
-            collect()
+            step(*args)
 
-        trainer._collect = failing_collect
+        actor.step = failing_step
 
 
 class InjectNan(Callback):

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from hvd_dqn.replay import Batch, check_fits
+from hvd_dqn.replay.buffer import Batch, check_fits
 
 
 class FrameReplayBuffer:

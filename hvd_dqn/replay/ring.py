@@ -1,57 +1,14 @@
-"""This rank's replay shard: a preallocated NumPy ring buffer of transitions.
+"""The replay buffer of flat observations (classic control): a preallocated NumPy ring buffer of transitions.
 
 ``terminated`` (the episode really ended: no bootstrap) is kept apart from ``truncated`` (a time limit cut the
 episode: the next state's value still counts).
 """
 from __future__ import annotations
 
-from typing import NamedTuple
-
 import numpy as np
-import psutil
 
 from hvd_dqn.errors import UserError
-
-
-class Batch(NamedTuple):
-    """Transitions, each array with leading dims (..., batch)."""
-
-    obs: np.ndarray
-    action: np.ndarray
-    reward: np.ndarray
-    next_obs: np.ndarray
-    terminated: np.ndarray
-    truncated: np.ndarray
-
-
-def available_memory() -> int:
-    """Bytes this process can still allocate: the host's available memory, or less under a cgroup (v2 or v1)
-    memory limit, as in a container or a SLURM job with --mem."""
-    available = psutil.virtual_memory().available
-    for limit_file, usage_file in (("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory.current"),
-                                   ("/sys/fs/cgroup/memory/memory.limit_in_bytes",
-                                    "/sys/fs/cgroup/memory/memory.usage_in_bytes")):
-        try:
-            limit = open(limit_file).read().strip()
-            usage = int(open(usage_file).read().strip())
-        except (OSError, ValueError):
-            continue
-        if limit.isdigit():
-            available = min(available, max(0, int(limit) - usage))
-        break
-    return available
-
-
-def check_fits(need: int, capacity: int, ranks_per_host: int = 1, memory_fraction: float = 0.9) -> None:
-    """A UserError naming replay_capacity if ``ranks_per_host`` shards of ``need`` bytes each would not fit in
-    ``memory_fraction`` of the memory this process can see. (NumPy's zeros are committed only as they are
-    written, so an unchecked buffer fails much later, at an OOM kill, when the ring fills up.)"""
-    available = available_memory()
-    if need * ranks_per_host > memory_fraction * available:
-        on_host = f" x {ranks_per_host} ranks on this host" if ranks_per_host > 1 else ""
-        raise UserError(
-            f"replay: {capacity} transitions need {need / 2**30:.2f} GiB per rank{on_host} but only "
-            f"{available / 2**30:.2f} GiB is available; lower replay_capacity or use more hosts")
+from hvd_dqn.replay.buffer import Batch, check_fits
 
 
 class ReplayBuffer:
@@ -98,6 +55,14 @@ class ReplayBuffer:
             raise RuntimeError("sample from an empty replay buffer")
         idx = rng.integers(0, self.size, size=shape)
         return self.gather(idx)
+
+    def sampleable(self, idx) -> np.ndarray:
+        """Every stored slot holds a complete transition."""
+        return np.ones(np.shape(idx), bool)
+
+    def gather_with_discount(self, idx: np.ndarray) -> tuple[Batch, None]:
+        """The transitions at slots ``idx``; no discounts of its own (the shard's per-slot ones apply)."""
+        return self.gather(idx), None
 
     def gather(self, idx: np.ndarray) -> Batch:
         d = self._data

@@ -1,0 +1,110 @@
+"""Replica checksums of a set of short runs, compared with the values recorded before a refactoring.
+
+A change that must keep training bit for bit (a restructuring, a rename) is checked by running this before and
+after it: every case must end with the same ``replica_checksums`` (summary.json: a hash of each rank's online
+weights). The cases cover the default CartPole config at np=1 and np=2 and short runs of the algorithm options
+(prioritized replay, n-step, dueling, double DQN, soft target updates, federated averaging, policy_ema) and of
+Atari (frame-once replay, n-step over stored frames, lives), each at np=1 and np=2.
+
+    python tools/checksums.py            # run every case, compare with EXPECTED; exit 1 on a mismatch
+    python tools/checksums.py --quick    # without the two full-length default runs
+    python tools/checksums.py CASE ...   # only these cases
+    python tools/checksums.py --keep     # and keep each run dir (its metrics.jsonl rows should match too)
+
+np=2 runs use ``horovodrun -np 2 --mpi -H localhost:2``. The checkout this script lives in is put first on
+PYTHONPATH, so its hvd_dqn is the one that runs.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
+SHORT = ["total_env_steps=4000", "learning_starts=500", "eval_every=2000", "eval_episodes=2", "log_every=2000",
+         "replay_capacity=5000", "hidden_sizes=[32, 32]"]
+ALGOS = ["prioritized_replay=true", "n_step=3", "dueling=true", "double_dqn=true", "target_tau=0.05",
+         "epsilon_spread=7.0", "scaling=strong", "batch_size=64", "updates_per_train=16", "target_update_every=16"]
+FEDERATED = ["federated_every=8", "scaling=strong", "batch_size=64", "updates_per_train=16",
+             "target_update_every=16", "policy_ema=0.5"]
+ATARI = ["total_env_steps=1200", "learning_starts=400", "train_every=32", "updates_per_train=2",
+         "target_update_every=4", "replay_capacity=4000", "eval_every=100000", "eval_episodes=2", "log_every=400",
+         "max_episode_frames=1200", "n_step=3", "prioritized_replay=true", "terminal_on_life_loss=true",
+         "num_envs=2"]
+
+# name: (ranks, config, overrides)
+CASES = {
+    "cartpole-np1": (1, "configs/cartpole.yaml", []),
+    "cartpole-np2": (2, "configs/cartpole.yaml", []),
+    "algos-np1": (1, "configs/cartpole.yaml", SHORT + ALGOS),
+    "algos-np2": (2, "configs/cartpole.yaml", SHORT + ALGOS),
+    "federated-np2": (2, "configs/cartpole.yaml", SHORT + FEDERATED),
+    "pong-np1": (1, "configs/pong.yaml", ATARI),
+    "pong-np2": (2, "configs/pong.yaml", ATARI),
+}
+FULL = ("cartpole-np1", "cartpole-np2")
+
+# recorded at de0c58e (main, 2026-12-02, before the trainer redesign), each run twice with the same result
+EXPECTED: dict[str, list[str]] = {
+    "cartpole-np1": ["20e578cff48f905f"],
+    "cartpole-np2": ["1285ec698801b636", "1285ec698801b636"],
+    "algos-np1": ["8dec3ced7bd56fbc"],
+    "algos-np2": ["a277a207da437440", "a277a207da437440"],
+    "federated-np2": ["9de205bea1e2f950", "9de205bea1e2f950"],
+    "pong-np1": ["e894d2b73a746add"],
+    "pong-np2": ["9f6d50e5fbc088bd", "9f6d50e5fbc088bd"],
+}
+
+
+def run_case(name: str, keep: bool) -> list[str]:
+    ranks, config, overrides = CASES[name]
+    run_dir = Path(tempfile.mkdtemp(prefix=f"checksums-{name}-"))
+    cmd = [sys.executable, "-m", "hvd_dqn.cli", "train", "--config", str(ROOT / config), "--run-dir", str(run_dir)]
+    for item in overrides:
+        cmd += ["--set", item]
+    if ranks > 1:
+        cmd = [str(BIN / "horovodrun"), "-np", str(ranks), "--mpi", "-H", f"localhost:{ranks}", *cmd]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]).rstrip(":"),
+           "TF_CPP_MIN_LOG_LEVEL": "3", "PATH": os.pathsep.join([str(BIN), os.environ.get("PATH", "")])}
+    env.pop("HVD_DQN_TEST_HOOKS", None)
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=ROOT)
+    if proc.returncode != 0:
+        raise SystemExit(f"{name}: exit {proc.returncode}\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
+    checksums = json.loads((run_dir / "summary.json").read_text())["replica_checksums"]
+    if keep:
+        print(f"{name}: run dir {run_dir}", flush=True)
+    else:
+        shutil.rmtree(run_dir, ignore_errors=True)
+    return checksums
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("cases", nargs="*", metavar="CASE", help=", ".join(CASES))
+    parser.add_argument("--quick", action="store_true", help="skip " + " and ".join(FULL))
+    parser.add_argument("--keep", action="store_true", help="keep the run dirs (to compare metrics.jsonl rows)")
+    args = parser.parse_args()
+    unknown = [n for n in args.cases if n not in CASES]
+    if unknown:
+        parser.error(f"unknown case {unknown[0]!r}; the cases are {', '.join(CASES)}")
+    names = args.cases or [n for n in CASES if not (args.quick and n in FULL)]
+    bad = 0
+    for name in names:
+        start = time.perf_counter()
+        sums = run_case(name, args.keep)
+        want = EXPECTED.get(name)
+        verdict = "no expected value" if want is None else ("ok" if sums == want else f"MISMATCH (expected {want})")
+        bad += want is not None and sums != want
+        print(f"{name:15s} {' '.join(sums)}  {verdict}  [{time.perf_counter() - start:.0f} s]", flush=True)
+    return 1 if bad else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
