@@ -17,7 +17,8 @@ from typing import Any
 import numpy as np
 
 from hvd_dqn.errors import UserError, excerpt
-from hvd_dqn.metrics import read_json_object
+from hvd_dqn import rundir
+from hvd_dqn.rundir import read_json_object
 
 DEFAULT_GROUP_KEY = "exp_name"
 EVAL_KEY = "eval_return_mean"  # the greedy evaluation's mean return in a metrics.jsonl row
@@ -29,7 +30,7 @@ def read_run(run_dir: Path) -> dict[str, Any]:
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         raise UserError(f"run dir not found: {run_dir}")
-    metrics = run_dir / "metrics.jsonl"
+    metrics = run_dir / rundir.METRICS
     if not metrics.is_file():
         raise UserError(f"{run_dir}: no metrics.jsonl in it (is it a hvd-dqn run dir?)")
     rows = []
@@ -38,8 +39,8 @@ def read_run(run_dir: Path) -> dict[str, Any]:
             rows.append(json.loads(line))
         except json.JSONDecodeError:
             raise UserError(f"{metrics}: line {n} is not JSON") from None
-    summary = read_json_object(run_dir / "summary.json", missing={})
-    config = read_json_object(run_dir / "config.json", missing={})
+    summary = read_json_object(run_dir / rundir.SUMMARY, missing={})
+    config = read_json_object(run_dir / rundir.CONFIG, missing={})
     return {"dir": run_dir, "rows": rows, "summary": summary, "config": config}
 
 
