@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 
 from hvd_dqn import quiet
-from hvd_dqn.errors import UserError, one_line
+from hvd_dqn.errors import UserError, one_line, say
 
 MAX_EPISODES = 1000  # evaluate holds one env per episode
 GROUP_KEY = "exp_name"  # hvd_dqn.sweeps.DEFAULT_GROUP_KEY, named here so that --help needs no numpy
@@ -82,13 +82,13 @@ def main(argv: list[str] | None = None) -> int:
             return _table(args)
     except UserError as exc:
         if not getattr(exc, "quiet", False):  # said once for the whole job, by rank 0
-            print(f"hvd-dqn: error: {one_line(exc)}", file=sys.stderr)
+            say(f"hvd-dqn: error: {one_line(exc)}")
         return exc.exit_code
     except OSError as exc:
         if args.command == "train":  # a rank's failure: the trainer has already ended the job and said why
             raise
         # a full disk or a vanished file while writing an export or a plot: what was there before is kept
-        print(f"hvd-dqn: error: {args.command} failed: {one_line(exc)}", file=sys.stderr)
+        say(f"hvd-dqn: error: {args.command} failed: {one_line(exc)}")
         return 1
     return 1
 
@@ -127,8 +127,7 @@ def _train(args) -> int:
     except Preempted as exc:
         ignore_stop_signals()
         if distributed.world().is_chief:
-            print(f"hvd-dqn: {exc}; continue with: hvd-dqn train --resume {exc.checkpoint.parent.parent}",
-                  file=sys.stderr, flush=True)
+            say(f"hvd-dqn: {exc}; continue with: hvd-dqn train --resume {exc.checkpoint.parent.parent}")
         return exc.exit_code
     if distributed.world().is_chief:
         print("hvd-dqn summary: " + json.dumps({k: summary[k] for k in (

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 import tensorflow as tf
 
-from hvd_dqn.errors import UserError
+from hvd_dqn.errors import UserError, say
 
 
 @dataclass(frozen=True)
@@ -259,6 +259,6 @@ def abort_job(exc: BaseException, *, show_traceback: bool = True, exit_code: int
     rank = f"rank {_world.rank}" if _world else "rank ?"
     if show_traceback:
         traceback.print_exception(exc, file=sys.stderr)
-    print(f"hvd-dqn: {rank} failed: {type(exc).__name__}: {exc}; ending the job", file=sys.stderr, flush=True)
+    say(f"hvd-dqn: {rank} failed: {type(exc).__name__}: {exc}; ending the job")
     sys.stdout.flush()
     os._exit(exit_code)

@@ -2,12 +2,21 @@
 from __future__ import annotations
 
 import reprlib
+import sys
 from typing import Any
 
 EXCERPT_CHARS = 60  # of a bad value quoted in a message: enough to recognise it, never the whole of a huge one
 _SHORT = reprlib.Repr()  # (its keyword arguments are Python 3.12's)
 _SHORT.maxlevel, _SHORT.maxlist, _SHORT.maxtuple, _SHORT.maxdict, _SHORT.maxset = 3, 6, 6, 6, 6
 _SHORT.maxstring = _SHORT.maxother = EXCERPT_CHARS
+
+
+def say(line: str) -> None:
+    """``line`` on stderr in one write: Python's stderr passes each write straight to the fd, so ``print`` would
+    send the text and its newline separately, and mpirun's per-line tags (``[1,0]<stderr>:``) could land between
+    them when another rank's output comes in the meantime."""
+    sys.stderr.write(line + "\n")
+    sys.stderr.flush()
 
 
 class UserError(Exception):

@@ -14,10 +14,9 @@ import math
 import os
 import signal
 import socket
-import sys
 import threading
 
-from hvd_dqn.errors import UserError, excerpt
+from hvd_dqn.errors import UserError, excerpt, say
 
 PREEMPTED_EXIT_CODE = 75  # EX_TEMPFAIL (sysexits.h): stopped on request, a checkpoint is written, resume later
 SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
@@ -95,8 +94,8 @@ class StopRequest:
         self.request(signal.Signals(signum).name, deadline=signum == signal.SIGTERM)
 
     def _expire(self, reason: str) -> None:
-        print(f"hvd-dqn: {reason}, and the ranks did not agree on a stop within {self.grace_s:g} s (a rank is "
-              "gone, or this one is blocked); exiting without a checkpoint", file=sys.stderr, flush=True)
+        say(f"hvd-dqn: {reason}, and the ranks did not agree on a stop within {self.grace_s:g} s (a rank is "
+            "gone, or this one is blocked); exiting without a checkpoint")
         os._exit(128 + signal.SIGTERM)
 
     def _handle(self, signum, frame) -> None:

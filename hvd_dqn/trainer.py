@@ -9,7 +9,6 @@ from __future__ import annotations
 import contextlib
 import os
 import resource
-import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,7 +21,7 @@ from hvd_dqn.actor import Actor, actor_epsilons, scheduled_epsilon
 from hvd_dqn.callbacks import CallbackList
 from hvd_dqn.config import Config
 from hvd_dqn.envs import env_seeds, make_vector_env, reward_threshold
-from hvd_dqn.errors import UserError
+from hvd_dqn.errors import UserError, say
 from hvd_dqn.evaluation import Evaluator, summarize
 from hvd_dqn.learner import Learner
 from hvd_dqn.metrics import RunLogger
@@ -381,8 +380,8 @@ class Trainer:
                 refusal = str(exc)
             else:
                 if self.lock.took_over:
-                    print(f"hvd-dqn: run dir {self.run_dir}: the job that held it last ended without releasing it "
-                          f"({self.lock.took_over}); this job takes it over", file=sys.stderr, flush=True)
+                    say(f"hvd-dqn: run dir {self.run_dir}: the job that held it last ended without releasing it "
+                        f"({self.lock.took_over}); this job takes it over")
         refusal = distributed.broadcast_object(refusal)
         if refusal is not None:
             raise RunDirInUse(refusal, quiet=not self.world.is_chief)

@@ -21,12 +21,12 @@ import contextlib
 import json
 import os
 import socket
-import sys
 import threading
 import time
 from pathlib import Path
 
 from hvd_dqn import rundir
+from hvd_dqn.errors import say
 
 HANG_EXIT_CODE = 1
 HEARTBEAT_DIR = rundir.HEARTBEATS
@@ -151,5 +151,5 @@ class Watchdog:
         return stale, stuck, busy
 
     def _end(self, what: str) -> None:
-        print(f"hvd-dqn: {what}; ending the job", file=sys.stderr, flush=True)
+        say(f"hvd-dqn: {what}; ending the job")
         os._exit(HANG_EXIT_CODE)
