@@ -137,7 +137,8 @@ def _train(args) -> int:
 
 def _run_config(args):
     """The config a run was started with (its config.json), with --set overrides on top."""
-    from hvd_dqn.config import Config, parse_overrides
+    from hvd_dqn.config import Config
+    from hvd_dqn.yamlinput import parse_overrides
 
     from hvd_dqn import rundir
 

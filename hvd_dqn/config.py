@@ -17,6 +17,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from hvd_dqn.errors import UserError, clip, excerpt
+from hvd_dqn.yamlinput import load_yaml, parse_overrides, too_long
 
 MAX_HIDDEN_LAYERS, MAX_HIDDEN_WIDTH = 8, 8192  # 7 x 8192^2 weights: about 1.9 GB per copy, 4 copies in training
 MAX_EVAL_EPISODES = 1000  # each rank holds one env per evaluation episode it plays
@@ -416,7 +417,7 @@ class Config(BaseModel):
         except (OSError, UnicodeDecodeError) as exc:
             raise UserError(f"{path}: cannot read: {exc}") from None
         except ValueError as exc:  # an integer past Python's int-to-str limit (4300 digits)
-            raise UserError(f"{path}: {_too_long(exc)}") from None
+            raise UserError(f"{path}: {too_long(exc)}") from None
         data = {} if data is None else data
         if not isinstance(data, dict):
             raise UserError(f"{path}: expected a mapping of keys to values, got {type(data).__name__}")
@@ -447,51 +448,6 @@ class PerRank(BaseModel):
     adam_beta1: float
     adam_beta2: float
     adam_epsilon: float
-
-
-def parse_overrides(items: list[str] | tuple[str, ...]) -> dict[str, Any]:
-    """``["a=1", "b=[64, 64]"]`` -> ``{"a": 1, "b": [64, 64]}``; values are YAML scalars or lists."""
-    out: dict[str, Any] = {}
-    for item in items:
-        key, sep, raw = item.partition("=")
-        if not sep or not key.strip():
-            raise UserError(f"--set {excerpt(item)}: expected key=value")
-        try:
-            out[key.strip()] = load_yaml(raw) if raw.strip() else None
-        except yaml.YAMLError as exc:
-            raise UserError(f"--set {excerpt(item)}: the value is not valid YAML ({getattr(exc, 'problem', exc)})") \
-                from None
-        except ValueError as exc:
-            raise UserError(f"--set {excerpt(key.strip())}: {_too_long(exc)}") from None
-    return out
-
-
-class _NoAliasLoader(yaml.SafeLoader):
-    """PyYAML's SafeLoader without aliases. A config is a few dozen keys, where an alias saves nothing, while a
-    few hundred bytes of nested aliases ("billion laughs") expand to gigabytes: refused at the first ``*name``."""
-
-    def compose_node(self, parent, index):
-        if self.check_event(yaml.AliasEvent):
-            event = self.peek_event()
-            raise yaml.composer.ComposerError(
-                None, None, f"YAML aliases (*{clip(event.anchor)}) are not allowed in a config; "
-                            "write the value out", event.start_mark)
-        return super().compose_node(parent, index)
-
-
-def load_yaml(text: str) -> Any:
-    """YAML as ``yaml.safe_load`` reads it, with aliases refused (``_NoAliasLoader``)."""
-    loader = _NoAliasLoader(text)
-    try:
-        return loader.get_single_data()
-    finally:
-        loader.dispose()
-
-
-def _too_long(exc: ValueError) -> str:
-    if "digits" in str(exc):
-        return "an integer with more than 4300 digits (no config value is that big)"
-    return clip(str(exc), 200)
 
 
 def _one_line(exc: ValidationError) -> str:

@@ -9,7 +9,7 @@ from typing import Any
 
 import numpy as np
 
-from hvd_dqn.envs import FRAME_PADDING, atari_options, is_atari_id, true_next_obs
+from hvd_dqn.envs import FRAME_PADDING, env_options, is_atari_id, true_next_obs
 from hvd_dqn.nstep import NStepAccumulator
 from hvd_dqn.replay import FrameReplayBuffer, ReplayBuffer, ReplayShard
 
@@ -25,7 +25,7 @@ class ClassicControl:
     @property
     def env_options(self) -> dict[str, Any]:
         """Keywords of ``envs.make_env`` for the training and evaluation envs: the env constructor's own."""
-        return dict(self.config.env_kwargs)
+        return env_options(self.config)
 
     def make_replay(self, capacity: int, obs_shape: tuple[int, ...], ranks_per_host: int) -> ReplayShard:
         return _shard(self.config, ReplayBuffer(capacity, obs_shape, ranks_per_host=ranks_per_host))
@@ -62,7 +62,7 @@ class Atari:
 
     @property
     def env_options(self) -> dict[str, Any]:
-        return atari_options(self.config)
+        return env_options(self.config)
 
     def make_replay(self, capacity: int, obs_shape: tuple[int, ...], ranks_per_host: int) -> ReplayShard:
         cfg = self.config
