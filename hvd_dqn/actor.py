@@ -85,6 +85,7 @@ class Actor:
             self.obs = from_json(state["obs"])
             self.episode_return = from_json(state["episode_return"])
         else:
+            self.task.end_episodes(self.replay, from_json(state["obs"]))
             self.obs, info = self.envs.reset(seed=restart_seeds)
             self.task.begin(self.replay, self.obs, info)
         self.finished_returns = list(state["finished_returns"])

@@ -266,12 +266,24 @@ def _reads(rank: int | None, name: str) -> bool:
     return rank is None or m is None or int(m.group(1) or m.group(2)) == rank
 
 
-def check_compatible(ckpt: Path, state: dict[str, Any], config: dict[str, Any], world_size: int) -> None:
-    """The run about to resume must have the checkpoint's world size and structural config keys."""
+def peek_state(ckpt: Path) -> dict[str, Any]:
+    """state.json as it is, unchecked ({} if it cannot be read): only to choose which files ``verify`` checks."""
+    try:
+        data = json.loads((Path(ckpt) / "state.json").read_text())
+    except (OSError, UnicodeDecodeError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def check_compatible(ckpt: Path, state: dict[str, Any], config: dict[str, Any], world_size: int,
+                     resizable: bool = True) -> None:
+    """The run about to resume must have the checkpoint's structural config keys, and its world size unless the
+    replay can be dealt out to another number of ranks (``resizable``)."""
     saved_ws = state["world_size"]
-    if saved_ws != world_size:
+    if saved_ws != world_size and not resizable:
         raise _fail(ckpt, f"written by {saved_ws} ranks, this job has {world_size}: resume with {saved_ws} ranks "
-                          f"(e.g. horovodrun -np {saved_ws}), the world size the replay shards were written with")
+                          f"(e.g. horovodrun -np {saved_ws}); Atari's frame replay keeps each rank's envs' frames "
+                          f"in rows of its vector steps, which cannot be dealt out to another number of ranks")
     saved = state["config"]
     diff = [k for k in STRUCTURAL_KEYS if _norm(saved.get(k)) != _norm(config.get(k))]
     if diff:

@@ -46,12 +46,18 @@ class NStepAccumulator:
             elif len(pending) == self.n:
                 rows.append(self._emit(pending, next_obs[j], False, False))
                 pending.popleft()
-        if not rows:
-            return None
-        # np.array on the scalar columns: np.stack per column and step cost more than the env step itself
-        obs, action, ret, next_obs, terminated, truncated, discount = zip(*rows)
-        return NStepBatch(np.stack(obs), np.array(action), np.array(ret), np.stack(next_obs), np.array(terminated),
-                          np.array(truncated), np.array(discount))
+        return _batch(rows)
+
+    def flush(self, last_obs) -> NStepBatch | None:
+        """Every pending start as a transition cut where its env now stands (``last_obs``: each env's current
+        observation), as a time limit would cut it: the rewards so far, bootstrapped with gamma^m. For envs
+        that will not continue (a resume that restarts episodes, a rank that is gone): nothing is lost."""
+        rows = []
+        for j, pending in enumerate(self._pending):
+            while pending:
+                rows.append(self._emit(pending, last_obs[j], False, True))
+                pending.popleft()
+        return _batch(rows)
 
     def _emit(self, pending, next_obs, terminated, truncated):
         obs, action, _ = pending[0]
@@ -82,3 +88,12 @@ class NStepAccumulator:
     def pending_counts(self) -> list[int]:
         """How many starts wait for their rewards in each env."""
         return [len(p) for p in self._pending]
+
+
+def _batch(rows) -> NStepBatch | None:
+    if not rows:
+        return None
+    # np.array on the scalar columns: np.stack per column and step cost more than the env step itself
+    obs, action, ret, next_obs, terminated, truncated, discount = zip(*rows)
+    return NStepBatch(np.stack(obs), np.array(action), np.array(ret), np.stack(next_obs), np.array(terminated),
+                      np.array(truncated), np.array(discount))

@@ -42,6 +42,24 @@ class ClassicControl:
         elif (ready := self.nstep.push(*transition)) is not None:
             replay.add(*ready)
 
+    def end_episodes(self, replay: ReplayShard, last_obs: np.ndarray) -> None:
+        """The envs will not continue their episodes (a resume that restarts them): the n-step starts still
+        waiting go into ``replay``, cut at ``last_obs`` as a time limit would cut them."""
+        if self.nstep is not None and (flushed := self.nstep.flush(last_obs)) is not None:
+            replay.add(*flushed)
+
+    def flushed(self, arrays: dict[str, np.ndarray], last_obs: np.ndarray):
+        """Another rank's saved n-step starts (``arrays``: its replay file), cut at ``last_obs`` as transitions,
+        for a resume onto fewer ranks where that rank is gone; None without n-step or when none waited."""
+        if self.nstep is None:
+            return None
+        pending = NStepAccumulator(self.config.num_envs, self.config.n_step, self.config.gamma)
+        pending.load_state_dict(arrays)
+        return pending.flush(last_obs)
+
+    # the ring buffer's transitions are self-contained: they can be dealt to another number of ranks
+    resizable = True
+
     def state_dict(self) -> dict[str, np.ndarray]:
         """The n-step starts still waiting for their rewards (none without n-step)."""
         return {} if self.nstep is None else self.nstep.state_dict()
@@ -84,6 +102,14 @@ class Atari:
         self.lives = lives  # a reset step brings the new game's lives back up, never counted as a loss
         replay.add(obs, actions, np.sign(reward) if cfg.clip_rewards else reward, next_obs, stored_terminated,
                    truncated, episode_end=terminated | truncated)
+
+    def end_episodes(self, replay: ReplayShard, last_obs: np.ndarray) -> None:
+        """Nothing to flush: the frame replay builds n-step returns when it samples, and ``begin`` starts the
+        new episodes."""
+
+    # The frame replay stores each vector step of a rank's envs as one row: its episodes cannot be dealt out to
+    # another number of ranks transition by transition.
+    resizable = False
 
     def state_dict(self) -> dict[str, np.ndarray]:
         """Nothing beyond the frame replay's own state: the emulators' state cannot be saved, so a resumed run

@@ -366,7 +366,9 @@ class Trainer:
         self.last_log = LogPoint(s.env_steps, now, self.learner.updates)
         self.logger.log({"env_steps": s.env_steps, "wall_s": now - self.start, "updates": self.learner.updates,
                          "event": "resumed", "checkpoint": ckpt.name,
-                         "resume_gap_s": time.time() - state["written_at"]})
+                         "resume_gap_s": time.time() - state["written_at"],
+                         # where the world size changed (docs/checkpoints.md: resuming onto another world size)
+                         "world_size": self.world.size, "checkpoint_world_size": state["world_size"]})
 
     def _lock_run_dir(self) -> None:
         """Rank 0 locks the run dir (docs/reliability.md) before anything in it is read, written or

@@ -22,7 +22,8 @@ import numpy as np
 from hvd_dqn import checkpoint, distributed, rundir
 from hvd_dqn.checkpoint import CheckpointError
 from hvd_dqn.envs import env_seeds
-from hvd_dqn.errors import clip, excerpt
+from hvd_dqn.errors import clip, excerpt, say
+from hvd_dqn.replay import redistribute
 
 LOOP_KEYS = ("train_stats", "last_eval", "solved_env_steps", "solved_wall_s")  # state.json's loop, after the counters
 
@@ -134,18 +135,27 @@ def _check_state(ckpt: Path, state: dict[str, Any]) -> None:
 
 
 def restore(ckpt: Path, world, config, parts: Parts) -> dict[str, Any]:
-    """Load ``ckpt`` into freshly made ``parts`` (same config structure and world size); returns state.json."""
-    error, state = None, None
+    """Load ``ckpt`` into freshly made ``parts`` (same config structure); returns state.json. A checkpoint of
+    another world size is resumed by dealing its replay out to this job's ranks (``_load_resized``)."""
+    error, state, resized = None, None, None
     try:
-        state = checkpoint.verify(ckpt, world.rank)
+        state = checkpoint.peek_state(ckpt)
+        saved_size = state.get("world_size") if isinstance(state.get("world_size"), int) else world.size
+        # another world size reads every rank's files, so every file's digest is checked
+        state = checkpoint.verify(ckpt, world.rank if saved_size == world.size else None)
         _check_state(ckpt, state)
-        checkpoint.check_compatible(ckpt, state, config.to_dict(), world.size)
+        checkpoint.check_compatible(ckpt, state, config.to_dict(), world.size, resizable=parts.task.resizable)
         checkpoint.read_model(ckpt, parts.learner.checkpoint_objects(restoring=True))
-        arrays = checkpoint.read_arrays(ckpt, f"replay-rank{world.rank}.npz")
-        parts.replay.load_state_dict(arrays)
-        parts.task.load_state_dict(arrays)
-        restart = env_seeds(config.seed, world.rank, config.num_envs, stream=2 + state["env_steps"])
-        parts.actor.load_state_dict(checkpoint.read_json(ckpt, f"rank{world.rank}.json"), restart_seeds=restart)
+        if saved_size == world.size:
+            arrays = checkpoint.read_arrays(ckpt, f"replay-rank{world.rank}.npz")
+            parts.replay.load_state_dict(arrays)
+            parts.task.load_state_dict(arrays)
+        else:
+            resized = _load_resized(ckpt, state, world, config, parts)
+        if world.rank < saved_size:  # a rank that is new to the run keeps the envs it started with
+            restart = env_seeds(config.seed, world.rank, config.num_envs, stream=2 + state["env_steps"])
+            parts.actor.load_state_dict(checkpoint.read_json(ckpt, f"rank{world.rank}.json"),
+                                        restart_seeds=restart)
     except CheckpointError as exc:
         error = exc
     except (AttributeError, KeyError, TypeError, ValueError) as exc:
@@ -154,10 +164,73 @@ def restore(ckpt: Path, world, config, parts: Parts) -> dict[str, Any]:
     # Horovod: no rank goes on (into collectives) with a checkpoint another rank could not load.
     if distributed.allreduce_sum([float(error is not None)])[0]:
         raise error or CheckpointError(f"checkpoint {ckpt}: another rank could not load its part (see its error)")
-    loop = state["loop"]
+    loop = dict(state["loop"])
+    if resized is not None:
+        loop.update(vstep=resized.vstep, since_sync=resized.since_sync)
+        if world.is_chief:
+            say(resized.line)
     parts.loop.load_state_dict(loop)
     parts.learner.load_state_dict({"updates": state["updates"], "since_sync": loop["since_sync"]})
     parts.evaluator.load_state_dict({"count": state["evaluator_count"]})
     # Horovod: every rank read the same file; the broadcast makes rank 0's bytes the truth regardless.
     parts.learner.broadcast_restored()
     return state
+
+
+class Resized(NamedTuple):
+    """A resume onto another world size: the loop's counters in the new world's units, and the line that says
+    what happened to the replay."""
+
+    vstep: int
+    since_sync: int
+    line: str
+
+
+def _load_resized(ckpt: Path, state: dict[str, Any], world, config, parts: Parts) -> Resized:
+    """This rank's share of the checkpoint's replay (``hvd_dqn.replay.redistribute``: every transition to exactly
+    one rank, the oldest dropped only where the new capacity is smaller), its own n-step starts if it existed
+    before, and the counters that depend on the world size."""
+    old_size, new_size = state["world_size"], world.size
+    new_share, old_share = config.per_rank(new_size), config.per_rank(old_size)
+    env_steps = state["loop"]["env_steps"]
+    if env_steps % new_share.global_steps_per_vector_step:
+        raise checkpoint.CheckpointError(
+            f"checkpoint {ckpt}: written at global env step {env_steps}, which {new_size} ranks of "
+            f"{config.num_envs} envs ({new_share.global_steps_per_vector_step} env steps per vector step) cannot "
+            f"reach; resume with {old_size} ranks, or from a checkpoint at a learning phase's end")
+    prioritized = parts.replay.tree is not None
+    files = [checkpoint.read_arrays(ckpt, f"replay-rank{r}.npz") for r in range(old_size)]
+    max_priority = max(float(f["shard_max_priority"]) for f in files) if prioritized else None
+    weight = max_priority ** config.priority_alpha if prioritized else None
+    ordered, flushed_total = [], 0
+    for r, arrays in enumerate(files):
+        flushed = None
+        if r >= new_size:  # a rank that is gone: its envs end here, their n-step starts become transitions
+            last_obs = checkpoint.from_json(checkpoint.read_json(ckpt, f"rank{r}.json")["obs"])
+            flushed = parts.task.flushed(arrays, last_obs)
+            flushed_total += 0 if flushed is None else len(flushed.action)
+        ordered.append(redistribute.in_order(arrays, old_share.replay_capacity, weight, flushed))
+    capacity = parts.replay.capacity
+    mine = redistribute.deal([len(o["action"]) for o in ordered], new_size, world.rank, capacity)
+    parts.replay.load_state_dict(redistribute.shard_arrays(ordered, mine, capacity, max_priority))
+    if world.rank < old_size:
+        parts.task.load_state_dict(files[world.rank])
+    total = sum(len(o["action"]) for o in ordered)
+    flushed_note = f" ({flushed_total} of them n-step starts of the envs that ended)" if flushed_total else ""
+    dropped = (f"; the newest {total - mine.dropped} kept, the {mine.dropped} oldest dropped (replay capacity "
+               f"{capacity} per rank)") if mine.dropped else ""
+    envs = (f"{_ranks(new_size, old_size)}'s envs ended" if new_size < old_size
+            else f"{_ranks(old_size, new_size)} start new envs")
+    line = (f"hvd-dqn: {ckpt.name} was written by {old_size} ranks, this job has {new_size}: {total} replay "
+            f"transitions{flushed_note} dealt out to {_plural(new_size, 'rank')}{dropped}; {envs}; the scaling "
+            f"rule is recomputed for {_plural(new_size, 'rank')}")
+    since_sync = state["loop"]["since_sync"] * new_share.target_update_every // old_share.target_update_every
+    return Resized(env_steps // new_share.global_steps_per_vector_step, since_sync, line)
+
+
+def _plural(n: int, word: str) -> str:
+    return f"{n} {word}" if n == 1 else f"{n} {word}s"
+
+
+def _ranks(first: int, stop: int) -> str:
+    return f"rank {first}" if stop - first == 1 else f"ranks {first}..{stop - 1}"

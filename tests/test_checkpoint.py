@@ -242,13 +242,14 @@ def test_resume_refuses_a_changed_optimizer_or_frame_stack(run_dir, tmp_path, ca
     assert sorted(p.name for p in (run / "checkpoints").iterdir()) == before
 
 
-def test_resume_refuses_an_incompatible_config_or_world_size(run_dir, tmp_path, capsys):
+def test_resume_refuses_an_incompatible_config_or_an_atari_world_size(run_dir, tmp_path, capsys):
     run, ckpt = _copy(run_dir, tmp_path)
     assert _resume(run, "--set", "hidden_sizes=[8]") == 2
     assert "incompatible config (hidden_sizes [16, 16] -> [8]); these keys must match" in _one_line_error(capsys)
     state = checkpoint.verify(ckpt)
+    checkpoint.check_compatible(ckpt, state, state["config"], 2)  # classic control: dealt out to 2 ranks
     with pytest.raises(CheckpointError, match=r"written by 1 ranks, this job has 2: resume with 1 ranks"):
-        checkpoint.check_compatible(ckpt, state, state["config"], 2)
+        checkpoint.check_compatible(ckpt, state, state["config"], 2, resizable=False)
     assert _resume(tmp_path / "nowhere") == 2
     assert "no config.json (not a run directory? give --config)" in _one_line_error(capsys)
     (tmp_path / "empty").mkdir()

@@ -129,18 +129,6 @@ def test_a_signalled_run_resumes_bit_exactly(np_, tmp_path):
     assert [r["env_steps"] for r in rows] == sorted(r["env_steps"] for r in rows)
 
 
-def test_resume_with_another_world_size_says_what_to_do(tmp_path):
-    """A 1-rank checkpoint resumed on 2 ranks: one line naming the world size to use, exit 2 from the ranks."""
-    cfg = _config(tmp_path)
-    run_dir = tmp_path / "run"
-    proc = run([BIN / "hvd-dqn", "train", "--config", cfg, "--run-dir", run_dir, "--set", "total_env_steps=1000"])
-    assert proc.returncode == 0, proc.stderr
-    proc = run(_train_cmd(2, "--resume", run_dir), timeout=300)
-    assert proc.returncode != 0
-    assert "written by 1 ranks, this job has 2: resume with 1 ranks (e.g. horovodrun -np 1)" in proc.stdout + proc.stderr
-    assert "Exit code: 2" in proc.stdout + proc.stderr
-
-
 @pytest.mark.multiproc
 def test_sigusr1_to_mpirun_stops_every_rank_with_a_checkpoint(tmp_path):
     """The signal to the launcher, not to the ranks: mpirun (launch/mpirun.sh execs it) forwards SIGUSR1 to its

@@ -40,11 +40,12 @@ class ReplayShard:
         """Add transitions through the buffer's ``add`` (``extra``: its own keywords, e.g. the frame buffer's
         ``episode_end``); they get this shard's discount and, when prioritized, the largest priority so far."""
         n = len(action)
+        if self.tree is not None:
+            self._track_restored()  # before the add: the new slots are not restored ones
         idx = self.buffer.add(obs, action, reward, next_obs, terminated, truncated, **extra)
         if discount is not None:
             self.discount[idx] = discount
         if self.tree is not None:
-            self._track_restored()
             self.tree.set(idx, self.max_priority ** self.alpha)
             self._tracked = min(self.capacity, self._tracked + n)
 

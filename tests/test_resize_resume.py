@@ -1,0 +1,110 @@
+"""Resuming onto another number of ranks, for real under horovodrun (issue 17): configs/cartpole.yaml stopped at
+np=2 mid-run, then resumed at np=1 (twice: the same checksums) and at np=4; each completes the run and still
+solves it, with the update count the two world sizes' schedules add up to, and says in one line and in its
+metrics where the world size changed. Atari and a step the new world size cannot reach are refused in one line."""
+import json
+import shutil
+
+import pytest
+
+from conftest import BIN, ROOT, run
+from run_schedule import learning_phases, updates_per_phase
+
+from hvd_dqn.checkpoint import CheckpointError, check_compatible
+from hvd_dqn.config import Config
+
+CONFIG = ROOT / "configs" / "cartpole.yaml"
+STOP_AT = 20000  # rank 0 asks to stop at the first decision point from here: a checkpoint, then exit 75
+
+
+def _hvd(np_, *args):
+    cmd = [BIN / "hvd-dqn", "train", *args]
+    return [BIN / "horovodrun", "-np", str(np_), "--gloo", "-H", f"localhost:{np_}", *cmd] if np_ > 1 else cmd
+
+
+def _summary(run_dir):
+    return json.loads((run_dir / "summary.json").read_text())
+
+
+@pytest.fixture(scope="module")
+def stopped_at_np2(tmp_path_factory):
+    """configs/cartpole.yaml at np=2, stopped mid-run by the test hook's stop request: its run dir and step."""
+    run_dir = tmp_path_factory.mktemp("resize") / "np2"
+    proc = run(_hvd(2, "--config", CONFIG, "--run-dir", run_dir), timeout=900, HVD_DQN_TEST_HOOKS="1",
+               HVD_DQN_PREEMPT_AT=f"0:{STOP_AT}")
+    assert "Exit code: 75" in proc.stdout + proc.stderr, proc.stdout + proc.stderr
+    ckpts = sorted((run_dir / "checkpoints").iterdir())
+    assert len(ckpts) == 1 and (ckpts[0] / "COMPLETE").is_file()
+    step = int(ckpts[0].name.split("-")[1])
+    assert step == -(-STOP_AT // 256) * 256  # decision points fall every train_every = 256 global env steps
+    return run_dir, step
+
+
+def _resume_copy(stopped, tmp_path, name, np_):
+    run_dir = tmp_path / name
+    shutil.copytree(stopped, run_dir)
+    proc = run(_hvd(np_, "--resume", run_dir), timeout=900)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    return run_dir, proc.stdout + proc.stderr
+
+
+def _expected_updates(step, new_np):
+    cfg = Config.from_yaml(CONFIG)
+    before = len(learning_phases(cfg, 2, until=step)) * updates_per_phase(cfg, 2)
+    after = len([s for s in learning_phases(cfg, new_np) if s > step]) * updates_per_phase(cfg, new_np)
+    return before + after
+
+
+@pytest.mark.multiproc
+def test_np2_resumed_at_np1_twice_completes_solves_and_is_deterministic(stopped_at_np2, tmp_path):
+    stopped, step = stopped_at_np2
+    first, output = _resume_copy(stopped, tmp_path, "a", 1)
+    second, _ = _resume_copy(stopped, tmp_path, "b", 1)
+    a, b = _summary(first), _summary(second)
+    assert a["world_size"] == 1 and a["env_steps"] == 50000
+    assert a["solved_env_steps"] is not None and a["solved_env_steps"] > step  # it still learns the task
+    assert a["replica_checksums"] == b["replica_checksums"]  # the same N -> N' resume twice: the same run
+    assert a["updates"] == _expected_updates(step, 1)
+    # the one line: what moved where (the 2 ranks' replay onto 1, rank 1's pending 3-step starts flushed)
+    line = next(l for l in output.splitlines() if "was written by 2 ranks" in l)
+    assert line.startswith(f"hvd-dqn: ckpt-{step} was written by 2 ranks, this job has 1: ")
+    assert "n-step starts of the envs that ended) dealt out to 1 rank; rank 1's envs ended; the scaling rule " \
+           "is recomputed for 1 rank" in line
+    rows = [json.loads(l) for l in (first / "metrics.jsonl").read_text().splitlines()]
+    resumed = [r for r in rows if r.get("event") == "resumed"]
+    assert [(r["env_steps"], r["checkpoint_world_size"], r["world_size"]) for r in resumed] == [(step, 2, 1)]
+
+
+@pytest.mark.multiproc
+def test_np2_resumed_at_np4_completes_and_solves(stopped_at_np2, tmp_path):
+    stopped, step = stopped_at_np2
+    run_dir, output = _resume_copy(stopped, tmp_path, "c", 4)
+    s = _summary(run_dir)
+    assert s["world_size"] == 4 and s["env_steps"] == 50000 and len(set(s["replica_checksums"])) == 1
+    assert s["solved_env_steps"] is not None and s["solved_env_steps"] > step
+    assert s["updates"] == _expected_updates(step, 4)
+    assert "this job has 4: " in output and "ranks 2..3 start new envs" in output
+    rows = [json.loads(l) for l in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert [(r["checkpoint_world_size"], r["world_size"]) for r in rows if r.get("event") == "resumed"] == [(2, 4)]
+
+
+def test_a_step_the_new_world_size_cannot_reach_is_refused_in_one_line(tmp_path, tiny_cartpole):
+    """1 env per rank, 1,001 steps at np=1: 2 ranks step 2 at a time and never stand at step 1,001."""
+    run_dir = tmp_path / "run"
+    proc = run([BIN / "hvd-dqn", "train", "--config", tiny_cartpole, "--run-dir", run_dir,
+                "--set", "total_env_steps=1001"])
+    assert proc.returncode == 0, proc.stderr
+    proc = run(_hvd(2, "--resume", run_dir), timeout=300)
+    assert proc.returncode != 0
+    assert ("written at global env step 1001, which 2 ranks of 1 envs (2 env steps per vector step) cannot reach; "
+            "resume with 1 ranks, or from a checkpoint at a learning phase's end") in proc.stdout + proc.stderr
+    assert "<stderr>:Traceback" not in proc.stdout + proc.stderr  # none from the ranks (horovodrun prints its own)
+
+
+def test_atari_checkpoints_keep_their_world_size():
+    state = {"world_size": 2, "config": {}}
+    check_compatible(ROOT, state, {}, 2, resizable=False)  # same size: fine
+    check_compatible(ROOT, state, {}, 4, resizable=True)  # classic control: dealt out
+    with pytest.raises(CheckpointError, match="written by 2 ranks, this job has 4: resume with 2 ranks .*frame "
+                                              "replay .* cannot be dealt out to another number of ranks"):
+        check_compatible(ROOT, state, {}, 4, resizable=False)
