@@ -74,3 +74,41 @@ def test_a_signalled_job_checkpoints_requeues_and_completes(local_slurm, tmp_pat
     assert resumed["resume_gap_s"] > 1
     assert resumed["wall_s"] - before["wall_s"] >= resumed["resume_gap_s"] - 0.5
     assert rows[-1]["env_steps"] == TOTAL and sum(r.get("event") == "resumed" for r in rows) == 1
+
+
+def test_a_preempted_two_task_job_continues_as_a_one_task_job(local_slurm, tmp_path):
+    """Issue 17: the job comes back with another task count (here: the 2-task job's requeue cancelled, the run
+    submitted again with 1 task); slurm.sbatch passes --resume whatever the count, and the run completes on 1 rank
+    from the 2 ranks' checkpoint, its replay dealt out to the one rank."""
+    cfg = tmp_path / "run.yaml"
+    cfg.write_text("".join(f"{k}: {json.dumps(v)}\n" for k, v in RUN.items()))
+    run_dir, out1, out2 = tmp_path / "run", tmp_path / "job1.out", tmp_path / "job2.out"
+    proc = run(["sbatch", "--parsable", f"--output={out1}", LAUNCH / "slurm.sbatch", cfg],
+               RUN_DIR=run_dir, VIRTUAL_ENV=BIN.parent)
+    first = proc.stdout.strip().split(";")[0]
+    assert first.isdigit(), proc.stdout + proc.stderr
+    second = None
+    try:
+        _wait(lambda: any(r["env_steps"] >= 3000 for r in _rows(run_dir)), 300, "training to get under way", out1)
+        subprocess.run(["scancel", "--batch", "--signal=USR1", first], check=True)
+        _wait(lambda: _job(first).get("Restarts") == "1", 120, "the requeue", out1)
+        subprocess.run(["scancel", first], check=True)  # the allocation does not come back as it was
+        proc = run(["sbatch", "--parsable", "--ntasks-per-node=1", f"--output={out2}", LAUNCH / "slurm.sbatch",
+                    cfg], RUN_DIR=run_dir, VIRTUAL_ENV=BIN.parent)
+        second = proc.stdout.strip().split(";")[0]
+        assert second.isdigit(), proc.stdout + proc.stderr
+        state = _wait(lambda: _job(second)["JobState"] in ("COMPLETED", "FAILED", "CANCELLED") and _job(second),
+                      600, "the 1-task job to end", out2)
+    finally:
+        for job in (first, second):
+            if job and _job(job).get("JobState") in ("RUNNING", "PENDING"):
+                subprocess.run(["scancel", job])
+    output = out2.read_text()
+    assert state["JobState"] == "COMPLETED", (state, output)
+    stopped = int(re.search(r"stopped by SIGUSR1 at global env step (\d+)", out1.read_text()).group(1))
+    assert ", 1 ranks, " in output and "holds a checkpoint: resuming" in output
+    assert f"ckpt-{stopped} was written by 2 ranks, this job has 1: " in output
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["env_steps"] == TOTAL and summary["world_size"] == 1
+    resumed = [r for r in _rows(run_dir) if r.get("event") == "resumed"]
+    assert [(r["env_steps"], r["checkpoint_world_size"], r["world_size"]) for r in resumed] == [(stopped, 2, 1)]
