@@ -17,7 +17,8 @@ place, and the checkpoint still owed (the step trigger counts from the last chec
 counter; a stop request stays raised) is written at the next boundary, the final one after the loop.
 ``--elastic --resume RUN_DIR`` continues from the newest checkpoint: rank 0 finds it, and every rank of the
 first world loads it inside the elastic loop, after Horovod's sync (no collective before it); a plain
-``--resume`` continues an elastic run's directory as any other, on the world size the checkpoint names.
+``--resume`` continues an elastic run's directory as any other (the checkpoint's world size is the number of
+ranks alive when it was written).
 """
 from __future__ import annotations
 
