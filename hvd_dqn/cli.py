@@ -127,7 +127,8 @@ def _train(args) -> int:
     except Preempted as exc:
         ignore_stop_signals()
         if distributed.world().is_chief:
-            say(f"hvd-dqn: {exc}; continue with: hvd-dqn train --resume {exc.checkpoint.parent.parent}")
+            again = "train --elastic --resume" if args.elastic else "train --resume"
+            say(f"hvd-dqn: {exc}; continue with: hvd-dqn {again} {exc.checkpoint.parent.parent}")
         return exc.exit_code
     if distributed.world().is_chief:
         print("hvd-dqn summary: " + json.dumps({k: summary[k] for k in (

@@ -211,12 +211,7 @@ class Trainer:
         cfg.check_schedule(share)
         self.run_dir = self._resolve_run_dir()
         self._lock_run_dir()
-        resume_from = checkpoint.find_for_resume(self.run_dir) if self.resume else None
-        if resume_from is None and checkpoint.listed(self.run_dir):
-            # a fresh run would mix its metrics and checkpoints with the earlier run's (and a later --resume
-            # could pick up the earlier run's newest checkpoint); its files are not ours to delete
-            raise UserError(f"run dir {self.run_dir} holds the checkpoints of an earlier run: continue it with "
-                            f"--resume {self.run_dir}, or train into another --run-dir")
+        resume_from = self._resume_point()
         self._open_outputs(resume_from)
         self.threshold = cfg.reward_threshold if cfg.reward_threshold is not None else reward_threshold(cfg.env_id)
 
@@ -238,6 +233,17 @@ class Trainer:
         if resume_from is not None:
             self._resume(resume_from)
         self.callbacks.fire("on_train_begin", self)
+
+    def _resume_point(self) -> Path | None:
+        """The checkpoint to continue from (None: a new run), after the lock; refuses a new run into a run dir that
+        holds checkpoints."""
+        resume_from = checkpoint.find_for_resume(self.run_dir) if self.resume else None
+        if resume_from is None and checkpoint.listed(self.run_dir):
+            # a fresh run would mix its metrics and checkpoints with the earlier run's (and a later --resume
+            # could pick up the earlier run's newest checkpoint); its files are not ours to delete
+            raise UserError(f"run dir {self.run_dir} holds the checkpoints of an earlier run: continue it with "
+                            f"--resume {self.run_dir}, or train into another --run-dir")
+        return resume_from
 
     def _open_outputs(self, resume_from: Path | None) -> None:
         """Rank 0: metrics.jsonl trimmed to the checkpoint, the logger, config.json. A full or read-only disk is

@@ -1,15 +1,21 @@
 """Elastic training for real: `horovodrun --min-np 1 --max-np 2` with a host discovery script, a worker killed
-mid-run with SIGKILL; the survivor rolls back to the last commit, goes on alone and completes the run."""
+mid-run with SIGKILL; the survivor rolls back to the last commit, goes on alone and completes the run. Elastic
+runs write disk checkpoints: a job killed outright (every process, SIGKILL) continues from its last one, with
+`--elastic --resume` and with a plain `--resume`; SIGTERM stops it with a checkpoint; a worker lost while a
+checkpoint is being written leaves no half-written one and the checkpoint is written after the rollback."""
 import json
 import os
+import shutil
 import signal
 import subprocess
 import time
 from pathlib import Path
 
+import psutil
 import pytest
 
-from conftest import BIN, ROOT, run_env
+from conftest import BIN, ROOT, run, run_env
+from hvd_dqn import checkpoint
 from run_schedule import expected_updates
 
 pytestmark = pytest.mark.multiproc
@@ -54,14 +60,24 @@ def _worker_of_rank(launcher_pid: int, rank: int) -> int | None:
     return None
 
 
-def test_an_elastic_run_survives_a_killed_worker(tmp_path):
-    cfg, discover, run_dir = tmp_path / "run.yaml", tmp_path / "discover.sh", tmp_path / "run"
-    cfg.write_text("".join(f"{k}: {json.dumps(v)}\n" for k, v in RUN.items()))
+def _elastic_cmd(tmp_path: Path, config: dict | None, *train_args) -> list:
+    """horovodrun's elastic mode on this machine as two hosts of one slot, running ``hvd-dqn train --elastic``
+    with ``config`` (written to tmp_path; None: no --config) and ``train_args``."""
+    discover = tmp_path / "discover.sh"
     discover.write_text(DISCOVERY)
     discover.chmod(0o755)
-    cmd = [BIN / "horovodrun", "-np", "2", "--min-np", "1", "--max-np", "2", "--host-discovery-script", discover,
-           "--network-interfaces", "lo", "--gloo", BIN / "hvd-dqn", "train", "--elastic", "--config", cfg,
-           "--run-dir", run_dir]
+    args = list(train_args)
+    if config is not None:
+        cfg = tmp_path / "run.yaml"
+        cfg.write_text("".join(f"{k}: {json.dumps(v)}\n" for k, v in config.items()))
+        args = ["--config", cfg, *args]
+    return [BIN / "horovodrun", "-np", "2", "--min-np", "1", "--max-np", "2", "--host-discovery-script", discover,
+            "--network-interfaces", "lo", "--gloo", BIN / "hvd-dqn", "train", "--elastic", *args]
+
+
+def test_an_elastic_run_survives_a_killed_worker(tmp_path):
+    run_dir = tmp_path / "run"
+    cmd = _elastic_cmd(tmp_path, RUN, "--run-dir", run_dir)
     job = subprocess.Popen([str(c) for c in cmd], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                            env=run_env(), cwd=ROOT, start_new_session=True)
     try:
@@ -129,3 +145,193 @@ def test_an_elastic_reset_on_an_atari_config_keeps_the_runs_evaluation_options(t
     finally:
         trainer._release()
         trainer._close()
+
+
+# ---------------------------------------------------------------------------------------------- disk checkpoints
+CKPT_TOTAL = 8000
+CKPT_RUN = {**RUN, "total_env_steps": CKPT_TOTAL, "checkpoint_every": 2000, "keep_checkpoints": 20}
+
+
+def _start(cmd, out: Path) -> subprocess.Popen:
+    """The job in a session of its own, its output to ``out`` (a file: nobody reads a pipe while the test waits)."""
+    with open(out, "w") as sink:
+        return subprocess.Popen([str(c) for c in cmd], stdout=sink, stderr=subprocess.STDOUT, env=run_env(),
+                                cwd=ROOT, start_new_session=True)
+
+
+def _wait_until(done, job: subprocess.Popen, what: str, timeout: float = 300) -> None:
+    deadline = time.monotonic() + timeout
+    while not done():
+        assert job.poll() is None, f"the job ended before {what}"
+        assert time.monotonic() < deadline, f"no {what} within {timeout} s"
+        time.sleep(0.2)
+
+
+def _job_processes(job: subprocess.Popen) -> list[psutil.Process]:
+    """horovodrun and everything under it: its helpers, the shells (in sessions of their own) and the ranks."""
+    root = psutil.Process(job.pid)
+    return [root, *root.children(recursive=True)]
+
+
+def _is_rank(proc: psutil.Process) -> bool:
+    try:
+        cmd = proc.cmdline()
+    except psutil.Error:
+        return False
+    return len(cmd) >= 2 and os.path.basename(cmd[0]).startswith("python") and cmd[1].endswith("hvd-dqn")
+
+
+def _gone(procs: list[psutil.Process], timeout: float = 30) -> list[psutil.Process]:
+    """Those of ``procs`` still running (zombies count as gone) after up to ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        alive = []
+        for p in procs:
+            try:
+                if p.is_running() and p.status() != psutil.STATUS_ZOMBIE:
+                    alive.append(p)
+            except psutil.NoSuchProcess:
+                pass
+        if not alive or time.monotonic() > deadline:
+            return alive
+        time.sleep(0.2)
+
+
+def _naming(run_dir: Path) -> list[int]:
+    """Pids of the processes, anywhere on the machine, whose command line names ``run_dir``."""
+    found = []
+    for p in psutil.process_iter(["pid", "cmdline"]):
+        if any(str(run_dir) in arg for arg in (p.info["cmdline"] or [])) and p.info["pid"] != os.getpid():
+            found.append(p.info["pid"])
+    return found
+
+
+def _checkpoints(run_dir: Path, killed: bool = False) -> dict[int, int]:
+    """Every checkpoint of the run: its global env step -> the world size that wrote it, each verified (every
+    file's sha256 against the manifest); and no half-written ``.tmp`` left (unless the job was ``killed``)."""
+    ckpts = checkpoint.listed(run_dir)
+    assert killed or not list(checkpoint.checkpoints_dir(run_dir).glob("ckpt-*.tmp"))
+    found = {}
+    for ckpt in ckpts:
+        state = checkpoint.verify(ckpt)
+        replay = sorted(p.name for p in ckpt.glob("replay-rank*.npz"))
+        assert replay == [f"replay-rank{r}.npz" for r in range(state["world_size"])], (ckpt, replay)
+        found[state["env_steps"]] = state["world_size"]
+    return found
+
+
+def _summary(run_dir: Path, world_size: int) -> dict:
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["env_steps"] == CKPT_TOTAL and summary["world_size"] == world_size
+    checksums = summary["replica_checksums"]
+    assert len(checksums) == world_size and len(set(checksums)) == 1, checksums
+    return summary
+
+
+def test_an_elastic_run_killed_outright_resumes_from_its_last_checkpoint(tmp_path):
+    """Checkpoints every 2,000 env steps; SIGKILL to every process of the job once ckpt-4000 is there; both
+    `--elastic --resume` and a plain `--resume` at the same world size continue from the newest checkpoint to the
+    end, and the two end with the same weights."""
+    run_dir = tmp_path / "run"
+    job = _start(_elastic_cmd(tmp_path, CKPT_RUN, "--run-dir", run_dir), tmp_path / "job.out")
+    try:
+        _wait_until(lambda: checkpoint.is_complete(checkpoint.final_path(run_dir, 4000)), job, "ckpt-4000")
+        procs = _job_processes(job)
+        ranks = [p for p in procs if _is_rank(p)]
+        assert len(ranks) == 2
+        for p in ranks + [p for p in procs if p not in ranks]:  # the ranks first: none gets to react
+            try:
+                p.kill()
+            except psutil.NoSuchProcess:
+                pass
+        os.killpg(job.pid, signal.SIGKILL)
+        job.wait()
+    finally:
+        if job.poll() is None:
+            os.killpg(job.pid, signal.SIGKILL)
+            job.wait()
+    assert not _gone(procs) and not _naming(run_dir), "a process of the killed job survived"
+    assert not (run_dir / "summary.json").exists()
+    written = _checkpoints(run_dir, killed=True)
+    assert 4000 in written and all(ws == 2 for ws in written.values()), written
+    assert all(step % 2000 == 0 for step in written), written  # each at a learning-phase boundary
+    last = max(written)
+    plain_dir = tmp_path / "plain"
+    shutil.copytree(run_dir, plain_dir)
+
+    proc = run(_elastic_cmd(tmp_path, None, "--resume", run_dir), timeout=600)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    elastic = _summary(run_dir, 2)
+    rows = _rows(run_dir)
+    resumed = [r for r in rows if r.get("event") == "resumed"]
+    assert [(r["env_steps"], r["checkpoint"]) for r in resumed] == [(last, f"ckpt-{last}")]
+    assert [r["env_steps"] for r in rows] == sorted(r["env_steps"] for r in rows)  # rows after `last` were dropped
+    assert _checkpoints(run_dir)[CKPT_TOTAL] == 2
+
+    proc = run([BIN / "horovodrun", "-np", "2", "--gloo", BIN / "hvd-dqn", "train", "--resume", plain_dir],
+               timeout=600)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    plain = _summary(plain_dir, 2)
+    assert plain["replica_checksums"] == elastic["replica_checksums"]
+    assert plain["updates"] == elastic["updates"] == expected_updates(CKPT_RUN, 2)
+
+
+@pytest.mark.parametrize("to", ["ranks", "horovodrun"])
+def test_sigterm_stops_an_elastic_run_with_a_checkpoint(to, tmp_path):
+    """SIGTERM to the ranks: every rank checkpoints at the same step and exits 75 (horovodrun exits 1 and reports
+    their 75). SIGTERM to horovodrun: Horovod's elastic driver SIGTERMs each worker's shell's children and then the
+    shell, and reports the shell's 143 (or 137), never the worker's own code; the checkpoint is written all the
+    same, and no process of the job is left."""
+    run_dir = tmp_path / "run"
+    config = {k: v for k, v in CKPT_RUN.items() if k != "checkpoint_every"}  # the stop's checkpoint, only
+    job = _start(_elastic_cmd(tmp_path, config, "--run-dir", run_dir), tmp_path / "job.out")
+    try:
+        _wait_until(lambda: any(r["env_steps"] >= 3000 for r in _rows(run_dir)), job, "the row at 3000")
+        procs = _job_processes(job)
+        ranks = [p for p in procs if _is_rank(p)]
+        assert len(ranks) == 2
+        for p in ranks if to == "ranks" else [psutil.Process(job.pid)]:
+            p.send_signal(signal.SIGTERM)
+        job.wait(timeout=120)
+    finally:
+        if job.poll() is None:
+            os.killpg(job.pid, signal.SIGKILL)
+            job.wait()
+    output = (tmp_path / "job.out").read_text()
+    assert job.returncode == 1, output
+    if to == "ranks":
+        assert "Process 0 exit with status code 75." in output and "Process 1 exit with status code 75." in output
+        assert "Exit code: 75" in output, output
+    assert not _gone(procs) and not _naming(run_dir), "a process of the stopped job is left"
+    assert output.count("hvd-dqn: stopped by SIGTERM at global env step") == 1, output  # rank 0 says it
+    step = int(output.split("at global env step ")[1].split(";")[0])
+    assert f"continue with: hvd-dqn train --elastic --resume {run_dir}" in output
+    assert 3000 <= step < CKPT_TOTAL and step % 200 == 0  # a learning-phase boundary (100 vector steps of 2 ranks)
+    assert _checkpoints(run_dir) == {step: 2}
+    assert not (run_dir / "summary.json").exists()
+
+
+@pytest.mark.parametrize("fault", ["0:4000", f"1:{CKPT_TOTAL}"])
+def test_a_worker_lost_while_writing_a_checkpoint(fault, tmp_path):
+    """A worker's process ends in the middle of writing a checkpoint: rank 0 at 4,000 (the survivor becomes rank 0
+    and takes over the run dir's lock), or rank 1 in the final checkpoint (the loop has nothing left to run after
+    the rollback). The half-written ckpt-N.tmp is never renamed into place and is removed; the checkpoint still
+    owed is written by the survivor at the next phase boundary (the final one right after the rollback), and the
+    run completes alone."""
+    run_dir = tmp_path / "run"
+    proc = run(_elastic_cmd(tmp_path, CKPT_RUN, "--run-dir", run_dir), timeout=600,
+               HVD_DQN_DIE_IN_CHECKPOINT=fault)
+    output = proc.stdout + proc.stderr
+    assert proc.returncode == 0, output
+    dead, at = map(int, fault.split(":"))
+    assert f"rank {dead} ends its process while writing the checkpoint of global env step {at}" in output
+    assert "elastic reset: now rank 0 of 1" in output
+    _summary(run_dir, 1)
+    written = _checkpoints(run_dir)
+    if at < CKPT_TOTAL:
+        # 2 ranks to 4,000, where ckpt-4000 was cut short; alone from the commit at 4,000, whose next phase
+        # boundary is 4,200 (200 vector steps of 1 rank): the owed checkpoint, then every 2,000 again
+        assert written == {2000: 2, 4200: 1, 6000: 1, CKPT_TOTAL: 1}, written
+    else:
+        # the final checkpoint, written again by the survivor alone: no file of the dead rank's attempt in it
+        assert written == {2000: 2, 4000: 2, 6000: 2, CKPT_TOTAL: 1}, written

@@ -10,6 +10,9 @@ training loop carries no fault check at all in a production job.
 - ``HVD_DQN_INJECT_NAN=UPDATE``: rank 0 feeds a NaN reward into gradient update UPDATE (the non-finite guard).
 - ``HVD_DQN_PREEMPT_AT=RANK:STEP``: that rank raises the stop flag at the first decision point at or past STEP,
   as a SIGUSR1 would (preemption without a signal).
+- ``HVD_DQN_DIE_IN_CHECKPOINT=RANK:STEP``: that rank's process ends at once (exit 1, no cleanup, as a worker
+  that is killed) in the middle of writing the first checkpoint at or past STEP: after its replay shard, before
+  its ``rank<r>.json`` and the collectives that complete the checkpoint.
 """
 from __future__ import annotations
 
@@ -18,22 +21,32 @@ import os
 import numpy as np
 
 from hvd_dqn.callbacks import Callback
-from hvd_dqn.errors import UserError, excerpt
+from hvd_dqn.errors import UserError, excerpt, say
 
 FAULT_ENV = "HVD_DQN_FAULT"
 NAN_ENV = "HVD_DQN_INJECT_NAN"
 PREEMPT_AT_ENV = "HVD_DQN_PREEMPT_AT"
+DIE_IN_CHECKPOINT_ENV = "HVD_DQN_DIE_IN_CHECKPOINT"
 
 
-class RaiseAt(Callback):
-    """Rank ``rank`` raises RuntimeError when it collects at or past global env step ``step``."""
+class _RankFault(Callback):
+    """A fault of rank ``rank`` from global env step ``step`` on, installed (``install``) on that rank alone."""
 
     def __init__(self, rank: int, step: int):
         self.rank, self.step = rank, step
 
     def on_train_begin(self, trainer) -> None:
-        if trainer.world.rank != self.rank:
-            return
+        if trainer.world.rank == self.rank:
+            self.install(trainer)
+
+    def install(self, trainer) -> None:
+        raise NotImplementedError
+
+
+class RaiseAt(_RankFault):
+    """Rank ``rank`` raises RuntimeError when it collects at or past global env step ``step``."""
+
+    def install(self, trainer) -> None:
         actor = trainer.actor
         step = actor.step
 
@@ -67,15 +80,10 @@ class InjectNan(Callback):
         trainer.shard.sample = poisoned_sample
 
 
-class PreemptAt(Callback):
+class PreemptAt(_RankFault):
     """Rank ``rank`` raises the stop flag at the first decision point at or past global env step ``step``."""
 
-    def __init__(self, rank: int, step: int):
-        self.rank, self.step = rank, step
-
-    def on_train_begin(self, trainer) -> None:
-        if trainer.world.rank != self.rank:
-            return
+    def install(self, trainer) -> None:
         stop, poll = trainer.stop, trainer.stop.poll
 
         def poll_or_preempt(env_steps):
@@ -84,6 +92,23 @@ class PreemptAt(Callback):
             return poll(env_steps)
 
         stop.poll = poll_or_preempt
+
+
+class DieInCheckpoint(_RankFault):
+    """Rank ``rank`` ends its process while writing the first checkpoint at or past global env step ``step``."""
+
+    def install(self, trainer) -> None:
+        actor = trainer.actor
+        state_dict = actor.state_dict  # asked for by trainstate.save only, after the rank's replay shard is written
+
+        def dying_state_dict():
+            if trainer.state.env_steps >= self.step:
+                say(f"hvd-dqn: {DIE_IN_CHECKPOINT_ENV}: rank {trainer.world.rank} ends its process while writing the "
+                    f"checkpoint of global env step {trainer.state.env_steps}")
+                os._exit(1)
+            return state_dict()
+
+        actor.state_dict = dying_state_dict
 
 
 def from_env() -> list[Callback]:
@@ -95,6 +120,8 @@ def from_env() -> list[Callback]:
         hooks.append(InjectNan(_int(NAN_ENV, os.environ[NAN_ENV])))
     if os.environ.get(PREEMPT_AT_ENV):
         hooks.append(PreemptAt(*_rank_step(PREEMPT_AT_ENV)))
+    if os.environ.get(DIE_IN_CHECKPOINT_ENV):
+        hooks.append(DieInCheckpoint(*_rank_step(DIE_IN_CHECKPOINT_ENV)))
     return hooks
 
 
