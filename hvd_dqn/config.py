@@ -176,8 +176,8 @@ class Config(BaseModel):
                                       "al. 2015).")
     sticky_action_prob: float = Field(
         ATARI_DEFAULTS["sticky_action_prob"], ge=0, le=1.0,
-        description="Atari: probability that the emulator repeats the previous action instead of the new one (0.25: "
-                    "ALE v5 and Machado et al. 2018; 0: Nature DQN).")
+        description="Atari: probability that an emulator frame repeats the previous frame's action instead of the "
+                    "new one (0.25: ALE v5 and Machado et al. 2018; 0: Nature DQN).")
     terminal_on_life_loss: bool = Field(
         False, description="Atari: a lost life cuts the bootstrap (stored as terminated) while the game goes on; "
                            "the episode, its frame stack and its return still end only at game over.")
