@@ -185,8 +185,10 @@ class Config(BaseModel):
         True, description="Atari: replay stores sign(reward); returns in the logs and evaluations stay unclipped.")
     atari_vector_env: Literal["ale", "gymnasium"] = Field(
         "ale", description="Atari: the training envs of a rank: ale-py's C++ AtariVectorEnv (faster with several "
-                           "envs) or gymnasium's wrappers in a SyncVectorEnv; the same frames bit for bit. "
-                           "Evaluation and videos use the gymnasium wrappers.")
+                           "envs) or gymnasium's wrappers in a SyncVectorEnv; the same frames bit for bit (no-ops "
+                           "and sticky actions off). Only gymnasium's can be checkpointed: its runs resume "
+                           "bit-exactly, the other's restart their episodes. Evaluation and videos use the "
+                           "gymnasium wrappers.")
     max_episode_frames: int = Field(
         ATARI_DEFAULTS["max_episode_frames"], ge=1,
         description="Atari: emulator frames after which an episode is truncated, in training and evaluation (108k = "
