@@ -52,6 +52,7 @@ class Actor:
         task.begin(replay, self.obs, info)
         self.episode_return = np.zeros(envs.num_envs)
         self.finished_returns: list[float] = []
+        self.restart_reason: str | None = None  # why the last load_state_dict restarted the episodes
 
     def step(self, q_fn: Callable[[np.ndarray], np.ndarray], epsilons: np.ndarray) -> None:
         """One step of every env, epsilon-greedy on ``q_fn``'s Q-values, into the replay."""
@@ -77,10 +78,13 @@ class Actor:
                 "episode_return": to_json(self.episode_return), "finished_returns": list(self.finished_returns)}
 
     def load_state_dict(self, state: dict[str, Any], restart_seeds: list[int]) -> None:
-        """Continue where ``state`` stood; envs whose state was not captured start fresh episodes from
-        ``restart_seeds`` instead (not bit-exact)."""
+        """Continue where ``state`` stood. Envs whose state was not captured, or cannot be restored, start fresh
+        episodes from ``restart_seeds`` instead (not bit-exact); ``restart_reason`` then says why."""
         self.rng.bit_generator.state = state["rng"]
-        if state["envs"] is not None:
+        self.restart_reason = envstate.why_not(self.envs)
+        if self.restart_reason is None and state["envs"] is None:
+            self.restart_reason = "the checkpoint holds no state of its envs (written with envs that cannot be saved)"
+        if self.restart_reason is None:
             envstate.restore(self.envs, state["envs"])
             self.obs = from_json(state["obs"])
             self.episode_return = from_json(state["episode_return"])

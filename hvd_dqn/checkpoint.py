@@ -11,9 +11,10 @@ A checkpoint directory holds, and loading it runs no code (no pickle anywhere):
 
 ``state.json``             rank 0: format version, config, world size, loop counters, update count, evaluator count
 ``model.index``, ``model.data-*``  rank 0: online and target networks and Adam's slots, TF checkpoint format
-``replay-rank<r>.npz``     rank r: its replay shard (ring buffer, pos/size, discounts, priorities), n-step pending
-``rank<r>.json``           rank r: its exploration RNG, its envs' state (physics, RNG, time-limit step), current
-                           observations and running episode returns
+``replay-rank<r>.npz``     rank r: its replay shard (ring buffer, pos/size, discounts, priorities), n-step pending,
+                           Atari lives
+``rank<r>.json``           rank r: its exploration RNG, its envs' state (physics, RNG, time-limit step; Atari:
+                           emulators as base64 bytes, frame stacks), current observations and running returns
 ``COMPLETE``               rank 0, last: the manifest (every file's name, size and sha256)
 
 Each checkpoint is written into ``ckpt-N.tmp``, the manifest last, then renamed to ``ckpt-N``: a directory named
@@ -31,6 +32,7 @@ import os
 import re
 import shutil
 import zipfile
+from collections import deque
 from pathlib import Path
 from typing import Any
 
@@ -338,7 +340,8 @@ def read_model(ckpt: Path, objects: dict[str, Any]) -> None:
 # ---------------------------------------------------------------------------------------------- JSON values
 def to_json(value: Any) -> Any:
     """Exact JSON for the values env and RNG state is made of: arrays and NumPy scalars keep their dtype (floats
-    round-trip exactly through Python's repr), tuples stay tuples, Generators become their bit-generator state."""
+    round-trip exactly through Python's repr), tuples and deques stay what they are, Generators become their
+    bit-generator state."""
     if isinstance(value, np.random.Generator):
         return {"__generator__": value.bit_generator.state}
     if isinstance(value, (np.ndarray, np.generic)):
@@ -349,6 +352,8 @@ def to_json(value: Any) -> Any:
                 "scalar": isinstance(value, np.generic)}
     if isinstance(value, tuple):
         return {"__tuple__": [to_json(v) for v in value]}
+    if isinstance(value, deque):
+        return {"__deque__": [to_json(v) for v in value], "maxlen": value.maxlen}
     if isinstance(value, list):
         return [to_json(v) for v in value]
     if isinstance(value, dict):
@@ -368,6 +373,8 @@ def from_json(value: Any) -> Any:
         return arr[()] if value.get("scalar") else arr
     if "__tuple__" in value:
         return tuple(from_json(v) for v in value["__tuple__"])
+    if "__deque__" in value:
+        return deque((from_json(v) for v in value["__deque__"]), maxlen=value["maxlen"])
     if "__generator__" in value:
         state = value["__generator__"]
         gen = np.random.Generator(getattr(np.random, state["bit_generator"])())

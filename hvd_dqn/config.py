@@ -176,8 +176,8 @@ class Config(BaseModel):
                                       "al. 2015).")
     sticky_action_prob: float = Field(
         ATARI_DEFAULTS["sticky_action_prob"], ge=0, le=1.0,
-        description="Atari: probability that the emulator repeats the previous action instead of the new one (0.25: "
-                    "ALE v5 and Machado et al. 2018; 0: Nature DQN).")
+        description="Atari: probability that an emulator frame repeats the previous frame's action instead of the "
+                    "new one (0.25: ALE v5 and Machado et al. 2018; 0: Nature DQN).")
     terminal_on_life_loss: bool = Field(
         False, description="Atari: a lost life cuts the bootstrap (stored as terminated) while the game goes on; "
                            "the episode, its frame stack and its return still end only at game over.")
@@ -185,8 +185,10 @@ class Config(BaseModel):
         True, description="Atari: replay stores sign(reward); returns in the logs and evaluations stay unclipped.")
     atari_vector_env: Literal["ale", "gymnasium"] = Field(
         "ale", description="Atari: the training envs of a rank: ale-py's C++ AtariVectorEnv (faster with several "
-                           "envs) or gymnasium's wrappers in a SyncVectorEnv; the same frames bit for bit. "
-                           "Evaluation and videos use the gymnasium wrappers.")
+                           "envs) or gymnasium's wrappers in a SyncVectorEnv; the same frames bit for bit (no-ops "
+                           "and sticky actions off). Only gymnasium's can be checkpointed: its runs resume "
+                           "bit-exactly, the other's restart their episodes. Evaluation and videos use the "
+                           "gymnasium wrappers.")
     max_episode_frames: int = Field(
         ATARI_DEFAULTS["max_episode_frames"], ge=1,
         description="Atari: emulator frames after which an episode is truncated, in training and evaluation (108k = "

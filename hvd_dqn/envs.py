@@ -5,16 +5,18 @@ episode's first observation and puts the true last observation in ``info["final_
 real transition and no autoreset step ever reaches replay.
 
 Atari (``ALE/<Game>-v5``): the DQN preprocessing of Mnih et al. 2015 / Machado et al. 2018 with gymnasium's own
-wrappers: the emulator at frameskip 1 with sticky actions as configured and an episode cap in frames, then
-``AtariPreprocessing`` (up to ``noop_max`` no-ops after reset, frame skip 4 with a max over the last two frames,
-84x84 grayscale uint8), then ``FrameStackObservation`` with zero padding at episode starts: (S, 84, 84) uint8.
-Reward clipping and terminal-on-life-loss are applied by the trainer on what it stores, so returns stay game
-scores. The vector env runs in NEXT_STEP autoreset mode, because the frame replay stores one frame per env per
-vector step: the step after an episode ends returns the reset observation (no transition; the replay knows).
-Training runs these wrappers in a SyncVectorEnv, or (the default) ale-py's C++ AtariVectorEnv set up to give
-the same frames bit for bit (tests/test_atari.py); evaluation and ``evaluate --video`` use ``make_env``'s single
-envs. ale-py's env caps an episode at max_episode_frames frames after its no-ops, gymnasium's counts them too:
-at most noop_max frames apart.
+wrappers: the emulator at frameskip 1 with an episode cap in frames, sticky actions as configured
+(``StickyActions``: outside the emulator, so that a checkpoint can hold them), then ``AtariPreprocessing`` (up to
+``noop_max`` no-ops after reset, frame skip 4 with a max over the last two frames, 84x84 grayscale uint8), then
+``FrameStackObservation`` with zero padding at episode starts: (S, 84, 84) uint8. Reward clipping and
+terminal-on-life-loss are applied by the trainer on what it stores, so returns stay game scores. The vector env
+runs in NEXT_STEP autoreset mode, because the frame replay stores one frame per env per vector step: the step
+after an episode ends returns the reset observation (no transition; the replay knows). Training runs these
+wrappers in a SyncVectorEnv (their whole state can be checkpointed, ``hvd_dqn.envstate``), or (the default)
+ale-py's C++ AtariVectorEnv, set up to give the same frames bit for bit without no-ops and sticky actions
+(tests/test_atari.py), faster, but its state cannot be checkpointed; evaluation and ``evaluate --video`` use
+``make_env``'s single envs. ale-py's env caps an episode at max_episode_frames frames after its no-ops,
+gymnasium's counts them too: at most noop_max frames apart.
 """
 from __future__ import annotations
 
@@ -137,6 +139,29 @@ def _with_atari_defaults(kwargs: dict[str, Any]) -> tuple[int, int, float, int]:
     return tuple(kwargs.pop(key, default) for key, default in ATARI_DEFAULTS.items())
 
 
+class StickyActions(gym.Wrapper, gym.utils.RecordConstructorArgs):
+    """Sticky actions as the ALE emulator makes them (Machado et al. 2018): each frame keeps the action of the frame
+    before with probability ``prob``. Done here instead of in the emulator because ale-py's saved state
+    (``cloneState``) leaves out the action the emulator holds, so an emulator restored from a checkpoint would
+    not go on exactly; here it is an attribute that hvd_dqn.envstate saves, drawn from the env's np_random (saved
+    too). Below AtariPreprocessing, so it acts per emulator frame."""
+
+    def __init__(self, env: gym.Env, prob: float):
+        gym.utils.RecordConstructorArgs.__init__(self, prob=prob)
+        gym.Wrapper.__init__(self, env)
+        self.prob = float(prob)
+        self.held = 0  # after a reset the emulator holds NOOP, the first action of every game's set but two
+
+    def reset(self, **kwargs: Any):
+        self.held = 0
+        return self.env.reset(**kwargs)
+
+    def step(self, action):
+        if self.prob == 0.0 or self.np_random.random() >= self.prob:
+            self.held = action
+        return self.env.step(self.held)
+
+
 def make_atari_env(env_id: str, frame_padding: str = FRAME_PADDING, **kwargs: Any) -> gym.Env:
     """One ALE env with the DQN preprocessing: (frame_stack, 84, 84) uint8 observations, 4 frames per step.
     ``kwargs``: the Atari options (``config.ATARI_DEFAULTS`` where not given), then keywords for ``gym.make``."""
@@ -145,10 +170,11 @@ def make_atari_env(env_id: str, frame_padding: str = FRAME_PADDING, **kwargs: An
     frame_stack, noop_max, sticky_action_prob, max_episode_frames = _with_atari_defaults(kwargs)
     _register_atari()
     try:
-        env = gym.make(env_id, frameskip=1, repeat_action_probability=sticky_action_prob,
+        env = gym.make(env_id, frameskip=1, repeat_action_probability=0.0,
                        max_num_frames_per_episode=max_episode_frames, **kwargs)
     except gym.error.Error as exc:
         raise UserError(f"env {env_id!r}: {exc}") from None
+    env = StickyActions(env, sticky_action_prob)
     env = AtariPreprocessing(env, noop_max=noop_max, frame_skip=4, screen_size=84, terminal_on_life_loss=False,
                              grayscale_obs=True, scale_obs=False)
     return FrameStackObservation(env, frame_stack, padding_type=frame_padding)

@@ -112,12 +112,14 @@ class Atari:
     resizable = False
 
     def state_dict(self) -> dict[str, np.ndarray]:
-        """Nothing beyond the frame replay's own state: the emulators' state cannot be saved, so a resumed run
-        restarts the episodes and ``begin`` reads the lives again."""
-        return {}
+        """Each env's lives after the last step, so that a run resumed mid-episode sees the next lost life."""
+        return {"atari_lives": np.asarray(self.lives)}
 
     def load_state_dict(self, arrays: dict[str, np.ndarray]) -> None:
-        pass
+        # absent from checkpoints written before the envs' state was saved; their resume restarts the episodes,
+        # and begin() reads the lives again (as it does whenever the envs' state was not saved)
+        if "atari_lives" in arrays:
+            self.lives = np.asarray(arrays["atari_lives"]).copy()
 
 
 def for_config(config) -> ClassicControl | Atari:

@@ -364,6 +364,9 @@ class Trainer:
         """Continue from ``ckpt``: restore the state, keep wall-clock times counting from the run's first start
         (so the metrics show the gap), and log a row naming the checkpoint and the gap."""
         state = trainstate.restore(ckpt, self.world, self.config, self.parts())
+        if self.actor.restart_reason is not None and self.world.is_chief:  # the same on every rank
+            say(f"hvd-dqn: resuming from {ckpt.name}, the episodes start afresh: {self.actor.restart_reason}; "
+                "the rest is restored, but the run is not bit-exact")
         self.q_fn = self.learner.q_fn()
         s = self.state
         now = time.perf_counter()

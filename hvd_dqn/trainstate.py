@@ -1,7 +1,7 @@
 """A run's whole training state into a checkpoint and back (docs/checkpoints.md), composed of named parts that
 each save and restore their own state (``state_dict``/``load_state_dict``): the learner (networks, optimizer,
-counters), this rank's replay shard and the task's pending n-step starts, its actor (RNG, envs, observations,
-running returns), the evaluator, and the loop's counters.
+counters), this rank's replay shard and the task's own state (pending n-step starts, Atari's lives), its actor
+(RNG, envs, observations, running returns), the evaluator, and the loop's counters.
 
 ``save`` is a collective: every rank calls it at the same loop iteration (decided from global counters or an
 allreduced flag). Each rank writes its own replay shard and actor state; rank 0 writes the networks, optimizer and
@@ -33,15 +33,15 @@ class Parts(NamedTuple):
 
     learner: Any  # hvd_dqn.learner.Learner
     replay: Any  # hvd_dqn.replay.ReplayShard
-    task: Any  # hvd_dqn.tasks.ClassicControl | Atari (the pending n-step starts)
+    task: Any  # hvd_dqn.tasks.ClassicControl | Atari (the pending n-step starts, Atari's lives)
     actor: Any  # hvd_dqn.actor.Actor
     evaluator: Any  # hvd_dqn.evaluation.Evaluator
     loop: Any  # hvd_dqn.trainer.LoopState
 
 
 def replay_arrays(parts: Parts) -> dict[str, np.ndarray]:
-    """This rank's replay-rank<r>.npz: the replay shard's arrays and the n-step starts still waiting for their
-    rewards."""
+    """This rank's replay-rank<r>.npz: the replay shard's arrays and the task's own (the n-step starts still
+    waiting for their rewards, Atari's lives)."""
     return {**parts.replay.state_dict(), **parts.task.state_dict()}
 
 

@@ -60,6 +60,104 @@ def test_both_vector_envs_give_the_same_frames():
     gym_env.close()
 
 
+def _step_alike(a, b, actions):
+    """Step vector envs ``a`` and ``b`` with ``actions``, asserting every output equal; the steps' flags."""
+    ended, lost = 0, 0
+    lives = None
+    for action in actions:
+        out_a, out_b = a.step(action), b.step(action)
+        for x, y in zip(out_a[:4], out_b[:4]):
+            np.testing.assert_array_equal(x, y)
+        assert out_a[4].keys() == out_b[4].keys()
+        for key in out_a[4]:
+            np.testing.assert_array_equal(out_a[4][key], out_b[4][key])
+        ended += int((out_a[2] | out_a[3]).sum())
+        lost += 0 if lives is None else int((out_a[4]["lives"] < lives).sum())
+        lives = out_a[4]["lives"]
+    return ended, lost
+
+
+def test_captured_atari_env_state_goes_on_with_the_same_frames():
+    """The gymnasium Atari vector env's state (emulators with their RNG, sticky actions, no-op draws, frame stacks,
+    which env resets at its next step), through JSON into another such env that played other games: both then
+    give the same frames, rewards, flags and infos, through lost lives and episode ends (a 300-frame cap), from
+    captures mid-episode and while an env waits for its reset."""
+    import json
+
+    from hvd_dqn import envstate
+
+    def make():
+        return make_vector_env("ALE/Breakout-v5", 2, backend="gymnasium", max_episode_frames=300,
+                               sticky_action_prob=0.25)
+
+    envs, other = make(), make()
+    envs.reset(seed=[1, 2])
+    other.reset(seed=[7, 8])
+    rng = np.random.default_rng(0)
+    totals = np.zeros(2, int)
+    for k in range(24):  # many captures: one in five or so lands where a sticky action shows
+        for _ in range(rng.integers(3, 15)):  # the two drift apart
+            envs.step(rng.integers(0, 4, size=2))
+            other.step(rng.integers(0, 4, size=2))
+        while k % 2 and not envs._autoreset_envs.any():  # every other capture: an episode has just ended
+            envs.step(rng.integers(0, 4, size=2))
+        envstate.restore(other, json.loads(json.dumps(envstate.capture(envs))))
+        totals += _step_alike(envs, other, rng.integers(0, 4, size=(20, 2)))
+    envs.close()
+    other.close()
+    assert totals[0] >= 3 and totals[1] >= 5, totals  # episode ends and lost lives after the captures
+
+
+def test_env_state_is_not_captured_where_it_cannot_be_restored():
+    """The C++ vector env exposes no state; an emulator making its own sticky actions would not go on exactly."""
+    from hvd_dqn import envstate
+
+    ale = make_vector_env("ALE/Pong-v5", 1, backend="ale")
+    assert envstate.capture(ale) is None and "atari_vector_env: gymnasium" in envstate.why_not(ale)
+    ale.close()
+    own_sticky = gym.vector.SyncVectorEnv([lambda: gym.make("ALE/Pong-v5", repeat_action_probability=0.25)])
+    assert envstate.capture(own_sticky) is None and "sticky actions" in envstate.why_not(own_sticky)
+    own_sticky.close()
+
+
+@pytest.mark.parametrize("backend", ["gymnasium", "ale"])
+def test_a_resumed_actor_goes_on_with_its_episodes_or_says_why_not(backend):
+    """An Atari Actor's state (and its task's lives) through JSON into a fresh Actor: on the gymnasium vector env
+    both go on alike; ale-py's C++ vector env cannot be saved, so its episodes restart, with the reason."""
+    import json
+
+    from hvd_dqn import tasks
+    from hvd_dqn.actor import Actor
+
+    cfg = Config(env_id="ALE/Breakout-v5", num_envs=2, atari_vector_env=backend, terminal_on_life_loss=True,
+                 max_episode_frames=300)
+
+    def make(seeds):
+        task = tasks.for_config(cfg)
+        envs = make_vector_env(cfg.env_id, 2, backend=backend, **task.env_options)
+        return Actor(envs, task, task.make_replay(200, (4, 84, 84), 1), np.random.default_rng(0), seeds)
+
+    def q_fn(obs):
+        return obs.reshape(len(obs), 4, -1).mean(axis=-1)  # some policy of the frames
+
+    actors = [make([1, 2]), make([3, 4])]
+    for _ in range(40):
+        actors[0].step(q_fn, np.full(2, 0.5))
+    actors[1].task.load_state_dict(actors[0].task.state_dict())
+    actors[1].load_state_dict(json.loads(json.dumps(actors[0].state_dict())), restart_seeds=[5, 6])
+    if backend == "ale":
+        assert "atari_vector_env: gymnasium" in actors[1].restart_reason
+        assert not np.array_equal(actors[1].obs, actors[0].obs)
+        return
+    assert actors[1].restart_reason is None
+    for _ in range(60):
+        for actor in actors:
+            actor.step(q_fn, np.full(2, 0.5))
+        np.testing.assert_array_equal(actors[0].obs, actors[1].obs)
+        np.testing.assert_array_equal(actors[0].task.lives, actors[1].task.lives)
+    assert actors[0].take_finished_returns() == actors[1].take_finished_returns() != []
+
+
 @pytest.mark.parametrize("backend, padding, n_step", [("ale", "zero", 1), ("ale", "zero", 3),
                                                      ("gymnasium", "zero", 1), ("gymnasium", "reset", 3)])
 def test_replay_stacks_equal_the_env_stacks(backend, padding, n_step):

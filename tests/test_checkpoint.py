@@ -10,6 +10,7 @@ import re
 import shutil
 import subprocess
 import sys
+from collections import deque
 
 import gymnasium as gym
 import numpy as np
@@ -82,20 +83,23 @@ def test_env_state_round_trip_continues_identically():
     for _ in range(57):
         envs.step(rng.integers(0, 2, 3))
     saved = json.loads(json.dumps(envstate.capture(envs)))  # through the JSON text, as on disk
-    other = make_vector_env("CartPole-v1", 3)
+    other, legacy = make_vector_env("CartPole-v1", 3), make_vector_env("CartPole-v1", 3)
     other.reset(seed=[7, 8, 9])
+    legacy.reset(seed=[4, 5, 6])
     envstate.restore(other, saved)
+    envstate.restore(legacy, saved["envs"])  # the list checkpoints held before they kept the vector env's flags
     for _ in range(600):  # through many episode ends: physics, time limits and reset RNGs all restored
         actions = rng.integers(0, 2, 3)
-        a, b = envs.step(actions), other.step(actions)
-        for x, y in zip(a[:4], b[:4]):
+        a, b, c = envs.step(actions), other.step(actions), legacy.step(actions)
+        for x, y, z in zip(a[:4], b[:4], c[:4]):
             np.testing.assert_array_equal(x, y)
+            np.testing.assert_array_equal(x, z)
 
 
 def test_env_state_of_an_uncapturable_env_is_none():
     envs = gym.vector.SyncVectorEnv([lambda: gym.make("CartPole-v1")], autoreset_mode=gym.vector.AutoresetMode.SAME_STEP)
     # the one env's state, layer by layer: TimeLimit, OrderEnforcing, PassiveEnvChecker, then CartPole itself
-    assert [len(layers) for layers in envstate.capture(envs)] == [4]
+    assert [len(layers) for layers in envstate.capture(envs)["envs"]] == [4]
     assert envstate.capture(gym.make_vec("CartPole-v1", 2, vectorization_mode="async")) is None
 
 
@@ -103,13 +107,14 @@ def test_json_values_round_trip_exactly():
     gen = np.random.default_rng(9)
     gen.random(3)
     value = {"a": np.float32(0.1), "b": np.arange(6, dtype=np.int16).reshape(2, 3), "c": (1, 2.5, None),
-             "d": np.array([1e-300, np.pi]), "g": gen}
+             "d": np.array([1e-300, np.pi]), "g": gen, "q": deque([np.zeros(2, np.uint8), np.ones(2, np.uint8)], 2)}
     back = checkpoint.from_json(json.loads(json.dumps(checkpoint.to_json(value))))
     assert back["a"].dtype == np.float32 and back["a"] == value["a"]
     assert back["b"].dtype == np.int16 and (back["b"] == value["b"]).all()
     assert back["c"] == (1, 2.5, None)
     assert back["d"].tobytes() == value["d"].tobytes()
     assert back["g"].random() == gen.random()
+    assert isinstance(back["q"], deque) and back["q"].maxlen == 2 and back["q"][1].dtype == np.uint8
 
 
 # ------------------------------------------------------------------ a real run's checkpoints
@@ -132,7 +137,7 @@ def test_a_run_keeps_its_newest_complete_checkpoints(run_dir):
     assert state["config"]["hidden_sizes"] == [16, 16]
     replay = checkpoint.read_arrays(ckpt, "replay-rank0.npz")
     assert int(replay["size"]) == 1200 and replay["obs"].shape == (1200, 4)
-    envs = json.loads((ckpt / "rank0.json").read_text())["envs"]
+    envs = json.loads((ckpt / "rank0.json").read_text())["envs"]["envs"]
     assert len(envs) == 1 and envs[0][-1]["state"]["shape"] == [4]  # the rank's one env, down to its physics state
 
 

@@ -1,7 +1,8 @@
 """Preemption and exact resume through the CLI, for real: a run is stopped by a signal mid-training, writes a
 checkpoint and exits with the documented code; `hvd-dqn train --resume` then ends with the same replica
 checksums as an uninterrupted run of the same config, at np=1 (SIGUSR1 to the rank) and np=2 (SIGTERM to
-launch/horovodrun.sh, which passes it on to the ranks as SIGUSR1), and the same saved policy (policy_ema's average)."""
+launch/horovodrun.sh, which passes it on to the ranks as SIGUSR1), and the same saved policy (policy_ema's
+average); likewise an Atari run on the gymnasium vector env at np=2, whose emulators the checkpoint holds."""
 import json
 import signal
 import subprocess
@@ -27,9 +28,9 @@ RUN = {  # long enough that a signal sent at step 4,000 lands mid-run (a few s a
 }
 
 
-def _config(tmp_path):
+def _config(tmp_path, settings=RUN):
     cfg = tmp_path / "run.yaml"
-    cfg.write_text("".join(f"{k}: {json.dumps(v)}\n" for k, v in RUN.items()))
+    cfg.write_text("".join(f"{k}: {json.dumps(v)}\n" for k, v in settings.items()))
     return cfg
 
 
@@ -52,6 +53,38 @@ def _wait_for_row(run_dir, env_steps, proc, timeout=240):
             return
         time.sleep(0.2)
     raise AssertionError("no progress")
+
+
+def _stop_mid_run(np_, cfg, run_dir, at_step):
+    """The run of ``cfg`` signalled once rank 0 has logged ``at_step``: np=1 SIGUSR1 to the rank, np=2 SIGTERM to
+    launch/horovodrun.sh (gloo), which passes it on to the ranks as SIGUSR1. They checkpoint and exit 75; returns
+    the global env step of the stop."""
+    if np_ == 1:
+        cmd, env = _train_cmd(np_, "--config", cfg, "--run-dir", run_dir), run_env()
+    else:
+        cmd = [LAUNCH / "horovodrun.sh", cfg]
+        env = run_env(NP=2, RUN_DIR=run_dir, VIRTUAL_ENV=BIN.parent, CONTROLLER="gloo")
+    job = subprocess.Popen([str(c) for c in cmd], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                           env=env, cwd=ROOT)
+    try:
+        _wait_for_row(run_dir, at_step, job)
+        if np_ == 1:
+            job.send_signal(signal.SIGUSR1)
+        else:
+            assert len(_rank_pids(job.pid)) == 2
+            job.send_signal(signal.SIGTERM)
+        output, _ = job.communicate(timeout=120)
+    finally:
+        if job.poll() is None:
+            job.kill()
+    # one rank: our exit code; horovodrun reports the ranks' 75 in its error and exits 1 itself
+    assert job.returncode == (PREEMPTED if np_ == 1 else 1), output
+    if np_ == 2:
+        assert "Exit code: 75" in output, output
+        assert "hvd-dqn launcher: SIGTERM: asking the ranks to checkpoint and stop" in output
+    assert "hvd-dqn: stopped by SIGUSR1 at global env step" in output, output
+    assert not (run_dir / "summary.json").exists()
+    return int(output.split("at global env step ")[1].split(";")[0])
 
 
 def _rank_pids(launcher_pid):
@@ -80,33 +113,7 @@ def test_a_signalled_run_resumes_bit_exactly(np_, tmp_path):
     expected = _summary(whole)["replica_checksums"]
     assert len(expected) == np_ and len(set(expected)) == 1
 
-    # the same run, signalled mid-training: np=1 SIGUSR1 to the rank, np=2 SIGTERM to the launcher script
-    if np_ == 1:
-        cmd, env = _train_cmd(np_, "--config", cfg, "--run-dir", stopped), run_env()
-    else:
-        cmd = [LAUNCH / "horovodrun.sh", cfg]
-        env = run_env(NP=2, RUN_DIR=stopped, VIRTUAL_ENV=BIN.parent, CONTROLLER="gloo")
-    job = subprocess.Popen([str(c) for c in cmd], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                           env=env, cwd=ROOT)
-    try:
-        _wait_for_row(stopped, 4000, job)
-        if np_ == 1:
-            job.send_signal(signal.SIGUSR1)
-        else:
-            assert len(_rank_pids(job.pid)) == 2
-            job.send_signal(signal.SIGTERM)
-        output, _ = job.communicate(timeout=120)
-    finally:
-        if job.poll() is None:
-            job.kill()
-    # one rank: our exit code; horovodrun reports the ranks' 75 in its error and exits 1 itself
-    assert job.returncode == (PREEMPTED if np_ == 1 else 1), output
-    if np_ == 2:
-        assert "Exit code: 75" in output, output
-        assert "hvd-dqn launcher: SIGTERM: asking the ranks to checkpoint and stop" in output
-    assert "hvd-dqn: stopped by SIGUSR1 at global env step" in output, output
-    assert not (stopped / "summary.json").exists()
-    step = int(output.split("at global env step ")[1].split(";")[0])
+    step = _stop_mid_run(np_, cfg, stopped, 4000)
     assert 4000 <= step < RUN["total_env_steps"]
     ckpts = sorted((stopped / "checkpoints").iterdir())
     assert ckpts[-1].name == f"ckpt-{step}" and (ckpts[-1] / "COMPLETE").is_file()
@@ -127,6 +134,45 @@ def test_a_signalled_run_resumes_bit_exactly(np_, tmp_path):
     resumed = [r for r in rows if r.get("event") == "resumed"]
     assert len(resumed) == 1 and resumed[0]["env_steps"] == step and resumed[0]["resume_gap_s"] > 0
     assert [r["env_steps"] for r in rows] == sorted(r["env_steps"] for r in rows)
+
+
+ATARI_RUN = {  # Breakout (lives to lose) on the gymnasium vector env, whose state a checkpoint holds; no-ops and
+    # sticky actions at their defaults; a 300-frame cap ends an episode every 75 steps or sooner, so the stop
+    # lands mid-episode and episodes end and restart after it; a few seconds between the signal and the end
+    "env_id": "ALE/Breakout-v5", "atari_vector_env": "gymnasium", "total_env_steps": 2000, "num_envs": 2,
+    "max_episode_frames": 300, "terminal_on_life_loss": True, "batch_size": 16, "replay_capacity": 1000,
+    "learning_starts": 400, "train_every": 40, "updates_per_train": 1, "target_update_every": 10,
+    "eval_every": 100000, "eval_episodes": 2, "log_every": 200, "seed": 3,
+}
+
+
+def _trained_rows(run_dir, after):
+    """metrics.jsonl's rows past env step ``after``, without the timings."""
+    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    return [{k: v for k, v in r.items() if k != "wall_s" and not k.startswith("perf/")} for r in rows
+            if r["env_steps"] > after and "event" not in r]
+
+
+@pytest.mark.multiproc
+@pytest.mark.parametrize("n_step", [1, 3])
+def test_a_signalled_atari_run_resumes_bit_exactly(n_step, tmp_path):
+    """The emulators (with their RNG and sticky actions), frame stacks, lives and frame replay are in the
+    checkpoint: the resumed run plays on the same games and ends with the same replicas as one never stopped."""
+    cfg = _config(tmp_path, {**ATARI_RUN, "n_step": n_step, "prioritized_replay": n_step > 1})
+    whole, stopped = tmp_path / "whole", tmp_path / "stopped"
+    proc = run(_train_cmd(2, "--config", cfg, "--run-dir", whole), timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    expected = _summary(whole)["replica_checksums"]
+    assert len(set(expected)) == 1
+
+    step = _stop_mid_run(2, cfg, stopped, 600)
+    assert 600 <= step < ATARI_RUN["total_env_steps"]
+    proc = run(_train_cmd(2, "--resume", stopped), timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "start afresh" not in proc.stdout + proc.stderr
+    assert _summary(stopped)["replica_checksums"] == expected
+    # the same episodes after the stop: returns, episode counts, losses, evaluation
+    assert _trained_rows(stopped, step) == _trained_rows(whole, step) != []
 
 
 @pytest.mark.multiproc

@@ -139,7 +139,7 @@ def test_an_elastic_reset_on_an_atari_config_keeps_the_runs_evaluation_options(t
         assert len(envs) == 3 and trainer.evaluator.state_dict() == {"count": 5}
         for env in envs:
             ale = env.unwrapped.ale
-            assert ale.getFloat("repeat_action_probability") == 0.0
+            assert env.env.env.prob == 0.0  # StickyActions, below AtariPreprocessing
             assert ale.getInt("max_num_frames_per_episode") == 5000
             assert env.env.noop_max == 7 and env.observation_space.shape == (4, 84, 84)
     finally:
