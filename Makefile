@@ -12,14 +12,13 @@ PYTEST_ARGS ?=
 install:
 	@bash tools/install.sh
 
-# make train starts afresh: it deletes its own run dir first (hvd-dqn refuses to train a new run into a dir that
-# holds an earlier run's checkpoints). Continue a run with: horovodrun ... hvd-dqn train --resume $(RUN_DIR)
+# make train starts afresh: --restart deletes an earlier run's outputs in RUN_DIR (only files a run writes; refused
+# if the dir holds anything else or a job is using it). Continue a run instead: horovodrun ... hvd-dqn train --resume $(RUN_DIR)
 # hvd_dqn.quiet runs horovodrun with the CUDA-plugin noise of its TensorFlow build check filtered out.
 train: install
-	rm -rf $(RUN_DIR)
 	OMPI_MCA_odls_base_sigkill_timeout=$${OMPI_MCA_odls_base_sigkill_timeout:-10} \
 	    $(VENV)/bin/python -m hvd_dqn.quiet $(VENV)/bin/horovodrun -np $(NP) --mpi -H localhost:$(NP) \
-	    $(VENV)/bin/hvd-dqn train --config $(CONFIG) --run-dir $(RUN_DIR)
+	    $(VENV)/bin/hvd-dqn train --config $(CONFIG) --run-dir $(RUN_DIR) --restart
 
 test: install
 	$(VENV)/bin/python -m pytest $(PYTEST_ARGS)
@@ -27,5 +26,6 @@ test: install
 bench: install
 	$(VENV)/bin/python benchmarks/cartpole.py
 
+# runs/ holds trained models and checkpoints: not a build product, so clean leaves it
 clean:
-	rm -rf runs .pytest_cache
+	rm -rf .pytest_cache

@@ -27,6 +27,9 @@ def _parser() -> argparse.ArgumentParser:
     train.add_argument("--run-dir", help="where rank 0 writes metrics, summary and the model (default runs/<env>-<time>)")
     train.add_argument("--resume", metavar="RUN_DIR",
                        help="continue the run in RUN_DIR from its newest checkpoint (same number of ranks)")
+    train.add_argument("--restart", action="store_true",
+                       help="with --run-dir: start afresh there, deleting an earlier run's outputs (only files a run "
+                            "writes: refused if the dir holds anything else, or if a job is using it)")
     train.add_argument("--elastic", action="store_true",
                        help="run under horovodrun's elastic mode (--min-np/--max-np/--host-discovery-script): "
                             "survive workers that die, take in workers that join")
@@ -98,6 +101,9 @@ def _train(args) -> int:
     quiet.install(warm_xla=True)  # and what TF_CPP_MIN_LOG_LEVEL cannot silence
     from hvd_dqn.config import Config
 
+    if args.restart and (args.resume is not None or args.run_dir is None or args.elastic):
+        raise UserError("--restart starts a new run in an existing --run-dir: it needs --run-dir, and neither "
+                        "--resume nor --elastic (an elastic job's new rank 0 would delete the job's own checkpoints)")
     if args.resume is not None:
         if args.run_dir is not None and Path(args.run_dir).resolve() != Path(args.resume).resolve():
             raise UserError("--resume RUN_DIR continues in RUN_DIR; drop --run-dir or give the same directory")
@@ -118,7 +124,8 @@ def _train(args) -> int:
     from hvd_dqn.runlock import RunDirInUse
 
     try:
-        summary = Trainer(config, run_dir=args.resume or args.run_dir, resume=args.resume is not None).train()
+        summary = Trainer(config, run_dir=args.resume or args.run_dir, resume=args.resume is not None,
+                          **({"restart": True} if args.restart else {})).train()
     except RunDirInUse:
         # every rank of the job is leaving with 2; a launcher that SIGTERMs the others once the first has exited
         # (horovodrun --gloo) must not turn a rank's 2 into 143

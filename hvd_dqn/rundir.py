@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import shutil
 from pathlib import Path
 from typing import Any, Callable
@@ -30,6 +31,9 @@ MODEL = "q_network.keras"
 CHECKPOINTS = "checkpoints"
 LOCK = ".hvd-dqn.lock"
 HEARTBEATS = ".heartbeat"
+# what a run writes into its dir, and so all that ``clear_earlier_run`` may delete (the lock file stays: it is held)
+RUN_OUTPUTS = (CONFIG, METRICS, TENSORBOARD, SUMMARY, MODEL, CHECKPOINTS, HEARTBEATS)
+_TEMPORARY = re.compile(r"^\.[^/]+\.tmp[0-9]+")  # atomic_write's temporary files, left by a process that was killed
 
 
 def atomic_write(path: Path, write: Callable[[Path], None], durable: bool = True) -> None:
@@ -70,3 +74,32 @@ def read_json_object(path: Path, missing: dict[str, Any] | None = None) -> dict[
     if not isinstance(data, dict):
         raise UserError(f"{path}: expected a JSON object, got {type(data).__name__}")
     return data
+
+
+def clear_earlier_run(run_dir: Path, dry_run: bool = False) -> list[str]:
+    """Delete an earlier run's outputs from ``run_dir`` (``train --restart``; the caller holds its lock) and return
+    their names. Refuses, deleting nothing, when the dir holds anything a run does not write: a user's file in it is
+    not ours to delete, whatever the dir is called. Symlinks are removed, never followed. ``dry_run``: only the
+    refusal (before the lock file is created in a dir that is not a run's)."""
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        return []
+    names = sorted(p.name for p in run_dir.iterdir())
+    strangers = [n for n in names if n not in RUN_OUTPUTS and n != LOCK and not _TEMPORARY.match(n)]
+    if strangers:
+        more = f" and {len(strangers) - 1} more" if len(strangers) > 1 else ""
+        raise UserError(f"--restart: run dir {run_dir} holds {strangers[0]!r}{more}, which no hvd-dqn run writes; "
+                        f"nothing was deleted: move it away, or train into another --run-dir")
+    cleared = [n for n in names if n != LOCK]
+    if dry_run:
+        return cleared
+    for name in cleared:
+        path = run_dir / name
+        try:
+            if path.is_dir() and not path.is_symlink():
+                shutil.rmtree(path)
+            else:
+                path.unlink()
+        except OSError as exc:
+            raise UserError(f"--restart: cannot delete {path} ({exc.strerror or exc})") from None
+    return cleared

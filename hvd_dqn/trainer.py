@@ -68,18 +68,23 @@ class Trainer:
     ``Trainer(config, run_dir, resume=True)`` continues from the newest checkpoint in ``run_dir``; ``train()``
     raises ``Preempted`` (on every rank, after writing a checkpoint) when SIGTERM or SIGUSR1 stopped it.
     ``q_network``: a user's Q-network builder, ``q_network(observation_space, n_actions, config)`` -> a tf_keras
-    Model (instead of the config's ``q_network``, or the built-in MLP/CNN); pass the same one to resume."""
+    Model (instead of the config's ``q_network``, or the built-in MLP/CNN); pass the same one to resume.
+    ``restart=True``: start afresh in a ``run_dir`` that holds an earlier run, whose outputs rank 0 deletes once it
+    holds the lock (refused, deleting nothing, if the dir holds anything else: ``rundir.clear_earlier_run``)."""
 
     def __init__(self, config: Config, run_dir: str | os.PathLike | None = None, callbacks=(), resume: bool = False,
-                 q_network=None):
+                 q_network=None, restart: bool = False):
         if not isinstance(config, Config):
             raise TypeError("Trainer needs a hvd_dqn.Config")
         if resume and run_dir is None:
             raise UserError("resume needs the run directory of the run to continue")
+        if restart and (resume or run_dir is None):
+            raise UserError("restart starts a new run in an existing run directory: give run_dir, without resume")
         if q_network is not None and not callable(q_network):
             raise TypeError("q_network must be a function (observation_space, n_actions, config) -> tf_keras Model")
         self.config = config
         self.resume = resume
+        self.restart = restart
         self.q_network_builder = q_network
         self.run_dir = Path(run_dir) if run_dir is not None else None
         self.callbacks = CallbackList([*callbacks, *_test_hooks()])
@@ -386,7 +391,14 @@ class Trainer:
         refusal = None
         if self.world.is_chief:
             try:
+                if self.restart:  # refused before the lock file is created in a dir that is not a run's
+                    rundir.clear_earlier_run(self.run_dir, dry_run=True)
                 self.lock = RunLock(self.run_dir).acquire()
+                if self.restart:  # under the lock: no other job is writing what is deleted
+                    cleared = rundir.clear_earlier_run(self.run_dir)
+                    if cleared:
+                        say(f"hvd-dqn: run dir {self.run_dir}: --restart deleted the earlier run's "
+                            f"{', '.join(cleared)}")
             except UserError as exc:
                 refusal = str(exc)
             else:

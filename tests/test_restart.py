@@ -1,0 +1,182 @@
+"""`hvd-dqn train --restart` (what `make train` runs): a new run in a run dir that holds an earlier one deletes only
+what a run writes there, under the run dir's lock, and refuses, deleting nothing, in every other case."""
+import json
+import os
+
+import pytest
+
+from conftest import BIN, run
+from hvd_dqn import Config, Trainer, cli
+from hvd_dqn.runlock import RunLock
+
+TINY = dict(env_id="CartPole-v1", seed=3, total_env_steps=1200, hidden_sizes=(16, 16), learning_starts=300,
+            train_every=100, updates_per_train=10, target_update_every=20, eval_every=600, eval_episodes=2,
+            log_every=300, batch_size=32, replay_capacity=2000, checkpoint_every=400, keep_checkpoints=2)
+
+
+def _tree(root):
+    """Every file under ``root`` with its bytes (symlinks as their target), to show that nothing changed."""
+    out = {}
+    for dirpath, dirnames, filenames in os.walk(root):
+        for name in dirnames + filenames:
+            path = os.path.join(dirpath, name)
+            rel = os.path.relpath(path, root)
+            if os.path.islink(path):
+                out[rel] = "-> " + os.readlink(path)
+            elif os.path.isfile(path):
+                with open(path, "rb") as f:
+                    out[rel] = f.read()
+    return out
+
+
+def _config_file(tmp_path, **changes):
+    path = tmp_path / "tiny.yaml"
+    path.write_text("".join(f"{k}: {json.dumps(list(v) if isinstance(v, tuple) else v)}\n"
+                            for k, v in {**TINY, **changes}.items()))
+    return path
+
+
+def _last_error(capsys):
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err and "Traceback" not in "\n".join(err)
+    return err[-1]
+
+
+@pytest.fixture(scope="module")
+def earlier(tmp_path_factory):
+    """A finished run (seed 3) and, for comparison, a fresh run of seed 4 in a dir of its own."""
+    root = tmp_path_factory.mktemp("restart")
+    Trainer(Config(**TINY), run_dir=root / "earlier").train()
+    fresh = Trainer(Config(**{**TINY, "seed": 4}), run_dir=root / "fresh").train()
+    return root / "earlier", fresh
+
+
+def _copy_of(earlier, tmp_path):
+    import shutil
+
+    dst = tmp_path / "run"
+    shutil.copytree(earlier, dst, symlinks=True)
+    return dst
+
+
+def test_restart_replaces_the_earlier_run_with_a_fresh_one(earlier, tmp_path, capsys):
+    run_dir = _copy_of(earlier[0], tmp_path)
+    (run_dir / ".metrics.tmp4242.jsonl").write_text("half a file left by a killed process\n")
+    assert (run_dir / "checkpoints" / "ckpt-1200").is_dir()
+    cfg = _config_file(tmp_path, seed=4)
+    assert cli.main(["train", "--config", str(cfg), "--run-dir", str(run_dir), "--restart"]) == 0
+    err = capsys.readouterr().err
+    assert (f"hvd-dqn: run dir {run_dir}: --restart deleted the earlier run's .heartbeat, .metrics.tmp4242.jsonl, checkpoints, "
+            f"config.json, metrics.jsonl, q_network.keras, summary.json, tensorboard") in err, err
+    summary = json.loads((run_dir / "summary.json").read_text())
+    fresh = earlier[1]
+    # the same run as seed 4 trained into an empty dir: the same weights, and nothing of seed 3's left behind
+    assert summary["replica_checksums"] == fresh["replica_checksums"]
+    assert summary["final_eval_return_mean"] == fresh["final_eval_return_mean"]
+    assert json.loads((run_dir / "config.json").read_text())["seed"] == 4
+    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert [r["env_steps"] for r in rows] == [300, 600, 900, 1200]
+    assert sorted(p.name for p in (run_dir / "checkpoints").iterdir()) == ["ckpt-1200", "ckpt-800"]
+    assert not (run_dir / ".metrics.tmp4242.jsonl").exists()
+
+
+def test_restart_into_a_new_or_empty_dir_is_a_plain_new_run(tmp_path, capsys):
+    cfg = _config_file(tmp_path, total_env_steps=400, checkpoint_every=None, eval_every=400)
+    (tmp_path / "empty").mkdir()
+    for run_dir in (tmp_path / "empty", tmp_path / "new"):
+        assert cli.main(["train", "--config", str(cfg), "--run-dir", str(run_dir), "--restart"]) == 0
+        assert json.loads((run_dir / "summary.json").read_text())["env_steps"] == 400
+    assert "--restart deleted" not in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("stranger", ["notes.txt", "data/", "ckpt-1200.keras"])
+def test_restart_refuses_a_dir_that_holds_anything_a_run_does_not_write(earlier, tmp_path, capsys, stranger):
+    run_dir = _copy_of(earlier[0], tmp_path)
+    if stranger.endswith("/"):
+        (run_dir / stranger).mkdir()
+        (run_dir / stranger / "kept.bin").write_bytes(b"\x00\x01")
+    else:
+        (run_dir / stranger).write_text("a user's own file\n")
+    before = _tree(run_dir)
+    cfg = _config_file(tmp_path, seed=4)
+    assert cli.main(["train", "--config", str(cfg), "--run-dir", str(run_dir), "--restart"]) == 2
+    name = stranger.rstrip("/")
+    assert _last_error(capsys) == (
+        f"hvd-dqn: error: --restart: run dir {run_dir} holds {name!r}, which no hvd-dqn run writes; nothing was "
+        f"deleted: move it away, or train into another --run-dir")
+    assert _tree(run_dir) == before
+
+
+def test_restart_refuses_a_users_directory_naming_how_many_files_are_not_a_runs(tmp_path, capsys):
+    home = tmp_path / "home"
+    home.mkdir()
+    for name in ("thesis.tex", "figures", ".bashrc", "config.json"):
+        (home / name).write_text(name)
+    before = _tree(home)
+    cfg = _config_file(tmp_path)
+    assert cli.main(["train", "--config", str(cfg), "--run-dir", str(home), "--restart"]) == 2
+    assert _last_error(capsys) == (
+        f"hvd-dqn: error: --restart: run dir {home} holds '.bashrc' and 2 more, which no hvd-dqn run writes; "
+        f"nothing was deleted: move it away, or train into another --run-dir")
+    assert _tree(home) == before
+
+
+def test_restart_removes_a_symlink_and_never_what_it_points_to(earlier, tmp_path, capsys):
+    run_dir = _copy_of(earlier[0], tmp_path)
+    elsewhere = tmp_path / "users-checkpoints"
+    (run_dir / "checkpoints").rename(elsewhere)
+    (run_dir / "checkpoints").symlink_to(elsewhere)
+    before = _tree(elsewhere)
+    cfg = _config_file(tmp_path, seed=4)
+    assert cli.main(["train", "--config", str(cfg), "--run-dir", str(run_dir), "--restart"]) == 0
+    assert not (run_dir / "checkpoints").is_symlink()
+    assert sorted(p.name for p in (run_dir / "checkpoints").iterdir()) == ["ckpt-1200", "ckpt-800"]
+    assert _tree(elsewhere) == before
+
+
+def test_restart_refuses_a_run_dir_that_a_job_holds(earlier, tmp_path, capsys):
+    run_dir = _copy_of(earlier[0], tmp_path)
+    before = _tree(run_dir)
+    lock = RunLock(run_dir).acquire()
+    try:
+        cfg = _config_file(tmp_path, seed=4)
+        assert cli.main(["train", "--config", str(cfg), "--run-dir", str(run_dir), "--restart"]) == 2
+        assert _last_error(capsys) == (
+            f"hvd-dqn: error: run dir {run_dir} is in use by another run of this process (pid {os.getpid()})")
+    finally:
+        lock.release()
+    assert {k: v for k, v in _tree(run_dir).items() if k != ".hvd-dqn.lock"} == \
+        {k: v for k, v in before.items() if k != ".hvd-dqn.lock"}
+
+
+@pytest.mark.parametrize("args", [["--resume", "RUN"], ["--elastic", "--run-dir", "RUN"], []])
+def test_restart_needs_a_run_dir_and_no_resume_or_elastic(tmp_path, capsys, args):
+    cfg = _config_file(tmp_path)
+    args = [str(tmp_path / "run") if a == "RUN" else a for a in args]
+    assert cli.main(["train", "--config", str(cfg), "--restart", *args]) == 2
+    assert _last_error(capsys) == (
+        "hvd-dqn: error: --restart starts a new run in an existing --run-dir: it needs --run-dir, and neither "
+        "--resume nor --elastic (an elastic job's new rank 0 would delete the job's own checkpoints)")
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.multiproc
+def test_two_ranks_restart_over_an_earlier_two_rank_run(tmp_path):
+    """Rank 0 deletes under the lock before any rank looks for checkpoints: both ranks start the new run."""
+    cfg = _config_file(tmp_path, total_env_steps=800, eval_every=800, checkpoint_every=400)
+    run_dir = tmp_path / "run"
+    horovodrun = [BIN / "horovodrun", "-np", "2", "--mpi", "-H", "localhost:2", BIN / "hvd-dqn", "train", "--config", cfg,
+                  "--run-dir", run_dir]
+    first = run(horovodrun, timeout=600)
+    assert first.returncode == 0, first.stdout + first.stderr
+    refused = run(horovodrun, timeout=600)
+    assert refused.returncode == 2 and "holds the checkpoints of an earlier run" in refused.stdout + refused.stderr
+    again = run([*horovodrun, "--restart", "--set", "seed=4"], timeout=600)
+    assert again.returncode == 0, again.stdout + again.stderr
+    out = again.stdout + again.stderr
+    assert out.count("--restart deleted the earlier run's") == 1, out  # rank 0 alone
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["world_size"] == 2 and summary["env_steps"] == 800
+    assert len(set(summary["replica_checksums"])) == 1
+    assert json.loads((run_dir / "config.json").read_text())["seed"] == 4
+    assert sorted(p.name for p in (run_dir / "checkpoints").iterdir()) == ["ckpt-400", "ckpt-800"]
