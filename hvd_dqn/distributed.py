@@ -228,10 +228,39 @@ def gather_checksums(variables) -> list[str]:
 def elastic_state(variables, **counters):
     """Horovod elastic: the state that ``elastic_run`` commits, restores after a failure and syncs from rank 0
     after every reset: ``variables`` (kept as NumPy copies on the host) and the Python values ``counters``
-    (attributes of the returned object)."""
-    import horovod.tensorflow.elastic as hvd_elastic
+    (attributes of the returned object).
 
-    return hvd_elastic.TensorFlowState(list(variables), **counters)
+    Not Horovod's ``TensorFlowState``: in TF2's eager mode its constructor broadcasts the variables (a collective
+    that a worker joining mid-run makes alone: the job hangs) and its ``sync`` broadcasts them only in a TF1
+    session (a joining worker would keep its own weights). This one makes no collective when it is built, and its
+    ``sync``, run by every worker after each reset, broadcasts rank 0's variables."""
+    import horovod.tensorflow as hvd
+    from horovod.common.elastic import ObjectState
+
+    class VariablesState(ObjectState):
+        def __init__(self, variables, **kwargs):
+            self.variables = list(variables)
+            self._save_variables()
+            super().__init__(bcast_object=hvd.broadcast_object, get_rank=hvd.rank, **kwargs)
+
+        def save(self):
+            self._save_variables()
+            super().save()
+
+        def restore(self):
+            for var, value in zip(self.variables, self._values):
+                var.assign(value)
+            super().restore()
+
+        def sync(self):
+            hvd.broadcast_variables(self.variables, root_rank=0)
+            self._save_variables()
+            super().sync()
+
+        def _save_variables(self):
+            self._values = [var.numpy() for var in self.variables]
+
+    return VariablesState(variables, **counters)
 
 
 def elastic_run(func):

@@ -1,5 +1,5 @@
-"""Elastic training for real: `horovodrun --min-np 1 --max-np 2` with a host discovery script, a worker killed
-mid-run with SIGKILL; the survivor rolls back to the last commit, goes on alone and completes the run. Elastic
+"""Elastic training for real: `horovodrun --min-np 1 --max-np 2` with a host discovery script: a worker that joins
+mid-run takes rank 0's weights; a worker killed mid-run with SIGKILL: the survivor rolls back to the last commit, goes on alone and completes the run. Elastic
 runs write disk checkpoints: a job killed outright (every process, SIGKILL) continues from its last one, with
 `--elastic --resume` and with a plain `--resume`; SIGTERM stops it with a checkpoint; a worker lost while a
 checkpoint is being written leaves no half-written one and the checkpoint is written after the rollback."""
@@ -335,3 +335,40 @@ def test_a_worker_lost_while_writing_a_checkpoint(fault, tmp_path):
     else:
         # the final checkpoint, written again by the survivor alone: no file of the dead rank's attempt in it
         assert written == {2000: 2, 4000: 2, 6000: 2, CKPT_TOTAL: 1}, written
+
+
+def test_a_worker_that_joins_mid_run_starts_from_rank_0s_weights(tmp_path):
+    """A job of one worker, then a second host appears: the worker that joins must take rank 0's committed networks
+    and optimizer slots (Horovod's TensorFlowState.sync broadcasts them only in a TF1 session), so the replicas are
+    equal at the end."""
+    hosts = tmp_path / "hosts"
+    hosts.write_text("localhost:1\n")
+    discover = tmp_path / "discover.sh"
+    discover.write_text(f"#!/bin/sh\ncat {hosts}\n")
+    discover.chmod(0o755)
+    cfg = tmp_path / "run.yaml"
+    cfg.write_text("".join(f"{k}: {json.dumps(v)}\n" for k, v in RUN.items()))
+    run_dir = tmp_path / "run"
+    cmd = [BIN / "horovodrun", "-np", "1", "--min-np", "1", "--max-np", "2", "--host-discovery-script", discover,
+           "--network-interfaces", "lo", "--gloo", BIN / "hvd-dqn", "train", "--elastic", "--config", cfg,
+           "--run-dir", run_dir]
+    job = subprocess.Popen([str(c) for c in cmd], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                           env=run_env(), cwd=ROOT, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 240
+        while not any(r["env_steps"] >= 3000 for r in _rows(run_dir)):
+            assert job.poll() is None and time.monotonic() < deadline, "the run ended or stalled before the join"
+            time.sleep(0.2)
+        hosts.write_text("localhost:1\n127.0.0.1:1\n")
+        output, _ = job.communicate(timeout=300)
+    finally:
+        if job.poll() is None:
+            os.killpg(job.pid, signal.SIGKILL)
+            job.wait()
+    assert job.returncode == 0, output
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["world_size"] == 2 and summary["env_steps"] >= TOTAL, summary
+    assert len(summary["replica_checksums"]) == 2
+    assert summary["replica_checksums"][0] == summary["replica_checksums"][1], output[-3000:]
+    sizes = [r["world_size"] for r in _rows(run_dir) if "world_size" in r]
+    assert sizes[0] == 1 and sizes[-1] == 2 and sorted(sizes) == sizes, sizes
