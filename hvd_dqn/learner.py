@@ -66,8 +66,10 @@ class Learner:
         self.config = config
         obs_shape = (obs_shape,) if isinstance(obs_shape, int) else tuple(obs_shape)
         self.is_cnn = len(obs_shape) == 3
-        # the NumPy forward pass knows only the built-in MLP; any other network's Q-values come from a tf.function
-        self.tf_q_values = self.is_cnn or build_network is not None
+        builtin_mlp = not self.is_cnn and build_network is None
+        # the NumPy forward pass knows only the built-in MLP in float32; any other network's Q-values (and a mixed-
+        # precision MLP's, so that acting computes what training, evaluation and the export do) come from TF
+        self.tf_q_values = not builtin_mlp or config.precision != "float32"
         build = build_network or (lambda name: build_q_network(obs_shape, n_actions, config, name=name))
         self.online = build("q_network")
         self.target = build("target_network")
@@ -98,7 +100,7 @@ class Learner:
         self.optimizer = optimizer
         # XLA: for the built-in MLP; the Nature CNN runs slower XLA-compiled on CPU than on TF's own (oneDNN)
         # kernels (docs/atari.md), and a user's network may hold layers XLA cannot compile, so they run without.
-        xla = not self.tf_q_values
+        xla = builtin_mlp
         self._updates_fn = tf.function(self._update_loop, jit_compile=xla and not self._allreduce,
                                        reduce_retracing=True, autograph=False)
         self._optimizer_synced = False
