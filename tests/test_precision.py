@@ -145,3 +145,23 @@ def test_a_bf16_export_serves_float32(tmp_path):
     out = sig(observation=tf.constant(obs))["q_values"]
     assert out.dtype == tf.float32
     np.testing.assert_allclose(out.numpy(), served, rtol=1e-6, atol=1e-6)
+
+
+def test_a_mixed_float16_run_on_a_cpu_says_it_is_slow_and_saves_its_loss_scale(tmp_path, capsys):
+    from hvd_dqn import Trainer, serving
+
+    tiny = dict(env_id="CartPole-v1", seed=3, total_env_steps=600, hidden_sizes=(8,), learning_starts=200,
+                train_every=100, updates_per_train=5, target_update_every=10, eval_every=600, eval_episodes=1,
+                log_every=600, batch_size=16, replay_capacity=1000, checkpoint_every_minutes=None,
+                precision="mixed_float16")
+    summary = Trainer(Config(**tiny), run_dir=tmp_path / "run").train()
+    assert summary["updates"] == 25  # 5 updates at 200, 300, 400, 500 and 600
+    lines = [line for line in capsys.readouterr().err.splitlines() if "mixed_float16" in line]
+    assert lines == ["hvd-dqn: precision mixed_float16 on a CPU: float16 is emulated there and slow (it is meant "
+                     "for GPUs; mixed_bfloat16 is the CPU's mixed precision)"]
+    ckpt = tmp_path / "run" / "checkpoints" / "ckpt-600"
+    saved = dict(tf.train.list_variables(str(ckpt / "model")))
+    scale = [name for name in saved if "loss_scale" in name]
+    assert len(scale) == 2 and all(saved[name] == [] for name in scale)  # the scale and its counter, scalars
+    policy = serving.load_policy(tmp_path / "run")
+    assert policy.q_fn(np.zeros((2, 4), np.float32)).dtype == np.float32
