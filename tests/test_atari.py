@@ -322,7 +322,8 @@ def test_atari_100k_configs_load_and_validate(name):
 
     cfg = Config.from_yaml(ROOT / "configs" / f"{name}.yaml")
     assert cfg.is_atari and cfg.exp_name == name
-    assert (cfg.total_env_steps, cfg.max_episode_frames, cfg.sticky_action_prob, cfg.noop_max) == (100_000, 108_000, 0, 0)
+    assert (cfg.total_env_steps, cfg.max_episode_frames, cfg.sticky_action_prob, cfg.noop_max) == \
+        (100_000, 108_000, 0, 0)
     assert (cfg.n_step, cfg.learning_starts, cfg.batch_size, cfg.learning_rate, cfg.adam_epsilon) == \
         (10, 1600, 32, 1e-4, 1.5e-4)
     assert cfg.dueling and cfg.double_dqn and not cfg.prioritized_replay and cfg.terminal_on_life_loss
