@@ -1,8 +1,10 @@
 """The Atari pipeline's parts, one at a time on this machine: env steps/s per rank (our vector env, and ale-py's
-C++ AtariVectorEnv for comparison), Nature CNN updates/s and acting calls/s, bytes per stored transition, and the
-peak memory of a filled 100k-transition frame replay. Prints figures; asserts nothing.
+C++ AtariVectorEnv for comparison), Nature CNN updates/s and acting calls/s, the CNN update in float32 and in each
+mixed precision this machine runs fast, at 1 and 4 updates per TF call, bytes per stored transition, and the peak
+memory of a filled 100k-transition frame replay. Prints figures; asserts nothing.
 
-    .venv/bin/python benchmarks/atari.py [--game Pong] [--seconds 5] [--replay 100000]
+    .venv/bin/python benchmarks/atari.py [--game Pong] [--seconds 5] [--replay 100000] [--rounds 5]
+    .venv/bin/python benchmarks/atari.py --cnn-only [--precisions mixed_bfloat16 mixed_float16]
 
 One process, one core's worth of work at a time (the replay fill runs in a child process so its peak RSS is its
 own). docs/atari-cost.md quotes these figures and the 10M-step estimate built from them.
@@ -85,6 +87,52 @@ def learner_rates(seconds: float) -> None:
         print(f"Nature CNN acting calls/s, {n} observation(s) per call: {rate(lambda: act(batch.obs[0, :n]), seconds):,.0f}")
 
 
+def mixed_precisions() -> list[str]:
+    """The mixed-precision policies worth timing here: mixed_bfloat16 where the CPU has bf16 instructions
+    (AVX512-BF16 or AMX) or there is a GPU, mixed_float16 only on a GPU (a CPU emulates float16)."""
+    import tensorflow as tf
+
+    gpu = bool(tf.config.list_physical_devices("GPU"))
+    try:
+        flags = set(Path("/proc/cpuinfo").read_text().split())
+    except OSError:
+        flags = set()
+    bf16 = gpu or bool(flags & {"avx512_bf16", "amx_bf16"})
+    return (["mixed_bfloat16"] if bf16 else []) + (["mixed_float16"] if gpu else [])
+
+
+def cnn_update_rates(seconds: float, rounds: int, precisions: list[str], ks: tuple[int, ...] = (1, 4)) -> None:
+    """Nature CNN updates/s at batch 32 (the learner's update: double DQN, Huber loss, Adam) for each precision and
+    K updates per TF call, on fixed uint8 batches (no sampling). The variants take turns in ``rounds`` rounds, so
+    that load from other jobs falls on all alike; median and best of the rounds."""
+    from hvd_dqn import distributed
+    from hvd_dqn.config import Config
+    from hvd_dqn.learner import Learner
+    from hvd_dqn.replay import Batch
+
+    distributed.init()
+    rng = np.random.default_rng(0)
+    variants = {}
+    for precision in precisions:
+        cfg = Config.from_yaml(ROOT / "configs" / "pong.yaml", ["replay_capacity=20000", "double_dqn=true",
+                                                               f"precision={precision}"])
+        learner = Learner(cfg, (4, 84, 84), 6, 1)
+        for k in ks:
+            frames = lambda: rng.integers(0, 256, size=(k, 32, 4, 84, 84), dtype=np.uint8)  # noqa: E731
+            batch = Batch(frames(), rng.integers(0, 6, (k, 32)).astype(np.int32),
+                          rng.choice([-1.0, 0.0, 1.0], (k, 32)).astype(np.float32), frames(), np.zeros((k, 32), bool),
+                          np.zeros((k, 32), bool))
+            variants[precision, k] = (learner, batch)
+            learner.run_updates(batch, 1e-4)  # trace and warm up this K
+    rates = {key: [] for key in variants}
+    for _ in range(rounds):
+        for key, (learner, batch) in variants.items():
+            rates[key].append(rate(lambda: learner.run_updates(batch, 1e-4), seconds, per_call=key[1]))
+    for (precision, k), values in rates.items():
+        print(f"Nature CNN updates/s, batch 32, {precision}, K = {k} update(s) per call: median "
+              f"{np.median(values):,.1f}, best {max(values):,.1f} ({rounds} rounds)")
+
+
 def replay_memory(capacity: int) -> None:
     """In a child process: resident memory before allocating and after filling the ring once, and the peak."""
     code = f"""
@@ -137,11 +185,21 @@ def main() -> None:
     ap.add_argument("--seconds", type=float, default=5.0, help="per measurement")
     ap.add_argument("--replay", type=int, default=100_000, help="transitions in the memory measurement")
     ap.add_argument("--train-steps", type=int, default=3000, help="env steps of the whole-loop run (0: skip)")
+    ap.add_argument("--rounds", type=int, default=5, help="interleaved rounds of the CNN precision/K comparison")
+    ap.add_argument("--precisions", nargs="*", default=None,
+                    help="mixed-precision policies to time besides float32 (default: those this machine runs fast)")
+    ap.add_argument("--cnn-only", action="store_true", help="only the CNN precision/K comparison")
     args = ap.parse_args()
     print(f"load average before: {os.getloadavg()[0]:.2f}; {os.cpu_count()} CPUs")
+    precisions = ["float32"] + (mixed_precisions() if args.precisions is None else args.precisions)
+    if args.cnn_only:
+        cnn_update_rates(args.seconds / 2, args.rounds, precisions)
+        print(f"load average after: {os.getloadavg()[0]:.2f}")
+        return
     env_rates(args.game, args.seconds)
     replay_memory(args.replay)
     learner_rates(args.seconds)
+    cnn_update_rates(args.seconds / 2, args.rounds, precisions)
     print(f"peak RSS of this process (TensorFlow, CNN, a 20k replay): "
           f"{resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / 1e6:,.0f} MB")
     if args.train_steps:

@@ -288,9 +288,17 @@ def check_compatible(ckpt: Path, state: dict[str, Any], config: dict[str, Any], 
                           f"in rows of its vector steps, which cannot be dealt out to another number of ranks")
     saved = state["config"]
     diff = [k for k in STRUCTURAL_KEYS if _norm(saved.get(k)) != _norm(config.get(k))]
+    # mixed_float16 adds the loss scale to the optimizer's state; float32 and mixed_bfloat16 save the same variables
+    # (a checkpoint from before the key reads as float32)
+    if _loss_scaled(saved) != _loss_scaled(config):
+        diff.append("precision")
     if diff:
         changes = ", ".join(f"{k} {saved.get(k)!r} -> {config.get(k)!r}" for k in diff)
         raise _fail(ckpt, f"incompatible config ({changes}); these keys must match the checkpoint's")
+
+
+def _loss_scaled(config: dict) -> bool:
+    return config.get("precision", "float32") == "mixed_float16"
 
 
 def _norm(value):

@@ -86,6 +86,13 @@ class Config(BaseModel):
     huber_delta: float = Field(1.0, gt=0, description="Huber loss threshold (quadratic below, linear above).")
     max_grad_norm: Optional[float] = Field(
         10.0, gt=0, description="Clip the averaged gradient to this global norm; null turns clipping off.")
+    precision: Literal["float32", "mixed_bfloat16", "mixed_float16"] = Field(
+        "float32", description="The built-in MLP's and CNN's Keras dtype policy: float32, or mixed precision "
+                               "(mixed_bfloat16: compute in bfloat16, fast on CPUs with AVX512-BF16/AMX and on "
+                               "recent GPUs; mixed_float16: compute in float16 with dynamic loss scaling, for GPUs, "
+                               "slow on a CPU). Variables, the Q-value head and the model's output stay float32. A "
+                               "q_network of the user's gets the config and applies it itself; mixed_float16's loss "
+                               "scaling applies to any network.")
 
     # --- replay and the learning schedule (all in global env steps)
     replay_capacity: int = Field(
@@ -304,6 +311,10 @@ class Config(BaseModel):
                              "gradients locally only in its DistributedOptimizer, which refuses Adasum)")
         if self.average_aggregated_gradients and k == 1:
             raise ValueError("average_aggregated_gradients needs backward_passes_per_step > 1")
+        if k > 1 and self.precision == "mixed_float16":
+            raise ValueError("precision mixed_float16 with backward_passes_per_step > 1: the loss scale would judge "
+                             "each rank's un-averaged gradients on its own, and the ranks fall out of step: use one "
+                             "of the two")
         if k > 1 and self.target_tau is not None:
             raise ValueError("target_tau moves the target after every update, backward_passes_per_step > 1 steps "
                              "the online net once per several: use one of the two")

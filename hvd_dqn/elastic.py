@@ -123,7 +123,7 @@ class ElasticTrainer(Trainer):
         learner = self.learner
         resume_from = None if self.resume_from is None else str(self.resume_from)
         state = self.elastic_state = distributed.elastic_state(
-            learner.network_variables + list(learner.optimizer.variables()), **self._counters(),
+            learner.network_variables + learner.optimizer_variables, **self._counters(),
             resume_from=resume_from)
         state.register_reset_callbacks([self._on_reset])
 

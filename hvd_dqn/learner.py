@@ -66,8 +66,10 @@ class Learner:
         self.config = config
         obs_shape = (obs_shape,) if isinstance(obs_shape, int) else tuple(obs_shape)
         self.is_cnn = len(obs_shape) == 3
-        # the NumPy forward pass knows only the built-in MLP; any other network's Q-values come from a tf.function
-        self.tf_q_values = self.is_cnn or build_network is not None
+        builtin_mlp = not self.is_cnn and build_network is None
+        # the NumPy forward pass knows only the built-in MLP in float32; any other network's Q-values (and a mixed-
+        # precision MLP's, so that acting computes what training, evaluation and the export do) come from TF
+        self.tf_q_values = not builtin_mlp or config.precision != "float32"
         build = build_network or (lambda name: build_q_network(obs_shape, n_actions, config, name=name))
         self.online = build("q_network")
         self.target = build("target_network")
@@ -83,13 +85,22 @@ class Learner:
         self._federated = config.federated_every is not None
         # an update runs Horovod's ops: an allreduce, or the local aggregation of backward_passes_per_step
         self._allreduce = (elastic or world_size > 1 or config.backward_passes_per_step > 1) and not self._federated
-        self.optimizer = optimizer if not self._allreduce else distributed.wrap_optimizer(
-            optimizer, op=config.allreduce_op, compression=config.gradient_compression,
-            backward_passes_per_step=config.backward_passes_per_step,
-            average_aggregated_gradients=config.average_aggregated_gradients)
+        if self._allreduce:
+            optimizer = distributed.wrap_optimizer(
+                optimizer, op=config.allreduce_op, compression=config.gradient_compression,
+                backward_passes_per_step=config.backward_passes_per_step,
+                average_aggregated_gradients=config.average_aggregated_gradients)
+        if config.precision == "mixed_float16":
+            # float16 gradients underflow without loss scaling. Horovod's optimizer goes INSIDE the loss scaling:
+            # the scaled gradients are allreduced, and the scale's finite-or-skip decision is then taken on the
+            # averaged gradients, the same on every rank (Horovod 0.28's DistributedOptimizer cannot wrap a
+            # LossScaleOptimizer: it rebuilds the class from_config with keywords only). Its scale and counter are
+            # checkpointed with the optimizer.
+            optimizer = keras.mixed_precision.LossScaleOptimizer(optimizer)
+        self.optimizer = optimizer
         # XLA: for the built-in MLP; the Nature CNN runs slower XLA-compiled on CPU than on TF's own (oneDNN)
         # kernels (docs/atari.md), and a user's network may hold layers XLA cannot compile, so they run without.
-        xla = not self.tf_q_values
+        xla = builtin_mlp
         self._updates_fn = tf.function(self._update_loop, jit_compile=xla and not self._allreduce,
                                        reduce_retracing=True, autograph=False)
         self._optimizer_synced = False
@@ -181,7 +192,7 @@ class Learner:
         self.updates += k
         if not self._optimizer_synced:
             # Horovod: Adam's slots exist only after the first step; make rank 0's the truth from then on.
-            distributed.broadcast_variables(self.optimizer.variables(), root_rank=0)
+            distributed.broadcast_variables(self.optimizer_variables, root_rank=0)
             self._optimizer_synced = True
         return PhaseResult(float(loss), float(q_mean), td_abs)
 
@@ -215,7 +226,7 @@ class Learner:
     def broadcast_restored(self) -> None:
         """After a restore from a checkpoint: rank 0's networks and Adam state on every rank (all ranks read the
         same file; the broadcast is the guarantee), and no further slot broadcast needed."""
-        distributed.broadcast_variables(self.network_variables + list(self.optimizer.variables()), 0)
+        distributed.broadcast_variables(self.network_variables + self.optimizer_variables, 0)
         self._optimizer_synced = True
 
     def broadcast_initial_weights(self) -> None:
@@ -236,6 +247,14 @@ class Learner:
     def policy(self) -> keras.Model:
         """The network whose greedy actions are the trained policy: the weight average if policy_ema is set."""
         return self.online if self.averaged is None else self.averaged
+
+    @property
+    def optimizer_variables(self) -> list:
+        """Adam's state, and with mixed_float16 the loss scale and its counter of good steps, which the loss-scale
+        optimizer's own variables() leaves out (it lists the inner optimizer's)."""
+        scaled = self.optimizer if isinstance(self.optimizer, keras.mixed_precision.LossScaleOptimizer) else None
+        extra = [] if scaled is None else [scaled._loss_scale.current_loss_scale, scaled.dynamic_counter]
+        return list(self.optimizer.variables()) + extra
 
     @property
     def network_variables(self) -> list:

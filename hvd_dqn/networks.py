@@ -12,54 +12,74 @@ import numpy as np
 from hvd_dqn.keras2 import keras
 
 
+PRECISIONS = ("float32", "mixed_bfloat16", "mixed_float16")  # Keras' dtype policy names
+
+
+def dtype_policy(precision: str = "float32"):
+    """The Keras dtype policy of a network's torso (``precision`` is a policy name: float32, mixed_bfloat16,
+    mixed_float16). It is given to each layer, never set globally, so other models built in the same process (the
+    user's, the next run's) keep theirs."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision {precision!r} is not one of {', '.join(PRECISIONS)}")
+    return keras.mixed_precision.Policy(precision)
+
+
 def q_head(features, n_actions: int, dueling: bool, seed: int):
     """Q-values from a feature tensor (any torso: MLP or CNN). Plain: one Dense layer. Dueling (Wang et al. 2016):
     a value stream V(s) and an advantage stream A(s, a), combined as Q = V + (A - mean_a A). The centring is a
     fixed, non-trainable linear map (I - 1/n), so the model holds only built-in layers and loads anywhere with
-    plain ``tf_keras.models.load_model``."""
+    plain ``tf_keras.models.load_model``. The head computes in float32 whatever the torso's precision (the Keras
+    mixed-precision guide's rule for the last layer): TD errors are differences of nearby Q-values, which bf16's
+    8 significant bits would round away, and the model's output stays float32 for serving."""
     init = keras.initializers.GlorotUniform
+    f32 = dict(dtype="float32")
     if not dueling:
-        return keras.layers.Dense(n_actions, name="q_values", kernel_initializer=init(seed=seed))(features)
-    value = keras.layers.Dense(1, name="value", kernel_initializer=init(seed=seed))(features)
-    advantage = keras.layers.Dense(n_actions, name="advantage", kernel_initializer=init(seed=seed + 1))(features)
+        return keras.layers.Dense(n_actions, name="q_values", kernel_initializer=init(seed=seed), **f32)(features)
+    value = keras.layers.Dense(1, name="value", kernel_initializer=init(seed=seed), **f32)(features)
+    advantage = keras.layers.Dense(n_actions, name="advantage", kernel_initializer=init(seed=seed + 1),
+                                   **f32)(features)
     centring = np.eye(n_actions, dtype=np.float32) - np.float32(1.0 / n_actions)
     centred = keras.layers.Dense(n_actions, use_bias=False, trainable=False, name="advantage_centred",
-                                 kernel_initializer=keras.initializers.Constant(centring))(advantage)
-    return keras.layers.Add(name="q_values")([value, centred])  # V (batch, 1) broadcasts over the actions
+                                 kernel_initializer=keras.initializers.Constant(centring), **f32)(advantage)
+    return keras.layers.Add(name="q_values", **f32)([value, centred])  # V (batch, 1) broadcasts over the actions
 
 
 def build_mlp(obs_dim: int, n_actions: int, hidden_sizes, seed: int, name: str = "q_network",
-              dueling: bool = False) -> keras.Model:
+              dueling: bool = False, precision: str = "float32") -> keras.Model:
     """An MLP from observations to one Q-value per action. Seeded init: equal on every rank even before the
-    broadcast from rank 0, which remains the guarantee."""
+    broadcast from rank 0, which remains the guarantee. ``precision``: the hidden layers' dtype policy."""
+    policy = dtype_policy(precision)
     inputs = keras.Input(shape=(obs_dim,), dtype="float32", name="observation")
     x = inputs
     for i, width in enumerate(hidden_sizes):
-        x = keras.layers.Dense(width, activation="relu", name=f"hidden_{i}",
+        x = keras.layers.Dense(width, activation="relu", name=f"hidden_{i}", dtype=policy,
                                kernel_initializer=keras.initializers.GlorotUniform(seed=seed + i))(x)
     q = q_head(x, n_actions, dueling, seed + len(hidden_sizes))
     return keras.Model(inputs, q, name=name)
 
 
 def build_nature_cnn(obs_shape: tuple[int, int, int], n_actions: int, seed: int, name: str = "q_network",
-                     dueling: bool = False, channels_first: bool = True) -> keras.Model:
+                     dueling: bool = False, channels_first: bool = True, precision: str = "float32") -> keras.Model:
     """The Nature DQN torso (Mnih et al. 2015): conv 32 8x8/4, conv 64 4x4/2, conv 64 3x3/1, dense 512, all ReLU,
     then the Q head. Input: uint8 images, channels first (Atari's frame stacks (S, 84, 84)) or last; the model
     moves channels last (TF's CPU convolutions support only NHWC) and scales to [0, 1] itself, so replay
     batches travel as uint8 (4x fewer bytes) all the way into the graph. Frames smaller than the 36x36 the
     three convolutions need without padding are zero-padded at each convolution ("same"), so any frame size
-    works; 36x36 and up is the published network unchanged."""
+    works; 36x36 and up is the published network unchanged. ``precision``: the torso's dtype policy (the
+    uint8 frames are cast straight to its compute dtype: 0-255 are exact in bf16 and fp16)."""
     init = keras.initializers.GlorotUniform
+    policy = dtype_policy(precision)
     inputs = keras.Input(shape=tuple(obs_shape), dtype="uint8", name="observation")
     height, width = obs_shape[1:] if channels_first else obs_shape[:2]
     padding = "valid" if min(height, width) >= NATURE_CNN_MIN_FRAME else "same"
-    x = keras.layers.Permute((2, 3, 1), name="channels_last")(inputs) if channels_first else inputs
-    x = keras.layers.Rescaling(1.0 / 255.0, name="scale")(x)  # casts to float32, then scales
+    x = keras.layers.Permute((2, 3, 1), name="channels_last", dtype=policy)(inputs) if channels_first else inputs
+    x = keras.layers.Rescaling(1.0 / 255.0, name="scale", dtype=policy)(x)  # casts to the compute dtype, scales
     for i, (filters, size, stride) in enumerate(((32, 8, 4), (64, 4, 2), (64, 3, 1))):
         x = keras.layers.Conv2D(filters, size, strides=stride, activation="relu", name=f"conv_{i}", padding=padding,
-                                kernel_initializer=init(seed=seed + i))(x)
-    x = keras.layers.Flatten(name="flatten")(x)
-    x = keras.layers.Dense(512, activation="relu", name="hidden_0", kernel_initializer=init(seed=seed + 3))(x)
+                                kernel_initializer=init(seed=seed + i), dtype=policy)(x)
+    x = keras.layers.Flatten(name="flatten", dtype=policy)(x)
+    x = keras.layers.Dense(512, activation="relu", name="hidden_0", kernel_initializer=init(seed=seed + 3),
+                           dtype=policy)(x)
     return keras.Model(inputs, q_head(x, n_actions, dueling, seed + 4), name=name)
 
 
@@ -77,9 +97,9 @@ def build_q_network(obs_shape: tuple[int, ...], n_actions: int, config, name: st
     ``hidden_sizes`` for flat ones."""
     if len(obs_shape) == 3:
         return build_nature_cnn(obs_shape, n_actions, config.seed, name, config.dueling,
-                                channels_first=channels_first(obs_shape))
+                                channels_first=channels_first(obs_shape), precision=config.precision)
     return build_mlp(obs_shape[0], n_actions, config.hidden_sizes, seed=config.seed, name=name,
-                     dueling=config.dueling)
+                     dueling=config.dueling, precision=config.precision)
 
 
 def load_builder(ref: str):

@@ -338,6 +338,9 @@ class Trainer:
     def _make_learner(self, obs_shape: tuple[int, ...], n_actions: int, build_network=None) -> Learner:
         learner = Learner(self.config, obs_shape, n_actions, self.world.size, build_network)
         learner.broadcast_initial_weights()
+        if self.config.precision == "mixed_float16" and self.world.is_chief and not _has_gpu():
+            say("hvd-dqn: precision mixed_float16 on a CPU: float16 is emulated there and slow (it is meant for GPUs; "
+                "mixed_bfloat16 is the CPU's mixed precision)")
         return learner
 
     def _make_evaluator(self) -> Evaluator:
@@ -480,3 +483,9 @@ def _test_hooks() -> list:
     from hvd_dqn.testing.faults import from_env
 
     return from_env()
+
+
+def _has_gpu() -> bool:
+    import tensorflow as tf
+
+    return bool(tf.config.list_logical_devices("GPU"))

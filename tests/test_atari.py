@@ -314,6 +314,28 @@ def test_config_fields_and_limits():
         Config.from_dict({"env_id": "ALE/Pong-v5", "frame_stack": 0})
 
 
+@pytest.mark.parametrize("name", ["roadrunner-100k", "boxing-100k"])
+def test_atari_100k_configs_load_and_validate(name):
+    """The Atari-100k configs (Dopamine's DrQ_eps.gin, cited line by line in the files) load, split on 1 and 2 ranks
+    into phases that make updates, and say what the protocol says."""
+    from hvd_dqn.actor import scheduled_epsilon
+
+    cfg = Config.from_yaml(ROOT / "configs" / f"{name}.yaml")
+    assert cfg.is_atari and cfg.exp_name == name
+    assert (cfg.total_env_steps, cfg.max_episode_frames, cfg.sticky_action_prob, cfg.noop_max) == \
+        (100_000, 108_000, 0, 0)
+    assert (cfg.n_step, cfg.learning_starts, cfg.batch_size, cfg.learning_rate, cfg.adam_epsilon) == \
+        (10, 1600, 32, 1e-4, 1.5e-4)
+    assert cfg.dueling and cfg.double_dqn and not cfg.prioritized_replay and cfg.terminal_on_life_loss
+    assert (cfg.target_tau, cfg.eval_epsilon, cfg.precision) == (1.0, 0.001, "float32")
+    assert scheduled_epsilon(cfg, 0) == 1.0 and scheduled_epsilon(cfg, 6600) == pytest.approx(0.01)
+    assert scheduled_epsilon(cfg, 3300) == pytest.approx(0.505)
+    for world_size in (1, 2):  # one update per global env step, as published
+        per = cfg.per_rank(world_size)
+        cfg.check_schedule(per)
+        assert per.updates_per_phase / (per.vector_steps_per_train * per.global_steps_per_vector_step) == 1
+
+
 @pytest.mark.parametrize("dueling", [False, True])
 def test_nature_cnn_learns_from_uint8_replay_batches(dueling):
     from hvd_dqn.learner import Learner

@@ -70,6 +70,10 @@ def test_weak_scaling_errors_are_one_line():
     ({"env_id": "NoSuchEnv-v0"}, "env_id: unknown gymnasium env id 'NoSuchEnv-v0'"),
     ({"seed": 1}, "env_id: required key is missing"),
     ({"env_id": "CartPole-v1", "eps_start": 0.1, "eps_end": 0.5}, "eps_end must not exceed eps_start"),
+    ({"env_id": "CartPole-v1", "precision": "bfloat16"},
+     "precision: Input should be 'float32', 'mixed_bfloat16' or 'mixed_float16' (got 'bfloat16')"),
+    ({"env_id": "CartPole-v1", "precision": "mixed_float16", "backward_passes_per_step": 2},
+     "precision mixed_float16 with backward_passes_per_step > 1"),
 ])
 def test_bad_values_name_the_field(data, message):
     with pytest.raises(UserError) as err:
@@ -83,6 +87,7 @@ def test_bad_values_name_the_field(data, message):
     (GOOD + "learning_rate: fast\n", [], "learning_rate: Input should be a valid number"),
     (GOOD, ["--set", "batch_size=-4"], "batch_size: Input should be greater than or equal to 1"),
     (GOOD, ["--set", "nonsense"], "--set 'nonsense': expected key=value"),
+    (GOOD, ["--set", "precision=float16"], "precision: Input should be 'float32', 'mixed_bfloat16' or"),
     ("env_id: Nope-v9\n", [], "unknown gymnasium env id 'Nope-v9'"),
     ("env_id: [CartPole\n", [], "malformed YAML at line"),
     ("- just\n- a list\n", [], "expected a mapping"),
