@@ -36,6 +36,8 @@ $MARK
 ClusterName=hvd-dqn-local
 SlurmctldHost=$NODE(127.0.0.1)
 AuthType=auth/munge
+# a requeued job waits out the old job credential before it starts again (120 s by default): the tests' requeue
+AuthInfo=cred_expire=10
 ProctrackType=proctrack/linuxproc
 TaskPlugin=task/none
 JobAcctGatherType=jobacct_gather/none

@@ -51,7 +51,8 @@ def test_a_signalled_job_checkpoints_requeues_and_completes(local_slurm, tmp_pat
         subprocess.run(["scancel", "--batch", "--signal=USR1", job], check=True)  # the time-limit warning
         _wait(lambda: _job(job).get("Restarts") == "1", 120, "the requeue", out)
         # SLURM holds a requeued job until the old job credential expires (Reason=BeginTime, 120 s by default,
-        # slurm.conf AuthInfo=cred_expire); a job started earlier fails with "Job credential revoked"
+        # 10 s on the test cluster: launch/local-slurm.sh sets AuthInfo=cred_expire); a job started earlier fails
+        # with "Job credential revoked"
         state = _wait(lambda: _job(job)["JobState"] in ("COMPLETED", "FAILED", "CANCELLED") and _job(job), 600,
                       "the requeued job to end", out)
     finally:
