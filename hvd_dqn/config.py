@@ -1,10 +1,8 @@
 """The experiment configuration: a frozen, validated record read from YAML, a dict or keyword arguments.
 
 Step counts are GLOBAL (summed over all ranks) so that a config means the same experiment at any world size;
-per-rank quantities are derived properties, never fields. How batch size and learning rate behave as ranks grow
-is the "scaling rule" (docs/scaling.md) and the ``scaling`` key: with ``strong`` (the default) the global batch and the
-learning rate are what the config says at any N; with ``weak`` the config describes the run at N = 1 and N ranks
-take N times the batch at N times the learning rate in 1/N as many updates.
+per-rank quantities are derived, never fields: ``hvd_dqn.scaling`` derives them (the "scaling rule", the
+``scaling`` key, docs/scaling.md).
 """
 from __future__ import annotations
 
@@ -16,12 +14,13 @@ from typing import Any, Literal, Optional
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from hvd_dqn import scaling
 from hvd_dqn.errors import UserError, clip, excerpt
+from hvd_dqn.scaling import MAX_PHASE_SAMPLES, PerRank
 from hvd_dqn.yamlinput import load_yaml, parse_overrides, too_long
 
 MAX_HIDDEN_LAYERS, MAX_HIDDEN_WIDTH = 8, 8192  # 7 x 8192^2 weights: about 1.9 GB per copy, 4 copies in training
 MAX_EVAL_EPISODES = 1000  # each rank holds one env per evaluation episode it plays
-MAX_PHASE_SAMPLES = 2 ** 17  # transitions sampled at once per rank for a run of updates (Atari: about 7 GB)
 MAX_ENV_KWARGS = 64  # keywords for an env constructor; more is a mistake
 MAX_CONFIG_BYTES = 1 << 20  # a config is a few dozen keys; a bigger file is not one
 
@@ -325,79 +324,13 @@ class Config(BaseModel):
         """ALE envs: Atari preprocessing, the Nature CNN and the frame-once replay."""
         return is_atari_id(self.env_id)
 
-    def per_rank(self, world_size: int) -> "PerRank":
-        """Per-rank quantities for a job of ``world_size`` ranks; a UserError if the config cannot be split."""
-        n = world_size
-        beta1, beta2, adam_epsilon = self.adam_beta1, self.adam_beta2, self.adam_epsilon
-        if self.scaling == "weak":
-            for key in ("updates_per_train", "target_update_every"):
-                if getattr(self, key) % n:
-                    raise UserError(
-                        f"config: {key} {getattr(self, key)} is not divisible by the {n} ranks (scaling: weak "
-                        f"divides it by N; use a multiple of {n}, or scaling: strong)")
-            batch_size, learning_rate = self.batch_size, self.learning_rate * n
-            updates_per_train, target_update_every = self.updates_per_train // n, self.target_update_every // n
-        elif self.scaling == "adam_sqrt":
-            k = n / min(n, self.scaling_replay_boost)  # how many times shorter the chain of updates gets
-            batch_size, learning_rate, adam_epsilon = self.batch_size, self.learning_rate * n ** 0.5, \
-                self.adam_epsilon / n ** 0.5
-            beta1, beta2 = self.adam_beta1 ** k, self.adam_beta2 ** k
-            for key in ("updates_per_train", "target_update_every"):
-                if getattr(self, key) < k:  # rounded up to 1, the chain would not get shorter while lr and betas do
-                    raise UserError(
-                        f"config: {key} {getattr(self, key)} is less than the {k:g} times that scaling: adam_sqrt "
-                        f"divides it by on {n} ranks; raise it (with train_every, to keep their ratio) to {k:g} or more")
-            updates_per_train = max(1, round(self.updates_per_train / k))
-            target_update_every = max(1, round(self.target_update_every / k))
-        else:
-            if self.batch_size % n:
-                raise UserError(
-                    f"config: batch_size {self.batch_size} is not divisible by the {n} ranks "
-                    f"(it is the global batch; use a multiple of {n}, or scaling: weak)")
-            batch_size, learning_rate = self.batch_size // n, self.learning_rate
-            updates_per_train, target_update_every = self.updates_per_train, self.target_update_every
-        vector_step = n * self.num_envs  # global env steps per vector step of every rank
-        # a vector step of all ranks brings more than train_every env steps (Atari's train_every 4 on 8 ranks):
-        # more updates per phase, so the updates per env step stay what the config says
-        updates_per_phase = updates_per_train * max(1, round(vector_step / self.train_every))
-        k = self.backward_passes_per_step
-        for name, value in (("updates per learning phase", updates_per_phase),
-                            ("target_update_every", target_update_every)):
-            if value % k:
-                # a phase or target period ending between two optimizer steps would leave gradients half-summed
-                raise UserError(f"config: {name} is {value} per rank at {n} rank(s), not a multiple of "
-                                f"backward_passes_per_step {k}")
-        return PerRank(
-            batch_size=batch_size,
-            learning_rate=learning_rate,
-            target_update_every=target_update_every,
-            replay_capacity=-(-self.replay_capacity // n),
-            vector_steps=-(-self.total_env_steps // vector_step),
-            vector_steps_per_train=max(1, round(self.train_every / vector_step)),
-            updates_per_phase=updates_per_phase,
-            global_steps_per_vector_step=vector_step,
-            adam_beta1=beta1, adam_beta2=beta2, adam_epsilon=adam_epsilon,
-        )
+    def per_rank(self, world_size: int) -> PerRank:
+        """Per-rank quantities for a job of ``world_size`` ranks (``hvd_dqn.scaling.per_rank``)."""
+        return scaling.per_rank(self, world_size)
 
-    def check_schedule(self, share: "PerRank") -> None:
-        """A UserError if a job of these per-rank quantities would make no gradient update, or would sample more
-        transitions at once than MAX_PHASE_SAMPLES (the memory runs out before anything can fail cleanly)."""
-        vector_step = share.global_steps_per_vector_step
-        first = max(1, -(-self.learning_starts // vector_step))  # the first vector step at or past learning_starts
-        first = -(-first // share.vector_steps_per_train) * share.vector_steps_per_train  # ... that ends a phase
-        if first > share.vector_steps:
-            raise UserError(
-                f"config: no learning phase falls due: the first would end at global env step {first * vector_step:,} "
-                f"(learning_starts {self.learning_starts}, train_every {self.train_every}, "
-                f"{vector_step} env steps per vector step of all ranks), after total_env_steps "
-                f"{self.total_env_steps}; lower learning_starts or train more steps")
-        run = min(share.updates_per_phase, share.target_update_every,
-                  self.federated_every or share.updates_per_phase)
-        if run * share.batch_size > MAX_PHASE_SAMPLES:
-            raise UserError(
-                f"config: each rank would sample {run:,} updates x {share.batch_size} transitions = "
-                f"{run * share.batch_size:,} at once, more than {MAX_PHASE_SAMPLES:,}: lower updates_per_train, "
-                f"target_update_every or batch_size")
+    def check_schedule(self, share: PerRank) -> None:
+        """A UserError if a job of these per-rank quantities would make no update or sample too much at once."""
+        scaling.check_schedule(self, share)
 
     # ---- construction
     @classmethod
@@ -444,23 +377,6 @@ class Config(BaseModel):
 
     def replace(self, **changes: Any) -> "Config":
         return Config.from_dict({**self.to_dict(), **changes})
-
-
-class PerRank(BaseModel):
-    """What each rank does, derived from a Config and the world size."""
-
-    model_config = ConfigDict(frozen=True)
-    batch_size: int  # each rank's minibatch per update
-    learning_rate: float  # at the start of training, before lr_final_fraction's decay
-    target_update_every: int  # gradient updates between target syncs
-    replay_capacity: int
-    vector_steps: int
-    vector_steps_per_train: int
-    updates_per_phase: int
-    global_steps_per_vector_step: int
-    adam_beta1: float
-    adam_beta2: float
-    adam_epsilon: float
 
 
 def _one_line(exc: ValidationError) -> str:

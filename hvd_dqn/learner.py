@@ -34,7 +34,8 @@ import tensorflow as tf
 from hvd_dqn.keras2 import keras
 
 from hvd_dqn import distributed, losses
-from hvd_dqn.config import Config, PerRank
+from hvd_dqn.config import Config
+from hvd_dqn.scaling import PerRank
 from hvd_dqn.networks import build_q_network, mlp_forward, mlp_params
 from hvd_dqn.replay import Batch
 from hvd_dqn.schedules import annealed_beta, linear_schedule

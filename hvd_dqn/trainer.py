@@ -16,7 +16,7 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from hvd_dqn import checkpoint, distributed, launcherwatch, rundir, tasks, trainstate
+from hvd_dqn import checkpoint, distributed, launcherwatch, rundir, runsetup, tasks, trainstate
 from hvd_dqn.actor import Actor, actor_epsilons, scheduled_epsilon
 from hvd_dqn.callbacks import CallbackList
 from hvd_dqn.config import Config
@@ -24,7 +24,6 @@ from hvd_dqn.envs import env_seeds, make_vector_env, reward_threshold
 from hvd_dqn.errors import UserError, say
 from hvd_dqn.evaluation import Evaluator, summarize
 from hvd_dqn.learner import Learner
-from hvd_dqn.metrics import RunLogger
 from hvd_dqn.networks import build_user_network, load_builder
 from hvd_dqn.preemption import Preempted, StopRequest
 from hvd_dqn.runlock import RunDirInUse, RunLock
@@ -217,7 +216,7 @@ class Trainer:
         self.run_dir = self._resolve_run_dir()
         self._lock_run_dir()
         resume_from = self._resume_point()
-        self._open_outputs(resume_from)
+        self.logger = runsetup.open_outputs(self.run_dir, world, cfg, share, resume_from)
         self.threshold = cfg.reward_threshold if cfg.reward_threshold is not None else reward_threshold(cfg.env_id)
 
         self.task = tasks.for_config(cfg)  # classic control or Atari: what differs between them
@@ -240,32 +239,7 @@ class Trainer:
         self.callbacks.fire("on_train_begin", self)
 
     def _resume_point(self) -> Path | None:
-        """The checkpoint to continue from (None: a new run), after the lock; refuses a new run into a run dir that
-        holds checkpoints."""
-        resume_from = checkpoint.find_for_resume(self.run_dir) if self.resume else None
-        if resume_from is None and checkpoint.listed(self.run_dir):
-            # a fresh run would mix its metrics and checkpoints with the earlier run's (and a later --resume
-            # could pick up the earlier run's newest checkpoint); its files are not ours to delete
-            raise UserError(f"run dir {self.run_dir} holds the checkpoints of an earlier run: continue it with "
-                            f"--resume {self.run_dir}, or train into another --run-dir")
-        return resume_from
-
-    def _open_outputs(self, resume_from: Path | None) -> None:
-        """Rank 0: metrics.jsonl trimmed to the checkpoint, the logger, config.json. A full or read-only disk is
-        a one-line UserError; the rewrites are atomic (temp file, then rename), so a resumed run's files stay whole."""
-        cfg, world = self.config, self.world
-        try:
-            if resume_from is not None and world.is_chief:
-                trainstate.trim_metrics(self.run_dir, resume_from)
-            self.logger = RunLogger(self.run_dir, enabled=world.is_chief, total_env_steps=cfg.total_env_steps,
-                                    fresh=resume_from is None)
-            # what each rank runs after the scaling rule (docs/scaling.md), beside the config as written
-            self.logger.write_json(rundir.CONFIG, {**cfg.to_dict(), "world_size": world.size,
-                                                   "per_rank": self.per_rank.model_dump()})
-        except OSError as exc:
-            name = Path(exc.filename).name if exc.filename else "its files"
-            raise UserError(f"run dir {self.run_dir}: cannot write {name} ({exc.strerror or exc}); free space or "
-                            f"make it writable, then run again") from None
+        return runsetup.resume_point(self.run_dir, self.resume)
 
     # ------------------------------------------------------------------ the phases
     def _collect(self) -> None:
@@ -388,29 +362,7 @@ class Trainer:
                          "world_size": self.world.size, "checkpoint_world_size": state["world_size"]})
 
     def _lock_run_dir(self) -> None:
-        """Rank 0 locks the run dir (docs/reliability.md) before anything in it is read, written or
-        pruned, and tells every rank the outcome, so the ranks of a refused job all leave instead of waiting for
-        rank 0 in the next collective. Only rank 0 says why."""
-        refusal = None
-        if self.world.is_chief:
-            try:
-                if self.restart:  # refused before the lock file is created in a dir that is not a run's
-                    rundir.clear_earlier_run(self.run_dir, dry_run=True)
-                self.lock = RunLock(self.run_dir).acquire()
-                if self.restart:  # under the lock: no other job is writing what is deleted
-                    cleared = rundir.clear_earlier_run(self.run_dir)
-                    if cleared:
-                        say(f"hvd-dqn: run dir {self.run_dir}: --restart deleted the earlier run's "
-                            f"{', '.join(cleared)}")
-            except UserError as exc:
-                refusal = str(exc)
-            else:
-                if self.lock.took_over:
-                    say(f"hvd-dqn: run dir {self.run_dir}: the job that held it last ended without releasing it "
-                        f"({self.lock.took_over}); this job takes it over")
-        refusal = distributed.broadcast_object(refusal)
-        if refusal is not None:
-            raise RunDirInUse(refusal, quiet=not self.world.is_chief)
+        self.lock = runsetup.lock(self.run_dir, self.world, self.restart)
 
     def _release(self) -> None:
         if self.watchdog is not None:
@@ -450,21 +402,7 @@ class Trainer:
         return scheduled_epsilon(self.config, self.state.env_steps)
 
     def _resolve_run_dir(self) -> Path:
-        if self.run_dir is None:
-            name = None
-            if self.world.is_chief:  # its view of runs/ decides; two runs started in the same second get -2, -3, ...
-                base = name = f"{self.config.env_id.replace('/', '-')}-{time.strftime('%Y%m%d-%H%M%S')}"
-                n = 1
-                while (Path(rundir.RUNS) / name).exists():
-                    n += 1
-                    name = f"{base}-{n}"
-            self.run_dir = Path(rundir.RUNS) / distributed.broadcast_object(name)
-        try:
-            if self.world.is_chief:
-                self.run_dir.mkdir(parents=True, exist_ok=True)
-        except OSError as exc:
-            raise UserError(f"run dir {self.run_dir}: cannot create it ({exc.strerror})") from None
-        return self.run_dir
+        return runsetup.resolve(self.run_dir, self.config.env_id, self.world)
 
 
 def _peak_rss_mb() -> float:

@@ -1,0 +1,97 @@
+"""Opening a run directory for a job, before anything trains: its name, its lock (and ``--restart``'s clearing of an
+earlier run's outputs under it), the checkpoint to resume from, and the output files rank 0 writes.
+
+Each step that leads to a collective makes the same call on every rank (the refusals are broadcast), so the ranks
+of a refused job all leave together instead of waiting for rank 0 in the next collective.
+"""
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+from hvd_dqn import checkpoint, distributed, rundir, trainstate
+from hvd_dqn.config import Config
+from hvd_dqn.errors import UserError, say
+from hvd_dqn.metrics import RunLogger
+from hvd_dqn.runlock import RunDirInUse, RunLock
+from hvd_dqn.scaling import PerRank
+
+
+def resolve(run_dir: Path | None, env_id: str, world: distributed.World) -> Path:
+    """The run dir, created by rank 0: the one given, else a new ``runs/<env>-<time>`` named by rank 0 (two runs
+    started in the same second get -2, -3, ...) and broadcast."""
+    if run_dir is None:
+        name = None
+        if world.is_chief:
+            base = name = f"{env_id.replace('/', '-')}-{time.strftime('%Y%m%d-%H%M%S')}"
+            n = 1
+            while (Path(rundir.RUNS) / name).exists():
+                n += 1
+                name = f"{base}-{n}"
+        run_dir = Path(rundir.RUNS) / distributed.broadcast_object(name)
+    try:
+        if world.is_chief:
+            run_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise UserError(f"run dir {run_dir}: cannot create it ({exc.strerror})") from None
+    return run_dir
+
+
+def lock(run_dir: Path, world: distributed.World, restart: bool) -> RunLock | None:
+    """Rank 0 locks the run dir (docs/reliability.md) before anything in it is read, written or pruned, and tells
+    every rank the outcome: a refusal raises RunDirInUse on every rank, and only rank 0 says why. ``restart``: the
+    earlier run's outputs are deleted under the lock (``rundir.clear_earlier_run``), after a dry run that refuses a
+    dir that is not a run's before the lock file is created in it. Returns rank 0's lock, None on the others."""
+    refusal, held = None, None
+    if world.is_chief:
+        try:
+            if restart:
+                rundir.clear_earlier_run(run_dir, dry_run=True)
+            held = RunLock(run_dir).acquire()
+            if restart:  # under the lock: no other job is writing what is deleted
+                cleared = rundir.clear_earlier_run(run_dir)
+                if cleared:
+                    say(f"hvd-dqn: run dir {run_dir}: --restart deleted the earlier run's {', '.join(cleared)}")
+        except UserError as exc:
+            refusal = str(exc)
+        else:
+            if held.took_over:
+                say(f"hvd-dqn: run dir {run_dir}: the job that held it last ended without releasing it "
+                    f"({held.took_over}); this job takes it over")
+    refusal = distributed.broadcast_object(refusal)
+    if refusal is not None:
+        if held is not None:  # the lock was taken, then restart's clearing failed on rank 0
+            held.release()
+        raise RunDirInUse(refusal, quiet=not world.is_chief)
+    return held
+
+
+def resume_point(run_dir: Path, resume: bool) -> Path | None:
+    """The checkpoint to continue from (None: a new run), read after the lock; refuses a new run into a run dir
+    that holds checkpoints."""
+    resume_from = checkpoint.find_for_resume(run_dir) if resume else None
+    if resume_from is None and checkpoint.listed(run_dir):
+        # a fresh run would mix its metrics and checkpoints with the earlier run's (and a later --resume could pick
+        # up the earlier run's newest checkpoint); its files are not ours to delete
+        raise UserError(f"run dir {run_dir} holds the checkpoints of an earlier run: continue it with "
+                        f"--resume {run_dir}, or train into another --run-dir")
+    return resume_from
+
+
+def open_outputs(run_dir: Path, world: distributed.World, config: Config, share: PerRank,
+                 resume_from: Path | None) -> RunLogger:
+    """Rank 0: metrics.jsonl trimmed to the checkpoint, the logger, config.json (with what each rank runs after the
+    scaling rule). A full or read-only disk is a one-line UserError; the rewrites are atomic (temp file, then
+    rename), so a resumed run's files stay whole."""
+    try:
+        if resume_from is not None and world.is_chief:
+            trainstate.trim_metrics(run_dir, resume_from)
+        logger = RunLogger(run_dir, enabled=world.is_chief, total_env_steps=config.total_env_steps,
+                           fresh=resume_from is None)
+        logger.write_json(rundir.CONFIG, {**config.to_dict(), "world_size": world.size,
+                                          "per_rank": share.model_dump()})
+    except OSError as exc:
+        name = Path(exc.filename).name if exc.filename else "its files"
+        raise UserError(f"run dir {run_dir}: cannot write {name} ({exc.strerror or exc}); free space or make it "
+                        f"writable, then run again") from None
+    return logger

@@ -1,0 +1,115 @@
+"""The scaling rule: what each rank of an N-rank job does for a config, which describes the whole experiment.
+
+Step counts are global, so a config means the same experiment at any world size. The ``scaling`` key says how the
+batch, learning rate and update counts behave as N grows (docs/scaling.md):
+- ``strong``: the global batch and learning rate are the config's at any N; each rank takes batch / N.
+- ``weak``: the config is the run at N = 1; N ranks take N times the batch at N times the learning rate, in 1/N as
+  many updates.
+- ``adam_sqrt``: N times the batch at sqrt(N) times the learning rate (Adam's epsilon / sqrt(N)) in K = N / boost
+  times fewer updates, with Adam's betas raised to the K-th power so their memory spans the same env steps.
+Pure functions of a Config and N: the trainer, the learner and a resize of a checkpoint all derive the same shares.
+"""
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from pydantic import BaseModel, ConfigDict
+
+from hvd_dqn.errors import UserError
+
+if TYPE_CHECKING:
+    from hvd_dqn.config import Config
+
+MAX_PHASE_SAMPLES = 2 ** 17  # transitions sampled at once per rank for a run of updates (Atari: about 7 GB)
+
+
+class PerRank(BaseModel):
+    """What each rank does, derived from a Config and the world size."""
+
+    model_config = ConfigDict(frozen=True)
+    batch_size: int  # each rank's minibatch per update
+    learning_rate: float  # at the start of training, before lr_final_fraction's decay
+    target_update_every: int  # gradient updates between target syncs
+    replay_capacity: int
+    vector_steps: int
+    vector_steps_per_train: int
+    updates_per_phase: int
+    global_steps_per_vector_step: int
+    adam_beta1: float
+    adam_beta2: float
+    adam_epsilon: float
+
+
+def per_rank(config: Config, world_size: int) -> PerRank:
+    """Per-rank quantities for a job of ``world_size`` ranks; a UserError if the config cannot be split."""
+    n = world_size
+    beta1, beta2, adam_epsilon = config.adam_beta1, config.adam_beta2, config.adam_epsilon
+    if config.scaling == "weak":
+        for key in ("updates_per_train", "target_update_every"):
+            if getattr(config, key) % n:
+                raise UserError(
+                    f"config: {key} {getattr(config, key)} is not divisible by the {n} ranks (scaling: weak "
+                    f"divides it by N; use a multiple of {n}, or scaling: strong)")
+        batch_size, learning_rate = config.batch_size, config.learning_rate * n
+        updates_per_train, target_update_every = config.updates_per_train // n, config.target_update_every // n
+    elif config.scaling == "adam_sqrt":
+        k = n / min(n, config.scaling_replay_boost)  # how many times shorter the chain of updates gets
+        batch_size, learning_rate, adam_epsilon = config.batch_size, config.learning_rate * n ** 0.5, \
+            config.adam_epsilon / n ** 0.5
+        beta1, beta2 = config.adam_beta1 ** k, config.adam_beta2 ** k
+        for key in ("updates_per_train", "target_update_every"):
+            if getattr(config, key) < k:  # rounded up to 1, the chain would not get shorter while lr and betas do
+                raise UserError(
+                    f"config: {key} {getattr(config, key)} is less than the {k:g} times that scaling: adam_sqrt "
+                    f"divides it by on {n} ranks; raise it (with train_every, to keep their ratio) to {k:g} or more")
+        updates_per_train = max(1, round(config.updates_per_train / k))
+        target_update_every = max(1, round(config.target_update_every / k))
+    else:
+        if config.batch_size % n:
+            raise UserError(
+                f"config: batch_size {config.batch_size} is not divisible by the {n} ranks "
+                f"(it is the global batch; use a multiple of {n}, or scaling: weak)")
+        batch_size, learning_rate = config.batch_size // n, config.learning_rate
+        updates_per_train, target_update_every = config.updates_per_train, config.target_update_every
+    vector_step = n * config.num_envs  # global env steps per vector step of every rank
+    # a vector step of all ranks brings more than train_every env steps (Atari's train_every 4 on 8 ranks):
+    # more updates per phase, so the updates per env step stay what the config says
+    updates_per_phase = updates_per_train * max(1, round(vector_step / config.train_every))
+    k = config.backward_passes_per_step
+    for name, value in (("updates per learning phase", updates_per_phase),
+                        ("target_update_every", target_update_every)):
+        if value % k:
+            # a phase or target period ending between two optimizer steps would leave gradients half-summed
+            raise UserError(f"config: {name} is {value} per rank at {n} rank(s), not a multiple of "
+                            f"backward_passes_per_step {k}")
+    return PerRank(
+        batch_size=batch_size,
+        learning_rate=learning_rate,
+        target_update_every=target_update_every,
+        replay_capacity=-(-config.replay_capacity // n),
+        vector_steps=-(-config.total_env_steps // vector_step),
+        vector_steps_per_train=max(1, round(config.train_every / vector_step)),
+        updates_per_phase=updates_per_phase,
+        global_steps_per_vector_step=vector_step,
+        adam_beta1=beta1, adam_beta2=beta2, adam_epsilon=adam_epsilon,
+    )
+
+def check_schedule(config: Config, share: PerRank) -> None:
+    """A UserError if a job of these per-rank quantities would make no gradient update, or would sample more
+    transitions at once than MAX_PHASE_SAMPLES (the memory runs out before anything can fail cleanly)."""
+    vector_step = share.global_steps_per_vector_step
+    first = max(1, -(-config.learning_starts // vector_step))  # the first vector step at or past learning_starts
+    first = -(-first // share.vector_steps_per_train) * share.vector_steps_per_train  # ... that ends a phase
+    if first > share.vector_steps:
+        raise UserError(
+            f"config: no learning phase falls due: the first would end at global env step {first * vector_step:,} "
+            f"(learning_starts {config.learning_starts}, train_every {config.train_every}, "
+            f"{vector_step} env steps per vector step of all ranks), after total_env_steps "
+            f"{config.total_env_steps}; lower learning_starts or train more steps")
+    run = min(share.updates_per_phase, share.target_update_every,
+              config.federated_every or share.updates_per_phase)
+    if run * share.batch_size > MAX_PHASE_SAMPLES:
+        raise UserError(
+            f"config: each rank would sample {run:,} updates x {share.batch_size} transitions = "
+            f"{run * share.batch_size:,} at once, more than {MAX_PHASE_SAMPLES:,}: lower updates_per_train, "
+            f"target_update_every or batch_size")
