@@ -125,7 +125,7 @@ def _train(args) -> int:
 
     try:
         summary = Trainer(config, run_dir=args.resume or args.run_dir, resume=args.resume is not None,
-                          **({"restart": True} if args.restart else {})).train()
+                          restart=args.restart).train()
     except RunDirInUse:
         # every rank of the job is leaving with 2; a launcher that SIGTERMs the others once the first has exited
         # (horovodrun --gloo) must not turn a rank's 2 into 143

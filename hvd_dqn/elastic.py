@@ -39,7 +39,10 @@ class ElasticTrainer(Trainer):
     learning phase and rebuilds what depends on the rank and world size after each reset, with the trainer's own
     constructors of the parts."""
 
-    def __init__(self, config, run_dir=None, callbacks=(), resume: bool = False):
+    def __init__(self, config, run_dir=None, callbacks=(), resume: bool = False, restart: bool = False):
+        if restart:
+            raise UserError("restart cannot be combined with elastic training (an elastic job's new rank 0 would "
+                            "delete the job's own checkpoints)")
         if run_dir is None:
             raise UserError("--elastic needs --run-dir (workers that join later must find the same directory)")
         if config.backward_passes_per_step > 1:

@@ -160,6 +160,16 @@ def test_restart_needs_a_run_dir_and_no_resume_or_elastic(tmp_path, capsys, args
     assert not (tmp_path / "run").exists()
 
 
+def test_the_elastic_trainer_refuses_restart_in_the_python_api(tmp_path):
+    from hvd_dqn.elastic import ElasticTrainer
+    from hvd_dqn.errors import UserError
+
+    with pytest.raises(UserError, match=r"^restart cannot be combined with elastic training \(an elastic job's new "
+                                        r"rank 0 would delete the job's own checkpoints\)$"):
+        ElasticTrainer(Config(env_id="CartPole-v1"), tmp_path / "run", restart=True)
+    assert not (tmp_path / "run").exists()
+
+
 @pytest.mark.multiproc
 def test_two_ranks_restart_over_an_earlier_two_rank_run(tmp_path):
     """Rank 0 deletes under the lock before any rank looks for checkpoints: both ranks start the new run."""
