@@ -86,8 +86,8 @@ def run_one(config: Path, np_: int, seed: int, overrides: list[str], out: Path, 
         env.setdefault("HOROVOD_CYCLE_TIME", "1")
     load_before = os.getloadavg()
     t0 = time.perf_counter()
-    # a session of its own: a timeout or Ctrl-C ends horovodrun, mpirun and every rank together (SIGTERM to
-    # horovodrun alone would leave mpirun and the ranks running)
+    # a session of its own: a timeout, Ctrl-C or SIGTERM ends horovodrun, mpirun and every rank together (SIGTERM
+    # to horovodrun alone would leave mpirun and the ranks running)
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
                             start_new_session=True)
     try:
@@ -188,6 +188,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--timeout", type=float, default=3600.0, help="seconds before a run is killed")
     ap.add_argument("--table-only", action="store_true", help="only print the table of --results")
     args = ap.parse_args(argv)
+    # SIGTERM (kill, a batch system) as Ctrl-C: run_one's handler then ends the run's whole session, which its
+    # ranks would otherwise outlive
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
     if any(n < 1 for n in args.nps):
         ap.error("--np: world sizes must be at least 1")
     out = args.out or Path("/tmp/hvd-dqn-scaling")

@@ -1,7 +1,12 @@
 """benchmarks/scaling.py's bookkeeping: how a run is judged and how runs of one N are summarised."""
 import json
 import math
+import os
+import signal
+import subprocess
 import sys
+import time
+from pathlib import Path
 
 from conftest import ROOT, run
 
@@ -56,3 +61,43 @@ def test_table_only_resumes_nothing_and_a_missing_results_file_is_one_line_exit_
     assert proc.returncode == 0 and "| 1 | 1 | 1/1 | 1/1 | 4,000 | 1.00 | 400 | 1.00 |" in proc.stdout, proc.stderr
     proc = run([sys.executable, ROOT / "benchmarks" / "scaling.py", "--table-only", "--results", tmp_path / "no"])
     assert proc.returncode == 2 and len(proc.stderr.strip().splitlines()) == 1 and "no runs in" in proc.stderr
+
+
+def _children(pid: int) -> list[int]:
+    out = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid:
+            out.append(int(stat.parent.name))
+    return out
+
+
+def test_sigterm_ends_the_benchmark_and_the_run_it_started(tmp_path):
+    """The run is in a session of its own (so that a timeout ends every rank); SIGTERM to the benchmark must end
+    that session too, not leave the run training."""
+    bench = subprocess.Popen([sys.executable, ROOT / "benchmarks" / "scaling.py", "--np", "1", "--seeds", "0",
+                              "--set", "total_env_steps=10000000", "--out", tmp_path / "runs",
+                              "--results", tmp_path / "r.jsonl"], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 60
+    children = []
+    while not children and time.monotonic() < deadline:
+        time.sleep(0.2)
+        children = _children(bench.pid)
+    assert len(children) == 1, "the benchmark started no run"
+    (child,) = children
+    try:
+        bench.send_signal(signal.SIGTERM)
+        assert bench.wait(timeout=30) == 128 + signal.SIGTERM
+        deadline = time.monotonic() + 10
+        while Path(f"/proc/{child}").exists() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert not Path(f"/proc/{child}").exists(), "the run outlived the benchmark"
+    finally:  # a failing check must not leave the run behind either
+        if Path(f"/proc/{child}").exists():
+            os.killpg(child, signal.SIGKILL)
+        bench.kill()
+        bench.wait()
+    assert not (tmp_path / "r.jsonl").exists()  # a killed run is not recorded as a result
