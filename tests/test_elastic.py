@@ -280,8 +280,8 @@ def test_an_elastic_run_killed_outright_resumes_from_its_last_checkpoint(tmp_pat
 def test_sigterm_stops_an_elastic_run_with_a_checkpoint(to, tmp_path):
     """SIGTERM to the ranks: every rank checkpoints at the same step and exits 75 (horovodrun exits 1 and reports
     their 75). SIGTERM to horovodrun: Horovod's elastic driver SIGTERMs each worker's shell's children and then the
-    shell, and reports the shell's 143 (or 137), never the worker's own code; the checkpoint is written all the
-    same, and no process of the job is left."""
+    shell, and reports the shell's 143 (or 137) as exit 1, never the worker's own code (or, in a race of its own,
+    exits 0); the checkpoint is written all the same, and no process of the job is left."""
     run_dir = tmp_path / "run"
     config = {k: v for k, v in CKPT_RUN.items() if k != "checkpoint_every"}  # the stop's checkpoint, only
     job = _start(_elastic_cmd(tmp_path, config, "--run-dir", run_dir), tmp_path / "job.out")
@@ -298,10 +298,13 @@ def test_sigterm_stops_an_elastic_run_with_a_checkpoint(to, tmp_path):
             os.killpg(job.pid, signal.SIGKILL)
             job.wait()
     output = (tmp_path / "job.out").read_text()
-    assert job.returncode == 1, output
     if to == "ranks":
+        assert job.returncode == 1, output
         assert "Process 0 exit with status code 75." in output and "Process 1 exit with status code 75." in output
         assert "Exit code: 75" in output, output
+    else:  # Horovod's elastic driver records an exit only after its shutdown began: workers faster than that leave
+        # it no failure to report, and it exits 0 (docs/reliability.md). The job did stop, as the checks below show.
+        assert job.returncode in (0, 1), output
     assert not _gone(procs) and not _naming(run_dir), "a process of the stopped job is left"
     assert output.count("hvd-dqn: stopped by SIGTERM at global env step") == 1, output  # rank 0 says it
     step = int(output.split("at global env step ")[1].split(";")[0])
