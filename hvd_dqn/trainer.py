@@ -213,7 +213,7 @@ class Trainer:
         self.start, self.started_at = time.perf_counter(), time.time()
         self.per_rank = share = cfg.per_rank(world.size)
         cfg.check_schedule(share)
-        self.run_dir = self._resolve_run_dir()
+        self.run_dir = runsetup.resolve(self.run_dir, cfg.env_id, world)
         self._lock_run_dir()
         resume_from = self._resume_point()
         self.logger = runsetup.open_outputs(self.run_dir, world, cfg, share, resume_from)
@@ -400,9 +400,6 @@ class Trainer:
     # ------------------------------------------------------------------ helpers
     def epsilon(self) -> float:
         return scheduled_epsilon(self.config, self.state.env_steps)
-
-    def _resolve_run_dir(self) -> Path:
-        return runsetup.resolve(self.run_dir, self.config.env_id, self.world)
 
 
 def _peak_rss_mb() -> float:

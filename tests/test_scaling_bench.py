@@ -8,6 +8,8 @@ import sys
 import time
 from pathlib import Path
 
+import psutil
+
 from conftest import ROOT, run
 
 sys.path.insert(0, str(ROOT / "benchmarks"))
@@ -63,18 +65,6 @@ def test_table_only_resumes_nothing_and_a_missing_results_file_is_one_line_exit_
     assert proc.returncode == 2 and len(proc.stderr.strip().splitlines()) == 1 and "no runs in" in proc.stderr
 
 
-def _children(pid: int) -> list[int]:
-    out = []
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        if int(fields[1]) == pid:
-            out.append(int(stat.parent.name))
-    return out
-
-
 def test_sigterm_ends_the_benchmark_and_the_run_it_started(tmp_path):
     """The run is in a session of its own (so that a timeout ends every rank); SIGTERM to the benchmark must end
     that session too, not leave the run training."""
@@ -85,7 +75,7 @@ def test_sigterm_ends_the_benchmark_and_the_run_it_started(tmp_path):
     children = []
     while not children and time.monotonic() < deadline:
         time.sleep(0.2)
-        children = _children(bench.pid)
+        children = [p.pid for p in psutil.Process(bench.pid).children()]
     assert len(children) == 1, "the benchmark started no run"
     (child,) = children
     try:
