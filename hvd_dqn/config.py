@@ -223,6 +223,12 @@ class Config(BaseModel):
                                                     "for a stopped, deadlocked or unreachable rank) before the job "
                                                     "ends non-zero with a line naming that rank; local evaluations "
                                                     "and checkpoint writes do not count; null = wait forever.")
+    busy_timeout_s: Optional[float] = Field(
+        3600.0, ge=10, le=7 * 24 * 3600, description="Seconds one piece of a rank's long local work (an evaluation, a "
+                                                      "checkpoint write, the first compile) may take before the job "
+                                                      "ends non-zero with a line naming that rank and the work (a user "
+                                                      "env that hangs in evaluation); only with hang_timeout_s; "
+                                                      "null = no bound.")
 
     @field_validator("hidden_sizes", mode="before")
     @classmethod

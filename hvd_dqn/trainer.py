@@ -137,7 +137,8 @@ class Trainer:
         cfg = self.config
         self._setup()
         if cfg.hang_timeout_s is not None and self.watch_for_hangs:
-            self.watchdog = Watchdog(self.run_dir, self.world.rank, self.world.size, cfg.hang_timeout_s).start()
+            self.watchdog = Watchdog(self.run_dir, self.world.rank, self.world.size, cfg.hang_timeout_s,
+                                     cfg.busy_timeout_s).start()
         summary = self._run(self._loop)
         self._close()
         return summary

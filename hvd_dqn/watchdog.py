@@ -12,7 +12,9 @@ Gloo has none. So each rank runs two threads:
 
 Long legitimate pauses do not count: the loop marks long work (evaluation episodes, checkpoints, the first
 learning phase with its TF compile) with ``paused(...)``; the others see the rank busy in its heartbeat and
-wait for it, and a busy rank's own watchdog still ends the job if another rank's heartbeat goes stale. Staleness is judged against the mtime of
+wait for it, and a busy rank's own watchdog still ends the job if another rank's heartbeat goes stale. A busy rank
+whose work outlasts ``busy_timeout_s`` (a user env that never returns from an evaluation step) ends the job itself:
+its heartbeat thread runs on, so the others would wait for it forever. Staleness is judged against the mtime of
 this rank's own heartbeat, so both times come from the file server's clock, whatever the hosts' clocks say.
 """
 from __future__ import annotations
@@ -36,12 +38,13 @@ READ_TIMEOUT_S = 10.0  # reading the heartbeats may block on a hung shared files
 
 
 class Watchdog:
-    def __init__(self, run_dir: Path, rank: int, size: int, timeout_s: float):
+    def __init__(self, run_dir: Path, rank: int, size: int, timeout_s: float, busy_timeout_s: float | None = None):
         self.dir = Path(run_dir) / HEARTBEAT_DIR
-        self.rank, self.size, self.timeout_s = rank, size, timeout_s
+        self.rank, self.size, self.timeout_s, self.busy_timeout_s = rank, size, timeout_s, busy_timeout_s
         self._progress_at = time.monotonic()
         self._armed = False
         self._busy: str | None = None
+        self._busy_since = 0.0
         self._stop = threading.Event()
 
     def start(self) -> "Watchdog":
@@ -59,6 +62,7 @@ class Watchdog:
     @contextlib.contextmanager
     def paused(self, what: str):
         """Local work that may legitimately take longer than the timeout (no collective inside)."""
+        self._busy_since = time.monotonic()  # before _busy: the watchdog reads _busy first
         self._busy = what
         try:
             yield
@@ -98,8 +102,13 @@ class Watchdog:
                 # stall of its loop; without this a stopped rank, continued by the launcher only to be
                 # terminated, would blame itself
                 self._progress_at += now - last - every
+                self._busy_since += now - last - every
             last = now
             stalled, busy = self._stalled_s(), self._busy
+            busy_s = now - self._busy_since
+            if busy is not None and self.busy_timeout_s is not None and busy_s > self.busy_timeout_s:
+                self._end(f"rank {self.rank} has been {busy} for {busy_s:.0f} s, longer than busy_timeout_s "
+                          f"{self.busy_timeout_s:g} (is it stuck?)")
             if stalled <= self.timeout_s:
                 continue
             found: list = []

@@ -115,6 +115,11 @@ def test_hang_timeout_is_bounded():
         with pytest.raises(UserError, match=why) as err:
             Config.from_dict({"env_id": "CartPole-v1", "hang_timeout_s": bad})
         assert "\n" not in str(err.value)
+    # the bound on one piece of long local work (an evaluation, a checkpoint write): an hour unless set
+    assert Config.from_dict({"env_id": "CartPole-v1"}).busy_timeout_s == 3600.0
+    assert Config.from_dict({"env_id": "CartPole-v1", "busy_timeout_s": None}).busy_timeout_s is None
+    with pytest.raises(UserError, match="busy_timeout_s.*greater than or equal to 10"):
+        Config.from_dict({"env_id": "CartPole-v1", "busy_timeout_s": 1})
 
 
 CP = {"env_id": "CartPole-v1"}

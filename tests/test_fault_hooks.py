@@ -12,11 +12,12 @@ from hvd_dqn.errors import UserError
 TINY = dict(env_id="CartPole-v1", seed=3, total_env_steps=600, hidden_sizes=(8,), learning_starts=200,
             train_every=100, updates_per_train=5, target_update_every=10, eval_every=600, eval_episodes=1,
             log_every=600, batch_size=16, replay_capacity=1000, checkpoint_every_minutes=None)
-HOOKS = {"HVD_DQN_FAULT": "0:300", "HVD_DQN_INJECT_NAN": "3", "HVD_DQN_PREEMPT_AT": "0:300"}
+HOOKS = {"HVD_DQN_FAULT": "0:300", "HVD_DQN_INJECT_NAN": "3", "HVD_DQN_PREEMPT_AT": "0:300",
+         "HVD_DQN_HANG_IN_EVAL": "0:0"}
 
 
 def test_a_production_job_ignores_the_fault_variables(tmp_path):
-    """All three fault variables set, the switch not: the run completes, and the test module is never imported."""
+    """Every fault variable set, the switch not: the run completes, and the test module is never imported."""
     code = ("import sys\n"
             "from hvd_dqn import Config, Trainer\n"
             f"summary = Trainer(Config(**{TINY!r}), run_dir={str(tmp_path / 'run')!r}).train()\n"

@@ -235,3 +235,29 @@ def test_a_stopped_rank_ends_the_job_naming_it(controller, tmp_path, jobs):
                      rf"{re.escape(socket.gethostname())}, pid {ranks[1].pid}\); ending the job$", lines[0]), lines[0]
     assert HANG_S <= ended_after < HANG_S + 45, ended_after
     job.wait_gone(30)
+
+
+BUSY_S = 15
+
+
+def test_a_rank_stuck_in_long_local_work_ends_the_job_naming_it(tmp_path, jobs):
+    """Rank 1's evaluation env blocks in step() for ever (HVD_DQN_HANG_IN_EVAL): a rank busy with local work is
+    waited for by the others, but not past busy_timeout_s: then the job ends non-zero, one line names rank 1 and
+    what it was doing, and no process of the job is left. Without the bound the job would wait for ever."""
+    run_dir = tmp_path / "run"
+    cfg = _config(tmp_path, hang_timeout_s=10, busy_timeout_s=BUSY_S, eval_every=2000)
+    job = jobs(_horovodrun("gloo", "--config", cfg, "--run-dir", run_dir), run_dir, tmp_path / "job.log",
+               HVD_DQN_HANG_IN_EVAL="1:2000")
+    try:
+        job.proc.wait(timeout=START_S + BUSY_S + 60)
+    except subprocess.TimeoutExpired:
+        pytest.fail(f"the job still runs with rank 1 stuck in its evaluation:\n{job.output[-3000:]}")
+    output = job.output
+    assert job.proc.returncode != 0, output
+    assert "HVD_DQN_HANG_IN_EVAL: rank 1's evaluation env blocks in step() at global env step 2000" in output, output
+    lines = [l for l in output.splitlines() if "ending the job" in l]
+    assert len(lines) == 1, output
+    assert re.search(r"hvd-dqn: rank 1 has been evaluating for (\d+) s, longer than busy_timeout_s 15 \(is it "
+                     r"stuck\?\); ending the job$", lines[0]), lines[0]
+    assert BUSY_S <= int(re.search(r"for (\d+) s", lines[0]).group(1)) <= BUSY_S + 10, lines[0]
+    job.wait_gone(30)

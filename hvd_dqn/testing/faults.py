@@ -13,10 +13,13 @@ training loop carries no fault check at all in a production job.
 - ``HVD_DQN_DIE_IN_CHECKPOINT=RANK:STEP``: that rank's process ends at once (exit 1, no cleanup, as a worker
   that is killed) in the middle of writing the first checkpoint at or past STEP: after its replay shard, before
   its ``rank<r>.json`` and the collectives that complete the checkpoint.
+- ``HVD_DQN_HANG_IN_EVAL=RANK:STEP``: that rank's first evaluation at or past STEP never returns (a user env whose
+  step blocks forever), while its heartbeat thread runs on.
 """
 from __future__ import annotations
 
 import os
+import time
 
 import numpy as np
 
@@ -27,6 +30,7 @@ FAULT_ENV = "HVD_DQN_FAULT"
 NAN_ENV = "HVD_DQN_INJECT_NAN"
 PREEMPT_AT_ENV = "HVD_DQN_PREEMPT_AT"
 DIE_IN_CHECKPOINT_ENV = "HVD_DQN_DIE_IN_CHECKPOINT"
+HANG_IN_EVAL_ENV = "HVD_DQN_HANG_IN_EVAL"
 
 
 class _RankFault(Callback):
@@ -111,6 +115,25 @@ class DieInCheckpoint(_RankFault):
         actor.state_dict = dying_state_dict
 
 
+class HangInEval(_RankFault):
+    """The step of rank ``rank``'s evaluation envs blocks for ever from global env step ``step`` on."""
+
+    def install(self, trainer) -> None:
+        for env in trainer.evaluator.envs:
+            env.step = self._hanging(trainer, env.step)
+
+    def _hanging(self, trainer, step):
+        def hanging_step(*args, **kwargs):
+            if trainer.state.env_steps >= self.step:
+                say(f"hvd-dqn: {HANG_IN_EVAL_ENV}: rank {trainer.world.rank}'s evaluation env blocks in step() at "
+                    f"global env step {trainer.state.env_steps}")
+                while True:
+                    time.sleep(60)
+            return step(*args, **kwargs)
+
+        return hanging_step
+
+
 def from_env() -> list[Callback]:
     """A callback for each fault variable that is set."""
     hooks = []
@@ -122,6 +145,8 @@ def from_env() -> list[Callback]:
         hooks.append(PreemptAt(*_rank_step(PREEMPT_AT_ENV)))
     if os.environ.get(DIE_IN_CHECKPOINT_ENV):
         hooks.append(DieInCheckpoint(*_rank_step(DIE_IN_CHECKPOINT_ENV)))
+    if os.environ.get(HANG_IN_EVAL_ENV):
+        hooks.append(HangInEval(*_rank_step(HANG_IN_EVAL_ENV)))
     return hooks
 
 
