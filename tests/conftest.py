@@ -1,4 +1,5 @@
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -14,6 +15,18 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 os.environ.setdefault("HVD_DQN_TEST_HOOKS", "1")
 
 
+def _interrupt(signum, frame):
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
+def pytest_configure(config):
+    """SIGTERM (a CI job cancelled, `kill`, `timeout`) stops the suite as Ctrl-C does, so the fixtures' teardown
+    still runs: by default SIGTERM kills pytest outright, which leaves the loopback SLURM's daemons and network
+    namespaces up and the runs of the test in progress training."""
+    if signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:
+        signal.signal(signal.SIGTERM, _interrupt)
+
+
 def run_env(**extra) -> dict:
     """Environment for child processes: this checkout first on the path (works from a git worktree too)."""
     env = dict(os.environ)
@@ -26,8 +39,20 @@ def run_env(**extra) -> dict:
 
 
 def run(cmd, timeout=300, **env_extra) -> subprocess.CompletedProcess:
-    return subprocess.run([str(c) for c in cmd], capture_output=True, text=True, timeout=timeout,
-                          env=run_env(**env_extra), cwd=ROOT)
+    """subprocess.run in a session of its own: a timeout, Ctrl-C or SIGTERM of the suite ends the command and
+    everything it started (a launcher's horovodrun, mpirun and ranks), where subprocess.run kills the command only."""
+    args = [str(c) for c in cmd]
+    with subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=run_env(**env_extra),
+                          cwd=ROOT, start_new_session=True) as proc:
+        try:
+            stdout, stderr = proc.communicate(timeout=timeout)
+        except BaseException:
+            try:
+                os.killpg(proc.pid, signal.SIGKILL)
+            except ProcessLookupError:  # the whole group had already gone
+                pass
+            raise
+    return subprocess.CompletedProcess(args, proc.returncode, stdout, stderr)
 
 
 @pytest.fixture
@@ -47,8 +72,6 @@ def _restore_stop_signals():
     """Tests that call cli.main in this process can leave SIGTERM/SIGUSR1 ignored (the CLI ignores them once a run
     has stopped, see preemption.ignore_stop_signals); an ignored signal stays ignored in every child started after,
     which would make a later test's horovodrun or mpirun deaf to SIGTERM. Each test starts with the suite's own."""
-    import signal
-
     saved = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGUSR1)}
     yield
     for sig, handler in saved.items():
