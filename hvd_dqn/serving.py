@@ -110,8 +110,10 @@ def _foreign_object(node) -> str | None:
 def _keras_policy(model, env_id, source) -> LoadedPolicy:
     import tensorflow as tf
 
-    call = tf.function(lambda x: model(x, training=False))
     dtype = model.input.dtype  # float32 vectors, or uint8 frame stacks (Atari)
+    # any batch size: evaluate's batch shrinks as its episodes end, and a trace per size would be slow and noisy
+    call = tf.function(lambda x: model(x, training=False),
+                       input_signature=[tf.TensorSpec((None, *model.input_shape[1:]), dtype)])
     return LoadedPolicy(lambda obs: call(tf.constant(obs, dtype)).numpy(), tuple(model.input_shape[1:]),
                         int(model.output_shape[-1]), env_id, source)
 

@@ -199,3 +199,28 @@ def test_a_keras_zip_naming_an_object_outside_keras_is_refused_before_keras_read
             dst.writestr(item, data)
     with pytest.raises(UserError, match=r"refused: the model names os.function, which is not part of Keras"):
         serving.load_policy(bad)
+
+
+def test_a_loaded_policy_is_traced_once_for_every_batch_size(tmp_path):
+    """`evaluate` plays its episodes as one shrinking batch: one TF trace must serve every batch size, or TF
+    retraces per size and prints its retracing warning into the evaluation's output."""
+    import logging
+
+    import numpy as np
+
+    from hvd_dqn.keras2 import keras
+
+    model_file = tmp_path / "q.keras"
+    keras.Sequential([keras.Input((4,)), keras.layers.Dense(2)]).save(model_file)
+    policy = serving.load_policy(model_file)
+    seen = []
+    handler = logging.Handler()
+    handler.emit = seen.append
+    logger = logging.getLogger("tensorflow")
+    logger.addHandler(handler)
+    try:
+        for n in range(12, 0, -1):
+            assert policy.q_fn(np.zeros((n, 4), np.float32)).shape == (n, 2)
+    finally:
+        logger.removeHandler(handler)
+    assert [r.getMessage() for r in seen if "retracing" in r.getMessage()] == []
