@@ -107,8 +107,8 @@ class Watchdog:
             stalled, busy = self._stalled_s(), self._busy
             busy_s = now - self._busy_since
             if busy is not None and self.busy_timeout_s is not None and busy_s > self.busy_timeout_s:
-                self._end(f"rank {self.rank} has been {busy} for {busy_s:.0f} s, longer than busy_timeout_s "
-                          f"{self.busy_timeout_s:g} (is it stuck?)")
+                self._end(f"rank {self.rank} has been {busy} for more than busy_timeout_s "
+                          f"({self.busy_timeout_s:g} s): is it stuck?")
             if stalled <= self.timeout_s:
                 continue
             found: list = []
