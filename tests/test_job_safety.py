@@ -92,6 +92,15 @@ class Job:
             time.sleep(1)
         pytest.fail(f"no training within {START_S} s:\n{self.output[-3000:]}")
 
+    def wait_ended(self, within_s: float, what: str) -> float:
+        """Seconds until the launcher exits; fails after ``within_s``, saying the job still runs after ``what``."""
+        t0 = time.monotonic()
+        try:
+            self.proc.wait(timeout=within_s)
+        except subprocess.TimeoutExpired:
+            pytest.fail(f"the job still runs {within_s:g} s after {what}:\n{self.output[-3000:]}")
+        return time.monotonic() - t0
+
     def wait_gone(self, within_s: float) -> float:
         """Seconds until none of the job's processes is left; fails after ``within_s``."""
         t0 = time.monotonic()
@@ -221,12 +230,7 @@ def test_a_stopped_rank_ends_the_job_naming_it(controller, tmp_path, jobs):
     ranks = job.ranks()
     assert sorted(ranks) == [0, 1], job.output
     ranks[1].send_signal(signal.SIGSTOP)
-    t0 = time.monotonic()
-    try:
-        job.proc.wait(timeout=HANG_S + 60)
-    except subprocess.TimeoutExpired:
-        pytest.fail(f"the job still runs {HANG_S + 60} s after rank 1 stopped:\n{job.output[-3000:]}")
-    ended_after = time.monotonic() - t0
+    ended_after = job.wait_ended(HANG_S + 60, "rank 1 stopped")
     print(f"{controller}: the job ended {ended_after:.1f} s after SIGSTOP (hang_timeout_s {HANG_S})")
     output = job.output
     assert job.proc.returncode != 0, output
@@ -254,12 +258,7 @@ def test_a_rank_stuck_in_long_local_work_ends_the_job_naming_it(tmp_path, jobs):
     while not (beat.is_file() and '"busy": "evaluating"' in beat.read_text()):
         assert job.proc.poll() is None and time.monotonic() < deadline, job.output[-3000:]
         time.sleep(0.2)
-    t0 = time.monotonic()
-    try:
-        job.proc.wait(timeout=BUSY_S + 60)
-    except subprocess.TimeoutExpired:
-        pytest.fail(f"the job still runs with rank 1 stuck in its evaluation:\n{job.output[-3000:]}")
-    ended_after = time.monotonic() - t0
+    ended_after = job.wait_ended(BUSY_S + 60, "rank 1's evaluation blocked")
     print(f"the job ended {ended_after:.1f} s after rank 1's evaluation blocked (busy_timeout_s {BUSY_S})")
     assert BUSY_S - 2 <= ended_after < BUSY_S + 45, ended_after
     output = job.output
