@@ -71,6 +71,11 @@ class Config(BaseModel):
     lr_final_fraction: float = Field(
         1.0, ge=0, le=1.0,
         description="Learning rate at the end of training as a fraction of learning_rate (linear decay; 1 = constant).")
+    lr_warmup_env_steps: int = Field(
+        0, ge=0, le=10 ** 12,
+        description="Scaling weak or adam_sqrt at N > 1: the learning rate rises linearly from learning_rate (N = 1's) "
+                    "to the rule's over this many global env steps after learning_starts (Goyal et al. 2017's "
+                    "gradual warm-up); 0 = none. Nothing changes at N = 1 or with scaling strong.")
     optimizer: Literal["adam", "sgd"] = Field(
         "adam", description="adam, or plain sgd (no momentum): with sgd, no gradient clipping and federated_every=1, "
                             "federated averaging computes exactly what synchronous data parallelism does.")
@@ -299,6 +304,9 @@ class Config(BaseModel):
         if self.scaling_replay_boost != 1.0 and self.scaling != "adam_sqrt":
             raise ValueError(f"scaling_replay_boost is a parameter of scaling: adam_sqrt, not of scaling: "
                              f"{self.scaling}")
+        if self.lr_warmup_env_steps and self.scaling == "strong":
+            raise ValueError("lr_warmup_env_steps warms up to the learning rate of scaling weak or adam_sqrt; "
+                             "scaling: strong keeps learning_rate at any N, so there is nothing to warm up to")
         if self.scaling != "strong" and self.federated_every is not None:
             raise ValueError(f"scaling: {self.scaling} shortens the chain of synchronous updates; federated_every "
                              "runs local updates instead: use one of the two")

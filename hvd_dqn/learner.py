@@ -38,7 +38,7 @@ from hvd_dqn.config import Config
 from hvd_dqn.scaling import PerRank
 from hvd_dqn.networks import build_q_network, mlp_forward, mlp_params
 from hvd_dqn.replay import Batch
-from hvd_dqn.schedules import annealed_beta, linear_schedule
+from hvd_dqn.schedules import annealed_beta, scheduled_learning_rate
 
 
 class PhaseResult(NamedTuple):
@@ -152,7 +152,8 @@ class Learner:
         a target sync or a federated averaging wherever one falls due, and one step of the policy average at the
         end. Every rank must call this at the same point. Returns the last run of updates' result."""
         cfg = self.config
-        lr = share.learning_rate * linear_schedule(env_steps, 1.0, cfg.lr_final_fraction, cfg.total_env_steps)
+        lr = scheduled_learning_rate(env_steps, cfg.learning_rate, share.learning_rate, cfg.lr_warmup_env_steps,
+                                     cfg.learning_starts, cfg.lr_final_fraction, cfg.total_env_steps)
         beta = annealed_beta(env_steps, cfg.total_env_steps, cfg.priority_beta_start)
         result = None
         for k, sync, average in phase_chunks(share.updates_per_phase, self.since_sync, share.target_update_every,

@@ -17,12 +17,16 @@ CONFIG = dict(env_id="CartPole-v1", total_env_steps=2400, hidden_sizes=[32, 32],
               scaling="adam_sqrt")
 
 
-def test_two_ranks_take_half_the_updates_with_adam_scaled_by_the_rule():
+def _two_ranks(config):
     proc = run([BIN / "horovodrun", "-np", "2", "--gloo", sys.executable, ROOT / "tests" / "mp_scaling.py",
-                json.dumps(CONFIG)], timeout=300)
+                json.dumps(config)], timeout=300)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     line = next(l for l in proc.stdout.splitlines() if "RESULT " in l)
-    out, _ = json.JSONDecoder().raw_decode(line.split("RESULT ", 1)[1])
+    return json.JSONDecoder().raw_decode(line.split("RESULT ", 1)[1])[0]
+
+
+def test_two_ranks_take_half_the_updates_with_adam_scaled_by_the_rule():
+    out = _two_ranks(CONFIG)
     s, mine = out["summary"], out["rank0"]
     one = Config.from_dict(CONFIG).per_rank(1)
     phases = (2400 - 400) // 200 + 1  # learning phases at 400, 600, ..., 2400 global env steps: 11 at any N
@@ -36,3 +40,12 @@ def test_two_ranks_take_half_the_updates_with_adam_scaled_by_the_rule():
         assert epsilon == pytest.approx(1e-7 / math.sqrt(2), rel=1e-6)
         assert updates == 110
     assert s["replica_checksums"][0] == s["replica_checksums"][1]  # still synchronous: one allreduce per update
+
+
+def test_the_warm_up_reaches_the_rule_rate_over_its_env_steps():
+    # 4,000 env steps of warm-up from learning_starts 400: the last phase, at 2,400, is half-way from 1e-3 to the
+    # rule's 1e-3 x sqrt(2)
+    out = _two_ranks({**CONFIG, "lr_warmup_env_steps": 4000})
+    assert [row[0] for row in out["all"]] == [pytest.approx(1e-3 + 0.5 * (1e-3 * math.sqrt(2) - 1e-3), rel=1e-6)] * 2
+    assert [row[4] for row in out["all"]] == [110, 110]
+    assert out["summary"]["replica_checksums"][0] == out["summary"]["replica_checksums"][1]

@@ -5,6 +5,7 @@ import pytest
 
 from hvd_dqn.config import Config
 from hvd_dqn.errors import UserError
+from hvd_dqn.schedules import scheduled_learning_rate
 
 BASE = dict(env_id="CartPole-v1", batch_size=128, learning_rate=2e-3, updates_per_train=128,
             target_update_every=128, train_every=256, num_envs=4, adam_epsilon=1e-7)
@@ -57,5 +58,27 @@ def test_errors_are_one_line_and_name_the_key():
                                         "it by on 8 ranks; raise it") as err:
         atari.per_rank(8)
     assert "\n" not in str(err.value)
+    with pytest.raises(UserError, match="lr_warmup_env_steps: Input should be greater than or equal to 0"):
+        Config.from_dict({"env_id": "CartPole-v1", "scaling": "weak", "lr_warmup_env_steps": -1})
+    with pytest.raises(UserError, match="lr_warmup_env_steps warms up to the learning rate of scaling weak or "
+                                        "adam_sqrt; scaling: strong keeps learning_rate at any N") as err:
+        Config.from_dict({"env_id": "CartPole-v1", "lr_warmup_env_steps": 1000})
+    assert "\n" not in str(err.value)
     with pytest.raises(UserError, match="adam_beta2: Input should be less than 1"):
         Config.from_dict({"env_id": "CartPole-v1", "adam_beta2": 1.0})
+
+
+def test_the_warm_up_rises_from_the_config_rate_to_the_rule_and_then_decays():
+    # Goyal et al.'s gradual warm-up: from N = 1's rate at learning_starts to the rule's over 4,000 env steps
+    rule = 2e-3 * math.sqrt(8)
+    at = lambda step, final=1.0: scheduled_learning_rate(step, 2e-3, rule, 4000, 1000, final, 50_000)  # noqa: E731
+    assert at(0) == at(1000) == 2e-3  # no update has been made yet: the config's own rate
+    assert at(3000) == pytest.approx(2e-3 + 0.5 * (rule - 2e-3), rel=1e-12)
+    assert at(5000) == at(50_000) == rule
+    # the decay over training multiplies whatever the warm-up has reached
+    assert at(3000, final=0.0) == pytest.approx((2e-3 + 0.5 * (rule - 2e-3)) * (1 - 3000 / 50_000), rel=1e-12)
+    assert at(25_000, final=0.0) == pytest.approx(rule / 2, rel=1e-12)
+    # where the rule keeps the config's rate (N = 1), the warm-up is the identity, bit for bit
+    for step in (0, 1500, 3000, 49_999):
+        assert scheduled_learning_rate(step, 2e-3, 2e-3, 4000, 1000, 0.0, 50_000) == \
+            scheduled_learning_rate(step, 2e-3, 2e-3, 0, 1000, 0.0, 50_000)
