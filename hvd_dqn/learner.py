@@ -142,7 +142,9 @@ class Learner:
             lambda i, *_: i < n, body,
             (tf.constant(0), tf.constant(0.0), tf.constant(0.0), tf.constant(True), td_all))
         n_f = tf.cast(n, tf.float32)
-        return loss_sum / n_f, q_sum / n_f, finite, td_all.stack()
+        # checked in the graph: copying the weights out after every call costs the CNN more than the check
+        weights_finite = tf.reduce_all([tf.reduce_all(tf.math.is_finite(v)) for v in self.online.trainable_variables])
+        return loss_sum / n_f, q_sum / n_f, finite, td_all.stack(), weights_finite
 
     # ---- what the trainer calls
     def learn(self, replay, rng: np.random.Generator, share: PerRank, env_steps: int) -> PhaseResult:
@@ -179,7 +181,7 @@ class Learner:
         shape = batch.action.shape
         discount = np.full(shape, self.config.gamma, np.float32) if discount is None else discount
         weights = np.ones(shape, np.float32) if weights is None else weights
-        loss, q_mean, finite, td_abs = self._updates_fn(
+        loss, q_mean, finite, td_abs, weights_finite = self._updates_fn(
             tf.constant(batch.obs), tf.constant(batch.action), tf.constant(batch.reward),
             tf.constant(batch.next_obs), tf.constant(batch.terminated),
             tf.constant(discount, tf.float32), tf.constant(weights, tf.float32))
@@ -190,7 +192,8 @@ class Learner:
             at = f"at update {self.updates + 1 + int(bad[0])}" if len(bad) else \
                 f"within updates {self.updates + 1}..{self.updates + k}"
             raise FloatingPointError(f"non-finite TD loss {at}; stopping (the last checkpoint is intact)")
-        self.check_weights_finite(k)
+        if not bool(weights_finite):
+            self._raise_non_finite_weights(k)
         self.updates += k
         if not self._optimizer_synced:
             # Horovod: Adam's slots exist only after the first step; make rank 0's the truth from then on.
@@ -216,14 +219,14 @@ class Learner:
             objects["averaged"] = self.averaged
         return objects
 
-    def check_weights_finite(self, k: int) -> None:
-        """Raise if the phase of ``k`` updates just run left a NaN or Inf in the online net. The weights are the
-        same on every rank, so every rank stops here together (a NaN loss on one rank alone would not)."""
-        for v in self.online.trainable_variables:
-            if not np.isfinite(v.numpy()).all():
-                raise FloatingPointError(
-                    f"non-finite weights ({v.name}) after updates {self.updates + 1}..{self.updates + k}; "
-                    "stopping (the last checkpoint is intact)")
+    def _raise_non_finite_weights(self, k: int) -> None:
+        """The run of ``k`` updates just made left a NaN or Inf in the online net: stop, naming the variable. The
+        weights are the same on every rank, so every rank stops here together (a NaN loss on one rank alone
+        would not)."""
+        bad = [v.name for v in self.online.trainable_variables if not np.isfinite(v.numpy()).all()]
+        raise FloatingPointError(
+            f"non-finite weights ({', '.join(bad)}) after updates {self.updates + 1}..{self.updates + k}; "
+            "stopping (the last checkpoint is intact)")
 
     def broadcast_restored(self) -> None:
         """After a restore from a checkpoint: rank 0's networks and Adam state on every rank (all ranks read the

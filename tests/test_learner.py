@@ -57,6 +57,17 @@ def test_non_finite_loss_stops_naming_the_update(replay):
         learner.run_updates(batch, 1e-3)
 
 
+def test_non_finite_weights_after_a_finite_loss_stop_naming_the_updates(replay):
+    # an infinite step: the loss, computed before the update, is finite; the weights it leaves are not
+    rng = np.random.default_rng(3)
+    learner = Learner(Config(env_id="CartPole-v1", hidden_sizes=(8,)), 4, 2, 1)
+    learner.run_updates(replay.sample(rng, (2, 16)), 1e-3)
+    with pytest.raises(FloatingPointError, match=r"^non-finite weights \(.*kernel.*\) after updates 3\.\.3; "
+                                                 r"stopping \(the last checkpoint is intact\)$"):
+        learner.run_updates(replay.sample(rng, (1, 16)), float("inf"))
+    assert learner.updates == 2
+
+
 def test_phase_chunks_end_where_a_sync_or_an_averaging_falls_due():
     from hvd_dqn.learner import phase_chunks
 
