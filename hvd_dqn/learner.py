@@ -154,8 +154,9 @@ class Learner:
         a target sync or a federated averaging wherever one falls due, and one step of the policy average at the
         end. Every rank must call this at the same point. Returns the last run of updates' result."""
         cfg = self.config
-        lr = scheduled_learning_rate(env_steps, cfg.learning_rate, share.learning_rate, cfg.lr_warmup_env_steps,
-                                     cfg.learning_starts, cfg.lr_final_fraction, cfg.total_env_steps)
+        lr = scheduled_learning_rate(env_steps, config_lr=cfg.learning_rate, rule_lr=share.learning_rate,
+                                     warmup_env_steps=cfg.lr_warmup_env_steps, learning_starts=cfg.learning_starts,
+                                     final_fraction=cfg.lr_final_fraction, total_env_steps=cfg.total_env_steps)
         beta = annealed_beta(env_steps, cfg.total_env_steps, cfg.priority_beta_start)
         result = None
         for k, sync, average in phase_chunks(share.updates_per_phase, self.since_sync, share.target_update_every,
