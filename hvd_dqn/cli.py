@@ -128,8 +128,10 @@ def _train(args) -> int:
                           restart=args.restart).train()
     except RunDirInUse:
         # every rank of the job is leaving with 2; a launcher that SIGTERMs the others once the first has exited
-        # (horovodrun --gloo) must not turn a rank's 2 into 143
+        # (horovodrun --gloo) must not turn a rank's 2 into 143, so no rank leaves before all ignore the signals.
+        # Every rank learnt the refusal from the same broadcast, so every rank reaches the barrier.
         ignore_stop_signals()
+        distributed.barrier()
         raise
     except Preempted as exc:
         ignore_stop_signals()
