@@ -76,9 +76,11 @@ class Config(BaseModel):
         description="Scaling weak or adam_sqrt at N > 1: the learning rate rises linearly from learning_rate (N = 1's) "
                     "to the rule's over this many global env steps after learning_starts (Goyal et al. 2017's "
                     "gradual warm-up); 0 = none. Nothing changes at N = 1 or with scaling strong.")
-    optimizer: Literal["adam", "sgd"] = Field(
-        "adam", description="adam, or plain sgd (no momentum): with sgd, no gradient clipping and federated_every=1, "
-                            "federated averaging computes exactly what synchronous data parallelism does.")
+    optimizer: Literal["adam", "sgd", "lamb"] = Field(
+        "adam", description="adam; plain sgd (no momentum): with sgd, no gradient clipping and federated_every=1, "
+                            "federated averaging computes exactly what synchronous data parallelism does; or lamb, "
+                            "Keras 3's LAMB (You et al. 2020, Adam's step rescaled per layer to the weights' norm, "
+                            "for large batches), which takes the adam_* keys and needs the keras 3 package.")
     adam_epsilon: float = Field(1e-7, gt=0, description="Adam's epsilon (divided by sqrt(N) with scaling adam_sqrt).")
     adam_beta1: float = Field(0.9, ge=0, lt=1.0, description="Adam's decay of the gradient's running mean.")
     adam_beta2: float = Field(0.999, ge=0, lt=1.0, description="Adam's decay of the squared gradient's running mean.")
@@ -322,6 +324,12 @@ class Config(BaseModel):
         if self.allreduce_op == "adasum" and k > 1:
             raise ValueError("backward_passes_per_step > 1 needs allreduce_op: average (Horovod aggregates "
                              "gradients locally only in its DistributedOptimizer, which refuses Adasum)")
+        if self.optimizer == "lamb" and (k > 1 or self.precision == "mixed_float16"
+                                         or self.allreduce_op != "average"):
+            raise ValueError("optimizer lamb (Keras 3's) with backward_passes_per_step > 1, precision "
+                             "mixed_float16 or allreduce_op adasum: Horovod's local aggregation and Adasum, and "
+                             "tf_keras's loss scaling, are wired for tf_keras optimizers only: use adam, or drop "
+                             "the other key")
         if self.average_aggregated_gradients and k == 1:
             raise ValueError("average_aggregated_gradients needs backward_passes_per_step > 1")
         if k > 1 and self.precision == "mixed_float16":

@@ -1,5 +1,5 @@
-"""Every Horovod call of the package lives here: init and device pinning, broadcasts, the distributed optimizer,
-gathers for metrics and checksums, and ending the whole job when one rank fails.
+"""Every Horovod call of the package lives here: init and device pinning, broadcasts, the distributed optimizer and
+gradient tape, gathers for metrics and checksums, and ending the whole job when one rank fails.
 
 Other modules ask this one; none imports horovod.
 """
@@ -105,32 +105,51 @@ def wrap_optimizer(optimizer, *, op: str = "average", compression: str = "none",
     each rank sums k gradients locally, one allreduce and one optimizer step per k (divided by k if
     ``average_aggregated_gradients``). With average, all the gradients of an update travel in one grouped
     allreduce."""
-    hvd = _hvd()
-    wire = hvd.Compression.fp16 if compression == "fp16" else hvd.Compression.none
     if op == "adasum":
-        if not hvd.mpi_enabled():
-            raise UserError("allreduce_op: adasum needs the MPI controller (horovodrun --mpi, mpirun or srun); "
-                            "this job runs on Gloo")
-        size = world().size
-        if size & (size - 1):
-            raise UserError(f"allreduce_op: adasum needs a power-of-2 number of ranks, not {size}")
-        return _adasum_optimizer(optimizer, wire)
+        return _adasum_optimizer(optimizer, compression)
     import horovod.tensorflow.keras as hvd_keras
 
     return hvd_keras.DistributedOptimizer(
-        optimizer, compression=wire, backward_passes_per_step=backward_passes_per_step,
+        optimizer, compression=_wire(compression), backward_passes_per_step=backward_passes_per_step,
         average_aggregated_gradients=average_aggregated_gradients, groups=1)
 
 
-def _adasum_optimizer(optimizer, wire):
+def distributed_tape(tape, *, op: str = "average", compression: str = "none"):
+    """Horovod: ``tape`` made to reduce the gradients it computes over all ranks (DistributedGradientTape), for
+    an optimizer Horovod's keras DistributedOptimizer cannot hold (its Adasum; Keras 3's LAMB). ``op``: "average"
+    or "adasum"; ``compression``: "none" or "fp16" on the wire. One allreduce per tensor, fused by Horovod's
+    cycle: horovod 0.28.1's grouped allreduce fails with Adasum (UnboundLocalError)."""
+    hvd = _hvd()
+    check_allreduce_op(op)
+    return hvd.DistributedGradientTape(tape, op=hvd.Adasum if op == "adasum" else hvd.Average,
+                                       compression=_wire(compression))
+
+
+def _wire(compression: str):
+    hvd = _hvd()
+    return hvd.Compression.fp16 if compression == "fp16" else hvd.Compression.none
+
+
+def check_allreduce_op(op: str) -> None:
+    """A UserError if this job cannot reduce by ``op`` (Adasum needs MPI and a power-of-2 number of ranks)."""
+    if op != "adasum":
+        return
+    if not _hvd().mpi_enabled():
+        raise UserError("allreduce_op: adasum needs the MPI controller (horovodrun --mpi, mpirun or srun); "
+                        "this job runs on Gloo")
+    size = world().size
+    if size & (size - 1):
+        raise UserError(f"allreduce_op: adasum needs a power-of-2 number of ranks, not {size}")
+
+
+def _adasum_optimizer(optimizer, compression: str):
     """``optimizer``'s class with a compute_gradients that reduces by Adasum through DistributedGradientTape (the
     way Horovod's own keras DistributedOptimizer builds its class; saved under the same name)."""
-    hvd = _hvd()
+    check_allreduce_op("adasum")
 
     def compute_gradients(self, loss, var_list, tape=None):
-        # Horovod: Adasum combines the ranks' gradients by their projections, not their mean. One allreduce per
-        # tensor (fused by Horovod's cycle): horovod 0.28.1's grouped allreduce fails with Adasum (UnboundLocalError)
-        tape = hvd.DistributedGradientTape(tape, op=hvd.Adasum, compression=wire)
+        # Horovod: Adasum combines the ranks' gradients by their projections, not their mean
+        tape = distributed_tape(tape, op="adasum", compression=compression)
         return list(zip(tape.gradient(loss, var_list), var_list))
 
     cls = type(type(optimizer).__name__, (type(optimizer),), {"compute_gradients": compute_gradients})

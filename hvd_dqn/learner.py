@@ -7,11 +7,12 @@ not once per update), the sampled transitions' priorities updated after each run
 stepped at the end. Every decision that leads to a collective (a sync, an averaging) comes from the update
 counters, which are equal on every rank.
 
-One update = double-DQN Huber loss -> ``optimizer.minimize(loss, variables, tape=tape)``. On several ranks the
-optimizer is Horovod's DistributedOptimizer (``distributed.wrap_optimizer``, options in the config's Horovod
-keys): its compute_gradients averages the gradients over all ranks (one grouped ring-allreduce), then its
-apply_gradients clips the averaged gradient's global norm (``global_clipnorm``) and steps. Without a collective in
-the update (one rank, federated averaging) the whole run of updates is XLA-compiled. With one it runs as a plain TF
+One update = double-DQN Huber loss -> ``optimizer.minimize(loss, variables, tape=tape)`` (``optimizers.build``).
+On several ranks Adam is Horovod's DistributedOptimizer (``distributed.wrap_optimizer``, options in the config's
+Horovod keys): its compute_gradients averages the gradients over all ranks (one grouped ring-allreduce), then its
+apply_gradients clips the averaged gradient's global norm (``global_clipnorm``) and steps; LAMB reduces through
+Horovod's DistributedGradientTape, then clips and steps the same way. Without a collective in the update (one
+rank, federated averaging) the whole run of updates is XLA-compiled. With one it runs as a plain TF
 graph: Horovod's ops have no XLA kernels on the CPU, and compiling the parts on either side of the allreduce
 separately costs two XLA launches per update, more than they save (docs/update-cost.md).
 
@@ -33,7 +34,7 @@ import numpy as np
 import tensorflow as tf
 from hvd_dqn.keras2 import keras
 
-from hvd_dqn import distributed, losses
+from hvd_dqn import distributed, losses, optimizers
 from hvd_dqn.config import Config
 from hvd_dqn.scaling import PerRank
 from hvd_dqn.networks import build_q_network, mlp_forward, mlp_params
@@ -76,29 +77,14 @@ class Learner:
         self.target = build("target_network")
         # policy_ema: the network that evaluations and the saved model use (the online one when off)
         self.averaged = None if config.policy_ema is None else build("averaged_q_network")
-        share = config.per_rank(world_size)  # Adam's betas and epsilon after the scaling rule
-        clip = {"global_clipnorm": config.max_grad_norm}  # applied inside apply_gradients, after any allreduce
-        optimizer = keras.optimizers.SGD(learning_rate=config.learning_rate, **clip) if config.optimizer == "sgd" \
-            else keras.optimizers.Adam(learning_rate=config.learning_rate, beta_1=share.adam_beta1,
-                                       beta_2=share.adam_beta2, epsilon=share.adam_epsilon, **clip)
         self.updates = 0  # gradient updates (backward passes) done, identical on every rank
         self.since_sync = 0  # gradient updates since the last target sync, identical on every rank
         self._federated = config.federated_every is not None
         # an update runs Horovod's ops: an allreduce, or the local aggregation of backward_passes_per_step
         self._allreduce = (elastic or world_size > 1 or config.backward_passes_per_step > 1) and not self._federated
-        if self._allreduce:
-            optimizer = distributed.wrap_optimizer(
-                optimizer, op=config.allreduce_op, compression=config.gradient_compression,
-                backward_passes_per_step=config.backward_passes_per_step,
-                average_aggregated_gradients=config.average_aggregated_gradients)
-        if config.precision == "mixed_float16":
-            # float16 gradients underflow without loss scaling. Horovod's optimizer goes INSIDE the loss scaling:
-            # the scaled gradients are allreduced, and the scale's finite-or-skip decision is then taken on the
-            # averaged gradients, the same on every rank (Horovod 0.28's DistributedOptimizer cannot wrap a
-            # LossScaleOptimizer: it rebuilds the class from_config with keywords only). Its scale and counter are
-            # checkpointed with the optimizer.
-            optimizer = keras.mixed_precision.LossScaleOptimizer(optimizer)
-        self.optimizer = optimizer
+        # the optimizer after the scaling rule (Adam's or LAMB's betas and epsilon), reducing over the ranks if
+        # the updates allreduce
+        self.optimizer = optimizers.build(config, config.per_rank(world_size), self._allreduce)
         # XLA: for the built-in MLP; the Nature CNN runs slower XLA-compiled on CPU than on TF's own (oneDNN)
         # kernels (docs/atari.md), and a user's network may hold layers XLA cannot compile, so they run without.
         xla = builtin_mlp
@@ -256,11 +242,8 @@ class Learner:
 
     @property
     def optimizer_variables(self) -> list:
-        """Adam's state, and with mixed_float16 the loss scale and its counter of good steps, which the loss-scale
-        optimizer's own variables() leaves out (it lists the inner optimizer's)."""
-        scaled = self.optimizer if isinstance(self.optimizer, keras.mixed_precision.LossScaleOptimizer) else None
-        extra = [] if scaled is None else [scaled._loss_scale.current_loss_scale, scaled.dynamic_counter]
-        return list(self.optimizer.variables()) + extra
+        """The optimizer's state (``optimizers.state_variables``)."""
+        return optimizers.state_variables(self.optimizer)
 
     @property
     def network_variables(self) -> list:

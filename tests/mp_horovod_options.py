@@ -3,8 +3,8 @@ set by the test); rank 0 writes to the file argv[2] a JSON mapping with
 - "grads" (rank, backward pass, 3, 5): the gradient each rank computed in each backward pass, and "reduced"
   (backward pass, 3, 5): what ``distributed.wrap_optimizer``'s optimizer had stepped with after each pass, read
   off variables that start at 0 under SGD with a learning rate of 1 (the weights are then exactly minus the
-  gradient applied), for the test to recompute in NumPy;
-- "learner": each rank's checksums of its online weights and Adam state after two phases of 8 updates each on
+  gradient applied; with optimizer lamb, LAMB's first step from 0), for the test to recompute in NumPy;
+- "learner": each rank's checksums of its online weights and optimizer state after two phases of 8 updates each on
   different data per rank, and the update count;
 - "nan": what stopped each rank in a third phase where rank 0 alone feeds a NaN reward into update 18."""
 import json
@@ -29,9 +29,16 @@ rng = np.random.default_rng(100 + world.rank)  # rank-dependent data
 passes = cfg.backward_passes_per_step
 grads = rng.normal(size=(passes, 3, 5)).astype(np.float32)
 w = tf.Variable(tf.zeros((3, 5)))
-sgd = distributed.wrap_optimizer(keras.optimizers.SGD(learning_rate=1.0), op=cfg.allreduce_op,
-                                 compression=cfg.gradient_compression, backward_passes_per_step=passes,
-                                 average_aggregated_gradients=cfg.average_aggregated_gradients)
+if cfg.optimizer == "lamb":
+    # LAMB's reduction (Horovod's DistributedGradientTape), by Keras 3's LAMB itself: from w = 0 its first step
+    # is -lr * g / (|g| + epsilon) of the reduced g (the trust ratio is 1 at a zero norm); epsilon 1 keeps g's size
+    from hvd_dqn.lamb import Lamb
+
+    sgd = Lamb(allreduce=True, compression=cfg.gradient_compression, learning_rate=1.0, epsilon=1.0)
+else:
+    sgd = distributed.wrap_optimizer(keras.optimizers.SGD(learning_rate=1.0), op=cfg.allreduce_op,
+                                     compression=cfg.gradient_compression, backward_passes_per_step=passes,
+                                     average_aggregated_gradients=cfg.average_aggregated_gradients)
 
 
 @tf.function(autograph=False)
@@ -55,7 +62,7 @@ start = distributed.gather_checksums(learner.online.variables)
 for _ in range(2):
     learner.run_updates(replay.sample(rng, (8, cfg.batch_size // world.size)), 1e-2)
 out["learner"] = {"start": start, "end": distributed.gather_checksums(learner.online.variables),
-                  "adam": distributed.gather_checksums(learner.optimizer.variables()), "updates": learner.updates}
+                  "adam": distributed.gather_checksums(learner.optimizer_variables), "updates": learner.updates}
 
 # ---- a NaN reward on rank 0 only, in update 18
 batch = replay.sample(rng, (4, cfg.batch_size // world.size))

@@ -1,8 +1,8 @@
 """Preemption and exact resume through the CLI, for real: a run is stopped by a signal mid-training, writes a
 checkpoint and exits with the documented code; `hvd-dqn train --resume` then ends with the same replica
 checksums as an uninterrupted run of the same config, at np=1 (SIGUSR1 to the rank) and np=2 (SIGTERM to
-launch/horovodrun.sh, which passes it on to the ranks as SIGUSR1), and the same saved policy (policy_ema's
-average); likewise an Atari run on the gymnasium vector env at np=2, whose emulators the checkpoint holds."""
+launch/horovodrun.sh, which passes it on to the ranks as SIGUSR1; with Adam and with LAMB), and the same saved
+policy (policy_ema's average); likewise an Atari run on the gymnasium vector env at np=2, whose emulators the checkpoint holds."""
 import json
 import signal
 import subprocess
@@ -104,9 +104,10 @@ def _rank_pids(launcher_pid):
 
 
 @pytest.mark.multiproc
-@pytest.mark.parametrize("np_", [1, 2])
-def test_a_signalled_run_resumes_bit_exactly(np_, tmp_path):
-    cfg = _config(tmp_path)
+@pytest.mark.parametrize("np_, optimizer", [(1, "adam"), (2, "adam"), (2, "lamb")])
+def test_a_signalled_run_resumes_bit_exactly(np_, optimizer, tmp_path):
+    # lamb: Keras 3's optimizer, whose moments and step count (its bias correction) the checkpoint must hold too
+    cfg = _config(tmp_path, {**RUN, "optimizer": optimizer})
     whole, stopped = tmp_path / "whole", tmp_path / "stopped"
     proc = run(_train_cmd(np_, "--config", cfg, "--run-dir", whole), timeout=600)
     assert proc.returncode == 0, proc.stdout + proc.stderr

@@ -75,9 +75,10 @@ def _elastic_cmd(tmp_path: Path, config: dict | None, *train_args) -> list:
             "--network-interfaces", "lo", "--gloo", BIN / "hvd-dqn", "train", "--elastic", *args]
 
 
-def test_an_elastic_run_survives_a_killed_worker(tmp_path):
+@pytest.mark.parametrize("optimizer", ["adam", "lamb"])  # lamb: Keras 3's optimizer state, committed and synced
+def test_an_elastic_run_survives_a_killed_worker(optimizer, tmp_path):
     run_dir = tmp_path / "run"
-    cmd = _elastic_cmd(tmp_path, RUN, "--run-dir", run_dir)
+    cmd = _elastic_cmd(tmp_path, {**RUN, "optimizer": optimizer}, "--run-dir", run_dir)
     job = subprocess.Popen([str(c) for c in cmd], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                            env=run_env(), cwd=ROOT, start_new_session=True)
     try:

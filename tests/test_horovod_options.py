@@ -1,6 +1,7 @@
 """The config's Horovod keys (allreduce_op, gradient_compression, backward_passes_per_step,
-average_aggregated_gradients) under `horovodrun -np 2`, for real: the reduced gradient recomputed in NumPy from
-every rank's own, the learner's allreduces counted in a Horovod timeline, and the replicas bit-identical."""
+average_aggregated_gradients), and optimizer lamb's own reduction, under `horovodrun -np 2`, for real: the reduced
+gradient recomputed in NumPy from every rank's own, the learner's allreduces counted in a Horovod timeline, and the
+replicas bit-identical."""
 import collections
 import json
 import sys
@@ -108,6 +109,24 @@ def test_adasum_combines_by_projection(tmp_path):
     per_tensor = learner_allreduces(timeline)
     assert len(per_tensor) == 6
     assert all(len(ops) == TIMELINE_UPDATES for ops in per_tensor.values()), per_tensor
+
+
+@pytest.mark.parametrize("compression", ["none", "fp16"])
+def test_lamb_steps_on_the_mean_of_the_ranks_gradients(tmp_path, compression):
+    result, timeline = _run({"optimizer": "lamb", "gradient_compression": compression}, tmp_path,
+                            controller="--gloo")
+    r = _result(result)
+    g = r["grads"][:, 0]
+    if compression == "fp16":
+        mean = ((g[0].astype(np.float16) + g[1].astype(np.float16)) * np.float16(0.5)).astype(np.float32)
+    else:
+        mean = (g[0] + g[1]) * np.float32(0.5)
+    np.testing.assert_allclose(r["reduced"][0], mean / (np.abs(mean) + 1), rtol=1e-5, atol=1e-7)
+    assert np.abs(r["reduced"][0] - g[0] / (np.abs(g[0]) + 1)).max() > 0.1  # not rank 0's own gradient
+    per_tensor = learner_allreduces(timeline)
+    assert len(per_tensor) == 6  # one allreduce per tensor and update (DistributedGradientTape)
+    dtype = "float16" if compression == "fp16" else "float32"
+    assert all(dtypes == [dtype] * TIMELINE_UPDATES for dtypes in per_tensor.values()), per_tensor
 
 
 def test_adasum_under_gloo_is_a_one_line_error(tmp_path, tiny_cartpole):
