@@ -73,9 +73,10 @@ class Config(BaseModel):
         description="Learning rate at the end of training as a fraction of learning_rate (linear decay; 1 = constant).")
     lr_warmup_env_steps: int = Field(
         0, ge=0, le=10 ** 12,
-        description="Scaling weak or adam_sqrt at N > 1: the learning rate rises linearly from learning_rate (N = 1's) "
-                    "to the rule's over this many global env steps after learning_starts (Goyal et al. 2017's "
-                    "gradual warm-up); 0 = none. Nothing changes at N = 1 or with scaling strong.")
+        description="Scaling weak, adam_sqrt or lamb_sqrt at N > 1: the learning rate rises linearly from "
+                    "learning_rate (N = 1's) to the rule's over this many global env steps after learning_starts "
+                    "(Goyal et al. 2017's gradual warm-up); 0 = none. Nothing changes at N = 1 or with scaling "
+                    "strong.")
     optimizer: Literal["adam", "sgd", "lamb"] = Field(
         "adam", description="adam; plain sgd (no momentum): with sgd, no gradient clipping and federated_every=1, "
                             "federated averaging computes exactly what synchronous data parallelism does; or lamb, "
@@ -117,7 +118,7 @@ class Config(BaseModel):
     target_update_every: int = Field(
         128, ge=1, description="Gradient updates between target-network syncs (rank 0's weights are broadcast); "
                                "divided by N with scaling weak.")
-    scaling: Literal["strong", "weak", "adam_sqrt"] = Field(
+    scaling: Literal["strong", "weak", "adam_sqrt", "lamb_sqrt"] = Field(
         "strong", description="How N ranks share the learning (docs/scaling.md): strong = the same updates "
                               "as on one rank, each on batch_size / N samples per rank; weak = each rank samples "
                               "batch_size, updates_per_train and target_update_every are divided by N and the "
@@ -126,9 +127,10 @@ class Config(BaseModel):
                               "batch_size, the updates and target period are divided by K = N / min(N, "
                               "scaling_replay_boost), Adam's learning rate is multiplied by sqrt(N) and its epsilon "
                               "divided by it, and its betas raised to the power K so their memory spans the same env "
-                              "steps (Malladi et al. 2022's square-root rule for adaptive methods).")
+                              "steps (Malladi et al. 2022's square-root rule for adaptive methods); lamb_sqrt = "
+                              "adam_sqrt at sqrt(N * K) times the learning rate, for optimizer lamb.")
     scaling_replay_boost: float = Field(
-        1.0, ge=1.0, description="scaling adam_sqrt: N > 1 ranks replay up to this many times the samples per env step "
+        1.0, ge=1.0, description="scaling adam_sqrt or lamb_sqrt: N > 1 ranks replay up to this many times the samples per env step "
                                  "that one rank does (the updates are divided by N / min(N, boost), not N).")
 
     # --- exploration: epsilon decays linearly from eps_start to eps_end over eps_decay_fraction of training
@@ -303,12 +305,16 @@ class Config(BaseModel):
                 and self.target_update_every % self.federated_every:
             # a hard sync copies the online net: it must fall on an averaging, where every rank holds the same one
             raise ValueError("target_update_every must be a multiple of federated_every")
-        if self.scaling_replay_boost != 1.0 and self.scaling != "adam_sqrt":
-            raise ValueError(f"scaling_replay_boost is a parameter of scaling: adam_sqrt, not of scaling: "
-                             f"{self.scaling}")
+        if self.scaling_replay_boost != 1.0 and self.scaling not in ("adam_sqrt", "lamb_sqrt"):
+            raise ValueError(f"scaling_replay_boost is a parameter of scaling: adam_sqrt or lamb_sqrt, not of "
+                             f"scaling: {self.scaling}")
+        if self.scaling == "lamb_sqrt" and self.optimizer != "lamb":
+            raise ValueError(f"scaling: lamb_sqrt is the rule for optimizer lamb, not {self.optimizer} (use "
+                             "adam_sqrt)")
         if self.lr_warmup_env_steps and self.scaling == "strong":
-            raise ValueError("lr_warmup_env_steps warms up to the learning rate of scaling weak or adam_sqrt; "
-                             "scaling: strong keeps learning_rate at any N, so there is nothing to warm up to")
+            raise ValueError("lr_warmup_env_steps warms up to the learning rate of scaling weak, adam_sqrt or "
+                             "lamb_sqrt; scaling: strong keeps learning_rate at any N, so there is nothing to warm "
+                             "up to")
         if self.scaling != "strong" and self.federated_every is not None:
             raise ValueError(f"scaling: {self.scaling} shortens the chain of synchronous updates; federated_every "
                              "runs local updates instead: use one of the two")

@@ -7,6 +7,7 @@ batch, learning rate and update counts behave as N grows (docs/scaling.md):
   many updates.
 - ``adam_sqrt``: N times the batch at sqrt(N) times the learning rate (Adam's epsilon / sqrt(N)) in K = N / boost
   times fewer updates, with Adam's betas raised to the K-th power so their memory spans the same env steps.
+- ``lamb_sqrt``: adam_sqrt for ``optimizer: lamb``, at sqrt(N * K) times the learning rate.
 Pure functions of a Config and N: the trainer, the learner and a resize of a checkpoint all derive the same shares.
 """
 from __future__ import annotations
@@ -52,15 +53,18 @@ def per_rank(config: Config, world_size: int) -> PerRank:
                     f"divides it by N; use a multiple of {n}, or scaling: strong)")
         batch_size, learning_rate = config.batch_size, config.learning_rate * n
         updates_per_train, target_update_every = config.updates_per_train // n, config.target_update_every // n
-    elif config.scaling == "adam_sqrt":
+    elif config.scaling in ("adam_sqrt", "lamb_sqrt"):
         k = n / min(n, config.scaling_replay_boost)  # how many times shorter the chain of updates gets
-        batch_size, learning_rate, adam_epsilon = config.batch_size, config.learning_rate * n ** 0.5, \
+        # lamb_sqrt: LAMB's step is lr x ||w|| per layer whatever the gradient's size, so K times fewer steps
+        # sqrt(K) times longer keep the weights' random walk per env step; sqrt(N) is the batch's, as adam_sqrt's
+        rate = n ** 0.5 * (k ** 0.5 if config.scaling == "lamb_sqrt" else 1.0)
+        batch_size, learning_rate, adam_epsilon = config.batch_size, config.learning_rate * rate, \
             config.adam_epsilon / n ** 0.5
         beta1, beta2 = config.adam_beta1 ** k, config.adam_beta2 ** k
         for key in ("updates_per_train", "target_update_every"):
             if getattr(config, key) < k:  # rounded up to 1, the chain would not get shorter while lr and betas do
                 raise UserError(
-                    f"config: {key} {getattr(config, key)} is less than the {k:g} times that scaling: adam_sqrt "
+                    f"config: {key} {getattr(config, key)} is less than the {k:g} times that scaling: {config.scaling} "
                     f"divides it by on {n} ranks; raise it (with train_every, to keep their ratio) to {k:g} or more")
         updates_per_train = max(1, round(config.updates_per_train / k))
         target_update_every = max(1, round(config.target_update_every / k))

@@ -1,4 +1,4 @@
-"""Run under horovodrun -np 2: a short Trainer run under scaling adam_sqrt, printing what each rank's Adam read
+"""Run under horovodrun -np 2: a short Trainer run under a scaling rule, printing what each rank's Adam (or LAMB) read
 (learning rate, betas, epsilon), the updates it counted and its replica checksum, gathered on rank 0."""
 import json
 import sys

@@ -1,5 +1,5 @@
-"""scaling: adam_sqrt under `horovodrun -np 2`, for real: the learning rate, betas and epsilon that Adam read, the
-updates each rank took, and replicas still identical."""
+"""scaling: adam_sqrt (and lamb_sqrt) under `horovodrun -np 2`, for real: the learning rate, betas and epsilon
+that Adam (LAMB) read, the updates each rank took, and replicas still identical."""
 import json
 import math
 import sys
@@ -48,4 +48,15 @@ def test_the_warm_up_reaches_the_rule_rate_over_its_env_steps():
     out = _two_ranks({**CONFIG, "lr_warmup_env_steps": 4000})
     assert [row[0] for row in out["all"]] == [pytest.approx(1e-3 + 0.5 * (1e-3 * math.sqrt(2) - 1e-3), rel=1e-6)] * 2
     assert [row[4] for row in out["all"]] == [110, 110]
+    assert out["summary"]["replica_checksums"][0] == out["summary"]["replica_checksums"][1]
+
+
+def test_lamb_sqrt_gives_keras_3_s_lamb_its_rate_on_both_ranks():
+    # K = 2 at N = 2 without a boost: LAMB at sqrt(N * K) = 2 x the rate, with adam_sqrt's betas and epsilon
+    out = _two_ranks({**CONFIG, "optimizer": "lamb", "scaling": "lamb_sqrt"})
+    for lr, beta_1, beta_2, epsilon, updates in out["all"]:
+        assert lr == pytest.approx(2e-3, rel=1e-6)
+        assert beta_1 == pytest.approx(0.9 ** 2, rel=1e-6) and beta_2 == pytest.approx(0.999 ** 2, rel=1e-9)
+        assert epsilon == pytest.approx(1e-7 / math.sqrt(2), rel=1e-6)
+        assert updates == 110
     assert out["summary"]["replica_checksums"][0] == out["summary"]["replica_checksums"][1]

@@ -1,4 +1,4 @@
-"""The adam_sqrt scaling rule's arithmetic (Config.per_rank) and its errors."""
+"""The adam_sqrt and lamb_sqrt scaling rules' arithmetic (Config.per_rank) and their errors."""
 import math
 
 import pytest
@@ -33,6 +33,14 @@ def test_n_ranks_with_a_replay_boost_of_two(n, k):
     assert n * per.batch_size * per.updates_per_phase == 2 * 128 * 128
 
 
+@pytest.mark.parametrize("n, k", [(1, 1), (2, 1), (4, 2), (8, 4), (16, 8)])
+def test_lamb_sqrt_is_adam_sqrt_at_sqrt_n_k_times_the_learning_rate(n, k):
+    lamb = Config(**BASE, optimizer="lamb", scaling="lamb_sqrt", scaling_replay_boost=2.0).per_rank(n)
+    adam = Config(**BASE, scaling="adam_sqrt", scaling_replay_boost=2.0).per_rank(n)
+    assert lamb.learning_rate == pytest.approx(2e-3 * math.sqrt(n * k), rel=1e-12)
+    assert lamb.model_copy(update={"learning_rate": adam.learning_rate}) == adam  # the rest is adam_sqrt's
+
+
 def test_without_a_boost_the_chain_is_n_times_shorter_and_uneven_divisions_round():
     per = Config(**BASE, scaling="adam_sqrt").per_rank(8)
     assert (per.updates_per_phase, per.adam_beta1) == (16, pytest.approx(0.9 ** 8))
@@ -45,8 +53,13 @@ def test_errors_are_one_line_and_name_the_key():
     with pytest.raises(UserError, match=r"scaling_replay_boost: Input should be greater than or equal to 1") as err:
         Config.from_dict({"env_id": "CartPole-v1", "scaling": "adam_sqrt", "scaling_replay_boost": 0.5})
     assert "\n" not in str(err.value)
-    with pytest.raises(UserError, match="scaling_replay_boost is a parameter of scaling: adam_sqrt, not of scaling: weak"):
+    with pytest.raises(UserError, match="scaling_replay_boost is a parameter of scaling: adam_sqrt or lamb_sqrt, "
+                                        "not of scaling: weak"):
         Config.from_dict({"env_id": "CartPole-v1", "scaling": "weak", "scaling_replay_boost": 2})
+    with pytest.raises(UserError, match=r"scaling: lamb_sqrt is the rule for optimizer lamb, not adam \(use "
+                                        r"adam_sqrt\)") as err:
+        Config.from_dict({"env_id": "CartPole-v1", "scaling": "lamb_sqrt"})
+    assert "\n" not in str(err.value)
     with pytest.raises(UserError, match="scaling: adam_sqrt shortens the chain .* federated_every"):
         Config.from_dict({"env_id": "CartPole-v1", "scaling": "adam_sqrt", "federated_every": 4,
                           "target_update_every": 128})
@@ -60,8 +73,8 @@ def test_errors_are_one_line_and_name_the_key():
     assert "\n" not in str(err.value)
     with pytest.raises(UserError, match="lr_warmup_env_steps: Input should be greater than or equal to 0"):
         Config.from_dict({"env_id": "CartPole-v1", "scaling": "weak", "lr_warmup_env_steps": -1})
-    with pytest.raises(UserError, match="lr_warmup_env_steps warms up to the learning rate of scaling weak or "
-                                        "adam_sqrt; scaling: strong keeps learning_rate at any N") as err:
+    with pytest.raises(UserError, match="lr_warmup_env_steps warms up to the learning rate of scaling weak, "
+                                        "adam_sqrt or lamb_sqrt; scaling: strong keeps learning_rate at any N") as err:
         Config.from_dict({"env_id": "CartPole-v1", "lr_warmup_env_steps": 1000})
     assert "\n" not in str(err.value)
     with pytest.raises(UserError, match="adam_beta2: Input should be less than 1"):
