@@ -6,9 +6,9 @@ ranks when the job has an allreduce.
 - ``lamb`` is Keras 3's ``keras.optimizers.Lamb`` (You et al. 2020: Adam's step rescaled per layer to the layer's
   weight norm, made for large batches). tf_keras has no LAMB. Keras 3's optimizer steps our tf_keras variables
   (plain tf.Variables) too, but it has no ``minimize(loss, var_list, tape=tape)`` and Horovod's keras wrapper cannot
-  hold it, so ``Lamb`` adds that one method: on several ranks Horovod's DistributedGradientTape reduces the
-  gradients first, and Lamb's ``global_clipnorm`` then clips the reduced gradient as tf_keras's does. Keras 3 is
-  imported only when a config asks for lamb.
+  hold it, so ``Lamb`` (hvd_dqn/lamb.py) adds that one method: on several ranks Horovod's DistributedGradientTape
+  reduces the gradients first, and Lamb's ``global_clipnorm`` then clips the reduced gradient as tf_keras's does.
+  Keras 3 is imported only when a config asks for lamb.
 Adam and LAMB take the same adam_* keys, which the scaling rule shares out (``scaling.per_rank``).
 """
 from __future__ import annotations
