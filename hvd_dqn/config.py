@@ -81,8 +81,9 @@ class Config(BaseModel):
         "adam", description="adam; plain sgd (no momentum): with sgd, no gradient clipping and federated_every=1, "
                             "federated averaging computes exactly what synchronous data parallelism does; or lamb, "
                             "Keras 3's LAMB (You et al. 2020, Adam's step rescaled per layer to the weights' norm, "
-                            "for large batches), which takes the adam_* keys and needs the keras 3 package.")
-    adam_epsilon: float = Field(1e-7, gt=0, description="Adam's epsilon (divided by sqrt(N) with scaling adam_sqrt).")
+                            "for large batches), which takes the adam_* keys.")
+    adam_epsilon: float = Field(1e-7, gt=0, description="Adam's (or LAMB's) epsilon (divided by sqrt(N) with scaling "
+                                                                 "adam_sqrt or lamb_sqrt).")
     adam_beta1: float = Field(0.9, ge=0, lt=1.0, description="Adam's decay of the gradient's running mean.")
     adam_beta2: float = Field(0.999, ge=0, lt=1.0, description="Adam's decay of the squared gradient's running mean.")
     batch_size: int = Field(
@@ -130,8 +131,9 @@ class Config(BaseModel):
                               "steps (Malladi et al. 2022's square-root rule for adaptive methods); lamb_sqrt = "
                               "adam_sqrt at sqrt(N * K) times the learning rate, for optimizer lamb.")
     scaling_replay_boost: float = Field(
-        1.0, ge=1.0, description="scaling adam_sqrt or lamb_sqrt: N > 1 ranks replay up to this many times the samples per env step "
-                                 "that one rank does (the updates are divided by N / min(N, boost), not N).")
+        1.0, ge=1.0, description="scaling adam_sqrt or lamb_sqrt: N > 1 ranks replay up to this many times the "
+                                 "samples per env step that one rank does (the updates are divided by N / min(N, "
+                                 "boost), not N).")
 
     # --- exploration: epsilon decays linearly from eps_start to eps_end over eps_decay_fraction of training
     eps_start: float = Field(1.0, ge=0, le=1.0, description="Epsilon at the first step.")
