@@ -1,6 +1,6 @@
 """optimizer: lamb (Keras 3's LAMB behind the learner's minimize) on one process: two steps recomputed in NumPy
-from You et al.'s update, the learner's updates through it, its state in a checkpoint, and the combinations the
-config refuses. Its allreduce under `horovodrun -np 2` is in test_horovod_options.py, an exact resume in
+from You et al.'s update, the learner's updates through it (float32 and mixed_bfloat16), its state in a
+checkpoint, and the combinations the config refuses. Its allreduce under `horovodrun -np 2` is in test_horovod_options.py, an exact resume in
 test_checkpoint_resume.py."""
 import numpy as np
 import pydantic
@@ -54,11 +54,12 @@ def test_two_lamb_steps_are_you_et_al_s_update():
     assert np.abs(_numpy_lamb(start["kernel"], [grads[0]["kernel"]]) - adam_like).max() > 2 * LR
 
 
-def test_the_learner_updates_and_checkpoints_through_lamb(tmp_path):
+@pytest.mark.parametrize("precision", ["float32", "mixed_bfloat16"])
+def test_the_learner_updates_and_checkpoints_through_lamb(precision, tmp_path):
     distributed.init()
     rng = np.random.default_rng(1)
     replay = random_replay(rng, 300)
-    cfg = Config(env_id="CartPole-v1", hidden_sizes=(8,), optimizer="lamb")
+    cfg = Config(env_id="CartPole-v1", hidden_sizes=(8,), optimizer="lamb", precision=precision)
     learner = Learner(cfg, 4, 2, 1)
     before = [v.numpy().copy() for v in learner.online.trainable_variables]
     learner.run_updates(replay.sample(rng, (5, 16)), 1e-2)
