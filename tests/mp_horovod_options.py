@@ -34,18 +34,18 @@ if cfg.optimizer == "lamb":
     # is -lr * g / (|g| + epsilon) of the reduced g (the trust ratio is 1 at a zero norm); epsilon 1 keeps g's size
     from hvd_dqn.lamb import Lamb
 
-    sgd = Lamb(allreduce=True, compression=cfg.gradient_compression, learning_rate=1.0, epsilon=1.0)
+    reducing = Lamb(allreduce=True, compression=cfg.gradient_compression, learning_rate=1.0, epsilon=1.0)
 else:
-    sgd = distributed.wrap_optimizer(keras.optimizers.SGD(learning_rate=1.0), op=cfg.allreduce_op,
-                                     compression=cfg.gradient_compression, backward_passes_per_step=passes,
-                                     average_aggregated_gradients=cfg.average_aggregated_gradients)
+    reducing = distributed.wrap_optimizer(keras.optimizers.SGD(learning_rate=1.0), op=cfg.allreduce_op,
+                                          compression=cfg.gradient_compression, backward_passes_per_step=passes,
+                                          average_aggregated_gradients=cfg.average_aggregated_gradients)
 
 
 @tf.function(autograph=False)
 def step(g):
     with tf.GradientTape() as tape:
         loss = tf.reduce_sum(w * g)
-    sgd.minimize(loss, [w], tape=tape)
+    reducing.minimize(loss, [w], tape=tape)
 
 
 reduced = []

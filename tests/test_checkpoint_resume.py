@@ -2,7 +2,8 @@
 checkpoint and exits with the documented code; `hvd-dqn train --resume` then ends with the same replica
 checksums as an uninterrupted run of the same config, at np=1 (SIGUSR1 to the rank) and np=2 (SIGTERM to
 launch/horovodrun.sh, which passes it on to the ranks as SIGUSR1; with Adam and with LAMB), and the same saved
-policy (policy_ema's average); likewise an Atari run on the gymnasium vector env at np=2, whose emulators the checkpoint holds."""
+policy (policy_ema's average); likewise an Atari run on the gymnasium vector env at np=2, whose emulators the
+checkpoint holds."""
 import json
 import signal
 import subprocess

@@ -1,7 +1,7 @@
-"""optimizer: lamb (Keras 3's LAMB behind the learner's minimize) on one process: two steps recomputed in NumPy
-from You et al.'s update, the learner's updates through it (float32 and mixed_bfloat16), its state in a
-checkpoint, and the combinations the config refuses. Its allreduce under `horovodrun -np 2` is in test_horovod_options.py, an exact resume in
-test_checkpoint_resume.py."""
+"""optimizer: lamb (Keras 3's LAMB behind the learner's minimize) on one process: two steps recomputed in NumPy from
+You et al.'s update, the learner's updates through it (float32 and mixed_bfloat16), its state in a checkpoint, and
+the combinations the config refuses. Its allreduce under `horovodrun -np 2` is in test_horovod_options.py, an exact
+resume in test_checkpoint_resume.py."""
 import numpy as np
 import pydantic
 import pytest
