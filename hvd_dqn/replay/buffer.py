@@ -67,6 +67,9 @@ class Buffer(Protocol):
     def sampleable(self, idx) -> np.ndarray:
         """True where slot ``idx`` starts a transition that can be sampled now."""
 
+    def open_slots(self) -> np.ndarray:
+        """Written slots whose transitions may still complete at a later add (an n-step window still open)."""
+
     def gather_with_discount(self, idx: np.ndarray) -> tuple[Batch, np.ndarray | None]:
         """The transitions at slots ``idx`` and their bootstrap discounts, or None where the buffer keeps none
         (the shard's per-slot discounts apply)."""

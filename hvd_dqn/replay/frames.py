@@ -142,6 +142,13 @@ class FrameReplayBuffer:
         complete = (ep_pos >= 1) & (self._abs_rows(idx) - np.minimum(ep_pos, self.stack) >= oldest)
         return complete & self._steps(idx)[2] if self.n_step > 1 else complete
 
+    def open_slots(self) -> np.ndarray:
+        """The slots of the last n_step - 1 rows: a transition's n steps are written at most n_step - 1 rows after
+        its own."""
+        first = max(0, self.rows_written - (self.n_step - 1))
+        rows = np.arange(first, self.rows_written) % self.rows
+        return (rows[:, None] * self.num_envs + np.arange(self.num_envs)).ravel()
+
     def _stacks(self, end_slots: np.ndarray) -> np.ndarray:
         """The frame stacks ending on ``end_slots`` (any shape): (..., S, *frame) uint8, padded as the env pads
         before an episode's first frame (offsets past it clamped to it, and zeroed for zero padding)."""

@@ -60,6 +60,10 @@ class ReplayBuffer:
         """Every stored slot holds a complete transition."""
         return np.ones(np.shape(idx), bool)
 
+    def open_slots(self) -> np.ndarray:
+        """None: n-step transitions enter this buffer complete (``nstep.NStepAccumulator``)."""
+        return np.zeros(0, np.int64)
+
     def gather_with_discount(self, idx: np.ndarray) -> tuple[Batch, None]:
         """The transitions at slots ``idx``; no discounts of its own (the shard's per-slot ones apply)."""
         return self.gather(idx), None

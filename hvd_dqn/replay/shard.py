@@ -42,12 +42,22 @@ class ReplayShard:
         n = len(action)
         if self.tree is not None:
             self._track_restored()  # before the add: the new slots are not restored ones
+            waiting = self._waiting()
         idx = self.buffer.add(obs, action, reward, next_obs, terminated, truncated, **extra)
         if discount is not None:
             self.discount[idx] = discount
         if self.tree is not None:
-            self.tree.set(idx, self.max_priority ** self.alpha)
+            # A slot enters the tree when its transition completes, not when it is written: a drawn slot whose
+            # n-step window is still open could only be zeroed, and nothing would raise it again.
+            self.tree.set(idx, 0.0)
+            ready = np.concatenate([waiting, idx])
+            self.tree.set(ready[self.buffer.sampleable(ready)], self.max_priority ** self.alpha)
             self._tracked = min(self.capacity, self._tracked + n)
+
+    def _waiting(self) -> np.ndarray:
+        """Written slots whose transitions are not complete yet but may be after the next add."""
+        recent = self.buffer.open_slots()
+        return recent[~self.buffer.sampleable(recent)]
 
     def sample(self, rng: np.random.Generator, shape: tuple[int, ...], beta: float = 1.0):
         """``(batch, discount, weights, idx)``: uniform with weights 1, or proportional to priority^alpha
@@ -66,7 +76,10 @@ class ReplayShard:
 
     def _draw(self, rng: np.random.Generator, shape: tuple[int, ...], size: int) -> np.ndarray:
         """Slots to replay. Slots that start no complete transition (the frame buffer's episode-start frames and
-        oldest rows) are drawn again; prioritized, their priority goes to 0."""
+        oldest rows) are drawn again; prioritized, only the oldest rows can be drawn so (incomplete slots hold no
+        priority), and their priority goes to 0, for good: their frames are gone."""
+        if self.tree is not None and self.tree.total <= 0:
+            raise RuntimeError("replay holds no complete transition yet")
         idx = rng.integers(0, size, size=shape) if self.tree is None else self.tree.sample(rng, shape)
         for _ in range(1000):
             bad = ~self.buffer.sampleable(idx)
@@ -91,9 +104,11 @@ class ReplayShard:
 
     def _track_restored(self) -> None:
         """Slots filled behind this wrapper's back (the plain buffer restored from a checkpoint) get the max
-        priority, so they are sampled instead of sitting at priority 0."""
+        priority where their transitions are complete, so they are sampled instead of sitting at priority 0; the
+        others enter the tree as they complete (``add``)."""
         if self.tree is not None and self._tracked < len(self.buffer):
-            self.tree.set(np.arange(self._tracked, len(self.buffer)), self.max_priority ** self.alpha)
+            slots = np.arange(self._tracked, len(self.buffer))
+            self.tree.set(slots[self.buffer.sampleable(slots)], self.max_priority ** self.alpha)
             self._tracked = len(self.buffer)
 
     # ---- checkpointing: plain arrays, no pickle

@@ -32,6 +32,8 @@ class SumTree:
             raise IndexError("sum-tree slot out of range")
         if np.any(~np.isfinite(priorities)) or np.any(priorities < 0):
             raise ValueError("priorities must be finite and >= 0")
+        if idx.size == 0:
+            return
         node = self._leaves + idx
         self._tree[node] = priorities
         node = np.unique(node // 2)
