@@ -141,7 +141,8 @@ def _train(args) -> int:
         return exc.exit_code
     if distributed.world().is_chief:
         print("hvd-dqn summary: " + json.dumps({k: summary[k] for k in (
-            "world_size", "env_steps", "wall_s", "final_eval_return_mean", "solved_env_steps", "solved_wall_s")}))
+            "world_size", "env_steps", "wall_s", "final_eval_return_mean", "solved_env_steps", "solved_wall_s",
+            "best_env_steps", "best_eval_return_mean")}))
     return 0
 
 
@@ -182,6 +183,8 @@ def _table(args) -> int:
     groups = sweeps.group(runs, args.group_by)
     print(sweeps.table({name: sweeps.results(members) for name, members in groups.items()}))
     for run in runs:
+        for note in run["notes"]:
+            print(f"hvd-dqn: {note}", file=sys.stderr)
         if not run["summary"]:
             print(f"hvd-dqn: {run['dir']}: not finished (no summary.json), not counted", file=sys.stderr)
     return 0

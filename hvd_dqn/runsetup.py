@@ -68,7 +68,14 @@ def lock(run_dir: Path, world: distributed.World, restart: bool) -> RunLock | No
 
 def resume_point(run_dir: Path, resume: bool) -> Path | None:
     """The checkpoint to continue from (None: a new run), read after the lock; refuses a new run into a run dir
-    that holds checkpoints."""
+    that holds checkpoints, and one whose checkpoints/ is a link out of the run dir (pruning deletes old
+    checkpoints there, which may be another run's)."""
+    ckpts = checkpoint.checkpoints_dir(run_dir)
+    outside = rundir.leads_outside(run_dir, ckpts)
+    if outside is not None:
+        raise UserError(f"run dir {run_dir}: {rundir.CHECKPOINTS} is a symlink to {outside}, outside the run dir; "
+                        f"hvd-dqn deletes old checkpoints in it and follows no link out of a run dir: remove the "
+                        f"link, or give a --run-dir on that filesystem")
     resume_from = checkpoint.find_for_resume(run_dir) if resume else None
     if resume_from is None and checkpoint.listed(run_dir):
         # a fresh run would mix its metrics and checkpoints with the earlier run's (and a later --resume could pick

@@ -18,6 +18,7 @@ import numpy as np
 
 from hvd_dqn import checkpoint, distributed, launcherwatch, rundir, runsetup, tasks, trainstate
 from hvd_dqn.actor import Actor, actor_epsilons, scheduled_epsilon
+from hvd_dqn.best import BestPolicy
 from hvd_dqn.callbacks import CallbackList
 from hvd_dqn.config import Config
 from hvd_dqn.envs import env_seeds, make_vector_env, reward_threshold
@@ -231,6 +232,7 @@ class Trainer:
         self.learner = self._make_learner(obs_shape, n_actions, self._network_builder())
         self.q_fn = self.learner.q_fn()  # Q-values of the online network, for acting
         self.evaluator = self._make_evaluator()
+        self.best = BestPolicy(self.run_dir, writer=world.is_chief)
         self.state = LoopState()
         self.replay_ready = False
         self.last_log = LogPoint(0, self.start, 0)
@@ -277,6 +279,11 @@ class Trainer:
                 and s.last_eval["eval_return_mean"] >= self.threshold:
             s.solved_env_steps, s.solved_wall_s = s.env_steps, time.perf_counter() - self.start
         self.callbacks.fire("on_evaluation", self, {**s.last_eval, "env_steps": s.env_steps})
+        evaluation = {"env_steps": s.env_steps, "updates": learner.updates,
+                      "wall_s": time.perf_counter() - self.start, **s.last_eval}
+        if self.best.improves(evaluation):  # the same on every rank; rank 0 writes best/
+            with self.paused("saving the best policy"):
+                self.best.keep(evaluation, lambda path: checkpoint.save_keras_model(learner.policy, path))
         return dict(s.last_eval)
 
     def _log(self, row: dict[str, Any]) -> None:
@@ -347,6 +354,7 @@ class Trainer:
         """Continue from ``ckpt``: restore the state, keep wall-clock times counting from the run's first start
         (so the metrics show the gap), and log a row naming the checkpoint and the gap."""
         state = trainstate.restore(ckpt, self.world, self.config, self.parts())
+        self.best.resume()
         if self.actor.restart_reason is not None and self.world.is_chief:  # the same on every rank
             say(f"hvd-dqn: resuming from {ckpt.name}, the episodes start afresh: {self.actor.restart_reason}; "
                 "the rest is restored, but the run is not bit-exact")
@@ -394,6 +402,7 @@ class Trainer:
             "final_eval_return_mean": s.last_eval.get("eval_return_mean"), "reward_threshold": self.threshold,
             "solved_env_steps": s.solved_env_steps, "solved_wall_s": s.solved_wall_s,
             "replica_checksums": checksums, "peak_rss_mb": peak_rss_mb, "run_dir": str(self.run_dir),
+            **self.best.summary(),
         }
         self.logger.write_json(rundir.SUMMARY, summary)
         return summary
