@@ -120,6 +120,7 @@ class ElasticTrainer(Trainer):
 
     # ---- the loop's hooks
     watch_for_hangs = False  # the heartbeats of a fixed set of ranks: elastic ranks come and go
+    collectives_in_setup = False  # a worker that joins later runs setup alone; a refusal there ends the job
 
     def _run(self, loop) -> dict[str, Any]:
         """The loop under ``hvd.elastic.run``: started again from the last commit after every reset."""

@@ -22,12 +22,12 @@ from hvd_dqn.best import BestPolicy
 from hvd_dqn.callbacks import CallbackList
 from hvd_dqn.config import Config
 from hvd_dqn.envs import env_seeds, make_vector_env, reward_threshold
-from hvd_dqn.errors import UserError, say
+from hvd_dqn.errors import JobRefused, UserError, say
 from hvd_dqn.evaluation import Evaluator, summarize
 from hvd_dqn.learner import Learner
 from hvd_dqn.networks import build_user_network, load_builder
 from hvd_dqn.preemption import Preempted, StopRequest
-from hvd_dqn.runlock import RunDirInUse, RunLock
+from hvd_dqn.runlock import RunLock
 from hvd_dqn.watchdog import Watchdog
 
 TEST_HOOKS_ENV = "HVD_DQN_TEST_HOOKS"  # "1" turns on hvd_dqn.testing.faults' switches; read once, by __init__
@@ -116,8 +116,8 @@ class Trainer:
             # horovodrun), and a rank still closing must exit with PREEMPTED_EXIT_CODE too, not die of SIGTERM.
             self._close()
             raise
-        except RunDirInUse:
-            self.stop.uninstall()  # every rank learnt it from rank 0 and leaves: nobody waits in a collective
+        except JobRefused:
+            self.stop.uninstall()  # every rank learnt it from a collective and leaves: nobody waits in one
             raise
         except BaseException as exc:
             if self.world.size > 1 and not isinstance(exc, KeyboardInterrupt):
@@ -183,6 +183,7 @@ class Trainer:
 
     # ------------------------------------------------------------------ hooks (hvd_dqn.elastic overrides them)
     watch_for_hangs = True  # a Watchdog per rank when hang_timeout_s is set
+    collectives_in_setup = True  # the ranks agree on setup's refusals (the replay's memory) with a collective
 
     def _run(self, loop) -> dict[str, Any]:
         """Run the loop to the end and return the summary."""
@@ -226,7 +227,8 @@ class Trainer:
                                     threads=world.cores_per_rank, **self.task.env_options)
         obs_shape = self.envs.single_observation_space.shape
         n_actions = int(self.envs.single_action_space.n)
-        self.shard = self.task.make_replay(share.replay_capacity, obs_shape, world.local_size)
+        self.shard = runsetup.make_replay(self.task, share.replay_capacity, obs_shape, world,
+                                          agree=self.collectives_in_setup)
         self.actor = Actor(self.envs, self.task, self.shard, np.random.default_rng([cfg.seed, world.rank, 7]),
                            env_seeds(cfg.seed, world.rank, cfg.num_envs))
         self.learner = self._make_learner(obs_shape, n_actions, self._network_builder())
