@@ -38,7 +38,8 @@ def test_best_holds_the_highest_evaluation_and_the_summary_names_it(trained):
     run_dir, summary = trained
     (step, mean), evals = _first_best(_rows(run_dir))
     assert [s for s, _ in evals] == [300, 600, 900, 1200, 1500]
-    # seed 2 falls after its best evaluation (10.3 at 900, 9.0 at the end): the final policy is not the best one (np=1 is deterministic)
+    # seed 2 falls after its best evaluation (10.3 at 900, 9.0 at the end): the final policy is not the best one
+    # (np=1 is deterministic)
     assert step == 900 and evals[-1][1] < mean, evals
     meta = json.loads((run_dir / "best" / "eval.json").read_text())
     assert meta["format"] == "hvd-dqn-best" and (meta["env_steps"], meta["eval_return_mean"]) == (step, mean)

@@ -66,8 +66,8 @@ def test_restart_replaces_the_earlier_run_with_a_fresh_one(earlier, tmp_path, ca
     cfg = _config_file(tmp_path, seed=4)
     assert cli.main(["train", "--config", str(cfg), "--run-dir", str(run_dir), "--restart"]) == 0
     err = capsys.readouterr().err
-    assert (f"hvd-dqn: run dir {run_dir}: --restart deleted the earlier run's .heartbeat, .metrics.tmp4242.jsonl, best, "
-            f"checkpoints, config.json, metrics.jsonl, q_network.keras, summary.json, tensorboard") in err, err
+    assert (f"hvd-dqn: run dir {run_dir}: --restart deleted the earlier run's .heartbeat, .metrics.tmp4242.jsonl, "
+            f"best, checkpoints, config.json, metrics.jsonl, q_network.keras, summary.json, tensorboard") in err, err
     summary = json.loads((run_dir / "summary.json").read_text())
     fresh = earlier[1]
     # the same run as seed 4 trained into an empty dir: the same weights, and nothing of seed 3's left behind

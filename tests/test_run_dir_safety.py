@@ -2,6 +2,7 @@
 is never followed by pruning, ``--restart`` or ``export``, and a metrics.jsonl whose last line a kill cut short is
 read by ``plot`` and ``table`` without it, and appended to by a resumed run on a line of its own. The replay that
 cannot fit the host's memory: tests/test_replay.py. ``--restart`` and links: tests/test_restart.py."""
+import io
 import json
 import os
 from pathlib import Path
@@ -211,7 +212,7 @@ def test_rows_appended_after_a_cut_line_start_lines_of_their_own(tmp_path, last,
     whole = last != CUT
     if trim:
         trainstate.trim_metrics(run_dir, run_dir / "checkpoints" / "ckpt-3000")
-    logger = RunLogger(run_dir, enabled=True, tensorboard=False, stream=open(os.devnull, "w"))
+    logger = RunLogger(run_dir, enabled=True, tensorboard=False, stream=io.StringIO())
     logger.log({"env_steps": 3000, "wall_s": 9.0, "event": "resumed"})
     logger.close()
     rows = [json.loads(line) for line in metrics.read_text().splitlines()]
