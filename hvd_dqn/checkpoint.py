@@ -76,11 +76,13 @@ def tmp_path(run_dir: Path, env_steps: int) -> Path:
 
 
 def listed(run_dir: Path) -> list[Path]:
-    """The ``ckpt-N`` directories of a run (complete or not; ``.tmp`` ones are writes in progress), oldest first."""
+    """The ``ckpt-N`` directories of a run (complete or not; ``.tmp`` ones are writes in progress), oldest first.
+    A symlink named like one is not the run's checkpoint: neither resumed from nor pruned."""
     d = checkpoints_dir(run_dir)
     if not d.is_dir():
         return []
-    found = [(int(m.group(1)), p) for p in d.iterdir() if (m := _NAME.match(p.name)) and p.is_dir()]
+    found = [(int(m.group(1)), p) for p in d.iterdir()
+             if (m := _NAME.match(p.name)) and p.is_dir() and not p.is_symlink()]
     return [p for _, p in sorted(found)]
 
 
@@ -99,7 +101,12 @@ def prune(run_dir: Path, keep: int, current: Path) -> None:
 
     A ``ckpt-*.tmp`` (or ``.old``) may be another job's write in progress, so it is deleted only while this
     process holds the run dir's lock (``hvd_dqn.runlock``): then no other job can be writing here, and every one
-    is the leftover of a job that died mid-write (ours was renamed into place before pruning)."""
+    is the leftover of a job that died mid-write (ours was renamed into place before pruning).
+
+    Nothing is deleted through a symlink: not in a checkpoints/ that links out of the run dir (a training run
+    refuses one at its start), and a link named like a checkpoint is not one of ours."""
+    if rundir.leads_outside(run_dir, checkpoints_dir(run_dir)) is not None:
+        return
     complete = [p for p in listed(run_dir) if is_complete(p)]
     for old in complete[:-keep]:
         if old != current:
@@ -108,7 +115,8 @@ def prune(run_dir: Path, keep: int, current: Path) -> None:
         return
     for pattern in ("ckpt-*.tmp", "ckpt-*.old"):
         for stale in checkpoints_dir(run_dir).glob(pattern):
-            shutil.rmtree(stale, ignore_errors=True)
+            if not stale.is_symlink():
+                shutil.rmtree(stale, ignore_errors=True)
 
 
 # ---------------------------------------------------------------------------------------------- writing

@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 
 from hvd_dqn import quiet
-from hvd_dqn.errors import UserError, one_line, say
+from hvd_dqn.errors import JobRefused, UserError, one_line, say
 
 MAX_EPISODES = 1000  # evaluate holds one env per episode
 GROUP_KEY = "exp_name"  # hvd_dqn.sweeps.DEFAULT_GROUP_KEY, named here so that --help needs no numpy
@@ -121,15 +121,13 @@ def _train(args) -> int:
     else:
         from hvd_dqn.trainer import Trainer
 
-    from hvd_dqn.runlock import RunDirInUse
-
     try:
         summary = Trainer(config, run_dir=args.resume or args.run_dir, resume=args.resume is not None,
                           restart=args.restart).train()
-    except RunDirInUse:
+    except JobRefused:
         # every rank of the job is leaving with 2; a launcher that SIGTERMs the others once the first has exited
         # (horovodrun --gloo) must not turn a rank's 2 into 143, so no rank leaves before all ignore the signals.
-        # Every rank learnt the refusal from the same broadcast, so every rank reaches the barrier.
+        # Every rank learnt the refusal from the same collective, so every rank reaches the barrier.
         ignore_stop_signals()
         distributed.barrier()
         raise
@@ -141,7 +139,8 @@ def _train(args) -> int:
         return exc.exit_code
     if distributed.world().is_chief:
         print("hvd-dqn summary: " + json.dumps({k: summary[k] for k in (
-            "world_size", "env_steps", "wall_s", "final_eval_return_mean", "solved_env_steps", "solved_wall_s")}))
+            "world_size", "env_steps", "wall_s", "final_eval_return_mean", "solved_env_steps", "solved_wall_s",
+            "best_env_steps", "best_eval_return_mean")}))
     return 0
 
 
@@ -182,6 +181,8 @@ def _table(args) -> int:
     groups = sweeps.group(runs, args.group_by)
     print(sweeps.table({name: sweeps.results(members) for name, members in groups.items()}))
     for run in runs:
+        for note in run["notes"]:
+            print(f"hvd-dqn: {note}", file=sys.stderr)
         if not run["summary"]:
             print(f"hvd-dqn: {run['dir']}: not finished (no summary.json), not counted", file=sys.stderr)
     return 0

@@ -120,6 +120,7 @@ class ElasticTrainer(Trainer):
 
     # ---- the loop's hooks
     watch_for_hangs = False  # the heartbeats of a fixed set of ranks: elastic ranks come and go
+    collectives_in_setup = False  # a worker that joins later runs setup alone; a refusal there ends the job
 
     def _run(self, loop) -> dict[str, Any]:
         """The loop under ``hvd.elastic.run``: started again from the last commit after every reset."""
@@ -164,7 +165,7 @@ class ElasticTrainer(Trainer):
         return {"vstep": s.vstep, "env_steps": s.env_steps, **self.learner.state_dict(),
                 "evaluator_count": self.evaluator.state_dict()["count"], "last_eval": dict(s.last_eval),
                 "solved_env_steps": s.solved_env_steps, "solved_wall_s": s.solved_wall_s,
-                "checkpoint_env_steps": self.checkpoint_env_steps}
+                "checkpoint_env_steps": self.checkpoint_env_steps, "best": dict(self.best.evaluation)}
 
     def _load(self, state) -> None:
         s = self.state
@@ -174,6 +175,8 @@ class ElasticTrainer(Trainer):
         self.learner.load_state_dict({"updates": state.updates, "since_sync": state.since_sync})
         self.evaluator.load_state_dict({"count": state.evaluator_count})
         self.checkpoint_env_steps = state.checkpoint_env_steps
+        if self.best.improves(state.best):  # a worker that joined; a survivor's own may be newer than the commit
+            self.best.evaluation = dict(state.best)
         self.q_fn = self.learner.q_fn()  # weights were restored or synced
 
     def _on_reset(self) -> None:
@@ -192,4 +195,5 @@ class ElasticTrainer(Trainer):
             self.logger = RunLogger(self.run_dir, enabled=False)
         if world.is_chief:
             self._hold_lock()
+        self.best.writer = world.is_chief
         print(f"hvd-dqn: elastic reset: now rank {world.rank} of {world.size}", flush=True)

@@ -25,6 +25,16 @@ class UserError(Exception):
     exit_code = 2
 
 
+class JobRefused(UserError):
+    """A refusal that every rank of the job learnt together, from a collective (the run dir in use, a replay
+    that does not fit): every rank leaves with exit 2 and none waits in a collective. ``quiet`` on every rank but
+    rank 0, which says it once for the job."""
+
+    def __init__(self, message: str, quiet: bool = False):
+        super().__init__(message)
+        self.quiet = quiet
+
+
 def excerpt(value: Any, limit: int = EXCERPT_CHARS) -> str:
     """``repr(value)``, cut to about ``limit`` characters with the full length named, for quoting user input."""
     if isinstance(value, (str, bytes)):

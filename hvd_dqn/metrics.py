@@ -36,6 +36,8 @@ class RunLogger:
         if not enabled:
             return
         self.run_dir.mkdir(parents=True, exist_ok=True)
+        if not fresh:
+            end_cut_line(self.run_dir / rundir.METRICS)
         self._file = open(self.run_dir / rundir.METRICS, "w" if fresh else "a", buffering=1)
         if tensorboard:
             import tensorflow as tf
@@ -80,6 +82,25 @@ class RunLogger:
             if handle is not None:
                 handle.close()
         self._file = self._tb = self._bar = None
+
+
+def end_cut_line(path: Path) -> None:
+    """Before rows are appended to ``path``: a last line that a kill cut short (no newline at its end) is
+    removed, so that the next row starts a line of its own instead of being glued to half a row; a whole row
+    that lacks only its newline gets it."""
+    try:
+        data = Path(path).read_bytes()
+    except FileNotFoundError:
+        return
+    if not data or data.endswith(b"\n"):
+        return
+    start = data.rfind(b"\n") + 1
+    try:
+        json.loads(data[start:])
+        whole = True
+    except ValueError:
+        whole = False
+    rundir.atomic_write(Path(path), lambda tmp: tmp.write_bytes(data + b"\n" if whole else data[:start]))
 
 
 # Set in the ranks by mpirun/horovodrun (Open MPI), srun (PMI/PMIx, SLURM) or Horovod's Gloo launcher.

@@ -1,5 +1,6 @@
 """Learning curves from run dirs: greedy evaluation return against global env steps and against wall clock, one
-line per run, or (``group``) one mean line and min-max band per group of runs (hvd_dqn.sweeps)."""
+line per run, with a star at the evaluation that chose the run's best/, or (``group``) one mean line and min-max
+band per group of runs (hvd_dqn.sweeps)."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -23,6 +24,7 @@ def plot_runs(run_dirs: list[Path], out: Path, width_px: int = 1200, height_px: 
     import matplotlib.pyplot as plt
 
     runs = sweeps.read_runs(run_dirs) if group_by else [sweeps.read_run(Path(d)) for d in run_dirs]
+    notes.extend(note for run in runs for note in run["notes"])
     fig, (ax_steps, ax_wall) = plt.subplots(1, 2, figsize=(width_px / dpi, height_px / dpi), dpi=dpi)
     axes = ((ax_steps, "env_steps"), (ax_wall, "wall_s"))
     if group_by:
@@ -64,6 +66,10 @@ def _draw_runs(runs, axes) -> None:
             train = [r for r in run["rows"] if r.get("charts/episodic_return") is not None]
             ax.plot([r[key] for r in train], [r["charts/episodic_return"] for r in train], color=line.get_color(),
                     alpha=0.3, linewidth=1)
+            best = run["best"]
+            if best.get(key) is not None:
+                ax.plot([best[key]], [best["eval_return_mean"]], marker="*", markersize=14, linestyle="none",
+                        color=line.get_color(), markeredgecolor="black", label=f"{label}: best/")
 
 
 def _draw_groups(groups, axes, notes: list[str]) -> None:

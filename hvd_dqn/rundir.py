@@ -6,6 +6,7 @@ a temporary file, then a rename) and reads a JSON file back.
     RUN_DIR/tensorboard/       the same rows as TensorBoard scalars (rank 0)
     RUN_DIR/summary.json       the run's summary, at the end (rank 0)
     RUN_DIR/q_network.keras    the trained policy's network, at the end (rank 0)
+    RUN_DIR/best/              the best evaluated policy so far and the evaluation that chose it (hvd_dqn.best)
     RUN_DIR/checkpoints/       full-state checkpoints (hvd_dqn.checkpoint)
     RUN_DIR/.hvd-dqn.lock      the lock of the job that owns the run dir (hvd_dqn.runlock)
     RUN_DIR/.heartbeat/        each rank's heartbeat (hvd_dqn.watchdog)
@@ -31,9 +32,11 @@ MODEL = "q_network.keras"
 CHECKPOINTS = "checkpoints"
 LOCK = ".hvd-dqn.lock"
 HEARTBEATS = ".heartbeat"
+BEST = "best"
 # what a run writes into its dir, and so all that ``clear_earlier_run`` may delete (the lock file stays: it is held)
-RUN_OUTPUTS = (CONFIG, METRICS, TENSORBOARD, SUMMARY, MODEL, CHECKPOINTS, HEARTBEATS)
-_TEMPORARY = re.compile(r"^\.[^/]+\.tmp[0-9]+")  # atomic_write's temporary files, left by a process that was killed
+RUN_OUTPUTS = (CONFIG, METRICS, TENSORBOARD, SUMMARY, MODEL, CHECKPOINTS, HEARTBEATS, BEST)
+# atomic_write's and replace_dir's temporary files, left by a process that was killed
+_TEMPORARY = re.compile(r"^\.[^/]+\.tmp[0-9]+")
 
 
 def atomic_write(path: Path, write: Callable[[Path], None], durable: bool = True) -> None:
@@ -58,6 +61,60 @@ def atomic_write(path: Path, write: Callable[[Path], None], durable: bool = True
 
 def atomic_write_text(path: Path, text: str, durable: bool = True) -> None:
     atomic_write(path, lambda tmp: tmp.write_text(text), durable)
+
+
+def replace_dir(path: Path, write: Callable[[Path], None]) -> None:
+    """``write(tmp)`` fills a new directory beside ``path``, which then takes the place of what was at ``path``:
+    a reader finds the old directory or the new one, each whole (for an instant, nothing). The old entry is
+    renamed aside and removed after: a directory with its contents, a symlink as the link alone (rename and unlink
+    never follow a link, so its target is left as it is). A failure leaves the old entry in place."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    old = path.with_name(f".{path.name}.tmp{os.getpid()}.old")
+    for leftover in (tmp, old):  # of an earlier process with this pid
+        remove_entry(leftover)
+    moved = False
+    try:
+        tmp.mkdir()
+        write(tmp)
+        _fsync_dir(tmp)
+        if path.is_symlink() or path.exists():
+            os.replace(path, old)
+            moved = True
+        os.replace(tmp, path)
+        _fsync_dir(path.parent)
+    except BaseException:
+        remove_entry(tmp)
+        if moved and not (path.is_symlink() or path.exists()):
+            os.replace(old, path)
+        raise
+    remove_entry(old)
+
+
+def remove_entry(path: Path) -> None:
+    """Remove ``path`` if it is there: a symlink as the link itself, a directory with everything in it (rmtree
+    removes the links inside it as links, never what they point to)."""
+    path = Path(path)
+    if path.is_symlink() or path.is_file():
+        path.unlink()
+    elif path.is_dir():
+        shutil.rmtree(path)
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def leads_outside(run_dir: Path, path: Path) -> Path | None:
+    """Where ``path``, named inside ``run_dir``, really is when a symlink on the way (``path`` itself or a
+    directory above it) takes it out of the run dir; None while it stays inside. A run dir reached through a
+    link of its own (``runs/latest``) is fine: both sides are resolved."""
+    run, real = Path(run_dir).resolve(), Path(path).resolve()
+    return None if real == run or run in real.parents else real
 
 
 def read_json_object(path: Path, missing: dict[str, Any] | None = None) -> dict[str, Any]:

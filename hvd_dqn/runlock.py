@@ -20,19 +20,15 @@ import time
 from pathlib import Path
 
 from hvd_dqn import rundir
-from hvd_dqn.errors import UserError
+from hvd_dqn.errors import JobRefused, UserError
 
 LOCK_NAME = rundir.LOCK
 _held: dict[Path, "RunLock"] = {}  # run dirs locked by this process
 
 
-class RunDirInUse(UserError):
+class RunDirInUse(JobRefused):
     """Another job holds the run directory; the message names it (host, pid, start time). ``quiet`` on the ranks
     that learnt it from rank 0, which says it once for the job."""
-
-    def __init__(self, message: str, quiet: bool = False):
-        super().__init__(message)
-        self.quiet = quiet
 
 
 class RunLock:

@@ -1,5 +1,6 @@
 """Opening a run directory for a job, before anything trains: its name, its lock (and ``--restart``'s clearing of an
-earlier run's outputs under it), the checkpoint to resume from, and the output files rank 0 writes.
+earlier run's outputs under it), the checkpoint to resume from, the output files rank 0 writes, and the replay
+shard, refused before it is allocated when the host's ranks together would not fit in its memory.
 
 Each step that leads to a collective makes the same call on every rank (the refusals are broadcast), so the ranks
 of a refused job all leave together instead of waiting for rank 0 in the next collective.
@@ -11,7 +12,7 @@ from pathlib import Path
 
 from hvd_dqn import checkpoint, distributed, rundir, trainstate
 from hvd_dqn.config import Config
-from hvd_dqn.errors import UserError, say
+from hvd_dqn.errors import JobRefused, UserError, say
 from hvd_dqn.metrics import RunLogger
 from hvd_dqn.runlock import RunDirInUse, RunLock
 from hvd_dqn.scaling import PerRank
@@ -68,7 +69,14 @@ def lock(run_dir: Path, world: distributed.World, restart: bool) -> RunLock | No
 
 def resume_point(run_dir: Path, resume: bool) -> Path | None:
     """The checkpoint to continue from (None: a new run), read after the lock; refuses a new run into a run dir
-    that holds checkpoints."""
+    that holds checkpoints, and one whose checkpoints/ is a link out of the run dir (pruning deletes old
+    checkpoints there, which may be another run's)."""
+    ckpts = checkpoint.checkpoints_dir(run_dir)
+    outside = rundir.leads_outside(run_dir, ckpts)
+    if outside is not None:
+        raise UserError(f"run dir {run_dir}: {rundir.CHECKPOINTS} is a symlink to {outside}, outside the run dir; "
+                        f"hvd-dqn deletes old checkpoints in it and follows no link out of a run dir: remove the "
+                        f"link, or give a --run-dir on that filesystem")
     resume_from = checkpoint.find_for_resume(run_dir) if resume else None
     if resume_from is None and checkpoint.listed(run_dir):
         # a fresh run would mix its metrics and checkpoints with the earlier run's (and a later --resume could pick
@@ -95,3 +103,25 @@ def open_outputs(run_dir: Path, world: distributed.World, config: Config, share:
         raise UserError(f"run dir {run_dir}: cannot write {name} ({exc.strerror or exc}); free space or make it "
                         f"writable, then run again") from None
     return logger
+
+
+def make_replay(task, capacity: int, obs_shape: tuple[int, ...], world: distributed.World, agree: bool = True):
+    """This rank's replay shard. Its buffer refuses, before allocating, a shard that would not fit this host's
+    memory together with the shards of the host's other ranks (``world.local_size``). ``agree``: the ranks share
+    their outcomes (a collective), so a refusal on any rank ends every rank with exit 2, said once, by rank 0 (the
+    others may have made their shards, untouched, before learning of it)."""
+    refusal, shard = None, None
+    try:
+        shard = task.make_replay(capacity, obs_shape, world.local_size)
+    except UserError as exc:
+        if not agree:
+            raise
+        refusal = str(exc)
+    if not agree:
+        return shard
+    refusals = distributed.allgather_object(refusal)
+    first = next((rank for rank, r in enumerate(refusals) if r is not None), None)
+    if first is not None:
+        where = "" if first == 0 else f"rank {first}: "
+        raise JobRefused(where + refusals[first], quiet=not world.is_chief)
+    return shard

@@ -25,7 +25,7 @@ import numpy as np
 
 from hvd_dqn.envs import atari_options
 from hvd_dqn.errors import UserError
-from hvd_dqn import rundir
+from hvd_dqn import best, rundir
 from hvd_dqn.rundir import read_json_object
 
 EXPORT_META = "export.json"
@@ -137,11 +137,11 @@ def load_policy(path: str | Path) -> LoadedPolicy:
         n_actions = int(fn.structured_outputs["q_values"].shape[-1])
         return LoadedPolicy(lambda obs: fn(observation=tf.constant(obs, spec.dtype))["q_values"].numpy(),
                             tuple(spec.shape[1:]), n_actions, meta.get("env_id"), str(path))
-    model_file = path / rundir.MODEL
+    model_file = _own_file(path, rundir.MODEL)
     if not model_file.is_file():
         raise UserError(f"{path}: no model in it (expected q_network.keras from a finished run, or "
                         f"saved_model/ from hvd-dqn export)")
-    env_id = read_json_object(path / rundir.CONFIG, missing={}).get("env_id")
+    env_id = read_json_object(_own_file(path, rundir.CONFIG), missing={}).get("env_id")
     return _keras_policy(_load_keras(model_file), env_id, str(path))
 
 
@@ -161,11 +161,11 @@ def export(run_dir: str | Path, out_dir: str | Path) -> Path:
     run_dir, out_dir = Path(run_dir), Path(out_dir)
     if not run_dir.is_dir():
         raise UserError(f"run dir not found: {run_dir}")
-    model_file = run_dir / rundir.MODEL
+    model_file = _own_file(run_dir, rundir.MODEL)
     if not model_file.is_file():
         raise UserError(f"{run_dir}: no model in it (q_network.keras is written when a run finishes)")
-    config = read_json_object(run_dir / rundir.CONFIG, missing={})
-    target = _check_out_dir(run_dir, out_dir)
+    config = read_json_object(_own_file(run_dir, rundir.CONFIG), missing={})
+    target = _check_out_dir(best.run_of(run_dir), out_dir)
     _check_keras_zip(model_file)
     import tensorflow as tf  # after the checks: a mistyped path fails at once, not after TF's start-up
 
@@ -203,14 +203,27 @@ def export(run_dir: str | Path, out_dir: str | Path) -> Path:
     return out_dir
 
 
+def _own_file(run_dir: Path, name: str) -> Path:
+    """``run_dir/name``, refused (one line) where it is a symlink out of the run dir: what is read as the run's
+    model or config must be the run's own."""
+    path = run_dir / name
+    outside = rundir.leads_outside(run_dir, path)
+    if outside is not None:
+        raise UserError(f"{path}: a symlink to {outside}, outside the run dir; hvd-dqn reads a run's own files "
+                        f"only and follows no link out of a run dir")
+    return path
+
+
 def _check_out_dir(run_dir: Path, out_dir: Path) -> Path:
     """The export's destination, resolved; a UserError for one whose replacement could lose something not ours:
-    the run dir itself, a dir around it or inside it, anything that is not an earlier export."""
+    the run dir itself, a dir around it or inside it (also where a symlink in the run dir leads out of it: the
+    path as given is checked as well as where it leads), anything that is not an earlier export."""
     run, out = run_dir.resolve(), out_dir.resolve()
     if out == run or out in run.parents:
         raise UserError(f"export OUT_DIR {out_dir} is or contains the run dir {run_dir}: give a new directory "
                         f"outside it")
-    if run in out.parents:
+    as_given = Path(os.path.abspath(out_dir))
+    if run in out.parents or any(r in as_given.parents for r in (run, Path(os.path.abspath(run_dir)))):
         raise UserError(f"export OUT_DIR {out_dir} is inside the run dir {run_dir}: give a directory outside it")
     if out.exists() or out.is_symlink():
         meta = _read_export_meta(out)

@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 
 from hvd_dqn.errors import UserError, excerpt
-from hvd_dqn import rundir
+from hvd_dqn import best, rundir
 from hvd_dqn.rundir import read_json_object
 
 DEFAULT_GROUP_KEY = "exp_name"
@@ -26,22 +26,29 @@ INF = float("inf")
 
 
 def read_run(run_dir: Path) -> dict[str, Any]:
-    """A run dir's metrics rows, summary (empty while the run has not finished) and config, with its path."""
-    run_dir = Path(run_dir)
+    """A run dir's metrics rows, summary (empty while the run has not finished), config and best/ evaluation
+    ({} if none), with its path and ``notes`` for the user. A run's best/ reads as the run. A last line that is
+    not JSON (a row cut short by a kill mid-write) is left out, with a note; any other is an error."""
+    run_dir = best.run_of(Path(run_dir))
     if not run_dir.is_dir():
         raise UserError(f"run dir not found: {run_dir}")
     metrics = run_dir / rundir.METRICS
     if not metrics.is_file():
         raise UserError(f"{run_dir}: no metrics.jsonl in it (is it a hvd-dqn run dir?)")
-    rows = []
-    for n, line in enumerate(metrics.read_text().splitlines(), 1):
+    rows, notes = [], []
+    lines = metrics.read_text(errors="replace").splitlines()
+    for n, line in enumerate(lines, 1):
         try:
             rows.append(json.loads(line))
         except json.JSONDecodeError:
-            raise UserError(f"{metrics}: line {n} is not JSON") from None
+            if n < len(lines):
+                raise UserError(f"{metrics}: line {n} is not JSON") from None
+            notes.append(f"{metrics}: its last line (line {n}) is cut short, as a run killed while writing it "
+                         f"leaves it; left out")
     summary = read_json_object(run_dir / rundir.SUMMARY, missing={})
     config = read_json_object(run_dir / rundir.CONFIG, missing={})
-    return {"dir": run_dir, "rows": rows, "summary": summary, "config": config}
+    return {"dir": run_dir, "rows": rows, "summary": summary, "config": config, "best": best.read(run_dir),
+            "notes": notes}
 
 
 def label(run: dict[str, Any], key: str = DEFAULT_GROUP_KEY) -> str:

@@ -18,15 +18,16 @@ import numpy as np
 
 from hvd_dqn import checkpoint, distributed, launcherwatch, rundir, runsetup, tasks, trainstate
 from hvd_dqn.actor import Actor, actor_epsilons, scheduled_epsilon
+from hvd_dqn.best import BestPolicy
 from hvd_dqn.callbacks import CallbackList
 from hvd_dqn.config import Config
 from hvd_dqn.envs import env_seeds, make_vector_env, reward_threshold
-from hvd_dqn.errors import UserError, say
+from hvd_dqn.errors import JobRefused, UserError, say
 from hvd_dqn.evaluation import Evaluator, summarize
 from hvd_dqn.learner import Learner
 from hvd_dqn.networks import build_user_network, load_builder
 from hvd_dqn.preemption import Preempted, StopRequest
-from hvd_dqn.runlock import RunDirInUse, RunLock
+from hvd_dqn.runlock import RunLock
 from hvd_dqn.watchdog import Watchdog
 
 TEST_HOOKS_ENV = "HVD_DQN_TEST_HOOKS"  # "1" turns on hvd_dqn.testing.faults' switches; read once, by __init__
@@ -115,8 +116,8 @@ class Trainer:
             # horovodrun), and a rank still closing must exit with PREEMPTED_EXIT_CODE too, not die of SIGTERM.
             self._close()
             raise
-        except RunDirInUse:
-            self.stop.uninstall()  # every rank learnt it from rank 0 and leaves: nobody waits in a collective
+        except JobRefused:
+            self.stop.uninstall()  # every rank learnt it from a collective and leaves: nobody waits in one
             raise
         except BaseException as exc:
             if self.world.size > 1 and not isinstance(exc, KeyboardInterrupt):
@@ -182,6 +183,7 @@ class Trainer:
 
     # ------------------------------------------------------------------ hooks (hvd_dqn.elastic overrides them)
     watch_for_hangs = True  # a Watchdog per rank when hang_timeout_s is set
+    collectives_in_setup = True  # the ranks agree on setup's refusals (the replay's memory) with a collective
 
     def _run(self, loop) -> dict[str, Any]:
         """Run the loop to the end and return the summary."""
@@ -225,12 +227,14 @@ class Trainer:
                                     threads=world.cores_per_rank, **self.task.env_options)
         obs_shape = self.envs.single_observation_space.shape
         n_actions = int(self.envs.single_action_space.n)
-        self.shard = self.task.make_replay(share.replay_capacity, obs_shape, world.local_size)
+        self.shard = runsetup.make_replay(self.task, share.replay_capacity, obs_shape, world,
+                                          agree=self.collectives_in_setup)
         self.actor = Actor(self.envs, self.task, self.shard, np.random.default_rng([cfg.seed, world.rank, 7]),
                            env_seeds(cfg.seed, world.rank, cfg.num_envs))
         self.learner = self._make_learner(obs_shape, n_actions, self._network_builder())
         self.q_fn = self.learner.q_fn()  # Q-values of the online network, for acting
         self.evaluator = self._make_evaluator()
+        self.best = BestPolicy(self.run_dir, writer=world.is_chief)
         self.state = LoopState()
         self.replay_ready = False
         self.last_log = LogPoint(0, self.start, 0)
@@ -277,6 +281,11 @@ class Trainer:
                 and s.last_eval["eval_return_mean"] >= self.threshold:
             s.solved_env_steps, s.solved_wall_s = s.env_steps, time.perf_counter() - self.start
         self.callbacks.fire("on_evaluation", self, {**s.last_eval, "env_steps": s.env_steps})
+        evaluation = {"env_steps": s.env_steps, "updates": learner.updates,
+                      "wall_s": time.perf_counter() - self.start, **s.last_eval}
+        if self.best.improves(evaluation):  # the same on every rank; rank 0 writes best/
+            with self.paused("saving the best policy"):
+                self.best.keep(evaluation, lambda path: checkpoint.save_keras_model(learner.policy, path))
         return dict(s.last_eval)
 
     def _log(self, row: dict[str, Any]) -> None:
@@ -347,6 +356,7 @@ class Trainer:
         """Continue from ``ckpt``: restore the state, keep wall-clock times counting from the run's first start
         (so the metrics show the gap), and log a row naming the checkpoint and the gap."""
         state = trainstate.restore(ckpt, self.world, self.config, self.parts())
+        self.best.resume()
         if self.actor.restart_reason is not None and self.world.is_chief:  # the same on every rank
             say(f"hvd-dqn: resuming from {ckpt.name}, the episodes start afresh: {self.actor.restart_reason}; "
                 "the rest is restored, but the run is not bit-exact")
@@ -394,6 +404,7 @@ class Trainer:
             "final_eval_return_mean": s.last_eval.get("eval_return_mean"), "reward_threshold": self.threshold,
             "solved_env_steps": s.solved_env_steps, "solved_wall_s": s.solved_wall_s,
             "replica_checksums": checksums, "peak_rss_mb": peak_rss_mb, "run_dir": str(self.run_dir),
+            **self.best.summary(),
         }
         self.logger.write_json(rundir.SUMMARY, summary)
         return summary

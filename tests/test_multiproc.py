@@ -47,3 +47,11 @@ def test_cli_two_ranks_trains_in_lockstep(tiny_cartpole, tmp_path):
     assert [r["updates"] for r in rows] == [expected_updates(cfg, 2, until=r["env_steps"]) for r in rows]
     evals = [r for r in rows if "eval_return_mean" in r]
     assert [r["env_steps"] for r in evals] == [1500, 3000] and all(r["eval_episodes"] == 10 for r in evals)
+    # best/: the first evaluation with the highest mean, decided alike on both ranks and written by rank 0 alone
+    top = max(r["eval_return_mean"] for r in evals)
+    chosen = next(r for r in evals if r["eval_return_mean"] == top)
+    meta = json.loads((run_dir / "best" / "eval.json").read_text())
+    assert (meta["env_steps"], meta["eval_return_mean"], meta["eval_episodes"]) == (chosen["env_steps"], top, 10)
+    assert (summary["best_env_steps"], summary["best_eval_return_mean"]) == (chosen["env_steps"], top)
+    assert sorted(p.name for p in (run_dir / "best").iterdir()) == ["config.json", "eval.json", "q_network.keras"]
+    assert not [p.name for p in run_dir.iterdir() if ".tmp" in p.name]

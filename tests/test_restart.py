@@ -66,8 +66,8 @@ def test_restart_replaces_the_earlier_run_with_a_fresh_one(earlier, tmp_path, ca
     cfg = _config_file(tmp_path, seed=4)
     assert cli.main(["train", "--config", str(cfg), "--run-dir", str(run_dir), "--restart"]) == 0
     err = capsys.readouterr().err
-    assert (f"hvd-dqn: run dir {run_dir}: --restart deleted the earlier run's .heartbeat, .metrics.tmp4242.jsonl, checkpoints, "
-            f"config.json, metrics.jsonl, q_network.keras, summary.json, tensorboard") in err, err
+    assert (f"hvd-dqn: run dir {run_dir}: --restart deleted the earlier run's .heartbeat, .metrics.tmp4242.jsonl, "
+            f"best, checkpoints, config.json, metrics.jsonl, q_network.keras, summary.json, tensorboard") in err, err
     summary = json.loads((run_dir / "summary.json").read_text())
     fresh = earlier[1]
     # the same run as seed 4 trained into an empty dir: the same weights, and nothing of seed 3's left behind
@@ -122,16 +122,20 @@ def test_restart_refuses_a_users_directory_naming_how_many_files_are_not_a_runs(
 
 
 def test_restart_removes_a_symlink_and_never_what_it_points_to(earlier, tmp_path, capsys):
+    """checkpoints/ and best/ moved out of the run dir and linked back: the links go, what they point to stays."""
     run_dir = _copy_of(earlier[0], tmp_path)
-    elsewhere = tmp_path / "users-checkpoints"
-    (run_dir / "checkpoints").rename(elsewhere)
-    (run_dir / "checkpoints").symlink_to(elsewhere)
-    before = _tree(elsewhere)
+    links = {"checkpoints": tmp_path / "users-checkpoints", "best": tmp_path / "users-best"}
+    for name, elsewhere in links.items():
+        (run_dir / name).rename(elsewhere)
+        (run_dir / name).symlink_to(elsewhere)
+    before = {name: _tree(elsewhere) for name, elsewhere in links.items()}
+    assert before["best"]  # the earlier run's best/ was there to move
     cfg = _config_file(tmp_path, seed=4)
     assert cli.main(["train", "--config", str(cfg), "--run-dir", str(run_dir), "--restart"]) == 0
-    assert not (run_dir / "checkpoints").is_symlink()
+    assert not (run_dir / "checkpoints").is_symlink() and not (run_dir / "best").is_symlink()
     assert sorted(p.name for p in (run_dir / "checkpoints").iterdir()) == ["ckpt-1200", "ckpt-800"]
-    assert _tree(elsewhere) == before
+    assert sorted(p.name for p in (run_dir / "best").iterdir()) == ["config.json", "eval.json", "q_network.keras"]
+    assert {name: _tree(elsewhere) for name, elsewhere in links.items()} == before
 
 
 def test_restart_refuses_a_run_dir_that_a_job_holds(earlier, tmp_path, capsys):
