@@ -124,14 +124,25 @@ class OneHot(gym.ObservationWrapper):
 
 class MinAtarFrames(gym.ObservationWrapper):
     """MinAtar's boolean 10x10xC frames as uint8 0/1: an image to the replay (one byte per cell, as stored) and to
-    the MinAtar network, which casts it to float itself."""
+    the MinAtar network, which casts it to float itself. Its rgb_array renders (for ``evaluate --video``) as
+    uint8 with each cell 16x16 pixels: MinAtar draws 10x10 float colours, which video writers do not take."""
+
+    CELL_PIXELS = 16
 
     def __init__(self, env: gym.Env):
         super().__init__(env)
         self.observation_space = gym.spaces.Box(0, 1, env.observation_space.shape, np.uint8)
+        self.metadata = {**env.metadata, "render_fps": 10}
 
     def observation(self, observation: Any) -> np.ndarray:
         return np.asarray(observation, dtype=np.uint8)
+
+    def render(self):
+        frame = self.env.render()
+        if self.render_mode != "rgb_array" or frame is None:
+            return frame
+        frame = np.round(np.asarray(frame, np.float64) * 255).astype(np.uint8)
+        return frame.repeat(self.CELL_PIXELS, axis=0).repeat(self.CELL_PIXELS, axis=1)
 
 
 class AsFloat32(gym.ObservationWrapper):
@@ -221,6 +232,8 @@ def make_env(env_id: str, **kwargs: Any) -> gym.Env:
     minatar = is_minatar_id(env_id)
     if minatar:
         kwargs.setdefault("max_episode_steps", MINATAR_MAX_EPISODE_STEPS)  # envids.py says why
+        # gymnasium's checker would warn about the raw env's float 10x10 renders, which MinAtarFrames converts
+        kwargs.setdefault("disable_env_checker", True)
     try:
         env = gym.make(env_id, **kwargs)
     except gym.error.Error as exc:

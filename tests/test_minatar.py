@@ -33,6 +33,12 @@ def test_env_gives_uint8_frames_of_0_and_1(game):
         assert obs.dtype == np.uint8 and obs.shape == (10, 10, channels) and set(np.unique(obs)) <= {0, 1}
         obs, *_ = env.step(0)
     assert make_env(f"MinAtar/{game}-v0").action_space == gym.spaces.Discrete(6)  # -v0: all six actions
+    # videos (evaluate --video): uint8 RGB, 16x16 pixels a cell, black where no channel is set
+    env = make_env(f"MinAtar/{game}-v1", render_mode="rgb_array")
+    obs, _ = env.reset(seed=1)
+    frame = env.render()
+    assert frame.shape == (160, 160, 3) and frame.dtype == np.uint8
+    assert np.array_equal(frame[::16, ::16].any(axis=2), obs.any(axis=2))
 
 
 def trajectory(env, seed, steps=60):
