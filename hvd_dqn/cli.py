@@ -1,4 +1,4 @@
-"""``hvd-dqn train|evaluate|export|plot|table``: train on every rank of a job, then use what it produced.
+"""``hvd-dqn train|plan|evaluate|export|plot|table``: train on every rank of a job, then use what it produced.
 
 Started plainly it is one rank; under horovodrun, mpirun or srun each process is one rank of the job.
 User mistakes print one line on stderr and exit 2; no traceback. A run stopped by SIGTERM or SIGUSR1 writes a
@@ -35,6 +35,16 @@ def _parser() -> argparse.ArgumentParser:
                             "survive workers that die, take in workers that join")
     train.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                        help="override a config key (repeatable); the value is parsed as YAML")
+
+    pn = sub.add_parser("plan", help="what a job of N ranks will do for a config, before it runs: per-rank batch, "
+                                     "learning rate, updates and replay memory")
+    pn.add_argument("--config", required=True, help="YAML experiment file (see configs/)")
+    pn.add_argument("--np", dest="world_size", type=int, required=True, metavar="N", help="ranks in the job")
+    pn.add_argument("--ranks-per-host", type=int, metavar="R",
+                    help="ranks sharing one host's memory (default: N, at most this host's cores)")
+    pn.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                    help="override a config key (repeatable); the value is parsed as YAML")
+    pn.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
 
     ev = sub.add_parser("evaluate", help="greedy episodes of a trained model (a run dir, an export dir or a .keras)")
     ev.add_argument("model", metavar="RUN_DIR_OR_MODEL")
@@ -79,6 +89,8 @@ def main(argv: list[str] | None = None) -> int:
 
             print(f"exported to {export(args.run_dir, args.out_dir)}")
             return 0
+        if args.command == "plan":
+            return _plan(args)
         if args.command == "plot":
             return _plot(args)
         if args.command == "table":
@@ -158,6 +170,20 @@ def _run_config(args):
     for recorded in ("world_size", "per_rank"):  # recorded next to the config, not part of it
         data.pop(recorded, None)
     return Config.from_dict({**data, **parse_overrides(args.overrides)}, source=str(path))
+
+
+def _plan(args) -> int:
+    from hvd_dqn.config import Config
+    from hvd_dqn.plan import plan, table
+
+    config = Config.from_yaml(args.config, args.overrides)
+    result = plan(config, args.world_size, args.ranks_per_host)
+    if args.json:
+        print(json.dumps(result))
+    else:
+        print(f"{args.config} ({config.env_id}) on {args.world_size} rank(s):")
+        print(table(result))
+    return 0
 
 
 def _plot(args) -> int:

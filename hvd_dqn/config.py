@@ -15,6 +15,8 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from hvd_dqn import scaling
+# the env-id rules, also imported from here
+from hvd_dqn.envids import ATARI_DEFAULTS, ATARI_PREFIX, is_atari_id, is_minatar_id  # noqa: F401
 from hvd_dqn.errors import UserError, clip, excerpt
 from hvd_dqn.scaling import MAX_PHASE_SAMPLES, PerRank
 from hvd_dqn.yamlinput import load_yaml, parse_overrides, too_long
@@ -23,16 +25,6 @@ MAX_HIDDEN_LAYERS, MAX_HIDDEN_WIDTH = 8, 8192  # 7 x 8192^2 weights: about 1.9 G
 MAX_EVAL_EPISODES = 1000  # each rank holds one env per evaluation episode it plays
 MAX_ENV_KWARGS = 64  # keywords for an env constructor; more is a mistake
 MAX_CONFIG_BYTES = 1 << 20  # a config is a few dozen keys; a bigger file is not one
-
-# Atari (ALE/<Game>-v5 ids): the preprocessing options and their defaults, declared once (the config's fields,
-# envs.make_env and the ale vector env all read these)
-ATARI_PREFIX = "ALE/"
-ATARI_DEFAULTS = {"frame_stack": 4, "noop_max": 30, "sticky_action_prob": 0.25, "max_episode_frames": 108_000}
-
-
-def is_atari_id(env_id: str) -> bool:
-    """ALE envs (also as ``module:ALE/...``): Atari preprocessing, the Nature CNN and the frame-once replay."""
-    return env_id.rpartition(":")[2].startswith(ATARI_PREFIX)
 
 
 class Config(BaseModel):
@@ -77,15 +69,21 @@ class Config(BaseModel):
                     "learning_rate (N = 1's) to the rule's over this many global env steps after learning_starts "
                     "(Goyal et al. 2017's gradual warm-up); 0 = none. Nothing changes at N = 1 or with scaling "
                     "strong.")
-    optimizer: Literal["adam", "sgd", "lamb"] = Field(
+    optimizer: Literal["adam", "sgd", "lamb", "rmsprop"] = Field(
         "adam", description="adam; plain sgd (no momentum): with sgd, no gradient clipping and federated_every=1, "
-                            "federated averaging computes exactly what synchronous data parallelism does; or lamb, "
+                            "federated averaging computes exactly what synchronous data parallelism does; lamb, "
                             "Keras 3's LAMB (You et al. 2020, Adam's step rescaled per layer to the weights' norm, "
-                            "for large batches), which takes the adam_* keys.")
+                            "for large batches), which takes the adam_* keys; or rmsprop, DQN's centred RMSProp "
+                            "(Mnih et al. 2015; PyTorch's form, as the MinAtar reference runs it), which takes the "
+                            "rmsprop_* keys.")
     adam_epsilon: float = Field(1e-7, gt=0, description="Adam's (or LAMB's) epsilon (divided by sqrt(N) with scaling "
                                                                  "adam_sqrt or lamb_sqrt).")
     adam_beta1: float = Field(0.9, ge=0, lt=1.0, description="Adam's decay of the gradient's running mean.")
     adam_beta2: float = Field(0.999, ge=0, lt=1.0, description="Adam's decay of the squared gradient's running mean.")
+    rmsprop_decay: float = Field(0.95, ge=0, lt=1.0, description="rmsprop: decay of the running means of the "
+                                                                  "gradient and its square (DQN's 0.95).")
+    rmsprop_epsilon: float = Field(0.01, gt=0, description="rmsprop: added to the root of the centred mean square, "
+                                                           "as PyTorch adds it (the MinAtar reference's 0.01).")
     batch_size: int = Field(
         64, ge=1, description="Minibatch per gradient update: with scaling strong the GLOBAL batch (each of N ranks "
                               "samples batch_size / N), with scaling weak each rank's (N * batch_size in all).")
@@ -310,6 +308,9 @@ class Config(BaseModel):
         if self.scaling_replay_boost != 1.0 and self.scaling not in ("adam_sqrt", "lamb_sqrt"):
             raise ValueError(f"scaling_replay_boost is a parameter of scaling: adam_sqrt or lamb_sqrt, not of "
                              f"scaling: {self.scaling}")
+        if self.optimizer == "rmsprop" and self.scaling in ("adam_sqrt", "lamb_sqrt"):
+            raise ValueError(f"scaling: {self.scaling} scales Adam's constants; optimizer rmsprop takes scaling "
+                             "strong or weak")
         if self.scaling == "lamb_sqrt" and self.optimizer != "lamb":
             raise ValueError(f"scaling: lamb_sqrt is the rule for optimizer lamb, not {self.optimizer} (use "
                              "adam_sqrt)")

@@ -17,6 +17,11 @@ ale-py's C++ AtariVectorEnv, set up to give the same frames bit for bit without 
 (tests/test_atari.py), faster, but its state cannot be checkpointed; evaluation and ``evaluate --video`` use
 ``make_env``'s single envs. ale-py's env caps an episode at max_episode_frames frames after its no-ops,
 gymnasium's counts them too: at most noop_max frames apart.
+
+MinAtar (``MinAtar/<Game>-v0|v1``, the optional ``minatar`` package): gymnasium's env as its package registers it
+(sticky actions and difficulty ramping are its constructor's keywords, ``env_kwargs``), capped at
+``envids.MINATAR_MAX_EPISODE_STEPS`` steps unless ``env_kwargs`` sets ``max_episode_steps``, its boolean 10x10xC
+frames as uint8; SAME_STEP autoreset and the flat ring replay, as classic control (no frames to stack).
 """
 from __future__ import annotations
 
@@ -26,7 +31,8 @@ from typing import Any
 import gymnasium as gym
 import numpy as np
 
-from hvd_dqn.config import ATARI_DEFAULTS, is_atari_id
+from hvd_dqn.envids import ATARI_DEFAULTS, MINATAR_EXTRA, MINATAR_MAX_EPISODE_STEPS, MINATAR_PREFIX, is_atari_id, \
+    is_minatar_id
 from hvd_dqn.errors import UserError
 
 
@@ -37,6 +43,18 @@ def _register_atari() -> None:
         gym.register_envs(ale_py)
     except ImportError:  # pragma: no cover - ale-py is a dependency, but classic control needs nothing from it
         pass
+
+
+def _register_minatar() -> None:
+    """MinAtar's ids. Its package declares them as a gymnasium entry point, which gymnasium 1.x no longer reads, so
+    they are registered here, once; the package is an optional extra (GPL-3)."""
+    if any(env_id.startswith(MINATAR_PREFIX) for env_id in gym.registry):
+        return
+    try:
+        from minatar.gym import register_envs
+    except ImportError:
+        raise ValueError(f"MinAtar ids need the optional minatar package (GPL-3): {MINATAR_EXTRA}") from None
+    register_envs()
 
 
 def split_env_id(env_id: str) -> tuple[str | None, str]:
@@ -60,6 +78,8 @@ def env_spec(env_id: str):
                              f"{_first_line(exc)}") from None
     if is_atari_id(name):
         _register_atari()
+    elif is_minatar_id(name):
+        _register_minatar()
     try:
         return gym.spec(name)
     except gym.error.Error as exc:
@@ -100,6 +120,29 @@ class OneHot(gym.ObservationWrapper):
         out = np.zeros(self._n, np.float32)
         out[int(observation)] = 1.0
         return out
+
+
+class MinAtarFrames(gym.ObservationWrapper):
+    """MinAtar's boolean 10x10xC frames as uint8 0/1: an image to the replay (one byte per cell, as stored) and to
+    the MinAtar network, which casts it to float itself. Its rgb_array renders (for ``evaluate --video``) as
+    uint8 with each cell 16x16 pixels: MinAtar draws 10x10 float colours, which video writers do not take."""
+
+    CELL_PIXELS = 16
+
+    def __init__(self, env: gym.Env):
+        super().__init__(env)
+        self.observation_space = gym.spaces.Box(0, 1, env.observation_space.shape, np.uint8)
+        self.metadata = {**env.metadata, "render_fps": 10}
+
+    def observation(self, observation: Any) -> np.ndarray:
+        return np.asarray(observation, dtype=np.uint8)
+
+    def render(self):
+        frame = self.env.render()
+        if self.render_mode != "rgb_array" or frame is None:
+            return frame
+        frame = np.round(np.asarray(frame, np.float64) * 255).astype(np.uint8)
+        return frame.repeat(self.CELL_PIXELS, axis=0).repeat(self.CELL_PIXELS, axis=1)
 
 
 class AsFloat32(gym.ObservationWrapper):
@@ -186,6 +229,11 @@ def make_env(env_id: str, **kwargs: Any) -> gym.Env:
     if is_atari_id(env_id):
         return make_atari_env(split_env_id(env_id)[1], **kwargs)
     env_spec(env_id)  # a module:id's module imported, or one line on what is wrong
+    minatar = is_minatar_id(env_id)
+    if minatar:
+        kwargs.setdefault("max_episode_steps", MINATAR_MAX_EPISODE_STEPS)  # envids.py says why
+        # gymnasium's checker would warn about the raw env's float 10x10 renders, which MinAtarFrames converts
+        kwargs.setdefault("disable_env_checker", True)
     try:
         env = gym.make(env_id, **kwargs)
     except gym.error.Error as exc:
@@ -195,7 +243,7 @@ def make_env(env_id: str, **kwargs: Any) -> gym.Env:
         raise UserError(f"env {env_id!r} could not be made{given}: {type(exc).__name__}: {_first_line(exc)}") \
             from None
     check_action_space(env_id, env.action_space)
-    return observation_wrappers(env, env_id)
+    return observation_wrappers(MinAtarFrames(env) if minatar else env, env_id)
 
 
 def check_action_space(env_id: str, space) -> None:
@@ -215,6 +263,13 @@ def check_action_space(env_id: str, space) -> None:
 def is_image_space(space) -> bool:
     """uint8 Box observations of 2 or 3 dims are images (a CNN); other Boxes are vectors (an MLP)."""
     return isinstance(space, gym.spaces.Box) and space.dtype == np.uint8 and len(space.shape) in (2, 3)
+
+
+def stored_obs_dtype(obs_shape: tuple[int, ...]):
+    """How replay stores an observation of this shape from ``make_env``: ``observation_wrappers`` leaves 3-dim ones
+    only as uint8 images (MinAtar's 0/1 frames, a user's pixels), kept so, 4x smaller than float32; the rest are
+    float32 vectors."""
+    return np.uint8 if len(obs_shape) == 3 else np.float32
 
 
 def observation_wrappers(env: gym.Env, env_id: str) -> gym.Env:

@@ -9,6 +9,8 @@ import importlib
 import random
 
 import numpy as np
+
+from hvd_dqn.envids import is_minatar_id
 from hvd_dqn.keras2 import keras
 
 
@@ -24,20 +26,20 @@ def dtype_policy(precision: str = "float32"):
     return keras.mixed_precision.Policy(precision)
 
 
-def q_head(features, n_actions: int, dueling: bool, seed: int):
+def q_head(features, n_actions: int, dueling: bool, seed: int, init=None):
     """Q-values from a feature tensor (any torso: MLP or CNN). Plain: one Dense layer. Dueling (Wang et al. 2016):
     a value stream V(s) and an advantage stream A(s, a), combined as Q = V + (A - mean_a A). The centring is a
     fixed, non-trainable linear map (I - 1/n), so the model holds only built-in layers and loads anywhere with
     plain ``tf_keras.models.load_model``. The head computes in float32 whatever the torso's precision (the Keras
     mixed-precision guide's rule for the last layer): TD errors are differences of nearby Q-values, which bf16's
-    8 significant bits would round away, and the model's output stays float32 for serving."""
-    init = keras.initializers.GlorotUniform
+    8 significant bits would round away, and the model's output stays float32 for serving. ``init(seed)``: the
+    layers' initializer keywords (default: Glorot-uniform kernels, zero biases)."""
+    init = init or (lambda s: {"kernel_initializer": keras.initializers.GlorotUniform(seed=s)})
     f32 = dict(dtype="float32")
     if not dueling:
-        return keras.layers.Dense(n_actions, name="q_values", kernel_initializer=init(seed=seed), **f32)(features)
-    value = keras.layers.Dense(1, name="value", kernel_initializer=init(seed=seed), **f32)(features)
-    advantage = keras.layers.Dense(n_actions, name="advantage", kernel_initializer=init(seed=seed + 1),
-                                   **f32)(features)
+        return keras.layers.Dense(n_actions, name="q_values", **init(seed), **f32)(features)
+    value = keras.layers.Dense(1, name="value", **init(seed), **f32)(features)
+    advantage = keras.layers.Dense(n_actions, name="advantage", **init(seed + 1), **f32)(features)
     centring = np.eye(n_actions, dtype=np.float32) - np.float32(1.0 / n_actions)
     centred = keras.layers.Dense(n_actions, use_bias=False, trainable=False, name="advantage_centred",
                                  kernel_initializer=keras.initializers.Constant(centring), **f32)(advantage)
@@ -86,6 +88,33 @@ def build_nature_cnn(obs_shape: tuple[int, int, int], n_actions: int, seed: int,
 NATURE_CNN_MIN_FRAME = 36  # (36 - 8) / 4 + 1 = 8, (8 - 4) / 2 + 1 = 3, (3 - 3) / 1 + 1 = 1
 
 
+def torch_default_init(fan_in: int):
+    """``seed -> initializer keywords`` of PyTorch's default for Conv2d and Linear: kernel and bias uniform in
+    +-1/sqrt(fan_in) (kaiming_uniform with a = sqrt(5)), which the MinAtar reference's network starts from."""
+    bound = fan_in ** -0.5
+    return lambda seed: {"kernel_initializer": keras.initializers.RandomUniform(-bound, bound, seed=seed),
+                         "bias_initializer": keras.initializers.RandomUniform(-bound, bound, seed=seed + 10_000)}
+
+
+def build_minatar_cnn(obs_shape: tuple[int, int, int], n_actions: int, seed: int, name: str = "q_network",
+                      dueling: bool = False, precision: str = "float32") -> keras.Model:
+    """The MinAtar network (Young & Tian 2019; the reference's examples/dqn.py): conv 16 3x3/1 (no padding),
+    dense 128, both ReLU, then the Q head, with PyTorch's default initialisation as there. Input: MinAtar's
+    10x10xC frames of 0/1 as uint8, channels last, cast to the compute dtype unscaled (the reference feeds the
+    booleans as floats)."""
+    policy = dtype_policy(precision)
+    channels = obs_shape[-1]
+    inputs = keras.Input(shape=tuple(obs_shape), dtype="uint8", name="observation")
+    x = keras.layers.Rescaling(1.0, name="as_float", dtype=policy)(inputs)  # a cast to the compute dtype, x 1
+    x = keras.layers.Conv2D(16, 3, strides=1, activation="relu", name="conv_0", dtype=policy,
+                            **torch_default_init(9 * channels)(seed))(x)
+    x = keras.layers.Flatten(name="flatten", dtype=policy)(x)
+    flat = (obs_shape[0] - 2) * (obs_shape[1] - 2) * 16
+    x = keras.layers.Dense(128, activation="relu", name="hidden_0", dtype=policy,
+                           **torch_default_init(flat)(seed + 1))(x)
+    return keras.Model(inputs, q_head(x, n_actions, dueling, seed + 2, init=torch_default_init(128)), name=name)
+
+
 def channels_first(obs_shape: tuple[int, ...]) -> bool:
     """Whether an image observation (C, H, W) has its channels first: the smallest axis is taken to be the
     channels (Stable-Baselines3's rule), first if it is axis 0."""
@@ -93,8 +122,10 @@ def channels_first(obs_shape: tuple[int, ...]) -> bool:
 
 
 def build_q_network(obs_shape: tuple[int, ...], n_actions: int, config, name: str = "q_network") -> keras.Model:
-    """The Nature CNN for image observations (uint8, 3 dims: Atari's frame stacks, a user's frames), the MLP of
-    ``hidden_sizes`` for flat ones."""
+    """The MinAtar network for MinAtar's envs, the Nature CNN for other image observations (uint8, 3 dims: Atari's
+    frame stacks, a user's frames), the MLP of ``hidden_sizes`` for flat ones."""
+    if is_minatar_id(config.env_id):
+        return build_minatar_cnn(obs_shape, n_actions, config.seed, name, config.dueling, config.precision)
     if len(obs_shape) == 3:
         return build_nature_cnn(obs_shape, n_actions, config.seed, name, config.dueling,
                                 channels_first=channels_first(obs_shape), precision=config.precision)

@@ -9,6 +9,8 @@ ranks when the job has an allreduce.
   hold it, so ``Lamb`` (hvd_dqn/lamb.py) adds that one method: on several ranks Horovod's DistributedGradientTape
   reduces the gradients first, and Lamb's ``global_clipnorm`` then clips the reduced gradient as tf_keras's does.
   Keras 3 is imported only when a config asks for lamb.
+- ``rmsprop`` is DQN's centred RMSProp in PyTorch's form (hvd_dqn/rmsprop.py), a tf_keras optimizer wrapped as
+  adam and sgd are; its rmsprop_* keys are the config's at any N (the scaling rules that change Adam's refuse it).
 Adam and LAMB take the same adam_* keys, which the scaling rule shares out (``scaling.per_rank``).
 """
 from __future__ import annotations
@@ -29,8 +31,15 @@ def build(config: Config, share: PerRank, allreduce: bool):
         from hvd_dqn.lamb import Lamb  # imports Keras 3
 
         return Lamb(allreduce=allreduce, compression=config.gradient_compression, **adam)
-    optimizer = keras.optimizers.SGD(learning_rate=config.learning_rate, **clip) if config.optimizer == "sgd" \
-        else keras.optimizers.Adam(**adam)
+    if config.optimizer == "sgd":
+        optimizer = keras.optimizers.SGD(learning_rate=config.learning_rate, **clip)
+    elif config.optimizer == "rmsprop":
+        from hvd_dqn.rmsprop import CentredRMSprop
+
+        optimizer = CentredRMSprop(learning_rate=config.learning_rate, rho=config.rmsprop_decay,
+                                   epsilon=config.rmsprop_epsilon, **clip)
+    else:
+        optimizer = keras.optimizers.Adam(**adam)
     if allreduce:
         optimizer = distributed.wrap_optimizer(
             optimizer, op=config.allreduce_op, compression=config.gradient_compression,
@@ -48,8 +57,8 @@ def build(config: Config, share: PerRank, allreduce: bool):
 
 def state_variables(optimizer) -> list:
     """The optimizer's state as tf.Variables, for broadcasts, checksums and elastic commits: Adam's or LAMB's
-    moments and step count, and with mixed_float16 the loss scale and its counter of good steps, which the
-    loss-scale optimizer's own variables() leaves out (it lists the inner optimizer's)."""
+    moments (RMSProp's means) and step count, and with mixed_float16 the loss scale and its counter of good steps,
+    which the loss-scale optimizer's own variables() leaves out (it lists the inner optimizer's)."""
     if isinstance(optimizer, keras.mixed_precision.LossScaleOptimizer):
         return list(optimizer.variables()) + [optimizer._loss_scale.current_loss_scale, optimizer.dynamic_counter]
     if isinstance(optimizer, keras.optimizers.Optimizer):

@@ -98,12 +98,27 @@ def per_rank(config: Config, world_size: int) -> PerRank:
         adam_beta1=beta1, adam_beta2=beta2, adam_epsilon=adam_epsilon,
     )
 
+
+def first_phase(config: Config, share: PerRank) -> int:
+    """The vector step (each rank's, counted from 1) that ends the first learning phase: the first one at or past
+    learning_starts that ends a period of vector_steps_per_train."""
+    first = max(1, -(-config.learning_starts // share.global_steps_per_vector_step))
+    return -(-first // share.vector_steps_per_train) * share.vector_steps_per_train
+
+
+def learning_phases(config: Config, share: PerRank) -> int:
+    """The learning phases of a whole run (0 if none falls due), each of ``share.updates_per_phase`` updates on
+    every rank, assuming every rank's replay holds a minibatch by the first (the trainer skips phases until it
+    does: a learning_starts below a few batches of each rank's transitions can leave out the first few)."""
+    first = first_phase(config, share)
+    return 0 if first > share.vector_steps else (share.vector_steps - first) // share.vector_steps_per_train + 1
+
+
 def check_schedule(config: Config, share: PerRank) -> None:
     """A UserError if a job of these per-rank quantities would make no gradient update, or would sample more
     transitions at once than MAX_PHASE_SAMPLES (the memory runs out before anything can fail cleanly)."""
     vector_step = share.global_steps_per_vector_step
-    first = max(1, -(-config.learning_starts // vector_step))  # the first vector step at or past learning_starts
-    first = -(-first // share.vector_steps_per_train) * share.vector_steps_per_train  # ... that ends a phase
+    first = first_phase(config, share)
     if first > share.vector_steps:
         raise UserError(
             f"config: no learning phase falls due: the first would end at global env step {first * vector_step:,} "

@@ -1,7 +1,7 @@
-"""The one seam between the two kinds of task: classic control (flat observations, the MLP) and Atari (frame
-stacks, the Nature CNN). Everything that differs between them when training is here: the envs' options, which
-replay a rank keeps, how a vector step is stored, and what happens when episodes (re)start. The trainer asks
-``for_config(config)`` for one and never branches on the kind itself.
+"""The one seam between the two kinds of task: classic control (flat observations, the MLP; also MinAtar's and a
+user's small images, stored whole) and Atari (frame stacks, the Nature CNN). Everything that differs between them
+when training is here: the envs' options, which replay a rank keeps, how a vector step is stored, and what happens
+when episodes (re)start. The trainer asks ``for_config(config)`` for one and never branches on the kind itself.
 """
 from __future__ import annotations
 
@@ -9,14 +9,15 @@ from typing import Any
 
 import numpy as np
 
-from hvd_dqn.envs import FRAME_PADDING, env_options, is_atari_id, true_next_obs
+from hvd_dqn.envs import FRAME_PADDING, env_options, is_atari_id, stored_obs_dtype, true_next_obs
 from hvd_dqn.nstep import NStepAccumulator
 from hvd_dqn.replay import FrameReplayBuffer, ReplayBuffer, ReplayShard
 
 
 class ClassicControl:
-    """Every env but Atari (classic control, toy text, a user's own). SAME_STEP autoreset (every vector step is one real transition per env, the final observation in ``info``),
-    the plain ring buffer, and n-step transitions built here, on the actor side, before they are stored."""
+    """Every env but Atari (classic control, toy text, MinAtar, a user's own). SAME_STEP autoreset (every vector
+    step is one real transition per env, the final observation in ``info``), the plain ring buffer, and n-step
+    transitions built here, on the actor side, before they are stored."""
 
     def __init__(self, config):
         self.config = config
@@ -28,7 +29,8 @@ class ClassicControl:
         return env_options(self.config)
 
     def make_replay(self, capacity: int, obs_shape: tuple[int, ...], ranks_per_host: int) -> ReplayShard:
-        return _shard(self.config, ReplayBuffer(capacity, obs_shape, ranks_per_host=ranks_per_host))
+        return _shard(self.config, ReplayBuffer(capacity, obs_shape, obs_dtype=stored_obs_dtype(obs_shape),
+                                                ranks_per_host=ranks_per_host))
 
     def begin(self, replay: ReplayShard, obs: np.ndarray, info: dict) -> None:
         """The envs were reset (at the start, or on a resume whose env state could not be saved)."""

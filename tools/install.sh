@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Installs what hvd-dqn needs and is missing: Open MPI (apt), a venv in .venv/, TensorFlow, tf-keras,
-# then Horovod built against them (TensorFlow + MPI + Gloo), then this package with its test extras.
+# then Horovod built against them (TensorFlow + MPI + Gloo), then this package with its test and minatar extras.
 # Idempotent: a stamp in .venv/ records the inputs of the last successful install; nothing is redone
 # while they are unchanged. Versions and the reasons for them: see README "Install".
 set -euo pipefail
@@ -54,7 +54,8 @@ if ! "$VENV/bin/python" -c "import horovod.tensorflow" >/dev/null 2>&1 \
   HOROVOD_WITHOUT_PYTORCH=1 HOROVOD_WITHOUT_MXNET=1 MAKEFLAGS="-j$(nproc)" \
     "${PIP[@]}" --no-build-isolation "horovod==$HOROVOD_VERSION"
 fi
-"${PIP[@]}" -e ".[test]"
+# the test suite's MinAtar tests need the optional (GPL-3) minatar extra; `pip install -e .` alone leaves it out
+"${PIP[@]}" -e ".[test,minatar]"
 # the whole output first: `horovodrun --check-build | grep -q` lets grep exit at its match, and horovodrun, still
 # printing, dies of a broken pipe (under pipefail the install then fails on a good build)
 build_check=$("$VENV/bin/horovodrun" --check-build 2>&1) || true

@@ -1,0 +1,142 @@
+"""`hvd-dqn plan`: what a job of N ranks will do, in process through cli.main. The expected values are worked out
+here from the configs' numbers (tests/run_schedule.py's arithmetic and literal figures), never through the
+scaling module the plan is built on."""
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from conftest import ROOT
+from run_schedule import learning_phases, updates_per_phase
+
+from hvd_dqn import cli, tasks
+from hvd_dqn.config import Config
+from hvd_dqn.plan import replay_bytes
+
+CONFIGS = ROOT / "configs"
+FRAME = 84 * 84  # one stored Atari frame, uint8
+
+
+def plan_json(capsys, config, n, *extra):
+    assert cli.main(["plan", "--config", str(config), "--np", str(n), "--json", *extra]) == 0
+    out = capsys.readouterr().out
+    assert len(out.splitlines()) == 1  # one JSON object, nothing else on stdout
+    return json.loads(out)
+
+
+@pytest.mark.parametrize("n, updates, lr, target", [(1, 24_576, 0.002, 128), (2, 12_288, 0.004, 64),
+                                                     (8, 3_072, 0.016, 16), (16, 1_536, 0.032, 8)])
+def test_cartpole_plan_is_the_weak_scaling_arithmetic(capsys, n, updates, lr, target):
+    cfg = Config.from_yaml(CONFIGS / "cartpole.yaml")
+    assert (cfg.scaling, cfg.batch_size, cfg.updates_per_train, cfg.target_update_every) == ("weak", 128, 128, 128)
+    p = plan_json(capsys, CONFIGS / "cartpole.yaml", n)
+    # weak: each rank the config's batch at N x its learning rate, in 1/N of the updates and target period
+    assert p["world_size"] == n and p["scaling"] == "weak"
+    assert p["batch_per_rank"] == 128 and p["global_batch"] == 128 * n
+    assert p["learning_rate"] == pytest.approx(lr) == pytest.approx(cfg.learning_rate * n)
+    assert p["learning_rate_final"] == 0.0  # lr_final_fraction 0: linear decay to 0
+    assert p["updates_per_phase"] == 128 // n == updates_per_phase(cfg, n)
+    assert p["target_update_every"] == target == 128 // n
+    # 50,000 steps of 4 envs per rank: every phase of 256 env steps from learning_starts 1,000 on, 192 of them at
+    # every N here; the updates a rank makes one after another shrink as 1/N
+    assert p["learning_phases"] == len(learning_phases(cfg, n)) == 192
+    assert p["updates_per_rank"] == updates == 192 * (128 // n)
+    assert p["optimizer"] == "adam" and (p["adam_beta1"], p["adam_beta2"], p["adam_epsilon"]) == (0.9, 0.999, 1e-7)
+    vector_step = 4 * n
+    assert p["env_steps"] == -(-50_000 // vector_step) * vector_step and p["env_steps"] >= 50_000
+    # the ring buffer of 4 float32 numbers per observation: obs + next_obs + action, reward, two flags, discount
+    capacity = -(-100_000 // n)
+    assert p["observation_shape"] == [4] and p["replay_capacity_per_rank"] == capacity
+    assert p["replay_bytes_per_rank"] == capacity * (2 * 4 * 4 + 4 + 4 + 1 + 1 + 4)
+    assert p["replay_bytes_per_host"] == p["ranks_per_host"] * p["replay_bytes_per_rank"] and p["replay_fits"]
+
+
+@pytest.mark.parametrize("name", ["pong", "breakout"])
+def test_atari_plan_at_8_ranks(capsys, name):
+    """pong.yaml and breakout.yaml share their schedule: scaling strong, 10M steps, an update every 4 env steps."""
+    p = plan_json(capsys, CONFIGS / f"{name}.yaml", 8, "--ranks-per-host", "4")
+    assert p["batch_per_rank"] == 32 // 8 and p["global_batch"] == 32 and p["learning_rate"] == 0.0001
+    # 8 ranks step 8 envs a vector step, two train_every periods of 4: a phase of 2 updates each vector step,
+    # from vector step 80,000 / 8 = 10,000 to 10M / 8 = 1,250,000
+    assert p["updates_per_phase"] == 2 and p["env_steps_per_phase"] == 8
+    assert p["learning_phases"] == 1_250_000 - 10_000 + 1
+    assert p["updates_per_rank"] == 2 * 1_240_001 == 2_480_002
+    assert p["target_update_every"] == 250 and p["target_tau"] is None
+    assert p["adam_epsilon"] == 1e-8 and p["max_grad_norm"] is None
+    # the frame replay: 1M / 8 slots of one 84x84 frame and 14 bytes of columns, plus the shard's discount
+    assert p["observation_shape"] == [4, 84, 84] and p["replay_capacity_per_rank"] == 125_000
+    assert p["replay_bytes_per_rank"] == 125_000 * (FRAME + 14 + 4) == 884_250_000
+    assert p["ranks_per_host"] == 4 and p["replay_bytes_per_host"] == 4 * 884_250_000
+
+
+def test_roadrunner_100k_plan_at_8_ranks(capsys):
+    p = plan_json(capsys, CONFIGS / "roadrunner-100k.yaml", 8)
+    # an update per env step: 8 per vector step of 8 ranks, from step 1,600 (vector step 200) to 100k (12,500)
+    assert p["batch_per_rank"] == 4 and p["global_batch"] == 32
+    assert p["updates_per_phase"] == 8 and p["learning_phases"] == 12_500 - 200 + 1
+    assert p["updates_per_rank"] == 8 * 12_301 == 98_408
+    assert p["target_tau"] == 1.0
+    assert p["replay_capacity_per_rank"] == 12_500 and p["replay_bytes_per_rank"] == 12_500 * (FRAME + 14 + 4)
+
+
+@pytest.mark.parametrize("name, n", [("minatar-breakout", 2), ("minatar-spaceinvaders", 4)])
+def test_minatar_plan_counts_uint8_frames(capsys, name, n):
+    pytest.importorskip("minatar")
+    cfg = Config.from_yaml(CONFIGS / f"{name}.yaml")
+    p = plan_json(capsys, CONFIGS / f"{name}.yaml", n)
+    channels = p["observation_shape"][2]
+    assert p["observation_shape"] == [10, 10, channels]
+    # scaling strong: the global batch of 32 split, an update per env step, the target every 1,000 updates
+    assert p["batch_per_rank"] == 32 // n and p["global_batch"] == 32 and p["updates_per_phase"] == n
+    vector_steps = -(-cfg.total_env_steps // n)
+    assert p["updates_per_rank"] == n * (vector_steps - 5_000 // n + 1)
+    assert p["optimizer"] == "rmsprop" and (p["rmsprop_decay"], p["rmsprop_epsilon"]) == (0.95, 0.01)
+    # obs and next_obs as one byte per cell, not four
+    capacity = 100_000 // n
+    assert p["replay_bytes_per_rank"] == capacity * (2 * 100 * channels + 10 + 4)
+
+
+@pytest.mark.parametrize("env_id, extra", [
+    ("CartPole-v1", {}), ("CartPole-v1", {"prioritized_replay": True, "n_step": 3}),
+    ("ALE/Pong-v5", {"num_envs": 3, "n_step": 2}), ("ALE/Pong-v5", {"prioritized_replay": True}),
+    ("MinAtar/Breakout-v1", {}),
+])
+def test_replay_bytes_are_what_the_trainer_allocates(env_id, extra):
+    if env_id.startswith("MinAtar/"):
+        pytest.importorskip("minatar")
+    cfg = Config(env_id=env_id, replay_capacity=1000, batch_size=32, **extra)
+    shape = {"CartPole-v1": (4,), "ALE/Pong-v5": (4, 84, 84), "MinAtar/Breakout-v1": (10, 10, 4)}[env_id]
+    shard = tasks.for_config(cfg).make_replay(1000, shape, 1)
+    allocated = shard.buffer.nbytes + shard.discount.nbytes + (shard.tree._tree.nbytes if shard.tree else 0)
+    assert replay_bytes(cfg, 1000, shape) == (shard.capacity, shard.buffer.nbytes, allocated)
+    if env_id.startswith("MinAtar/"):
+        assert shard.buffer._data["obs"].dtype == np.uint8 and shard.buffer.nbytes == 1000 * (2 * 400 + 10)
+
+
+def test_table_and_memory_verdict(capsys):
+    assert cli.main(["plan", "--config", str(CONFIGS / "cartpole.yaml"), "--np", "2", "--ranks-per-host", "2"]) == 0
+    out = capsys.readouterr().out
+    assert "batch per rank          128 (global batch 256)" in out
+    assert "updates per rank        12,288 one after another, in 192 phases" in out
+    assert out.rstrip().endswith("available here: fits")
+    p = plan_json(capsys, CONFIGS / "cartpole.yaml", 2, "--set", "replay_capacity=1000000000000")
+    assert p["replay_bytes_per_rank"] == 500_000_000_000 * 46 and p["replay_fits"] is False
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--np", "0"], "hvd-dqn: error: --np must be at least 1, got 0"),
+    (["--np", "3"], "hvd-dqn: error: config: updates_per_train 128 is not divisible by the 3 ranks"),
+    (["--np", "2", "--set", "batch_sizee=3"], "batch_sizee: unknown key"),
+    (["--np", "2", "--ranks-per-host", "3"], "hvd-dqn: error: --ranks-per-host must be 1 to --np (2), got 3"),
+    (["--np", "2", "--set", "learning_starts=49999"], "no learning phase falls due"),
+])
+def test_bad_input_is_one_line_and_exit_2(capsys, args, message):
+    assert cli.main(["plan", "--config", str(CONFIGS / "cartpole.yaml"), *args, "--json"]) == 2
+    captured = capsys.readouterr()
+    assert captured.out == "" and len(captured.err.splitlines()) == 1 and message in captured.err
+
+
+def test_missing_config_is_one_line(capsys, tmp_path):
+    assert cli.main(["plan", "--config", str(tmp_path / "nope.yaml"), "--np", "2"]) == 2
+    assert capsys.readouterr().err.strip() == f"hvd-dqn: error: config file not found: {Path(tmp_path / 'nope.yaml')}"
