@@ -1,20 +1,20 @@
 """No two jobs in one run dir, no rank outliving its launcher, no silent hang: each for real under
 ``horovodrun -np 2`` with both controllers (docs/reliability.md). Every test kills what it started, even when
 it fails: each process whose command line names the test's run dir, and every descendant seen."""
+import contextlib
 import json
 import os
 import re
 import signal
 import socket
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import psutil
 import pytest
 
-from conftest import BIN, ROOT, run_env
+from conftest import BIN, run, started
 from hvd_dqn.watchdog import HEARTBEAT_DIR
 
 pytestmark = [pytest.mark.multiproc, pytest.mark.slow]
@@ -38,14 +38,12 @@ def _horovodrun(controller: str, *train_args) -> list[str]:
 
 
 class Job:
-    """A launcher command in its own session, output to a file; ``cleanup()`` kills everything it left."""
+    """A launcher command in its own session (conftest.started), output to a file; ``cleanup()`` kills what it
+    left outside that session."""
 
-    def __init__(self, cmd, run_dir: Path, log: Path, **env):
-        self.run_dir, self.log = run_dir, log
+    def __init__(self, proc: subprocess.Popen, run_dir: Path, log: Path):
+        self.proc, self.run_dir, self.log = proc, run_dir, log
         self.seen: set[int] = set()
-        with open(log, "w") as out:
-            self.proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=run_env(**env), cwd=ROOT,
-                                         start_new_session=True)
 
     @property
     def output(self) -> str:
@@ -119,19 +117,21 @@ class Job:
                     p.send_signal(sig)
                 except psutil.Error:
                     pass
-        try:
-            os.killpg(self.proc.pid, signal.SIGKILL)
-        except OSError:
-            pass
-        self.proc.wait(timeout=30)
 
 
 @pytest.fixture
 def jobs():
-    started = []
-    yield lambda *args, **env: started.append(Job(*args, **env)) or started[-1]
-    for job in started:
-        job.cleanup()
+    """``jobs(cmd, run_dir, log, **env)`` starts a Job; at the end each is killed with all it left."""
+    made = []
+    with contextlib.ExitStack() as stack:  # closed last: the session of each job killed, the launcher reaped
+
+        def start(cmd, run_dir: Path, log: Path, **env) -> Job:
+            made.append(Job(stack.enter_context(started(cmd, output=log, **env)), run_dir, log))
+            return made[-1]
+
+        yield start
+        for job in made:
+            job.cleanup()
 
 
 # ---------------------------------------------------------------------------------------------- one job per run dir
@@ -150,8 +150,7 @@ def test_a_second_job_in_a_busy_run_dir_is_refused(controller, second, tmp_path,
     checkpoints = run_dir / "checkpoints"
 
     args = ["--resume", run_dir] if second == "resume" else ["--config", cfg, "--run-dir", run_dir]
-    proc = subprocess.run(_horovodrun(controller, *args), capture_output=True, text=True, timeout=START_S,
-                          env=run_env(), cwd=ROOT)
+    proc = run(_horovodrun(controller, *args), timeout=START_S)
     output = proc.stdout + proc.stderr
     assert proc.returncode != 0, output
     lines = [l for l in output.splitlines() if "is in use by another job" in l]
