@@ -268,3 +268,35 @@ def test_a_rank_stuck_in_long_local_work_ends_the_job_naming_it(tmp_path, jobs):
     assert lines == ["[1]<stderr>:hvd-dqn: rank 1 has been evaluating for more than busy_timeout_s (15 s): is it "
                      "stuck?; ending the job"], output
     job.wait_gone(30)
+
+
+def test_a_deadlocked_rank_ends_the_job_while_another_is_busy(tmp_path, jobs):
+    """Rank 0's loop deadlocks on a lock (HVD_DQN_DEADLOCK) at global env step 1,100, its heartbeat running on;
+    rank 1 goes on into that step's checkpoint, marked busy writing it, and waits for rank 0 in its collective.
+    A busy rank is waited for, so the job used to wait until busy_timeout_s (3600 s) and then blame rank 1. Within
+    hang_timeout_s plus a bound the job ends non-zero, one line names rank 0 and where it is stuck, and no process
+    of the job is left."""
+    run_dir = tmp_path / "run"
+    # 1,100 is no decision point (nor a log row): rank 1 makes no collective between the deadlock and the checkpoint
+    cfg = _config(tmp_path, hang_timeout_s=HANG_S, checkpoint_every=1100)
+    job = jobs(_horovodrun("mpi", "--config", cfg, "--run-dir", run_dir), run_dir, tmp_path / "job.log",
+               HVD_DQN_DEADLOCK="0:1100")
+    beat = run_dir / HEARTBEAT_DIR / "rank-1"
+    deadline = time.monotonic() + START_S
+    while not (beat.is_file() and '"busy": "writing a checkpoint"' in beat.read_text()):
+        assert job.proc.poll() is None and time.monotonic() < deadline, job.output[-3000:]
+        time.sleep(0.2)
+    rank0 = job.ranks()[0]
+    ended_after = job.wait_ended(HANG_S + 60, "rank 0 deadlocked and rank 1 began its checkpoint")
+    print(f"the job ended {ended_after:.1f} s after rank 1 began its checkpoint (hang_timeout_s {HANG_S})")
+    output = job.output
+    assert job.proc.returncode != 0, output
+    assert "HVD_DQN_DEADLOCK: rank 0 deadlocks at global env step 1100" in output, output
+    # (rank 1 may add a line of its own as Horovod shuts down under it)
+    lines = [l for l in output.splitlines() if "made no progress" in l or "busy_timeout_s" in l]
+    assert len(lines) == 1, output
+    assert re.search(rf"<stderr>:hvd-dqn: rank 0 made no progress for \d+ s \(its process is alive: host "
+                     rf"{re.escape(socket.gethostname())}, pid {rank0.pid}\): stuck in deadlocked_step "
+                     rf"\(hvd_dqn/testing/faults\.py:\d+\), called from _collect \(hvd_dqn/trainer\.py:\d+\), outside "
+                     rf"any collective; ending the job$", lines[0]), lines[0]
+    job.wait_gone(30)
