@@ -2,7 +2,13 @@
 it started when the test times out, fails or is interrupted. A direct subprocess.run(timeout=...) kills only the
 command, and leaves a launcher's mpirun and ranks training."""
 import ast
+import subprocess
 from pathlib import Path
+
+import psutil
+import pytest
+
+from conftest import run, started
 
 TESTS = Path(__file__).resolve().parent
 LAUNCHING = {
@@ -54,3 +60,20 @@ def test_the_check_sees_each_form():
               "    os.system('x')\n")
     assert direct_launches(source) == ["2: from subprocess import check_output", "5: subprocess.run",
                                        "6: subprocess.Popen", "7: os.system"]
+
+
+def test_started_kills_what_is_left_of_its_session_and_what_left_the_session():
+    """Two grandchildren, one in the command's session and one in a session of its own (as horovodrun --gloo starts
+    each rank's shell): both are gone once the block is left."""
+    with started(["bash", "-c", "sleep 300 & echo $!; setsid sleep 300 & echo $!; wait"]) as proc:
+        pids = [int(proc.stdout.readline()), int(proc.stdout.readline())]
+        assert all(psutil.pid_exists(pid) for pid in pids)
+    for pid in pids:
+        assert not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+
+
+def test_run_passes_the_environment_and_checks():
+    assert run(["sh", "-c", "echo $HVD_DQN_X"], timeout=60, HVD_DQN_X="y").stdout == "y\n"
+    assert run(["sh", "-c", "echo ${HVD_DQN_X:-none}"], timeout=60, env={"PATH": "/usr/bin:/bin"}).stdout == "none\n"
+    with pytest.raises(subprocess.CalledProcessError):
+        run(["false"], timeout=60, check=True)
