@@ -139,7 +139,8 @@ def jobs():
 def test_a_second_job_in_a_busy_run_dir_is_refused(controller, second, tmp_path, jobs):
     """While a job trains, a second one into its run dir (--resume, or a fresh run) gets one line naming the
     owner (host and rank 0's pid), its ranks exit 2 and touch nothing; the first job trains on and, stopped
-    with SIGUSR1 afterwards, writes a complete checkpoint and releases the lock."""
+    with SIGUSR1 afterwards, writes a complete checkpoint and releases the lock. The signal goes to rank 1 alone:
+    rank 0's line names it all the same (it used to say "stopped by another rank's signal")."""
     run_dir = tmp_path / "run"
     cfg = _config(tmp_path, checkpoint_every=5000)
     first = jobs(_horovodrun(controller, "--config", cfg, "--run-dir", run_dir), run_dir, tmp_path / "first.log")
@@ -165,11 +166,13 @@ def test_a_second_job_in_a_busy_run_dir_is_refused(controller, second, tmp_path,
 
     rows_before = len((run_dir / "metrics.jsonl").read_text().splitlines())
     first.wait_training(min_rows=rows_before + 1)  # the first job trains on
-    first.ranks()[0].send_signal(signal.SIGUSR1)
+    first.ranks()[1].send_signal(signal.SIGUSR1)
     first.proc.wait(timeout=120)
     assert "Exit code:" in first.output and set(re.findall(r"(?:Exit code:|exit with status code)\s+(\d+)",
                                                              first.output)) == {"75"}, first.output
-    step = int(first.output.split("at global env step ")[1].split(";")[0])
+    stops = re.findall(r"^\[[\d,]+\]<stderr>:hvd-dqn: stopped by (.+) at global env step (\d+); ", first.output, re.M)
+    assert len(stops) == 1 and stops[0][0] == "SIGUSR1", first.output[-3000:]
+    step = int(stops[0][1])
     ckpt = checkpoints / f"ckpt-{step}"
     assert checkpoint_complete(ckpt), sorted(p.name for p in checkpoints.iterdir())
     rows = [json.loads(l) for l in (run_dir / "metrics.jsonl").read_text().splitlines()]
@@ -191,7 +194,9 @@ def test_sigterm_to_horovodrun_stops_every_rank_with_a_checkpoint(how, tmp_path,
     of the job (horovodrun, mpirun, ranks) is left. With --mpi horovodrun has become `sh -c mpirun ...`,
     which dies alone: the ranks notice it gone. timeout also signals its process group, mpirun included, which
     SIGKILLs the ranks 1 s after its own SIGTERM unless odls_base_sigkill_timeout says otherwise: the recipe
-    for timeout in docs/reliability.md, tested here."""
+    for timeout in docs/reliability.md, tested here. Rank 0's line names the one cause however the ranks learnt
+    of it (horovodrun gone, a SIGTERM, the other rank's vote): the end of horovodrun with --mpi, even where
+    timeout's SIGTERM reached the ranks too; the SIGTERM that horovodrun --gloo passes on to the ranks."""
     run_dir = tmp_path / "run"
     controller = how.split("-")[-1]
     cmd = _horovodrun(controller, "--config", _config(tmp_path), "--run-dir", run_dir)
@@ -202,6 +207,7 @@ def test_sigterm_to_horovodrun_stops_every_rank_with_a_checkpoint(how, tmp_path,
     job = jobs(cmd, run_dir, tmp_path / "job.log", **env)
     job.wait_training()
     assert len(job.ranks()) == 2, job.output
+    horovodrun = psutil.Process(job.proc.pid).children()[0].pid if how.startswith("timeout") else job.proc.pid
     job.proc.send_signal(signal.SIGTERM)
     seconds = job.wait_gone(30)
     print(f"{how}: every process gone {seconds:.1f} s after SIGTERM")
@@ -212,6 +218,9 @@ def test_sigterm_to_horovodrun_stops_every_rank_with_a_checkpoint(how, tmp_path,
     assert not (run_dir / "summary.json").exists()  # stopped mid-run, not run to the end
     step = int(ckpt.name.split("-")[1])
     assert 1000 <= step < LONG_RUN["total_env_steps"]
+    cause = f"the end of horovodrun (pid {horovodrun})" if controller == "mpi" else "SIGTERM"
+    stops = re.findall(r"hvd-dqn: stopped by (.+) at global env step (\d+); checkpoint ", job.output)
+    assert stops == [(cause, str(step))], job.output[-3000:]
 
 
 # ---------------------------------------------------------------------------------------------- a hung rank
