@@ -5,9 +5,11 @@ Other modules ask this one; none imports horovod.
 """
 from __future__ import annotations
 
+import functools
 import hashlib
 import os
 import sys
+import threading
 import traceback
 from dataclasses import dataclass
 
@@ -36,6 +38,29 @@ class World:
 
 
 _world: World | None = None
+_in_collectives: dict[int, int] = {}  # thread ident -> how many of the collectives below it is inside
+
+
+def _collective(fn):
+    """Marks ``fn`` as a collective: while a thread is inside it, it waits for the other ranks, which the
+    watchdog must tell from a thread stuck on its own (``in_collective``)."""
+
+    @functools.wraps(fn)
+    def marked(*args, **kwargs):
+        me = threading.get_ident()
+        _in_collectives[me] = _in_collectives.get(me, 0) + 1
+        try:
+            return fn(*args, **kwargs)
+        finally:
+            _in_collectives[me] -= 1
+
+    return marked
+
+
+def in_collective(thread_ident: int) -> bool:
+    """Whether that thread is inside one of this module's eager collectives (not a collective of a compiled TF
+    function, such as the learner's allreduce)."""
+    return _in_collectives.get(thread_ident, 0) > 0
 
 
 def _hvd():
@@ -162,6 +187,7 @@ def _grouped_average(tensors):
     return hvd.grouped_allreduce(list(tensors), op=hvd.Average)
 
 
+@_collective
 def average_variables(variables) -> None:
     """Horovod: replace ``variables`` on every rank by their mean over all ranks (federated averaging), with one
     fused allreduce of the parameters. The ring-allreduce gives every rank the same bytes, so the replicas are
@@ -173,6 +199,7 @@ def average_variables(variables) -> None:
         var.assign(mean)
 
 
+@_collective
 def time_allreduce(variables, repeats: int = 3) -> float | None:
     """Milliseconds of one gradient-sized grouped allreduce, the collective of every update (a collective: every
     rank must call it at the same point). None on one rank, where updates run no allreduce."""
@@ -188,12 +215,14 @@ def time_allreduce(variables, repeats: int = 3) -> float | None:
     return (time.perf_counter() - start) / repeats * 1e3
 
 
+@_collective
 def broadcast_variables(variables, root_rank: int = 0) -> None:
     """Horovod: overwrite ``variables`` on every rank with root_rank's values."""
     if world().size > 1:
         _hvd().broadcast_variables(list(variables), root_rank=root_rank)
 
 
+@_collective
 def broadcast_object(obj, root_rank: int = 0):
     """Rank root_rank's ``obj`` on every rank (small values: names, flags)."""
     if world().size == 1:
@@ -201,6 +230,7 @@ def broadcast_object(obj, root_rank: int = 0):
     return _hvd().broadcast_object(obj, root_rank=root_rank)
 
 
+@_collective
 def allgather(values: np.ndarray) -> np.ndarray:
     """Concatenate every rank's ``values`` (first dims may differ) in rank order."""
     values = np.asarray(values)
@@ -209,6 +239,7 @@ def allgather(values: np.ndarray) -> np.ndarray:
     return _hvd().allgather(tf.convert_to_tensor(values)).numpy()
 
 
+@_collective
 def allgather_object(obj) -> list:
     """Every rank's ``obj`` (a small picklable value: names, sizes, digests) in rank order; a collective."""
     if world().size == 1:
@@ -222,6 +253,7 @@ def barrier() -> None:
         allreduce_sum([0.0])
 
 
+@_collective
 def allreduce_sum(values: np.ndarray) -> np.ndarray:
     values = np.asarray(values, dtype=np.float64)
     if world().size == 1:

@@ -58,13 +58,21 @@ class Watch:
         self._on_gone, self._poll_s = on_gone, poll_s
         threading.Thread(target=self._poll, daemon=True, name="hvd-dqn-launcher-watch").start()
 
+    @property
+    def reason(self) -> str:
+        return f"the end of horovodrun (pid {self.launcher.pid})"
+
+    def ended(self) -> bool:
+        """Whether the launcher has ended by now (asked directly, not at the next poll)."""
+        return _gone(self.launcher)
+
     def cancel(self) -> None:
         self._cancelled.set()
 
     def _poll(self) -> None:
         while not self._cancelled.wait(self._poll_s):
             if _gone(self.launcher):
-                self._on_gone(f"the end of horovodrun (pid {self.launcher.pid})")
+                self._on_gone(self.reason)
                 return
 
 

@@ -2,7 +2,8 @@
 
 The handler only sets a flag. The trainer allreduces the flags of all ranks at its decision points (the same
 iterations on every rank), so a signal that reaches one rank, some or all of them stops every rank at the same
-update; the job then writes a checkpoint and every rank exits with PREEMPTED_EXIT_CODE. Who sends the signal:
+update; the job then writes a checkpoint and every rank exits with PREEMPTED_EXIT_CODE. The ranks also agree on
+the stop's one cause (``root_cause``), which rank 0's line names, whichever rank noticed first. Who sends the signal:
 SLURM (``--signal=B:USR1@120`` to the batch script, which forwards it to srun's tasks), mpirun (forwards SIGUSR1;
 on SIGTERM it kills the ranks a few seconds later, so send SIGUSR1 to mpirun), horovodrun (with Gloo, on SIGTERM
 it gives the ranks SIGTERM, then SIGKILL 5 s later; with MPI it ends alone, and the ranks see it gone:
@@ -16,6 +17,7 @@ import signal
 import socket
 import threading
 
+from hvd_dqn import launcherwatch
 from hvd_dqn.errors import UserError, excerpt, say
 
 PREEMPTED_EXIT_CODE = 75  # EX_TEMPFAIL (sysexits.h): stopped on request, a checkpoint is written, resume later
@@ -63,6 +65,7 @@ class StopRequest:
         self._agreed = False
         self._lock = threading.Lock()
         self.grace_s = grace_seconds()
+        self.launcher: launcherwatch.Watch | None = None
 
     @property
     def requested(self) -> bool:
@@ -72,10 +75,25 @@ class StopRequest:
         """Asked at each decision point (global env step ``env_steps``): has a stop been requested?"""
         return self.requested
 
-    def agreed(self) -> None:
-        """Every rank has joined the stop decision: no deadline any more."""
+    def watch_launcher(self) -> launcherwatch.Watch | None:
+        """Ask for the stop, as after SIGTERM, when the horovodrun that started this rank ends; returns the watch
+        (``cancel()`` it when the job is over), None where there is no launcher to watch (see launcherwatch)."""
+        self.launcher = launcherwatch.watch(self.request)
+        return self.launcher
+
+    def cause(self) -> tuple[int, str] | None:
+        """This rank's account of a requested stop, for ``root_cause``: the end of its launcher if that has ended
+        by now, else what this rank saw itself (None: nothing)."""
+        if self.launcher is not None and self.launcher.ended():
+            return LAUNCHER_ENDED, self.launcher.reason
+        return None if self.signame is None else (REQUESTED, self.signame)
+
+    def agreed(self, causes=()) -> None:
+        """Every rank has joined the stop decision: no deadline any more. ``causes``: every rank's ``cause()``,
+        whose ``root_cause`` every rank then names."""
         with self._lock:
             self._agreed = True
+            self.signame = root_cause(causes) or self.signame
             if self._timer is not None:
                 self._timer.cancel()
 
@@ -136,6 +154,19 @@ class StopRequest:
             self._wakeup = None
         if self._timer is not None:
             self._timer.cancel()
+
+
+LAUNCHER_ENDED, REQUESTED = 0, 1  # the precedence of a rank's cause (``StopRequest.cause``)
+
+
+def root_cause(causes) -> str | None:
+    """The one cause of a stop, from every rank's ``StopRequest.cause()`` in rank order: the end of a launcher if a
+    rank saw one, else the first rank's own. A user's SIGTERM to horovodrun reaches the ranks in several ways
+    (the launcher gone, a SIGTERM from horovodrun --gloo's helpers as it ends or from ``timeout`` to its process
+    group), each rank noticing one of them first, or none before the decision: it is still one cause, said one
+    way."""
+    known = [c for c in causes if c is not None]
+    return min(known, key=lambda c: c[0])[1] if known else None
 
 
 def ignore_stop_signals() -> None:

@@ -16,7 +16,7 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from hvd_dqn import checkpoint, distributed, launcherwatch, rundir, runsetup, tasks, trainstate
+from hvd_dqn import checkpoint, distributed, rundir, runsetup, tasks, trainstate
 from hvd_dqn.actor import Actor, actor_epsilons, scheduled_epsilon
 from hvd_dqn.best import BestPolicy
 from hvd_dqn.callbacks import CallbackList
@@ -107,7 +107,7 @@ class Trainer:
     def train(self) -> dict[str, Any]:
         self.world = distributed.init()
         self.stop = StopRequest(self.world.rank).install()
-        launcher = launcherwatch.watch(self.stop.request)
+        launcher = self.stop.watch_launcher()
         try:
             summary = self._train()
         except Preempted:
@@ -173,7 +173,7 @@ class Trainer:
                     saved = self._save_checkpoint(final)
                 self.last_checkpoint_at = time.monotonic()
                 if stop:
-                    raise Preempted(s.env_steps, saved, self.stop.signame or "another rank's signal")
+                    raise Preempted(s.env_steps, saved, self.stop.signame)
             if self.watchdog is not None:
                 # armed from the end of the first iteration, whose first action compiles the acting network
                 self.watchdog.progress()
@@ -349,7 +349,8 @@ class Trainer:
         stop_votes, timed = distributed.allreduce_sum([float(self.stop.poll(s.env_steps)), float(timed)])
         stop = stop_votes > 0 and not final  # at the end the run simply completes
         if stop_votes > 0:
-            self.stop.agreed()  # every rank is here: the checkpoint gets written, however long it takes
+            # every rank is here: the checkpoint gets written, however long it takes, and names the one cause
+            self.stop.agreed(distributed.allgather_object(self.stop.cause()))
         return save or stop or timed > 0, stop
 
     def _resume(self, ckpt: Path) -> None:

@@ -1,9 +1,11 @@
+import contextlib
 import os
 import signal
 import subprocess
 import sys
 from pathlib import Path
 
+import psutil
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -38,21 +40,61 @@ def run_env(**extra) -> dict:
     return env
 
 
-def run(cmd, timeout=300, **env_extra) -> subprocess.CompletedProcess:
+def run(cmd, timeout=300, *, env=None, cwd=ROOT, check=False, **env_extra) -> subprocess.CompletedProcess:
     """subprocess.run in a session of its own: a timeout, Ctrl-C or SIGTERM of the suite ends the command and
-    everything it started (a launcher's horovodrun, mpirun and ranks), where subprocess.run kills the command only."""
+    everything it started (a launcher's horovodrun, mpirun and ranks), where subprocess.run kills the command only.
+    ``env``: the whole environment (default: ``run_env(**env_extra)``); ``check``: raise CalledProcessError on a
+    non-zero exit, as subprocess.run(check=True)."""
     args = [str(c) for c in cmd]
-    with subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=run_env(**env_extra),
-                          cwd=ROOT, start_new_session=True) as proc:
+    with subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                          env=run_env(**env_extra) if env is None else env, cwd=cwd, start_new_session=True) as proc:
         try:
             stdout, stderr = proc.communicate(timeout=timeout)
         except BaseException:
-            try:
-                os.killpg(proc.pid, signal.SIGKILL)
-            except ProcessLookupError:  # the whole group had already gone
-                pass
+            kill_session(proc)
             raise
-    return subprocess.CompletedProcess(args, proc.returncode, stdout, stderr)
+    result = subprocess.CompletedProcess(args, proc.returncode, stdout, stderr)
+    if check:
+        result.check_returncode()
+    return result
+
+
+@contextlib.contextmanager
+def started(cmd, *, output=None, env=None, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+            **env_extra):
+    """A command in a session of its own, for a test that needs its live handle (to signal it, to read its
+    output as it comes): ``with started(cmd) as proc:``. Its stdout and stderr go to one text pipe, or to the file
+    ``output``. Leaving the block, normally, on a failed assertion, a timeout, Ctrl-C or the suite's SIGTERM,
+    kills whatever of the session is left (the command, a launcher's mpirun and ranks) and reaps the command."""
+    args = [str(c) for c in cmd]
+    env = run_env(**env_extra) if env is None else env
+    with contextlib.ExitStack() as stack:
+        if output is not None:
+            stdout = stack.enter_context(open(output, "w"))
+            stderr = subprocess.STDOUT
+        proc = stack.enter_context(subprocess.Popen(args, stdout=stdout, stderr=stderr, text=True, env=env,
+                                                    cwd=cwd, start_new_session=True))
+        try:
+            yield proc
+        except BaseException:
+            kill_session(proc)
+            raise
+        kill_session(proc)
+
+
+def kill_session(proc: subprocess.Popen) -> None:
+    """SIGKILL to the session that ``proc`` leads (its process group: what it started, unless that left it) and,
+    while ``proc`` runs, to all its descendants (horovodrun --gloo starts each rank's shell in a session of its
+    own)."""
+    descendants = []
+    if proc.poll() is None:  # not reaped: its pid is still its own
+        with contextlib.suppress(psutil.Error):
+            descendants = psutil.Process(proc.pid).children(recursive=True)
+    with contextlib.suppress(ProcessLookupError):  # the whole group had already gone
+        os.killpg(proc.pid, signal.SIGKILL)
+    for p in descendants:
+        with contextlib.suppress(psutil.Error):
+            p.kill()
 
 
 @pytest.fixture

@@ -6,7 +6,6 @@ import hashlib
 import json
 import os
 import shutil
-import subprocess
 import sys
 import time
 
@@ -217,10 +216,10 @@ def small_disk(tmp_path):
     """A tmpfs of its own (needs root, as CI and this machine have), unmounted afterwards."""
     mnt = tmp_path / "disk"
     mnt.mkdir()
-    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(mnt)], capture_output=True).returncode:
+    if run(["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", mnt], timeout=60).returncode:
         pytest.skip("cannot mount a tmpfs here (not root?)")
     yield mnt
-    subprocess.run(["umount", "-l", str(mnt)], check=True)
+    run(["umount", "-l", mnt], timeout=60, check=True)
 
 
 def _fill(directory):

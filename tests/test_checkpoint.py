@@ -8,7 +8,6 @@ import hashlib
 import json
 import re
 import shutil
-import subprocess
 import sys
 from collections import deque
 
@@ -16,6 +15,7 @@ import gymnasium as gym
 import numpy as np
 import pytest
 
+from conftest import run
 from hvd_dqn import Callback, Config, Trainer, checkpoint, cli, envstate
 from hvd_dqn.checkpoint import CheckpointError
 from hvd_dqn.envs import make_vector_env
@@ -350,11 +350,11 @@ def small_disk(tmp_path):
     allowed (not root, or no CAP_SYS_ADMIN)."""
     disk = tmp_path / "disk"
     disk.mkdir()
-    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(disk)], capture_output=True)
+    mounted = run(["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", disk], timeout=60)
     if mounted.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.decode().strip()}")
+        pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.strip()}")
     yield disk
-    subprocess.run(["umount", "-l", str(disk)], check=True)
+    run(["umount", "-l", disk], timeout=60, check=True)
 
 
 def test_a_save_on_a_full_disk_removes_its_tmp_and_says_one_line(small_disk):

@@ -6,7 +6,6 @@ policy (policy_ema's average); likewise an Atari run on the gymnasium vector env
 checkpoint holds."""
 import json
 import signal
-import subprocess
 import sys
 import time
 
@@ -14,7 +13,7 @@ import numpy as np
 import pytest
 import tf_keras as keras
 
-from conftest import BIN, ROOT, run, run_env
+from conftest import BIN, ROOT, run, run_env, started
 from run_schedule import expected_updates
 
 LAUNCH = ROOT / "launch"
@@ -65,9 +64,7 @@ def _stop_mid_run(np_, cfg, run_dir, at_step):
     else:
         cmd = [LAUNCH / "horovodrun.sh", cfg]
         env = run_env(NP=2, RUN_DIR=run_dir, VIRTUAL_ENV=BIN.parent, CONTROLLER="gloo")
-    job = subprocess.Popen([str(c) for c in cmd], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                           env=env, cwd=ROOT)
-    try:
+    with started(cmd, env=env) as job:
         _wait_for_row(run_dir, at_step, job)
         if np_ == 1:
             job.send_signal(signal.SIGUSR1)
@@ -75,9 +72,6 @@ def _stop_mid_run(np_, cfg, run_dir, at_step):
             assert len(_rank_pids(job.pid)) == 2
             job.send_signal(signal.SIGTERM)
         output, _ = job.communicate(timeout=120)
-    finally:
-        if job.poll() is None:
-            job.kill()
     # one rank: our exit code; horovodrun reports the ranks' 75 in its error and exits 1 itself
     assert job.returncode == (PREEMPTED if np_ == 1 else 1), output
     if np_ == 2:
@@ -90,7 +84,7 @@ def _stop_mid_run(np_, cfg, run_dir, at_step):
 
 def _rank_pids(launcher_pid):
     """The hvd-dqn processes under the launcher (horovodrun's middlemen start them through a shell)."""
-    out = subprocess.run(["ps", "-ww", "-e", "-o", "pid=,ppid=,args="], capture_output=True, text=True).stdout
+    out = run(["ps", "-ww", "-e", "-o", "pid=,ppid=,args="], timeout=60).stdout
     rows = [line.split(None, 2) for line in out.splitlines()]
     children = {}
     for pid, ppid, args in rows:
@@ -183,15 +177,10 @@ def test_sigusr1_to_mpirun_stops_every_rank_with_a_checkpoint(tmp_path):
     ranks, which checkpoint and exit 75, and so does mpirun; the same launcher then resumes the run to its end."""
     cfg, run_dir = _config(tmp_path), tmp_path / "run"
     env = run_env(NP=2, RUN_DIR=run_dir, VIRTUAL_ENV=BIN.parent)
-    job = subprocess.Popen([str(LAUNCH / "mpirun.sh"), str(cfg)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                           text=True, env=env, cwd=ROOT)
-    try:
+    with started([LAUNCH / "mpirun.sh", cfg], env=env) as job:
         _wait_for_row(run_dir, 4000, job)
         job.send_signal(signal.SIGUSR1)
         output, _ = job.communicate(timeout=120)
-    finally:
-        if job.poll() is None:
-            job.kill()
     assert job.returncode == PREEMPTED, output
     assert output.count("hvd-dqn: stopped by SIGUSR1 at global env step") == 1, output  # rank 0 says it
     step = int(output.split("at global env step ")[1].split(";")[0])

@@ -3,7 +3,6 @@
 script requeues the job, and the requeued job resumes by itself and completes; metrics.jsonl shows the gap."""
 import json
 import re
-import subprocess
 import time
 from pathlib import Path
 
@@ -48,7 +47,7 @@ def test_a_signalled_job_checkpoints_requeues_and_completes(local_slurm, tmp_pat
     assert job.isdigit(), proc.stdout + proc.stderr
     try:
         _wait(lambda: any(r["env_steps"] >= 3000 for r in _rows(run_dir)), 300, "training to get under way", out)
-        subprocess.run(["scancel", "--batch", "--signal=USR1", job], check=True)  # the time-limit warning
+        run(["scancel", "--batch", "--signal=USR1", job], check=True)  # the time-limit warning
         _wait(lambda: _job(job).get("Restarts") == "1", 120, "the requeue", out)
         # SLURM holds a requeued job until the old job credential expires (Reason=BeginTime, 120 s by default,
         # 10 s on the test cluster: launch/local-slurm.sh sets AuthInfo=cred_expire); a job started earlier fails
@@ -57,7 +56,7 @@ def test_a_signalled_job_checkpoints_requeues_and_completes(local_slurm, tmp_pat
                       "the requeued job to end", out)
     finally:
         if _job(job).get("JobState") in ("RUNNING", "PENDING"):
-            subprocess.run(["scancel", job])
+            run(["scancel", job])
     output = out.read_text()
     assert state["JobState"] == "COMPLETED" and state["Restarts"] == "1", (state, output)
     stopped = int(re.search(r"stopped by SIGUSR1 at global env step (\d+)", output).group(1))
@@ -91,9 +90,9 @@ def test_a_preempted_two_task_job_continues_as_a_one_task_job(local_slurm, tmp_p
     second = None
     try:
         _wait(lambda: any(r["env_steps"] >= 3000 for r in _rows(run_dir)), 300, "training to get under way", out1)
-        subprocess.run(["scancel", "--batch", "--signal=USR1", first], check=True)
+        run(["scancel", "--batch", "--signal=USR1", first], check=True)
         _wait(lambda: _job(first).get("Restarts") == "1", 120, "the requeue", out1)
-        subprocess.run(["scancel", first], check=True)  # the allocation does not come back as it was
+        run(["scancel", first], check=True)  # the allocation does not come back as it was
         proc = run(["sbatch", "--parsable", "--ntasks-per-node=1", f"--output={out2}", LAUNCH / "slurm.sbatch",
                     cfg], RUN_DIR=run_dir, VIRTUAL_ENV=BIN.parent)
         second = proc.stdout.strip().split(";")[0]
@@ -103,7 +102,7 @@ def test_a_preempted_two_task_job_continues_as_a_one_task_job(local_slurm, tmp_p
     finally:
         for job in (first, second):
             if job and _job(job).get("JobState") in ("RUNNING", "PENDING"):
-                subprocess.run(["scancel", job])
+                run(["scancel", job])
     output = out2.read_text()
     assert state["JobState"] == "COMPLETED", (state, output)
     stopped = int(re.search(r"stopped by SIGUSR1 at global env step (\d+)", out1.read_text()).group(1))

@@ -14,7 +14,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from conftest import BIN, ROOT, run, run_env
+from conftest import BIN, ROOT, run, started
 from hvd_dqn import checkpoint
 from run_schedule import expected_updates
 
@@ -36,7 +36,7 @@ def _rows(run_dir: Path):
 
 def _worker_of_rank(launcher_pid: int, rank: int) -> int | None:
     """The pid of the worker of ``rank`` among the launcher's descendants (never another job's process)."""
-    out = subprocess.run(["ps", "-ww", "-e", "-o", "pid=,ppid=,args="], capture_output=True, text=True).stdout
+    out = run(["ps", "-ww", "-e", "-o", "pid=,ppid=,args="], timeout=60).stdout
     parent, args_of = {}, {}
     for line in out.splitlines():
         pid, ppid, args = line.split(None, 2)
@@ -79,9 +79,7 @@ def _elastic_cmd(tmp_path: Path, config: dict | None, *train_args) -> list:
 def test_an_elastic_run_survives_a_killed_worker(optimizer, tmp_path):
     run_dir = tmp_path / "run"
     cmd = _elastic_cmd(tmp_path, {**RUN, "optimizer": optimizer}, "--run-dir", run_dir)
-    job = subprocess.Popen([str(c) for c in cmd], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                           env=run_env(), cwd=ROOT, start_new_session=True)
-    try:
+    with started(cmd) as job:
         deadline = time.monotonic() + 240
         while not any(r["env_steps"] >= 4000 for r in _rows(run_dir)):
             assert job.poll() is None and time.monotonic() < deadline, "the run ended or stalled before the kill"
@@ -90,10 +88,6 @@ def test_an_elastic_run_survives_a_killed_worker(optimizer, tmp_path):
         assert victim is not None
         os.kill(victim, signal.SIGKILL)
         output, _ = job.communicate(timeout=300)
-    finally:
-        if job.poll() is None:
-            os.killpg(job.pid, signal.SIGKILL)
-            job.wait()
     assert job.returncode == 0, output
     assert "elastic reset: now rank 0 of 1" in output
     summary = json.loads((run_dir / "summary.json").read_text())
@@ -151,13 +145,6 @@ def test_an_elastic_reset_on_an_atari_config_keeps_the_runs_evaluation_options(t
 # ---------------------------------------------------------------------------------------------- disk checkpoints
 CKPT_TOTAL = 8000
 CKPT_RUN = {**RUN, "total_env_steps": CKPT_TOTAL, "checkpoint_every": 2000, "keep_checkpoints": 20}
-
-
-def _start(cmd, out: Path) -> subprocess.Popen:
-    """The job in a session of its own, its output to ``out`` (a file: nobody reads a pipe while the test waits)."""
-    with open(out, "w") as sink:
-        return subprocess.Popen([str(c) for c in cmd], stdout=sink, stderr=subprocess.STDOUT, env=run_env(),
-                                cwd=ROOT, start_new_session=True)
 
 
 def _wait_until(done, job: subprocess.Popen, what: str, timeout: float = 300) -> None:
@@ -234,8 +221,8 @@ def test_an_elastic_run_killed_outright_resumes_from_its_last_checkpoint(tmp_pat
     `--elastic --resume` and a plain `--resume` at the same world size continue from the newest checkpoint to the
     end, and the two end with the same weights."""
     run_dir = tmp_path / "run"
-    job = _start(_elastic_cmd(tmp_path, CKPT_RUN, "--run-dir", run_dir), tmp_path / "job.out")
-    try:
+    # the job's output to a file: nobody reads a pipe while the test waits
+    with started(_elastic_cmd(tmp_path, CKPT_RUN, "--run-dir", run_dir), output=tmp_path / "job.out") as job:
         _wait_until(lambda: checkpoint.is_complete(checkpoint.final_path(run_dir, 4000)), job, "ckpt-4000")
         procs = _job_processes(job)
         ranks = [p for p in procs if _is_rank(p)]
@@ -247,11 +234,7 @@ def test_an_elastic_run_killed_outright_resumes_from_its_last_checkpoint(tmp_pat
                 pass
         os.killpg(job.pid, signal.SIGKILL)
         job.wait()
-    finally:
-        if job.poll() is None:
-            os.killpg(job.pid, signal.SIGKILL)
-            job.wait()
-    assert not _gone(procs) and not _naming(run_dir), "a process of the killed job survived"
+        assert not _gone(procs) and not _naming(run_dir), "a process of the killed job survived"
     assert not (run_dir / "summary.json").exists()
     written = _checkpoints(run_dir, killed=True)
     assert 4000 in written and all(ws == 2 for ws in written.values()), written
@@ -285,8 +268,7 @@ def test_sigterm_stops_an_elastic_run_with_a_checkpoint(to, tmp_path):
     exits 0); the checkpoint is written all the same, and no process of the job is left."""
     run_dir = tmp_path / "run"
     config = {k: v for k, v in CKPT_RUN.items() if k != "checkpoint_every"}  # the stop's checkpoint, only
-    job = _start(_elastic_cmd(tmp_path, config, "--run-dir", run_dir), tmp_path / "job.out")
-    try:
+    with started(_elastic_cmd(tmp_path, config, "--run-dir", run_dir), output=tmp_path / "job.out") as job:
         _wait_until(lambda: any(r["env_steps"] >= 3000 for r in _rows(run_dir)), job, "the row at 3000")
         procs = _job_processes(job)
         ranks = [p for p in procs if _is_rank(p)]
@@ -294,10 +276,7 @@ def test_sigterm_stops_an_elastic_run_with_a_checkpoint(to, tmp_path):
         for p in ranks if to == "ranks" else [psutil.Process(job.pid)]:
             p.send_signal(signal.SIGTERM)
         job.wait(timeout=120)
-    finally:
-        if job.poll() is None:
-            os.killpg(job.pid, signal.SIGKILL)
-            job.wait()
+        left = _gone(procs) or _naming(run_dir)  # before leaving the block, which kills what is left
     output = (tmp_path / "job.out").read_text()
     if to == "ranks":
         assert job.returncode == 1, output
@@ -306,7 +285,7 @@ def test_sigterm_stops_an_elastic_run_with_a_checkpoint(to, tmp_path):
     else:  # Horovod's elastic driver records an exit only after its shutdown began: workers faster than that leave
         # it no failure to report, and it exits 0 (docs/reliability.md). The job did stop, as the checks below show.
         assert job.returncode in (0, 1), output
-    assert not _gone(procs) and not _naming(run_dir), "a process of the stopped job is left"
+    assert not left, "a process of the stopped job is left"
     assert output.count("hvd-dqn: stopped by SIGTERM at global env step") == 1, output  # rank 0 says it
     step = int(output.split("at global env step ")[1].split(";")[0])
     assert f"continue with: hvd-dqn train --elastic --resume {run_dir}" in output
@@ -357,15 +336,10 @@ def test_a_worker_that_joins_mid_run_starts_from_rank_0s_weights(tmp_path):
            "--network-interfaces", "lo", "--gloo", BIN / "hvd-dqn", "train", "--elastic", "--config", cfg,
            "--run-dir", run_dir]
     out = tmp_path / "job.out"
-    job = _start(cmd, out)
-    try:
+    with started(cmd, output=out) as job:
         _wait_until(lambda: any(r["env_steps"] >= 3000 for r in _rows(run_dir)), job, "3000 env steps", 240)
         hosts.write_text("localhost:1\n127.0.0.1:1\n")
         job.wait(timeout=300)
-    finally:
-        if job.poll() is None:
-            os.killpg(job.pid, signal.SIGKILL)
-            job.wait()
     output = out.read_text()
     assert job.returncode == 0, output
     summary = json.loads((run_dir / "summary.json").read_text())

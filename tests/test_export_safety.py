@@ -3,13 +3,12 @@ that are refused (the run dir, a dir around or inside it, a user's own dir or fi
 replaced whole, and HDF5 or Lambda models refused before any of their code can run."""
 import json
 import os
-import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
-from conftest import BIN, run_env
+from conftest import BIN, run
 from test_user_surface import TF_CHATTER
 
 from hvd_dqn import Config, Trainer, cli, serving
@@ -28,8 +27,7 @@ def run_dir(tmp_path_factory):
 
 
 def hvd_dqn(*args, cwd=None):
-    return subprocess.run([str(BIN / "hvd-dqn"), *map(str, args)], capture_output=True, text=True, timeout=300,
-                          env=run_env(), cwd=cwd)
+    return run([BIN / "hvd-dqn", *args], timeout=300, cwd=cwd)
 
 
 def one_line_error(proc) -> str:

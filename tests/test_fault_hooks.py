@@ -13,7 +13,7 @@ TINY = dict(env_id="CartPole-v1", seed=3, total_env_steps=600, hidden_sizes=(8,)
             train_every=100, updates_per_train=5, target_update_every=10, eval_every=600, eval_episodes=1,
             log_every=600, batch_size=16, replay_capacity=1000, checkpoint_every_minutes=None)
 HOOKS = {"HVD_DQN_FAULT": "0:300", "HVD_DQN_INJECT_NAN": "3", "HVD_DQN_PREEMPT_AT": "0:300",
-         "HVD_DQN_HANG_IN_EVAL": "0:0"}
+         "HVD_DQN_HANG_IN_EVAL": "0:0", "HVD_DQN_DEADLOCK": "0:0"}
 
 
 def test_a_production_job_ignores_the_fault_variables(tmp_path):

@@ -1,20 +1,20 @@
 """No two jobs in one run dir, no rank outliving its launcher, no silent hang: each for real under
 ``horovodrun -np 2`` with both controllers (docs/reliability.md). Every test kills what it started, even when
 it fails: each process whose command line names the test's run dir, and every descendant seen."""
+import contextlib
 import json
 import os
 import re
 import signal
 import socket
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import psutil
 import pytest
 
-from conftest import BIN, ROOT, run_env
+from conftest import BIN, run, started
 from hvd_dqn.watchdog import HEARTBEAT_DIR
 
 pytestmark = [pytest.mark.multiproc, pytest.mark.slow]
@@ -38,14 +38,12 @@ def _horovodrun(controller: str, *train_args) -> list[str]:
 
 
 class Job:
-    """A launcher command in its own session, output to a file; ``cleanup()`` kills everything it left."""
+    """A launcher command in its own session (conftest.started), output to a file; ``cleanup()`` kills what it
+    left outside that session."""
 
-    def __init__(self, cmd, run_dir: Path, log: Path, **env):
-        self.run_dir, self.log = run_dir, log
+    def __init__(self, proc: subprocess.Popen, run_dir: Path, log: Path):
+        self.proc, self.run_dir, self.log = proc, run_dir, log
         self.seen: set[int] = set()
-        with open(log, "w") as out:
-            self.proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=run_env(**env), cwd=ROOT,
-                                         start_new_session=True)
 
     @property
     def output(self) -> str:
@@ -119,19 +117,21 @@ class Job:
                     p.send_signal(sig)
                 except psutil.Error:
                     pass
-        try:
-            os.killpg(self.proc.pid, signal.SIGKILL)
-        except OSError:
-            pass
-        self.proc.wait(timeout=30)
 
 
 @pytest.fixture
 def jobs():
-    started = []
-    yield lambda *args, **env: started.append(Job(*args, **env)) or started[-1]
-    for job in started:
-        job.cleanup()
+    """``jobs(cmd, run_dir, log, **env)`` starts a Job; at the end each is killed with all it left."""
+    made = []
+    with contextlib.ExitStack() as stack:  # closed last: the session of each job killed, the launcher reaped
+
+        def start(cmd, run_dir: Path, log: Path, **env) -> Job:
+            made.append(Job(stack.enter_context(started(cmd, output=log, **env)), run_dir, log))
+            return made[-1]
+
+        yield start
+        for job in made:
+            job.cleanup()
 
 
 # ---------------------------------------------------------------------------------------------- one job per run dir
@@ -139,7 +139,8 @@ def jobs():
 def test_a_second_job_in_a_busy_run_dir_is_refused(controller, second, tmp_path, jobs):
     """While a job trains, a second one into its run dir (--resume, or a fresh run) gets one line naming the
     owner (host and rank 0's pid), its ranks exit 2 and touch nothing; the first job trains on and, stopped
-    with SIGUSR1 afterwards, writes a complete checkpoint and releases the lock."""
+    with SIGUSR1 afterwards, writes a complete checkpoint and releases the lock. The signal goes to rank 1 alone:
+    rank 0's line names it all the same (it used to say "stopped by another rank's signal")."""
     run_dir = tmp_path / "run"
     cfg = _config(tmp_path, checkpoint_every=5000)
     first = jobs(_horovodrun(controller, "--config", cfg, "--run-dir", run_dir), run_dir, tmp_path / "first.log")
@@ -150,8 +151,7 @@ def test_a_second_job_in_a_busy_run_dir_is_refused(controller, second, tmp_path,
     checkpoints = run_dir / "checkpoints"
 
     args = ["--resume", run_dir] if second == "resume" else ["--config", cfg, "--run-dir", run_dir]
-    proc = subprocess.run(_horovodrun(controller, *args), capture_output=True, text=True, timeout=START_S,
-                          env=run_env(), cwd=ROOT)
+    proc = run(_horovodrun(controller, *args), timeout=START_S)
     output = proc.stdout + proc.stderr
     assert proc.returncode != 0, output
     lines = [l for l in output.splitlines() if "is in use by another job" in l]
@@ -166,11 +166,13 @@ def test_a_second_job_in_a_busy_run_dir_is_refused(controller, second, tmp_path,
 
     rows_before = len((run_dir / "metrics.jsonl").read_text().splitlines())
     first.wait_training(min_rows=rows_before + 1)  # the first job trains on
-    first.ranks()[0].send_signal(signal.SIGUSR1)
+    first.ranks()[1].send_signal(signal.SIGUSR1)
     first.proc.wait(timeout=120)
     assert "Exit code:" in first.output and set(re.findall(r"(?:Exit code:|exit with status code)\s+(\d+)",
                                                              first.output)) == {"75"}, first.output
-    step = int(first.output.split("at global env step ")[1].split(";")[0])
+    stops = re.findall(r"^\[[\d,]+\]<stderr>:hvd-dqn: stopped by (.+) at global env step (\d+); ", first.output, re.M)
+    assert len(stops) == 1 and stops[0][0] == "SIGUSR1", first.output[-3000:]
+    step = int(stops[0][1])
     ckpt = checkpoints / f"ckpt-{step}"
     assert checkpoint_complete(ckpt), sorted(p.name for p in checkpoints.iterdir())
     rows = [json.loads(l) for l in (run_dir / "metrics.jsonl").read_text().splitlines()]
@@ -192,7 +194,9 @@ def test_sigterm_to_horovodrun_stops_every_rank_with_a_checkpoint(how, tmp_path,
     of the job (horovodrun, mpirun, ranks) is left. With --mpi horovodrun has become `sh -c mpirun ...`,
     which dies alone: the ranks notice it gone. timeout also signals its process group, mpirun included, which
     SIGKILLs the ranks 1 s after its own SIGTERM unless odls_base_sigkill_timeout says otherwise: the recipe
-    for timeout in docs/reliability.md, tested here."""
+    for timeout in docs/reliability.md, tested here. Rank 0's line names the one cause however the ranks learnt
+    of it (horovodrun gone, a SIGTERM, the other rank's vote): the end of horovodrun with --mpi, even where
+    timeout's SIGTERM reached the ranks too; the SIGTERM that horovodrun --gloo passes on to the ranks."""
     run_dir = tmp_path / "run"
     controller = how.split("-")[-1]
     cmd = _horovodrun(controller, "--config", _config(tmp_path), "--run-dir", run_dir)
@@ -203,6 +207,7 @@ def test_sigterm_to_horovodrun_stops_every_rank_with_a_checkpoint(how, tmp_path,
     job = jobs(cmd, run_dir, tmp_path / "job.log", **env)
     job.wait_training()
     assert len(job.ranks()) == 2, job.output
+    horovodrun = psutil.Process(job.proc.pid).children()[0].pid if how.startswith("timeout") else job.proc.pid
     job.proc.send_signal(signal.SIGTERM)
     seconds = job.wait_gone(30)
     print(f"{how}: every process gone {seconds:.1f} s after SIGTERM")
@@ -213,6 +218,9 @@ def test_sigterm_to_horovodrun_stops_every_rank_with_a_checkpoint(how, tmp_path,
     assert not (run_dir / "summary.json").exists()  # stopped mid-run, not run to the end
     step = int(ckpt.name.split("-")[1])
     assert 1000 <= step < LONG_RUN["total_env_steps"]
+    cause = f"the end of horovodrun (pid {horovodrun})" if controller == "mpi" else "SIGTERM"
+    stops = re.findall(r"hvd-dqn: stopped by (.+) at global env step (\d+); checkpoint ", job.output)
+    assert stops == [(cause, str(step))], job.output[-3000:]
 
 
 # ---------------------------------------------------------------------------------------------- a hung rank
@@ -268,4 +276,36 @@ def test_a_rank_stuck_in_long_local_work_ends_the_job_naming_it(tmp_path, jobs):
     lines = [l for l in output.splitlines() if "busy_timeout_s" in l]
     assert lines == ["[1]<stderr>:hvd-dqn: rank 1 has been evaluating for more than busy_timeout_s (15 s): is it "
                      "stuck?; ending the job"], output
+    job.wait_gone(30)
+
+
+def test_a_deadlocked_rank_ends_the_job_while_another_is_busy(tmp_path, jobs):
+    """Rank 0's loop deadlocks on a lock (HVD_DQN_DEADLOCK) at global env step 1,100, its heartbeat running on;
+    rank 1 goes on into that step's checkpoint, marked busy writing it, and waits for rank 0 in its collective.
+    A busy rank is waited for, so the job used to wait until busy_timeout_s (3600 s) and then blame rank 1. Within
+    hang_timeout_s plus a bound the job ends non-zero, one line names rank 0 and where it is stuck, and no process
+    of the job is left."""
+    run_dir = tmp_path / "run"
+    # 1,100 is no decision point (nor a log row): rank 1 makes no collective between the deadlock and the checkpoint
+    cfg = _config(tmp_path, hang_timeout_s=HANG_S, checkpoint_every=1100)
+    job = jobs(_horovodrun("mpi", "--config", cfg, "--run-dir", run_dir), run_dir, tmp_path / "job.log",
+               HVD_DQN_DEADLOCK="0:1100")
+    beat = run_dir / HEARTBEAT_DIR / "rank-1"
+    deadline = time.monotonic() + START_S
+    while not (beat.is_file() and '"busy": "writing a checkpoint"' in beat.read_text()):
+        assert job.proc.poll() is None and time.monotonic() < deadline, job.output[-3000:]
+        time.sleep(0.2)
+    rank0 = job.ranks()[0]
+    ended_after = job.wait_ended(HANG_S + 60, "rank 0 deadlocked and rank 1 began its checkpoint")
+    print(f"the job ended {ended_after:.1f} s after rank 1 began its checkpoint (hang_timeout_s {HANG_S})")
+    output = job.output
+    assert job.proc.returncode != 0, output
+    assert "HVD_DQN_DEADLOCK: rank 0 deadlocks at global env step 1100" in output, output
+    # (rank 1 may add a line of its own as Horovod shuts down under it)
+    lines = [l for l in output.splitlines() if "made no progress" in l or "busy_timeout_s" in l]
+    assert len(lines) == 1, output
+    assert re.search(rf"<stderr>:hvd-dqn: rank 0 made no progress for \d+ s \(its process is alive: host "
+                     rf"{re.escape(socket.gethostname())}, pid {rank0.pid}\): stuck in deadlocked_step "
+                     rf"\(hvd_dqn/testing/faults\.py:\d+\), called from _collect \(hvd_dqn/trainer\.py:\d+\), outside "
+                     rf"any collective; ending the job$", lines[0]), lines[0]
     job.wait_gone(30)

@@ -3,7 +3,6 @@ a loopback SLURM cluster that the `local_slurm` fixture starts (installing SLURM
 import json
 import os
 import re
-import subprocess
 import time
 from pathlib import Path
 
@@ -27,7 +26,7 @@ def _started(script: str, start: str, stop: str, why_root: str):
     if os.geteuid() != 0:
         pytest.skip(why_root)
     for action in (start, stop):
-        proc = subprocess.run([str(LAUNCH / script), action], capture_output=True, text=True, timeout=600)
+        proc = run([LAUNCH / script, action], timeout=600, env=dict(os.environ), cwd=None)
         assert proc.returncode == 0, proc.stdout + proc.stderr
         if action == start:
             yield
@@ -52,7 +51,7 @@ def _config(tmp_path, **overrides) -> Path:
 
 
 def _job(job_id: str) -> dict:
-    text = subprocess.run(["scontrol", "show", "job", job_id], capture_output=True, text=True).stdout
+    text = run(["scontrol", "show", "job", job_id], timeout=60).stdout
     return dict(re.findall(r"(\w+)=(\S*)", text))
 
 

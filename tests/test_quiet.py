@@ -3,12 +3,11 @@ before it is initialised, so TF_CPP_MIN_LOG_LEVEL cannot silence them) are filte
 first imported; everything else, a real error, an ImportError and what a crashing import wrote, still shows."""
 import json
 import os
-import subprocess
 import sys
 
 import pytest
 
-from conftest import BIN, ROOT, run_env
+from conftest import BIN, ROOT, run, run_env
 from hvd_dqn.quiet import is_noise
 
 # As TensorFlow 2.18.1 wrote them on this CPU host (no CUDA driver), with and without TF_CPP_MIN_LOG_LEVEL=3.
@@ -61,8 +60,8 @@ def _fake_tensorflow(tmp_path, body: str):
 
 def _import_quietly(fake, code="import tensorflow"):
     env = run_env(PYTHONPATH=f"{fake}{os.pathsep}{ROOT}")
-    return subprocess.run([sys.executable, "-c", f"from hvd_dqn import quiet\nquiet.install()\n{code}"],
-                          capture_output=True, text=True, env=env, timeout=60)
+    return run([sys.executable, "-c", f"from hvd_dqn import quiet\nquiet.install()\n{code}"], timeout=60, env=env,
+               cwd=None)
 
 
 def test_a_filtered_import_keeps_the_real_lines_in_order(tmp_path):
@@ -95,8 +94,8 @@ def test_a_stop_signal_to_the_whole_job_during_the_import_loses_nothing(tmp_path
                                       "\n    os.killpg(0, sig)\ntime.sleep(0.5)\nos.write(2, b'still here\\n')")
     code = ("import signal\nfor sig in (signal.SIGUSR1, signal.SIGTERM, signal.SIGINT):\n"
             "    signal.signal(sig, lambda *_: None)\nfrom hvd_dqn import quiet\nquiet.install()\nimport tensorflow")
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
-                          env=run_env(PYTHONPATH=f"{fake}{os.pathsep}{ROOT}"), start_new_session=True)
+    proc = run([sys.executable, "-c", code], timeout=60, env=run_env(PYTHONPATH=f"{fake}{os.pathsep}{ROOT}"),
+               cwd=None)
     assert proc.returncode == 0, proc.stderr
     assert proc.stderr.splitlines() == [REAL[0], REAL[1], "still here"]
 
@@ -119,8 +118,8 @@ def _tiny(tmp_path):
 
 def test_a_cpu_run_on_one_rank_writes_nothing_on_stderr(tmp_path):
     run_dir = tmp_path / "run"
-    proc = subprocess.run([BIN / "hvd-dqn", "train", "--config", _tiny(tmp_path), "--run-dir", run_dir],
-                          capture_output=True, text=True, env=_user_env(), cwd=ROOT, timeout=300)
+    proc = run([BIN / "hvd-dqn", "train", "--config", _tiny(tmp_path), "--run-dir", run_dir], timeout=300,
+               env=_user_env())
     assert proc.returncode == 0, proc.stderr
     assert proc.stderr == ""
     assert proc.stdout.splitlines()[-1].startswith("hvd-dqn summary: ")
@@ -131,9 +130,8 @@ def test_a_cpu_run_on_one_rank_writes_nothing_on_stderr(tmp_path):
 def test_ranks_under_horovodrun_write_no_noise(tmp_path):
     """Plain horovodrun: each rank's stderr ("[1,r]<stderr>:" lines) is ours alone. horovodrun's own build check
     (in children of horovodrun) is outside the ranks: launch/horovodrun.sh and make train filter it too."""
-    proc = subprocess.run([BIN / "horovodrun", "-np", "2", "--mpi", "-H", "localhost:2", BIN / "hvd-dqn", "train",
-                           "--config", _tiny(tmp_path), "--run-dir", tmp_path / "run"],
-                          capture_output=True, text=True, env=_user_env(), cwd=ROOT, timeout=300)
+    proc = run([BIN / "horovodrun", "-np", "2", "--mpi", "-H", "localhost:2", BIN / "hvd-dqn", "train",
+                "--config", _tiny(tmp_path), "--run-dir", tmp_path / "run"], timeout=300, env=_user_env())
     assert proc.returncode == 0, proc.stderr
     rank_lines = [line for line in proc.stderr.splitlines() if line.startswith("[1,")]
     assert rank_lines == [], rank_lines
@@ -141,9 +139,8 @@ def test_ranks_under_horovodrun_write_no_noise(tmp_path):
 
 
 def test_the_horovodrun_launcher_writes_nothing_on_stderr(tmp_path):
-    proc = subprocess.run([ROOT / "launch" / "horovodrun.sh", _tiny(tmp_path)], capture_output=True, text=True,
-                          env=_user_env(NP=2, RUN_DIR=tmp_path / "run", VIRTUAL_ENV=BIN.parent), cwd=ROOT,
-                          timeout=300)
+    proc = run([ROOT / "launch" / "horovodrun.sh", _tiny(tmp_path)], timeout=300,
+               env=_user_env(NP=2, RUN_DIR=tmp_path / "run", VIRTUAL_ENV=BIN.parent))
     assert proc.returncode == 0, proc.stderr
     assert proc.stderr == ""
     assert json.loads((tmp_path / "run" / "summary.json").read_text())["world_size"] == 2

@@ -3,12 +3,11 @@ import json
 import os
 import signal
 import socket
-import subprocess
 import sys
 
 import pytest
 
-from conftest import ROOT, run_env
+from conftest import started
 from hvd_dqn import checkpoint
 
 LOCK_NAME = ".hvd-dqn.lock"
@@ -26,12 +25,9 @@ def holder(tmp_path):
     """Another process holding the lock of tmp_path/run (killed at the end)."""
     run_dir = tmp_path / "run"
     run_dir.mkdir()
-    proc = subprocess.Popen([sys.executable, "-c", HOLD, str(run_dir)], stdout=subprocess.PIPE, text=True,
-                            env=run_env(), cwd=ROOT)
-    assert proc.stdout.readline().strip() == "locked"
-    yield run_dir, proc
-    proc.kill()
-    proc.wait()
+    with started([sys.executable, "-c", HOLD, run_dir], stderr=None) as proc:
+        assert proc.stdout.readline().strip() == "locked"
+        yield run_dir, proc
 
 
 def test_a_held_run_dir_is_refused_naming_its_owner(holder):

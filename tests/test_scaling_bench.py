@@ -10,7 +10,7 @@ from pathlib import Path
 
 import psutil
 
-from conftest import ROOT, run
+from conftest import ROOT, run, started
 
 sys.path.insert(0, str(ROOT / "benchmarks"))
 import scaling  # noqa: E402
@@ -68,26 +68,24 @@ def test_table_only_resumes_nothing_and_a_missing_results_file_is_one_line_exit_
 def test_sigterm_ends_the_benchmark_and_the_run_it_started(tmp_path):
     """The run is in a session of its own (so that a timeout ends every rank); SIGTERM to the benchmark must end
     that session too, not leave the run training."""
-    bench = subprocess.Popen([sys.executable, ROOT / "benchmarks" / "scaling.py", "--np", "1", "--seeds", "0",
-                              "--set", "total_env_steps=10000000", "--out", tmp_path / "runs",
-                              "--results", tmp_path / "r.jsonl"], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    deadline = time.monotonic() + 60
-    children = []
-    while not children and time.monotonic() < deadline:
-        time.sleep(0.2)
-        children = [p.pid for p in psutil.Process(bench.pid).children()]
-    assert len(children) == 1, "the benchmark started no run"
-    (child,) = children
-    try:
-        bench.send_signal(signal.SIGTERM)
-        assert bench.wait(timeout=30) == 128 + signal.SIGTERM
-        deadline = time.monotonic() + 10
-        while Path(f"/proc/{child}").exists() and time.monotonic() < deadline:
-            time.sleep(0.1)
-        assert not Path(f"/proc/{child}").exists(), "the run outlived the benchmark"
-    finally:  # a failing check must not leave the run behind either
-        if Path(f"/proc/{child}").exists():
-            os.killpg(child, signal.SIGKILL)
-        bench.kill()
-        bench.wait()
+    with started([sys.executable, ROOT / "benchmarks" / "scaling.py", "--np", "1", "--seeds", "0",
+                  "--set", "total_env_steps=10000000", "--out", tmp_path / "runs", "--results", tmp_path / "r.jsonl"],
+                 stderr=subprocess.PIPE) as bench:
+        deadline = time.monotonic() + 60
+        children = []
+        while not children and time.monotonic() < deadline:
+            time.sleep(0.2)
+            children = [p.pid for p in psutil.Process(bench.pid).children()]
+        assert len(children) == 1, "the benchmark started no run"
+        (child,) = children
+        try:
+            bench.send_signal(signal.SIGTERM)
+            assert bench.wait(timeout=30) == 128 + signal.SIGTERM
+            deadline = time.monotonic() + 10
+            while Path(f"/proc/{child}").exists() and time.monotonic() < deadline:
+                time.sleep(0.1)
+            assert not Path(f"/proc/{child}").exists(), "the run outlived the benchmark"
+        finally:  # a failing check must not leave the run behind either: it is in a session of its own
+            if Path(f"/proc/{child}").exists():
+                os.killpg(child, signal.SIGKILL)
     assert not (tmp_path / "r.jsonl").exists()  # a killed run is not recorded as a result

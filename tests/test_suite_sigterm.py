@@ -2,14 +2,13 @@
 loopback SLURM, the network namespaces) are torn down and a running test's command is ended with all it started."""
 import shutil
 import signal
-import subprocess
 import sys
 import time
 from pathlib import Path
 
 import psutil
 
-from conftest import ROOT, run_env
+from conftest import ROOT, started
 
 INNER = '''
 import os, sys
@@ -45,15 +44,11 @@ def test_sigterm_stops_the_suite_with_teardown_and_ends_the_running_command(tmp_
     inner.mkdir()
     shutil.copy(ROOT / "tests" / "conftest.py", inner / "conftest.py")
     (inner / "test_inner.py").write_text(INNER)
-    proc = subprocess.Popen([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "test_inner.py"],
-                            cwd=inner, env=run_env(MARK=tmp_path), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                            text=True)
-    try:
+    with started([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "test_inner.py"], cwd=inner,
+                 MARK=tmp_path) as proc:
         child, grandchild = _pid(tmp_path / "child.pid", 60), _pid(tmp_path / "grandchild.pid", 60)
         proc.send_signal(signal.SIGTERM)
         output, _ = proc.communicate(timeout=60)
-    finally:
-        proc.kill()
     assert proc.returncode == 2, output  # pytest's "interrupted", as after Ctrl-C
     assert (tmp_path / "torn-down").read_text() == "yes", output
     for pid in (child, grandchild):

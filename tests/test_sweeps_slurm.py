@@ -3,7 +3,6 @@ its own run dir, both named from the task id and stated in the task's first line
 then reads the sweep."""
 import json
 import re
-import subprocess
 from pathlib import Path
 
 import pytest
@@ -12,7 +11,7 @@ from conftest import BIN
 from test_launchers import LAUNCH, SHORT_RUN, local_slurm, run  # noqa: F401 (local_slurm: the session fixture)
 
 pytestmark = [pytest.mark.cluster, pytest.mark.multiproc]
-NODE = subprocess.run(["hostname", "-s"], capture_output=True, text=True).stdout.strip()  # local-slurm.sh's node
+NODE = run(["hostname", "-s"], timeout=60).stdout.strip()  # local-slurm.sh's node
 
 
 def _array(tmp_path, cfg, array, *train_args):
@@ -30,7 +29,7 @@ def _array(tmp_path, cfg, array, *train_args):
 
 def _task_jobs(job: str) -> dict[int, str]:
     """The job id of each task of array job ``job`` (scontrol shows the whole array, one record per task)."""
-    text = subprocess.run(["scontrol", "show", "job", "-o", job], capture_output=True, text=True).stdout
+    text = run(["scontrol", "show", "job", "-o", job], timeout=60).stdout
     records = [dict(re.findall(r"(\w+)=(\S*)", line)) for line in text.splitlines()]
     return {int(r["ArrayTaskId"]): r["JobId"] for r in records}
 

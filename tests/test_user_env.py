@@ -1,7 +1,6 @@
 """A user's own env (module:id, env_kwargs), the spaces it may have, and a user's own Q-network."""
 import json
 import os
-import subprocess
 import sys
 
 import numpy as np
@@ -55,9 +54,8 @@ def test_a_users_env_module_trains_on_two_ranks_evaluates_exports_and_serves(tmp
              "m = tf.saved_model.load(sys.argv[1])\n"
              "obs = tf.constant(np.eye(8, dtype=np.float32)[:7])\n"
              "print(m.signatures['greedy_action'](observation=obs)['action'].numpy().tolist())\n")
-    proc = subprocess.run([sys.executable, "-c", serve, str(out / "saved_model")], capture_output=True, text=True,
-                          timeout=300, env={k: v for k, v in os.environ.items() if k != "PYTHONPATH"},
-                          cwd=tmp_path)
+    proc = run([sys.executable, "-c", serve, out / "saved_model"], timeout=300,
+               env={k: v for k, v in os.environ.items() if k != "PYTHONPATH"}, cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip().splitlines()[-1] == "[1, 1, 1, 1, 1, 1, 1]"  # always right, towards the exit
 

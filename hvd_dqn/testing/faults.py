@@ -15,10 +15,13 @@ training loop carries no fault check at all in a production job.
   its ``rank<r>.json`` and the collectives that complete the checkpoint.
 - ``HVD_DQN_HANG_IN_EVAL=RANK:STEP``: that rank's first evaluation at or past STEP never returns (a user env whose
   step blocks forever), while its heartbeat thread runs on.
+- ``HVD_DQN_DEADLOCK=RANK:STEP``: that rank's loop deadlocks (takes a lock it holds already) when it collects at or
+  past global env step STEP: outside any collective and any marked work, while its heartbeat thread runs on.
 """
 from __future__ import annotations
 
 import os
+import threading
 import time
 
 import numpy as np
@@ -31,6 +34,7 @@ NAN_ENV = "HVD_DQN_INJECT_NAN"
 PREEMPT_AT_ENV = "HVD_DQN_PREEMPT_AT"
 DIE_IN_CHECKPOINT_ENV = "HVD_DQN_DIE_IN_CHECKPOINT"
 HANG_IN_EVAL_ENV = "HVD_DQN_HANG_IN_EVAL"
+DEADLOCK_ENV = "HVD_DQN_DEADLOCK"
 
 
 class _RankFault(Callback):
@@ -134,6 +138,25 @@ class HangInEval(_RankFault):
         return hanging_step
 
 
+class DeadlockAt(_RankFault):
+    """Rank ``rank``'s main thread blocks for ever on a lock it holds, when it collects at or past ``step``."""
+
+    def install(self, trainer) -> None:
+        actor = trainer.actor
+        step = actor.step
+
+        def deadlocked_step(*args):
+            if trainer.state.env_steps >= self.step:
+                say(f"hvd-dqn: {DEADLOCK_ENV}: rank {trainer.world.rank} deadlocks at global env step "
+                    f"{trainer.state.env_steps}")
+                lock = threading.Lock()
+                lock.acquire()
+                lock.acquire()
+            step(*args)
+
+        actor.step = deadlocked_step
+
+
 def from_env() -> list[Callback]:
     """A callback for each fault variable that is set."""
     hooks = []
@@ -147,6 +170,8 @@ def from_env() -> list[Callback]:
         hooks.append(DieInCheckpoint(*_rank_step(DIE_IN_CHECKPOINT_ENV)))
     if os.environ.get(HANG_IN_EVAL_ENV):
         hooks.append(HangInEval(*_rank_step(HANG_IN_EVAL_ENV)))
+    if os.environ.get(DEADLOCK_ENV):
+        hooks.append(DeadlockAt(*_rank_step(DEADLOCK_ENV)))
     return hooks
 
 
