@@ -18,13 +18,12 @@ its heartbeat thread runs on, so the others would wait for it forever. Staleness
 this rank's own heartbeat, so both times come from the file server's clock, whatever the hosts' clocks say.
 
 The heartbeat also says where the loop's thread is (its innermost frames) and whether it waits in a collective
-(``distributed.in_collective``). A rank in a collective waits for the others, even inside marked work (a
-checkpoint's collectives); a rank whose loop has made no progress for ``timeout_s`` outside collectives and marked
-work waits for nobody: it is stuck on its own (a deadlock on a lock, a hung read), whoever else is busy, and it
-ends the job naming itself and where it is stuck. Without that, a busy rank waiting in a checkpoint's collective
-for a deadlocked one kept the job waiting until busy_timeout_s, then blamed itself. (The allreduce inside the
-learner's compiled update is no such collective: the learning phase that compiles it is marked work, and later
-ones run in lockstep on every rank.)
+(``distributed.in_collective``). A rank whose loop has made no progress for ``timeout_s`` outside collectives and
+outside marked work waits for no other rank: it is stuck on its own (a deadlock on a lock, a hung read), whoever
+else is busy, and it ends the job naming itself and where it is stuck. Without that, a rank busy writing a
+checkpoint, waiting in its collective for a deadlocked one, kept the job waiting until busy_timeout_s, then blamed
+itself. (The allreduce inside the learner's compiled update is no such collective: the learning phase that
+compiles it is marked work, and later ones run in lockstep on every rank.)
 """
 from __future__ import annotations
 
@@ -128,8 +127,7 @@ class Watchdog:
             last = now
             stalled, busy = self._stalled_s(), self._busy
             busy_s = now - self._busy_since
-            waiting, where = self._whereabouts()
-            if busy is not None and not waiting and self.busy_timeout_s is not None and busy_s > self.busy_timeout_s:
+            if busy is not None and self.busy_timeout_s is not None and busy_s > self.busy_timeout_s:
                 self._end(f"rank {self.rank} has been {busy} for more than busy_timeout_s "
                           f"({self.busy_timeout_s:g} s): is it stuck?")
             if stalled <= self.timeout_s:
@@ -144,6 +142,7 @@ class Watchdog:
             if not found:
                 self._end(f"rank {self.rank} made no progress for {stalled:.0f} s and the heartbeats in {self.dir} "
                           f"could not be read within {READ_TIMEOUT_S:g} s (is the shared filesystem hung?)")
+            waiting, where = self._whereabouts()
             me = RankView(self.rank, None, busy, waiting, stalled, where,
                           f"host {socket.gethostname()}, pid {os.getpid()}")
             line = verdict(self.rank, sorted([me, *found[0]]), self.timeout_s)
@@ -207,8 +206,10 @@ def verdict(me: int, views: list[RankView], timeout_s: float) -> str | None:
             return "; ".join(f"rank {v.rank} made no progress for {v.stalled_s:.0f} s (its process is alive: "
                              f"{v.who}): stuck in {v.where}, outside any collective" for v in stuck)
         return None
-    if any(v.busy is not None and not v.waiting for v in views):
-        return None  # long local work (a checkpoint, an evaluation) here or on another rank: wait for it
+    if any(v.busy is not None for v in views):
+        # long work (a checkpoint, an evaluation, the first compile) here or on another rank: wait for it, also
+        # where it has reached its collectives, which may take long too (broadcasting the optimizer's slots)
+        return None
     # every rank waits in a collective (or has just made progress): collectives that do not match, a deadlock
     others = [f"rank {v.rank} made no progress for {v.stalled_s:.0f} s (its process is alive: {v.who}): waiting in "
               f"{v.where}" for v in views if v.rank != me and v.stalled_s > timeout_s]

@@ -38,6 +38,16 @@ def test_a_rank_waiting_in_a_collective_for_a_busy_one_waits_on():
     assert verdict(1, views, T) is None
 
 
+def test_ranks_busy_with_long_work_wait_on_also_in_its_collectives():
+    """The first learning phase (marked work) ends in a broadcast of the optimizer's slots, slow on a loaded machine:
+    both ranks in that collective, stalled for longer than hang_timeout_s since before the compile, wait on (seen
+    in a run when a rank in a collective stopped counting as busy)."""
+    views = [view(r, busy="compiling the update", waiting=True, stalled_s=T + 5, where="broadcast_variables")
+             for r in (0, 1)]
+    assert verdict(0, views, T) is None
+    assert verdict(1, views, T) is None
+
+
 def test_a_stale_heartbeat_comes_first():
     views = [view(0, waiting=True, stalled_s=T + 1), view(1, stale="rank 1 made no progress for 25 s (...)")]
     assert verdict(0, views, T) == "rank 1 made no progress for 25 s (...)"
