@@ -110,7 +110,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def _train(args) -> int:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")  # TF C++ start-up chatter (CUDA plugins on CPU hosts) hides our lines
-    quiet.install(warm_xla=True)  # and what TF_CPP_MIN_LOG_LEVEL cannot silence
+    quiet.install()  # and what TF_CPP_MIN_LOG_LEVEL cannot silence
     from hvd_dqn.config import Config
 
     if args.restart and (args.resume is not None or args.run_dir is None or args.elastic):

@@ -134,9 +134,24 @@ def wrap_optimizer(optimizer, *, op: str = "average", compression: str = "none",
         return _adasum_optimizer(optimizer, compression)
     import horovod.tensorflow.keras as hvd_keras
 
-    return hvd_keras.DistributedOptimizer(
+    return _reduce_inline(hvd_keras.DistributedOptimizer(
         optimizer, compression=_wire(compression), backward_passes_per_step=backward_passes_per_step,
-        average_aggregated_gradients=average_aggregated_gradients, groups=1)
+        average_aggregated_gradients=average_aggregated_gradients, groups=1))
+
+
+def _reduce_inline(optimizer):
+    """``optimizer`` (Horovod's keras DistributedOptimizer) with its gradient allreduce traced as plain Python
+    into the graph that calls minimize. Built eagerly, Horovod wraps that function in a ``tf.function`` with
+    autograph on, and autograph converting horovod.tensorflow's code on every trace of the learner's update made
+    it the costliest part of a multi-rank run's start (docs/update-cost.md). The function has no control flow on
+    tensors (its branches test Python values; the one on the world size is a ``tf.cond`` already), so the graph
+    it builds is the same without autograph."""
+    helper = getattr(optimizer, "_agg_helper", None)  # backward_passes_per_step > 1 reduces through it
+    for owner, attr in ((optimizer, "_allreduce_grads"), (helper, "allreduce_grads"), (helper, "_allreduce_grads")):
+        fn = getattr(owner, attr, None)
+        if fn is not None and hasattr(fn, "python_function"):
+            setattr(owner, attr, fn.python_function)
+    return optimizer
 
 
 def distributed_tape(tape, *, op: str = "average", compression: str = "none"):

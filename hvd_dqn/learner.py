@@ -28,13 +28,14 @@ steps on its own data, so even several ranks run XLA-compiled) and the ranks ave
 """
 from __future__ import annotations
 
+import contextlib
 from typing import NamedTuple
 
 import numpy as np
 import tensorflow as tf
 from hvd_dqn.keras2 import keras
 
-from hvd_dqn import distributed, losses, optimizers
+from hvd_dqn import distributed, losses, optimizers, quiet
 from hvd_dqn.config import Config
 from hvd_dqn.scaling import PerRank
 from hvd_dqn.networks import build_q_network, mlp_forward, mlp_params
@@ -87,14 +88,17 @@ class Learner:
         self.optimizer = optimizers.build(config, config.per_rank(world_size), self._allreduce)
         # XLA: for the built-in MLP; the Nature CNN runs slower XLA-compiled on CPU than on TF's own (oneDNN)
         # kernels (docs/atari.md), and a user's network may hold layers XLA cannot compile, so they run without.
-        xla = builtin_mlp
-        self._updates_fn = tf.function(self._update_loop, jit_compile=xla and not self._allreduce,
-                                       reduce_retracing=True, autograph=False)
+        self._xla = builtin_mlp and not self._allreduce
+        self._updates_fn = tf.function(self._update_loop, jit_compile=self._xla, reduce_retracing=True,
+                                       autograph=False)
         self._optimizer_synced = False
         self._q_fns = {}  # the CNN's Q-value tf.functions, one per network, built on first use
+        # The optimizer's slots exist before the first update is traced: a tf.function whose first trace creates
+        # variables is traced a second time before it runs, and the update is the costliest trace of a run (the
+        # whole loop with Horovod's DistributedOptimizer at N > 1, docs/update-cost.md).
+        self.optimizer.build(self.online.trainable_variables)
         if elastic:
             self.align_to_online()
-            self.optimizer.build(self.online.trainable_variables)
             self._optimizer_synced = True
 
     # ---- the math of one update
@@ -168,10 +172,11 @@ class Learner:
         shape = batch.action.shape
         discount = np.full(shape, self.config.gamma, np.float32) if discount is None else discount
         weights = np.ones(shape, np.float32) if weights is None else weights
-        loss, q_mean, finite, td_abs, weights_finite = self._updates_fn(
-            tf.constant(batch.obs), tf.constant(batch.action), tf.constant(batch.reward),
-            tf.constant(batch.next_obs), tf.constant(batch.terminated),
-            tf.constant(discount, tf.float32), tf.constant(weights, tf.float32))
+        with quiet.first_xla_compile() if self._xla else contextlib.nullcontext():
+            loss, q_mean, finite, td_abs, weights_finite = self._updates_fn(
+                tf.constant(batch.obs), tf.constant(batch.action), tf.constant(batch.reward),
+                tf.constant(batch.next_obs), tf.constant(batch.terminated),
+                tf.constant(discount, tf.float32), tf.constant(weights, tf.float32))
         td_abs = td_abs.numpy()
         k = int(batch.action.shape[0])
         if not bool(finite):

@@ -5,10 +5,15 @@ and its first XLA compilation three "XLA service ... initialized" lines, through
 absl is initialised: straight to fd 2, whatever TF_CPP_MIN_LOG_LEVEL says and whatever Python's sys.stderr is.
 They are false alarms (the plugins are registered twice; nothing is missing). ``install()`` makes the first
 import of tensorflow in this process (whoever imports it, whenever) run with fd 2 piped through a filter
-process that drops exactly those lines and passes every other line on as it comes; an XLA compilation of a
-constant inside the same window spends the once-per-process XLA lines there. A separate process rather than a
-thread, so that what a crashing import wrote still reaches the terminal: the filter reads to the end of the pipe
-after its writer is gone. Python exceptions (an ImportError) are raised after fd 2 is restored.
+process that drops exactly those lines and passes every other line on as it comes. A separate process rather
+than a thread, so that what a crashing import wrote still reaches the terminal: the filter reads to the end of
+the pipe after its writer is gone. Python exceptions (an ImportError) are raised after fd 2 is restored.
+
+XLA's lines come at the process's first XLA compilation, which only a process that compiles with XLA makes (the
+learner on one rank; on several, the update runs Horovod's ops, which XLA cannot compile): ``first_xla_compile()``
+puts that compilation through the same filter. XLA is not warmed up during the import instead: running any TF
+function there starts TensorFlow's runtime, after which hvd_dqn.distributed can no longer size the per-rank
+thread pools, and every rank of a host then ran as many threads as the host has cores (docs/update-cost.md).
 """
 from __future__ import annotations
 
@@ -92,8 +97,8 @@ def filtered_stderr():
 
 
 class _QuietLoader(importlib.abc.Loader):
-    def __init__(self, loader, warm_xla: bool):
-        self._loader, self._warm_xla = loader, warm_xla
+    def __init__(self, loader):
+        self._loader = loader
 
     def create_module(self, spec):
         return self._loader.create_module(spec)
@@ -101,35 +106,43 @@ class _QuietLoader(importlib.abc.Loader):
     def exec_module(self, module) -> None:
         with filtered_stderr():
             self._loader.exec_module(module)
-            if self._warm_xla:
-                tf = module
-                with contextlib.suppress(Exception):  # no XLA here: then nothing will log its start either
-                    tf.function(lambda: tf.constant(0.0) + 1.0, jit_compile=True)()
 
     def __getattr__(self, name):  # resource readers and the like: the real loader's
         return getattr(self._loader, name)
 
 
 class _Finder(importlib.abc.MetaPathFinder):
-    def __init__(self, warm_xla: bool):
-        self.warm_xla = warm_xla
-
     def find_spec(self, name, path, target=None):
         if name != "tensorflow":
             return None
         sys.meta_path.remove(self)  # once: the first import is the one that writes the noise
         spec = importlib.util.find_spec(name)
         if spec is not None and spec.loader is not None:
-            spec.loader = _QuietLoader(spec.loader, self.warm_xla)
+            spec.loader = _QuietLoader(spec.loader)
         return spec
 
 
-def install(warm_xla: bool = False) -> None:
-    """Filter the first import of tensorflow in this process (a no-op once it is imported). ``warm_xla``: also
-    compile a constant with XLA in that window (for a process that will use XLA: its first compilation logs)."""
+_xla_unfiltered = False  # install() was called and no XLA compilation has gone through the filter yet
+
+
+def install() -> None:
+    """Filter the first import of tensorflow in this process (a no-op once it is imported), and the first XLA
+    compilation (``first_xla_compile``)."""
+    global _xla_unfiltered
     if "tensorflow" in sys.modules or any(isinstance(f, _Finder) for f in sys.meta_path):
         return
-    sys.meta_path.insert(0, _Finder(warm_xla))
+    _xla_unfiltered = True
+    sys.meta_path.insert(0, _Finder())
+
+
+def first_xla_compile():
+    """Wrap the call that may be this process's first XLA compilation: after ``install()``, the first such call
+    runs with fd 2 filtered (XLA logs its start-up lines once per process); otherwise, and later, a no-op."""
+    global _xla_unfiltered
+    if not _xla_unfiltered:
+        return contextlib.nullcontext()
+    _xla_unfiltered = False
+    return filtered_stderr()
 
 
 def main(argv: list[str]) -> None:

@@ -5,7 +5,8 @@ set by the test); rank 0 writes to the file argv[2] a JSON mapping with
   off variables that start at 0 under SGD with a learning rate of 1 (the weights are then exactly minus the
   gradient applied; with optimizer lamb, LAMB's first step from 0), for the test to recompute in NumPy;
 - "learner": each rank's checksums of its online weights and optimizer state after two phases of 8 updates each on
-  different data per rank, and the update count;
+  different data per rank, the update count, how often the update was traced, and the type of the optimizer's
+  gradient-reducing function;
 - "nan": what stopped each rank in a third phase where rank 0 alone feeds a NaN reward into update 18."""
 import json
 import sys
@@ -62,7 +63,10 @@ start = distributed.gather_checksums(learner.online.variables)
 for _ in range(2):
     learner.run_updates(replay.sample(rng, (8, cfg.batch_size // world.size)), 1e-2)
 out["learner"] = {"start": start, "end": distributed.gather_checksums(learner.online.variables),
-                  "adam": distributed.gather_checksums(learner.optimizer_variables), "updates": learner.updates}
+                  "adam": distributed.gather_checksums(learner.optimizer_variables), "updates": learner.updates,
+                  "traces": learner._updates_fn.experimental_get_tracing_count(),
+                  # Horovod's own tf.function (with autograph) around the allreduce, or the plain function
+                  "reduce_fn": type(getattr(learner.optimizer, "_allreduce_grads", None)).__name__}
 
 # ---- a NaN reward on rank 0 only, in update 18
 batch = replay.sample(rng, (4, cfg.batch_size // world.size))

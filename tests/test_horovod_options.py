@@ -63,6 +63,8 @@ def learner_allreduces(timeline) -> dict[str, list]:
 def test_average_is_the_mean_of_the_ranks_gradients_in_one_allreduce_per_update(tmp_path):
     result, timeline = _run({}, tmp_path)
     r = _result(result)
+    # traced once, with Horovod's reduction inline (not its autograph tf.function): docs/update-cost.md
+    assert (r["learner"]["traces"], r["learner"]["reduce_fn"]) == (1, "function")
     g = r["grads"][:, 0]
     np.testing.assert_array_equal(r["reduced"][0], (g[0] + g[1]) * np.float32(0.5))
     per_tensor = learner_allreduces(timeline)

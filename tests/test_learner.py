@@ -119,3 +119,14 @@ def test_learn_runs_the_phase_schedule_and_returns_the_last_runs_result(replay):
     for t, o in zip(learner.target.variables, learner.online.variables):
         np.testing.assert_array_equal(t.numpy(), o.numpy())
     assert _max_change(before, learner.target) > 0.0
+
+
+def test_the_update_is_traced_once(replay):
+    """The optimizer's slots exist before the first trace: a tf.function whose first trace creates variables is
+    traced again before it runs, and the update's trace is a run's costliest (docs/update-cost.md)."""
+    rng = np.random.default_rng(4)
+    learner = Learner(Config(env_id="CartPole-v1", hidden_sizes=(8,)), 4, 2, 1)
+    assert len(learner.optimizer_variables) == 1 + 2 * 4  # the step counter, Adam's m and v of 2 kernels, 2 biases
+    for _ in range(3):
+        learner.run_updates(replay.sample(rng, (3, 16)), 1e-3)
+    assert learner._updates_fn.experimental_get_tracing_count() == 1

@@ -100,6 +100,20 @@ def test_a_stop_signal_to_the_whole_job_during_the_import_loses_nothing(tmp_path
     assert proc.stderr.splitlines() == [REAL[0], REAL[1], "still here"]
 
 
+def test_the_filtered_import_leaves_the_thread_pools_to_be_sized():
+    """The filter starts no TensorFlow runtime, so hvd_dqn.distributed can still give each rank of a host its
+    share of the cores. (An XLA warm-up inside the import once started it: each of 2 ranks on 2 cores then ran
+    TensorFlow's default 2 + 2 threads, and np=2 ran slower: docs/update-cost.md.)"""
+    code = ("from hvd_dqn import quiet\nquiet.install()\nimport tensorflow as tf\nfrom hvd_dqn import distributed\n"
+            "distributed._configure_devices(distributed.World(rank=0, size=2, local_rank=0, local_size=2))\n"
+            "print(tf.config.threading.get_intra_op_parallelism_threads(), "
+            "tf.config.threading.get_inter_op_parallelism_threads())")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=run_env(), timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    share = max(1, len(os.sched_getaffinity(0)) // 2)
+    assert proc.stdout.split() == [str(share), str(min(2, share))]
+
+
 # ------------------------------------------------------------------ the real thing, as a user runs it
 def _user_env(**extra):
     """A user's shell: no TF_CPP_MIN_LOG_LEVEL (the suite sets it)."""
