@@ -30,11 +30,12 @@ def test_two_rank_pong_smoke_run_updates_in_lockstep(tmp_path):
     rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     assert [(r["env_steps"], r["updates"]) for r in rows] == [(200, 1), (400, 26)]
     # The job is deterministic (two runs: the same replica checksums, losses and returns), so for this config the
-    # values are exact. 26 updates teach Pong nothing: in 75 agent steps the opponent scores once in each episode.
-    assert (rows[-1]["eval_episodes"], rows[-1]["eval_return_mean"], rows[-1]["eval_return_std"]) == (2, -1.0, 0.0)
+    # values are exact. 26 updates teach Pong little: in 75 agent steps the opponent scores once in one episode and
+    # not in the other. (-1.0 in both before prioritized replay let slots enter the sum-tree only once complete.)
+    assert (rows[-1]["eval_episodes"], rows[-1]["eval_return_mean"], rows[-1]["eval_return_std"]) == (2, -0.5, 0.5)
     # the loss to 1e-3: its last digits would move with another CPU's vector instructions (oneDNN picks kernels per CPU)
-    assert rows[-1]["losses/td_loss"] == pytest.approx(0.0011769647, rel=1e-3)
-    assert rows[-1]["charts/episodic_return"] == -1.0
+    assert rows[-1]["losses/td_loss"] == pytest.approx(0.0037432422, rel=1e-3)
+    assert rows[-1]["charts/episodic_return"] == -0.5
     # 100 steps per env; episodes end at the 300-frame cap (< 75 steps), so each of the 4 envs finished one
     assert sum(r["charts/episodes"] for r in rows) == 4
 
