@@ -125,14 +125,6 @@ def _fsync_file(path: Path) -> None:
         os.fsync(f.fileno())
 
 
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def write_json(path: Path, data: dict[str, Any]) -> None:
     with open(path, "w") as f:
         json.dump(data, f)
@@ -186,7 +178,7 @@ def commit(tmp: Path, final: Path, files: dict[str, dict[str, Any]]) -> None:
     is replaced only after the new one is complete."""
     manifest = dict(sorted(files.items()))
     write_json(Path(tmp) / COMPLETE, {"format": FORMAT, "version": VERSION, "files": manifest})
-    _fsync_dir(tmp)
+    rundir.fsync_dir(tmp)
     if final.exists():
         old = final.with_name(final.name + ".old")
         shutil.rmtree(old, ignore_errors=True)
@@ -195,7 +187,7 @@ def commit(tmp: Path, final: Path, files: dict[str, dict[str, Any]]) -> None:
         shutil.rmtree(old, ignore_errors=True)
     else:
         os.replace(tmp, final)
-    _fsync_dir(final.parent)
+    rundir.fsync_dir(final.parent)
 
 
 # ---------------------------------------------------------------------------------------------- reading

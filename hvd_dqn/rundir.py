@@ -77,12 +77,12 @@ def replace_dir(path: Path, write: Callable[[Path], None]) -> None:
     try:
         tmp.mkdir()
         write(tmp)
-        _fsync_dir(tmp)
+        fsync_dir(tmp)
         if path.is_symlink() or path.exists():
             os.replace(path, old)
             moved = True
         os.replace(tmp, path)
-        _fsync_dir(path.parent)
+        fsync_dir(path.parent)
     except BaseException:
         remove_entry(tmp)
         if moved and not (path.is_symlink() or path.exists()):
@@ -101,7 +101,8 @@ def remove_entry(path: Path) -> None:
         shutil.rmtree(path)
 
 
-def _fsync_dir(path: Path) -> None:
+def fsync_dir(path: Path) -> None:
+    """Make a rename or a new entry in ``path`` durable."""
     fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)
