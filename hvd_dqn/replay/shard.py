@@ -38,7 +38,8 @@ class ReplayShard:
 
     def add(self, obs, action, reward, next_obs, terminated, truncated, discount=None, **extra) -> None:
         """Add transitions through the buffer's ``add`` (``extra``: its own keywords, e.g. the frame buffer's
-        ``episode_end``); they get this shard's discount and, when prioritized, the largest priority so far."""
+        ``episode_end``); they get this shard's discount and, when prioritized, the largest priority so far once
+        their transitions are complete (priority 0 until then)."""
         n = len(action)
         if self.tree is not None:
             self._track_restored()  # before the add: the new slots are not restored ones
