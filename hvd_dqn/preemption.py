@@ -161,10 +161,9 @@ LAUNCHER_ENDED, REQUESTED = 0, 1  # the precedence of a rank's cause (``StopRequ
 
 def root_cause(causes) -> str | None:
     """The one cause of a stop, from every rank's ``StopRequest.cause()`` in rank order: the end of a launcher if a
-    rank saw one, else the first rank's own. A user's SIGTERM to horovodrun reaches the ranks in several ways
-    (the launcher gone, a SIGTERM from horovodrun --gloo's helpers as it ends or from ``timeout`` to its process
-    group), each rank noticing one of them first, or none before the decision: it is still one cause, said one
-    way."""
+    rank saw one, else the first rank's own. A user's SIGTERM to horovodrun --mpi reaches the ranks in several ways
+    (the launcher gone; with ``timeout``, its SIGTERM to the process group too), each rank noticing one of them
+    first, or none before the decision: it is still one cause, said one way."""
     known = [c for c in causes if c is not None]
     return min(known, key=lambda c: c[0])[1] if known else None
 
