@@ -108,7 +108,7 @@ def test_the_filtered_import_leaves_the_thread_pools_to_be_sized():
             "distributed._configure_devices(distributed.World(rank=0, size=2, local_rank=0, local_size=2))\n"
             "print(tf.config.threading.get_intra_op_parallelism_threads(), "
             "tf.config.threading.get_inter_op_parallelism_threads())")
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=run_env(), timeout=120)
+    proc = run([sys.executable, "-c", code], timeout=120)
     assert proc.returncode == 0, proc.stderr
     share = max(1, len(os.sched_getaffinity(0)) // 2)
     assert proc.stdout.split() == [str(share), str(min(2, share))]
