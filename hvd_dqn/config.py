@@ -59,13 +59,14 @@ class Config(BaseModel):
         (256, 256), description=f"Widths of the MLP's hidden layers: 1 to {MAX_HIDDEN_LAYERS} layers, each 1 to "
                                 f"{MAX_HIDDEN_WIDTH} wide.")
     learning_rate: float = Field(
-        1e-3, gt=0, le=1.0, description="Adam step size at the start of training (times N with scaling weak).")
+        1e-3, gt=0, le=1.0, description="The optimizer's step size at the start of training, at N = 1 (the "
+                                           "scaling rule's multiple of it at N > 1).")
     lr_final_fraction: float = Field(
         1.0, ge=0, le=1.0,
         description="Learning rate at the end of training as a fraction of learning_rate (linear decay; 1 = constant).")
     lr_warmup_env_steps: int = Field(
         0, ge=0, le=10 ** 12,
-        description="Scaling weak, adam_sqrt or lamb_sqrt at N > 1: the learning rate rises linearly from "
+        description="Scaling weak, adam_sqrt, lamb_sqrt or sqrt at N > 1: the learning rate rises linearly from "
                     "learning_rate (N = 1's) to the rule's over this many global env steps after learning_starts "
                     "(Goyal et al. 2017's gradual warm-up); 0 = none. Nothing changes at N = 1 or with scaling "
                     "strong.")
@@ -77,13 +78,15 @@ class Config(BaseModel):
                             "(Mnih et al. 2015; PyTorch's form, as the MinAtar reference runs it), which takes the "
                             "rmsprop_* keys.")
     adam_epsilon: float = Field(1e-7, gt=0, description="Adam's (or LAMB's) epsilon (divided by sqrt(N) with scaling "
-                                                                 "adam_sqrt or lamb_sqrt).")
+                                                                 "adam_sqrt, lamb_sqrt or sqrt).")
     adam_beta1: float = Field(0.9, ge=0, lt=1.0, description="Adam's decay of the gradient's running mean.")
     adam_beta2: float = Field(0.999, ge=0, lt=1.0, description="Adam's decay of the squared gradient's running mean.")
     rmsprop_decay: float = Field(0.95, ge=0, lt=1.0, description="rmsprop: decay of the running means of the "
-                                                                  "gradient and its square (DQN's 0.95).")
+                                                                  "gradient and its square (DQN's 0.95; to the power "
+                                                                  "K with scaling sqrt).")
     rmsprop_epsilon: float = Field(0.01, gt=0, description="rmsprop: added to the root of the centred mean square, "
-                                                           "as PyTorch adds it (the MinAtar reference's 0.01).")
+                                                           "as PyTorch adds it (the MinAtar reference's 0.01; "
+                                                           "divided by sqrt(N) with scaling sqrt).")
     batch_size: int = Field(
         64, ge=1, description="Minibatch per gradient update: with scaling strong the GLOBAL batch (each of N ranks "
                               "samples batch_size / N), with scaling weak each rank's (N * batch_size in all).")
@@ -117,7 +120,7 @@ class Config(BaseModel):
     target_update_every: int = Field(
         128, ge=1, description="Gradient updates between target-network syncs (rank 0's weights are broadcast); "
                                "divided by N with scaling weak.")
-    scaling: Literal["strong", "weak", "adam_sqrt", "lamb_sqrt"] = Field(
+    scaling: Literal["strong", "weak", "adam_sqrt", "lamb_sqrt", "sqrt"] = Field(
         "strong", description="How N ranks share the learning (docs/scaling.md): strong = the same updates "
                               "as on one rank, each on batch_size / N samples per rank; weak = each rank samples "
                               "batch_size, updates_per_train and target_update_every are divided by N and the "
@@ -127,11 +130,18 @@ class Config(BaseModel):
                               "scaling_replay_boost), Adam's learning rate is multiplied by sqrt(N) and its epsilon "
                               "divided by it, and its betas raised to the power K so their memory spans the same env "
                               "steps (Malladi et al. 2022's square-root rule for adaptive methods); lamb_sqrt = "
-                              "adam_sqrt at sqrt(N * K) times the learning rate, for optimizer lamb.")
+                              "adam_sqrt at sqrt(N * K) times the learning rate, for optimizer lamb; sqrt = adam_sqrt "
+                              "for optimizer adam or rmsprop (RMSProp's decay to the power K, its epsilon divided by "
+                              "sqrt(N)) at N^scaling_lr_exponent times the learning rate, dividing the updates of a "
+                              "whole learning phase at N by K (so one update per env step also shortens the chain).")
     scaling_replay_boost: float = Field(
-        1.0, ge=1.0, description="scaling adam_sqrt or lamb_sqrt: N > 1 ranks replay up to this many times the "
-                                 "samples per env step that one rank does (the updates are divided by N / min(N, "
+        1.0, ge=1.0, description="scaling adam_sqrt, lamb_sqrt or sqrt: N > 1 ranks replay up to this many times "
+                                 "the samples per env step that one rank does (the updates are divided by N / min(N, "
                                  "boost), not N).")
+    scaling_lr_exponent: float = Field(
+        0.5, ge=0.0, le=1.0, description="scaling sqrt: the learning rate at N ranks is N to this power times "
+                                         "learning_rate (0.5: Malladi et al. 2022's square-root rule; 1: Goyal et "
+                                         "al.'s linear rule; between: Stooke & Abbeel 2018's modest growth).")
 
     # --- exploration: epsilon decays linearly from eps_start to eps_end over eps_decay_fraction of training
     eps_start: float = Field(1.0, ge=0, le=1.0, description="Epsilon at the first step.")
@@ -305,18 +315,23 @@ class Config(BaseModel):
                 and self.target_update_every % self.federated_every:
             # a hard sync copies the online net: it must fall on an averaging, where every rank holds the same one
             raise ValueError("target_update_every must be a multiple of federated_every")
-        if self.scaling_replay_boost != 1.0 and self.scaling not in ("adam_sqrt", "lamb_sqrt"):
-            raise ValueError(f"scaling_replay_boost is a parameter of scaling: adam_sqrt or lamb_sqrt, not of "
+        if self.scaling_replay_boost != 1.0 and self.scaling not in ("adam_sqrt", "lamb_sqrt", "sqrt"):
+            raise ValueError(f"scaling_replay_boost is a parameter of scaling: adam_sqrt, lamb_sqrt or sqrt, not of "
                              f"scaling: {self.scaling}")
+        if self.scaling_lr_exponent != 0.5 and self.scaling != "sqrt":
+            raise ValueError(f"scaling_lr_exponent is a parameter of scaling: sqrt, not of scaling: {self.scaling}")
         if self.optimizer == "rmsprop" and self.scaling in ("adam_sqrt", "lamb_sqrt"):
             raise ValueError(f"scaling: {self.scaling} scales Adam's constants; optimizer rmsprop takes scaling "
-                             "strong or weak")
+                             "sqrt, strong or weak")
+        if self.scaling == "sqrt" and self.optimizer not in ("adam", "rmsprop"):
+            raise ValueError(f"scaling: sqrt is the rule for optimizer adam or rmsprop, not {self.optimizer} (use "
+                             + ("lamb_sqrt)" if self.optimizer == "lamb" else "weak)"))
         if self.scaling == "lamb_sqrt" and self.optimizer != "lamb":
             raise ValueError(f"scaling: lamb_sqrt is the rule for optimizer lamb, not {self.optimizer} (use "
                              "adam_sqrt)")
         if self.lr_warmup_env_steps and self.scaling == "strong":
-            raise ValueError("lr_warmup_env_steps warms up to the learning rate of scaling weak, adam_sqrt or "
-                             "lamb_sqrt; scaling: strong keeps learning_rate at any N, so there is nothing to warm "
+            raise ValueError("lr_warmup_env_steps warms up to the learning rate of scaling weak, adam_sqrt, "
+                             "lamb_sqrt or sqrt; scaling: strong keeps learning_rate at any N, so there is nothing to warm "
                              "up to")
         if self.scaling != "strong" and self.federated_every is not None:
             raise ValueError(f"scaling: {self.scaling} shortens the chain of synchronous updates; federated_every "

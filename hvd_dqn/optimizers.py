@@ -10,8 +10,9 @@ ranks when the job has an allreduce.
   reduces the gradients first, and Lamb's ``global_clipnorm`` then clips the reduced gradient as tf_keras's does.
   Keras 3 is imported only when a config asks for lamb.
 - ``rmsprop`` is DQN's centred RMSProp in PyTorch's form (hvd_dqn/rmsprop.py), a tf_keras optimizer wrapped as
-  adam and sgd are; its rmsprop_* keys are the config's at any N (the scaling rules that change Adam's refuse it).
-Adam and LAMB take the same adam_* keys, which the scaling rule shares out (``scaling.per_rank``).
+  adam and sgd are.
+Adam and LAMB take the adam_* keys and RMSProp the rmsprop_* keys, as the scaling rule shares them out
+(``scaling.per_rank``).
 """
 from __future__ import annotations
 
@@ -36,8 +37,8 @@ def build(config: Config, share: PerRank, allreduce: bool):
     elif config.optimizer == "rmsprop":
         from hvd_dqn.rmsprop import CentredRMSprop
 
-        optimizer = CentredRMSprop(learning_rate=config.learning_rate, rho=config.rmsprop_decay,
-                                   epsilon=config.rmsprop_epsilon, **clip)
+        optimizer = CentredRMSprop(learning_rate=config.learning_rate, rho=share.rmsprop_decay,
+                                   epsilon=share.rmsprop_epsilon, **clip)
     else:
         optimizer = keras.optimizers.Adam(**adam)
     if allreduce:

@@ -59,7 +59,7 @@ def optimizer_constants(config, share: scaling.PerRank) -> dict[str, Any]:
     if config.optimizer in ("adam", "lamb"):
         out.update(adam_beta1=share.adam_beta1, adam_beta2=share.adam_beta2, adam_epsilon=share.adam_epsilon)
     elif config.optimizer == "rmsprop":
-        out.update(rmsprop_decay=config.rmsprop_decay, rmsprop_epsilon=config.rmsprop_epsilon, centred=True)
+        out.update(rmsprop_decay=share.rmsprop_decay, rmsprop_epsilon=share.rmsprop_epsilon, centred=True)
     return out
 
 

@@ -8,6 +8,11 @@ batch, learning rate and update counts behave as N grows (docs/scaling.md):
 - ``adam_sqrt``: N times the batch at sqrt(N) times the learning rate (Adam's epsilon / sqrt(N)) in K = N / boost
   times fewer updates, with Adam's betas raised to the K-th power so their memory spans the same env steps.
 - ``lamb_sqrt``: adam_sqrt for ``optimizer: lamb``, at sqrt(N * K) times the learning rate.
+- ``sqrt``: adam_sqrt for Adam or RMSProp (Malladi et al. 2022 derive the rule for both): N^scaling_lr_exponent
+  times the learning rate, the optimizer's decays (Adam's betas, RMSProp's rho) to the K-th power, its epsilon
+  / sqrt(N).
+The updates per phase are divided by K after a phase's count at N is known (N ranks' vector step may bring more
+env steps than train_every), so a config of one update per env step still shortens its chain.
 Pure functions of a Config and N: the trainer, the learner and a resize of a checkpoint all derive the same shares.
 """
 from __future__ import annotations
@@ -39,12 +44,19 @@ class PerRank(BaseModel):
     adam_beta1: float
     adam_beta2: float
     adam_epsilon: float
+    rmsprop_decay: float
+    rmsprop_epsilon: float
 
 
 def per_rank(config: Config, world_size: int) -> PerRank:
     """Per-rank quantities for a job of ``world_size`` ranks; a UserError if the config cannot be split."""
     n = world_size
     beta1, beta2, adam_epsilon = config.adam_beta1, config.adam_beta2, config.adam_epsilon
+    rho, rmsprop_epsilon = config.rmsprop_decay, config.rmsprop_epsilon
+    vector_step = n * config.num_envs  # global env steps per vector step of every rank
+    # a vector step of all ranks brings more than train_every env steps (Atari's train_every 4 on 8 ranks):
+    # more updates per phase, so the updates per env step stay what the config says
+    phases_per_vector_step = max(1, round(vector_step / config.train_every))
     if config.scaling == "weak":
         for key in ("updates_per_train", "target_update_every"):
             if getattr(config, key) % n:
@@ -52,21 +64,36 @@ def per_rank(config: Config, world_size: int) -> PerRank:
                     f"config: {key} {getattr(config, key)} is not divisible by the {n} ranks (scaling: weak "
                     f"divides it by N; use a multiple of {n}, or scaling: strong)")
         batch_size, learning_rate = config.batch_size, config.learning_rate * n
-        updates_per_train, target_update_every = config.updates_per_train // n, config.target_update_every // n
-    elif config.scaling in ("adam_sqrt", "lamb_sqrt"):
+        updates_per_phase = config.updates_per_train // n * phases_per_vector_step
+        target_update_every = config.target_update_every // n
+    elif config.scaling in ("adam_sqrt", "lamb_sqrt", "sqrt"):
         k = n / min(n, config.scaling_replay_boost)  # how many times shorter the chain of updates gets
-        # lamb_sqrt: LAMB's step is lr x ||w|| per layer whatever the gradient's size, so K times fewer steps
-        # sqrt(K) times longer keep the weights' random walk per env step; sqrt(N) is the batch's, as adam_sqrt's
-        rate = n ** 0.5 * (k ** 0.5 if config.scaling == "lamb_sqrt" else 1.0)
-        batch_size, learning_rate, adam_epsilon = config.batch_size, config.learning_rate * rate, \
-            config.adam_epsilon / n ** 0.5
-        beta1, beta2 = config.adam_beta1 ** k, config.adam_beta2 ** k
-        for key in ("updates_per_train", "target_update_every"):
-            if getattr(config, key) < k:  # rounded up to 1, the chain would not get shorter while lr and betas do
+        if config.scaling == "sqrt":
+            rate = n ** config.scaling_lr_exponent
+        else:
+            # lamb_sqrt: LAMB's step is lr x ||w|| per layer whatever the gradient's size, so K times fewer steps
+            # sqrt(K) times longer keep the weights' random walk per env step; sqrt(N) is the batch's, as adam_sqrt's
+            rate = n ** 0.5 * (k ** 0.5 if config.scaling == "lamb_sqrt" else 1.0)
+        batch_size, learning_rate = config.batch_size, config.learning_rate * rate
+        adam_epsilon, rmsprop_epsilon = config.adam_epsilon / n ** 0.5, config.rmsprop_epsilon / n ** 0.5
+        beta1, beta2, rho = config.adam_beta1 ** k, config.adam_beta2 ** k, config.rmsprop_decay ** k
+        if config.scaling == "sqrt":
+            phase = config.updates_per_train * phases_per_vector_step
+            if phase < k or config.target_update_every < k:
+                # rounded up to 1, the chain would not get shorter while lr and decays change
                 raise UserError(
-                    f"config: {key} {getattr(config, key)} is less than the {k:g} times that scaling: {config.scaling} "
-                    f"divides it by on {n} ranks; raise it (with train_every, to keep their ratio) to {k:g} or more")
-        updates_per_train = max(1, round(config.updates_per_train / k))
+                    f"config: the {phase} updates per learning phase or target_update_every "
+                    f"{config.target_update_every} at {n} ranks is less than the {k:g} times that scaling: sqrt "
+                    f"divides them by; raise updates_per_train (with train_every, to keep their ratio)")
+            updates_per_phase = max(1, round(phase / k))
+        else:
+            for key in ("updates_per_train", "target_update_every"):
+                if getattr(config, key) < k:
+                    raise UserError(
+                        f"config: {key} {getattr(config, key)} is less than the {k:g} times that scaling: "
+                        f"{config.scaling} divides it by on {n} ranks; raise it (with train_every, to keep their "
+                        f"ratio) to {k:g} or more, or use scaling: sqrt, which divides the updates of a phase")
+            updates_per_phase = max(1, round(config.updates_per_train / k)) * phases_per_vector_step
         target_update_every = max(1, round(config.target_update_every / k))
     else:
         if config.batch_size % n:
@@ -74,11 +101,8 @@ def per_rank(config: Config, world_size: int) -> PerRank:
                 f"config: batch_size {config.batch_size} is not divisible by the {n} ranks "
                 f"(it is the global batch; use a multiple of {n}, or scaling: weak)")
         batch_size, learning_rate = config.batch_size // n, config.learning_rate
-        updates_per_train, target_update_every = config.updates_per_train, config.target_update_every
-    vector_step = n * config.num_envs  # global env steps per vector step of every rank
-    # a vector step of all ranks brings more than train_every env steps (Atari's train_every 4 on 8 ranks):
-    # more updates per phase, so the updates per env step stay what the config says
-    updates_per_phase = updates_per_train * max(1, round(vector_step / config.train_every))
+        updates_per_phase = config.updates_per_train * phases_per_vector_step
+        target_update_every = config.target_update_every
     k = config.backward_passes_per_step
     for name, value in (("updates per learning phase", updates_per_phase),
                         ("target_update_every", target_update_every)):
@@ -96,6 +120,7 @@ def per_rank(config: Config, world_size: int) -> PerRank:
         updates_per_phase=updates_per_phase,
         global_steps_per_vector_step=vector_step,
         adam_beta1=beta1, adam_beta2=beta2, adam_epsilon=adam_epsilon,
+        rmsprop_decay=rho, rmsprop_epsilon=rmsprop_epsilon,
     )
 
 

@@ -1,4 +1,4 @@
-"""The adam_sqrt and lamb_sqrt scaling rules' arithmetic (Config.per_rank) and their errors."""
+"""The adam_sqrt, lamb_sqrt and sqrt scaling rules' arithmetic (Config.per_rank) and their errors."""
 import math
 
 import pytest
@@ -53,8 +53,8 @@ def test_errors_are_one_line_and_name_the_key():
     with pytest.raises(UserError, match=r"scaling_replay_boost: Input should be greater than or equal to 1") as err:
         Config.from_dict({"env_id": "CartPole-v1", "scaling": "adam_sqrt", "scaling_replay_boost": 0.5})
     assert "\n" not in str(err.value)
-    with pytest.raises(UserError, match="scaling_replay_boost is a parameter of scaling: adam_sqrt or lamb_sqrt, "
-                                        "not of scaling: weak"):
+    with pytest.raises(UserError, match="scaling_replay_boost is a parameter of scaling: adam_sqrt, lamb_sqrt or "
+                                        "sqrt, not of scaling: weak"):
         Config.from_dict({"env_id": "CartPole-v1", "scaling": "weak", "scaling_replay_boost": 2})
     with pytest.raises(UserError, match=r"scaling: lamb_sqrt is the rule for optimizer lamb, not adam \(use "
                                         r"adam_sqrt\)") as err:
@@ -68,13 +68,13 @@ def test_errors_are_one_line_and_name_the_key():
                    scaling="adam_sqrt", scaling_replay_boost=2)
     assert atari.per_rank(2).updates_per_phase == 1  # K = 1 at N = 2
     with pytest.raises(UserError, match="updates_per_train 1 is less than the 4 times that scaling: adam_sqrt divides "
-                                        "it by on 8 ranks; raise it") as err:
+                                        "it by on 8 ranks; raise it .* or use scaling: sqrt") as err:
         atari.per_rank(8)
     assert "\n" not in str(err.value)
     with pytest.raises(UserError, match="lr_warmup_env_steps: Input should be greater than or equal to 0"):
         Config.from_dict({"env_id": "CartPole-v1", "scaling": "weak", "lr_warmup_env_steps": -1})
     with pytest.raises(UserError, match="lr_warmup_env_steps warms up to the learning rate of scaling weak, "
-                                        "adam_sqrt or lamb_sqrt; scaling: strong keeps learning_rate at any N") as err:
+                                        "adam_sqrt, lamb_sqrt or sqrt; scaling: strong keeps learning_rate at any N") as err:
         Config.from_dict({"env_id": "CartPole-v1", "lr_warmup_env_steps": 1000})
     assert "\n" not in str(err.value)
     with pytest.raises(UserError, match="adam_beta2: Input should be less than 1"):
@@ -95,3 +95,57 @@ def test_the_warm_up_rises_from_the_config_rate_to_the_rule_and_then_decays():
     for step in (0, 1500, 3000, 49_999):
         assert scheduled_learning_rate(step, 2e-3, 2e-3, 4000, 1000, 0.0, 50_000) == \
             scheduled_learning_rate(step, 2e-3, 2e-3, 0, 1000, 0.0, 50_000)
+
+
+# ------------------------------------------------------------------ sqrt: adam_sqrt for Adam or RMSProp
+MINATAR = dict(env_id="CartPole-v1", optimizer="rmsprop", learning_rate=0.00025, rmsprop_decay=0.95,
+               rmsprop_epsilon=0.01, batch_size=32, train_every=1, updates_per_train=1, target_update_every=1000,
+               num_envs=1, scaling="sqrt")
+
+
+@pytest.mark.parametrize("n", [1, 2, 4, 8, 16])
+def test_sqrt_divides_a_phase_of_one_update_per_env_step(n):
+    """The MinAtar reference's one update per env step: at N ranks a vector step brings N env steps, N updates as
+    the config is written; sqrt makes it one update of N times the batch, so the chain is N times shorter and the
+    samples replayed per env step stay 32."""
+    per = Config(**MINATAR).per_rank(n)
+    assert (per.updates_per_phase, per.vector_steps_per_train, per.global_steps_per_vector_step) == (1, 1, n)
+    assert (per.batch_size, per.target_update_every) == (32, round(1000 / n))
+    assert per.learning_rate == pytest.approx(0.00025 * math.sqrt(n), rel=1e-12)
+    assert per.rmsprop_decay == pytest.approx(0.95 ** n, rel=1e-12)
+    assert per.rmsprop_epsilon == pytest.approx(0.01 / math.sqrt(n), rel=1e-12)
+    strong = Config(**{**MINATAR, "scaling": "strong"}).per_rank(n)
+    assert (strong.updates_per_phase, strong.rmsprop_decay, strong.rmsprop_epsilon) == (n, 0.95, 0.01)
+
+
+def test_sqrt_with_a_boost_and_another_exponent():
+    per = Config(**MINATAR, scaling_replay_boost=2.0, scaling_lr_exponent=0.25).per_rank(8)
+    assert (per.updates_per_phase, per.target_update_every) == (2, 250)  # K = 4
+    assert per.learning_rate == pytest.approx(0.00025 * 8 ** 0.25, rel=1e-12)
+    assert per.rmsprop_decay == pytest.approx(0.95 ** 4, rel=1e-12)
+    assert per.rmsprop_epsilon == pytest.approx(0.01 / math.sqrt(8), rel=1e-12)
+
+
+@pytest.mark.parametrize("n", [1, 2, 3, 4, 8, 16])
+def test_sqrt_is_adam_sqrt_for_adam_where_adam_sqrt_applies(n):
+    adam = Config(**BASE, scaling="adam_sqrt", scaling_replay_boost=2.0).per_rank(n)
+    assert Config(**BASE, scaling="sqrt", scaling_replay_boost=2.0).per_rank(n) == adam
+
+
+def test_sqrt_errors_are_one_line():
+    cases = [({"scaling": "sqrt", "optimizer": "sgd"}, r"scaling: sqrt is the rule for optimizer adam or rmsprop, "
+                                                       r"not sgd \(use weak\)"),
+             ({"scaling": "sqrt", "optimizer": "lamb"}, r"not lamb \(use lamb_sqrt\)"),
+             ({"scaling": "adam_sqrt", "optimizer": "rmsprop"}, "optimizer rmsprop takes scaling sqrt, strong or weak"),
+             ({"scaling": "weak", "scaling_lr_exponent": 1.0}, "scaling_lr_exponent is a parameter of scaling: sqrt, "
+                                                                "not of scaling: weak"),
+             ({"scaling": "sqrt", "scaling_lr_exponent": 1.5}, "scaling_lr_exponent: Input should be less than or "
+                                                               "equal to 1")]
+    for keys, message in cases:
+        with pytest.raises(UserError, match=message) as err:
+            Config.from_dict({"env_id": "CartPole-v1", **keys})
+        assert "\n" not in str(err.value)
+    with pytest.raises(UserError, match="the 2 updates per learning phase or target_update_every 1000 at 4 ranks is "
+                                        "less than the 4 times that scaling: sqrt divides them by") as err:
+        Config(**{**MINATAR, "train_every": 2}).per_rank(4)
+    assert "\n" not in str(err.value)
