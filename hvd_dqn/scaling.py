@@ -11,8 +11,9 @@ batch, learning rate and update counts behave as N grows (docs/scaling.md):
 - ``sqrt``: adam_sqrt for Adam or RMSProp (Malladi et al. 2022 derive the rule for both): N^scaling_lr_exponent
   times the learning rate, the optimizer's decays (Adam's betas, RMSProp's rho) to the K-th power, its epsilon
   / sqrt(N).
-The updates per phase are divided by K after a phase's count at N is known (N ranks' vector step may bring more
-env steps than train_every), so a config of one update per env step still shortens its chain.
+  It divides the updates of a phase by K once a phase's count at N is known (N ranks' vector step may bring more
+  env steps than train_every), or, where a phase has fewer than K, makes the periods between phases K times longer:
+  a config of one update per env step or per 4 still shortens its chain K times.
 Pure functions of a Config and N: the trainer, the learner and a resize of a checkpoint all derive the same shares.
 """
 from __future__ import annotations
@@ -57,6 +58,7 @@ def per_rank(config: Config, world_size: int) -> PerRank:
     # a vector step of all ranks brings more than train_every env steps (Atari's train_every 4 on 8 ranks):
     # more updates per phase, so the updates per env step stay what the config says
     phases_per_vector_step = max(1, round(vector_step / config.train_every))
+    period_factor = 1  # the scaling rule's lengthening of the period between learning phases
     if config.scaling == "weak":
         for key in ("updates_per_train", "target_update_every"):
             if getattr(config, key) % n:
@@ -79,13 +81,10 @@ def per_rank(config: Config, world_size: int) -> PerRank:
         beta1, beta2, rho = config.adam_beta1 ** k, config.adam_beta2 ** k, config.rmsprop_decay ** k
         if config.scaling == "sqrt":
             phase = config.updates_per_train * phases_per_vector_step
-            if phase < k or config.target_update_every < k:
-                # rounded up to 1, the chain would not get shorter while lr and decays change
-                raise UserError(
-                    f"config: the {phase} updates per learning phase or target_update_every "
-                    f"{config.target_update_every} at {n} ranks is less than the {k:g} times that scaling: sqrt "
-                    f"divides them by; raise updates_per_train (with train_every, to keep their ratio)")
-            updates_per_phase = max(1, round(phase / k))
+            if phase >= k:
+                updates_per_phase = round(phase / k)
+            else:  # fewer updates than K in a phase (Atari's one every 4 env steps): K times longer periods instead
+                updates_per_phase, period_factor = 1, round(k / phase)
         else:
             for key in ("updates_per_train", "target_update_every"):
                 if getattr(config, key) < k:
@@ -116,7 +115,7 @@ def per_rank(config: Config, world_size: int) -> PerRank:
         target_update_every=target_update_every,
         replay_capacity=-(-config.replay_capacity // n),
         vector_steps=-(-config.total_env_steps // vector_step),
-        vector_steps_per_train=max(1, round(config.train_every / vector_step)),
+        vector_steps_per_train=max(1, round(config.train_every / vector_step)) * period_factor,
         updates_per_phase=updates_per_phase,
         global_steps_per_vector_step=vector_step,
         adam_beta1=beta1, adam_beta2=beta2, adam_epsilon=adam_epsilon,

@@ -145,7 +145,14 @@ def test_sqrt_errors_are_one_line():
         with pytest.raises(UserError, match=message) as err:
             Config.from_dict({"env_id": "CartPole-v1", **keys})
         assert "\n" not in str(err.value)
-    with pytest.raises(UserError, match="the 2 updates per learning phase or target_update_every 1000 at 4 ranks is "
-                                        "less than the 4 times that scaling: sqrt divides them by") as err:
-        Config(**{**MINATAR, "train_every": 2}).per_rank(4)
-    assert "\n" not in str(err.value)
+
+
+@pytest.mark.parametrize("n, every", [(2, 8), (4, 16), (8, 32), (16, 64)])
+def test_sqrt_lengthens_the_periods_where_a_phase_has_fewer_updates_than_k(n, every):
+    """Atari's one update every 4 env steps: a phase at N ranks holds fewer than K updates, so the phases fall K
+    times less often; the samples replayed per env step stay 32 / 4."""
+    per = Config(**{**MINATAR, "train_every": 4, "target_update_every": 250}).per_rank(n)
+    assert per.updates_per_phase == 1
+    assert per.vector_steps_per_train * per.global_steps_per_vector_step == every
+    assert n * per.batch_size * per.updates_per_phase / every == 8
+    assert per.target_update_every == round(250 / n)
