@@ -7,7 +7,7 @@ from typing import Any, Callable
 import numpy as np
 
 from hvd_dqn import envstate
-from hvd_dqn.checkpoint import from_json, to_json
+from hvd_dqn.jsoncodec import from_json, to_json
 from hvd_dqn.schedules import linear_schedule
 
 

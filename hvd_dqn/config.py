@@ -15,8 +15,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from hvd_dqn import scaling
-# the env-id rules, also imported from here
-from hvd_dqn.envids import ATARI_DEFAULTS, ATARI_PREFIX, is_atari_id, is_minatar_id  # noqa: F401
+from hvd_dqn.envids import ATARI_DEFAULTS, is_atari_id
 from hvd_dqn.errors import UserError, clip, excerpt
 from hvd_dqn.scaling import MAX_PHASE_SAMPLES, PerRank
 from hvd_dqn.yamlinput import load_yaml, parse_overrides, too_long

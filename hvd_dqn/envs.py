@@ -207,7 +207,7 @@ class StickyActions(gym.Wrapper, gym.utils.RecordConstructorArgs):
 
 def make_atari_env(env_id: str, frame_padding: str = FRAME_PADDING, **kwargs: Any) -> gym.Env:
     """One ALE env with the DQN preprocessing: (frame_stack, 84, 84) uint8 observations, 4 frames per step.
-    ``kwargs``: the Atari options (``config.ATARI_DEFAULTS`` where not given), then keywords for ``gym.make``."""
+    ``kwargs``: the Atari options (``envids.ATARI_DEFAULTS`` where not given), then keywords for ``gym.make``."""
     from gymnasium.wrappers import AtariPreprocessing, FrameStackObservation
 
     frame_stack, noop_max, sticky_action_prob, max_episode_frames = _with_atari_defaults(kwargs)

@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import tensorflow as tf
 
+from hvd_dqn.nstep import nstep_return
+
 
 def td_target(reward, terminated, next_q_target, gamma, next_q_online=None):
     """One-step TD target ``r + gamma * (1 - terminated) * Q_target(s', a*)``.
@@ -44,16 +46,7 @@ def soft_update(target, online, tau):
     return tau * online + (1.0 - tau) * target
 
 
-# ---- n-step returns (NumPy: they are computed on the actor side, before transitions enter replay)
-
-def nstep_return(rewards, gamma: float) -> tuple[float, float]:
-    """``(sum_k gamma^k r_k, gamma^m)`` for the m rewards given: the return so far and the discount that the
-    bootstrap value ``Q(s_{t+m})`` gets in the target ``R + gamma^m * (1 - terminated) * Q``."""
-    ret = 0.0
-    for k, r in enumerate(rewards):
-        ret += gamma ** k * float(r)
-    return ret, gamma ** len(rewards)
-
+# ---- the n-step transitions of a whole episode segment (hvd_dqn.nstep builds them step by step)
 
 def nstep_trajectory(rewards, gamma: float, n: int, terminated: bool, truncated: bool = False):
     """The n-step transitions of one episode segment of T steps (rewards r_0..r_{T-1}), as a list of

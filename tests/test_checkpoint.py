@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 from conftest import run
-from hvd_dqn import Callback, Config, Trainer, checkpoint, cli, envstate
+from hvd_dqn import Callback, Config, Trainer, checkpoint, cli, envstate, jsoncodec
 from hvd_dqn.checkpoint import CheckpointError
 from hvd_dqn.envs import make_vector_env
 from hvd_dqn.nstep import NStepAccumulator
@@ -108,7 +108,7 @@ def test_json_values_round_trip_exactly():
     gen.random(3)
     value = {"a": np.float32(0.1), "b": np.arange(6, dtype=np.int16).reshape(2, 3), "c": (1, 2.5, None),
              "d": np.array([1e-300, np.pi]), "g": gen, "q": deque([np.zeros(2, np.uint8), np.ones(2, np.uint8)], 2)}
-    back = checkpoint.from_json(json.loads(json.dumps(checkpoint.to_json(value))))
+    back = jsoncodec.from_json(json.loads(json.dumps(jsoncodec.to_json(value))))
     assert back["a"].dtype == np.float32 and back["a"] == value["a"]
     assert back["b"].dtype == np.int16 and (back["b"] == value["b"]).all()
     assert back["c"] == (1, 2.5, None)
