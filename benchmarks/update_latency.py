@@ -39,10 +39,10 @@ def worker() -> None:
     learner.broadcast_initial_weights()
     shape = (UPDATES, cfg.batch_size // world.size)
     for _ in range(3):
-        learner.run_updates(replay.sample(rng, shape), 1e-3)
+        learner.run_updates(replay.gather(rng.integers(0, n, size=shape)), 1e-3)
     start = time.perf_counter()
     for _ in range(PHASES):
-        learner.run_updates(replay.sample(rng, shape), 1e-3)
+        learner.run_updates(replay.gather(rng.integers(0, n, size=shape)), 1e-3)
     ms = (time.perf_counter() - start) / (PHASES * UPDATES) * 1e3
     equal = len(set(distributed.gather_checksums(learner.online.variables))) == 1
     if world.is_chief:

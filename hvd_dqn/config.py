@@ -217,6 +217,9 @@ class Config(BaseModel):
     reward_threshold: Optional[float] = Field(
         None, description="Return at which the task counts as solved; null = the env spec's reward_threshold.")
     log_every: int = Field(5_000, ge=1, description="Global env steps between metric log points.")
+    log_allreduce_ms: bool = Field(
+        False, description="Time a gradient-sized allreduce at every log point (perf/allreduce_ms, null on one "
+                           "rank): 4 extra allreduces per row, a probe of the interconnect, so off by default.")
 
     # --- full-state checkpoints (docs/checkpoints.md); one is also written at the end and on SIGTERM
     checkpoint_every: Optional[int] = Field(

@@ -295,9 +295,6 @@ class Learner:
         params = mlp_params(model)
         return lambda obs: mlp_forward(params, obs)
 
-    def q_values(self, obs: np.ndarray) -> np.ndarray:
-        return self.online(tf.constant(obs, self.online.input.dtype), training=False).numpy()
-
 
 def phase_chunks(n_updates: int, since_sync: int, target_every: int, updates_done: int,
                  federated_every: int | None = None):

@@ -17,6 +17,7 @@ from hvd_dqn.config import Config
 from hvd_dqn.learner import Learner
 from hvd_dqn.trainer import Trainer
 from mp_data import random_replay
+from probes import LastPhase
 
 world = distributed.init()
 K = 5
@@ -88,10 +89,11 @@ weak_cfg = Config(env_id="CartPole-v1", total_env_steps=2400, hidden_sizes=(32, 
                   log_every=1200, batch_size=32, learning_rate=1e-3, replay_capacity=4000, num_envs=2,
                   scaling="weak")
 weak_dir = distributed.broadcast_object(tempfile.mkdtemp(prefix="mp-weak-"))
-weak = Trainer(weak_cfg, run_dir=weak_dir)
+weak_phases = LastPhase()
+weak = Trainer(weak_cfg, run_dir=weak_dir, callbacks=[weak_phases])
 weak_summary = weak.train()
 weak_run = {"summary": weak_summary, "lr": float(weak.learner.optimizer.learning_rate.numpy()),
-            "sampled": list(weak.last_phase.td_abs.shape),
+            "sampled": list(weak_phases.phase.td_abs.shape),
             "config_json": json.loads((Path(weak_dir) / "config.json").read_text()) if world.rank == 0 else None}
 if world.rank == 0:
     print("RESULT " + json.dumps({"rounds": rounds, "eps": eps.tolist(), "summary": summary,
