@@ -90,7 +90,7 @@ def is_complete(ckpt: Path) -> bool:
 
 
 def latest(run_dir: Path) -> Path | None:
-    """The newest checkpoint directory of a run (validated later by ``read_state``), or None."""
+    """The newest checkpoint directory of a run (validated later by ``verify``), or None."""
     found = listed(run_dir)
     return found[-1] if found else None
 

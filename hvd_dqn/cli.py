@@ -26,7 +26,8 @@ def _parser() -> argparse.ArgumentParser:
     train.add_argument("--config", help="YAML experiment file (see configs/); with --resume, default: the run's own")
     train.add_argument("--run-dir", help="where rank 0 writes metrics, summary and the model (default runs/<env>-<time>)")
     train.add_argument("--resume", metavar="RUN_DIR",
-                       help="continue the run in RUN_DIR from its newest checkpoint (same number of ranks)")
+                       help="continue the run in RUN_DIR from its newest checkpoint (on any number of ranks, but an Atari "
+                            "run on the number that wrote it)")
     train.add_argument("--restart", action="store_true",
                        help="with --run-dir: start afresh there, deleting an earlier run's outputs (only files a run "
                             "writes: refused if the dir holds anything else, or if a job is using it)")
