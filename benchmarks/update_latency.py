@@ -55,7 +55,7 @@ def measure(ranks: int, controller: str, cycle_ms: str) -> tuple[float, bool]:
         cmd = [str(BIN / "horovodrun"), "-np", str(ranks), f"--{controller}"] + cmd
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", PYTHONPATH=str(ROOT), HOROVOD_CYCLE_TIME=cycle_ms)
     out = subprocess.run(cmd, env=env, capture_output=True, text=True, check=True).stdout
-    line = next(l for l in out.splitlines() if "RESULT " in l)
+    line = next(ln for ln in out.splitlines() if "RESULT " in ln)
     ms, equal = line.split("RESULT ", 1)[1].split()[:2]
     return float(ms), equal == "True"
 

@@ -2,7 +2,8 @@
 ``Actor`` that steps this rank's envs into its replay shard."""
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 

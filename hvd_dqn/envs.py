@@ -31,8 +31,14 @@ from typing import Any
 import gymnasium as gym
 import numpy as np
 
-from hvd_dqn.envids import ATARI_DEFAULTS, MINATAR_EXTRA, MINATAR_MAX_EPISODE_STEPS, MINATAR_PREFIX, is_atari_id, \
-    is_minatar_id
+from hvd_dqn.envids import (
+    ATARI_DEFAULTS,
+    MINATAR_EXTRA,
+    MINATAR_MAX_EPISODE_STEPS,
+    MINATAR_PREFIX,
+    is_atari_id,
+    is_minatar_id,
+)
 from hvd_dqn.errors import UserError
 
 

@@ -33,13 +33,13 @@ from typing import NamedTuple
 
 import numpy as np
 import tensorflow as tf
-from hvd_dqn.keras2 import keras
 
 from hvd_dqn import distributed, losses, optimizers, quiet
 from hvd_dqn.config import Config
-from hvd_dqn.scaling import PerRank
+from hvd_dqn.keras2 import keras
 from hvd_dqn.networks import build_q_network, mlp_forward, mlp_params
 from hvd_dqn.replay import Batch
+from hvd_dqn.scaling import PerRank
 from hvd_dqn.schedules import annealed_beta, scheduled_learning_rate
 
 

@@ -29,7 +29,7 @@ replay = random_replay(rng, 300)
 learner = Learner(cfg, 4, 2, world.size)
 learner.broadcast_initial_weights()
 rounds = []
-for r in range(3):
+for _ in range(3):
     learner.run_updates(replay.sample(rng, (K, cfg.batch_size // world.size)), 1e-2)
     before = distributed.gather_checksums(learner.online.variables)
     flat = np.concatenate([v.numpy().ravel() for v in learner.online.trainable_variables])
@@ -66,7 +66,7 @@ for _ in range(10):
     pair["sync"].run_updates(batch, 0.05)
     pair["federated"].run_updates(batch, 0.05)
     pair["federated"].average_weights()
-weights = {m: np.concatenate([v.numpy().ravel() for v in l.online.trainable_variables]) for m, l in pair.items()}
+weights = {m: np.concatenate([v.numpy().ravel() for v in each.online.trainable_variables]) for m, each in pair.items()}
 sgd_k1 = {"max_diff": float(np.abs(weights["sync"] - weights["federated"]).max()),
           "checksums": distributed.gather_checksums(pair["federated"].online.variables)}
 start = Learner(pair["sync"].config, 4, 2, world.size)

@@ -11,13 +11,11 @@ from hvd_dqn.errors import UserError
 from hvd_dqn.learner import Learner
 from hvd_dqn.networks import build_mlp, mlp_forward, mlp_params
 from hvd_dqn.nstep import NStepAccumulator
-from hvd_dqn.replay import ReplayShard, SumTree, importance_weights
-from hvd_dqn.replay import ReplayBuffer
+from hvd_dqn.replay import ReplayBuffer, ReplayShard, SumTree, importance_weights
 from hvd_dqn.schedules import annealed_beta
 from mp_data import UniformReplay
 from probes import EvalQFn
 from reference import nstep_trajectory
-
 
 # ---------------------------------------------------------------- n-step returns
 
@@ -31,7 +29,8 @@ def test_nstep_trajectory_terminated_truncated_and_running_by_hand():
     assert nstep_trajectory(rewards, g, 3, terminated=True) == terminated
     truncated = [(t, ret, disc, idx, False) for t, ret, disc, idx, _ in terminated]  # bootstrap kept
     assert nstep_trajectory(rewards, g, 3, terminated=False, truncated=True) == truncated
-    assert nstep_trajectory(rewards, g, 3, terminated=False) == truncated[:2]  # still running: no flags, only full windows
+    # still running: no flags, only full windows
+    assert nstep_trajectory(rewards, g, 3, terminated=False) == truncated[:2]
     # n = 1 is the one-step transition
     assert nstep_trajectory([5.0], 0.9, 1, terminated=True) == [(0, 5.0, 0.9, 1, True)]
 

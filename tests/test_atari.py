@@ -8,9 +8,7 @@ from hvd_dqn import distributed
 from hvd_dqn.config import Config
 from hvd_dqn.envs import env_seeds, make_env, make_vector_env
 from hvd_dqn.errors import UserError
-from hvd_dqn.replay import FrameReplayBuffer
-from hvd_dqn.replay import ReplayShard
-from hvd_dqn.replay import available_memory
+from hvd_dqn.replay import FrameReplayBuffer, ReplayShard, available_memory
 from probes import q_values
 
 

@@ -76,7 +76,8 @@ class ReplayBuffer:
     def load_state_dict(self, state: dict[str, np.ndarray]) -> None:
         size = int(state["size"])
         if size > self.capacity:
-            raise UserError(f"replay: checkpoint holds {size} transitions, more than this rank's capacity {self.capacity}")
+            raise UserError(f"replay: checkpoint holds {size} transitions, more than this rank's capacity "
+                            f"{self.capacity}")
         for name, arr in self._data.items():
             arr[:size] = state[name][:size]
         self.size, self.pos = size, int(state["pos"]) % self.capacity
