@@ -61,9 +61,8 @@ def env_rates(game: str, seconds: float, rounds: int = 6) -> None:
 def learner_rates(seconds: float) -> None:
     from hvd_dqn import distributed
     from hvd_dqn.config import Config
-    from hvd_dqn.replay import FrameReplayBuffer
     from hvd_dqn.learner import Learner
-    from hvd_dqn.replay import ReplayShard
+    from hvd_dqn.replay import FrameReplayBuffer, ReplayShard
 
     distributed.init()
     cfg = Config.from_yaml(ROOT / "configs" / "pong.yaml", ["replay_capacity=20000"])
@@ -84,7 +83,8 @@ def learner_rates(seconds: float) -> None:
           f"{rate(lambda: learner.run_updates(sample()[0], 1e-4), seconds):,.1f}")
     act = learner.q_fn()
     for n in (1, 4):
-        print(f"Nature CNN acting calls/s, {n} observation(s) per call: {rate(lambda: act(batch.obs[0, :n]), seconds):,.0f}")
+        calls = rate(lambda: act(batch.obs[0, :n]), seconds)
+        print(f"Nature CNN acting calls/s, {n} observation(s) per call: {calls:,.0f}")
 
 
 def mixed_precisions() -> list[str]:
@@ -150,7 +150,8 @@ for t in range({capacity}):
 batch = shard.sample(np.random.default_rng(0), (1, 32))
 after = psutil.Process().memory_info().rss
 peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-print((replay.nbytes + shard.discount.nbytes) / replay.capacity, replay.nbytes + shard.discount.nbytes, before, after, peak)
+total = replay.nbytes + shard.discount.nbytes
+print(total / replay.capacity, total, before, after, peak)
 """
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
     per, nbytes, before, after, peak = (float(x) for x in out[-5:])
@@ -169,7 +170,8 @@ def train_rate(steps: int) -> None:
     cmd = [sys.executable, "-m", "hvd_dqn.cli", "train", "--config", str(ROOT / "configs" / "pong.yaml"),
            "--run-dir", str(run_dir)]
     for override in (f"total_env_steps={steps}", f"learning_starts={steps // 3}", "replay_capacity=20000",
-                     f"eval_every={10 * steps}", "eval_episodes=1", "max_episode_frames=2000", f"log_every={steps // 3}"):
+                     f"eval_every={10 * steps}", "eval_episodes=1", "max_episode_frames=2000",
+                     f"log_every={steps // 3}"):
         cmd += ["--set", override]
     subprocess.run(cmd, check=True, capture_output=True, env=dict(os.environ, PYTHONPATH=str(ROOT)), cwd=ROOT)
     rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]

@@ -84,7 +84,8 @@ def table(rows: list[dict]) -> str:
         finals = [r["final_eval"] for r in rs]
         sd = statistics.stdev(finals) if len(finals) > 1 else 0.0
         loads = [r["load_before"][0] for r in rs] + [r["load_after"][0] for r in rs]
-        out.append(f"| {task} | {variant} | {rs[0]['ranks']} | {len(solved)}/{len(rs)} | {med('solved_env_steps', '.0f')} "
+        out.append(f"| {task} | {variant} | {rs[0]['ranks']} | {len(solved)}/{len(rs)} "
+                   f"| {med('solved_env_steps', '.0f')} "
                    f"| {med('solved_wall_s', '.1f')} | {statistics.mean(finals):.1f} ± {sd:.1f} "
                    f"| {statistics.median(r['wall_s'] for r in rs):.1f} | {min(loads):.2f}-{max(loads):.2f} |")
     return "\n".join(out)

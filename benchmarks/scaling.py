@@ -224,7 +224,8 @@ def main(argv: list[str] | None = None) -> int:
             j = judge(row, args.threshold)
             print(f"N={np_} seed={seed}: solved at {j['solved_env_steps']} steps / {j['solved_updates']} updates, "
                   f"final {row['final_eval']:.1f}, {row['wall_s']:.0f} s", flush=True)
-    mine = [r for r in read_results(results) if config_name(r["config"]) == config_name(str(config)) and r["overrides"] == args.overrides]
+    mine = [r for r in read_results(results)
+            if config_name(r["config"]) == config_name(str(config)) and r["overrides"] == args.overrides]
     print(table(mine, args.threshold))
     return 0
 

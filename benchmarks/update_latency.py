@@ -39,10 +39,10 @@ def worker() -> None:
     learner.broadcast_initial_weights()
     shape = (UPDATES, cfg.batch_size // world.size)
     for _ in range(3):
-        learner.run_updates(replay.sample(rng, shape), 1e-3)
+        learner.run_updates(replay.gather(rng.integers(0, n, size=shape)), 1e-3)
     start = time.perf_counter()
     for _ in range(PHASES):
-        learner.run_updates(replay.sample(rng, shape), 1e-3)
+        learner.run_updates(replay.gather(rng.integers(0, n, size=shape)), 1e-3)
     ms = (time.perf_counter() - start) / (PHASES * UPDATES) * 1e3
     equal = len(set(distributed.gather_checksums(learner.online.variables))) == 1
     if world.is_chief:
@@ -55,7 +55,7 @@ def measure(ranks: int, controller: str, cycle_ms: str) -> tuple[float, bool]:
         cmd = [str(BIN / "horovodrun"), "-np", str(ranks), f"--{controller}"] + cmd
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", PYTHONPATH=str(ROOT), HOROVOD_CYCLE_TIME=cycle_ms)
     out = subprocess.run(cmd, env=env, capture_output=True, text=True, check=True).stdout
-    line = next(l for l in out.splitlines() if "RESULT " in l)
+    line = next(ln for ln in out.splitlines() if "RESULT " in ln)
     ms, equal = line.split("RESULT ", 1)[1].split()[:2]
     return float(ms), equal == "True"
 

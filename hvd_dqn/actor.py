@@ -2,12 +2,13 @@
 ``Actor`` that steps this rank's envs into its replay shard."""
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 
 from hvd_dqn import envstate
-from hvd_dqn.checkpoint import from_json, to_json
+from hvd_dqn.jsoncodec import from_json, to_json
 from hvd_dqn.schedules import linear_schedule
 
 

@@ -12,8 +12,9 @@ from __future__ import annotations
 import json
 import math
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from hvd_dqn import rundir
 from hvd_dqn.errors import clip, say

@@ -32,7 +32,6 @@ import os
 import re
 import shutil
 import zipfile
-from collections import deque
 from pathlib import Path
 from typing import Any
 
@@ -91,7 +90,7 @@ def is_complete(ckpt: Path) -> bool:
 
 
 def latest(run_dir: Path) -> Path | None:
-    """The newest checkpoint directory of a run (validated later by ``read_state``), or None."""
+    """The newest checkpoint directory of a run (validated later by ``verify``), or None."""
     found = listed(run_dir)
     return found[-1] if found else None
 
@@ -344,48 +343,3 @@ def read_model(ckpt: Path, objects: dict[str, Any]) -> None:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise damaged(ckpt, f"model (TF checkpoint) is damaged or from another network ({first[:200]})") from None
 
-
-# ---------------------------------------------------------------------------------------------- JSON values
-def to_json(value: Any) -> Any:
-    """Exact JSON for the values env and RNG state is made of: arrays and NumPy scalars keep their dtype (floats
-    round-trip exactly through Python's repr), tuples and deques stay what they are, Generators become their
-    bit-generator state."""
-    if isinstance(value, np.random.Generator):
-        return {"__generator__": value.bit_generator.state}
-    if isinstance(value, (np.ndarray, np.generic)):
-        arr = np.asarray(value)
-        if arr.dtype.kind not in "biuf":
-            raise TypeError(f"cannot store an array of dtype {arr.dtype}")
-        return {"__ndarray__": arr.dtype.str, "shape": list(arr.shape), "data": arr.ravel().tolist(),
-                "scalar": isinstance(value, np.generic)}
-    if isinstance(value, tuple):
-        return {"__tuple__": [to_json(v) for v in value]}
-    if isinstance(value, deque):
-        return {"__deque__": [to_json(v) for v in value], "maxlen": value.maxlen}
-    if isinstance(value, list):
-        return [to_json(v) for v in value]
-    if isinstance(value, dict):
-        return {str(k): to_json(v) for k, v in value.items()}
-    if value is None or isinstance(value, (bool, int, float, str)):
-        return value
-    raise TypeError(f"cannot store a {type(value).__name__}")
-
-
-def from_json(value: Any) -> Any:
-    if isinstance(value, list):
-        return [from_json(v) for v in value]
-    if not isinstance(value, dict):
-        return value
-    if "__ndarray__" in value:
-        arr = np.array(value["data"], dtype=np.dtype(value["__ndarray__"])).reshape(value["shape"])
-        return arr[()] if value.get("scalar") else arr
-    if "__tuple__" in value:
-        return tuple(from_json(v) for v in value["__tuple__"])
-    if "__deque__" in value:
-        return deque((from_json(v) for v in value["__deque__"]), maxlen=value["maxlen"])
-    if "__generator__" in value:
-        state = value["__generator__"]
-        gen = np.random.Generator(getattr(np.random, state["bit_generator"])())
-        gen.bit_generator.state = state
-        return gen
-    return {k: from_json(v) for k, v in value.items()}

@@ -24,9 +24,11 @@ def _parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     train = sub.add_parser("train", help="train a DQN on every rank of the job")
     train.add_argument("--config", help="YAML experiment file (see configs/); with --resume, default: the run's own")
-    train.add_argument("--run-dir", help="where rank 0 writes metrics, summary and the model (default runs/<env>-<time>)")
+    train.add_argument("--run-dir",
+                       help="where rank 0 writes metrics, summary and the model (default runs/<env>-<time>)")
     train.add_argument("--resume", metavar="RUN_DIR",
-                       help="continue the run in RUN_DIR from its newest checkpoint (same number of ranks)")
+                       help="continue the run in RUN_DIR from its newest checkpoint (on any number of ranks, but "
+                            "an Atari run on the number that wrote it)")
     train.add_argument("--restart", action="store_true",
                        help="with --run-dir: start afresh there, deleting an earlier run's outputs (only files a run "
                             "writes: refused if the dir holds anything else, or if a job is using it)")
@@ -109,7 +111,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _train(args) -> int:
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")  # TF C++ start-up chatter (CUDA plugins on CPU hosts) hides our lines
+    # TF C++ start-up chatter (CUDA plugins on CPU hosts) hides our lines
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     quiet.install()  # and what TF_CPP_MIN_LOG_LEVEL cannot silence
     from hvd_dqn.config import Config
 
@@ -158,10 +161,9 @@ def _train(args) -> int:
 
 def _run_config(args):
     """The config a run was started with (its config.json), with --set overrides on top."""
+    from hvd_dqn import rundir
     from hvd_dqn.config import Config
     from hvd_dqn.yamlinput import parse_overrides
-
-    from hvd_dqn import rundir
 
     path = Path(args.resume) / rundir.CONFIG
     if not path.is_file():

@@ -9,14 +9,13 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import Any, Literal, Optional
+from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from hvd_dqn import scaling
-# the env-id rules, also imported from here
-from hvd_dqn.envids import ATARI_DEFAULTS, ATARI_PREFIX, is_atari_id, is_minatar_id  # noqa: F401
+from hvd_dqn.envids import ATARI_DEFAULTS, is_atari_id
 from hvd_dqn.errors import UserError, clip, excerpt
 from hvd_dqn.scaling import MAX_PHASE_SAMPLES, PerRank
 from hvd_dqn.yamlinput import load_yaml, parse_overrides, too_long
@@ -40,7 +39,7 @@ class Config(BaseModel):
     env_kwargs: dict[str, Any] = Field(
         default_factory=dict, description="Keywords for the env's constructor (gym.make(env_id, **env_kwargs)), for "
                                           "training, evaluation and videos alike; not for Atari (use its keys).")
-    exp_name: Optional[str] = Field(
+    exp_name: str | None = Field(
         None, min_length=1, max_length=200,
         description="The experiment's name, recorded in config.json: runs that share it are one group in "
                     "`hvd-dqn plot --group` and `hvd-dqn table`. Default: the config file's name without .yaml "
@@ -51,7 +50,7 @@ class Config(BaseModel):
     num_envs: int = Field(1, ge=1, le=1024, description="Environments per rank, stepped together as a vector env.")
 
     # --- the Q-network and its optimisation
-    q_network: Optional[str] = Field(
+    q_network: str | None = Field(
         None, description="A user's Q-network as module:function, called as function(observation_space, n_actions, "
                           "config) and returning a tf_keras Model from observations to one Q-value per action; "
                           "null = the built-in MLP (vectors) or CNN (uint8 images).")
@@ -93,7 +92,7 @@ class Config(BaseModel):
     gamma: float = Field(0.99, ge=0, le=1.0, description="Discount factor.")
     double_dqn: bool = Field(True, description="Double DQN target: online net picks the action, target net values it.")
     huber_delta: float = Field(1.0, gt=0, description="Huber loss threshold (quadratic below, linear above).")
-    max_grad_norm: Optional[float] = Field(
+    max_grad_norm: float | None = Field(
         10.0, gt=0, description="Clip the averaged gradient to this global norm; null turns clipping off.")
     precision: Literal["float32", "mixed_bfloat16", "mixed_float16"] = Field(
         "float32", description="The built-in MLP's and CNN's Keras dtype policy: float32, or mixed precision "
@@ -160,19 +159,19 @@ class Config(BaseModel):
     priority_beta_start: float = Field(
         0.4, ge=0, le=1.0, description="Importance-sampling exponent at the start, annealed linearly to 1.")
     priority_epsilon: float = Field(1e-6, gt=0, description="Added to |td| so no transition's priority is 0.")
-    target_tau: Optional[float] = Field(
+    target_tau: float | None = Field(
         None, gt=0, le=1.0, description="Soft (Polyak) target update after every gradient update, "
                                         "target <- tau * online + (1 - tau) * target; null = hard sync every "
                                         "target_update_every updates.")
     epsilon_spread: float = Field(
         0.0, ge=0, description="Ape-X exploration: actor i of N (all envs of all ranks) uses eps^(1 + spread * "
                                "i / (N - 1)) of the scheduled eps; 0 = every actor the same eps.")
-    policy_ema: Optional[float] = Field(
+    policy_ema: float | None = Field(
         None, gt=0, lt=1.0, description="Weight averaging for the policy (Nikishin et al. 2018): after each learning "
                                         "phase, averaged <- d * averaged + (1 - d) * online with this decay d; the "
                                         "greedy evaluations and the saved q_network use the averaged weights, "
                                         "exploration and learning the online ones; null = the online weights.")
-    federated_every: Optional[int] = Field(
+    federated_every: int | None = Field(
         None, ge=1, description="Federated averaging: each rank takes this many local updates on its own replay "
                                 "with NO gradient allreduce, then the ranks average their weights; null = "
                                 "synchronous data parallelism (gradients averaged at every update).")
@@ -225,24 +224,27 @@ class Config(BaseModel):
         10, ge=1, le=MAX_EVAL_EPISODES,
         description=f"Greedy episodes per evaluation, split across ranks (at most {MAX_EVAL_EPISODES}).")
     eval_epsilon: float = Field(0.0, ge=0, le=1.0, description="Epsilon during evaluation (0 = greedy).")
-    reward_threshold: Optional[float] = Field(
+    reward_threshold: float | None = Field(
         None, description="Return at which the task counts as solved; null = the env spec's reward_threshold.")
     log_every: int = Field(5_000, ge=1, description="Global env steps between metric log points.")
+    log_allreduce_ms: bool = Field(
+        False, description="Time a gradient-sized allreduce at every log point (perf/allreduce_ms, null on one "
+                           "rank): 4 extra allreduces per row, a probe of the interconnect, so off by default.")
 
     # --- full-state checkpoints (docs/checkpoints.md); one is also written at the end and on SIGTERM
-    checkpoint_every: Optional[int] = Field(
+    checkpoint_every: int | None = Field(
         None, ge=1, description="Global env steps between checkpoints; null = none by step count.")
-    checkpoint_every_minutes: Optional[float] = Field(
+    checkpoint_every_minutes: float | None = Field(
         30.0, gt=0, description="Wall-clock minutes between checkpoints (rank 0's clock, its decision broadcast "
                                 "at the next learning-phase boundary); null = none by time.")
     keep_checkpoints: int = Field(2, ge=1, le=1000, description="Newest complete checkpoints kept; older ones "
                                                                  "are deleted once a newer one is complete.")
-    hang_timeout_s: Optional[float] = Field(
+    hang_timeout_s: float | None = Field(
         300.0, ge=10, le=7 * 24 * 3600, description="Seconds a rank's training loop may make no progress (waiting "
                                                     "for a stopped, deadlocked or unreachable rank) before the job "
                                                     "ends non-zero with a line naming that rank; local evaluations "
                                                     "and checkpoint writes do not count; null = wait forever.")
-    busy_timeout_s: Optional[float] = Field(
+    busy_timeout_s: float | None = Field(
         3600.0, ge=10, le=7 * 24 * 3600, description="Seconds one piece of a rank's long local work (an evaluation, a "
                                                       "checkpoint write, the first compile) may take before the job "
                                                       "ends non-zero with a line naming that rank and the work (a user "
@@ -292,7 +294,7 @@ class Config(BaseModel):
 
     @field_validator("q_network")
     @classmethod
-    def _q_network_importable(cls, value: Optional[str]) -> Optional[str]:
+    def _q_network_importable(cls, value: str | None) -> str | None:
         if value is not None:
             from hvd_dqn.networks import load_builder  # imports the user's module, as env_id does
 
@@ -300,7 +302,7 @@ class Config(BaseModel):
         return value
 
     @model_validator(mode="after")
-    def _consistent(self) -> "Config":
+    def _consistent(self) -> Config:
         if self.env_kwargs and self.is_atari:
             raise ValueError("env_kwargs: Atari games take their options as config keys (frame_stack, noop_max, "
                              "sticky_action_prob, max_episode_frames), not as env_kwargs")
@@ -380,7 +382,7 @@ class Config(BaseModel):
 
     # ---- construction
     @classmethod
-    def from_dict(cls, data: dict[str, Any], source: str = "config") -> "Config":
+    def from_dict(cls, data: dict[str, Any], source: str = "config") -> Config:
         """Validate a mapping; any problem becomes a one-line UserError naming the field."""
         if not isinstance(data, dict):
             raise UserError(f"{source}: expected a mapping of keys to values, got {type(data).__name__}")
@@ -392,7 +394,7 @@ class Config(BaseModel):
             raise UserError(f"{source}: {clip(str(exc), 200)}") from None
 
     @classmethod
-    def from_yaml(cls, path: str | os.PathLike, overrides: list[str] | tuple[str, ...] = ()) -> "Config":
+    def from_yaml(cls, path: str | os.PathLike, overrides: list[str] | tuple[str, ...] = ()) -> Config:
         """Read a YAML file and apply ``key=value`` overrides (values parsed as YAML)."""
         path = Path(path)
         if not path.is_file():
@@ -421,7 +423,7 @@ class Config(BaseModel):
         out["hidden_sizes"] = list(self.hidden_sizes)
         return out
 
-    def replace(self, **changes: Any) -> "Config":
+    def replace(self, **changes: Any) -> Config:
         return Config.from_dict({**self.to_dict(), **changes})
 
 

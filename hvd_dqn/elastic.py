@@ -3,7 +3,8 @@
 with fewer ranks; workers that (re)appear join at the next commit.
 
 What is committed, in memory, at every learning-phase boundary: the online and target networks, Adam's slots
-and the loop's global counters (Horovod's ``TensorFlowState``). What is NOT rolled back: each surviving rank's
+and the loop's global counters (``distributed.elastic_state``, a Horovod ``ObjectState``; not Horovod's
+``TensorFlowState``, for the reasons given there). What is NOT rolled back: each surviving rank's
 envs and replay shard, which simply continue (a dead worker's shard is lost with it). So an elastic run is not
 bit-exact; it completes. Global env steps count what the ranks alive at each moment collected, so the per-rank
 schedule (batch per rank, vector steps per learning phase) is recomputed after every change of world size.

@@ -9,7 +9,7 @@ wrappers: the emulator at frameskip 1 with an episode cap in frames, sticky acti
 (``StickyActions``: outside the emulator, so that a checkpoint can hold them), then ``AtariPreprocessing`` (up to
 ``noop_max`` no-ops after reset, frame skip 4 with a max over the last two frames, 84x84 grayscale uint8), then
 ``FrameStackObservation`` with zero padding at episode starts: (S, 84, 84) uint8. Reward clipping and
-terminal-on-life-loss are applied by the trainer on what it stores, so returns stay game scores. The vector env
+terminal-on-life-loss are applied to what replay stores (``tasks.Atari``), so returns stay game scores. The vector env
 runs in NEXT_STEP autoreset mode, because the frame replay stores one frame per env per vector step: the step
 after an episode ends returns the reset observation (no transition; the replay knows). Training runs these
 wrappers in a SyncVectorEnv (their whole state can be checkpointed, ``hvd_dqn.envstate``), or (the default)
@@ -31,8 +31,14 @@ from typing import Any
 import gymnasium as gym
 import numpy as np
 
-from hvd_dqn.envids import ATARI_DEFAULTS, MINATAR_EXTRA, MINATAR_MAX_EPISODE_STEPS, MINATAR_PREFIX, is_atari_id, \
-    is_minatar_id
+from hvd_dqn.envids import (
+    ATARI_DEFAULTS,
+    MINATAR_EXTRA,
+    MINATAR_MAX_EPISODE_STEPS,
+    MINATAR_PREFIX,
+    is_atari_id,
+    is_minatar_id,
+)
 from hvd_dqn.errors import UserError
 
 
@@ -207,7 +213,7 @@ class StickyActions(gym.Wrapper, gym.utils.RecordConstructorArgs):
 
 def make_atari_env(env_id: str, frame_padding: str = FRAME_PADDING, **kwargs: Any) -> gym.Env:
     """One ALE env with the DQN preprocessing: (frame_stack, 84, 84) uint8 observations, 4 frames per step.
-    ``kwargs``: the Atari options (``config.ATARI_DEFAULTS`` where not given), then keywords for ``gym.make``."""
+    ``kwargs``: the Atari options (``envids.ATARI_DEFAULTS`` where not given), then keywords for ``gym.make``."""
     from gymnasium.wrappers import AtariPreprocessing, FrameStackObservation
 
     frame_stack, noop_max, sticky_action_prob, max_episode_frames = _with_atari_defaults(kwargs)
@@ -328,8 +334,8 @@ def _ale_vector_env(env_id: str, num_envs: int, threads: int, frame_padding: str
 
     _register_atari()
     game = gym.spec(env_id).kwargs["game"]  # the ROM id: "pong", "space_invaders"
-    # the preprocessing of make_atari_env: no FIRE on reset, no episodic life, no reward clipping (the trainer
-    # clips what it stores and handles lost lives itself)
+    # the preprocessing of make_atari_env: no FIRE on reset, no episodic life, no reward clipping (tasks.Atari
+    # clips what replay stores and handles lost lives itself)
     return SeededAtariVectorEnv(
         game, num_envs, num_threads=max(1, min(threads, num_envs)), max_num_frames_per_episode=max_episode_frames,
         repeat_action_probability=sticky_action_prob, stack_num=frame_stack, frameskip=4, maxpool=True,

@@ -18,7 +18,7 @@ import gymnasium as gym
 import numpy as np
 
 from hvd_dqn import alestate
-from hvd_dqn.checkpoint import from_json, to_json
+from hvd_dqn.jsoncodec import from_json, to_json
 
 _EXACT_MODULES = ("gymnasium.envs.classic_control.", "gymnasium.envs.toy_text.")
 _WRAPPER_MODULES = ("gymnasium.wrappers.", "gymnasium.core", "hvd_dqn.")

@@ -6,7 +6,7 @@ score as the return, and episodes truncated at ``max_episode_frames`` (108,000 f
 """
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 

@@ -1,9 +1,10 @@
 """Keras 2 (tf_keras) for our models, imported directly so that a user's Keras 3 in the same process is left alone.
 
-Horovod 0.28 works with Keras 2 variables only (its tape calls .ref(), which Keras 3 variables lack), and since TF 2.16 ``tf.keras`` is Keras 3 unless
-``TF_USE_LEGACY_KERAS=1`` was set before TensorFlow's first import. Importing ``tf_keras`` by name gives Keras 2
-whatever ``tf.keras`` is, with no environment variable. Where that cannot work (tf-keras missing, or built for
-another TensorFlow), ``load()`` says so in one line instead of failing deep inside a layer.
+Horovod 0.28 works with Keras 2 variables only (its tape calls .ref(), which Keras 3 variables lack), and since
+TF 2.16 ``tf.keras`` is Keras 3 unless ``TF_USE_LEGACY_KERAS=1`` was set before TensorFlow's first import.
+Importing ``tf_keras`` by name gives Keras 2 whatever ``tf.keras`` is, with no environment variable. Where that
+cannot work (tf-keras missing, or built for another TensorFlow), ``load()`` says so in one line instead of failing
+deep inside a layer.
 """
 from __future__ import annotations
 

@@ -33,13 +33,13 @@ from typing import NamedTuple
 
 import numpy as np
 import tensorflow as tf
-from hvd_dqn.keras2 import keras
 
 from hvd_dqn import distributed, losses, optimizers, quiet
 from hvd_dqn.config import Config
-from hvd_dqn.scaling import PerRank
+from hvd_dqn.keras2 import keras
 from hvd_dqn.networks import build_q_network, mlp_forward, mlp_params
 from hvd_dqn.replay import Batch
+from hvd_dqn.scaling import PerRank
 from hvd_dqn.schedules import annealed_beta, scheduled_learning_rate
 
 
@@ -294,9 +294,6 @@ class Learner:
             return lambda obs: q(tf.constant(obs, dtype)).numpy()
         params = mlp_params(model)
         return lambda obs: mlp_forward(params, obs)
-
-    def q_values(self, obs: np.ndarray) -> np.ndarray:
-        return self.online(tf.constant(obs, self.online.input.dtype), training=False).numpy()
 
 
 def phase_chunks(n_updates: int, since_sync: int, target_every: int, updates_done: int,

@@ -43,34 +43,3 @@ def soft_update(target, online, tau):
     """Polyak averaging of one variable's value: ``tau * online + (1 - tau) * target``."""
     return tau * online + (1.0 - tau) * target
 
-
-# ---- n-step returns (NumPy: they are computed on the actor side, before transitions enter replay)
-
-def nstep_return(rewards, gamma: float) -> tuple[float, float]:
-    """``(sum_k gamma^k r_k, gamma^m)`` for the m rewards given: the return so far and the discount that the
-    bootstrap value ``Q(s_{t+m})`` gets in the target ``R + gamma^m * (1 - terminated) * Q``."""
-    ret = 0.0
-    for k, r in enumerate(rewards):
-        ret += gamma ** k * float(r)
-    return ret, gamma ** len(rewards)
-
-
-def nstep_trajectory(rewards, gamma: float, n: int, terminated: bool, truncated: bool = False):
-    """The n-step transitions of one episode segment of T steps (rewards r_0..r_{T-1}), as a list of
-    ``(t, return, discount, bootstrap_index, terminated)``: transition t bootstraps from observation
-    ``bootstrap_index`` (= t + m, m = min(n, T - t)) with weight ``discount = gamma^m``.
-
-    If the segment ended (``terminated`` or ``truncated``) its last n - 1 starts have fewer than n rewards and end
-    at the final observation: a termination cuts their bootstrap, a truncation (a time limit) keeps it. If it is
-    still running, only the starts with n rewards ahead are complete.
-    """
-    T = len(rewards)
-    ended = terminated or truncated
-    out = []
-    for t in range(T):
-        m = min(n, T - t)
-        if m < n and not ended:
-            break
-        ret, discount = nstep_return(rewards[t:t + m], gamma)
-        out.append((t, ret, discount, t + m, bool(terminated and t + m == T)))
-    return out

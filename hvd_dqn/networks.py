@@ -13,7 +13,6 @@ import numpy as np
 from hvd_dqn.envids import is_minatar_id
 from hvd_dqn.keras2 import keras
 
-
 PRECISIONS = ("float32", "mixed_bfloat16", "mixed_float16")  # Keras' dtype policy names
 
 

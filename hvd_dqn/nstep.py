@@ -4,7 +4,7 @@ Each env of a rank keeps its last n (obs, action, reward). Once n rewards are kn
 the transition ``(s_t, a_t, R_t = sum_k gamma^k r_{t+k}, s_{t+n}, terminated=False, discount=gamma^n)``. When an
 episode ends, every pending start is flushed with the rewards it has (m < n) and the episode's final observation:
 a termination cuts the bootstrap of all of them, a truncation (time limit) keeps it with discount gamma^m. The
-math is ``losses.nstep_return``; ``losses.nstep_trajectory`` states the same for a whole episode.
+math is ``nstep_return``, NumPy and plain Python only: this module imports no TensorFlow.
 """
 from __future__ import annotations
 
@@ -13,7 +13,14 @@ from typing import NamedTuple
 
 import numpy as np
 
-from hvd_dqn.losses import nstep_return
+
+def nstep_return(rewards, gamma: float) -> tuple[float, float]:
+    """``(sum_k gamma^k r_k, gamma^m)`` for the m rewards given: the return so far and the discount that the
+    bootstrap value ``Q(s_{t+m})`` gets in the target ``R + gamma^m * (1 - terminated) * Q``."""
+    ret = 0.0
+    for k, r in enumerate(rewards):
+        ret += gamma ** k * float(r)
+    return ret, gamma ** len(rewards)
 
 
 class NStepBatch(NamedTuple):

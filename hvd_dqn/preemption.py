@@ -131,7 +131,7 @@ class StopRequest:
                 if signum in SIGNALS:
                     self._requested(signum)
 
-    def install(self) -> "StopRequest":
+    def install(self) -> StopRequest:
         if threading.current_thread() is threading.main_thread():
             for sig in SIGNALS:
                 self._previous[sig] = signal.signal(sig, self._handle)

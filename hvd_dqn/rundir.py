@@ -18,8 +18,9 @@ import json
 import os
 import re
 import shutil
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from hvd_dqn.errors import UserError, clip
 

@@ -23,7 +23,7 @@ from hvd_dqn import rundir
 from hvd_dqn.errors import JobRefused, UserError
 
 LOCK_NAME = rundir.LOCK
-_held: dict[Path, "RunLock"] = {}  # run dirs locked by this process
+_held: dict[Path, RunLock] = {}  # run dirs locked by this process
 
 
 class RunDirInUse(JobRefused):
@@ -41,7 +41,7 @@ class RunLock:
         self.took_over: str | None = None
         self._fd: int | None = None
 
-    def acquire(self) -> "RunLock":
+    def acquire(self) -> RunLock:
         key = self.run_dir.resolve()
         if key in _held:
             raise RunDirInUse(f"run dir {self.run_dir} is in use by another run of this process (pid {os.getpid()})")
@@ -49,7 +49,8 @@ class RunLock:
         try:
             fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
         except OSError as exc:
-            raise UserError(f"run dir {self.run_dir}: cannot create its lock file {LOCK_NAME} ({exc.strerror})") from None
+            raise UserError(f"run dir {self.run_dir}: cannot create its lock file {LOCK_NAME} "
+                            f"({exc.strerror})") from None
         try:
             fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError as exc:

@@ -17,15 +17,15 @@ import re
 import secrets
 import shutil
 import zipfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 
+from hvd_dqn import best, rundir
 from hvd_dqn.envs import atari_options
 from hvd_dqn.errors import UserError
-from hvd_dqn import best, rundir
 from hvd_dqn.rundir import read_json_object
 
 EXPORT_META = "export.json"
@@ -193,10 +193,11 @@ def export(run_dir: str | Path, out_dir: str | Path) -> Path:
         tf.saved_model.save(policy, str(tmp / "saved_model"), signatures={
             "serving_default": policy.q_values, "q_values": policy.q_values, "greedy_action": policy.greedy_action})
         shutil.copy2(model_file, tmp / rundir.MODEL)
+        # atari_options: the preprocessing that evaluate must reproduce
         (tmp / EXPORT_META).write_text(json.dumps({
             "format": EXPORT_FORMAT, "env_id": config.get("env_id"), "observation_shape": list(obs_shape),
             "n_actions": int(model.output_shape[-1]), "from_run": str(run_dir),
-            "env_kwargs": config.get("env_kwargs") or {}, **atari_options(config)}, indent=2) + "\n")  # Atari: the preprocessing evaluate must reproduce
+            "env_kwargs": config.get("env_kwargs") or {}, **atari_options(config)}, indent=2) + "\n")
         _put_in_place(tmp, target)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)  # ours; gone already when it became out_dir

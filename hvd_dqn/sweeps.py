@@ -16,8 +16,8 @@ from typing import Any
 
 import numpy as np
 
-from hvd_dqn.errors import UserError, excerpt
 from hvd_dqn import best, rundir
+from hvd_dqn.errors import UserError, excerpt
 from hvd_dqn.rundir import read_json_object
 
 DEFAULT_GROUP_KEY = "exp_name"

@@ -9,7 +9,8 @@ from typing import Any
 
 import numpy as np
 
-from hvd_dqn.envs import FRAME_PADDING, env_options, is_atari_id, stored_obs_dtype, true_next_obs
+from hvd_dqn.envids import is_atari_id
+from hvd_dqn.envs import FRAME_PADDING, env_options, stored_obs_dtype, true_next_obs
 from hvd_dqn.nstep import NStepAccumulator
 from hvd_dqn.replay import FrameReplayBuffer, ReplayBuffer, ReplayShard
 

@@ -256,8 +256,8 @@ class Trainer:
     def _learn(self) -> None:
         """A learning phase (the learner's schedule: its updates, target syncs, averagings), then acting on the
         new weights."""
-        self.last_phase = self.learner.learn(self.shard, self.actor.rng, self.per_rank, self.state.env_steps)
-        self.state.phase_stats = self.last_phase.stats()
+        phase = self.learner.learn(self.shard, self.actor.rng, self.per_rank, self.state.env_steps)
+        self.state.phase_stats = phase.stats()
         self.q_fn = self.learner.q_fn()
 
     def _replay_ready(self) -> bool:
@@ -273,9 +273,9 @@ class Trainer:
         """Greedy episodes, split across ranks and gathered on all (a collective)."""
         s, learner = self.state, self.learner
         # the policy's weights, snapshotted here: evaluations are far fewer than learning phases
-        self.eval_q_fn = self.q_fn if learner.averaged is None else learner.q_fn(learner.policy)
+        q_fn = self.q_fn if learner.averaged is None else learner.q_fn(learner.policy)
         with self.paused("evaluating"):
-            returns = self.evaluator(self.eval_q_fn)
+            returns = self.evaluator(q_fn)
         s.last_eval = summarize(distributed.allgather(returns))
         if s.solved_env_steps is None and self.threshold is not None \
                 and s.last_eval["eval_return_mean"] >= self.threshold:
@@ -303,8 +303,9 @@ class Trainer:
             "perf/env_steps_per_s": (s.env_steps - last.env_steps) / (now - last.time),
             "perf/env_steps_per_s_per_rank": (s.env_steps - last.env_steps) / (now - last.time) / self.world.size,
             "perf/updates_per_s": (learner.updates - last.updates) / (now - last.time),
-            "perf/allreduce_ms": distributed.time_allreduce(learner.online.trainable_variables),
         })
+        if self.config.log_allreduce_ms:
+            row["perf/allreduce_ms"] = distributed.time_allreduce(learner.online.trainable_variables)
         self.logger.log(row)
         self.callbacks.fire("on_log", self, row)
         self.last_log = LogPoint(s.env_steps, now, learner.updates)

@@ -19,7 +19,7 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from hvd_dqn import checkpoint, distributed, rundir
+from hvd_dqn import checkpoint, distributed, jsoncodec, rundir
 from hvd_dqn.checkpoint import CheckpointError
 from hvd_dqn.envs import env_seeds
 from hvd_dqn.errors import clip, excerpt, say
@@ -206,7 +206,7 @@ def _load_resized(ckpt: Path, state: dict[str, Any], world, config, parts: Parts
     for r, arrays in enumerate(files):
         flushed = None
         if r >= new_size:  # a rank that is gone: its envs end here, their n-step starts become transitions
-            last_obs = checkpoint.from_json(checkpoint.read_json(ckpt, f"rank{r}.json")["obs"])
+            last_obs = jsoncodec.from_json(checkpoint.read_json(ckpt, f"rank{r}.json")["obs"])
             flushed = parts.task.flushed(arrays, last_obs)
             flushed_total += 0 if flushed is None else len(flushed.action)
         ordered.append(redistribute.in_order(arrays, old_share.replay_capacity, weight, flushed))

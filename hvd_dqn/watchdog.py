@@ -60,7 +60,7 @@ class Watchdog:
         self._busy_since = 0.0
         self._stop = threading.Event()
 
-    def start(self) -> "Watchdog":
+    def start(self) -> Watchdog:
         """Called from the thread that runs the loop: the one whose progress, whereabouts and work are watched."""
         self._loop_thread = threading.get_ident()
         self.dir.mkdir(parents=True, exist_ok=True)
@@ -133,7 +133,8 @@ class Watchdog:
             if stalled <= self.timeout_s:
                 continue
             found: list = []
-            reader = threading.Thread(target=lambda: found.append(self._others()), daemon=True)
+            # bound now: a read that outlasts READ_TIMEOUT_S must not land in a later round's list
+            reader = threading.Thread(target=lambda out=found: out.append(self._others()), daemon=True)
             reader.start()
             reader.join(READ_TIMEOUT_S)
             last = time.monotonic()  # the read's own time is no freeze
@@ -149,7 +150,7 @@ class Watchdog:
             if line is not None:
                 self._end(line)
 
-    def _others(self) -> list["RankView"]:
+    def _others(self) -> list[RankView]:
         """The other ranks as their heartbeats show them; stale: stopped, dead or unreachable."""
         try:
             now = self._path(self.rank).stat().st_mtime  # the file server's clock, like the others' mtimes

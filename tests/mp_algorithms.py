@@ -17,6 +17,7 @@ from hvd_dqn.config import Config
 from hvd_dqn.learner import Learner
 from hvd_dqn.trainer import Trainer
 from mp_data import random_replay
+from probes import LastPhase
 
 world = distributed.init()
 K = 5
@@ -28,7 +29,7 @@ replay = random_replay(rng, 300)
 learner = Learner(cfg, 4, 2, world.size)
 learner.broadcast_initial_weights()
 rounds = []
-for r in range(3):
+for _ in range(3):
     learner.run_updates(replay.sample(rng, (K, cfg.batch_size // world.size)), 1e-2)
     before = distributed.gather_checksums(learner.online.variables)
     flat = np.concatenate([v.numpy().ravel() for v in learner.online.trainable_variables])
@@ -65,7 +66,7 @@ for _ in range(10):
     pair["sync"].run_updates(batch, 0.05)
     pair["federated"].run_updates(batch, 0.05)
     pair["federated"].average_weights()
-weights = {m: np.concatenate([v.numpy().ravel() for v in l.online.trainable_variables]) for m, l in pair.items()}
+weights = {m: np.concatenate([v.numpy().ravel() for v in each.online.trainable_variables]) for m, each in pair.items()}
 sgd_k1 = {"max_diff": float(np.abs(weights["sync"] - weights["federated"]).max()),
           "checksums": distributed.gather_checksums(pair["federated"].online.variables)}
 start = Learner(pair["sync"].config, 4, 2, world.size)
@@ -88,10 +89,11 @@ weak_cfg = Config(env_id="CartPole-v1", total_env_steps=2400, hidden_sizes=(32, 
                   log_every=1200, batch_size=32, learning_rate=1e-3, replay_capacity=4000, num_envs=2,
                   scaling="weak")
 weak_dir = distributed.broadcast_object(tempfile.mkdtemp(prefix="mp-weak-"))
-weak = Trainer(weak_cfg, run_dir=weak_dir)
+weak_phases = LastPhase()
+weak = Trainer(weak_cfg, run_dir=weak_dir, callbacks=[weak_phases])
 weak_summary = weak.train()
 weak_run = {"summary": weak_summary, "lr": float(weak.learner.optimizer.learning_rate.numpy()),
-            "sampled": list(weak.last_phase.td_abs.shape),
+            "sampled": list(weak_phases.phase.td_abs.shape),
             "config_json": json.loads((Path(weak_dir) / "config.json").read_text()) if world.rank == 0 else None}
 if world.rank == 0:
     print("RESULT " + json.dumps({"rounds": rounds, "eps": eps.tolist(), "summary": summary,

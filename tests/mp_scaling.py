@@ -9,16 +9,18 @@ import numpy as np
 from hvd_dqn import distributed
 from hvd_dqn.config import Config
 from hvd_dqn.trainer import Trainer
+from probes import LastPhase
 
 world = distributed.init()
 cfg = Config.from_dict(json.loads(sys.argv[1]))
 run_dir = distributed.broadcast_object(tempfile.mkdtemp(prefix="mp-scaling-"))
-trainer = Trainer(cfg, run_dir=run_dir)
+phases = LastPhase()
+trainer = Trainer(cfg, run_dir=run_dir, callbacks=[phases])
 summary = trainer.train()
 opt = trainer.learner.optimizer
 mine = {"lr": float(opt.learning_rate.numpy()), "beta_1": float(opt.beta_1), "beta_2": float(opt.beta_2),
         "epsilon": float(opt.epsilon), "updates": trainer.learner.updates,
-        "sampled": list(trainer.last_phase.td_abs.shape), "num_envs": int(trainer.envs.num_envs)}
+        "sampled": list(phases.phase.td_abs.shape), "num_envs": int(trainer.envs.num_envs)}
 everyone = distributed.allgather(np.array([[mine[k] for k in ("lr", "beta_1", "beta_2", "epsilon", "updates")]]))
 if world.rank == 0:
     print("RESULT " + json.dumps({"summary": summary, "rank0": mine, "all": everyone.tolist()}))

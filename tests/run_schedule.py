@@ -5,7 +5,8 @@ not fail. Covers the two scaling rules the tests use (strong and weak); each ass
 rank's replay a minibatch to sample by the first phase, as the tests' configs do."""
 from __future__ import annotations
 
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 from hvd_dqn.config import Config
 

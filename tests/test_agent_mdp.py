@@ -10,6 +10,7 @@ import gymnasium as gym
 import numpy as np
 
 from hvd_dqn import Config, Trainer
+from probes import q_values
 from run_schedule import expected_updates
 
 GAMMA = 0.9
@@ -44,7 +45,7 @@ def test_learns_exact_q_values_within_5_percent(tmp_path):
                  eps_start=1.0, eps_end=1.0, eval_every=3000, eval_episodes=10, log_every=3000)
     trainer = Trainer(cfg, run_dir=tmp_path / "run")
     summary = trainer.train()
-    q = trainer.learner.q_values(np.eye(4, dtype=np.float32)[:3])
+    q = q_values(trainer.learner, np.eye(4, dtype=np.float32)[:3])
     expected = optimal_q()
     np.testing.assert_allclose(q, expected, rtol=0.05)
     # the greedy policy walks straight to the goal: return 1 in every evaluation episode

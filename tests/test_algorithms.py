@@ -11,10 +11,11 @@ from hvd_dqn.errors import UserError
 from hvd_dqn.learner import Learner
 from hvd_dqn.networks import build_mlp, mlp_forward, mlp_params
 from hvd_dqn.nstep import NStepAccumulator
-from hvd_dqn.replay import ReplayShard, SumTree, importance_weights
-from hvd_dqn.replay import ReplayBuffer
+from hvd_dqn.replay import ReplayBuffer, ReplayShard, SumTree, importance_weights
 from hvd_dqn.schedules import annealed_beta
-
+from mp_data import UniformReplay
+from probes import EvalQFn
+from reference import nstep_trajectory
 
 # ---------------------------------------------------------------- n-step returns
 
@@ -25,12 +26,13 @@ def test_nstep_trajectory_terminated_truncated_and_running_by_hand():
                   (1, 2 + 0.5 * 3 + 0.25 * 4, 0.125, 4, True),  # 4.5, ends exactly at the termination
                   (2, 3 + 0.5 * 4, 0.25, 4, True),  # 5.0: the episode ended inside the n steps
                   (3, 4.0, 0.5, 4, True)]
-    assert losses.nstep_trajectory(rewards, g, 3, terminated=True) == terminated
+    assert nstep_trajectory(rewards, g, 3, terminated=True) == terminated
     truncated = [(t, ret, disc, idx, False) for t, ret, disc, idx, _ in terminated]  # bootstrap kept
-    assert losses.nstep_trajectory(rewards, g, 3, terminated=False, truncated=True) == truncated
-    assert losses.nstep_trajectory(rewards, g, 3, terminated=False) == truncated[:2]  # still running: no flags, only full windows
+    assert nstep_trajectory(rewards, g, 3, terminated=False, truncated=True) == truncated
+    # still running: no flags, only full windows
+    assert nstep_trajectory(rewards, g, 3, terminated=False) == truncated[:2]
     # n = 1 is the one-step transition
-    assert losses.nstep_trajectory([5.0], 0.9, 1, terminated=True) == [(0, 5.0, 0.9, 1, True)]
+    assert nstep_trajectory([5.0], 0.9, 1, terminated=True) == [(0, 5.0, 0.9, 1, True)]
 
 
 def test_nstep_accumulator_at_episode_ends():
@@ -194,7 +196,7 @@ def test_apex_epsilons_distinct_and_as_configured():
 def replay():
     distributed.init()
     rng = np.random.default_rng(0)
-    rb = ReplayBuffer(200, (4,))
+    rb = UniformReplay(200, (4,))
     rb.add(rng.normal(size=(200, 4)).astype(np.float32), rng.integers(0, 2, 200), rng.normal(size=200),
            rng.normal(size=(200, 4)).astype(np.float32), rng.random(200) < 0.1, np.zeros(200, bool))
     return rb
@@ -247,7 +249,8 @@ def test_a_run_with_policy_ema_saves_and_evaluates_the_average(tmp_path):
     cfg = Config(env_id="CartPole-v1", seed=4, total_env_steps=1500, hidden_sizes=(16,), learning_starts=300,
                  train_every=100, updates_per_train=10, target_update_every=20, eval_every=1500, eval_episodes=2,
                  log_every=1500, batch_size=32, replay_capacity=2000, policy_ema=0.5)
-    trainer = Trainer(cfg, run_dir=tmp_path / "run")
+    evaluated = EvalQFn()
+    trainer = Trainer(cfg, run_dir=tmp_path / "run", callbacks=[evaluated])
     trainer.train()
     assert trainer.policy_network is trainer.learner.averaged and trainer.q_network is trainer.learner.online
     saved = keras.models.load_model(tmp_path / "run" / "q_network.keras")
@@ -255,7 +258,7 @@ def test_a_run_with_policy_ema_saves_and_evaluates_the_average(tmp_path):
         np.testing.assert_array_equal(s, a)
     assert any(np.abs(s - o).max() > 1e-6 for s, o in zip(saved.get_weights(), trainer.q_network.get_weights()))
     obs = np.random.default_rng(0).normal(size=(3, 4)).astype(np.float32)
-    np.testing.assert_allclose(trainer.eval_q_fn(obs), saved(obs).numpy(), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(evaluated.q_fn(obs), saved(obs).numpy(), rtol=1e-5, atol=1e-6)
 
 
 def test_importance_weights_scale_the_update_and_td_errors_come_back(replay):

@@ -17,7 +17,7 @@ def result():
     proc = run([BIN / "horovodrun", "-np", "2", "--gloo", sys.executable, ROOT / "tests" / "mp_algorithms.py"],
                timeout=300)
     assert proc.returncode == 0, proc.stdout + proc.stderr
-    line = next(l for l in proc.stdout.splitlines() if "RESULT " in l)
+    line = next(ln for ln in proc.stdout.splitlines() if "RESULT " in ln)
     out, _ = json.JSONDecoder().raw_decode(line.split("RESULT ", 1)[1])
     return out
 

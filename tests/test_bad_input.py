@@ -12,7 +12,7 @@ import time
 import pytest
 
 from conftest import BIN, run
-from hvd_dqn import Config, Trainer, checkpoint, cli
+from hvd_dqn import Config, Trainer, cli
 from hvd_dqn.errors import UserError
 
 GOOD = "env_id: CartPole-v1\ntotal_env_steps: 1000\nlearning_starts: 100\n"

@@ -16,12 +16,11 @@ import numpy as np
 import pytest
 
 from conftest import run
-from hvd_dqn import Callback, Config, Trainer, checkpoint, cli, envstate
+from hvd_dqn import Callback, Config, Trainer, checkpoint, cli, envstate, jsoncodec
 from hvd_dqn.checkpoint import CheckpointError
 from hvd_dqn.envs import make_vector_env
 from hvd_dqn.nstep import NStepAccumulator
-from hvd_dqn.replay import ReplayShard
-from hvd_dqn.replay import ReplayBuffer
+from hvd_dqn.replay import ReplayBuffer, ReplayShard
 from test_user_surface import TF_CHATTER
 
 TF_LOG = re.compile(TF_CHATTER.pattern.replace("[EW]", "[EWI]"))
@@ -39,7 +38,8 @@ def _filled_shard(rng, capacity=37, n_envs=3, steps=20):
     for _ in range(steps):
         obs = rng.normal(size=(n_envs, 4)).astype(np.float32)
         done = rng.random(n_envs) < 0.2
-        ready = nstep.push(obs, rng.integers(0, 2, n_envs), rng.normal(size=n_envs), obs + 1, done, np.zeros(n_envs, bool))
+        ready = nstep.push(obs, rng.integers(0, 2, n_envs), rng.normal(size=n_envs), obs + 1, done,
+                           np.zeros(n_envs, bool))
         if ready is not None:
             shard.add(*ready)
         batch, _, _, idx = shard.sample(rng, (2, 5))
@@ -97,7 +97,8 @@ def test_env_state_round_trip_continues_identically():
 
 
 def test_env_state_of_an_uncapturable_env_is_none():
-    envs = gym.vector.SyncVectorEnv([lambda: gym.make("CartPole-v1")], autoreset_mode=gym.vector.AutoresetMode.SAME_STEP)
+    envs = gym.vector.SyncVectorEnv([lambda: gym.make("CartPole-v1")],
+                                    autoreset_mode=gym.vector.AutoresetMode.SAME_STEP)
     # the one env's state, layer by layer: TimeLimit, OrderEnforcing, PassiveEnvChecker, then CartPole itself
     assert [len(layers) for layers in envstate.capture(envs)["envs"]] == [4]
     assert envstate.capture(gym.make_vec("CartPole-v1", 2, vectorization_mode="async")) is None
@@ -108,7 +109,7 @@ def test_json_values_round_trip_exactly():
     gen.random(3)
     value = {"a": np.float32(0.1), "b": np.arange(6, dtype=np.int16).reshape(2, 3), "c": (1, 2.5, None),
              "d": np.array([1e-300, np.pi]), "g": gen, "q": deque([np.zeros(2, np.uint8), np.ones(2, np.uint8)], 2)}
-    back = checkpoint.from_json(json.loads(json.dumps(checkpoint.to_json(value))))
+    back = jsoncodec.from_json(json.loads(json.dumps(jsoncodec.to_json(value))))
     assert back["a"].dtype == np.float32 and back["a"] == value["a"]
     assert back["b"].dtype == np.int16 and (back["b"] == value["b"]).all()
     assert back["c"] == (1, 2.5, None)
@@ -402,7 +403,7 @@ def test_resume_drops_metrics_rows_logged_after_the_checkpoint(run_dir, tmp_path
     with open(run / "metrics.jsonl", "a") as f:
         f.write('{"env_steps": 1300, "wall_s"')
     assert _resume(run) == 0
-    rows = [json.loads(l) for l in (run / "metrics.jsonl").read_text().splitlines()]
+    rows = [json.loads(ln) for ln in (run / "metrics.jsonl").read_text().splitlines()]
     steps = [r["env_steps"] for r in rows if r.get("event") != "resumed"]
     assert steps == sorted(set(steps)) and steps[-1] == 1200
     assert [r["env_steps"] for r in rows if r.get("event") == "resumed"] == [800]

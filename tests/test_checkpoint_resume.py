@@ -49,7 +49,8 @@ def _wait_for_row(run_dir, env_steps, proc, timeout=240):
     while time.monotonic() < deadline:
         assert proc.poll() is None, "the run ended before it could be signalled"
         metrics = run_dir / "metrics.jsonl"
-        if metrics.exists() and any(json.loads(l)["env_steps"] >= env_steps for l in metrics.read_text().splitlines()):
+        if metrics.exists() and any(json.loads(ln)["env_steps"] >= env_steps
+                                    for ln in metrics.read_text().splitlines()):
             return
         time.sleep(0.2)
     raise AssertionError("no progress")
@@ -126,7 +127,7 @@ def test_a_signalled_run_resumes_bit_exactly(np_, optimizer, tmp_path):
     assert all(np.array_equal(a, b) for a, b in zip(*saved))
     # a phase of 10 updates every 200 env steps, from 600 to 30000: 148 phases, however the run was split
     assert _summary(whole)["updates"] == summary["updates"] == expected_updates(RUN, np_) == 10 * 148
-    rows = [json.loads(l) for l in (stopped / "metrics.jsonl").read_text().splitlines()]
+    rows = [json.loads(ln) for ln in (stopped / "metrics.jsonl").read_text().splitlines()]
     resumed = [r for r in rows if r.get("event") == "resumed"]
     assert len(resumed) == 1 and resumed[0]["env_steps"] == step and resumed[0]["resume_gap_s"] > 0
     assert [r["env_steps"] for r in rows] == sorted(r["env_steps"] for r in rows)
@@ -186,7 +187,7 @@ def test_sigusr1_to_mpirun_stops_every_rank_with_a_checkpoint(tmp_path):
     step = int(output.split("at global env step ")[1].split(";")[0])
     assert 4000 <= step < RUN["total_env_steps"]
     ckpt = run_dir / "checkpoints" / f"ckpt-{step}"
-    assert (ckpt / "COMPLETE").is_file() and (ckpt / "replay-rank0.npz").is_file() and (ckpt / "replay-rank1.npz").is_file()
+    assert all((ckpt / name).is_file() for name in ("COMPLETE", "replay-rank0.npz", "replay-rank1.npz"))
 
     proc = run([LAUNCH / "mpirun.sh", cfg, "--resume", run_dir], timeout=600, NP=2, RUN_DIR=run_dir,
                VIRTUAL_ENV=BIN.parent)
@@ -202,7 +203,8 @@ def test_a_preempted_rank_exits_75_even_if_terminated_while_closing(tmp_path):
     handled signals when it finalizes, so the CLI ignores them from then on; here SIGTERM comes right after."""
     code = ("import os, signal, sys\n"
             "from hvd_dqn.cli import main\n"
-            f"status = main(['train', '--config', {str(_config(tmp_path))!r}, '--run-dir', {str(tmp_path / 'run')!r}])\n"
+            f"status = main(['train', '--config', {str(_config(tmp_path))!r}, "
+            f"'--run-dir', {str(tmp_path / 'run')!r}])\n"
             "print('ignored', signal.getsignal(signal.SIGTERM) == signal.SIG_IGN, flush=True)\n"
             "os.kill(os.getpid(), signal.SIGTERM)\n"
             "sys.exit(status)\n")

@@ -34,7 +34,7 @@ def _wait(predicate, timeout, what, output: Path):
 
 def _rows(run_dir: Path):
     metrics = run_dir / "metrics.jsonl"
-    return [json.loads(l) for l in metrics.read_text().splitlines()] if metrics.exists() else []
+    return [json.loads(ln) for ln in metrics.read_text().splitlines()] if metrics.exists() else []
 
 
 def test_a_signalled_job_checkpoints_requeues_and_completes(local_slurm, tmp_path):

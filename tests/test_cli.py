@@ -6,9 +6,8 @@ import numpy as np
 import pytest
 
 from conftest import BIN, run
-from run_schedule import expected_updates, points
-
 from hvd_dqn.config import Config
+from run_schedule import expected_updates, points
 
 NO_HOROVOD = "import sys\nraise ImportError('horovod is deliberately unavailable in this process')\n"
 

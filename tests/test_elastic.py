@@ -1,8 +1,9 @@
 """Elastic training for real: `horovodrun --min-np 1 --max-np 2` with a host discovery script: a worker that joins
-mid-run takes rank 0's weights; a worker killed mid-run with SIGKILL: the survivor rolls back to the last commit, goes on alone and completes the run. Elastic
-runs write disk checkpoints: a job killed outright (every process, SIGKILL) continues from its last one, with
-`--elastic --resume` and with a plain `--resume`; SIGTERM stops it with a checkpoint; a worker lost while a
-checkpoint is being written leaves no half-written one and the checkpoint is written after the rollback."""
+mid-run takes rank 0's weights; a worker killed mid-run with SIGKILL: the survivor rolls back to the last commit,
+goes on alone and completes the run. Elastic runs write disk checkpoints: a job killed outright (every process,
+SIGKILL) continues from its last one, with `--elastic --resume` and with a plain `--resume`; SIGTERM stops it with
+a checkpoint; a worker lost while a checkpoint is being written leaves no half-written one and the checkpoint is
+written after the rollback."""
 import json
 import os
 import shutil
@@ -31,7 +32,7 @@ DISCOVERY = "#!/bin/sh\necho localhost:1\necho 127.0.0.1:1\n"
 
 def _rows(run_dir: Path):
     metrics = run_dir / "metrics.jsonl"
-    return [json.loads(l) for l in metrics.read_text().splitlines()] if metrics.exists() else []
+    return [json.loads(ln) for ln in metrics.read_text().splitlines()] if metrics.exists() else []
 
 
 def _worker_of_rank(launcher_pid: int, rank: int) -> int | None:

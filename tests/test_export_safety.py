@@ -3,16 +3,14 @@ that are refused (the run dir, a dir around or inside it, a user's own dir or fi
 replaced whole, and HDF5 or Lambda models refused before any of their code can run."""
 import json
 import os
-import sys
 from pathlib import Path
 
 import pytest
 
 from conftest import BIN, run
-from test_user_surface import TF_CHATTER
-
 from hvd_dqn import Config, Trainer, cli, serving
 from hvd_dqn.errors import UserError
+from test_user_surface import TF_CHATTER
 
 TINY = dict(env_id="CartPole-v1", seed=5, total_env_steps=600, hidden_sizes=(8,), learning_starts=200,
             train_every=100, updates_per_train=5, target_update_every=10, eval_every=600, eval_episodes=1,

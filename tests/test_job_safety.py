@@ -154,7 +154,7 @@ def test_a_second_job_in_a_busy_run_dir_is_refused(controller, second, tmp_path,
     proc = run(_horovodrun(controller, *args), timeout=START_S)
     output = proc.stdout + proc.stderr
     assert proc.returncode != 0, output
-    lines = [l for l in output.splitlines() if "is in use by another job" in l]
+    lines = [ln for ln in output.splitlines() if "is in use by another job" in ln]
     assert len(lines) == 1, output  # said once, by rank 0
     assert f"hvd-dqn: error: run dir {run_dir} is in use by another job (host {owner['host']}, " \
            f"pid {owner['pid']}, started " in lines[0]
@@ -175,7 +175,7 @@ def test_a_second_job_in_a_busy_run_dir_is_refused(controller, second, tmp_path,
     step = int(stops[0][1])
     ckpt = checkpoints / f"ckpt-{step}"
     assert checkpoint_complete(ckpt), sorted(p.name for p in checkpoints.iterdir())
-    rows = [json.loads(l) for l in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    rows = [json.loads(ln) for ln in (run_dir / "metrics.jsonl").read_text().splitlines()]
     assert [r["env_steps"] for r in rows] == sorted(r["env_steps"] for r in rows) and len(rows) > rows_before
     assert (run_dir / "config.json").read_bytes() == config_before
     assert (run_dir / ".hvd-dqn.lock").read_text() == ""  # released at the end: no owner left to report
@@ -242,7 +242,7 @@ def test_a_stopped_rank_ends_the_job_naming_it(controller, tmp_path, jobs):
     print(f"{controller}: the job ended {ended_after:.1f} s after SIGSTOP (hang_timeout_s {HANG_S})")
     output = job.output
     assert job.proc.returncode != 0, output
-    lines = [l for l in output.splitlines() if "made no progress" in l]
+    lines = [ln for ln in output.splitlines() if "made no progress" in ln]
     assert len(lines) == 1, output
     assert re.search(rf"hvd-dqn: rank 1 made no progress for \d+ s \(last heartbeat [0-9:]+ \w+, host "
                      rf"{re.escape(socket.gethostname())}, pid {ranks[1].pid}\); ending the job$", lines[0]), lines[0]
@@ -273,7 +273,7 @@ def test_a_rank_stuck_in_long_local_work_ends_the_job_naming_it(tmp_path, jobs):
     assert job.proc.returncode != 0, output
     assert "HVD_DQN_HANG_IN_EVAL: rank 1's evaluation env blocks in step() at global env step 2000" in output, output
     # (rank 0 may add a line of its own as Horovod shuts down under it)
-    lines = [l for l in output.splitlines() if "busy_timeout_s" in l]
+    lines = [ln for ln in output.splitlines() if "busy_timeout_s" in ln]
     assert lines == ["[1]<stderr>:hvd-dqn: rank 1 has been evaluating for more than busy_timeout_s (15 s): is it "
                      "stuck?; ending the job"], output
     job.wait_gone(30)
@@ -302,7 +302,7 @@ def test_a_deadlocked_rank_ends_the_job_while_another_is_busy(tmp_path, jobs):
     assert job.proc.returncode != 0, output
     assert "HVD_DQN_DEADLOCK: rank 0 deadlocks at global env step 1100" in output, output
     # (rank 1 may add a line of its own as Horovod shuts down under it)
-    lines = [l for l in output.splitlines() if "made no progress" in l or "busy_timeout_s" in l]
+    lines = [ln for ln in output.splitlines() if "made no progress" in ln or "busy_timeout_s" in ln]
     assert len(lines) == 1, output
     assert re.search(rf"<stderr>:hvd-dqn: rank 0 made no progress for \d+ s \(its process is alive: host "
                      rf"{re.escape(socket.gethostname())}, pid {rank0.pid}\): stuck in deadlocked_step "

@@ -4,14 +4,14 @@ import pytest
 from hvd_dqn import distributed
 from hvd_dqn.config import Config
 from hvd_dqn.learner import Learner
-from hvd_dqn.replay import ReplayBuffer
+from mp_data import UniformReplay
 
 
 @pytest.fixture(scope="module")
 def replay():
     distributed.init()
     rng = np.random.default_rng(0)
-    rb = ReplayBuffer(200, (4,))
+    rb = UniformReplay(200, (4,))
     rb.add(rng.normal(size=(200, 4)).astype(np.float32), rng.integers(0, 2, 200), rng.normal(size=200),
            rng.normal(size=(200, 4)).astype(np.float32), rng.random(200) < 0.1, np.zeros(200, bool))
     return rb

@@ -8,12 +8,11 @@ import numpy as np
 import pytest
 
 from conftest import BIN, ROOT, run
-from run_schedule import expected_updates
-
 from hvd_dqn.config import Config
 from hvd_dqn.envids import MINATAR_MAX_EPISODE_STEPS
 from hvd_dqn.envs import env_seeds, make_env, make_vector_env
 from hvd_dqn.errors import UserError
+from run_schedule import expected_updates
 
 pytest.importorskip("minatar", reason="the optional minatar extra: pip install '.[minatar]'")
 

@@ -5,9 +5,8 @@ import sys
 import pytest
 
 from conftest import BIN, ROOT, run
-from run_schedule import expected_updates, points
-
 from hvd_dqn.config import Config
+from run_schedule import expected_updates, points
 
 pytestmark = pytest.mark.multiproc
 HOROVODRUN = str(BIN / "horovodrun")
@@ -17,7 +16,7 @@ HOROVODRUN = str(BIN / "horovodrun")
 def test_replicas_stay_bit_identical_with_different_data(controller):
     proc = run([HOROVODRUN, "-np", "2", controller, sys.executable, ROOT / "tests" / "mp_replicas.py"], timeout=300)
     assert proc.returncode == 0, proc.stdout + proc.stderr
-    line = next(l for l in proc.stdout.splitlines() if "RESULT " in l)
+    line = next(ln for ln in proc.stdout.splitlines() if "RESULT " in ln)
     result, _ = json.JSONDecoder().raw_decode(line.split("RESULT ", 1)[1])  # mpirun may append its tag
     synced, local = result["synced"], result["local_only"]
     assert synced["updates"] == 24
@@ -41,7 +40,7 @@ def test_cli_two_ranks_trains_in_lockstep(tiny_cartpole, tmp_path):
     assert summary["env_steps"] == 3000 and summary["updates"] == expected_updates(cfg, 2) == 20 * 13
     assert len(summary["replica_checksums"]) == 2
     assert summary["replica_checksums"][0] == summary["replica_checksums"][1]
-    rows = [json.loads(l) for l in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    rows = [json.loads(ln) for ln in (run_dir / "metrics.jsonl").read_text().splitlines()]
     logged = sorted(set(points(cfg, cfg.log_every, 2) + points(cfg, cfg.eval_every, 2)))
     assert [r["env_steps"] for r in rows] == logged == [1000, 1500, 2000, 3000]
     assert [r["updates"] for r in rows] == [expected_updates(cfg, 2, until=r["env_steps"]) for r in rows]

@@ -8,11 +8,10 @@ import numpy as np
 import pytest
 
 from conftest import ROOT
-from run_schedule import learning_phases, updates_per_phase
-
 from hvd_dqn import cli, tasks
 from hvd_dqn.config import Config
 from hvd_dqn.plan import replay_bytes
+from run_schedule import learning_phases, updates_per_phase
 
 CONFIGS = ROOT / "configs"
 FRAME = 84 * 84  # one stored Atari frame, uint8

@@ -12,6 +12,7 @@ from hvd_dqn.checkpoint import read_model, write_model
 from hvd_dqn.keras2 import keras
 from hvd_dqn.learner import Learner
 from hvd_dqn.replay import Batch
+from probes import q_values
 
 NETS = {  # env, observation shape, actions, dueling
     "mlp": ("CartPole-v1", (4,), 2, False),
@@ -57,7 +58,7 @@ def test_a_bf16_update_trains_float32_variables_and_gives_float32_q_values(net):
     assert learner.updates == 2 and np.isfinite(stats.td_loss)
     assert all(np.abs(a - v.numpy()).max() > 0 for a, v in zip(before, model.trainable_variables))
     assert {v.dtype for v in model.variables + learner.target.variables} == {tf.float32}
-    q = learner.q_values(batch.obs[0])
+    q = q_values(learner, batch.obs[0])
     assert q.dtype == np.float32 and q.shape == (8, NETS[net][2])
     # acting calls the model (the MLP too, not its float32 NumPy forward pass); in a graph, bf16 rounds where
     # TF fuses ops, so not bit for bit the eager call's values
@@ -69,7 +70,7 @@ def test_a_bf16_update_trains_float32_variables_and_gives_float32_q_values(net):
     f32 = _learner(net, "float32")
     for d, v in zip(f32.online.variables, model.variables):
         d.assign(v)
-    q32 = f32.q_values(batch.obs[0])
+    q32 = q_values(f32, batch.obs[0])
     assert not np.array_equal(q, q32)
     np.testing.assert_allclose(q, q32, rtol=0.05, atol=0.05 * np.abs(q32).max())
     assert keras.mixed_precision.global_policy().name == "float32"
@@ -105,7 +106,7 @@ def test_mixed_float16_scales_the_loss_around_horovods_optimizer_and_checkpoints
     assert float(opt.loss_scale) == 2.0 ** 15  # tf_keras' dynamic scale starts there
     stats = learner.run_updates(_batch("mlp", k=3), 1e-3)
     assert np.isfinite(stats.td_loss) and int(opt.dynamic_counter) == 3 and int(opt.iterations) == 3
-    assert learner.q_values(_batch("mlp").obs[0]).dtype == np.float32
+    assert q_values(learner, _batch("mlp").obs[0]).dtype == np.float32
     assert len(learner.optimizer_variables) == len(opt.variables()) + 2
 
     learner.optimizer_variables[-2].assign(1024.0)  # as after a few overflows
@@ -133,7 +134,7 @@ def test_a_bf16_export_serves_float32(tmp_path):
     learner = _learner("cnn", "mixed_bfloat16")
     learner.run_updates(_batch("cnn", k=1), 1e-3)
     obs = _batch("cnn", k=1, b=3, seed=5).obs[0]
-    q = learner.q_values(obs)
+    q = q_values(learner, obs)
     run_dir = tmp_path / "run"
     run_dir.mkdir()
     save_keras_model(learner.online, run_dir / "q_network.keras")

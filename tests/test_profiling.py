@@ -5,10 +5,9 @@ import os
 import pytest
 
 from conftest import BIN, ROOT, run
+from hvd_dqn.config import Config
 from run_schedule import expected_updates
 from test_horovod_options import learner_allreduces
-
-from hvd_dqn.config import Config
 
 LAUNCH = ROOT / "launch"
 

@@ -8,10 +8,9 @@ import shutil
 import pytest
 
 from conftest import BIN, ROOT, run
-from run_schedule import learning_phases, updates_per_phase
-
 from hvd_dqn.checkpoint import CheckpointError, check_compatible
 from hvd_dqn.config import Config
+from run_schedule import learning_phases, updates_per_phase
 
 CONFIG = ROOT / "configs" / "cartpole.yaml"
 STOP_AT = 20000  # rank 0 asks to stop at the first decision point from here: a checkpoint, then exit 75
@@ -66,11 +65,11 @@ def test_np2_resumed_at_np1_twice_completes_solves_and_is_deterministic(stopped_
     assert a["replica_checksums"] == b["replica_checksums"]  # the same N -> N' resume twice: the same run
     assert a["updates"] == _expected_updates(step, 1)
     # the one line: what moved where (the 2 ranks' replay onto 1, rank 1's pending 3-step starts flushed)
-    line = next(l for l in output.splitlines() if "was written by 2 ranks" in l)
+    line = next(ln for ln in output.splitlines() if "was written by 2 ranks" in ln)
     assert line.startswith(f"hvd-dqn: ckpt-{step} was written by 2 ranks, this job has 1: ")
     assert "n-step starts of the envs that ended) dealt out to 1 rank; rank 1's envs ended; the scaling rule " \
            "is recomputed for 1 rank" in line
-    rows = [json.loads(l) for l in (first / "metrics.jsonl").read_text().splitlines()]
+    rows = [json.loads(ln) for ln in (first / "metrics.jsonl").read_text().splitlines()]
     resumed = [r for r in rows if r.get("event") == "resumed"]
     assert [(r["env_steps"], r["checkpoint_world_size"], r["world_size"]) for r in resumed] == [(step, 2, 1)]
 
@@ -84,7 +83,7 @@ def test_np2_resumed_at_np4_completes_and_solves(stopped_at_np2, tmp_path):
     assert s["solved_env_steps"] is not None and s["solved_env_steps"] > step
     assert s["updates"] == _expected_updates(step, 4)
     assert "this job has 4: " in output and "ranks 2..3 start new envs" in output
-    rows = [json.loads(l) for l in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    rows = [json.loads(ln) for ln in (run_dir / "metrics.jsonl").read_text().splitlines()]
     assert [(r["checkpoint_world_size"], r["world_size"]) for r in rows if r.get("event") == "resumed"] == [(2, 4)]
 
 

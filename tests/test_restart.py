@@ -179,8 +179,8 @@ def test_two_ranks_restart_over_an_earlier_two_rank_run(tmp_path):
     """Rank 0 deletes under the lock before any rank looks for checkpoints: both ranks start the new run."""
     cfg = _config_file(tmp_path, total_env_steps=800, eval_every=800, checkpoint_every=400)
     run_dir = tmp_path / "run"
-    horovodrun = [BIN / "horovodrun", "-np", "2", "--mpi", "-H", "localhost:2", BIN / "hvd-dqn", "train", "--config", cfg,
-                  "--run-dir", run_dir]
+    horovodrun = [BIN / "horovodrun", "-np", "2", "--mpi", "-H", "localhost:2", BIN / "hvd-dqn", "train",
+                  "--config", cfg, "--run-dir", run_dir]
     first = run(horovodrun, timeout=600)
     assert first.returncode == 0, first.stdout + first.stderr
     refused = run(horovodrun, timeout=600)

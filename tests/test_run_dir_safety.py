@@ -9,11 +9,10 @@ from pathlib import Path
 
 import pytest
 
-from test_sweeps import finished, make_run
-
 from hvd_dqn import checkpoint, cli, runlock, runsetup, trainstate
 from hvd_dqn.errors import UserError
 from hvd_dqn.metrics import RunLogger
+from test_sweeps import finished, make_run
 
 
 def _tree(root: Path) -> dict[str, bytes | str]:

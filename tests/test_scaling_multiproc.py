@@ -21,7 +21,7 @@ def _two_ranks(config):
     proc = run([BIN / "horovodrun", "-np", "2", "--gloo", sys.executable, ROOT / "tests" / "mp_scaling.py",
                 json.dumps(config)], timeout=300)
     assert proc.returncode == 0, proc.stdout + proc.stderr
-    line = next(l for l in proc.stdout.splitlines() if "RESULT " in l)
+    line = next(ln for ln in proc.stdout.splitlines() if "RESULT " in ln)
     return json.JSONDecoder().raw_decode(line.split("RESULT ", 1)[1])[0]
 
 

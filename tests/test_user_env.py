@@ -93,7 +93,7 @@ def test_a_users_env_that_cannot_be_made_is_one_line(tmp_path, overrides, line):
     proc = run(cmd, PYTHONPATH=_pythonpath(USER_ENV))
     assert proc.returncode == 2, proc.stdout + proc.stderr
     assert "Traceback" not in proc.stderr
-    errors = [l for l in proc.stderr.splitlines() if l.startswith("hvd-dqn: error")]
+    errors = [ln for ln in proc.stderr.splitlines() if ln.startswith("hvd-dqn: error")]
     assert len(errors) == 1 and line in errors[0], proc.stderr
 
 
@@ -140,7 +140,7 @@ def test_a_space_the_trainer_cannot_serve_is_one_line(user_envs, tmp_path, name,
     proc = run([BIN / "hvd-dqn", "train", "--config", CORRIDOR, "--run-dir", tmp_path / "run",
                 "--set", f"env_id=user_envs:{name}-v0", "--set", "env_kwargs={}"], PYTHONPATH=_pythonpath(TESTS))
     assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
-    errors = [l for l in proc.stderr.splitlines() if l.startswith("hvd-dqn: error")]
+    errors = [ln for ln in proc.stderr.splitlines() if ln.startswith("hvd-dqn: error")]
     assert len(errors) == 1 and f"env 'user_envs:{name}-v0': {why}" in errors[0], proc.stderr
 
 
@@ -190,7 +190,7 @@ def test_the_custom_network_example_runs(tmp_path):
     run_dir = tmp_path / "run"
     proc = run([sys.executable, USER_ENV / "custom_network.py", "2000", run_dir])
     assert proc.returncode == 0, proc.stderr[-3000:]
-    lines = [l for l in proc.stdout.splitlines() if l.startswith("[custom network]")]
+    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("[custom network]")]
     assert lines[0].startswith("[custom network] 350 updates, final greedy return ")  # 7 phases (500, 750 .. 2000) x 50
     assert lines[0].endswith("layers Activation, Dense, InputLayer, LayerNormalization")
     assert lines[1] == "[custom network] replicas equal: True"
@@ -222,7 +222,7 @@ def test_a_q_network_reference_that_does_not_resolve_is_one_line(tmp_path, ref, 
     proc = run([BIN / "hvd-dqn", "train", "--config", CORRIDOR, "--run-dir", tmp_path / "run",
                 "--set", f"q_network={ref}"], PYTHONPATH=_pythonpath(USER_ENV))
     assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
-    errors = [l for l in proc.stderr.splitlines() if l.startswith("hvd-dqn: error")]
+    errors = [ln for ln in proc.stderr.splitlines() if ln.startswith("hvd-dqn: error")]
     assert len(errors) == 1 and line in errors[0], proc.stderr
 
 

@@ -12,10 +12,9 @@ import numpy as np
 import pytest
 
 from conftest import BIN, run
+from hvd_dqn import Callback, Config, Trainer
 from run_schedule import expected_updates
 from test_cli import NO_HOROVOD
-
-from hvd_dqn import Callback, Config, Trainer
 
 TINY = dict(env_id="CartPole-v1", seed=5, total_env_steps=1200, hidden_sizes=(16, 16), learning_starts=300,
             train_every=100, updates_per_train=10, target_update_every=20, eval_every=600, eval_episodes=4,

@@ -49,13 +49,6 @@ class ReplayBuffer:
         self.size = min(self.size + n, self.capacity)
         return slots
 
-    def sample(self, rng: np.random.Generator, shape: tuple[int, ...]) -> Batch:
-        """Uniform sample with replacement; ``shape`` = (updates, batch) gives one batch per update."""
-        if self.size == 0:
-            raise RuntimeError("sample from an empty replay buffer")
-        idx = rng.integers(0, self.size, size=shape)
-        return self.gather(idx)
-
     def sampleable(self, idx) -> np.ndarray:
         """Every stored slot holds a complete transition."""
         return np.ones(np.shape(idx), bool)
@@ -83,7 +76,8 @@ class ReplayBuffer:
     def load_state_dict(self, state: dict[str, np.ndarray]) -> None:
         size = int(state["size"])
         if size > self.capacity:
-            raise UserError(f"replay: checkpoint holds {size} transitions, more than this rank's capacity {self.capacity}")
+            raise UserError(f"replay: checkpoint holds {size} transitions, more than this rank's capacity "
+                            f"{self.capacity}")
         for name, arr in self._data.items():
             arr[:size] = state[name][:size]
         self.size, self.pos = size, int(state["pos"]) % self.capacity
