@@ -333,8 +333,8 @@ class Config(BaseModel):
                              "adam_sqrt)")
         if self.lr_warmup_env_steps and self.scaling == "strong":
             raise ValueError("lr_warmup_env_steps warms up to the learning rate of scaling weak, adam_sqrt, "
-                             "lamb_sqrt or sqrt; scaling: strong keeps learning_rate at any N, so there is nothing to warm "
-                             "up to")
+                             "lamb_sqrt or sqrt; scaling: strong keeps learning_rate at any N, so there is nothing "
+                             "to warm up to")
         if self.scaling != "strong" and self.federated_every is not None:
             raise ValueError(f"scaling: {self.scaling} shortens the chain of synchronous updates; federated_every "
                              "runs local updates instead: use one of the two")

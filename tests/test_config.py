@@ -54,7 +54,8 @@ def test_weak_scaling_errors_are_one_line():
     assert "\n" not in str(err.value)
     with pytest.raises(UserError, match="target_update_every 100 is not divisible by the 8 ranks"):
         cfg.per_rank(8)
-    with pytest.raises(UserError, match="scaling: Input should be 'strong', 'weak', 'adam_sqrt', 'lamb_sqrt' or 'sqrt'"):
+    with pytest.raises(UserError,
+                       match="scaling: Input should be 'strong', 'weak', 'adam_sqrt', 'lamb_sqrt' or 'sqrt'"):
         Config.from_dict({"env_id": "CartPole-v1", "scaling": "linear"})
     with pytest.raises(UserError, match="scaling: weak .* federated_every"):
         Config.from_dict({"env_id": "CartPole-v1", "scaling": "weak", "federated_every": 4,

@@ -74,7 +74,8 @@ def test_errors_are_one_line_and_name_the_key():
     with pytest.raises(UserError, match="lr_warmup_env_steps: Input should be greater than or equal to 0"):
         Config.from_dict({"env_id": "CartPole-v1", "scaling": "weak", "lr_warmup_env_steps": -1})
     with pytest.raises(UserError, match="lr_warmup_env_steps warms up to the learning rate of scaling weak, "
-                                        "adam_sqrt, lamb_sqrt or sqrt; scaling: strong keeps learning_rate at any N") as err:
+                                        "adam_sqrt, lamb_sqrt or sqrt; scaling: strong keeps learning_rate at "
+                                        "any N") as err:
         Config.from_dict({"env_id": "CartPole-v1", "lr_warmup_env_steps": 1000})
     assert "\n" not in str(err.value)
     with pytest.raises(UserError, match="adam_beta2: Input should be less than 1"):
