@@ -19,7 +19,8 @@ duplicate of the world communicator, so its messages never match Horovod's.
 """
 from __future__ import annotations
 
-from typing import Callable, NamedTuple
+from collections.abc import Callable
+from typing import NamedTuple
 
 import numpy as np
 

@@ -109,13 +109,8 @@ class PSLearner(Learner):
                 result = PhaseResult(run.td_loss, run.q_mean, np.zeros((0,), np.float32))
             else:
                 seen = []
-
-                def gradient():
-                    out = self.gradient(replay, rng, share.batch_size, beta)
-                    seen.append(out[:2])
-                    return out
-
-                self.protocol.work(self.updates, gradient, self.set_weights)
+                self.protocol.work(self.updates, self._recording_gradient(replay, rng, share.batch_size, beta, seen),
+                                   self.set_weights)
                 result = PhaseResult(float(np.mean([s[0] for s in seen])), float(np.mean([s[1] for s in seen])),
                                      np.zeros((0,), np.float32))
             self.updates += k
@@ -124,6 +119,16 @@ class PSLearner(Learner):
                 _copy_weights(self.target, self.online)
         self.update_average()
         return result
+
+    def _recording_gradient(self, replay, rng, batch_size: int, beta: float, seen: list):
+        """``gradient`` for the protocol, appending each (loss, mean Q) to ``seen``: a worker's phase statistics."""
+
+        def gradient():
+            out = self.gradient(replay, rng, batch_size, beta)
+            seen.append(out[:2])
+            return out
+
+        return gradient
 
     def ps_stats(self) -> dict:
         """The server's staleness counts (empty on a worker)."""

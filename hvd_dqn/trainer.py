@@ -77,7 +77,7 @@ class Trainer:
         if cls is Trainer and isinstance(config, Config) and config.parameter_server != "none":
             from hvd_dqn.pstrainer import PSTrainer
 
-            cls = PSTrainer
+            return super().__new__(PSTrainer)
         return super().__new__(cls)
 
     def __init__(self, config: Config, run_dir: str | os.PathLike | None = None, callbacks=(), resume: bool = False,

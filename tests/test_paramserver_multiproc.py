@@ -4,8 +4,8 @@ import json
 import sys
 
 import numpy as np
+import psutil
 import pytest
-
 from conftest import BIN, ROOT, run
 
 pytestmark = pytest.mark.multiproc
@@ -59,3 +59,16 @@ def test_async_staleness_never_exceeds_the_bound(launched):
     assert sum(counts) == 260  # every applied gradient counted once
     assert len(counts) - 1 == s["ps_staleness_max"] <= 1
     assert len(set(s["replica_checksums"])) == 1  # every rank holds the server's weights at the end
+
+
+@pytest.mark.parametrize("rank, who", [(0, "the server"), (1, "a worker")])
+def test_a_failing_rank_ends_the_job_naming_it(tiny_cartpole, tmp_path, rank, who):
+    run_dir = tmp_path / "run"
+    proc = run([BIN / "horovodrun", "-np", "3", "--mpi", BIN / "hvd-dqn", "train", "--config", tiny_cartpole,
+                "--run-dir", run_dir, "--set", "parameter_server=async"], timeout=900, HVD_DQN_FAULT=f"{rank}:1000")
+    out = proc.stdout + proc.stderr
+    assert proc.returncode != 0, out
+    failed = [l for l in out.splitlines() if "failed: RuntimeError: injected fault" in l]
+    assert len(failed) == 1 and f"hvd-dqn: rank {rank} failed" in failed[0], (who, out[-3000:])
+    left = [p.pid for p in psutil.process_iter(["cmdline"]) if str(run_dir) in " ".join(p.info["cmdline"] or [])]
+    assert left == [], f"{who}'s failure left processes: {left}"

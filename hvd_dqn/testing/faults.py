@@ -6,7 +6,8 @@ trainer's parts (the actor's step, the replay's sample, the stop request's poll)
 training loop carries no fault check at all in a production job.
 
 - ``HVD_DQN_FAULT=RANK:STEP``: that rank raises RuntimeError at the first vector step at or past global env
-  step STEP (a failing rank; the others wait in a collective).
+  step STEP (a failing rank; the others wait in a collective); a parameter server, which takes no env steps, at
+  its first learning phase from there.
 - ``HVD_DQN_INJECT_NAN=UPDATE``: rank 0 feeds a NaN reward into gradient update UPDATE (the non-finite guard).
 - ``HVD_DQN_PREEMPT_AT=RANK:STEP``: that rank raises the stop flag at the first decision point at or past STEP,
   as a SIGUSR1 would (preemption without a signal).
@@ -56,19 +57,20 @@ class _RankFault(Callback):
 
 
 class RaiseAt(_RankFault):
-    """Rank ``rank`` raises RuntimeError when it collects at or past global env step ``step``."""
+    """Rank ``rank`` raises RuntimeError when it collects (a parameter server, which does not: when it learns) at
+    or past global env step ``step``."""
 
     def install(self, trainer) -> None:
-        actor = trainer.actor
-        step = actor.step
+        owner, name = (trainer.learner, "learn") if getattr(trainer, "is_server", False) else (trainer.actor, "step")
+        step = getattr(owner, name)
 
         def failing_step(*args):
             steps = trainer.state.env_steps
             if steps >= self.step:
                 raise RuntimeError(f"injected fault at global env step {steps} ({FAULT_ENV})")
-            step(*args)
+            return step(*args)
 
-        actor.step = failing_step
+        setattr(owner, name, failing_step)
 
 
 class InjectNan(Callback):
