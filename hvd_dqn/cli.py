@@ -131,6 +131,9 @@ def _train(args) -> int:
     from hvd_dqn.preemption import Preempted, grace_seconds, ignore_stop_signals
 
     grace_seconds()  # a bad HVD_DQN_TERM_GRACE_S fails here, before Horovod and TensorFlow start
+    if args.elastic and config.parameter_server != "none":
+        raise UserError(f"parameter_server: {config.parameter_server} runs a fixed set of ranks around its server; "
+                        "it cannot be combined with --elastic")
     if args.elastic:
         from hvd_dqn.elastic import ElasticTrainer as Trainer
     else:

@@ -176,6 +176,17 @@ class Config(BaseModel):
                                 "with NO gradient allreduce, then the ranks average their weights; null = "
                                 "synchronous data parallelism (gradients averaged at every update).")
 
+    # --- a parameter server instead of the allreduce (docs/algorithms.md); needs MPI (mpi4py)
+    parameter_server: Literal["none", "sync", "async"] = Field(
+        "none", description="none: every rank learns and the gradients are allreduced; sync: rank 0 serves the "
+                            "weights and the optimizer, the other ranks act and send gradients, and the server "
+                            "steps on the mean of one gradient from every worker; async: the server steps on each "
+                            "gradient as it arrives (not bit-exact).")
+    ps_max_staleness: int = Field(
+        4, ge=0, le=10 ** 6, description="parameter_server async: a worker whose weights are more than this many "
+                                          "server steps old pulls before computing, and a gradient older than "
+                                          "this when it arrives is not applied (the worker recomputes).")
+
     # --- Horovod's gradient allreduce (docs/horovod-options.md); used when a job has several ranks
     allreduce_op: Literal["average", "adasum"] = Field(
         "average", description="How the ranks' gradients are combined: average (Horovod's DistributedOptimizer), "
@@ -339,7 +350,21 @@ class Config(BaseModel):
             raise ValueError(f"scaling: {self.scaling} shortens the chain of synchronous updates; federated_every "
                              "runs local updates instead: use one of the two")
         self._check_horovod_options()
+        self._check_parameter_server()
         return self
+
+    def _check_parameter_server(self) -> None:
+        if self.parameter_server == "none":
+            return
+        mixed = [key for key, value in (("federated_every", self.federated_every), ("target_tau", self.target_tau))
+                 if value is not None]
+        mixed += [key for key, on in (("backward_passes_per_step", self.backward_passes_per_step > 1),
+                                      ("allreduce_op", self.allreduce_op != "average"),
+                                      ("gradient_compression", self.gradient_compression != "none"),
+                                      ("precision", self.precision == "mixed_float16")) if on]
+        if mixed:
+            raise ValueError(f"parameter_server: {self.parameter_server} runs no allreduce and steps only on the "
+                             f"server; {', '.join(mixed)} cannot be combined with it")
 
     def _check_horovod_options(self) -> None:
         k = self.backward_passes_per_step

@@ -170,6 +170,11 @@ def _wire(compression: str):
     return hvd.Compression.fp16 if compression == "fp16" else hvd.Compression.none
 
 
+def mpi_enabled() -> bool:
+    """Whether this job runs Horovod's MPI controller (horovodrun --mpi, mpirun, srun), not Gloo."""
+    return bool(_hvd().mpi_enabled())
+
+
 def check_allreduce_op(op: str) -> None:
     """A UserError if this job cannot reduce by ``op`` (Adasum needs MPI and a power-of-2 number of ranks)."""
     if op != "adasum":

@@ -72,6 +72,14 @@ class Trainer:
     ``restart=True``: start afresh in a ``run_dir`` that holds an earlier run, whose outputs rank 0 deletes once it
     holds the lock (refused, deleting nothing, if the dir holds anything else: ``rundir.clear_earlier_run``)."""
 
+    def __new__(cls, config=None, *args, **kwargs):
+        # parameter_server: sync | async trains through the parameter-server trainer, whichever class was asked for
+        if cls is Trainer and isinstance(config, Config) and config.parameter_server != "none":
+            from hvd_dqn.pstrainer import PSTrainer
+
+            return super().__new__(PSTrainer)
+        return super().__new__(cls)
+
     def __init__(self, config: Config, run_dir: str | os.PathLike | None = None, callbacks=(), resume: bool = False,
                  q_network=None, restart: bool = False):
         if not isinstance(config, Config):
@@ -196,6 +204,14 @@ class Trainer:
         """Keys added to every metrics row."""
         return {}
 
+    def _summary_extras(self) -> dict[str, Any]:
+        """Keys added to the summary."""
+        return {}
+
+    def _share(self):
+        """The per-rank quantities (``Config.per_rank``) of this job's learners."""
+        return self.config.per_rank(self.world.size)
+
     def _save_checkpoint(self, final: bool) -> Path:
         try:
             return trainstate.save(self.run_dir, self.world, self.config, self.parts(), self.started_at)
@@ -214,7 +230,7 @@ class Trainer:
         """Run dir, logger, envs, replay, learner, evaluator and loop state (restored when resuming)."""
         cfg, world = self.config, self.world
         self.start, self.started_at = time.perf_counter(), time.time()
-        self.per_rank = share = cfg.per_rank(world.size)
+        self.per_rank = share = self._share()
         cfg.check_schedule(share)
         self.run_dir = runsetup.resolve(self.run_dir, cfg.env_id, world)
         self._lock_run_dir()
@@ -406,7 +422,7 @@ class Trainer:
             "final_eval_return_mean": s.last_eval.get("eval_return_mean"), "reward_threshold": self.threshold,
             "solved_env_steps": s.solved_env_steps, "solved_wall_s": s.solved_wall_s,
             "replica_checksums": checksums, "peak_rss_mb": peak_rss_mb, "run_dir": str(self.run_dir),
-            **self.best.summary(),
+            **self.best.summary(), **self._summary_extras(),
         }
         self.logger.write_json(rundir.SUMMARY, summary)
         return summary

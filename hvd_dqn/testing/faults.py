@@ -6,7 +6,8 @@ trainer's parts (the actor's step, the replay's sample, the stop request's poll)
 training loop carries no fault check at all in a production job.
 
 - ``HVD_DQN_FAULT=RANK:STEP``: that rank raises RuntimeError at the first vector step at or past global env
-  step STEP (a failing rank; the others wait in a collective).
+  step STEP (a failing rank; the others wait in a collective); a parameter server, which takes no env steps, at
+  its first learning phase from there.
 - ``HVD_DQN_INJECT_NAN=UPDATE``: rank 0 feeds a NaN reward into gradient update UPDATE (the non-finite guard).
 - ``HVD_DQN_PREEMPT_AT=RANK:STEP``: that rank raises the stop flag at the first decision point at or past STEP,
   as a SIGUSR1 would (preemption without a signal).
@@ -17,6 +18,9 @@ training loop carries no fault check at all in a production job.
   step blocks forever), while its heartbeat thread runs on.
 - ``HVD_DQN_DEADLOCK=RANK:STEP``: that rank's loop deadlocks (takes a lock it holds already) when it collects at or
   past global env step STEP: outside any collective and any marked work, while its heartbeat thread runs on.
+- ``HVD_DQN_SLOW_RANK=RANK:FACTOR``: that rank's learning takes FACTOR times as long (a straggler): after each of
+  its gradient computations (a parameter-server worker's) or runs of updates, it sleeps FACTOR - 1 times the time
+  that took.
 """
 from __future__ import annotations
 
@@ -35,6 +39,7 @@ PREEMPT_AT_ENV = "HVD_DQN_PREEMPT_AT"
 DIE_IN_CHECKPOINT_ENV = "HVD_DQN_DIE_IN_CHECKPOINT"
 HANG_IN_EVAL_ENV = "HVD_DQN_HANG_IN_EVAL"
 DEADLOCK_ENV = "HVD_DQN_DEADLOCK"
+SLOW_RANK_ENV = "HVD_DQN_SLOW_RANK"
 
 
 class _RankFault(Callback):
@@ -52,19 +57,20 @@ class _RankFault(Callback):
 
 
 class RaiseAt(_RankFault):
-    """Rank ``rank`` raises RuntimeError when it collects at or past global env step ``step``."""
+    """Rank ``rank`` raises RuntimeError when it collects (a parameter server, which does not: when it learns) at
+    or past global env step ``step``."""
 
     def install(self, trainer) -> None:
-        actor = trainer.actor
-        step = actor.step
+        owner, name = (trainer.learner, "learn") if getattr(trainer, "is_server", False) else (trainer.actor, "step")
+        step = getattr(owner, name)
 
         def failing_step(*args):
             steps = trainer.state.env_steps
             if steps >= self.step:
                 raise RuntimeError(f"injected fault at global env step {steps} ({FAULT_ENV})")
-            step(*args)
+            return step(*args)
 
-        actor.step = failing_step
+        setattr(owner, name, failing_step)
 
 
 class InjectNan(Callback):
@@ -86,6 +92,28 @@ class InjectNan(Callback):
             return (batch, *rest)
 
         trainer.shard.sample = poisoned_sample
+
+
+class SlowRank(Callback):
+    """Rank ``rank`` learns ``factor`` times slower: it sleeps after its gradient computations or runs of updates."""
+
+    def __init__(self, rank: int, factor: float):
+        self.rank, self.factor = rank, factor
+
+    def on_train_begin(self, trainer) -> None:
+        if trainer.world.rank != self.rank:
+            return
+        learner = trainer.learner
+        name = "gradient" if hasattr(learner, "protocol") else "run_updates"
+        work = getattr(learner, name)
+
+        def slow(*args, **kwargs):
+            start = time.perf_counter()
+            out = work(*args, **kwargs)
+            time.sleep((self.factor - 1.0) * (time.perf_counter() - start))
+            return out
+
+        setattr(learner, name, slow)
 
 
 class PreemptAt(_RankFault):
@@ -172,6 +200,13 @@ def from_env() -> list[Callback]:
         hooks.append(HangInEval(*_rank_step(HANG_IN_EVAL_ENV)))
     if os.environ.get(DEADLOCK_ENV):
         hooks.append(DeadlockAt(*_rank_step(DEADLOCK_ENV)))
+    if os.environ.get(SLOW_RANK_ENV):
+        rank, _, factor = os.environ[SLOW_RANK_ENV].partition(":")
+        try:
+            hooks.append(SlowRank(_int(SLOW_RANK_ENV, rank), float(factor or "2")))
+        except ValueError:
+            raise UserError(f"{SLOW_RANK_ENV}: expected RANK:FACTOR, got {excerpt(os.environ[SLOW_RANK_ENV])}") \
+                from None
     return hooks
 
 
