@@ -65,7 +65,8 @@ def run_one(task: str, mode: str, ranks: int, seed: int, straggler: float | None
 
 
 def table(rows: list[dict]) -> str:
-    lines = ["| task | N | straggler | mode | updates/s | env steps/s | env steps to threshold (median) | solved | held |",
+    lines = ["| task | N | straggler | mode | updates/s | env steps/s | env steps to threshold (median) | solved "
+             "| held |",
              "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     keys = sorted({(r["task"], r["ranks"], r["straggler"] or 0, r["mode"]) for r in rows},
                   key=lambda k: (k[0], k[1], k[2], list(MODES).index(k[3])))
@@ -93,7 +94,7 @@ def main() -> None:
     parser.add_argument("--table", type=Path, default=None, help="only print the table of this results file")
     args = parser.parse_args()
     if args.table is not None:
-        print(table([json.loads(l) for l in args.table.read_text().splitlines() if l.strip()]))
+        print(table([json.loads(ln) for ln in args.table.read_text().splitlines() if ln.strip()]))
         return
     rows = []
     with tempfile.TemporaryDirectory(prefix="ps_compare_") as tmp:

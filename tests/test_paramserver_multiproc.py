@@ -6,6 +6,7 @@ import sys
 import numpy as np
 import psutil
 import pytest
+
 from conftest import BIN, ROOT, run
 
 pytestmark = pytest.mark.multiproc
@@ -48,7 +49,7 @@ def test_sync_resume_is_bit_exact(launched):
     assert resumed["updates"] == straight["updates"] == 260
     # the server's optimizer state came back with the weights: the same bytes as the run that never stopped
     assert resumed["replica_checksums"] == straight["replica_checksums"]
-    rows = [json.loads(l) for l in (work / "sync_resumed" / "metrics.jsonl").read_text().splitlines()]
+    rows = [json.loads(ln) for ln in (work / "sync_resumed" / "metrics.jsonl").read_text().splitlines()]
     assert [r.get("event") for r in rows].count("resumed") == 1
 
 
@@ -68,7 +69,7 @@ def test_a_failing_rank_ends_the_job_naming_it(tiny_cartpole, tmp_path, rank, wh
                 "--run-dir", run_dir, "--set", "parameter_server=async"], timeout=900, HVD_DQN_FAULT=f"{rank}:1000")
     out = proc.stdout + proc.stderr
     assert proc.returncode != 0, out
-    failed = [l for l in out.splitlines() if "failed: RuntimeError: injected fault" in l]
+    failed = [ln for ln in out.splitlines() if "failed: RuntimeError: injected fault" in ln]
     assert len(failed) == 1 and f"hvd-dqn: rank {rank} failed" in failed[0], (who, out[-3000:])
     left = [p.pid for p in psutil.process_iter(["cmdline"]) if str(run_dir) in " ".join(p.info["cmdline"] or [])]
     assert left == [], f"{who}'s failure left processes: {left}"
