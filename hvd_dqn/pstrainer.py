@@ -1,8 +1,10 @@
-"""The trainer of a parameter-server job: the Trainer's loop, with rank 0 serving and ranks 1..N-1 acting.
+"""The parameter-server job's part of the Trainer: the Trainer's loop, with rank 0 serving and ranks 1..N-1 acting.
 
 Everything the loop decides from the global counters (learning phases, evaluations, logs, checkpoints) stays as
 in allreduce mode; the server takes no env steps, so a job of N ranks has N - 1 learners (``config.per_rank(N -
-1)``: their replay shards, batches and env steps), and a learning phase is ``PSLearner.learn``.
+1)``: their replay shards, batches and env steps), and a learning phase is ``PSLearner.learn``. A mixin, so that
+this module needs no import of the trainer, which makes ``Trainer(config)`` of such a config one
+(``trainer.PSTrainer``).
 """
 from __future__ import annotations
 
@@ -12,10 +14,10 @@ from hvd_dqn import distributed, psmath
 from hvd_dqn.actor import actor_epsilons
 from hvd_dqn.errors import JobRefused, UserError
 from hvd_dqn.pslearner import PSLearner
-from hvd_dqn.trainer import Trainer
 
 
-class PSTrainer(Trainer):
+class ParameterServerMixin:
+    """Overrides of the Trainer's hooks for a parameter-server job."""
 
     def _setup(self) -> None:
         world = self.world

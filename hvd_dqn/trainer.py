@@ -27,6 +27,7 @@ from hvd_dqn.evaluation import Evaluator, summarize
 from hvd_dqn.learner import Learner
 from hvd_dqn.networks import build_user_network, load_builder
 from hvd_dqn.preemption import Preempted, StopRequest
+from hvd_dqn.pstrainer import ParameterServerMixin
 from hvd_dqn.runlock import RunLock
 from hvd_dqn.watchdog import Watchdog
 
@@ -75,8 +76,6 @@ class Trainer:
     def __new__(cls, config=None, *args, **kwargs):
         # parameter_server: sync | async trains through the parameter-server trainer, whichever class was asked for
         if cls is Trainer and isinstance(config, Config) and config.parameter_server != "none":
-            from hvd_dqn.pstrainer import PSTrainer
-
             return super().__new__(PSTrainer)
         return super().__new__(cls)
 
@@ -448,6 +447,11 @@ def _test_hooks() -> list:
     from hvd_dqn.testing.faults import from_env
 
     return from_env()
+
+
+class PSTrainer(ParameterServerMixin, Trainer):
+    """The Trainer of a parameter-server job (``parameter_server: sync | async``): what ``Trainer(config)`` of such a
+    config makes."""
 
 
 def _has_gpu() -> bool:
