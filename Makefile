@@ -14,10 +14,12 @@ install:
 
 # make train starts afresh: --restart deletes an earlier run's outputs in RUN_DIR (only files a run writes; refused
 # if the dir holds anything else or a job is using it). Continue a run instead: horovodrun ... hvd-dqn train --resume $(RUN_DIR)
-# hvd_dqn.quiet runs horovodrun with the CUDA-plugin noise of its TensorFlow build check filtered out.
+# hvd_dqn.launchout shows the ranks' lines as they print them (rank 0's progress; any other rank's lines, and
+# tracebacks, after "rank N: "), without mpirun's [1,0]<stdout>: tags or the CUDA-plugin noise of horovodrun's
+# TensorFlow build check.
 train: install
 	OMPI_MCA_odls_base_sigkill_timeout=$${OMPI_MCA_odls_base_sigkill_timeout:-10} \
-	    $(VENV)/bin/python -m hvd_dqn.quiet $(VENV)/bin/horovodrun -np $(NP) --mpi -H localhost:$(NP) \
+	    $(VENV)/bin/python -m hvd_dqn.launchout $(VENV)/bin/horovodrun -np $(NP) --mpi -H localhost:$(NP) \
 	    $(VENV)/bin/hvd-dqn train --config $(CONFIG) --run-dir $(RUN_DIR) --restart
 
 test: install

@@ -146,19 +146,12 @@ def first_xla_compile():
 
 
 def main(argv: list[str]) -> None:
-    """``python -m hvd_dqn.quiet SCRIPT [ARGS...]``: run a Python launcher script, horovodrun, in this process
-    with its TensorFlow import filtered. horovodrun checks its build in forked children that import TensorFlow
-    with Python's stderr muted but not fd 2; the fork inherits the filter. (Our ranks filter their own.)"""
-    import runpy
-    import shutil
+    """``python -m hvd_dqn.quiet LAUNCHER [ARGS...]``: ``python -m hvd_dqn.launchout``, which shows the launcher's
+    output without horovodrun's TensorFlow start-up noise (and without the ranks' tags); kept for scripts that
+    run it under this name."""
+    from hvd_dqn import launchout
 
-    if not argv:
-        sys.exit("usage: python -m hvd_dqn.quiet SCRIPT [ARGS...]")
-    script = shutil.which(argv[0]) or argv[0]
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-    install()
-    sys.argv = [script, *argv[1:]]
-    runpy.run_path(script, run_name="__main__")
+    launchout.main(argv)
 
 
 if __name__ == "__main__":

@@ -14,7 +14,9 @@
 #   AUTOTUNE_LOG     run Horovod's autotuner, logging each sampled setting and its score to this new file
 #   VIRTUAL_ENV      the venv holding hvd-dqn and horovodrun (default: this checkout's .venv, then PATH)
 # Across hosts, horovodrun reaches the others by ssh (passwordless) and runs the same paths there.
-# Every output line is prefixed by its rank: "[1]<stderr>:..." (gloo) or "[1,1]<stderr>:..." (mpi).
+# Output: rank 0's lines as it prints them; any other line of a rank (errors, tracebacks) after "rank N: "
+# (hvd_dqn.launchout takes off horovodrun's "[1,1]<stderr>:" tags; where hvd-dqn's Python cannot be found,
+# horovodrun runs on its own, tags and all).
 # Preemption: SIGTERM or SIGUSR1 to this script is passed to the ranks on this host as SIGUSR1 (one rank's
 # signal stops them all): they checkpoint and exit 75, horovodrun then exits 1 ("Exit code: 75" in its error).
 # Sent to horovodrun itself (or by `timeout`), SIGTERM still stops every rank with a checkpoint: with gloo
@@ -40,23 +42,25 @@ read -r -a extra <<< "${HOROVODRUN_ARGS:-}"
 train=("$hvd_dqn" train --config "$config")
 [ -n "${RUN_DIR:-}" ] && train+=(--run-dir "$RUN_DIR")
 
-# horovodrun checks its build in children that import TensorFlow and print its CUDA-plugin noise on a CPU host;
-# hvd_dqn.quiet runs it with that filtered out (the same horovodrun, in the same process), under the Python that
-# hvd-dqn's own script names; a horovodrun that is not a Python script runs as it is
-quiet=()
+# hvd_dqn.launchout shows the job's output untagged, and drops the CUDA-plugin noise that horovodrun's check of
+# its build (children that import TensorFlow) prints on a CPU host; it runs under the Python that hvd-dqn's own
+# script names
+shown=()
 read -r shebang < "$hvd_dqn" || true
 python=${shebang#\#!}
-if [ "$python" != "$shebang" ] && [ -x "$python" ] && [ "$(head -c 2 "$(command -v "$horovodrun")" 2>/dev/null)" = "#!" ]; then
-  quiet=("$python" -m hvd_dqn.quiet)
+if [ "$python" != "$shebang" ] && [ -x "$python" ]; then
+  shown=("$python" -m hvd_dqn.launchout)
 fi
-"${quiet[@]}" "$horovodrun" "${args[@]}" "${extra[@]}" "${train[@]}" "$@" &
+"${shown[@]}" "$horovodrun" "${args[@]}" "${extra[@]}" "${train[@]}" "$@" &
 launcher=$!
 
-ranks() {  # the hvd-dqn processes among the launcher's descendants (not the shells that start them)
-  local child first
+ranks() {  # the ranks among the launcher's descendants: Python running the hvd-dqn script (not the shells that
+  # start them, nor horovodrun, its forked helpers or hvd_dqn.launchout, whose command lines name hvd-dqn too)
+  local child argv
   for child in $(pgrep -P "$1"); do
-    first=$(tr '\0' '\n' < "/proc/$child/cmdline" 2>/dev/null | head -n1) || true
-    case $first in *python*) grep -qa "hvd-dqn" "/proc/$child/cmdline" 2>/dev/null && echo "$child" ;; esac
+    argv=()
+    mapfile -d '' -t argv 2>/dev/null < "/proc/$child/cmdline" || true
+    case ${argv[0]:-} in *python*) [ "$(basename -- "${argv[1]:-}")" = hvd-dqn ] && echo "$child" ;; esac
     ranks "$child"
   done
 }

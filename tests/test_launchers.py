@@ -113,6 +113,11 @@ def test_a_failing_rank_ends_the_job(launcher, tmp_path, request):
     assert status != 0, output
     assert "injected fault at global env step" in output
     assert "rank 1 failed" in output
+    if launcher.startswith("horovodrun"):  # hvd_dqn.launchout: no tags; rank 1's lines say whose they are
+        lines = output.splitlines()
+        assert not [line for line in lines if "]<std" in line], output
+        assert "rank 1: Traceback (most recent call last):" in lines, output
+        assert [line for line in lines if line.startswith("hvd-dqn: rank 1 failed: RuntimeError: injected")], output
     assert seconds < 60 + 20, seconds  # 60 s after the fault, plus start-up of TensorFlow in both ranks
     if job is not None:
         assert job["JobState"] == "FAILED", job

@@ -152,9 +152,15 @@ def test_ranks_under_horovodrun_write_no_noise(tmp_path):
     assert json.loads((tmp_path / "run" / "summary.json").read_text())["world_size"] == 2
 
 
-def test_the_horovodrun_launcher_writes_nothing_on_stderr(tmp_path):
+def test_the_horovodrun_launcher_writes_nothing_on_stderr_and_our_lines_untagged(tmp_path):
+    """launch/horovodrun.sh (and make train) show rank 0's lines as it prints them: no "[1,0]<stdout>:" tags
+    (hvd_dqn.launchout)."""
     proc = run([ROOT / "launch" / "horovodrun.sh", _tiny(tmp_path)], timeout=300,
                env=_user_env(NP=2, RUN_DIR=tmp_path / "run", VIRTUAL_ENV=BIN.parent))
     assert proc.returncode == 0, proc.stderr
     assert proc.stderr == ""
     assert json.loads((tmp_path / "run" / "summary.json").read_text())["world_size"] == 2
+    rows = (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()
+    lines = proc.stdout.splitlines()
+    assert [line.split(" |")[0] for line in lines[:-1]] == ["hvd-dqn"] * len(rows), lines
+    assert lines[-1].startswith("hvd-dqn summary: {"), lines
