@@ -30,7 +30,8 @@ import signal
 import subprocess
 import sys
 import threading
-from typing import BinaryIO, Iterator
+from collections.abc import Iterator
+from typing import BinaryIO
 
 from hvd_dqn.quiet import is_noise
 
