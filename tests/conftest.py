@@ -97,6 +97,20 @@ def kill_session(proc: subprocess.Popen) -> None:
             p.kill()
 
 
+def main_here(capsys, *args) -> subprocess.CompletedProcess:
+    """``hvd-dqn *args`` through cli.main in this process, for refusals that need no process of their own: its
+    exit code (argparse's SystemExit too) and what it wrote (``capsys``'s capture), as a CompletedProcess."""
+    from hvd_dqn import cli
+
+    capsys.readouterr()
+    try:
+        code = cli.main([str(a) for a in args])
+    except SystemExit as exc:
+        code = exc.code
+    out = capsys.readouterr()
+    return subprocess.CompletedProcess([str(a) for a in args], code, out.out, out.err)
+
+
 @pytest.fixture
 def tiny_cartpole(tmp_path):
     """A CartPole config small enough for seconds, big enough for several learning phases."""
