@@ -22,9 +22,6 @@ BIG_INT = "1" + "0" * 4999  # 5,000 digits: past Python's int-to-str limit of 4,
 # "billion laughs": 410 bytes of nested aliases that expand to 9^9 strings (322 MB in one error line before)
 BOMB = "env_id: CartPole-v1\n" + 'a: &a ["lol","lol","lol","lol","lol","lol","lol","lol","lol"]\n' + "".join(
     f"{chr(98 + i)}: &{chr(98 + i)} [{','.join(['*' + chr(97 + i)] * 9)}]\n" for i in range(8)) + "seed: *i\n"
-TINY = dict(env_id="CartPole-v1", seed=3, total_env_steps=1200, hidden_sizes=(16, 16), learning_starts=300,
-            train_every=100, updates_per_train=10, target_update_every=20, eval_every=600, eval_episodes=2,
-            log_every=300, batch_size=32, replay_capacity=2000, checkpoint_every=400, keep_checkpoints=2)
 MAX_STDERR = 4096
 
 
@@ -165,11 +162,10 @@ def test_two_ranks_wait_for_each_others_replay_in_lockstep(tmp_path):
 
 
 # ------------------------------------------------------------------ damaged files in run dirs
-@pytest.fixture(scope="module")
-def finished(tmp_path_factory):
-    run_dir = tmp_path_factory.mktemp("bad-input") / "run"
-    Trainer(Config(**TINY), run_dir=run_dir).train()
-    return run_dir
+@pytest.fixture
+def finished(tiny_run):
+    """conftest's TINY_RUN: checkpoints at 800 and 1200."""
+    return tiny_run
 
 
 def _rewrite_state(ckpt, change):
