@@ -60,14 +60,15 @@ def test_a_users_env_module_trains_on_two_ranks_evaluates_exports_and_serves(tmp
     assert proc.stdout.strip().splitlines()[-1] == "[1, 1, 1, 1, 1, 1, 1]"  # always right, towards the exit
 
 
-def test_env_kwargs_reach_the_constructor_in_training_and_evaluation(tmp_path):
+def test_env_kwargs_reach_the_constructor_in_training_and_evaluation(tmp_path, capsys, monkeypatch):
     run_dir = tmp_path / "run"
-    path = _pythonpath(USER_ENV)
-    proc = run([BIN / "hvd-dqn", "train", "--config", CORRIDOR, "--run-dir", run_dir,
-                "--set", "env_kwargs={length: 5}", "--set", "reward_threshold=-4"], PYTHONPATH=path)
+    monkeypatch.syspath_prepend(str(USER_ENV))
+    proc = main_here(capsys, "train", "--config", CORRIDOR, "--run-dir", run_dir,
+                     "--set", "env_kwargs={length: 5}", "--set", "reward_threshold=-4")
     assert proc.returncode == 0, proc.stderr
     assert _summary(run_dir)["final_eval_return_mean"] == -4.0  # 4 steps: the corridor of 5
-    proc = run([BIN / "hvd-dqn", "evaluate", run_dir, "--episodes", "2"], PYTHONPATH=path)
+    proc = main_here(capsys, "evaluate", run_dir, "--episodes", "2")
+    assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip().splitlines()[-1] == \
         "mygrid:Corridor-v0: 2 episodes, mean -4.00, std 0.00, min -4.00, max -4.00"
 
