@@ -25,7 +25,7 @@ def _summary(run_dir):
 # ---- 1. any gymnasium env a user has: module:id and env_kwargs, under horovodrun, then evaluate/export/serve
 
 @pytest.mark.multiproc
-def test_a_users_env_module_trains_on_two_ranks_evaluates_exports_and_serves(tmp_path):
+def test_a_users_env_module_trains_on_two_ranks_evaluates_exports_and_serves(tmp_path, capsys, monkeypatch):
     run_dir, out = tmp_path / "run", tmp_path / "export"
     path = _pythonpath(USER_ENV)
     proc = run([HOROVODRUN, "-np", "2", "--gloo", BIN / "hvd-dqn", "train", "--config", CORRIDOR,
@@ -40,12 +40,14 @@ def test_a_users_env_module_trains_on_two_ranks_evaluates_exports_and_serves(tmp
     config = json.loads((run_dir / "config.json").read_text())
     assert config["env_id"] == "mygrid:Corridor-v0" and config["env_kwargs"] == {"length": 8}
 
-    proc = run([BIN / "hvd-dqn", "evaluate", run_dir, "--episodes", "3"], PYTHONPATH=path)
+    # evaluate and export in this process, the user's module dir on sys.path as PYTHONPATH put it for the ranks
+    monkeypatch.syspath_prepend(str(USER_ENV))
+    proc = main_here(capsys, "evaluate", run_dir, "--episodes", "3")
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip().splitlines()[-1] == \
         "mygrid:Corridor-v0: 3 episodes, mean -7.00, std 0.00, min -7.00, max -7.00"
 
-    proc = run([BIN / "hvd-dqn", "export", run_dir, out], PYTHONPATH=path)
+    proc = main_here(capsys, "export", run_dir, out)
     assert proc.returncode == 0, proc.stderr
     meta = json.loads((out / "export.json").read_text())
     assert meta["env_id"] == "mygrid:Corridor-v0" and meta["env_kwargs"] == {"length": 8}
