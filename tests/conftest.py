@@ -123,8 +123,8 @@ def tiny_cartpole(tmp_path):
     return cfg
 
 
-# a short one-rank run with checkpoints (every 400 steps, the newest 2 kept), an evaluation at 600 and 1200 and a log row
-# every 300 steps: trained once per session by ``tiny_run`` for the tests that read or copy a finished run dir
+# a short one-rank run with checkpoints (every 400 steps, the newest 2 kept), an evaluation at 600 and 1200 and a
+# log row every 300 steps: trained once per session by ``tiny_run`` for the tests that read or copy a finished run dir
 TINY_RUN = dict(env_id="CartPole-v1", seed=3, total_env_steps=1200, hidden_sizes=(16, 16), learning_starts=300,
                 train_every=100, updates_per_train=10, target_update_every=20, eval_every=600, eval_episodes=2,
                 log_every=300, batch_size=32, replay_capacity=2000, checkpoint_every=400, keep_checkpoints=2)
