@@ -97,6 +97,20 @@ def kill_session(proc: subprocess.Popen) -> None:
             p.kill()
 
 
+def main_here(capsys, *args) -> subprocess.CompletedProcess:
+    """``hvd-dqn *args`` through cli.main in this process, for refusals that need no process of their own: its
+    exit code (argparse's SystemExit too) and what it wrote (``capsys``'s capture), as a CompletedProcess."""
+    from hvd_dqn import cli
+
+    capsys.readouterr()
+    try:
+        code = cli.main([str(a) for a in args])
+    except SystemExit as exc:
+        code = exc.code
+    out = capsys.readouterr()
+    return subprocess.CompletedProcess([str(a) for a in args], code, out.out, out.err)
+
+
 @pytest.fixture
 def tiny_cartpole(tmp_path):
     """A CartPole config small enough for seconds, big enough for several learning phases."""
@@ -107,6 +121,23 @@ def tiny_cartpole(tmp_path):
         "eval_episodes: 10", "log_every: 1000", "batch_size: 32", "replay_capacity: 5000",
     ]) + "\n")
     return cfg
+
+
+# a short one-rank run with checkpoints (every 400 steps, the newest 2 kept), an evaluation at 600 and 1200 and a
+# log row every 300 steps: trained once per session by ``tiny_run`` for the tests that read or copy a finished run dir
+TINY_RUN = dict(env_id="CartPole-v1", seed=3, total_env_steps=1200, hidden_sizes=(16, 16), learning_starts=300,
+                train_every=100, updates_per_train=10, target_update_every=20, eval_every=600, eval_episodes=2,
+                log_every=300, batch_size=32, replay_capacity=2000, checkpoint_every=400, keep_checkpoints=2)
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory):
+    """The run dir of TINY_RUN trained to its end (in this process): read it, or copy it before changing it."""
+    from hvd_dqn import Config, Trainer
+
+    run_dir = tmp_path_factory.mktemp("tiny-run") / "run"
+    Trainer(Config(**TINY_RUN), run_dir=run_dir).train()
+    return run_dir
 
 
 @pytest.fixture(autouse=True)

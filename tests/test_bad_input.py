@@ -1,6 +1,8 @@
 """Bad input and faults a user can cause (issue 14, items 7-9): each is exactly one line on stderr, exit code 2, no
 traceback, a short message whatever the size of the input, and nothing of the user's lost. Each row of the tables
-below is a row of the reliability table (docs/reliability.md)."""
+below is a row of the reliability table (docs/reliability.md). The refusals run ``cli.main`` in this process (its
+exit code and captured stderr), each kind once more as a real ``hvd-dqn`` process: the exit code and the one line a
+user sees, TensorFlow's start-up included."""
 import errno
 import hashlib
 import json
@@ -11,7 +13,7 @@ import time
 
 import pytest
 
-from conftest import BIN, run
+from conftest import BIN, main_here, run
 from hvd_dqn import Config, Trainer, cli
 from hvd_dqn.errors import UserError
 
@@ -20,9 +22,6 @@ BIG_INT = "1" + "0" * 4999  # 5,000 digits: past Python's int-to-str limit of 4,
 # "billion laughs": 410 bytes of nested aliases that expand to 9^9 strings (322 MB in one error line before)
 BOMB = "env_id: CartPole-v1\n" + 'a: &a ["lol","lol","lol","lol","lol","lol","lol","lol","lol"]\n' + "".join(
     f"{chr(98 + i)}: &{chr(98 + i)} [{','.join(['*' + chr(97 + i)] * 9)}]\n" for i in range(8)) + "seed: *i\n"
-TINY = dict(env_id="CartPole-v1", seed=3, total_env_steps=1200, hidden_sizes=(16, 16), learning_starts=300,
-            train_every=100, updates_per_train=10, target_update_every=20, eval_every=600, eval_episodes=2,
-            log_every=300, batch_size=32, replay_capacity=2000, checkpoint_every=400, keep_checkpoints=2)
 MAX_STDERR = 4096
 
 
@@ -71,17 +70,28 @@ CONFIG_CASES = {
 
 
 @pytest.mark.parametrize("case", CONFIG_CASES)
-def test_bad_config_is_one_short_line_exit_2(case, tmp_path):
+def test_bad_config_is_one_short_line_exit_2(case, tmp_path, capsys):
     content, args, fragment = CONFIG_CASES[case]
     path = tmp_path / "c.yaml"
     path.write_text(content)
     started = time.monotonic()
-    proc = run([sys.executable, "-m", "hvd_dqn.cli", "train", "--config", path, "--run-dir", tmp_path / "run",
-                *args], timeout=120)
+    proc = main_here(capsys, "train", "--config", path, "--run-dir", tmp_path / "run", *args)
     line = assert_one_line(proc, fragment)
     assert len(line) < 600, line
-    assert time.monotonic() - started < 60  # (the bomb took 10.7 s and 322 MB before; a few seconds is start-up)
+    assert time.monotonic() - started < 60  # (the bomb took 10.7 s and 322 MB before)
     assert not (tmp_path / "run").exists()  # refused before anything was written
+
+
+@pytest.mark.parametrize("case", ["YAML alias bomb", "100k-character value"])
+def test_bad_config_is_one_short_line_exit_2_from_the_command(case, tmp_path):
+    """The same from a real `hvd-dqn` process: a config refused before Horovod and TensorFlow start."""
+    content, args, fragment = CONFIG_CASES[case]
+    path = tmp_path / "c.yaml"
+    path.write_text(content)
+    proc = run([sys.executable, "-m", "hvd_dqn.cli", "train", "--config", path, "--run-dir", tmp_path / "run",
+                *args], timeout=120)
+    assert len(assert_one_line(proc, fragment)) < 600
+    assert not (tmp_path / "run").exists()
 
 
 def test_errors_quote_an_excerpt_of_a_huge_value():
@@ -105,12 +115,21 @@ def test_no_float_field_takes_inf_or_nan(field, value):
 
 # ------------------------------------------------------------------ the environment
 @pytest.mark.parametrize("value", ["abc", "-1", "inf", "0"])
-def test_a_bad_grace_period_is_one_line(value, tmp_path):
+def test_a_bad_grace_period_is_one_line(value, tmp_path, capsys, monkeypatch):
+    path = tmp_path / "c.yaml"
+    path.write_text(GOOD)
+    monkeypatch.setenv("HVD_DQN_TERM_GRACE_S", value)
+    proc = main_here(capsys, "train", "--config", path, "--run-dir", tmp_path / "run")
+    assert_one_line(proc, f"HVD_DQN_TERM_GRACE_S: expected a positive number of seconds, got '{value}'")
+    assert not (tmp_path / "run").exists()
+
+
+def test_a_bad_grace_period_is_one_line_from_the_command(tmp_path):
     path = tmp_path / "c.yaml"
     path.write_text(GOOD)
     proc = run([sys.executable, "-m", "hvd_dqn.cli", "train", "--config", path, "--run-dir", tmp_path / "run"],
-               timeout=120, HVD_DQN_TERM_GRACE_S=value)
-    assert_one_line(proc, f"HVD_DQN_TERM_GRACE_S: expected a positive number of seconds, got '{value}'")
+               timeout=120, HVD_DQN_TERM_GRACE_S="abc")
+    assert_one_line(proc, "HVD_DQN_TERM_GRACE_S: expected a positive number of seconds, got 'abc'")
 
 
 # ------------------------------------------------------------------ a learning_starts before a batch exists
@@ -143,11 +162,10 @@ def test_two_ranks_wait_for_each_others_replay_in_lockstep(tmp_path):
 
 
 # ------------------------------------------------------------------ damaged files in run dirs
-@pytest.fixture(scope="module")
-def finished(tmp_path_factory):
-    run_dir = tmp_path_factory.mktemp("bad-input") / "run"
-    Trainer(Config(**TINY), run_dir=run_dir).train()
-    return run_dir
+@pytest.fixture
+def finished(tiny_run):
+    """conftest's TINY_RUN: checkpoints at 800 and 1200."""
+    return tiny_run
 
 
 def _rewrite_state(ckpt, change):
@@ -176,36 +194,51 @@ def test_a_damaged_state_json_is_one_line_naming_it(finished, tmp_path, capsys, 
     assert len(err) == 1 and err[0].startswith(f"hvd-dqn: error: checkpoint {ckpt}: {fragment}"), err
 
 
-@pytest.mark.parametrize("command", ["evaluate", "export", "resume"])
-def test_a_malformed_config_json_is_one_line_naming_it(finished, tmp_path, command):
+MALFORMED_COMMANDS = ["evaluate", "export", "resume"]
+
+
+def _malformed_config_json(finished, tmp_path, command):
     run_dir = tmp_path / "run"
     shutil.copytree(finished, run_dir)
     (run_dir / "config.json").write_text('{"env_id": "CartPole-v1", ')
     args = {"evaluate": ["evaluate", run_dir, "--episodes", "1"], "export": ["export", run_dir, tmp_path / "out"],
             "resume": ["train", "--resume", run_dir]}[command]
+    return run_dir, args
+
+
+@pytest.mark.parametrize("command", MALFORMED_COMMANDS)
+def test_a_malformed_config_json_is_one_line_naming_it(finished, tmp_path, command, capsys):
+    run_dir, args = _malformed_config_json(finished, tmp_path, command)
+    proc = main_here(capsys, *args)
+    assert_one_line(proc, f"{run_dir / 'config.json'}: unreadable or not JSON (Expecting property name")
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_malformed_config_json_is_one_line_from_the_command(finished, tmp_path):
+    run_dir, args = _malformed_config_json(finished, tmp_path, "export")
     proc = run([BIN / "hvd-dqn", *args], timeout=300)
     assert_one_line(proc, f"{run_dir / 'config.json'}: unreadable or not JSON (Expecting property name")
     assert not (tmp_path / "out").exists()
 
 
-def test_config_json_that_is_not_an_object(finished, tmp_path):
+def test_config_json_that_is_not_an_object(finished, tmp_path, capsys):
     run_dir = tmp_path / "run"
     shutil.copytree(finished, run_dir)
     (run_dir / "config.json").write_text("[1, 2]")
-    proc = run([BIN / "hvd-dqn", "evaluate", run_dir, "--episodes", "1"], timeout=300)
+    proc = main_here(capsys, "evaluate", run_dir, "--episodes", "1")
     assert_one_line(proc, f"{run_dir / 'config.json'}: expected a JSON object, got list")
 
 
-def test_evaluate_refuses_more_than_1000_episodes(finished):
-    proc = run([BIN / "hvd-dqn", "evaluate", finished, "--episodes", "1001"], timeout=120)
+def test_evaluate_refuses_more_than_1000_episodes(finished, capsys):
+    proc = main_here(capsys, "evaluate", finished, "--episodes", "1001")
     assert_one_line(proc, "--episodes must be 1 to 1000, got 1001")
 
 
-def test_plot_to_a_directory_is_one_line_and_leaves_it_alone(finished, tmp_path):
+def test_plot_to_a_directory_is_one_line_and_leaves_it_alone(finished, tmp_path, capsys):
     out = tmp_path / "plots"
     out.mkdir()
     (out / "mine.txt").write_text("keep")
-    proc = run([BIN / "hvd-dqn", "plot", finished, "-o", out], timeout=120)
+    proc = main_here(capsys, "plot", finished, "-o", out)
     assert_one_line(proc, f"-o {out}: is a directory; name the PNG file to write")
     assert sorted(p.name for p in out.iterdir()) == ["mine.txt"]
 

@@ -119,11 +119,11 @@ def test_json_values_round_trip_exactly():
 
 
 # ------------------------------------------------------------------ a real run's checkpoints
-@pytest.fixture(scope="module")
-def run_dir(tmp_path_factory):
-    run_dir = tmp_path_factory.mktemp("ckpt") / "run"
-    Trainer(Config(**TINY), run_dir=run_dir).train()
-    return run_dir
+@pytest.fixture
+def run_dir(tiny_run):
+    """conftest's TINY_RUN (this file's TINY, with a log row every 300 steps), shared with other files: read only
+    here, copied by _copy before a test changes it."""
+    return tiny_run
 
 
 def test_a_run_keeps_its_newest_complete_checkpoints(run_dir):

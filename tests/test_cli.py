@@ -1,18 +1,19 @@
-"""The CLI end to end on one rank: a short CartPole run that must reach gradient updates and write its outputs."""
+"""The CLI end to end on one rank: a short CartPole run (a real hvd-dqn process) that must reach gradient updates
+and write its outputs; the refusals and a second short run through cli.main in this process."""
 import json
 import sys
 
 import numpy as np
 import pytest
 
-from conftest import BIN, run
+from conftest import BIN, main_here, run
 from hvd_dqn.config import Config
 from run_schedule import expected_updates, points
 
 NO_HOROVOD = "import sys\nraise ImportError('horovod is deliberately unavailable in this process')\n"
 
 
-def test_train_smoke_runs_updates_and_writes_outputs(tiny_cartpole, tmp_path):
+def test_train_smoke_runs_updates_and_writes_outputs(tiny_cartpole, tmp_path, capsys):
     run_dir = tmp_path / "run"
     proc = run([BIN / "hvd-dqn", "train", "--config", tiny_cartpole, "--run-dir", run_dir, "--set", "seed=3"])
     assert proc.returncode == 0, proc.stderr
@@ -45,7 +46,7 @@ def test_train_smoke_runs_updates_and_writes_outputs(tiny_cartpole, tmp_path):
 
     # a new run into the same dir would mix with this one's files: refused, nothing touched
     before = (run_dir / "metrics.jsonl").read_text()
-    again = run([BIN / "hvd-dqn", "train", "--config", tiny_cartpole, "--run-dir", run_dir])
+    again = main_here(capsys, "train", "--config", tiny_cartpole, "--run-dir", run_dir)
     assert again.returncode == 2 and "Traceback" not in again.stderr
     assert again.stderr.strip().splitlines()[-1] == (
         f"hvd-dqn: error: run dir {run_dir} holds the checkpoints of an earlier run: continue it with "
@@ -70,23 +71,23 @@ def test_train_smoke_runs_updates_and_writes_outputs(tiny_cartpole, tmp_path):
     assert q == tf_keras.models.load_model(run_dir / "q_network.keras")(obs).numpy().tolist()
 
 
-def test_a_new_run_starts_its_own_metrics_file(tiny_cartpole, tmp_path):
+def test_a_new_run_starts_its_own_metrics_file(tiny_cartpole, tmp_path, capsys):
     """A run dir without checkpoints (say, of a run that failed early) is trained into afresh: its old
     metrics.jsonl rows do not stay in front of the new run's."""
     run_dir = tmp_path / "run"
     run_dir.mkdir()
     (run_dir / "metrics.jsonl").write_text(json.dumps({"env_steps": 99999, "wall_s": 1.0}) + "\n")
-    proc = run([BIN / "hvd-dqn", "train", "--config", tiny_cartpole, "--run-dir", run_dir,
-                "--set", "total_env_steps=1000", "--set", "eval_every=1000"])
+    proc = main_here(capsys, "train", "--config", tiny_cartpole, "--run-dir", run_dir,
+                     "--set", "total_env_steps=1000", "--set", "eval_every=1000")
     assert proc.returncode == 0, proc.stderr
     steps = [json.loads(line)["env_steps"] for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     assert steps == [1000]
 
 
-def test_run_dir_that_cannot_be_created_is_a_one_line_error(tiny_cartpole, tmp_path):
+def test_run_dir_that_cannot_be_created_is_a_one_line_error(tiny_cartpole, tmp_path, capsys):
     blocked = tmp_path / "file"
     blocked.write_text("not a directory")
-    proc = run([BIN / "hvd-dqn", "train", "--config", tiny_cartpole, "--run-dir", blocked / "run"])
+    proc = main_here(capsys, "train", "--config", tiny_cartpole, "--run-dir", blocked / "run")
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines()[-1].startswith("hvd-dqn: error: run dir")
     assert "Traceback" not in proc.stderr
@@ -94,22 +95,24 @@ def test_run_dir_that_cannot_be_created_is_a_one_line_error(tiny_cartpole, tmp_p
 
 @pytest.mark.slow
 @pytest.mark.multiproc
-@pytest.mark.parametrize("ranks", [1, 2])
-def test_default_cartpole_config_solves_and_stays_solved(tmp_path, ranks):
-    """The shipped config at np=1 and np=2 (horovodrun, MPI controller), seeds 0, 1, 2: in at least 2 of the 3
-    seeds the greedy mean reaches 475 within 50k global env steps and is still >= 475 at the end, and the
-    replicas end bit-identical."""
+def test_default_cartpole_config_solves_and_stays_solved(tmp_path):
+    """The shipped config as `make train` runs it, np=2 (horovodrun, MPI controller), seeds 0, 1, 2: in at least 2
+    of the 3 seeds the greedy mean reaches 475 within 50k global env steps and is still >= 475 at the end, and the
+    replicas end bit-identical. Seeds are tried in order until the verdict is settled (two passes, or two
+    failures), so a third run happens only when the first two disagree. np=1 runs the same learner without the
+    allreduce, whose arithmetic the resume and replica tests check exactly."""
     outcomes = []
     for seed in (0, 1, 2):
         run_dir = tmp_path / f"seed{seed}"
-        cmd = [BIN / "hvd-dqn", "train", "--config", "configs/cartpole.yaml", "--run-dir", run_dir,
-               "--set", f"seed={seed}"]
-        if ranks > 1:
-            cmd = [BIN / "horovodrun", "-np", str(ranks), "--mpi"] + cmd
+        cmd = [BIN / "horovodrun", "-np", "2", "--mpi", BIN / "hvd-dqn", "train", "--config", "configs/cartpole.yaml",
+               "--run-dir", run_dir, "--set", f"seed={seed}"]
         proc = run(cmd, timeout=900)
         assert proc.returncode == 0, proc.stdout + proc.stderr
         summary = json.loads((run_dir / "summary.json").read_text())
-        assert summary["world_size"] == ranks and len(set(summary["replica_checksums"])) == 1
+        assert summary["world_size"] == 2 and len(set(summary["replica_checksums"])) == 1
         solved_at, final = summary["solved_env_steps"], summary["final_eval_return_mean"]
         outcomes.append((seed, solved_at, final, solved_at is not None and solved_at <= 50_000 and final >= 475))
+        passed = sum(ok for *_, ok in outcomes)
+        if passed == 2 or len(outcomes) - passed == 2:
+            break
     assert sum(ok for *_, ok in outcomes) >= 2, outcomes

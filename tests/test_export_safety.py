@@ -1,13 +1,14 @@
 """``export`` deletes nothing it did not create, and loading a model runs no code from the file: the OUT_DIRs
 that are refused (the run dir, a dir around or inside it, a user's own dir or file, ``.``), an earlier export
-replaced whole, and HDF5 or Lambda models refused before any of their code can run."""
+replaced whole, and HDF5 or Lambda models refused before any of their code can run. Most commands run through
+cli.main in this process (``hvd``); a few run as real hvd-dqn processes (``hvd_dqn``)."""
 import json
 import os
 from pathlib import Path
 
 import pytest
 
-from conftest import BIN, run
+from conftest import BIN, main_here, run
 from hvd_dqn import Config, Trainer, cli, serving
 from hvd_dqn.errors import UserError
 from test_user_surface import TF_CHATTER
@@ -26,6 +27,17 @@ def run_dir(tmp_path_factory):
 
 def hvd_dqn(*args, cwd=None):
     return run([BIN / "hvd-dqn", *args], timeout=300, cwd=cwd)
+
+
+@pytest.fixture
+def hvd(capsys):
+    """``hvd(*args, cwd=None)``: hvd-dqn through cli.main in this process, in ``cwd`` (then back)."""
+    def call(*args, cwd=None):
+        with pytest.MonkeyPatch.context() as mp:
+            if cwd is not None:
+                mp.chdir(cwd)
+            return main_here(capsys, *args)
+    return call
 
 
 def one_line_error(proc) -> str:
@@ -54,7 +66,7 @@ def _contents(path: Path):
     ("user_file", "exists and is not an earlier hvd-dqn export"),
     ("export_plus_user_file", "is an earlier export but also holds 'notes.txt', which hvd-dqn did not write"),
 ])
-def test_export_refuses_an_out_dir_it_did_not_create(run_dir, tmp_path, where, fragment):
+def test_export_refuses_an_out_dir_it_did_not_create(run_dir, tmp_path, where, fragment, hvd):
     mine = tmp_path / "mydata"
     out = {"run": run_dir, "parent": run_dir.parent, "inside": run_dir / "export", "user_dir": mine,
            "user_file": tmp_path / "model.bin", "export_plus_user_file": tmp_path / "policy"}[where]
@@ -64,10 +76,10 @@ def test_export_refuses_an_out_dir_it_did_not_create(run_dir, tmp_path, where, f
     elif where == "user_file":
         out.write_bytes(b"someone's file")
     elif where == "export_plus_user_file":
-        assert hvd_dqn("export", run_dir, out).returncode == 0
+        assert hvd("export", run_dir, out).returncode == 0
         (out / "notes.txt").write_text("mine")
     before_run, before_out = tree(run_dir), _contents(out)
-    line = one_line_error(hvd_dqn("export", run_dir, out))
+    line = one_line_error(hvd("export", run_dir, out))
     assert f"export OUT_DIR {out} " in line and fragment in line, line
     assert tree(run_dir) == before_run  # the run's checkpoints, metrics, model: all still there
     assert len(before_run) > 5 and any(name.startswith("checkpoints/ckpt-600/") for name in before_run)
@@ -75,7 +87,7 @@ def test_export_refuses_an_out_dir_it_did_not_create(run_dir, tmp_path, where, f
     assert not [p for p in out.parent.iterdir() if p.name.startswith(f".{out.name}.")]  # no temp dir left
 
 
-def test_export_to_dot_is_a_one_line_error_not_a_traceback(run_dir, tmp_path):
+def test_export_to_dot_is_a_one_line_error_not_a_traceback(run_dir, tmp_path, hvd):
     cwd = tmp_path / "work"
     cwd.mkdir()
     (cwd / "keep.txt").write_text("keep")
@@ -84,19 +96,19 @@ def test_export_to_dot_is_a_one_line_error_not_a_traceback(run_dir, tmp_path):
                     "of ours): give a new path; nothing was written")
     assert tree(cwd) == {"keep.txt": b"keep"}
     # "." inside the run dir, and the run dir's parent as ".": both refused before anything is written
-    assert "is inside the run dir" in one_line_error(hvd_dqn("export", run_dir, ".", cwd=run_dir / "checkpoints"))
-    assert "is or contains the run dir" in one_line_error(hvd_dqn("export", "x", ".", cwd=run_dir.parent))
+    assert "is inside the run dir" in one_line_error(hvd("export", run_dir, ".", cwd=run_dir / "checkpoints"))
+    assert "is or contains the run dir" in one_line_error(hvd("export", "x", ".", cwd=run_dir.parent))
 
 
-def test_an_earlier_export_is_replaced_whole(run_dir, tmp_path):
+def test_an_earlier_export_is_replaced_whole(run_dir, tmp_path, hvd):
     out = tmp_path / "policy"
-    first = hvd_dqn("export", run_dir, out)
+    first = hvd("export", run_dir, out)
     assert first.returncode == 0, first.stderr
     meta = json.loads((out / "export.json").read_text())
     assert meta["format"] == "hvd-dqn-export" and meta["n_actions"] == 2
     inode = out.stat().st_ino
     (out / "export.json").write_text(json.dumps({**meta, "env_id": "stale"}))
-    again = hvd_dqn("export", run_dir, out)
+    again = hvd("export", run_dir, out)
     assert again.returncode == 0, again.stderr
     assert out.stat().st_ino != inode  # a new directory renamed into place, not the old one rewritten
     assert json.loads((out / "export.json").read_text())["env_id"] == "CartPole-v1"
@@ -151,12 +163,12 @@ def hdf5_run(run_dir, tmp_path):
 
 
 @pytest.mark.parametrize("command", ["evaluate", "export", "evaluate_file"])
-def test_an_hdf5_model_is_refused_and_its_code_never_runs(hdf5_run, tmp_path, command):
+def test_an_hdf5_model_is_refused_and_its_code_never_runs(hdf5_run, tmp_path, command, hvd):
     run, marker = hdf5_run
     model = run / "q_network.keras"
     args = {"evaluate": ["evaluate", run, "--episodes", "1"], "export": ["export", run, tmp_path / "out"],
             "evaluate_file": ["evaluate", model, "--env", "CartPole-v1", "--episodes", "1"]}[command]
-    line = one_line_error(hvd_dqn(*args))
+    line = one_line_error(hvd(*args))
     assert line == (f"hvd-dqn: error: {model}: refused: an HDF5 file, not the .keras zip format (only that "
                     f"format is loaded, because loading the others can run code stored in the file)")
     assert not marker.exists()

@@ -135,34 +135,34 @@ def jobs():
 
 
 # ---------------------------------------------------------------------------------------------- one job per run dir
-@pytest.mark.parametrize("controller,second", [("mpi", "resume"), ("gloo", "fresh")])
-def test_a_second_job_in_a_busy_run_dir_is_refused(controller, second, tmp_path, jobs):
-    """While a job trains, a second one into its run dir (--resume, or a fresh run) gets one line naming the
-    owner (host and rank 0's pid), its ranks exit 2 and touch nothing; the first job trains on and, stopped
-    with SIGUSR1 afterwards, writes a complete checkpoint and releases the lock. The signal goes to rank 1 alone:
-    rank 0's line names it all the same (it used to say "stopped by another rank's signal")."""
+def test_a_second_job_in_a_busy_run_dir_is_refused(tmp_path, jobs):
+    """While a job trains (MPI controller), a second one into its run dir (--resume under MPI, then a fresh run
+    under Gloo: the lock is taken before the controller matters) gets one line naming the owner (host and rank 0's
+    pid), its ranks exit 2 and touch nothing; the first job trains on and, stopped with SIGUSR1 afterwards, writes
+    a complete checkpoint and releases the lock. The signal goes to rank 1 alone: rank 0's line names it all the
+    same (it used to say "stopped by another rank's signal")."""
     run_dir = tmp_path / "run"
     cfg = _config(tmp_path, checkpoint_every=5000)
-    first = jobs(_horovodrun(controller, "--config", cfg, "--run-dir", run_dir), run_dir, tmp_path / "first.log")
+    first = jobs(_horovodrun("mpi", "--config", cfg, "--run-dir", run_dir), run_dir, tmp_path / "first.log")
     first.wait_training()
     owner = json.loads((run_dir / ".hvd-dqn.lock").read_text())
     assert owner["host"] == socket.gethostname() and owner["pid"] == first.ranks()[0].pid
     config_before = (run_dir / "config.json").read_bytes()
     checkpoints = run_dir / "checkpoints"
 
-    args = ["--resume", run_dir] if second == "resume" else ["--config", cfg, "--run-dir", run_dir]
-    proc = run(_horovodrun(controller, *args), timeout=START_S)
-    output = proc.stdout + proc.stderr
-    assert proc.returncode != 0, output
-    lines = [ln for ln in output.splitlines() if "is in use by another job" in ln]
-    assert len(lines) == 1, output  # said once, by rank 0
-    assert f"hvd-dqn: error: run dir {run_dir} is in use by another job (host {owner['host']}, " \
-           f"pid {owner['pid']}, started " in lines[0]
-    # both ranks of the second job exited 2 (none waited for rank 0 in a collective)
-    codes = re.findall(r"(?:Exit code:|exit with status code)\s+(\d+)", output)
-    assert codes and set(codes) == {"2"}, output
-    assert not re.search(r"^\[[\d,]+\]<stderr>:Traceback", output, re.M), output  # none from a rank
-    assert (run_dir / "config.json").read_bytes() == config_before  # the second job wrote nothing
+    for controller, args in (("mpi", ["--resume", run_dir]), ("gloo", ["--config", cfg, "--run-dir", run_dir])):
+        proc = run(_horovodrun(controller, *args), timeout=START_S)
+        output = proc.stdout + proc.stderr
+        assert proc.returncode != 0, output
+        lines = [ln for ln in output.splitlines() if "is in use by another job" in ln]
+        assert len(lines) == 1, output  # said once, by rank 0
+        assert f"hvd-dqn: error: run dir {run_dir} is in use by another job (host {owner['host']}, " \
+               f"pid {owner['pid']}, started " in lines[0]
+        # both ranks of the second job exited 2 (none waited for rank 0 in a collective)
+        codes = re.findall(r"(?:Exit code:|exit with status code)\s+(\d+)", output)
+        assert codes and set(codes) == {"2"}, output
+        assert not re.search(r"^\[[\d,]+\]<stderr>:Traceback", output, re.M), output  # none from a rank
+        assert (run_dir / "config.json").read_bytes() == config_before  # the second job wrote nothing
 
     rows_before = len((run_dir / "metrics.jsonl").read_text().splitlines())
     first.wait_training(min_rows=rows_before + 1)  # the first job trains on
@@ -250,7 +250,9 @@ def test_a_stopped_rank_ends_the_job_naming_it(controller, tmp_path, jobs):
     job.wait_gone(30)
 
 
-BUSY_S = 15
+# the bound covers every busy spell, the first XLA compilation of the update ("compiling the update") included,
+# which takes more than 15 s on a loaded 2-core machine and would end the job before the evaluation blocks
+BUSY_S = 60
 
 
 def test_a_rank_stuck_in_long_local_work_ends_the_job_naming_it(tmp_path, jobs):
@@ -274,8 +276,8 @@ def test_a_rank_stuck_in_long_local_work_ends_the_job_naming_it(tmp_path, jobs):
     assert "HVD_DQN_HANG_IN_EVAL: rank 1's evaluation env blocks in step() at global env step 2000" in output, output
     # (rank 0 may add a line of its own as Horovod shuts down under it)
     lines = [ln for ln in output.splitlines() if "busy_timeout_s" in ln]
-    assert lines == ["[1]<stderr>:hvd-dqn: rank 1 has been evaluating for more than busy_timeout_s (15 s): is it "
-                     "stuck?; ending the job"], output
+    assert lines == [f"[1]<stderr>:hvd-dqn: rank 1 has been evaluating for more than busy_timeout_s ({BUSY_S} s): is "
+                     "it stuck?; ending the job"], output
     job.wait_gone(30)
 
 

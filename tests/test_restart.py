@@ -5,13 +5,11 @@ import os
 
 import pytest
 
-from conftest import BIN, run
+from conftest import BIN, TINY_RUN, run
 from hvd_dqn import Config, Trainer, cli
 from hvd_dqn.runlock import RunLock
 
-TINY = dict(env_id="CartPole-v1", seed=3, total_env_steps=1200, hidden_sizes=(16, 16), learning_starts=300,
-            train_every=100, updates_per_train=10, target_update_every=20, eval_every=600, eval_episodes=2,
-            log_every=300, batch_size=32, replay_capacity=2000, checkpoint_every=400, keep_checkpoints=2)
+TINY = TINY_RUN  # seed 3
 
 
 def _tree(root):
@@ -43,12 +41,10 @@ def _last_error(capsys):
 
 
 @pytest.fixture(scope="module")
-def earlier(tmp_path_factory):
-    """A finished run (seed 3) and, for comparison, a fresh run of seed 4 in a dir of its own."""
-    root = tmp_path_factory.mktemp("restart")
-    Trainer(Config(**TINY), run_dir=root / "earlier").train()
-    fresh = Trainer(Config(**{**TINY, "seed": 4}), run_dir=root / "fresh").train()
-    return root / "earlier", fresh
+def earlier(tiny_run, tmp_path_factory):
+    """A finished run (conftest's, seed 3) and, for comparison, a fresh run of seed 4 in a dir of its own."""
+    fresh = Trainer(Config(**{**TINY, "seed": 4}), run_dir=tmp_path_factory.mktemp("restart") / "fresh").train()
+    return tiny_run, fresh
 
 
 def _copy_of(earlier, tmp_path):

@@ -6,7 +6,7 @@ import sys
 import numpy as np
 import pytest
 
-from conftest import BIN, ROOT, run
+from conftest import BIN, ROOT, main_here, run
 
 USER_ENV = ROOT / "examples" / "user_env"
 CORRIDOR = USER_ENV / "corridor.yaml"
@@ -25,7 +25,7 @@ def _summary(run_dir):
 # ---- 1. any gymnasium env a user has: module:id and env_kwargs, under horovodrun, then evaluate/export/serve
 
 @pytest.mark.multiproc
-def test_a_users_env_module_trains_on_two_ranks_evaluates_exports_and_serves(tmp_path):
+def test_a_users_env_module_trains_on_two_ranks_evaluates_exports_and_serves(tmp_path, capsys, monkeypatch):
     run_dir, out = tmp_path / "run", tmp_path / "export"
     path = _pythonpath(USER_ENV)
     proc = run([HOROVODRUN, "-np", "2", "--gloo", BIN / "hvd-dqn", "train", "--config", CORRIDOR,
@@ -40,12 +40,14 @@ def test_a_users_env_module_trains_on_two_ranks_evaluates_exports_and_serves(tmp
     config = json.loads((run_dir / "config.json").read_text())
     assert config["env_id"] == "mygrid:Corridor-v0" and config["env_kwargs"] == {"length": 8}
 
-    proc = run([BIN / "hvd-dqn", "evaluate", run_dir, "--episodes", "3"], PYTHONPATH=path)
+    # evaluate and export in this process, the user's module dir on sys.path as PYTHONPATH put it for the ranks
+    monkeypatch.syspath_prepend(str(USER_ENV))
+    proc = main_here(capsys, "evaluate", run_dir, "--episodes", "3")
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip().splitlines()[-1] == \
         "mygrid:Corridor-v0: 3 episodes, mean -7.00, std 0.00, min -7.00, max -7.00"
 
-    proc = run([BIN / "hvd-dqn", "export", run_dir, out], PYTHONPATH=path)
+    proc = main_here(capsys, "export", run_dir, out)
     assert proc.returncode == 0, proc.stderr
     meta = json.loads((out / "export.json").read_text())
     assert meta["env_id"] == "mygrid:Corridor-v0" and meta["env_kwargs"] == {"length": 8}
@@ -60,14 +62,15 @@ def test_a_users_env_module_trains_on_two_ranks_evaluates_exports_and_serves(tmp
     assert proc.stdout.strip().splitlines()[-1] == "[1, 1, 1, 1, 1, 1, 1]"  # always right, towards the exit
 
 
-def test_env_kwargs_reach_the_constructor_in_training_and_evaluation(tmp_path):
+def test_env_kwargs_reach_the_constructor_in_training_and_evaluation(tmp_path, capsys, monkeypatch):
     run_dir = tmp_path / "run"
-    path = _pythonpath(USER_ENV)
-    proc = run([BIN / "hvd-dqn", "train", "--config", CORRIDOR, "--run-dir", run_dir,
-                "--set", "env_kwargs={length: 5}", "--set", "reward_threshold=-4"], PYTHONPATH=path)
+    monkeypatch.syspath_prepend(str(USER_ENV))
+    proc = main_here(capsys, "train", "--config", CORRIDOR, "--run-dir", run_dir,
+                     "--set", "env_kwargs={length: 5}", "--set", "reward_threshold=-4")
     assert proc.returncode == 0, proc.stderr
     assert _summary(run_dir)["final_eval_return_mean"] == -4.0  # 4 steps: the corridor of 5
-    proc = run([BIN / "hvd-dqn", "evaluate", run_dir, "--episodes", "2"], PYTHONPATH=path)
+    proc = main_here(capsys, "evaluate", run_dir, "--episodes", "2")
+    assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip().splitlines()[-1] == \
         "mygrid:Corridor-v0: 2 episodes, mean -4.00, std 0.00, min -4.00, max -4.00"
 
@@ -86,24 +89,37 @@ def test_env_kwargs_reach_the_constructor_in_training_and_evaluation(tmp_path):
     (["env_id=ALE/Pong-v5", "env_kwargs={mode: 1}"],
      "env_kwargs: Atari games take their options as config keys"),
 ])
-def test_a_users_env_that_cannot_be_made_is_one_line(tmp_path, overrides, line):
-    cmd = [BIN / "hvd-dqn", "train", "--config", CORRIDOR, "--run-dir", tmp_path / "run"]
+def test_a_users_env_that_cannot_be_made_is_one_line(tmp_path, overrides, line, capsys, monkeypatch):
+    monkeypatch.syspath_prepend(str(USER_ENV))
+    args = ["train", "--config", CORRIDOR, "--run-dir", tmp_path / "run"]
     for item in overrides:
-        cmd += ["--set", item]
-    proc = run(cmd, PYTHONPATH=_pythonpath(USER_ENV))
+        args += ["--set", item]
+    _assert_refused(main_here(capsys, *args), line)
+
+
+def _assert_refused(proc, line):
+    """Exit 2, one error line holding ``line``, no traceback."""
     assert proc.returncode == 2, proc.stdout + proc.stderr
     assert "Traceback" not in proc.stderr
     errors = [ln for ln in proc.stderr.splitlines() if ln.startswith("hvd-dqn: error")]
     assert len(errors) == 1 and line in errors[0], proc.stderr
 
 
-def test_a_module_that_fails_on_import_is_named(tmp_path):
-    (tmp_path / "broken_envs.py").write_text("raise RuntimeError('no licence server')\n")
+def test_a_users_env_that_cannot_be_imported_is_one_line_from_the_command(tmp_path):
+    """The same from a real `hvd-dqn` process, whose PYTHONPATH lacks the module."""
     proc = run([BIN / "hvd-dqn", "train", "--config", CORRIDOR, "--run-dir", tmp_path / "run",
-                "--set", "env_id=broken_envs:X-v0"], PYTHONPATH=_pythonpath(tmp_path))
-    assert proc.returncode == 2 and "Traceback" not in proc.stderr
-    assert "env_id: importing module 'broken_envs' of 'broken_envs:X-v0' failed: RuntimeError: no licence server" \
-        in proc.stderr
+                "--set", "env_id=nosuch_module_xyz:Corridor-v0"], PYTHONPATH=_pythonpath(USER_ENV))
+    _assert_refused(proc, "env_id: cannot import module 'nosuch_module_xyz' of 'nosuch_module_xyz:Corridor-v0' (No "
+                          "module named 'nosuch_module_xyz'); is it installed or on PYTHONPATH on every host?")
+
+
+def test_a_module_that_fails_on_import_is_named(tmp_path, capsys, monkeypatch):
+    (tmp_path / "broken_envs.py").write_text("raise RuntimeError('no licence server')\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    proc = main_here(capsys, "train", "--config", CORRIDOR, "--run-dir", tmp_path / "run",
+                     "--set", "env_id=broken_envs:X-v0")
+    _assert_refused(proc, "env_id: importing module 'broken_envs' of 'broken_envs:X-v0' failed: RuntimeError: no "
+                          "licence server")
 
 
 # ---- 2. the spaces a user's env may have, and the network that fits
@@ -136,12 +152,10 @@ def test_each_observation_space_becomes_what_a_network_takes(user_envs, name, sh
     ("MultiDiscreteAction", "action space MultiDiscrete([2 2]) cannot be served: DQN needs a single Discrete"),
     ("Text", "observation space Text(1, 5, "),
 ])
-def test_a_space_the_trainer_cannot_serve_is_one_line(user_envs, tmp_path, name, why):
-    proc = run([BIN / "hvd-dqn", "train", "--config", CORRIDOR, "--run-dir", tmp_path / "run",
-                "--set", f"env_id=user_envs:{name}-v0", "--set", "env_kwargs={}"], PYTHONPATH=_pythonpath(TESTS))
-    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
-    errors = [ln for ln in proc.stderr.splitlines() if ln.startswith("hvd-dqn: error")]
-    assert len(errors) == 1 and f"env 'user_envs:{name}-v0': {why}" in errors[0], proc.stderr
+def test_a_space_the_trainer_cannot_serve_is_one_line(user_envs, tmp_path, name, why, capsys):
+    proc = main_here(capsys, "train", "--config", CORRIDOR, "--run-dir", tmp_path / "run",
+                     "--set", f"env_id=user_envs:{name}-v0", "--set", "env_kwargs={}")
+    _assert_refused(proc, f"env 'user_envs:{name}-v0': {why}")
 
 
 TINY = dict(total_env_steps=400, num_envs=2, learning_starts=100, train_every=100, updates_per_train=4,
@@ -218,12 +232,10 @@ def test_a_custom_network_of_the_wrong_shape_is_one_line(tmp_path):
     ("custom_network:nothing_here", "q_network: module 'custom_network' has no function 'nothing_here'"),
     ("no_such_nets_xyz:build", "q_network: cannot import module 'no_such_nets_xyz'"),
 ])
-def test_a_q_network_reference_that_does_not_resolve_is_one_line(tmp_path, ref, line):
-    proc = run([BIN / "hvd-dqn", "train", "--config", CORRIDOR, "--run-dir", tmp_path / "run",
-                "--set", f"q_network={ref}"], PYTHONPATH=_pythonpath(USER_ENV))
-    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
-    errors = [ln for ln in proc.stderr.splitlines() if ln.startswith("hvd-dqn: error")]
-    assert len(errors) == 1 and line in errors[0], proc.stderr
+def test_a_q_network_reference_that_does_not_resolve_is_one_line(tmp_path, ref, line, capsys, monkeypatch):
+    monkeypatch.syspath_prepend(str(USER_ENV))
+    _assert_refused(main_here(capsys, "train", "--config", CORRIDOR, "--run-dir", tmp_path / "run",
+                              "--set", f"q_network={ref}"), line)
 
 
 @pytest.mark.multiproc
