@@ -4,7 +4,7 @@ sequential updates (per rank) to the threshold, median wall clock to the thresho
 average the runs met. Asserts nothing.
 
     .venv/bin/python benchmarks/scaling.py --config configs/cartpole.yaml --np 1 2 4 8 16 --seeds 0 1 2 3 4 \
-        [--set k=v ...] [--threshold X] [--out DIR] [--results FILE.jsonl] [--table-only]
+        [--set k=v ...] [--threshold X | --relative F] [--out DIR] [--results FILE.jsonl] [--table-only]
 
 One job at a time; N > 1 runs under ``horovodrun -np N --mpi -H localhost:N`` with OMPI_MCA_mpi_yield_when_idle=1,
 so 8 or 16 ranks may share 2 cores (with HOROVOD_CYCLE_TIME=1 ms when oversubscribed): env steps, updates and
@@ -49,10 +49,26 @@ def judge(run: dict, threshold: float | None) -> dict:
     """Solved (the first evaluation at or above ``threshold``, the trainer's rule) and held (the final one too);
     ``threshold`` None: the one the trainer used (the config's reward_threshold, else the env spec's)."""
     threshold = run["trainer_threshold"] if threshold is None else threshold
+    if threshold is None:  # an env with no threshold (MinAtar) and none given: nothing counts as solved
+        return {"threshold": None, "solved_env_steps": None, "solved_updates": None, "solved_wall_s": None,
+                "held": False}
     hit = next((e for e in run["evals"] if e[1] >= threshold), None)
     final = run["final_eval"]
     return {"threshold": threshold, "solved_env_steps": hit and hit[0], "solved_updates": hit and hit[2],
             "solved_wall_s": hit and hit[3], "held": final is not None and final >= threshold}
+
+
+def _without_rule(overrides) -> tuple:
+    return tuple(o for o in overrides if not o.startswith("scaling"))
+
+
+def reference_final(rows: list[dict], config: str, overrides) -> float | None:
+    """The median final evaluation of the N = 1 runs of ``config`` with these overrides but any scaling rule (at
+    N = 1 every rule is the config as written, bit for bit); None if there are none."""
+    finals = [r["final_eval"] for r in rows if "failed" not in r and r["np"] == 1
+              and config_name(r["config"]) == config_name(config) and r["final_eval"] is not None
+              and _without_rule(r["overrides"]) == _without_rule(overrides)]
+    return statistics.median(finals) if finals else None
 
 
 def config_name(config: str) -> str:
@@ -110,8 +126,9 @@ def _median(values: list[float]) -> float:
     return statistics.median(values) if values else math.nan
 
 
-def summarize(rows: list[dict], threshold: float | None = None) -> dict:
-    """Figures for the runs of one N. Unsolved runs count as never (infinity), so a median is honest about them."""
+def summarize(rows: list[dict], threshold: float | None = None, final_bar: float | None = None) -> dict:
+    """Figures for the runs of one N. Unsolved runs count as never (infinity), so a median is honest about them.
+    ``final_bar``: count the runs whose final evaluation reaches it."""
     done = [{**r, **judge(r, threshold)} for r in rows if "failed" not in r]
     solved = lambda key: [r[key] if r["solved_env_steps"] is not None else INF for r in done]  # noqa: E731
     loads = [r[k][0] for r in rows for k in ("load_before", "load_after") if r.get(k)]
@@ -123,6 +140,9 @@ def summarize(rows: list[dict], threshold: float | None = None) -> dict:
         "wall_to_threshold": _median(solved("solved_wall_s")),
         "wall": _median([r["wall_s"] for r in done]), "updates": _median([r["updates"] for r in done]),
         "replicas_equal": all(r["replicas_equal"] for r in done),
+        "final": _median([r["final_eval"] for r in done if r["final_eval"] is not None]),
+        "final_ok": None if final_bar is None else sum(r["final_eval"] is not None and r["final_eval"] >= final_bar
+                                                       for r in done),
         "load": (min(loads), max(loads)) if loads else (math.nan, math.nan),
     }
 
@@ -137,28 +157,46 @@ def _load(load: tuple[float, float]) -> str:
     return "not recorded" if math.isnan(load[0]) else f"{load[0]:.1f}-{load[1]:.1f}"
 
 
-def table(rows: list[dict], threshold: float | None = None) -> str:
-    """A markdown table per config + overrides, one line per N, with the ratios to N = 1 where it was run."""
+def table(rows: list[dict], threshold: float | None = None, relative: float | None = None) -> str:
+    """A markdown table per config + overrides, one line per N, with the ratios to N = 1 where it was run.
+    ``relative``: the threshold is this fraction of N = 1's median final evaluation (``reference_final``), and the
+    runs whose final evaluation reaches it are counted."""
     groups: dict[tuple, list[dict]] = {}
     for r in rows:
         groups.setdefault((config_name(r["config"]), tuple(r["overrides"])), []).append(r)
     out = []
     for (config, overrides), rs in groups.items():
-        thresholds = sorted({judge(r, threshold)["threshold"] for r in rs if "failed" not in r})
+        bar = None
+        if relative is not None:
+            ref = reference_final(rows, config, overrides)
+            bar = None if ref is None else relative * ref
+            threshold = bar
+            named = "no N = 1 runs" if ref is None else f"{relative:g} x N = 1's median final {ref:g} = {bar:g}"
+        else:
+            found = sorted({t for r in rs if "failed" not in r
+                            for t in [judge(r, threshold)["threshold"]] if t is not None})
+            named = ", ".join(format(t, "g") for t in found) or "none"
         out += ["", f"{Path(config).name} {' '.join('--set ' + o for o in overrides)}".rstrip()
-                + f" (threshold {', '.join(format(t, 'g') for t in thresholds)})", "",
-                "| N | runs | solved | held at end | env steps to threshold (median) | x N=1 "
+                + f" (threshold {named})", "",
+                "| N | runs | solved | held at end | final eval (median) | final >= threshold "
+                "| env steps to threshold (median) | x N=1 "
                 "| updates per rank to threshold (median) | x N=1 | updates per rank in the run "
                 "| wall s to threshold (median) | wall s of the run (median) | load avg 1 min (range) |",
-                "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
-        by_n = {n: summarize([r for r in rs if r["np"] == n], threshold) for n in sorted({r["np"] for r in rs})}
+                "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+        by_n = {n: summarize([r for r in rs if r["np"] == n], threshold, bar) for n in sorted({r["np"] for r in rs})}
         base = by_n.get(1)
+        if base is None and relative is not None:  # the ratios against the reference runs of another group
+            ref_rows = [r for r in rows if r["np"] == 1 and config_name(r["config"]) == config
+                        and _without_rule(r["overrides"]) == _without_rule(overrides)]
+            base = summarize(ref_rows, threshold, bar) if ref_rows else None
         for n, s in by_n.items():
             ratio = lambda key: _fmt(s[key] / base[key], ".2f") \
                 if base and 0 < base[key] < INF and s[key] < INF else "-"  # noqa: E731
             failed = f" ({s['failed']} failed)" if s["failed"] else ""
+            final_ok = "-" if s["final_ok"] is None else f"{s['final_ok']}/{s['runs']}"
             out.append(
                 f"| {n} | {s['runs']}{failed} | {s['solved']}/{s['runs']} | {s['held']}/{s['runs']} "
+                f"| {_fmt(s['final'], '.2f')} | {final_ok} "
                 f"| {_fmt(s['steps_to_threshold'], ',.0f')} | {ratio('steps_to_threshold')} "
                 f"| {_fmt(s['updates_to_threshold'], ',.0f')} | {ratio('updates_to_threshold')} "
                 f"| {_fmt(s['updates'], ',.0f')} | {_fmt(s['wall_to_threshold'], '.1f')} | {_fmt(s['wall'], '.1f')} "
@@ -183,6 +221,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--threshold", type=float, default=None,
                     help="greedy mean return that counts as solved (default: the one the trainer uses, the "
                          "config's reward_threshold or else the env spec's)")
+    ap.add_argument("--relative", type=float, default=None, metavar="F",
+                    help="the threshold is F times the median final evaluation of N = 1's runs of the same config "
+                         "(any scaling rule: at N = 1 they are one experiment); for envs with no threshold (MinAtar)")
     ap.add_argument("--out", type=Path, default=None, help="where the run dirs are kept (default /tmp/hvd-dqn-scaling)")
     ap.add_argument("--results", type=Path, default=None, help="JSONL of every run (default OUT/scaling.jsonl)")
     ap.add_argument("--timeout", type=float, default=3600.0, help="seconds before a run is killed")
@@ -200,7 +241,7 @@ def main(argv: list[str] | None = None) -> int:
         if not rows:
             print(f"scaling.py: error: no runs in {results}", file=sys.stderr)
             return 2
-        print(table(rows, args.threshold))
+        print(table(rows, args.threshold, args.relative))
         return 0
     if not args.config.is_file():
         print(f"scaling.py: error: config file not found: {args.config}", file=sys.stderr)
@@ -222,11 +263,10 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"N={np_} seed={seed}: {row['failed']}", flush=True)
                 continue
             j = judge(row, args.threshold)
+            final = "-" if row["final_eval"] is None else f"{row['final_eval']:.1f}"
             print(f"N={np_} seed={seed}: solved at {j['solved_env_steps']} steps / {j['solved_updates']} updates, "
-                  f"final {row['final_eval']:.1f}, {row['wall_s']:.0f} s", flush=True)
-    mine = [r for r in read_results(results)
-            if config_name(r["config"]) == config_name(str(config)) and r["overrides"] == args.overrides]
-    print(table(mine, args.threshold))
+                  f"final {final}, {row['wall_s']:.0f} s", flush=True)
+    print(table(read_results(results), args.threshold, args.relative))
     return 0
 
 

@@ -51,16 +51,33 @@ def test_table_gives_the_ratios_to_one_rank_per_config_and_overrides():
            [_run(8, s, [[5000, 500.0, 80, 1.0]], final=500.0) for s in (0, 1)] + \
            [_run(8, 0, [[1000, 500.0, 4, 1.0]], final=500.0, overrides=["learning_rate=0.1"])]
     text = scaling.table(rows)
-    assert "| 8 | 2 | 2/2 | 2/2 | 5,000 | 1.25 | 80 | 0.20 |" in text
+    assert "| 8 | 2 | 2/2 | 2/2 | 500.00 | - | 5,000 | 1.25 | 80 | 0.20 |" in text
     assert "cartpole.yaml --set learning_rate=0.1 (threshold 475)" in text
     assert text.count("| N |") == 2
+
+
+def test_relative_threshold_is_a_fraction_of_one_rank_s_median_final_whatever_the_rule():
+    """MinAtar has no reward threshold: a run is judged against 0.9 x N = 1's median final evaluation, and the N = 1
+    runs of the config (under any scaling rule: one experiment at N = 1) are the reference of every rule's group."""
+    rows = [_run(1, s, [[25000, f, 100, 1.0], [50000, f + 2, 200, 2.0]], final=f + 2, threshold=None)
+            for s, f in ((0, 2.0), (1, 4.0), (2, 6.0))] + \
+           [_run(8, s, [[25000, f, 10, 1.0], [50000, f, 20, 2.0]], final=f, threshold=None,
+                 overrides=["scaling=sqrt"]) for s, f in ((0, 5.0), (1, 3.0))]
+    assert scaling.judge(rows[0], None)["solved_env_steps"] is None  # no threshold at all: never solved
+    assert scaling.reference_final(rows, "cartpole.yaml", ["scaling=sqrt"]) == 6.0
+    text = scaling.table(rows, relative=0.9)
+    assert "cartpole.yaml --set scaling=sqrt (threshold 0.9 x N = 1's median final 6 = 5.4)" in text
+    # N = 1: finals 4, 6, 8 (2 of 3 at >= 5.4); 5.4 first reached never, at 50k and at 25k steps (median 50k)
+    assert "| 1 | 3 | 2/3 | 2/3 | 6.00 | 2/3 | 50,000 | 1.00 | 200 | 1.00 |" in text
+    # N = 8 under sqrt: finals 5 and 3 below 5.4, never solved; its ratios are taken against N = 1's group
+    assert "| 8 | 2 | 0/2 | 0/2 | 4.00 | 0/2 | never | - | never | - |" in text
 
 
 def test_table_only_resumes_nothing_and_a_missing_results_file_is_one_line_exit_2(tmp_path):
     results = tmp_path / "r.jsonl"
     results.write_text(json.dumps(_run(1, 0, [[4000, 500.0, 400, 1.0]], final=500.0)) + "\n")
     proc = run([sys.executable, ROOT / "benchmarks" / "scaling.py", "--table-only", "--results", results])
-    assert proc.returncode == 0 and "| 1 | 1 | 1/1 | 1/1 | 4,000 | 1.00 | 400 | 1.00 |" in proc.stdout, proc.stderr
+    assert proc.returncode == 0 and "| 1 | 1 | 1/1 | 1/1 | 500.00 | - | 4,000 | 1.00 | 400 | 1.00 |" in proc.stdout, proc.stderr
     proc = run([sys.executable, ROOT / "benchmarks" / "scaling.py", "--table-only", "--results", tmp_path / "no"])
     assert proc.returncode == 2 and len(proc.stderr.strip().splitlines()) == 1 and "no runs in" in proc.stderr
 
