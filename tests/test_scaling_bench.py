@@ -77,7 +77,8 @@ def test_table_only_resumes_nothing_and_a_missing_results_file_is_one_line_exit_
     results = tmp_path / "r.jsonl"
     results.write_text(json.dumps(_run(1, 0, [[4000, 500.0, 400, 1.0]], final=500.0)) + "\n")
     proc = run([sys.executable, ROOT / "benchmarks" / "scaling.py", "--table-only", "--results", results])
-    assert proc.returncode == 0 and "| 1 | 1 | 1/1 | 1/1 | 500.00 | - | 4,000 | 1.00 | 400 | 1.00 |" in proc.stdout, proc.stderr
+    assert proc.returncode == 0, proc.stderr
+    assert "| 1 | 1 | 1/1 | 1/1 | 500.00 | - | 4,000 | 1.00 | 400 | 1.00 |" in proc.stdout
     proc = run([sys.executable, ROOT / "benchmarks" / "scaling.py", "--table-only", "--results", tmp_path / "no"])
     assert proc.returncode == 2 and len(proc.stderr.strip().splitlines()) == 1 and "no runs in" in proc.stderr
 
