@@ -9,6 +9,7 @@ memory of a filled 100k-transition frame replay. Prints figures; asserts nothing
 One process, one core's worth of work at a time (the replay fill runs in a child process so its peak RSS is its
 own). docs/atari-cost.md quotes these figures and the 10M-step estimate built from them.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -53,8 +54,10 @@ def env_rates(game: str, seconds: float, rounds: int = 6) -> None:
             rates[backend, num_envs].append(rate(lambda: env.step(actions), seconds / rounds * 2, num_envs))
     names = {"ale": "ale-py AtariVectorEnv (C++, 1 thread)", "gymnasium": "gymnasium wrappers, SyncVectorEnv"}
     for (backend, num_envs), values in rates.items():
-        print(f"env steps/s per rank, {names[backend]}, num_envs {num_envs}: median {np.median(values):,.0f}, "
-              f"best {max(values):,.0f}")
+        print(
+            f"env steps/s per rank, {names[backend]}, num_envs {num_envs}: median {np.median(values):,.0f}, "
+            f"best {max(values):,.0f}"
+        )
         envs[backend, num_envs].close()
 
 
@@ -77,10 +80,13 @@ def learner_rates(seconds: float) -> None:
     sample = lambda: shard.sample(rng, (1, 32))  # noqa: E731
     batch = sample()[0]
     print(f"replay sample + stack rebuild, batch 32: {rate(sample, seconds):,.0f} batches/s")
-    print(f"Nature CNN updates/s, batch 32, one update per call (as configs/pong.yaml): "
-          f"{rate(lambda: learner.run_updates(batch, 1e-4), seconds):,.1f}")
-    print(f"  with sampling from the frame replay: "
-          f"{rate(lambda: learner.run_updates(sample()[0], 1e-4), seconds):,.1f}")
+    print(
+        f"Nature CNN updates/s, batch 32, one update per call (as configs/pong.yaml): "
+        f"{rate(lambda: learner.run_updates(batch, 1e-4), seconds):,.1f}"
+    )
+    print(
+        f"  with sampling from the frame replay: {rate(lambda: learner.run_updates(sample()[0], 1e-4), seconds):,.1f}"
+    )
     act = learner.q_fn()
     for n in (1, 4):
         calls = rate(lambda: act(batch.obs[0, :n]), seconds)
@@ -114,14 +120,20 @@ def cnn_update_rates(seconds: float, rounds: int, precisions: list[str], ks: tup
     rng = np.random.default_rng(0)
     variants = {}
     for precision in precisions:
-        cfg = Config.from_yaml(ROOT / "configs" / "pong.yaml", ["replay_capacity=20000", "double_dqn=true",
-                                                               f"precision={precision}"])
+        cfg = Config.from_yaml(
+            ROOT / "configs" / "pong.yaml", ["replay_capacity=20000", "double_dqn=true", f"precision={precision}"]
+        )
         learner = Learner(cfg, (4, 84, 84), 6, 1)
         for k in ks:
             frames = lambda: rng.integers(0, 256, size=(k, 32, 4, 84, 84), dtype=np.uint8)  # noqa: E731
-            batch = Batch(frames(), rng.integers(0, 6, (k, 32)).astype(np.int32),
-                          rng.choice([-1.0, 0.0, 1.0], (k, 32)).astype(np.float32), frames(), np.zeros((k, 32), bool),
-                          np.zeros((k, 32), bool))
+            batch = Batch(
+                frames(),
+                rng.integers(0, 6, (k, 32)).astype(np.int32),
+                rng.choice([-1.0, 0.0, 1.0], (k, 32)).astype(np.float32),
+                frames(),
+                np.zeros((k, 32), bool),
+                np.zeros((k, 32), bool),
+            )
             variants[precision, k] = (learner, batch)
             learner.run_updates(batch, 1e-4)  # trace and warm up this K
     rates = {key: [] for key in variants}
@@ -129,8 +141,10 @@ def cnn_update_rates(seconds: float, rounds: int, precisions: list[str], ks: tup
         for key, (learner, batch) in variants.items():
             rates[key].append(rate(lambda: learner.run_updates(batch, 1e-4), seconds, per_call=key[1]))
     for (precision, k), values in rates.items():
-        print(f"Nature CNN updates/s, batch 32, {precision}, K = {k} update(s) per call: median "
-              f"{np.median(values):,.1f}, best {max(values):,.1f} ({rounds} rounds)")
+        print(
+            f"Nature CNN updates/s, batch 32, {precision}, K = {k} update(s) per call: median "
+            f"{np.median(values):,.1f}, best {max(values):,.1f} ({rounds} rounds)"
+        )
 
 
 def replay_memory(capacity: int) -> None:
@@ -155,10 +169,14 @@ print(total / replay.capacity, total, before, after, peak)
 """
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
     per, nbytes, before, after, peak = (float(x) for x in out[-5:])
-    print(f"bytes per stored transition (frame replay + discount column): {per:,.1f}; "
-          f"1M transitions: {per * 1e6 / 1e9:.2f} GB")
-    print(f"{capacity:,}-transition frame replay, filled: arrays {nbytes / 1e6:,.0f} MB; process RSS "
-          f"{before / 1e6:,.0f} MB before allocating, {after / 1e6:,.0f} MB filled, peak {peak / 1e6:,.0f} MB")
+    print(
+        f"bytes per stored transition (frame replay + discount column): {per:,.1f}; "
+        f"1M transitions: {per * 1e6 / 1e9:.2f} GB"
+    )
+    print(
+        f"{capacity:,}-transition frame replay, filled: arrays {nbytes / 1e6:,.0f} MB; process RSS "
+        f"{before / 1e6:,.0f} MB before allocating, {after / 1e6:,.0f} MB filled, peak {peak / 1e6:,.0f} MB"
+    )
 
 
 def train_rate(steps: int) -> None:
@@ -167,18 +185,34 @@ def train_rate(steps: int) -> None:
     import tempfile
 
     run_dir = Path(tempfile.mkdtemp(prefix="hvd-dqn-atari-bench-")) / "run"
-    cmd = [sys.executable, "-m", "hvd_dqn.cli", "train", "--config", str(ROOT / "configs" / "pong.yaml"),
-           "--run-dir", str(run_dir)]
-    for override in (f"total_env_steps={steps}", f"learning_starts={steps // 3}", "replay_capacity=20000",
-                     f"eval_every={10 * steps}", "eval_episodes=1", "max_episode_frames=2000",
-                     f"log_every={steps // 3}"):
+    cmd = [
+        sys.executable,
+        "-m",
+        "hvd_dqn.cli",
+        "train",
+        "--config",
+        str(ROOT / "configs" / "pong.yaml"),
+        "--run-dir",
+        str(run_dir),
+    ]
+    for override in (
+        f"total_env_steps={steps}",
+        f"learning_starts={steps // 3}",
+        "replay_capacity=20000",
+        f"eval_every={10 * steps}",
+        "eval_episodes=1",
+        "max_episode_frames=2000",
+        f"log_every={steps // 3}",
+    ):
         cmd += ["--set", override]
     subprocess.run(cmd, check=True, capture_output=True, env=dict(os.environ, PYTHONPATH=str(ROOT)), cwd=ROOT)
     rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     learning = rows[1]  # the second third of the run: all learning, no evaluation
-    print(f"whole loop, 1 rank, pong.yaml (1 update per 4 env steps, 1 env), while learning: "
-          f"{learning['perf/env_steps_per_s']:,.0f} env steps/s, {learning['perf/updates_per_s']:,.1f} updates/s "
-          f"(env steps {rows[0]['env_steps']:,}-{learning['env_steps']:,})")
+    print(
+        f"whole loop, 1 rank, pong.yaml (1 update per 4 env steps, 1 env), while learning: "
+        f"{learning['perf/env_steps_per_s']:,.0f} env steps/s, {learning['perf/updates_per_s']:,.1f} updates/s "
+        f"(env steps {rows[0]['env_steps']:,}-{learning['env_steps']:,})"
+    )
 
 
 def main() -> None:
@@ -188,8 +222,12 @@ def main() -> None:
     ap.add_argument("--replay", type=int, default=100_000, help="transitions in the memory measurement")
     ap.add_argument("--train-steps", type=int, default=3000, help="env steps of the whole-loop run (0: skip)")
     ap.add_argument("--rounds", type=int, default=5, help="interleaved rounds of the CNN precision/K comparison")
-    ap.add_argument("--precisions", nargs="*", default=None,
-                    help="mixed-precision policies to time besides float32 (default: those this machine runs fast)")
+    ap.add_argument(
+        "--precisions",
+        nargs="*",
+        default=None,
+        help="mixed-precision policies to time besides float32 (default: those this machine runs fast)",
+    )
     ap.add_argument("--cnn-only", action="store_true", help="only the CNN precision/K comparison")
     args = ap.parse_args()
     print(f"load average before: {os.getloadavg()[0]:.2f}; {os.cpu_count()} CPUs")
@@ -202,8 +240,10 @@ def main() -> None:
     replay_memory(args.replay)
     learner_rates(args.seconds)
     cnn_update_rates(args.seconds / 2, args.rounds, precisions)
-    print(f"peak RSS of this process (TensorFlow, CNN, a 20k replay): "
-          f"{resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / 1e6:,.0f} MB")
+    print(
+        f"peak RSS of this process (TensorFlow, CNN, a 20k replay): "
+        f"{resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / 1e6:,.0f} MB"
+    )
     if args.train_steps:
         train_rate(args.train_steps)
     print(f"load average after: {os.getloadavg()[0]:.2f}")

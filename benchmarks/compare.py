@@ -9,6 +9,7 @@ One job at a time (a 2-core machine measures nothing useful with two at once). E
 to ``--results`` as one JSON line, so an interrupted comparison keeps what it measured; ``--table`` only
 prints the table of a results file. np=2 runs use horovodrun with MPI and OMPI_MCA_mpi_yield_when_idle=1.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -23,10 +24,12 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
-CONFIGS = {"cartpole": ROOT / "benchmarks" / "configs" / "cartpole.yaml",
-           "acrobot": ROOT / "benchmarks" / "configs" / "acrobot.yaml",
-           # kept for the rows it produced: plain DQN never left -200 in 60k steps (docs/algorithms.md)
-           "mountaincar": ROOT / "benchmarks" / "configs" / "mountaincar.yaml"}
+CONFIGS = {
+    "cartpole": ROOT / "benchmarks" / "configs" / "cartpole.yaml",
+    "acrobot": ROOT / "benchmarks" / "configs" / "acrobot.yaml",
+    # kept for the rows it produced: plain DQN never left -200 in 60k steps (docs/algorithms.md)
+    "mountaincar": ROOT / "benchmarks" / "configs" / "mountaincar.yaml",
+}
 
 # variant -> (ranks, --set overrides). The first five change one thing against "plain" (np=1); "apex-eps"
 # needs several actors, so it is compared with "sync-np2"; "fedavg-np2" is 2 ranks averaging weights every
@@ -47,8 +50,16 @@ VARIANTS = {
 def run_one(task: str, variant: str, seed: int, out: Path) -> dict:
     ranks, overrides = VARIANTS[variant]
     run_dir = out / f"{task}-{variant}-seed{seed}"
-    cmd = [str(BIN / "hvd-dqn"), "train", "--config", str(CONFIGS[task]), "--run-dir", str(run_dir),
-           "--set", f"seed={seed}"]
+    cmd = [
+        str(BIN / "hvd-dqn"),
+        "train",
+        "--config",
+        str(CONFIGS[task]),
+        "--run-dir",
+        str(run_dir),
+        "--set",
+        f"seed={seed}",
+    ]
     for o in overrides:
         cmd += ["--set", o]
     if ranks > 1:
@@ -58,19 +69,31 @@ def run_one(task: str, variant: str, seed: int, out: Path) -> dict:
     t0 = time.perf_counter()
     subprocess.run(cmd, check=True, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     summary = json.loads((run_dir / "summary.json").read_text())
-    return {"task": task, "variant": variant, "seed": seed, "ranks": ranks, "overrides": overrides,
-            "solved_env_steps": summary["solved_env_steps"], "solved_wall_s": summary["solved_wall_s"],
-            "final_eval": summary["final_eval_return_mean"], "wall_s": summary["wall_s"],
-            "process_s": time.perf_counter() - t0, "updates": summary["updates"],
-            "load_before": load, "load_after": os.getloadavg(),
-            "replicas_equal": len(set(summary["replica_checksums"])) == 1}
+    return {
+        "task": task,
+        "variant": variant,
+        "seed": seed,
+        "ranks": ranks,
+        "overrides": overrides,
+        "solved_env_steps": summary["solved_env_steps"],
+        "solved_wall_s": summary["solved_wall_s"],
+        "final_eval": summary["final_eval_return_mean"],
+        "wall_s": summary["wall_s"],
+        "process_s": time.perf_counter() - t0,
+        "updates": summary["updates"],
+        "load_before": load,
+        "load_after": os.getloadavg(),
+        "replicas_equal": len(set(summary["replica_checksums"])) == 1,
+    }
 
 
 def table(rows: list[dict]) -> str:
     """One markdown row per (task, variant): medians over seeds, solved count, mean final return."""
-    out = ["| task | variant | ranks | solved | env steps to threshold (median) | time to threshold, s (median) "
-           "| final greedy return (mean ± sd) | wall s (median) | load avg (1 min, range) |",
-           "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+    out = [
+        "| task | variant | ranks | solved | env steps to threshold (median) | time to threshold, s (median) "
+        "| final greedy return (mean ± sd) | wall s (median) | load avg (1 min, range) |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
     keys = []
     for r in rows:
         if (r["task"], r["variant"]) not in keys:
@@ -80,14 +103,17 @@ def table(rows: list[dict]) -> str:
         solved = [r for r in rs if r["solved_env_steps"] is not None]
         # unsolved seeds count as infinitely slow, so a median over all seeds is honest about failures
         med = lambda k, f: (lambda v: "never" if v == float("inf") else format(v, f))(  # noqa: E731
-            statistics.median([r[k] if r[k] is not None else float("inf") for r in rs]))
+            statistics.median([r[k] if r[k] is not None else float("inf") for r in rs])
+        )
         finals = [r["final_eval"] for r in rs]
         sd = statistics.stdev(finals) if len(finals) > 1 else 0.0
         loads = [r["load_before"][0] for r in rs] + [r["load_after"][0] for r in rs]
-        out.append(f"| {task} | {variant} | {rs[0]['ranks']} | {len(solved)}/{len(rs)} "
-                   f"| {med('solved_env_steps', '.0f')} "
-                   f"| {med('solved_wall_s', '.1f')} | {statistics.mean(finals):.1f} ± {sd:.1f} "
-                   f"| {statistics.median(r['wall_s'] for r in rs):.1f} | {min(loads):.2f}-{max(loads):.2f} |")
+        out.append(
+            f"| {task} | {variant} | {rs[0]['ranks']} | {len(solved)}/{len(rs)} "
+            f"| {med('solved_env_steps', '.0f')} "
+            f"| {med('solved_wall_s', '.1f')} | {statistics.mean(finals):.1f} ± {sd:.1f} "
+            f"| {statistics.median(r['wall_s'] for r in rs):.1f} | {min(loads):.2f}-{max(loads):.2f} |"
+        )
     return "\n".join(out)
 
 

@@ -27,6 +27,7 @@ Not asv or pytest-benchmark: both time code inside one Python process, where a r
 processes under a launcher; pytest-benchmark compares against runs saved earlier, not interleaved with the one in
 hand, and asv builds an environment per commit (a Horovod build each) to time revisions.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -68,13 +69,18 @@ def _on_signal(signum, frame):
 def checkout(rev: str, into: Path) -> tuple[Path, str]:
     """``rev``'s hvd_dqn package extracted into ``into``, and its short hash; a one-line error for an unknown
     revision."""
-    found = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--verify", "--quiet", "--short",
-                            f"{rev}^{{commit}}"], capture_output=True, text=True, check=False)
+    found = subprocess.run(
+        ["git", "-C", str(ROOT), "rev-parse", "--verify", "--quiet", "--short", f"{rev}^{{commit}}"],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
     if found.returncode != 0:
         sys.exit(f"loop_speed: error: {rev!r} is not a git revision of {ROOT}")
     into.mkdir(parents=True)
-    archive = subprocess.Popen(["git", "-C", str(ROOT), "archive", found.stdout.strip(), "hvd_dqn"],
-                               stdout=subprocess.PIPE)
+    archive = subprocess.Popen(
+        ["git", "-C", str(ROOT), "archive", found.stdout.strip(), "hvd_dqn"], stdout=subprocess.PIPE
+    )
     subprocess.run(["tar", "-x", "-C", str(into)], stdin=archive.stdout, check=True)
     if archive.wait() != 0:
         sys.exit(f"loop_speed: error: git archive {rev} hvd_dqn failed")
@@ -99,9 +105,15 @@ def run_once(code: Path, np_: int, config: Path, run_dir: Path, overrides: list[
     start = time.monotonic()
     with open(log_path, "wb") as log:
         # its own session, in a neutral directory: nothing of this checkout is imported by the side under test
-        proc = subprocess.Popen(command(np_, config, run_dir, overrides), env=env, stdout=log,
-                                stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True,
-                                cwd=run_dir.parent)
+        proc = subprocess.Popen(
+            command(np_, config, run_dir, overrides),
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+            cwd=run_dir.parent,
+        )
     _sessions.add(proc.pid)
     try:
         status, usage = _wait(proc.pid, start + timeout_s)
@@ -119,10 +131,19 @@ def run_once(code: Path, np_: int, config: Path, run_dir: Path, overrides: list[
     rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line.strip()]
     rows = [r for r in rows if "event" not in r]
     first, last = rows[0], rows[-1]
-    steady = (last["env_steps"] - first["env_steps"]) / (last["wall_s"] - first["wall_s"]) \
-        if last["wall_s"] > first["wall_s"] else None
-    return {**result, "wall_s": summary["wall_s"], "first_row_s": first["wall_s"], "steps_per_s": steady,
-            "checksums": summary["replica_checksums"], "env_steps": summary["env_steps"]}
+    steady = (
+        (last["env_steps"] - first["env_steps"]) / (last["wall_s"] - first["wall_s"])
+        if last["wall_s"] > first["wall_s"]
+        else None
+    )
+    return {
+        **result,
+        "wall_s": summary["wall_s"],
+        "first_row_s": first["wall_s"],
+        "steps_per_s": steady,
+        "checksums": summary["replica_checksums"],
+        "env_steps": summary["env_steps"],
+    }
 
 
 def _wait(pid: int, deadline: float):
@@ -148,8 +169,10 @@ def report(results: dict, sides: list[str], world_sizes: list[int]) -> None:
     """min / median / max per side and the median of the per-round ratios of the working tree (the last side) to
     each revision, as markdown tables; the checksums."""
     tree, revs = sides[-1], sides[:-1]
-    print("\nmin / median / max per side; tree/rev: the median of the per-round ratios of the working tree's figure "
-          "to the revision's")
+    print(
+        "\nmin / median / max per side; tree/rev: the median of the per-round ratios of the working tree's figure "
+        "to the revision's"
+    )
     print("| np | figure | " + " | ".join(sides) + " | " + " | ".join(f"tree/{rev}" for rev in revs) + " |")
     print("| --- " * (2 + len(sides) + len(revs)) + "|")
     for np_ in world_sizes:
@@ -157,29 +180,51 @@ def report(results: dict, sides: list[str], world_sizes: list[int]) -> None:
             cells = []
             for side in sides:
                 values = [r[fig] for r in results[(side, np_)] if r.get(fig) is not None]
-                cells.append(" / ".join(_fmt(v) for v in (min(values), statistics.median(values), max(values)))
-                             if values else "-")
+                cells.append(
+                    " / ".join(_fmt(v) for v in (min(values), statistics.median(values), max(values)))
+                    if values
+                    else "-"
+                )
             for rev in revs:
-                ratios = [b[fig] / a[fig] for a, b in zip(results[(rev, np_)], results[(tree, np_)])
-                          if a.get(fig) and b.get(fig) is not None]
+                ratios = [
+                    b[fig] / a[fig]
+                    for a, b in zip(results[(rev, np_)], results[(tree, np_)])
+                    if a.get(fig) and b.get(fig) is not None
+                ]
                 cells.append(f"{statistics.median(ratios):.2f}" if ratios else "-")
             print(f"| {np_} | {fig} | " + " | ".join(cells) + " |")
     for np_ in world_sizes:
-        sums = {side: sorted({tuple(r["checksums"]) for r in results[(side, np_)] if "checksums" in r})
-                for side in sides}
+        sums = {
+            side: sorted({tuple(r["checksums"]) for r in results[(side, np_)] if "checksums" in r}) for side in sides
+        }
         print(f"np={np_} replica checksums: " + "; ".join(f"{side} {sums[side]}" for side in sides))
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--rev", dest="revs", nargs="+", required=True,
-                    help="the git revisions to time against this working tree (each is a side of its own)")
+    ap.add_argument(
+        "--rev",
+        dest="revs",
+        nargs="+",
+        required=True,
+        help="the git revisions to time against this working tree (each is a side of its own)",
+    )
     ap.add_argument("--np", dest="world_sizes", type=int, nargs="+", default=[1, 2], help="world sizes (default 1 2)")
     ap.add_argument("--rounds", type=int, default=2, help="runs of each side and world size (default 2)")
-    ap.add_argument("--config", type=Path, default=ROOT / "configs" / "cartpole.yaml",
-                    help="the config every side trains (default configs/cartpole.yaml of this tree)")
-    ap.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                    help="a config override for every side (repeatable), e.g. seed=31")
+    ap.add_argument(
+        "--config",
+        type=Path,
+        default=ROOT / "configs" / "cartpole.yaml",
+        help="the config every side trains (default configs/cartpole.yaml of this tree)",
+    )
+    ap.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="a config override for every side (repeatable), e.g. seed=31",
+    )
     ap.add_argument("--timeout", type=float, default=1800.0, help="seconds one run may take (default 1800)")
     ap.add_argument("--out", type=Path, help="append one JSON line per run to this file")
     ap.add_argument("--keep", action="store_true", help="keep the run dirs and logs (printed at the end)")
@@ -196,12 +241,16 @@ def main() -> None:
     for n, rev in enumerate(args.revs):
         path, short = checkout(rev, work / f"rev{n}")
         code[rev if rev == short else f"{rev} ({short})"] = path
-    head = subprocess.run(["git", "-C", str(ROOT), "describe", "--always", "--dirty"], capture_output=True,
-                          text=True, check=False).stdout.strip()
+    head = subprocess.run(
+        ["git", "-C", str(ROOT), "describe", "--always", "--dirty"], capture_output=True, text=True, check=False
+    ).stdout.strip()
     code[f"tree ({head})"] = ROOT
     sides = list(code)
-    print(f"sides: {', '.join(sides)}; config {args.config}, overrides {args.overrides or 'none'}; "
-          f"{os.cpu_count()} cores", flush=True)
+    print(
+        f"sides: {', '.join(sides)}; config {args.config}, overrides {args.overrides or 'none'}; "
+        f"{os.cpu_count()} cores",
+        flush=True,
+    )
     results = {(side, n): [] for side in sides for n in args.world_sizes}
     try:
         for rnd in range(args.rounds):
@@ -215,8 +264,9 @@ def main() -> None:
                         with open(args.out, "a") as out:
                             out.write(json.dumps({"side": side, "np": np_, "round": rnd + 1, **res}) + "\n")
                     figures = " ".join(f"{f} {_fmt(res.get(f))}" for f in FIGURES)
-                    extra = f" checksums {res['checksums']}" if "checksums" in res else \
-                        f" {res['error']}: {res['tail']}"
+                    extra = (
+                        f" checksums {res['checksums']}" if "checksums" in res else f" {res['error']}: {res['tail']}"
+                    )
                     print(f"round {rnd + 1} np={np_} {side}: load {res['load']:.2f} | {figures} |{extra}", flush=True)
         report(results, sides, args.world_sizes)
     except KeyboardInterrupt as exc:

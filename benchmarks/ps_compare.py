@@ -13,6 +13,7 @@ learning (the HVD_DQN_SLOW_RANK test hook): a synchronous update waits for it, a
 Federated averaging runs every 16 local updates with scaling strong (it refuses the other rules). One job at a
 time, every launch with horovodrun --mpi; each finished run is appended to ``--results`` as one JSON line.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -37,8 +38,7 @@ MODES = {
 }
 
 
-def run_one(task: str, mode: str, ranks: int, seed: int, straggler: float | None, extra: list[str],
-            out: Path) -> dict:
+def run_one(task: str, mode: str, ranks: int, seed: int, straggler: float | None, extra: list[str], out: Path) -> dict:
     np_of, overrides = MODES[mode]
     n = np_of(ranks)
     run_dir = out / f"{task}-{mode}-n{ranks}-s{seed}"
@@ -56,29 +56,45 @@ def run_one(task: str, mode: str, ranks: int, seed: int, straggler: float | None
         raise SystemExit(f"{task} {mode} N={ranks} seed {seed} failed ({proc.returncode}):\n{proc.stderr[-2000:]}")
     s = json.loads((run_dir / "summary.json").read_text())
     threshold = s["reward_threshold"]
-    return {"task": task, "mode": mode, "ranks": ranks, "launched_np": n, "seed": seed, "straggler": straggler,
-            "extra": extra, "date": time.strftime("%Y-%m-%d", time.gmtime(start)),
-            "updates_per_s": s["updates_per_s"], "env_steps_per_s": s["env_steps_per_s"],
-            "solved_env_steps": s["solved_env_steps"],
-            "held": threshold is not None and (s["final_eval_return_mean"] or float("-inf")) >= threshold,
-            "ps_staleness_max": s.get("ps_staleness_max"), "ps_rejected": s.get("ps_rejected")}
+    return {
+        "task": task,
+        "mode": mode,
+        "ranks": ranks,
+        "launched_np": n,
+        "seed": seed,
+        "straggler": straggler,
+        "extra": extra,
+        "date": time.strftime("%Y-%m-%d", time.gmtime(start)),
+        "updates_per_s": s["updates_per_s"],
+        "env_steps_per_s": s["env_steps_per_s"],
+        "solved_env_steps": s["solved_env_steps"],
+        "held": threshold is not None and (s["final_eval_return_mean"] or float("-inf")) >= threshold,
+        "ps_staleness_max": s.get("ps_staleness_max"),
+        "ps_rejected": s.get("ps_rejected"),
+    }
 
 
 def table(rows: list[dict]) -> str:
-    lines = ["| task | N | straggler | mode | updates/s | env steps/s | env steps to threshold (median) | solved "
-             "| held |",
-             "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
-    keys = sorted({(r["task"], r["ranks"], r["straggler"] or 0, r["mode"]) for r in rows},
-                  key=lambda k: (k[0], k[1], k[2], list(MODES).index(k[3])))
+    lines = [
+        "| task | N | straggler | mode | updates/s | env steps/s | env steps to threshold (median) | solved | held |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    keys = sorted(
+        {(r["task"], r["ranks"], r["straggler"] or 0, r["mode"]) for r in rows},
+        key=lambda k: (k[0], k[1], k[2], list(MODES).index(k[3])),
+    )
     for task, ranks, straggler, mode in keys:
-        group = [r for r in rows if (r["task"], r["ranks"], r["straggler"] or 0, r["mode"]) ==
-                 (task, ranks, straggler, mode)]
+        group = [
+            r for r in rows if (r["task"], r["ranks"], r["straggler"] or 0, r["mode"]) == (task, ranks, straggler, mode)
+        ]
         solved = [r["solved_env_steps"] for r in group if r["solved_env_steps"] is not None]
-        lines.append(f"| {task} | {ranks} | {straggler or '-'} | {mode} "
-                     f"| {statistics.median(r['updates_per_s'] for r in group):.0f} "
-                     f"| {statistics.median(r['env_steps_per_s'] for r in group):.0f} "
-                     f"| {statistics.median(solved) if solved else '-'} "
-                     f"| {len(solved)}/{len(group)} | {sum(r['held'] for r in group)}/{len(group)} |")
+        lines.append(
+            f"| {task} | {ranks} | {straggler or '-'} | {mode} "
+            f"| {statistics.median(r['updates_per_s'] for r in group):.0f} "
+            f"| {statistics.median(r['env_steps_per_s'] for r in group):.0f} "
+            f"| {statistics.median(solved) if solved else '-'} "
+            f"| {len(solved)}/{len(group)} | {sum(r['held'] for r in group)}/{len(group)} |"
+        )
     return "\n".join(lines)
 
 

@@ -8,6 +8,7 @@ longer draw (priority 0), and a histogram of draws per slot. Asserts nothing.
 
 One process (world size 1); the run dir is a temporary directory, removed at the end.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -45,11 +46,23 @@ def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--config", default=str(ROOT / "configs" / "roadrunner-100k.yaml"))
     p.add_argument("--steps", type=int, default=6000, help="total env steps of the run")
-    p.add_argument("--set", action="append", default=["prioritized_replay=true", "n_step=3"],
-                   help="config overrides KEY=VALUE (default: prioritized_replay=true, n_step=3)")
+    p.add_argument(
+        "--set",
+        action="append",
+        default=["prioritized_replay=true", "n_step=3"],
+        help="config overrides KEY=VALUE (default: prioritized_replay=true, n_step=3)",
+    )
     args = p.parse_args(argv)
-    config = Config.from_yaml(args.config, [*args.set, f"total_env_steps={args.steps}", f"eval_every={args.steps}",
-                                            "eval_episodes=1", f"log_every={args.steps}"])
+    config = Config.from_yaml(
+        args.config,
+        [
+            *args.set,
+            f"total_env_steps={args.steps}",
+            f"eval_every={args.steps}",
+            "eval_episodes=1",
+            f"log_every={args.steps}",
+        ],
+    )
     counter = CountDraws()
     with tempfile.TemporaryDirectory() as tmp:
         Trainer(config, run_dir=Path(tmp) / "run", callbacks=[counter]).train()
@@ -60,13 +73,19 @@ def main(argv=None) -> None:
     zeroed = int(np.count_nonzero(shard.tree.get(complete) == 0)) if shard.tree is not None else 0
     print(f"config {args.config} {' '.join(args.set)}, {args.steps} env steps")
     print(f"draws: {int(counts.sum())} in all; complete transitions in replay: {len(complete)}")
-    print(f"complete transitions ever sampled: {len(drawn)} ({len(drawn) / max(1, len(complete)):.1%}); "
-          f"at priority 0 (never drawn again): {zeroed}")
+    print(
+        f"complete transitions ever sampled: {len(drawn)} ({len(drawn) / max(1, len(complete)):.1%}); "
+        f"at priority 0 (never drawn again): {zeroed}"
+    )
     edges = [0, 1, 2, 5, 10, 20, 50, 100, 10**9]
     hist = np.histogram(counts[complete], bins=edges)[0]
-    print("draws per complete transition: " + ", ".join(
-        f"{lo}{'' if hi - lo == 1 else f'-{hi - 1}' if hi < 10**9 else '+'}: {n}"
-        for lo, hi, n in zip(edges[:-1], edges[1:], hist)))
+    print(
+        "draws per complete transition: "
+        + ", ".join(
+            f"{lo}{'' if hi - lo == 1 else f'-{hi - 1}' if hi < 10**9 else '+'}: {n}"
+            for lo, hi, n in zip(edges[:-1], edges[1:], hist)
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -13,6 +13,7 @@ to ``--results`` (default OUT/scaling.jsonl) as one JSON line; a run already the
 seed) is not run again, so a killed screen resumes where it stopped, and ``--table-only`` tabulates a results
 file. Runs are grouped in the table by config and overrides.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -36,10 +37,15 @@ def read_run(run_dir: Path) -> dict:
     summary = json.loads((run_dir / "summary.json").read_text())
     rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line.strip()]
     return {
-        "trainer_threshold": summary["reward_threshold"], "final_eval": summary["final_eval_return_mean"],
-        "evals": [[r["env_steps"], r["eval_return_mean"], r["updates"], r["wall_s"]]
-                  for r in rows if r.get("eval_return_mean") is not None],
-        "updates": summary["updates"], "wall_s": summary["wall_s"],
+        "trainer_threshold": summary["reward_threshold"],
+        "final_eval": summary["final_eval_return_mean"],
+        "evals": [
+            [r["env_steps"], r["eval_return_mean"], r["updates"], r["wall_s"]]
+            for r in rows
+            if r.get("eval_return_mean") is not None
+        ],
+        "updates": summary["updates"],
+        "wall_s": summary["wall_s"],
         "replicas_equal": len(set(summary["replica_checksums"])) == 1,
         "replica_checksum": summary["replica_checksums"][0],
     }
@@ -50,12 +56,22 @@ def judge(run: dict, threshold: float | None) -> dict:
     ``threshold`` None: the one the trainer used (the config's reward_threshold, else the env spec's)."""
     threshold = run["trainer_threshold"] if threshold is None else threshold
     if threshold is None:  # an env with no threshold (MinAtar) and none given: nothing counts as solved
-        return {"threshold": None, "solved_env_steps": None, "solved_updates": None, "solved_wall_s": None,
-                "held": False}
+        return {
+            "threshold": None,
+            "solved_env_steps": None,
+            "solved_updates": None,
+            "solved_wall_s": None,
+            "held": False,
+        }
     hit = next((e for e in run["evals"] if e[1] >= threshold), None)
     final = run["final_eval"]
-    return {"threshold": threshold, "solved_env_steps": hit and hit[0], "solved_updates": hit and hit[2],
-            "solved_wall_s": hit and hit[3], "held": final is not None and final >= threshold}
+    return {
+        "threshold": threshold,
+        "solved_env_steps": hit and hit[0],
+        "solved_updates": hit and hit[2],
+        "solved_wall_s": hit and hit[3],
+        "held": final is not None and final >= threshold,
+    }
 
 
 def _without_rule(overrides) -> tuple:
@@ -65,9 +81,15 @@ def _without_rule(overrides) -> tuple:
 def reference_final(rows: list[dict], config: str, overrides) -> float | None:
     """The median final evaluation of the N = 1 runs of ``config`` with these overrides but any scaling rule (at
     N = 1 every rule is the config as written, bit for bit); None if there are none."""
-    finals = [r["final_eval"] for r in rows if "failed" not in r and r["np"] == 1
-              and config_name(r["config"]) == config_name(config) and r["final_eval"] is not None
-              and _without_rule(r["overrides"]) == _without_rule(overrides)]
+    finals = [
+        r["final_eval"]
+        for r in rows
+        if "failed" not in r
+        and r["np"] == 1
+        and config_name(r["config"]) == config_name(config)
+        and r["final_eval"] is not None
+        and _without_rule(r["overrides"]) == _without_rule(overrides)
+    ]
     return statistics.median(finals) if finals else None
 
 
@@ -87,15 +109,18 @@ def run_one(config: Path, np_: int, seed: int, overrides: list[str], out: Path, 
     while run_dir.exists():  # never train into (or delete) a dir this invocation did not create
         run_dir = run_dir.with_name(f"{run_dir.name.rsplit('~', 1)[0]}~{n}")
         n += 1
-    cmd = [str(BIN / "hvd-dqn"), "train", "--config", str(config), "--run-dir", str(run_dir),
-           "--set", f"seed={seed}"]
+    cmd = [str(BIN / "hvd-dqn"), "train", "--config", str(config), "--run-dir", str(run_dir), "--set", f"seed={seed}"]
     for o in overrides:
         cmd += ["--set", o]
     if np_ > 1:
         # -H localhost:N gives N slots, so mpirun oversubscribes the 2 cores without complaint
         cmd = [str(BIN / "horovodrun"), "-np", str(np_), "--mpi", "-H", f"localhost:{np_}"] + cmd
-    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", OMPI_MCA_mpi_yield_when_idle="1",
-               PYTHONPATH=os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH")) if p))
+    env = dict(
+        os.environ,
+        TF_CPP_MIN_LOG_LEVEL="3",
+        OMPI_MCA_mpi_yield_when_idle="1",
+        PYTHONPATH=os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH")) if p),
+    )
     if np_ > (os.cpu_count() or 1):
         # more ranks than cores: each rank's Horovod thread waking every 0.1 ms (hvd_dqn's default) takes the
         # cores from the ranks that compute; the gradients are one grouped allreduce, so the numbers are the same
@@ -104,8 +129,9 @@ def run_one(config: Path, np_: int, seed: int, overrides: list[str], out: Path, 
     t0 = time.perf_counter()
     # a session of its own: a timeout, Ctrl-C or SIGTERM ends horovodrun, mpirun and every rank together (SIGTERM
     # to horovodrun alone would leave mpirun and the ranks running)
-    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-                            start_new_session=True)
+    proc = subprocess.Popen(
+        cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, start_new_session=True
+    )
     try:
         _, err = proc.communicate(timeout=timeout)
     except BaseException:
@@ -113,9 +139,17 @@ def run_one(config: Path, np_: int, seed: int, overrides: list[str], out: Path, 
         proc.wait()
         raise
     process_s = time.perf_counter() - t0
-    base = {"config": str(config), "overrides": list(overrides), "np": np_, "seed": seed, "run_dir": str(run_dir),
-            "load_before": load_before, "load_after": os.getloadavg(), "process_s": process_s,
-            "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+    base = {
+        "config": str(config),
+        "overrides": list(overrides),
+        "np": np_,
+        "seed": seed,
+        "run_dir": str(run_dir),
+        "load_before": load_before,
+        "load_after": os.getloadavg(),
+        "process_s": process_s,
+        "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
     if proc.returncode != 0:
         tail = err.strip().splitlines()[-1:] or [""]
         return {**base, "failed": f"exit {proc.returncode}: {tail[0][:300]}"}
@@ -133,16 +167,20 @@ def summarize(rows: list[dict], threshold: float | None = None, final_bar: float
     solved = lambda key: [r[key] if r["solved_env_steps"] is not None else INF for r in done]  # noqa: E731
     loads = [r[k][0] for r in rows for k in ("load_before", "load_after") if r.get(k)]
     return {
-        "runs": len(done), "failed": len(rows) - len(done),
-        "solved": sum(r["solved_env_steps"] is not None for r in done), "held": sum(r["held"] for r in done),
+        "runs": len(done),
+        "failed": len(rows) - len(done),
+        "solved": sum(r["solved_env_steps"] is not None for r in done),
+        "held": sum(r["held"] for r in done),
         "steps_to_threshold": _median(solved("solved_env_steps")),
         "updates_to_threshold": _median(solved("solved_updates")),
         "wall_to_threshold": _median(solved("solved_wall_s")),
-        "wall": _median([r["wall_s"] for r in done]), "updates": _median([r["updates"] for r in done]),
+        "wall": _median([r["wall_s"] for r in done]),
+        "updates": _median([r["updates"] for r in done]),
         "replicas_equal": all(r["replicas_equal"] for r in done),
         "final": _median([r["final_eval"] for r in done if r["final_eval"] is not None]),
-        "final_ok": None if final_bar is None else sum(r["final_eval"] is not None and r["final_eval"] >= final_bar
-                                                       for r in done),
+        "final_ok": None
+        if final_bar is None
+        else sum(r["final_eval"] is not None and r["final_eval"] >= final_bar for r in done),
         "load": (min(loads), max(loads)) if loads else (math.nan, math.nan),
     }
 
@@ -173,25 +211,36 @@ def table(rows: list[dict], threshold: float | None = None, relative: float | No
             threshold = bar
             named = "no N = 1 runs" if ref is None else f"{relative:g} x N = 1's median final {ref:g} = {bar:g}"
         else:
-            found = sorted({t for r in rs if "failed" not in r
-                            for t in [judge(r, threshold)["threshold"]] if t is not None})
+            found = sorted(
+                {t for r in rs if "failed" not in r for t in [judge(r, threshold)["threshold"]] if t is not None}
+            )
             named = ", ".join(format(t, "g") for t in found) or "none"
-        out += ["", f"{Path(config).name} {' '.join('--set ' + o for o in overrides)}".rstrip()
-                + f" (threshold {named})", "",
-                "| N | runs | solved | held at end | final eval (median) | final >= threshold "
-                "| env steps to threshold (median) | x N=1 "
-                "| updates per rank to threshold (median) | x N=1 | updates per rank in the run "
-                "| wall s to threshold (median) | wall s of the run (median) | load avg 1 min (range) |",
-                "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+        out += [
+            "",
+            f"{Path(config).name} {' '.join('--set ' + o for o in overrides)}".rstrip() + f" (threshold {named})",
+            "",
+            "| N | runs | solved | held at end | final eval (median) | final >= threshold "
+            "| env steps to threshold (median) | x N=1 "
+            "| updates per rank to threshold (median) | x N=1 | updates per rank in the run "
+            "| wall s to threshold (median) | wall s of the run (median) | load avg 1 min (range) |",
+            "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+        ]
         by_n = {n: summarize([r for r in rs if r["np"] == n], threshold, bar) for n in sorted({r["np"] for r in rs})}
         base = by_n.get(1)
         if base is None and relative is not None:  # the ratios against the reference runs of another group
-            ref_rows = [r for r in rows if r["np"] == 1 and config_name(r["config"]) == config
-                        and _without_rule(r["overrides"]) == _without_rule(overrides)]
+            ref_rows = [
+                r
+                for r in rows
+                if r["np"] == 1
+                and config_name(r["config"]) == config
+                and _without_rule(r["overrides"]) == _without_rule(overrides)
+            ]
             base = summarize(ref_rows, threshold, bar) if ref_rows else None
         for n, s in by_n.items():
-            ratio = lambda key: _fmt(s[key] / base[key], ".2f") \
-                if base and 0 < base[key] < INF and s[key] < INF else "-"  # noqa: E731
+
+            def ratio(key, s=s, base=base):
+                return _fmt(s[key] / base[key], ".2f") if base and 0 < base[key] < INF and s[key] < INF else "-"
+
             failed = f" ({s['failed']} failed)" if s["failed"] else ""
             final_ok = "-" if s["final_ok"] is None else f"{s['final_ok']}/{s['runs']}"
             out.append(
@@ -200,7 +249,8 @@ def table(rows: list[dict], threshold: float | None = None, relative: float | No
                 f"| {_fmt(s['steps_to_threshold'], ',.0f')} | {ratio('steps_to_threshold')} "
                 f"| {_fmt(s['updates_to_threshold'], ',.0f')} | {ratio('updates_to_threshold')} "
                 f"| {_fmt(s['updates'], ',.0f')} | {_fmt(s['wall_to_threshold'], '.1f')} | {_fmt(s['wall'], '.1f')} "
-                f"| {_load(s['load'])} |")
+                f"| {_load(s['load'])} |"
+            )
             if not s["replicas_equal"]:
                 out[-1] += " replicas differ!"
     return "\n".join(out)
@@ -218,12 +268,21 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--np", type=int, nargs="+", default=[1, 2, 4, 8, 16], dest="nps")
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
     ap.add_argument("--set", action="append", default=[], dest="overrides", metavar="KEY=VALUE")
-    ap.add_argument("--threshold", type=float, default=None,
-                    help="greedy mean return that counts as solved (default: the one the trainer uses, the "
-                         "config's reward_threshold or else the env spec's)")
-    ap.add_argument("--relative", type=float, default=None, metavar="F",
-                    help="the threshold is F times the median final evaluation of N = 1's runs of the same config "
-                         "(any scaling rule: at N = 1 they are one experiment); for envs with no threshold (MinAtar)")
+    ap.add_argument(
+        "--threshold",
+        type=float,
+        default=None,
+        help="greedy mean return that counts as solved (default: the one the trainer uses, the "
+        "config's reward_threshold or else the env spec's)",
+    )
+    ap.add_argument(
+        "--relative",
+        type=float,
+        default=None,
+        metavar="F",
+        help="the threshold is F times the median final evaluation of N = 1's runs of the same config "
+        "(any scaling rule: at N = 1 they are one experiment); for envs with no threshold (MinAtar)",
+    )
     ap.add_argument("--out", type=Path, default=None, help="where the run dirs are kept (default /tmp/hvd-dqn-scaling)")
     ap.add_argument("--results", type=Path, default=None, help="JSONL of every run (default OUT/scaling.jsonl)")
     ap.add_argument("--timeout", type=float, default=3600.0, help="seconds before a run is killed")
@@ -248,8 +307,9 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     config = args.config.resolve()
     out.mkdir(parents=True, exist_ok=True)
-    done = {run_key(r["config"], r["overrides"], r["np"], r["seed"]) for r in read_results(results)
-            if "failed" not in r}
+    done = {
+        run_key(r["config"], r["overrides"], r["np"], r["seed"]) for r in read_results(results) if "failed" not in r
+    }
     print(f"load average before: {os.getloadavg()[0]:.2f}  (run dirs in {out}, results in {results})", flush=True)
     # seeds outer, world sizes inner: a load that comes and goes falls on every N alike
     for seed in args.seeds:
@@ -264,8 +324,11 @@ def main(argv: list[str] | None = None) -> int:
                 continue
             j = judge(row, args.threshold)
             final = "-" if row["final_eval"] is None else f"{row['final_eval']:.1f}"
-            print(f"N={np_} seed={seed}: solved at {j['solved_env_steps']} steps / {j['solved_updates']} updates, "
-                  f"final {final}, {row['wall_s']:.0f} s", flush=True)
+            print(
+                f"N={np_} seed={seed}: solved at {j['solved_env_steps']} steps / {j['solved_updates']} updates, "
+                f"final {final}, {row['wall_s']:.0f} s",
+                flush=True,
+            )
     print(table(read_results(results), args.threshold, args.relative))
     return 0
 

@@ -6,6 +6,7 @@ every update waits for one allreduce of a few kilobytes. Prints figures; asserts
 
 Each configuration runs ``--rounds`` times, interleaved, so a load that comes and goes falls on all of them.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -33,8 +34,14 @@ def worker() -> None:
     rng = np.random.default_rng(world.rank)
     n = 5000
     replay = ReplayBuffer(n, (4,))
-    replay.add(rng.normal(size=(n, 4)).astype(np.float32), rng.integers(0, 2, n), rng.normal(size=n),
-               rng.normal(size=(n, 4)).astype(np.float32), rng.random(n) < 0.1, np.zeros(n, bool))
+    replay.add(
+        rng.normal(size=(n, 4)).astype(np.float32),
+        rng.integers(0, 2, n),
+        rng.normal(size=n),
+        rng.normal(size=(n, 4)).astype(np.float32),
+        rng.random(n) < 0.1,
+        np.zeros(n, bool),
+    )
     learner = Learner(cfg, (4,), 2, world.size)
     learner.broadcast_initial_weights()
     shape = (UPDATES, cfg.batch_size // world.size)

@@ -9,6 +9,7 @@
 3. Loads the export with ``tf.saved_model.load`` alone and plays one greedy episode through its
    ``greedy_action`` signature: the part a serving stack needs, with no hvd_dqn and no Horovod in it.
 """
+
 import argparse
 from pathlib import Path
 
@@ -57,21 +58,28 @@ def main(total_env_steps: int = 30_000, run_dir: str = "runs/embedded") -> None:
     config = Config.from_yaml(Path(__file__).resolve().parents[1] / "configs" / "cartpole.yaml")
     # A shorter run than the shipped experiment; every step count scales with it.
     scale = total_env_steps / config.total_env_steps
-    config = config.replace(total_env_steps=total_env_steps,
-                            learning_starts=max(1, int(config.learning_starts * scale)),
-                            eval_every=max(1, total_env_steps // 4), log_every=max(1, total_env_steps // 4),
-                            eval_episodes=4)
+    config = config.replace(
+        total_env_steps=total_env_steps,
+        learning_starts=max(1, int(config.learning_starts * scale)),
+        eval_every=max(1, total_env_steps // 4),
+        log_every=max(1, total_env_steps // 4),
+        eval_episodes=4,
+    )
     watcher = BestEvaluation()
     trainer = Trainer(config, run_dir=run_dir, callbacks=[watcher])
     summary = trainer.train()
     if not trainer.world.is_chief:
         return
     q_net = trainer.q_network  # a tf_keras model: use it in your own TF code as it is
-    print(f"[my program] trained {summary['updates']} updates; best evaluation {watcher.best[0]:.1f} at "
-          f"{watcher.best[1]} steps; Q(s0) = {[round(float(q), 2) for q in q_net(np.zeros((1, 4), np.float32))[0]]}")
+    print(
+        f"[my program] trained {summary['updates']} updates; best evaluation {watcher.best[0]:.1f} at "
+        f"{watcher.best[1]} steps; Q(s0) = {[round(float(q), 2) for q in q_net(np.zeros((1, 4), np.float32))[0]]}"
+    )
     out = export(run_dir, f"{run_dir}-export")  # beside the run dir: export refuses a place inside it
-    print(f"[my program] served one greedy episode from {out}: return "
-          f"{serve_one_episode(out / 'saved_model', config.env_id):.0f}")
+    print(
+        f"[my program] served one greedy episode from {out}: return "
+        f"{serve_one_episode(out / 'saved_model', config.env_id):.0f}"
+    )
 
 
 if __name__ == "__main__":

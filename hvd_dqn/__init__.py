@@ -3,6 +3,7 @@
 ``from hvd_dqn import Config, Trainer``: TensorFlow and Horovod are imported only when first needed, and our
 models use tf_keras (Keras 2) directly, so importing this package leaves a user's Keras 3 code alone.
 """
+
 from hvd_dqn.callbacks import Callback
 from hvd_dqn.config import Config
 from hvd_dqn.errors import UserError

@@ -1,5 +1,6 @@
 """Acting: the exploration schedule, epsilon-greedy actions for all envs of a rank in one call, and the
 ``Actor`` that steps this rank's envs into its replay shard."""
+
 from __future__ import annotations
 
 from collections.abc import Callable
@@ -15,8 +16,9 @@ from hvd_dqn.schedules import linear_schedule
 def scheduled_epsilon(config, env_steps: int) -> float:
     """The exploration epsilon at ``env_steps`` global env steps: eps_start decaying linearly to eps_end over
     eps_decay_fraction of training."""
-    return linear_schedule(env_steps, config.eps_start, config.eps_end,
-                           config.eps_decay_fraction * config.total_env_steps)
+    return linear_schedule(
+        env_steps, config.eps_start, config.eps_end, config.eps_decay_fraction * config.total_env_steps
+    )
 
 
 def epsilon_greedy(q_values: np.ndarray, epsilon: float | np.ndarray, rng: np.random.Generator) -> np.ndarray:
@@ -75,8 +77,13 @@ class Actor:
     def state_dict(self) -> dict[str, Any]:
         """As exact JSON: the RNG, the envs' own state (None where it cannot be captured, see
         ``hvd_dqn.envstate``), the observations and running returns."""
-        return {"rng": self.rng.bit_generator.state, "envs": envstate.capture(self.envs), "obs": to_json(self.obs),
-                "episode_return": to_json(self.episode_return), "finished_returns": list(self.finished_returns)}
+        return {
+            "rng": self.rng.bit_generator.state,
+            "envs": envstate.capture(self.envs),
+            "obs": to_json(self.obs),
+            "episode_return": to_json(self.episode_return),
+            "finished_returns": list(self.finished_returns),
+        }
 
     def load_state_dict(self, state: dict[str, Any], restart_seeds: list[int]) -> None:
         """Continue where ``state`` stood. Envs whose state was not captured, or cannot be restored, start fresh

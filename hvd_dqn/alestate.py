@@ -13,6 +13,7 @@ Two things ale-py's state leaves out (ale-py 0.12):
 - everything of the C++ ``AtariVectorEnv`` (``atari_vector_env: ale``): its Python bindings are reset, send, recv
   and an XLA handle, so its emulators, no-op RNG, frame stacks and episode counters cannot be read or set.
 """
+
 from __future__ import annotations
 
 import base64

@@ -7,6 +7,7 @@ the policy worth using. It is replaced whole (``rundir.replace_dir``: a new dire
 evaluation beats the best so far, so it costs nothing between evaluations. Every rank tracks the best from the
 gathered evaluation, which is the same on every rank, so the decision needs no collective; rank 0 alone writes.
 """
+
 from __future__ import annotations
 
 import json
@@ -47,8 +48,10 @@ class BestPolicy:
             try:
                 write(self.run_dir, evaluation, save_model)
             except OSError as exc:
-                say(f"hvd-dqn: could not write {self.run_dir / rundir.BEST} ({clip(exc.strerror or str(exc))}); "
-                    f"the best policy so far is kept as it was, training goes on")
+                say(
+                    f"hvd-dqn: could not write {self.run_dir / rundir.BEST} ({clip(exc.strerror or str(exc))}); "
+                    f"the best policy so far is kept as it was, training goes on"
+                )
                 return
         self.evaluation = dict(evaluation)
 
@@ -60,8 +63,11 @@ class BestPolicy:
     def summary(self) -> dict[str, Any]:
         """summary.json's keys naming best/ and its evaluation (None where no evaluation was kept)."""
         e = self.evaluation
-        return {"best_dir": str(self.run_dir / rundir.BEST) if e else None,
-                "best_env_steps": e.get("env_steps"), "best_eval_return_mean": e.get(KEY)}
+        return {
+            "best_dir": str(self.run_dir / rundir.BEST) if e else None,
+            "best_env_steps": e.get("env_steps"),
+            "best_eval_return_mean": e.get(KEY),
+        }
 
 
 def write(run_dir: Path, evaluation: dict[str, Any], save_model: Callable[[Path], None]) -> None:

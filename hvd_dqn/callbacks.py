@@ -5,6 +5,7 @@ Hooks run on EVERY rank, at the same points and with the same arguments (all ran
 evaluation results), so a callback may itself make collectives; ``trainer.world.is_chief`` tells rank 0, for
 side effects that should happen once. An exception in a callback ends the job like any training error.
 """
+
 from __future__ import annotations
 
 from pathlib import Path

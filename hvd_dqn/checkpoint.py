@@ -23,6 +23,7 @@ disk) removes its ``ckpt-N.tmp``. On resume each rank checks the sha256 of the f
 and its own), so an edit that keeps a file's size is refused too; every message about a damaged checkpoint names
 the checkpoint to fall back to.
 """
+
 from __future__ import annotations
 
 import errno
@@ -46,8 +47,18 @@ READABLE_VERSIONS = (1, 2)
 COMPLETE = "COMPLETE"
 MODEL_PREFIX = "model"
 # Config keys that shape the saved state: a checkpoint restores only into a run that agrees on all of them.
-STRUCTURAL_KEYS = ("env_id", "num_envs", "hidden_sizes", "dueling", "replay_capacity", "n_step",
-                   "prioritized_replay", "policy_ema", "optimizer", "frame_stack")
+STRUCTURAL_KEYS = (
+    "env_id",
+    "num_envs",
+    "hidden_sizes",
+    "dueling",
+    "replay_capacity",
+    "n_step",
+    "prioritized_replay",
+    "policy_ema",
+    "optimizer",
+    "frame_stack",
+)
 _NAME = re.compile(r"^ckpt-(\d+)$")
 _RANK_FILE = re.compile(r"^(?:replay-rank(\d+)\.npz|rank(\d+)\.json)$")
 
@@ -80,8 +91,9 @@ def listed(run_dir: Path) -> list[Path]:
     d = checkpoints_dir(run_dir)
     if not d.is_dir():
         return []
-    found = [(int(m.group(1)), p) for p in d.iterdir()
-             if (m := _NAME.match(p.name)) and p.is_dir() and not p.is_symlink()]
+    found = [
+        (int(m.group(1)), p) for p in d.iterdir() if (m := _NAME.match(p.name)) and p.is_dir() and not p.is_symlink()
+    ]
     return [p for _, p in sorted(found)]
 
 
@@ -203,8 +215,11 @@ def fallback(ckpt: Path) -> str:
     ckpt = Path(ckpt)
     m = _NAME.match(ckpt.name)
     step = int(m.group(1)) if m else None
-    older = [p for p in listed(ckpt.parent.parent) if p != ckpt and is_complete(p)
-             and (step is None or int(_NAME.match(p.name).group(1)) < step)]
+    older = [
+        p
+        for p in listed(ckpt.parent.parent)
+        if p != ckpt and is_complete(p) and (step is None or int(_NAME.match(p.name).group(1)) < step)
+    ]
     if older:
         return f"delete it to resume from {older[-1].name}, the next older complete checkpoint"
     return "there is no older complete checkpoint to fall back to"
@@ -217,8 +232,10 @@ def find_for_resume(run_dir: Path) -> Path:
         raise CheckpointError(f"--resume {run_dir}: no such run directory")
     ckpt = latest(run_dir)
     if ckpt is None:
-        raise CheckpointError(f"--resume {run_dir}: no checkpoint in {checkpoints_dir(run_dir)} (nothing to resume; "
-                              "start the run without --resume)")
+        raise CheckpointError(
+            f"--resume {run_dir}: no checkpoint in {checkpoints_dir(run_dir)} (nothing to resume; "
+            "start the run without --resume)"
+        )
     return ckpt
 
 
@@ -233,8 +250,9 @@ def verify(ckpt: Path, rank: int | None = None) -> dict[str, Any]:
         raise damaged(ckpt, f"not an hvd-dqn checkpoint ({COMPLETE} names format {marker.get('format')!r})")
     version = marker.get("version")
     if version not in READABLE_VERSIONS:
-        raise _fail(ckpt, f"format version {version}, this hvd-dqn reads versions "
-                          f"{', '.join(map(str, READABLE_VERSIONS))}")
+        raise _fail(
+            ckpt, f"format version {version}, this hvd-dqn reads versions {', '.join(map(str, READABLE_VERSIONS))}"
+        )
     files = marker.get("files")
     if not isinstance(files, dict):
         raise damaged(ckpt, f"{COMPLETE} is damaged (no file list)")
@@ -245,8 +263,9 @@ def verify(ckpt: Path, rank: int | None = None) -> dict[str, Any]:
         if not path.is_file():
             raise damaged(ckpt, f"{name} is missing")
         if path.stat().st_size != size:
-            raise damaged(ckpt, f"{name} is truncated or altered ({path.stat().st_size} bytes, "
-                                f"the manifest says {size})")
+            raise damaged(
+                ckpt, f"{name} is truncated or altered ({path.stat().st_size} bytes, the manifest says {size})"
+            )
         if sha is not None and _reads(rank, name) and _sha256(path) != sha:
             raise damaged(ckpt, f"{name} is altered or damaged (its sha256 differs from the manifest's)")
     state = _read_json(ckpt, "state.json")
@@ -276,15 +295,19 @@ def peek_state(ckpt: Path) -> dict[str, Any]:
     return data if isinstance(data, dict) else {}
 
 
-def check_compatible(ckpt: Path, state: dict[str, Any], config: dict[str, Any], world_size: int,
-                     resizable: bool = True) -> None:
+def check_compatible(
+    ckpt: Path, state: dict[str, Any], config: dict[str, Any], world_size: int, resizable: bool = True
+) -> None:
     """The run about to resume must have the checkpoint's structural config keys, and its world size unless the
     replay can be dealt out to another number of ranks (``resizable``)."""
     saved_ws = state["world_size"]
     if saved_ws != world_size and not resizable:
-        raise _fail(ckpt, f"written by {saved_ws} ranks, this job has {world_size}: resume with {saved_ws} ranks "
-                          f"(e.g. horovodrun -np {saved_ws}); Atari's frame replay keeps each rank's envs' frames "
-                          f"in rows of its vector steps, which cannot be dealt out to another number of ranks")
+        raise _fail(
+            ckpt,
+            f"written by {saved_ws} ranks, this job has {world_size}: resume with {saved_ws} ranks "
+            f"(e.g. horovodrun -np {saved_ws}); Atari's frame replay keeps each rank's envs' frames "
+            f"in rows of its vector steps, which cannot be dealt out to another number of ranks",
+        )
     saved = state["config"]
     diff = [k for k in STRUCTURAL_KEYS if _norm(saved.get(k)) != _norm(config.get(k))]
     # mixed_float16 adds the loss scale to the optimizer's state; float32 and mixed_bfloat16 save the same variables
@@ -342,4 +365,3 @@ def read_model(ckpt: Path, objects: dict[str, Any]) -> None:
     except (tf.errors.OpError, AssertionError, ValueError) as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise damaged(ckpt, f"model (TF checkpoint) is damaged or from another network ({first[:200]})") from None
-

@@ -4,6 +4,7 @@ Started plainly it is one rank; under horovodrun, mpirun or srun each process is
 User mistakes print one line on stderr and exit 2; no traceback. A run stopped by SIGTERM or SIGUSR1 writes a
 checkpoint and exits 75 (``hvd-dqn train --resume RUN_DIR`` continues it).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -24,28 +25,57 @@ def _parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     train = sub.add_parser("train", help="train a DQN on every rank of the job")
     train.add_argument("--config", help="YAML experiment file (see configs/); with --resume, default: the run's own")
-    train.add_argument("--run-dir",
-                       help="where rank 0 writes metrics, summary and the model (default runs/<env>-<time>)")
-    train.add_argument("--resume", metavar="RUN_DIR",
-                       help="continue the run in RUN_DIR from its newest checkpoint (on any number of ranks, but "
-                            "an Atari run on the number that wrote it)")
-    train.add_argument("--restart", action="store_true",
-                       help="with --run-dir: start afresh there, deleting an earlier run's outputs (only files a run "
-                            "writes: refused if the dir holds anything else, or if a job is using it)")
-    train.add_argument("--elastic", action="store_true",
-                       help="run under horovodrun's elastic mode (--min-np/--max-np/--host-discovery-script): "
-                            "survive workers that die, take in workers that join")
-    train.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                       help="override a config key (repeatable); the value is parsed as YAML")
+    train.add_argument(
+        "--run-dir", help="where rank 0 writes metrics, summary and the model (default runs/<env>-<time>)"
+    )
+    train.add_argument(
+        "--resume",
+        metavar="RUN_DIR",
+        help="continue the run in RUN_DIR from its newest checkpoint (on any number of ranks, but "
+        "an Atari run on the number that wrote it)",
+    )
+    train.add_argument(
+        "--restart",
+        action="store_true",
+        help="with --run-dir: start afresh there, deleting an earlier run's outputs (only files a run "
+        "writes: refused if the dir holds anything else, or if a job is using it)",
+    )
+    train.add_argument(
+        "--elastic",
+        action="store_true",
+        help="run under horovodrun's elastic mode (--min-np/--max-np/--host-discovery-script): "
+        "survive workers that die, take in workers that join",
+    )
+    train.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a config key (repeatable); the value is parsed as YAML",
+    )
 
-    pn = sub.add_parser("plan", help="what a job of N ranks will do for a config, before it runs: per-rank batch, "
-                                     "learning rate, updates and replay memory")
+    pn = sub.add_parser(
+        "plan",
+        help="what a job of N ranks will do for a config, before it runs: per-rank batch, "
+        "learning rate, updates and replay memory",
+    )
     pn.add_argument("--config", required=True, help="YAML experiment file (see configs/)")
     pn.add_argument("--np", dest="world_size", type=int, required=True, metavar="N", help="ranks in the job")
-    pn.add_argument("--ranks-per-host", type=int, metavar="R",
-                    help="ranks sharing one host's memory (default: N, at most this host's cores)")
-    pn.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                    help="override a config key (repeatable); the value is parsed as YAML")
+    pn.add_argument(
+        "--ranks-per-host",
+        type=int,
+        metavar="R",
+        help="ranks sharing one host's memory (default: N, at most this host's cores)",
+    )
+    pn.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a config key (repeatable); the value is parsed as YAML",
+    )
     pn.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
 
     ev = sub.add_parser("evaluate", help="greedy episodes of a trained model (a run dir, an export dir or a .keras)")
@@ -63,16 +93,26 @@ def _parser() -> argparse.ArgumentParser:
     pl = sub.add_parser("plot", help="learning curves of one or more run dirs into a PNG")
     pl.add_argument("run_dirs", metavar="RUN_DIR", nargs="+")
     pl.add_argument("-o", "--output", required=True, metavar="FILE.png")
-    pl.add_argument("--group", action="store_true",
-                    help="one mean curve and min-max band per group of runs (runs of one config: a seed sweep) "
-                         "instead of one line per run")
-    pl.add_argument("--group-by", metavar="KEY", help="with --group: the config key that names a run's group "
-                                                      f"(default {GROUP_KEY}: the config file's name)")
+    pl.add_argument(
+        "--group",
+        action="store_true",
+        help="one mean curve and min-max band per group of runs (runs of one config: a seed sweep) "
+        "instead of one line per run",
+    )
+    pl.add_argument(
+        "--group-by",
+        metavar="KEY",
+        help=f"with --group: the config key that names a run's group (default {GROUP_KEY}: the config file's name)",
+    )
 
     tb = sub.add_parser("table", help="the results of a set of runs, one markdown line per group (e.g. runs/*)")
     tb.add_argument("run_dirs", metavar="RUN_DIR", nargs="*")
-    tb.add_argument("--group-by", metavar="KEY", default=GROUP_KEY,
-                    help=f"the config key that names a run's group (default {GROUP_KEY}: the config file's name)")
+    tb.add_argument(
+        "--group-by",
+        metavar="KEY",
+        default=GROUP_KEY,
+        help=f"the config key that names a run's group (default {GROUP_KEY}: the config file's name)",
+    )
     return parser
 
 
@@ -117,8 +157,10 @@ def _train(args) -> int:
     from hvd_dqn.config import Config
 
     if args.restart and (args.resume is not None or args.run_dir is None or args.elastic):
-        raise UserError("--restart starts a new run in an existing --run-dir: it needs --run-dir, and neither "
-                        "--resume nor --elastic (an elastic job's new rank 0 would delete the job's own checkpoints)")
+        raise UserError(
+            "--restart starts a new run in an existing --run-dir: it needs --run-dir, and neither "
+            "--resume nor --elastic (an elastic job's new rank 0 would delete the job's own checkpoints)"
+        )
     if args.resume is not None:
         if args.run_dir is not None and Path(args.run_dir).resolve() != Path(args.resume).resolve():
             raise UserError("--resume RUN_DIR continues in RUN_DIR; drop --run-dir or give the same directory")
@@ -132,16 +174,19 @@ def _train(args) -> int:
 
     grace_seconds()  # a bad HVD_DQN_TERM_GRACE_S fails here, before Horovod and TensorFlow start
     if args.elastic and config.parameter_server != "none":
-        raise UserError(f"parameter_server: {config.parameter_server} runs a fixed set of ranks around its server; "
-                        "it cannot be combined with --elastic")
+        raise UserError(
+            f"parameter_server: {config.parameter_server} runs a fixed set of ranks around its server; "
+            "it cannot be combined with --elastic"
+        )
     if args.elastic:
         from hvd_dqn.elastic import ElasticTrainer as Trainer
     else:
         from hvd_dqn.trainer import Trainer
 
     try:
-        summary = Trainer(config, run_dir=args.resume or args.run_dir, resume=args.resume is not None,
-                          restart=args.restart).train()
+        summary = Trainer(
+            config, run_dir=args.resume or args.run_dir, resume=args.resume is not None, restart=args.restart
+        ).train()
     except JobRefused:
         # every rank of the job is leaving with 2; a launcher that SIGTERMs the others once the first has exited
         # (horovodrun --gloo) must not turn a rank's 2 into 143, so no rank leaves before all ignore the signals.
@@ -156,9 +201,24 @@ def _train(args) -> int:
             say(f"hvd-dqn: {exc}; continue with: hvd-dqn {again} {exc.checkpoint.parent.parent}")
         return exc.exit_code
     if distributed.world().is_chief:
-        print("hvd-dqn summary: " + json.dumps({k: summary[k] for k in (
-            "world_size", "env_steps", "wall_s", "final_eval_return_mean", "solved_env_steps", "solved_wall_s",
-            "best_env_steps", "best_eval_return_mean")}))
+        print(
+            "hvd-dqn summary: "
+            + json.dumps(
+                {
+                    k: summary[k]
+                    for k in (
+                        "world_size",
+                        "env_steps",
+                        "wall_s",
+                        "final_eval_return_mean",
+                        "solved_env_steps",
+                        "solved_wall_s",
+                        "best_env_steps",
+                        "best_eval_return_mean",
+                    )
+                }
+            )
+        )
     return 0
 
 
@@ -197,8 +257,12 @@ def _plot(args) -> int:
     if args.group_by and not args.group:
         raise UserError("--group-by KEY names the groups of --group: give --group too")
     notes: list[str] = []
-    out = plot_runs([Path(d) for d in args.run_dirs], Path(args.output),
-                    group_by=(args.group_by or GROUP_KEY) if args.group else None, notes=notes)
+    out = plot_runs(
+        [Path(d) for d in args.run_dirs],
+        Path(args.output),
+        group_by=(args.group_by or GROUP_KEY) if args.group else None,
+        notes=notes,
+    )
     for note in notes:
         print(f"hvd-dqn: {note}", file=sys.stderr)
     print(f"wrote {out}")
@@ -264,19 +328,22 @@ def _evaluate(args) -> int:
         with warnings.catch_warnings():  # one wrapper per episode, all into one folder: that is intended
             warnings.filterwarnings("ignore", message=".*Overwriting existing videos")
             # files: seed-<seed>-episode-0.mp4, so each video names the seed that replays it
-            envs = [RecordVideo(e, args.video, name_prefix=f"seed-{s}", episode_trigger=lambda _: True,
-                                disable_logger=True) for s, e in zip(seeds, envs)]
+            envs = [
+                RecordVideo(e, args.video, name_prefix=f"seed-{s}", episode_trigger=lambda _: True, disable_logger=True)
+                for s, e in zip(seeds, envs)
+            ]
     try:
-        returns = run_episodes(env_id, policy.q_fn, seeds, args.epsilon, np.random.default_rng(args.seed),
-                               envs=envs)
+        returns = run_episodes(env_id, policy.q_fn, seeds, args.epsilon, np.random.default_rng(args.seed), envs=envs)
     except gym.error.DependencyNotInstalled as exc:
         raise UserError(f"--video: {exc}") from None
     for env in envs:
         env.close()
     result = summarize(returns)
-    print(f"{env_id}: {result['eval_episodes']} episodes, mean {result['eval_return_mean']:.2f}, "
-          f"std {result['eval_return_std']:.2f}, min {result['eval_return_min']:.2f}, "
-          f"max {result['eval_return_max']:.2f}")
+    print(
+        f"{env_id}: {result['eval_episodes']} episodes, mean {result['eval_return_mean']:.2f}, "
+        f"std {result['eval_return_std']:.2f}, min {result['eval_return_min']:.2f}, "
+        f"max {result['eval_return_max']:.2f}"
+    )
     return 0
 
 

@@ -3,6 +3,7 @@ gradient tape, gathers for metrics and checksums, and ending the whole job when 
 
 Other modules ask this one; none imports horovod.
 """
+
 from __future__ import annotations
 
 import functools
@@ -118,8 +119,14 @@ def world() -> World:
     return _world
 
 
-def wrap_optimizer(optimizer, *, op: str = "average", compression: str = "none", backward_passes_per_step: int = 1,
-                   average_aggregated_gradients: bool = False):
+def wrap_optimizer(
+    optimizer,
+    *,
+    op: str = "average",
+    compression: str = "none",
+    backward_passes_per_step: int = 1,
+    average_aggregated_gradients: bool = False,
+):
     """Horovod: ``optimizer`` (a tf_keras one) made to reduce its gradients over all ranks inside
     ``minimize(loss, variables, tape=tape)``: its compute_gradients runs the allreduce, then its apply_gradients
     clips (``global_clipnorm``: the REDUCED gradient) and steps. Only minimize (or compute_gradients) reduces:
@@ -134,9 +141,15 @@ def wrap_optimizer(optimizer, *, op: str = "average", compression: str = "none",
         return _adasum_optimizer(optimizer, compression)
     import horovod.tensorflow.keras as hvd_keras
 
-    return _reduce_inline(hvd_keras.DistributedOptimizer(
-        optimizer, compression=_wire(compression), backward_passes_per_step=backward_passes_per_step,
-        average_aggregated_gradients=average_aggregated_gradients, groups=1))
+    return _reduce_inline(
+        hvd_keras.DistributedOptimizer(
+            optimizer,
+            compression=_wire(compression),
+            backward_passes_per_step=backward_passes_per_step,
+            average_aggregated_gradients=average_aggregated_gradients,
+            groups=1,
+        )
+    )
 
 
 def _reduce_inline(optimizer):
@@ -161,8 +174,9 @@ def distributed_tape(tape, *, op: str = "average", compression: str = "none"):
     cycle: horovod 0.28.1's grouped allreduce fails with Adasum (UnboundLocalError)."""
     hvd = _hvd()
     check_allreduce_op(op)
-    return hvd.DistributedGradientTape(tape, op=hvd.Adasum if op == "adasum" else hvd.Average,
-                                       compression=_wire(compression))
+    return hvd.DistributedGradientTape(
+        tape, op=hvd.Adasum if op == "adasum" else hvd.Average, compression=_wire(compression)
+    )
 
 
 def _wire(compression: str):
@@ -180,8 +194,9 @@ def check_allreduce_op(op: str) -> None:
     if op != "adasum":
         return
     if not _hvd().mpi_enabled():
-        raise UserError("allreduce_op: adasum needs the MPI controller (horovodrun --mpi, mpirun or srun); "
-                        "this job runs on Gloo")
+        raise UserError(
+            "allreduce_op: adasum needs the MPI controller (horovodrun --mpi, mpirun or srun); this job runs on Gloo"
+        )
     size = world().size
     if size & (size - 1):
         raise UserError(f"allreduce_op: adasum needs a power-of-2 number of ranks, not {size}")

@@ -21,6 +21,7 @@ first world loads it inside the elastic loop, after Horovod's sync (no collectiv
 ``--resume`` continues an elastic run's directory as any other (the checkpoint's world size is the number of
 ranks alive when it was written).
 """
+
 from __future__ import annotations
 
 import shutil
@@ -42,13 +43,17 @@ class ElasticTrainer(Trainer):
 
     def __init__(self, config, run_dir=None, callbacks=(), resume: bool = False, restart: bool = False):
         if restart:
-            raise UserError("restart cannot be combined with elastic training (an elastic job's new rank 0 would "
-                            "delete the job's own checkpoints)")
+            raise UserError(
+                "restart cannot be combined with elastic training (an elastic job's new rank 0 would "
+                "delete the job's own checkpoints)"
+            )
         if run_dir is None:
             raise UserError("--elastic needs --run-dir (workers that join later must find the same directory)")
         if config.backward_passes_per_step > 1:
-            raise UserError("--elastic needs backward_passes_per_step: 1 (the gradients a rank sums between two "
-                            "allreduces are not part of the committed state)")
+            raise UserError(
+                "--elastic needs backward_passes_per_step: 1 (the gradients a rank sums between two "
+                "allreduces are not part of the committed state)"
+            )
         super().__init__(config, run_dir, callbacks, resume=resume)
         self.resume_from: Path | None = None  # rank 0's checkpoint to continue from, loaded inside the elastic loop
         self.checkpoint_env_steps = 0  # the global env step of the last disk checkpoint written (committed)
@@ -128,8 +133,8 @@ class ElasticTrainer(Trainer):
         learner = self.learner
         resume_from = None if self.resume_from is None else str(self.resume_from)
         state = self.elastic_state = distributed.elastic_state(
-            learner.network_variables + learner.optimizer_variables, **self._counters(),
-            resume_from=resume_from)
+            learner.network_variables + learner.optimizer_variables, **self._counters(), resume_from=resume_from
+        )
         state.register_reset_callbacks([self._on_reset])
 
         def from_commit(state) -> dict[str, Any]:
@@ -163,16 +168,26 @@ class ElasticTrainer(Trainer):
     def _counters(self) -> dict[str, Any]:
         """The committed values besides the networks: the loop's, the learner's and the evaluator's counters."""
         s = self.state
-        return {"vstep": s.vstep, "env_steps": s.env_steps, **self.learner.state_dict(),
-                "evaluator_count": self.evaluator.state_dict()["count"], "last_eval": dict(s.last_eval),
-                "solved_env_steps": s.solved_env_steps, "solved_wall_s": s.solved_wall_s,
-                "checkpoint_env_steps": self.checkpoint_env_steps, "best": dict(self.best.evaluation)}
+        return {
+            "vstep": s.vstep,
+            "env_steps": s.env_steps,
+            **self.learner.state_dict(),
+            "evaluator_count": self.evaluator.state_dict()["count"],
+            "last_eval": dict(s.last_eval),
+            "solved_env_steps": s.solved_env_steps,
+            "solved_wall_s": s.solved_wall_s,
+            "checkpoint_env_steps": self.checkpoint_env_steps,
+            "best": dict(self.best.evaluation),
+        }
 
     def _load(self, state) -> None:
         s = self.state
         s.vstep, s.env_steps = state.vstep, state.env_steps
-        s.last_eval, s.solved_env_steps, s.solved_wall_s = dict(state.last_eval), state.solved_env_steps, \
-            state.solved_wall_s
+        s.last_eval, s.solved_env_steps, s.solved_wall_s = (
+            dict(state.last_eval),
+            state.solved_env_steps,
+            state.solved_wall_s,
+        )
         self.learner.load_state_dict({"updates": state.updates, "since_sync": state.since_sync})
         self.evaluator.load_state_dict({"count": state.evaluator_count})
         self.checkpoint_env_steps = state.checkpoint_env_steps

@@ -1,6 +1,7 @@
 """The families of env ids that get their own preprocessing and network: Atari (``ALE/<Game>-v5``) and MinAtar
 (``MinAtar/<Game>-v0`` and ``-v1``), each also as ``module:id``. Pure string rules, importable without gymnasium.
 """
+
 from __future__ import annotations
 
 # Atari: the preprocessing options and their defaults, declared once (the config's fields, envs.make_env and the

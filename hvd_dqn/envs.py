@@ -23,6 +23,7 @@ MinAtar (``MinAtar/<Game>-v0|v1``, the optional ``minatar`` package): gymnasium'
 ``envids.MINATAR_MAX_EPISODE_STEPS`` steps unless ``env_kwargs`` sets ``max_episode_steps``, its boolean 10x10xC
 frames as uint8; SAME_STEP autoreset and the flat ring replay, as classic control (no frames to stack).
 """
+
 from __future__ import annotations
 
 import importlib
@@ -77,11 +78,14 @@ def env_spec(env_id: str):
         try:
             importlib.import_module(module)
         except ModuleNotFoundError as exc:
-            raise ValueError(f"cannot import module {module!r} of {env_id!r} ({exc}); is it installed or on "
-                             "PYTHONPATH on every host?") from None
+            raise ValueError(
+                f"cannot import module {module!r} of {env_id!r} ({exc}); is it installed or on "
+                "PYTHONPATH on every host?"
+            ) from None
         except Exception as exc:  # the user's module failed while importing: say which and how, not a traceback
-            raise ValueError(f"importing module {module!r} of {env_id!r} failed: {type(exc).__name__}: "
-                             f"{_first_line(exc)}") from None
+            raise ValueError(
+                f"importing module {module!r} of {env_id!r} failed: {type(exc).__name__}: {_first_line(exc)}"
+            ) from None
     if is_atari_id(name):
         _register_atari()
     elif is_minatar_id(name):
@@ -219,13 +223,21 @@ def make_atari_env(env_id: str, frame_padding: str = FRAME_PADDING, **kwargs: An
     frame_stack, noop_max, sticky_action_prob, max_episode_frames = _with_atari_defaults(kwargs)
     _register_atari()
     try:
-        env = gym.make(env_id, frameskip=1, repeat_action_probability=0.0,
-                       max_num_frames_per_episode=max_episode_frames, **kwargs)
+        env = gym.make(
+            env_id, frameskip=1, repeat_action_probability=0.0, max_num_frames_per_episode=max_episode_frames, **kwargs
+        )
     except gym.error.Error as exc:
         raise UserError(f"env {env_id!r}: {exc}") from None
     env = StickyActions(env, sticky_action_prob)
-    env = AtariPreprocessing(env, noop_max=noop_max, frame_skip=4, screen_size=84, terminal_on_life_loss=False,
-                             grayscale_obs=True, scale_obs=False)
+    env = AtariPreprocessing(
+        env,
+        noop_max=noop_max,
+        frame_skip=4,
+        screen_size=84,
+        terminal_on_life_loss=False,
+        grayscale_obs=True,
+        scale_obs=False,
+    )
     return FrameStackObservation(env, frame_stack, padding_type=frame_padding)
 
 
@@ -246,8 +258,7 @@ def make_env(env_id: str, **kwargs: Any) -> gym.Env:
         raise UserError(f"env {env_id!r}: {_first_line(exc)}") from None
     except Exception as exc:  # the env's own constructor refused its arguments, or failed
         given = f" with env_kwargs {kwargs}" if kwargs else ""
-        raise UserError(f"env {env_id!r} could not be made{given}: {type(exc).__name__}: {_first_line(exc)}") \
-            from None
+        raise UserError(f"env {env_id!r} could not be made{given}: {type(exc).__name__}: {_first_line(exc)}") from None
     check_action_space(env_id, env.action_space)
     return observation_wrappers(MinAtarFrames(env) if minatar else env, env_id)
 
@@ -259,8 +270,10 @@ def check_action_space(env_id: str, space) -> None:
     if isinstance(space, gym.spaces.Discrete):
         why = f"its actions start at {int(space.start)}; DQN's are 0..n-1 (wrap the env to shift them)"
     elif isinstance(space, gym.spaces.Box):
-        why = "it is continuous, and DQN takes the max over a finite set of actions (discretise it with a wrapper, " \
-              "or use an algorithm for continuous control)"
+        why = (
+            "it is continuous, and DQN takes the max over a finite set of actions (discretise it with a wrapper, "
+            "or use an algorithm for continuous control)"
+        )
     else:
         why = "DQN needs a single Discrete action space (flatten several choices into one Discrete with a wrapper)"
     raise UserError(f"env {env_id!r}: action space {space} cannot be served: {why}")
@@ -289,22 +302,27 @@ def observation_wrappers(env: gym.Env, env_id: str) -> gym.Env:
         if len(space.shape) == 2:
             env = gym.wrappers.ReshapeObservation(env, (1, *space.shape))
         return env
-    if isinstance(space, (gym.spaces.Dict, gym.spaces.Tuple)) or \
-            (isinstance(space, gym.spaces.Box) and len(space.shape) > 1):
+    if isinstance(space, (gym.spaces.Dict, gym.spaces.Tuple)) or (
+        isinstance(space, gym.spaces.Box) and len(space.shape) > 1
+    ):
         try:
             env = gym.wrappers.FlattenObservation(env)
         except Exception as exc:  # a space gymnasium cannot flatten (Graph, Sequence, Text inside it)
-            raise UserError(f"env {env_id!r}: observation space {space} cannot be flattened into a vector "
-                            f"({_first_line(exc)})") from None
+            raise UserError(
+                f"env {env_id!r}: observation space {space} cannot be flattened into a vector ({_first_line(exc)})"
+            ) from None
         space = env.observation_space
     if not (isinstance(space, gym.spaces.Box) and len(space.shape) == 1):
-        raise UserError(f"env {env_id!r}: observation space {space} cannot be served: the networks take a vector "
-                        "(Box, Discrete, Dict or Tuple of those) or a uint8 image")
+        raise UserError(
+            f"env {env_id!r}: observation space {space} cannot be served: the networks take a vector "
+            "(Box, Discrete, Dict or Tuple of those) or a uint8 image"
+        )
     return env if space.dtype == np.float32 else AsFloat32(env)
 
 
-def make_vector_env(env_id: str, num_envs: int, backend: str = "gymnasium", threads: int = 1,
-                    **kwargs: Any) -> gym.vector.VectorEnv:
+def make_vector_env(
+    env_id: str, num_envs: int, backend: str = "gymnasium", threads: int = 1, **kwargs: Any
+) -> gym.vector.VectorEnv:
     """This rank's envs in one vector env: SAME_STEP autoreset for classic control, NEXT_STEP for Atari (see
     the module's docstring). Atari ``backend``: "gymnasium" (``make_env``'s wrappers in a SyncVectorEnv) or "ale"
     (ale-py's C++ AtariVectorEnv on ``threads`` threads: the same frames, bit for bit, as tests/test_atari.py
@@ -312,12 +330,12 @@ def make_vector_env(env_id: str, num_envs: int, backend: str = "gymnasium", thre
     if backend == "ale" and is_atari_id(env_id):
         return _ale_vector_env(split_env_id(env_id)[1], num_envs, threads, **kwargs)
     mode = gym.vector.AutoresetMode.NEXT_STEP if is_atari_id(env_id) else gym.vector.AutoresetMode.SAME_STEP
-    return gym.vector.SyncVectorEnv([lambda: make_env(env_id, **kwargs) for _ in range(num_envs)],
-                                    autoreset_mode=mode)
+    return gym.vector.SyncVectorEnv([lambda: make_env(env_id, **kwargs) for _ in range(num_envs)], autoreset_mode=mode)
 
 
-def _ale_vector_env(env_id: str, num_envs: int, threads: int, frame_padding: str = FRAME_PADDING,
-                    **options: Any) -> gym.vector.VectorEnv:
+def _ale_vector_env(
+    env_id: str, num_envs: int, threads: int, frame_padding: str = FRAME_PADDING, **options: Any
+) -> gym.vector.VectorEnv:
     from ale_py.vector_env import AtariVectorEnv
 
     frame_stack, noop_max, sticky_action_prob, max_episode_frames = _with_atari_defaults(options)
@@ -337,10 +355,20 @@ def _ale_vector_env(env_id: str, num_envs: int, threads: int, frame_padding: str
     # the preprocessing of make_atari_env: no FIRE on reset, no episodic life, no reward clipping (tasks.Atari
     # clips what replay stores and handles lost lives itself)
     return SeededAtariVectorEnv(
-        game, num_envs, num_threads=max(1, min(threads, num_envs)), max_num_frames_per_episode=max_episode_frames,
-        repeat_action_probability=sticky_action_prob, stack_num=frame_stack, frameskip=4, maxpool=True,
-        noop_max=noop_max, episodic_life=False, reward_clipping=False, use_fire_reset=False,
-        autoreset_mode=gym.vector.AutoresetMode.NEXT_STEP)
+        game,
+        num_envs,
+        num_threads=max(1, min(threads, num_envs)),
+        max_num_frames_per_episode=max_episode_frames,
+        repeat_action_probability=sticky_action_prob,
+        stack_num=frame_stack,
+        frameskip=4,
+        maxpool=True,
+        noop_max=noop_max,
+        episodic_life=False,
+        reward_clipping=False,
+        use_fire_reset=False,
+        autoreset_mode=gym.vector.AutoresetMode.NEXT_STEP,
+    )
 
 
 def true_next_obs(next_obs: np.ndarray, done: np.ndarray, info: dict) -> np.ndarray:

@@ -10,6 +10,7 @@ its RNG. A SyncVectorEnv's own state is which envs reset at their next step (NEX
 vector env or env (Box2D worlds, ale-py's C++ AtariVectorEnv, envs in subprocesses) ``capture`` returns None and a
 resumed run restarts the episodes from fresh seeds (not bit-exact); ``why_not`` says why.
 """
+
 from __future__ import annotations
 
 from typing import Any
@@ -22,8 +23,22 @@ from hvd_dqn.jsoncodec import from_json, to_json
 
 _EXACT_MODULES = ("gymnasium.envs.classic_control.", "gymnasium.envs.toy_text.")
 _WRAPPER_MODULES = ("gymnasium.wrappers.", "gymnasium.core", "hvd_dqn.")
-_SKIP = {"env", "spec", "metadata", "observation_space", "action_space", "_action_space", "_observation_space",
-         "_metadata", "_cached_spec", "render_mode", "screen", "clock", "isopen", "_reward_range"}
+_SKIP = {
+    "env",
+    "spec",
+    "metadata",
+    "observation_space",
+    "action_space",
+    "_action_space",
+    "_observation_space",
+    "_metadata",
+    "_cached_spec",
+    "render_mode",
+    "screen",
+    "clock",
+    "isopen",
+    "_reward_range",
+}
 
 
 def _chain(env: gym.Env) -> list[Any]:
@@ -38,8 +53,10 @@ def _chain(env: gym.Env) -> list[Any]:
 def why_not(envs: gym.vector.VectorEnv) -> str | None:
     """Why the state of ``envs`` cannot be captured, in a few words; None if it can."""
     if alestate.is_vector_env(envs):
-        return "ale-py's C++ AtariVectorEnv (atari_vector_env: ale) keeps its emulators out of Python's reach; " \
-               "atari_vector_env: gymnasium resumes exactly"
+        return (
+            "ale-py's C++ AtariVectorEnv (atari_vector_env: ale) keeps its emulators out of Python's reach; "
+            "atari_vector_env: gymnasium resumes exactly"
+        )
     if not isinstance(envs, gym.vector.SyncVectorEnv):
         return f"{type(envs).__name__}: only a SyncVectorEnv's envs are captured"
     for env in envs.envs:
@@ -80,8 +97,10 @@ def capture(envs: gym.vector.VectorEnv) -> dict[str, Any] | None:
     attributes as exact JSON; None if not capturable."""
     if not capturable(envs):
         return None
-    return {"autoreset": to_json(envs._autoreset_envs), "envs": [[_attrs(layer) for layer in _chain(env)]
-                                                                  for env in envs.envs]}
+    return {
+        "autoreset": to_json(envs._autoreset_envs),
+        "envs": [[_attrs(layer) for layer in _chain(env)] for env in envs.envs],
+    }
 
 
 def restore(envs: gym.vector.VectorEnv, state: dict[str, Any] | list[list[dict[str, Any]]]) -> None:

@@ -1,4 +1,5 @@
 """Errors a user can act on. The CLI prints them as one line and exits with code 2, never a traceback."""
+
 from __future__ import annotations
 
 import reprlib

@@ -4,6 +4,7 @@ Atari follows the protocol of the literature: epsilon-greedy with a small ``eval
 2015; the configs say which), the training envs' preprocessing (no-op starts, sticky actions), unclipped game
 score as the return, and episodes truncated at ``max_episode_frames`` (108,000 frames = 27,000 agent steps).
 """
+
 from __future__ import annotations
 
 from collections.abc import Callable
@@ -21,8 +22,14 @@ def my_episodes(n_episodes: int, rank: int, world_size: int) -> list[int]:
     return list(range(rank, n_episodes, world_size))
 
 
-def run_episodes(env_id: str, q_fn: Callable[[np.ndarray], np.ndarray], seeds: list[int],
-                 epsilon: float = 0.0, rng: np.random.Generator | None = None, envs=None) -> np.ndarray:
+def run_episodes(
+    env_id: str,
+    q_fn: Callable[[np.ndarray], np.ndarray],
+    seeds: list[int],
+    epsilon: float = 0.0,
+    rng: np.random.Generator | None = None,
+    envs=None,
+) -> np.ndarray:
     """Play one episode per seed, all at once; return their undiscounted returns in seed order."""
     if not seeds:
         return np.zeros(0, np.float64)
@@ -46,8 +53,16 @@ def run_episodes(env_id: str, q_fn: Callable[[np.ndarray], np.ndarray], seeds: l
 class Evaluator:
     """Keeps this rank's evaluation envs between evaluations; the k-th evaluation uses fresh, known seeds."""
 
-    def __init__(self, env_id: str, n_episodes: int, seed: int, rank: int, world_size: int, epsilon: float = 0.0,
-                 env_kwargs: dict | None = None):
+    def __init__(
+        self,
+        env_id: str,
+        n_episodes: int,
+        seed: int,
+        rank: int,
+        world_size: int,
+        epsilon: float = 0.0,
+        env_kwargs: dict | None = None,
+    ):
         """``env_kwargs``: ``make_env``'s Atari options (the training envs' preprocessing and episode cap)."""
         self.env_id, self.epsilon, self.seed = env_id, epsilon, seed
         self.episodes = my_episodes(n_episodes, rank, world_size)
@@ -70,6 +85,10 @@ class Evaluator:
 
 
 def summarize(returns: np.ndarray) -> dict[str, float]:
-    return {"eval_return_mean": float(np.mean(returns)), "eval_return_std": float(np.std(returns)),
-            "eval_return_min": float(np.min(returns)), "eval_return_max": float(np.max(returns)),
-            "eval_episodes": int(len(returns))}
+    return {
+        "eval_return_mean": float(np.mean(returns)),
+        "eval_return_std": float(np.std(returns)),
+        "eval_return_min": float(np.min(returns)),
+        "eval_return_max": float(np.max(returns)),
+        "eval_episodes": int(len(returns)),
+    }

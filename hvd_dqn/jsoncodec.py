@@ -1,6 +1,7 @@
 """Exact JSON for the Python and NumPy values that env, RNG and actor state are made of (checkpoints'
 ``rank<r>.json``): ``from_json(json.loads(json.dumps(to_json(v))))`` gives back ``v`` with its types and dtypes,
 and reading one runs no code (no pickle)."""
+
 from __future__ import annotations
 
 from collections import deque
@@ -19,8 +20,12 @@ def to_json(value: Any) -> Any:
         arr = np.asarray(value)
         if arr.dtype.kind not in "biuf":
             raise TypeError(f"cannot store an array of dtype {arr.dtype}")
-        return {"__ndarray__": arr.dtype.str, "shape": list(arr.shape), "data": arr.ravel().tolist(),
-                "scalar": isinstance(value, np.generic)}
+        return {
+            "__ndarray__": arr.dtype.str,
+            "shape": list(arr.shape),
+            "data": arr.ravel().tolist(),
+            "scalar": isinstance(value, np.generic),
+        }
     if isinstance(value, tuple):
         return {"__tuple__": [to_json(v) for v in value]}
     if isinstance(value, deque):

@@ -6,6 +6,7 @@ Importing ``tf_keras`` by name gives Keras 2 whatever ``tf.keras`` is, with no e
 cannot work (tf-keras missing, or built for another TensorFlow), ``load()`` says so in one line instead of failing
 deep inside a layer.
 """
+
 from __future__ import annotations
 
 from hvd_dqn.errors import UserError
@@ -22,11 +23,15 @@ def load():
     try:
         import tf_keras
     except ImportError:
-        raise UserError(f"hvd-dqn needs tf-keras (Keras 2) next to TensorFlow {tf.__version__}: "
-                        f"pip install 'tf-keras~={_minor(tf.__version__)}.0'") from None
+        raise UserError(
+            f"hvd-dqn needs tf-keras (Keras 2) next to TensorFlow {tf.__version__}: "
+            f"pip install 'tf-keras~={_minor(tf.__version__)}.0'"
+        ) from None
     if _minor(tf_keras.__version__) != _minor(tf.__version__):
-        raise UserError(f"tf-keras {tf_keras.__version__} does not match TensorFlow {tf.__version__} "
-                        f"(they must share major.minor): pip install 'tf-keras~={_minor(tf.__version__)}.0'")
+        raise UserError(
+            f"tf-keras {tf_keras.__version__} does not match TensorFlow {tf.__version__} "
+            f"(they must share major.minor): pip install 'tf-keras~={_minor(tf.__version__)}.0'"
+        )
     return tf_keras
 
 

@@ -1,5 +1,6 @@
 """LAMB for our tf_keras networks: Keras 3's ``keras.optimizers.Lamb`` with the one method the learner calls,
 ``minimize(loss, var_list, tape=tape)`` (hvd_dqn/optimizers.py says why). Importing this module imports Keras 3."""
+
 from __future__ import annotations
 
 import keras as keras3  # Keras 3, not tf_keras: only it has LAMB

@@ -8,6 +8,7 @@ raises the stop flag of ``StopRequest``, so the ranks agree on the stop at their
 checkpoint and exit, and mpirun ends with them. Ranks on other hosts (under orted, no launcher among their
 ancestors) learn of the stop through that agreement.
 """
+
 from __future__ import annotations
 
 import os

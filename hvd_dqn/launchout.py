@@ -21,6 +21,7 @@ launcher has ended and everything the job wrote is shown, with the launcher's ex
 number if a signal ended it): leaving earlier would close the pipe that mpirun still writes the ranks' last lines
 to, and kill it with SIGPIPE.
 """
+
 from __future__ import annotations
 
 import os
@@ -63,7 +64,7 @@ class Untagger:
         """``data``: whole lines of the launcher's stream (a line without a tag is the launcher's own)."""
         pos, source = 0, None
         for match in TAG.finditer(data):
-            yield from self._add(source, data[pos:match.start()])
+            yield from self._add(source, data[pos : match.start()])
             source, pos = (int(match.group(1)), match.group(2).decode()), match.end()
         yield from self._add(source, data[pos:])
 
@@ -112,8 +113,10 @@ def run(argv: list[str]) -> int:
     signal.signal(signal.SIGTERM, lambda *_: launcher.send_signal(signal.SIGTERM))
     signal.signal(signal.SIGINT, lambda *_: None)  # the terminal sent it to the launcher too
     signal.signal(signal.SIGUSR1, lambda *_: None)  # the ranks' stop request (SLURM's, for one), not ours
-    pumps = [threading.Thread(target=_pump, args=(src, sink), daemon=True)
-             for src, sink in ((launcher.stdout, sys.stdout.buffer), (launcher.stderr, sys.stderr.buffer))]
+    pumps = [
+        threading.Thread(target=_pump, args=(src, sink), daemon=True)
+        for src, sink in ((launcher.stdout, sys.stdout.buffer), (launcher.stderr, sys.stderr.buffer))
+    ]
     for pump in pumps:
         pump.start()
     code = launcher.wait()

@@ -26,6 +26,7 @@ transitions) and importance-sampling weights in, per-sample |TD error| out (for 
 steps on its own data, so even several ranks run XLA-compiled) and the ranks average their weights every
 ``federated_every`` updates.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -57,8 +58,15 @@ class PhaseResult(NamedTuple):
 
 
 class Learner:
-    def __init__(self, config: Config, obs_shape: int | tuple[int, ...], n_actions: int, world_size: int,
-                 build_network=None, elastic: bool = False):
+    def __init__(
+        self,
+        config: Config,
+        obs_shape: int | tuple[int, ...],
+        n_actions: int,
+        world_size: int,
+        build_network=None,
+        elastic: bool = False,
+    ):
         """``obs_shape``: an int (a flat observation of that size: the MLP) or the env's observation shape
         (uint8 images, e.g. (S, 84, 84) frame stacks: the Nature CNN). ``build_network(name)``: a user's
         Q-network instead (a new tf_keras Model per call), whose Q-values are computed through TF. ``elastic``: a
@@ -89,8 +97,7 @@ class Learner:
         # XLA: for the built-in MLP; the Nature CNN runs slower XLA-compiled on CPU than on TF's own (oneDNN)
         # kernels (docs/atari.md), and a user's network may hold layers XLA cannot compile, so they run without.
         self._xla = builtin_mlp and not self._allreduce
-        self._updates_fn = tf.function(self._update_loop, jit_compile=self._xla, reduce_retracing=True,
-                                       autograph=False)
+        self._updates_fn = tf.function(self._update_loop, jit_compile=self._xla, reduce_retracing=True, autograph=False)
         self._optimizer_synced = False
         self._q_fns = {}  # the CNN's Q-value tf.functions, one per network, built on first use
         # The optimizer's slots exist before the first update is traced: a tf.function whose first trace creates
@@ -123,14 +130,15 @@ class Learner:
         td_all = tf.TensorArray(tf.float32, size=n)
 
         def body(i, loss_sum, q_sum, finite, td_all):
-            loss, q_mean, td_abs = self._update(obs[i], action[i], reward[i], next_obs[i], terminated[i],
-                                                discount[i], weights[i])
+            loss, q_mean, td_abs = self._update(
+                obs[i], action[i], reward[i], next_obs[i], terminated[i], discount[i], weights[i]
+            )
             finite = tf.logical_and(finite, tf.math.is_finite(loss))
             return i + 1, loss_sum + loss, q_sum + q_mean, finite, td_all.write(i, td_abs)
 
         _, loss_sum, q_sum, finite, td_all = tf.while_loop(
-            lambda i, *_: i < n, body,
-            (tf.constant(0), tf.constant(0.0), tf.constant(0.0), tf.constant(True), td_all))
+            lambda i, *_: i < n, body, (tf.constant(0), tf.constant(0.0), tf.constant(0.0), tf.constant(True), td_all)
+        )
         n_f = tf.cast(n, tf.float32)
         # checked in the graph: copying the weights out after every call costs the CNN more than the check
         weights_finite = tf.reduce_all([tf.reduce_all(tf.math.is_finite(v)) for v in self.online.trainable_variables])
@@ -144,13 +152,20 @@ class Learner:
         a target sync or a federated averaging wherever one falls due, and one step of the policy average at the
         end. Every rank must call this at the same point. Returns the last run of updates' result."""
         cfg = self.config
-        lr = scheduled_learning_rate(env_steps, config_lr=cfg.learning_rate, rule_lr=share.learning_rate,
-                                     warmup_env_steps=cfg.lr_warmup_env_steps, learning_starts=cfg.learning_starts,
-                                     final_fraction=cfg.lr_final_fraction, total_env_steps=cfg.total_env_steps)
+        lr = scheduled_learning_rate(
+            env_steps,
+            config_lr=cfg.learning_rate,
+            rule_lr=share.learning_rate,
+            warmup_env_steps=cfg.lr_warmup_env_steps,
+            learning_starts=cfg.learning_starts,
+            final_fraction=cfg.lr_final_fraction,
+            total_env_steps=cfg.total_env_steps,
+        )
         beta = annealed_beta(env_steps, cfg.total_env_steps, cfg.priority_beta_start)
         result = None
-        for k, sync, average in phase_chunks(share.updates_per_phase, self.since_sync, share.target_update_every,
-                                             self.updates, cfg.federated_every):
+        for k, sync, average in phase_chunks(
+            share.updates_per_phase, self.since_sync, share.target_update_every, self.updates, cfg.federated_every
+        ):
             batch, discount, weights, slots = replay.sample(rng, (k, share.batch_size), beta)
             result = self.run_updates(batch, lr, discount, weights)
             replay.update_priorities(slots, result.td_abs)
@@ -162,8 +177,9 @@ class Learner:
         self.update_average()
         return result
 
-    def run_updates(self, batch: Batch, learning_rate: float, discount: np.ndarray | None = None,
-                    weights: np.ndarray | None = None) -> PhaseResult:
+    def run_updates(
+        self, batch: Batch, learning_rate: float, discount: np.ndarray | None = None, weights: np.ndarray | None = None
+    ) -> PhaseResult:
         """One gradient update per leading index of ``batch`` (shape (K, B, ...)), in one TF call; every rank must
         call this with the same K. ``discount`` (K, B): each sample's bootstrap weight (default gamma);
         ``weights`` (K, B): importance-sampling weights (default 1). No target sync, averaging or schedule: that
@@ -174,15 +190,23 @@ class Learner:
         weights = np.ones(shape, np.float32) if weights is None else weights
         with quiet.first_xla_compile() if self._xla else contextlib.nullcontext():
             loss, q_mean, finite, td_abs, weights_finite = self._updates_fn(
-                tf.constant(batch.obs), tf.constant(batch.action), tf.constant(batch.reward),
-                tf.constant(batch.next_obs), tf.constant(batch.terminated),
-                tf.constant(discount, tf.float32), tf.constant(weights, tf.float32))
+                tf.constant(batch.obs),
+                tf.constant(batch.action),
+                tf.constant(batch.reward),
+                tf.constant(batch.next_obs),
+                tf.constant(batch.terminated),
+                tf.constant(discount, tf.float32),
+                tf.constant(weights, tf.float32),
+            )
         td_abs = td_abs.numpy()
         k = int(batch.action.shape[0])
         if not bool(finite):
             bad = np.flatnonzero(~np.isfinite(td_abs).all(axis=1))
-            at = f"at update {self.updates + 1 + int(bad[0])}" if len(bad) else \
-                f"within updates {self.updates + 1}..{self.updates + k}"
+            at = (
+                f"at update {self.updates + 1 + int(bad[0])}"
+                if len(bad)
+                else f"within updates {self.updates + 1}..{self.updates + k}"
+            )
             raise FloatingPointError(f"non-finite TD loss {at}; stopping (the last checkpoint is intact)")
         if not bool(weights_finite):
             self._raise_non_finite_weights(k)
@@ -218,7 +242,8 @@ class Learner:
         bad = [v.name for v in self.online.trainable_variables if not np.isfinite(v.numpy()).all()]
         raise FloatingPointError(
             f"non-finite weights ({', '.join(bad)}) after updates {self.updates + 1}..{self.updates + k}; "
-            "stopping (the last checkpoint is intact)")
+            "stopping (the last checkpoint is intact)"
+        )
 
     def broadcast_restored(self) -> None:
         """After a restore from a checkpoint: rank 0's networks and Adam state on every rank (all ranks read the
@@ -296,8 +321,9 @@ class Learner:
         return lambda obs: mlp_forward(params, obs)
 
 
-def phase_chunks(n_updates: int, since_sync: int, target_every: int, updates_done: int,
-                 federated_every: int | None = None):
+def phase_chunks(
+    n_updates: int, since_sync: int, target_every: int, updates_done: int, federated_every: int | None = None
+):
     """Split a phase of ``n_updates`` into runs of consecutive updates, each ending where a target sync or a
     federated averaging falls due: yields (updates, sync after them, average after them). A pure function of the
     counters, which are equal on every rank, so every rank splits alike."""

@@ -1,4 +1,5 @@
 """The DQN math as pure tensor functions: no state, no collectives, tested against hand-computed numbers."""
+
 from __future__ import annotations
 
 import tensorflow as tf
@@ -42,4 +43,3 @@ def weighted_huber_loss(error, weights, delta=1.0):
 def soft_update(target, online, tau):
     """Polyak averaging of one variable's value: ``tau * online + (1 - tau) * target``."""
     return tau * online + (1.0 - tau) * target
-

@@ -2,6 +2,7 @@
 
 On other ranks the logger is a no-op, so the training loop carries no ``if rank == 0``.
 """
+
 from __future__ import annotations
 
 import json
@@ -25,8 +26,15 @@ class RunLogger:
     output: a tqdm bar with speed, last return and ETA when the stream is a terminal, one plain line per log
     point otherwise (so batch logs stay readable). A no-op where ``enabled`` is False (every rank but 0)."""
 
-    def __init__(self, run_dir: Path, enabled: bool, total_env_steps: int | None = None, stream=None,
-                 tensorboard: bool = True, fresh: bool = False):
+    def __init__(
+        self,
+        run_dir: Path,
+        enabled: bool,
+        total_env_steps: int | None = None,
+        stream=None,
+        tensorboard: bool = True,
+        fresh: bool = False,
+    ):
         """``fresh``: a new run, whose metrics.jsonl starts empty; otherwise rows are appended (a resumed run, an
         elastic run whose new rank 0 takes over the outputs)."""
         self.enabled = enabled
@@ -46,8 +54,14 @@ class RunLogger:
         if total_env_steps and _is_terminal(self.stream):
             from tqdm import tqdm
 
-            self._bar = tqdm(total=total_env_steps, unit="step", unit_scale=True, dynamic_ncols=True,
-                             file=self.stream, desc="hvd-dqn")
+            self._bar = tqdm(
+                total=total_env_steps,
+                unit="step",
+                unit_scale=True,
+                dynamic_ncols=True,
+                file=self.stream,
+                desc="hvd-dqn",
+            )
 
     def log(self, row: dict[str, Any]) -> None:
         if not self.enabled:
@@ -59,14 +73,21 @@ class RunLogger:
 
             with self._tb.as_default(step=step):
                 for key, value in row.items():
-                    if key != "env_steps" and isinstance(value, (int, float)) and not isinstance(value, bool) \
-                            and math.isfinite(value):
+                    if (
+                        key != "env_steps"
+                        and isinstance(value, (int, float))
+                        and not isinstance(value, bool)
+                        and math.isfinite(value)
+                    ):
                         tf.summary.scalar(key, value)
             self._tb.flush()
         if self._bar is not None:
             self._bar.update(step - self._bar.n)
-            postfix = {k: f"{row[k]:.1f}" for k, name in (("charts/episodic_return", "return"),
-                                                          ("eval_return_mean", "eval")) if row.get(k) is not None}
+            postfix = {
+                k: f"{row[k]:.1f}"
+                for k, name in (("charts/episodic_return", "return"), ("eval_return_mean", "eval"))
+                if row.get(k) is not None
+            }
             self._bar.set_postfix({"return" if "episodic" in k else "eval": v for k, v in postfix.items()})
         else:
             self.stream.write(format_progress(row) + "\n")
@@ -121,9 +142,13 @@ def _is_terminal(stream) -> bool:
 
 def format_progress(row: dict[str, Any]) -> str:
     parts = [f"steps {row['env_steps']:>9,d}", f"{row['wall_s']:7.1f}s"]
-    for key, fmt in (("charts/episodic_return", "return {:7.1f}"), ("eval_return_mean", "eval {:7.1f}"),
-                     ("losses/td_loss", "loss {:.4f}"), ("charts/epsilon", "eps {:.3f}"),
-                     ("perf/env_steps_per_s", "{:,.0f} steps/s")):
+    for key, fmt in (
+        ("charts/episodic_return", "return {:7.1f}"),
+        ("eval_return_mean", "eval {:7.1f}"),
+        ("losses/td_loss", "loss {:.4f}"),
+        ("charts/epsilon", "eps {:.3f}"),
+        ("perf/env_steps_per_s", "{:,.0f} steps/s"),
+    ):
         if row.get(key) is not None:
             parts.append(fmt.format(row[key]))
     return "hvd-dqn | " + " | ".join(parts)

@@ -3,6 +3,7 @@
 tf_keras is imported directly (not through ``tf.keras``), so our models are Keras 2, as Horovod 0.28 needs,
 while a user's Keras 3 code in the same process is left alone.
 """
+
 from __future__ import annotations
 
 import importlib
@@ -40,27 +41,52 @@ def q_head(features, n_actions: int, dueling: bool, seed: int, init=None):
     value = keras.layers.Dense(1, name="value", **init(seed), **f32)(features)
     advantage = keras.layers.Dense(n_actions, name="advantage", **init(seed + 1), **f32)(features)
     centring = np.eye(n_actions, dtype=np.float32) - np.float32(1.0 / n_actions)
-    centred = keras.layers.Dense(n_actions, use_bias=False, trainable=False, name="advantage_centred",
-                                 kernel_initializer=keras.initializers.Constant(centring), **f32)(advantage)
+    centred = keras.layers.Dense(
+        n_actions,
+        use_bias=False,
+        trainable=False,
+        name="advantage_centred",
+        kernel_initializer=keras.initializers.Constant(centring),
+        **f32,
+    )(advantage)
     return keras.layers.Add(name="q_values", **f32)([value, centred])  # V (batch, 1) broadcasts over the actions
 
 
-def build_mlp(obs_dim: int, n_actions: int, hidden_sizes, seed: int, name: str = "q_network",
-              dueling: bool = False, precision: str = "float32") -> keras.Model:
+def build_mlp(
+    obs_dim: int,
+    n_actions: int,
+    hidden_sizes,
+    seed: int,
+    name: str = "q_network",
+    dueling: bool = False,
+    precision: str = "float32",
+) -> keras.Model:
     """An MLP from observations to one Q-value per action. Seeded init: equal on every rank even before the
     broadcast from rank 0, which remains the guarantee. ``precision``: the hidden layers' dtype policy."""
     policy = dtype_policy(precision)
     inputs = keras.Input(shape=(obs_dim,), dtype="float32", name="observation")
     x = inputs
     for i, width in enumerate(hidden_sizes):
-        x = keras.layers.Dense(width, activation="relu", name=f"hidden_{i}", dtype=policy,
-                               kernel_initializer=keras.initializers.GlorotUniform(seed=seed + i))(x)
+        x = keras.layers.Dense(
+            width,
+            activation="relu",
+            name=f"hidden_{i}",
+            dtype=policy,
+            kernel_initializer=keras.initializers.GlorotUniform(seed=seed + i),
+        )(x)
     q = q_head(x, n_actions, dueling, seed + len(hidden_sizes))
     return keras.Model(inputs, q, name=name)
 
 
-def build_nature_cnn(obs_shape: tuple[int, int, int], n_actions: int, seed: int, name: str = "q_network",
-                     dueling: bool = False, channels_first: bool = True, precision: str = "float32") -> keras.Model:
+def build_nature_cnn(
+    obs_shape: tuple[int, int, int],
+    n_actions: int,
+    seed: int,
+    name: str = "q_network",
+    dueling: bool = False,
+    channels_first: bool = True,
+    precision: str = "float32",
+) -> keras.Model:
     """The Nature DQN torso (Mnih et al. 2015): conv 32 8x8/4, conv 64 4x4/2, conv 64 3x3/1, dense 512, all ReLU,
     then the Q head. Input: uint8 images, channels first (Atari's frame stacks (S, 84, 84)) or last; the model
     moves channels last (TF's CPU convolutions support only NHWC) and scales to [0, 1] itself, so replay
@@ -76,11 +102,20 @@ def build_nature_cnn(obs_shape: tuple[int, int, int], n_actions: int, seed: int,
     x = keras.layers.Permute((2, 3, 1), name="channels_last", dtype=policy)(inputs) if channels_first else inputs
     x = keras.layers.Rescaling(1.0 / 255.0, name="scale", dtype=policy)(x)  # casts to the compute dtype, scales
     for i, (filters, size, stride) in enumerate(((32, 8, 4), (64, 4, 2), (64, 3, 1))):
-        x = keras.layers.Conv2D(filters, size, strides=stride, activation="relu", name=f"conv_{i}", padding=padding,
-                                kernel_initializer=init(seed=seed + i), dtype=policy)(x)
+        x = keras.layers.Conv2D(
+            filters,
+            size,
+            strides=stride,
+            activation="relu",
+            name=f"conv_{i}",
+            padding=padding,
+            kernel_initializer=init(seed=seed + i),
+            dtype=policy,
+        )(x)
     x = keras.layers.Flatten(name="flatten", dtype=policy)(x)
-    x = keras.layers.Dense(512, activation="relu", name="hidden_0", kernel_initializer=init(seed=seed + 3),
-                           dtype=policy)(x)
+    x = keras.layers.Dense(
+        512, activation="relu", name="hidden_0", kernel_initializer=init(seed=seed + 3), dtype=policy
+    )(x)
     return keras.Model(inputs, q_head(x, n_actions, dueling, seed + 4), name=name)
 
 
@@ -90,13 +125,21 @@ NATURE_CNN_MIN_FRAME = 36  # (36 - 8) / 4 + 1 = 8, (8 - 4) / 2 + 1 = 3, (3 - 3) 
 def torch_default_init(fan_in: int):
     """``seed -> initializer keywords`` of PyTorch's default for Conv2d and Linear: kernel and bias uniform in
     +-1/sqrt(fan_in) (kaiming_uniform with a = sqrt(5)), which the MinAtar reference's network starts from."""
-    bound = fan_in ** -0.5
-    return lambda seed: {"kernel_initializer": keras.initializers.RandomUniform(-bound, bound, seed=seed),
-                         "bias_initializer": keras.initializers.RandomUniform(-bound, bound, seed=seed + 10_000)}
+    bound = fan_in**-0.5
+    return lambda seed: {
+        "kernel_initializer": keras.initializers.RandomUniform(-bound, bound, seed=seed),
+        "bias_initializer": keras.initializers.RandomUniform(-bound, bound, seed=seed + 10_000),
+    }
 
 
-def build_minatar_cnn(obs_shape: tuple[int, int, int], n_actions: int, seed: int, name: str = "q_network",
-                      dueling: bool = False, precision: str = "float32") -> keras.Model:
+def build_minatar_cnn(
+    obs_shape: tuple[int, int, int],
+    n_actions: int,
+    seed: int,
+    name: str = "q_network",
+    dueling: bool = False,
+    precision: str = "float32",
+) -> keras.Model:
     """The MinAtar network (Young & Tian 2019; the reference's examples/dqn.py): conv 16 3x3/1 (no padding),
     dense 128, both ReLU, then the Q head, with PyTorch's default initialisation as there. Input: MinAtar's
     10x10xC frames of 0/1 as uint8, channels last, cast to the compute dtype unscaled (the reference feeds the
@@ -105,12 +148,14 @@ def build_minatar_cnn(obs_shape: tuple[int, int, int], n_actions: int, seed: int
     channels = obs_shape[-1]
     inputs = keras.Input(shape=tuple(obs_shape), dtype="uint8", name="observation")
     x = keras.layers.Rescaling(1.0, name="as_float", dtype=policy)(inputs)  # a cast to the compute dtype, x 1
-    x = keras.layers.Conv2D(16, 3, strides=1, activation="relu", name="conv_0", dtype=policy,
-                            **torch_default_init(9 * channels)(seed))(x)
+    x = keras.layers.Conv2D(
+        16, 3, strides=1, activation="relu", name="conv_0", dtype=policy, **torch_default_init(9 * channels)(seed)
+    )(x)
     x = keras.layers.Flatten(name="flatten", dtype=policy)(x)
     flat = (obs_shape[0] - 2) * (obs_shape[1] - 2) * 16
-    x = keras.layers.Dense(128, activation="relu", name="hidden_0", dtype=policy,
-                           **torch_default_init(flat)(seed + 1))(x)
+    x = keras.layers.Dense(128, activation="relu", name="hidden_0", dtype=policy, **torch_default_init(flat)(seed + 1))(
+        x
+    )
     return keras.Model(inputs, q_head(x, n_actions, dueling, seed + 2, init=torch_default_init(128)), name=name)
 
 
@@ -126,10 +171,24 @@ def build_q_network(obs_shape: tuple[int, ...], n_actions: int, config, name: st
     if is_minatar_id(config.env_id):
         return build_minatar_cnn(obs_shape, n_actions, config.seed, name, config.dueling, config.precision)
     if len(obs_shape) == 3:
-        return build_nature_cnn(obs_shape, n_actions, config.seed, name, config.dueling,
-                                channels_first=channels_first(obs_shape), precision=config.precision)
-    return build_mlp(obs_shape[0], n_actions, config.hidden_sizes, seed=config.seed, name=name,
-                     dueling=config.dueling, precision=config.precision)
+        return build_nature_cnn(
+            obs_shape,
+            n_actions,
+            config.seed,
+            name,
+            config.dueling,
+            channels_first=channels_first(obs_shape),
+            precision=config.precision,
+        )
+    return build_mlp(
+        obs_shape[0],
+        n_actions,
+        config.hidden_sizes,
+        seed=config.seed,
+        name=name,
+        dueling=config.dueling,
+        precision=config.precision,
+    )
 
 
 def load_builder(ref: str):
@@ -140,8 +199,9 @@ def load_builder(ref: str):
     try:
         mod = importlib.import_module(module)
     except ModuleNotFoundError as exc:
-        raise ValueError(f"cannot import module {module!r} ({exc}); is it installed or on PYTHONPATH on every "
-                         "host?") from None
+        raise ValueError(
+            f"cannot import module {module!r} ({exc}); is it installed or on PYTHONPATH on every host?"
+        ) from None
     except Exception as exc:
         raise ValueError(f"importing module {module!r} failed: {type(exc).__name__}: {exc}") from None
     builder = mod
@@ -169,16 +229,19 @@ def build_user_network(builder, observation_space, n_actions: int, config, name:
         random.setstate(py_state)
         np.random.set_state(np_state)
     if not isinstance(model, keras.Model):
-        hint = " (a Keras 3 model? build it with tf_keras, as Horovod needs)" if "keras" in type(model).__module__ \
-            else ""
+        hint = (
+            " (a Keras 3 model? build it with tf_keras, as Horovod needs)" if "keras" in type(model).__module__ else ""
+        )
         raise UserError(f"q_network {what} returned {type(model).__name__}, not a tf_keras Model{hint}")
     want_in = (None, *observation_space.shape)
     got_in = tuple(model.input_shape) if not isinstance(model.input_shape, list) else None
     if got_in != want_in:
         raise UserError(f"q_network {what}: its input shape is {got_in}, the env's observations need {want_in}")
     if tuple(model.output_shape) != (None, n_actions):
-        raise UserError(f"q_network {what}: its output shape is {tuple(model.output_shape)}, the env has "
-                        f"{n_actions} actions: it must be (None, {n_actions})")
+        raise UserError(
+            f"q_network {what}: its output shape is {tuple(model.output_shape)}, the env has "
+            f"{n_actions} actions: it must be (None, {n_actions})"
+        )
     return model
 
 

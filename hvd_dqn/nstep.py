@@ -6,6 +6,7 @@ episode ends, every pending start is flushed with the rewards it has (m < n) and
 a termination cuts the bootstrap of all of them, a truncation (time limit) keeps it with discount gamma^m. The
 math is ``nstep_return``, NumPy and plain Python only: this module imports no TensorFlow.
 """
+
 from __future__ import annotations
 
 from collections import deque
@@ -19,7 +20,7 @@ def nstep_return(rewards, gamma: float) -> tuple[float, float]:
     bootstrap value ``Q(s_{t+m})`` gets in the target ``R + gamma^m * (1 - terminated) * Q``."""
     ret = 0.0
     for k, r in enumerate(rewards):
-        ret += gamma ** k * float(r)
+        ret += gamma**k * float(r)
     return ret, gamma ** len(rewards)
 
 
@@ -102,5 +103,12 @@ def _batch(rows) -> NStepBatch | None:
         return None
     # np.array on the scalar columns: np.stack per column and step cost more than the env step itself
     obs, action, ret, next_obs, terminated, truncated, discount = zip(*rows)
-    return NStepBatch(np.stack(obs), np.array(action), np.array(ret), np.stack(next_obs), np.array(terminated),
-                      np.array(truncated), np.array(discount))
+    return NStepBatch(
+        np.stack(obs),
+        np.array(action),
+        np.array(ret),
+        np.stack(next_obs),
+        np.array(terminated),
+        np.array(truncated),
+        np.array(discount),
+    )

@@ -14,6 +14,7 @@ ranks when the job has an allreduce.
 Adam and LAMB take the adam_* keys and RMSProp the rmsprop_* keys, as the scaling rule shares them out
 (``scaling.per_rank``).
 """
+
 from __future__ import annotations
 
 from hvd_dqn import distributed
@@ -26,8 +27,13 @@ def build(config: Config, share: PerRank, allreduce: bool):
     """The learner's optimizer, whose ``minimize(loss, var_list, tape=tape)`` is one update (with the allreduce if
     ``allreduce``). Its learning rate is set before each run of updates."""
     clip = {"global_clipnorm": config.max_grad_norm}  # applied inside apply_gradients, after any allreduce
-    adam = {"learning_rate": config.learning_rate, "beta_1": share.adam_beta1, "beta_2": share.adam_beta2,
-            "epsilon": share.adam_epsilon, **clip}
+    adam = {
+        "learning_rate": config.learning_rate,
+        "beta_1": share.adam_beta1,
+        "beta_2": share.adam_beta2,
+        "epsilon": share.adam_epsilon,
+        **clip,
+    }
     if config.optimizer == "lamb":
         from hvd_dqn.lamb import Lamb  # imports Keras 3
 
@@ -37,15 +43,19 @@ def build(config: Config, share: PerRank, allreduce: bool):
     elif config.optimizer == "rmsprop":
         from hvd_dqn.rmsprop import CentredRMSprop
 
-        optimizer = CentredRMSprop(learning_rate=config.learning_rate, rho=share.rmsprop_decay,
-                                   epsilon=share.rmsprop_epsilon, **clip)
+        optimizer = CentredRMSprop(
+            learning_rate=config.learning_rate, rho=share.rmsprop_decay, epsilon=share.rmsprop_epsilon, **clip
+        )
     else:
         optimizer = keras.optimizers.Adam(**adam)
     if allreduce:
         optimizer = distributed.wrap_optimizer(
-            optimizer, op=config.allreduce_op, compression=config.gradient_compression,
+            optimizer,
+            op=config.allreduce_op,
+            compression=config.gradient_compression,
             backward_passes_per_step=config.backward_passes_per_step,
-            average_aggregated_gradients=config.average_aggregated_gradients)
+            average_aggregated_gradients=config.average_aggregated_gradients,
+        )
     if config.precision == "mixed_float16":
         # float16 gradients underflow without loss scaling. Horovod's optimizer goes INSIDE the loss scaling:
         # the scaled gradients are allreduced, and the scale's finite-or-skip decision is then taken on the
@@ -65,4 +75,3 @@ def state_variables(optimizer) -> list:
     if isinstance(optimizer, keras.optimizers.Optimizer):
         return list(optimizer.variables())
     return [v.value for v in optimizer.variables]  # Keras 3: each variable holds a tf.Variable
-

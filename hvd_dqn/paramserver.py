@@ -17,6 +17,7 @@ Horovod and mpi4py share MPI_COMM_WORLD (horovodrun --mpi, mpirun, srun): Horovo
 MPI_THREAD_MULTIPLE and mpi4py, imported after ``hvd.init()``, uses that MPI as it is. The protocol talks on a
 duplicate of the world communicator, so its messages never match Horovod's.
 """
+
 from __future__ import annotations
 
 from collections.abc import Callable
@@ -57,8 +58,14 @@ class Server:
     """``serve(updates, version)`` applies ``updates`` gradients, starting at weights ``version``.
     ``apply(grad)`` steps the optimizer on a flat gradient; ``weights()`` returns the flat weights."""
 
-    def __init__(self, n_params: int, mode: str, bound: int, apply: Callable[[np.ndarray], None],
-                 weights: Callable[[], np.ndarray]):
+    def __init__(
+        self,
+        n_params: int,
+        mode: str,
+        bound: int,
+        apply: Callable[[np.ndarray], None],
+        weights: Callable[[], np.ndarray],
+    ):
         self.comm = communicator()
         self.workers = self.comm.Get_size() - 1
         self.mode, self.bound, self.apply, self.weights = mode, bound, apply, weights
@@ -94,8 +101,9 @@ class Server:
             parts = [psmath.unpack_gradient(buf) for buf in self.inbox]
             stale = [p[0] for p in parts if p[0] != version]
             if stale:
-                raise RuntimeError(f"parameter server (sync): a gradient of weights version {stale[0]} arrived "
-                                   f"at version {version}")
+                raise RuntimeError(
+                    f"parameter server (sync): a gradient of weights version {stale[0]} arrived at version {version}"
+                )
             self.apply(psmath.average([p[3] for p in parts]))
             version += 1
             self.staleness.add(0)
@@ -146,14 +154,22 @@ class Worker:
         self.comm = communicator()
         self.inbox = np.empty(psmath.REPLY_HEADER + n_params, np.float32)
 
-    def work(self, version: int, gradient: Callable[[], tuple[float, float, np.ndarray]],
-             set_weights: Callable[[np.ndarray], None]) -> int:
+    def work(
+        self,
+        version: int,
+        gradient: Callable[[], tuple[float, float, np.ndarray]],
+        set_weights: Callable[[np.ndarray], None],
+    ) -> int:
         MPI = _mpi()
         while True:
             loss, q_mean, grad = gradient()
             message = psmath.pack_gradient(version, loss, q_mean, grad)
-            MPI.Request.Waitall([self.comm.Isend(message, dest=psmath.SERVER, tag=GRAD_TAG),
-                                 self.comm.Irecv(self.inbox, source=psmath.SERVER, tag=REPLY_TAG)])
+            MPI.Request.Waitall(
+                [
+                    self.comm.Isend(message, dest=psmath.SERVER, tag=GRAD_TAG),
+                    self.comm.Irecv(self.inbox, source=psmath.SERVER, tag=REPLY_TAG),
+                ]
+            )
             server_version, flag, weights = psmath.unpack_reply(self.inbox)
             if weights is not None:
                 set_weights(weights)

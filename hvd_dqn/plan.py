@@ -2,6 +2,7 @@
 learning rate, optimizer constants and schedule (``hvd_dqn.scaling``'s arithmetic, not repeated here), the
 sequential updates of the whole run, and the replay memory per rank and per host against this host's memory.
 """
+
 from __future__ import annotations
 
 import os
@@ -63,8 +64,9 @@ def optimizer_constants(config, share: scaling.PerRank) -> dict[str, Any]:
     return out
 
 
-def plan(config, world_size: int, ranks_per_host: int | None = None,
-         obs_shape: tuple[int, ...] | None = None) -> dict[str, Any]:
+def plan(
+    config, world_size: int, ranks_per_host: int | None = None, obs_shape: tuple[int, ...] | None = None
+) -> dict[str, Any]:
     """Everything a job of ``world_size`` ranks fixes before it starts, as one JSON-able mapping. A UserError for
     what ``hvd-dqn train`` would refuse at that N (the config cannot be split, no update falls due). ``obs_shape``:
     one observation's, if known (else one env is made to see it)."""
@@ -118,7 +120,7 @@ def plan(config, world_size: int, ranks_per_host: int | None = None,
 
 
 def _bytes(n: float) -> str:
-    for unit, size in (("GiB", 2 ** 30), ("MiB", 2 ** 20), ("KiB", 2 ** 10)):
+    for unit, size in (("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
         if n >= size:
             return f"{n / size:.2f} {unit}"
     return f"{int(n)} B"
@@ -143,8 +145,11 @@ def table(p: dict[str, Any]) -> str:
         lr += f" decaying linearly to {_g(p['learning_rate_final'])}"
     if p["learning_rate_warmup_from"] is not None and p["learning_rate_warmup_from"] != p["learning_rate"]:
         lr += f" (warmed up from {_g(p['learning_rate_warmup_from'])})"
-    target = f"tau {_g(p['target_tau'])} after each update" if p["target_tau"] is not None \
+    target = (
+        f"tau {_g(p['target_tau'])} after each update"
+        if p["target_tau"] is not None
         else f"every {p['target_update_every']:,} updates"
+    )
     fits = "fits" if p["replay_fits"] else "does NOT fit (90% of it is the limit)"
     rows = [
         ("ranks", f"{p['world_size']} (scaling {p['scaling']}), {p['ranks_per_host']} per host"),
@@ -153,12 +158,17 @@ def table(p: dict[str, Any]) -> str:
         ("optimizer", f"{opt}: {consts}; gradient clipping {clip}"),
         ("updates per phase", f"{p['updates_per_phase']:,} every {p['env_steps_per_phase']:,} global env steps"),
         ("target network", target),
-        ("updates per rank", f"{p['updates_per_rank']:,} one after another, in {p['learning_phases']:,} phases "
-                             f"({_g(p['samples_per_env_step'])} samples replayed per env step)"),
+        (
+            "updates per rank",
+            f"{p['updates_per_rank']:,} one after another, in {p['learning_phases']:,} phases "
+            f"({_g(p['samples_per_env_step'])} samples replayed per env step)",
+        ),
         ("env steps", f"{p['env_steps']:,} ({p['env_steps_per_rank']:,} per rank)"),
         ("replay per rank", f"{p['replay_capacity_per_rank']:,} transitions, {_bytes(p['replay_bytes_per_rank'])}"),
-        ("replay per host", f"{_bytes(p['replay_bytes_per_host'])} of {_bytes(p['available_memory_bytes'])} "
-                            f"available here: {fits}"),
+        (
+            "replay per host",
+            f"{_bytes(p['replay_bytes_per_host'])} of {_bytes(p['available_memory_bytes'])} available here: {fits}",
+        ),
     ]
     width = max(len(name) for name, _ in rows)
     return "\n".join(f"{name:<{width}}  {value}" for name, value in rows)

@@ -9,6 +9,7 @@ on SIGTERM it kills the ranks a few seconds later, so send SIGUSR1 to mpirun), h
 it gives the ranks SIGTERM, then SIGKILL 5 s later; with MPI it ends alone, and the ranks see it gone:
 ``hvd_dqn.launcherwatch``), or a user (``kill -USR1 <rank pid>``).
 """
+
 from __future__ import annotations
 
 import math
@@ -112,8 +113,10 @@ class StopRequest:
         self.request(signal.Signals(signum).name, deadline=signum == signal.SIGTERM)
 
     def _expire(self, reason: str) -> None:
-        say(f"hvd-dqn: {reason}, and the ranks did not agree on a stop within {self.grace_s:g} s (a rank is "
-            "gone, or this one is blocked); exiting without a checkpoint")
+        say(
+            f"hvd-dqn: {reason}, and the ranks did not agree on a stop within {self.grace_s:g} s (a rank is "
+            "gone, or this one is blocked); exiting without a checkpoint"
+        )
         os._exit(128 + signal.SIGTERM)
 
     def _handle(self, signum, frame) -> None:

@@ -7,6 +7,7 @@ rate and batch follow the scaling rule at that many learners) on the mean (sync)
 The learning schedule counts the server's updates: every rank goes through the same runs of updates and, at the
 end of each, holds the server's weights (``hvd_dqn.paramserver``).
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -28,13 +29,13 @@ class PSLearner(Learner):
         variables = self.online.trainable_variables
         self._sizes = [int(np.prod(v.shape)) for v in variables]
         n_params = sum(self._sizes)
-        self._gradient_fn = tf.function(self._gradient, jit_compile=self._xla, reduce_retracing=True,
-                                        autograph=False)
+        self._gradient_fn = tf.function(self._gradient, jit_compile=self._xla, reduce_retracing=True, autograph=False)
         self._apply_fn = tf.function(self._apply, autograph=False)
         self._assign_fn = tf.function(self._assign, autograph=False)
         if self.is_server:
-            self.protocol = paramserver.Server(n_params, config.parameter_server, config.ps_max_staleness,
-                                               self.apply_gradient, self.flat_weights)
+            self.protocol = paramserver.Server(
+                n_params, config.parameter_server, config.ps_max_staleness, self.apply_gradient, self.flat_weights
+            )
         else:
             self.protocol = paramserver.Worker(n_params)
 
@@ -80,13 +81,20 @@ class PSLearner(Learner):
         discount = np.full(batch.action.shape, self.config.gamma, np.float32) if discount is None else discount
         weights = np.ones(batch.action.shape, np.float32) if weights is None else weights
         loss, q_mean, td_abs, flat = self._gradient_fn(
-            tf.constant(batch.obs[0]), tf.constant(batch.action[0]), tf.constant(batch.reward[0]),
-            tf.constant(batch.next_obs[0]), tf.constant(batch.terminated[0]),
-            tf.constant(discount[0], tf.float32), tf.constant(weights[0], tf.float32))
+            tf.constant(batch.obs[0]),
+            tf.constant(batch.action[0]),
+            tf.constant(batch.reward[0]),
+            tf.constant(batch.next_obs[0]),
+            tf.constant(batch.terminated[0]),
+            tf.constant(discount[0], tf.float32),
+            tf.constant(weights[0], tf.float32),
+        )
         loss = float(loss)
         if not np.isfinite(loss):
-            raise FloatingPointError(f"non-finite TD loss on a worker's gradient after update {self.updates}; "
-                                     "stopping (the last checkpoint is intact)")
+            raise FloatingPointError(
+                f"non-finite TD loss on a worker's gradient after update {self.updates}; "
+                "stopping (the last checkpoint is intact)"
+            )
         replay.update_priorities(slots, td_abs.numpy()[None])
         return loss, float(q_mean), flat.numpy()
 
@@ -95,13 +103,19 @@ class PSLearner(Learner):
         """A learning phase of ``share.updates_per_phase`` server updates, in runs up to each target sync."""
         cfg = self.config
         self.optimizer.learning_rate = scheduled_learning_rate(
-            env_steps, config_lr=cfg.learning_rate, rule_lr=share.learning_rate,
-            warmup_env_steps=cfg.lr_warmup_env_steps, learning_starts=cfg.learning_starts,
-            final_fraction=cfg.lr_final_fraction, total_env_steps=cfg.total_env_steps)
+            env_steps,
+            config_lr=cfg.learning_rate,
+            rule_lr=share.learning_rate,
+            warmup_env_steps=cfg.lr_warmup_env_steps,
+            learning_starts=cfg.learning_starts,
+            final_fraction=cfg.lr_final_fraction,
+            total_env_steps=cfg.total_env_steps,
+        )
         beta = annealed_beta(env_steps, cfg.total_env_steps, cfg.priority_beta_start)
         result = None
-        for k, sync, _ in phase_chunks(share.updates_per_phase, self.since_sync, share.target_update_every,
-                                       self.updates):
+        for k, sync, _ in phase_chunks(
+            share.updates_per_phase, self.since_sync, share.target_update_every, self.updates
+        ):
             if self.is_server:
                 run = self.protocol.serve(k, self.updates)
                 if not all(np.isfinite(v.numpy()).all() for v in self.online.trainable_variables):
@@ -109,10 +123,14 @@ class PSLearner(Learner):
                 result = PhaseResult(run.td_loss, run.q_mean, np.zeros((0,), np.float32))
             else:
                 seen = []
-                self.protocol.work(self.updates, self._recording_gradient(replay, rng, share.batch_size, beta, seen),
-                                   self.set_weights)
-                result = PhaseResult(float(np.mean([s[0] for s in seen])), float(np.mean([s[1] for s in seen])),
-                                     np.zeros((0,), np.float32))
+                self.protocol.work(
+                    self.updates, self._recording_gradient(replay, rng, share.batch_size, beta, seen), self.set_weights
+                )
+                result = PhaseResult(
+                    float(np.mean([s[0] for s in seen])),
+                    float(np.mean([s[1] for s in seen])),
+                    np.zeros((0,), np.float32),
+                )
             self.updates += k
             self.since_sync = 0 if sync else self.since_sync + k
             if sync:  # every rank holds the server's weights at the end of a run: no broadcast needed

@@ -4,6 +4,7 @@ A gradient message is one flat float32 array: the version of the weights it was 
 float32 slots, bit for bit), the worker's loss and mean Q, then the gradient. A reply is the server's version and a
 flag (two int64s in four slots), then the weights when the flag says they follow.
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -21,11 +22,15 @@ def check_world(mode: str, size: int, mpi: bool) -> None:
     if mode == "none":
         return
     if size < 2:
-        raise UserError(f"parameter_server: {mode} needs at least 2 ranks (rank 0 serves, the others act and "
-                        f"learn); this job has {size}")
+        raise UserError(
+            f"parameter_server: {mode} needs at least 2 ranks (rank 0 serves, the others act and "
+            f"learn); this job has {size}"
+        )
     if not mpi:
-        raise UserError(f"parameter_server: {mode} sends its messages over MPI (mpi4py); this job runs on Gloo: "
-                        "launch with horovodrun --mpi, mpirun or srun")
+        raise UserError(
+            f"parameter_server: {mode} sends its messages over MPI (mpi4py); this job runs on Gloo: "
+            "launch with horovodrun --mpi, mpirun or srun"
+        )
 
 
 def pack_gradient(version: int, loss: float, q_mean: float, grad: np.ndarray) -> np.ndarray:
@@ -95,5 +100,9 @@ class StalenessCount:
         return len(self.counts) - 1 if self.counts else None
 
     def summary(self) -> dict:
-        return {"ps_staleness_max": self.max, "ps_staleness_counts": list(self.counts),
-                "ps_rejected": self.rejected, "ps_dropped": self.dropped}
+        return {
+            "ps_staleness_max": self.max,
+            "ps_staleness_counts": list(self.counts),
+            "ps_rejected": self.rejected,
+            "ps_dropped": self.dropped,
+        }

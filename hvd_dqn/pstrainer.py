@@ -6,6 +6,7 @@ in allreduce mode; the server takes no env steps, so a job of N ranks has N - 1 
 this module needs no import of the trainer, which makes ``Trainer(config)`` of such a config one
 (``trainer.PSTrainer``).
 """
+
 from __future__ import annotations
 
 from typing import Any
@@ -22,8 +23,7 @@ class ParameterServerMixin:
     def _setup(self) -> None:
         world = self.world
         try:
-            psmath.check_world(self.config.parameter_server, world.size,
-                               world.size > 1 and distributed.mpi_enabled())
+            psmath.check_world(self.config.parameter_server, world.size, world.size > 1 and distributed.mpi_enabled())
         except UserError as exc:  # the same outcome on every rank: each leaves with 2, rank 0 says why
             raise JobRefused(str(exc), quiet=not world.is_chief) from None
         self.is_server = world.rank == psmath.SERVER
@@ -52,8 +52,15 @@ class ParameterServerMixin:
 
     def _row_extras(self) -> dict[str, Any]:
         stats = self.learner.ps_stats()
-        return {"ps/staleness_max": stats["ps_staleness_max"], "ps/rejected": stats["ps_rejected"],
-                "ps/dropped": stats["ps_dropped"]} if stats else {}
+        return (
+            {
+                "ps/staleness_max": stats["ps_staleness_max"],
+                "ps/rejected": stats["ps_rejected"],
+                "ps/dropped": stats["ps_dropped"],
+            }
+            if stats
+            else {}
+        )
 
     def _summary_extras(self) -> dict[str, Any]:
         return {"parameter_server": self.config.parameter_server, **self.learner.ps_stats()}

@@ -15,6 +15,7 @@ puts that compilation through the same filter. XLA is not warmed up during the i
 function there starts TensorFlow's runtime, after which hvd_dqn.distributed can no longer size the per-rank
 thread pools, and every rank of a host then ran as many threads as the host has cores (docs/update-cost.md).
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -37,8 +38,10 @@ _MESSAGES = [
     r"\s*StreamExecutor device \(\d+\): ",
     r"Compiled cluster using XLA!  This line is logged at most once for the lifetime of the process\.",
 ]
-NOISE = re.compile(rf"^(?:WARNING: All log messages before absl::InitializeLog\(\) is called are written to "
-                   rf"STDERR$|{_PREFIX}(?:{'|'.join(_MESSAGES)}))")
+NOISE = re.compile(
+    rf"^(?:WARNING: All log messages before absl::InitializeLog\(\) is called are written to "
+    rf"STDERR$|{_PREFIX}(?:{'|'.join(_MESSAGES)}))"
+)
 
 # The filter ends at the pipe's end, when the import is done or its process gone (-I -S: no site-packages, a fast
 # start). A stop signal to the whole job (Ctrl-C, a launcher's SIGTERM, SLURM's USR1 to every process of the step)
@@ -72,8 +75,12 @@ def filtered_stderr():
     # blocked here, a stop signal for this process waits (it is delivered when the mask is restored, not lost)
     mask = signal.pthread_sigmask(signal.SIG_BLOCK, _STOP_SIGNALS)
     try:
-        proc = subprocess.Popen([sys.executable, "-I", "-S", "-c", _FILTER, NOISE.pattern],
-                                stdin=subprocess.PIPE, stdout=saved, stderr=saved)
+        proc = subprocess.Popen(
+            [sys.executable, "-I", "-S", "-c", _FILTER, NOISE.pattern],
+            stdin=subprocess.PIPE,
+            stdout=saved,
+            stderr=saved,
+        )
     except OSError:  # no process to spare: the noise is better than losing a line
         proc = None
     finally:
@@ -143,16 +150,3 @@ def first_xla_compile():
         return contextlib.nullcontext()
     _xla_unfiltered = False
     return filtered_stderr()
-
-
-def main(argv: list[str]) -> None:
-    """``python -m hvd_dqn.quiet LAUNCHER [ARGS...]``: ``python -m hvd_dqn.launchout``, which shows the launcher's
-    output without horovodrun's TensorFlow start-up noise (and without the ranks' tags); kept for scripts that
-    run it under this name."""
-    from hvd_dqn import launchout
-
-    launchout.main(argv)
-
-
-if __name__ == "__main__":
-    main(sys.argv[1:])

@@ -6,6 +6,7 @@ reference's examples/dqn.py runs with eps 0.01) adds eps to the root; tf_keras's
 (``/ sqrt(... + eps)``): with eps 0.01 and small gradients that is a step up to 10 times smaller, so the reference's
 settings need PyTorch's form. No momentum, no bias correction, as both.
 """
+
 from __future__ import annotations
 
 import tensorflow as tf
@@ -17,8 +18,7 @@ class CentredRMSprop(keras.optimizers.RMSprop):
     def __init__(self, learning_rate=0.00025, rho=0.95, epsilon=0.01, **kwargs):
         kwargs.pop("momentum", None)  # from_config (Horovod's wrapper rebuilds the optimizer from its config)
         kwargs.pop("centered", None)
-        super().__init__(learning_rate=learning_rate, rho=rho, momentum=0.0, epsilon=epsilon, centered=True,
-                         **kwargs)
+        super().__init__(learning_rate=learning_rate, rho=rho, momentum=0.0, epsilon=epsilon, centered=True, **kwargs)
 
     def update_step(self, gradient, variable):
         if isinstance(gradient, tf.IndexedSlices):  # our networks' gradients are dense; embeddings would not be

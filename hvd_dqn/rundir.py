@@ -11,6 +11,7 @@ a temporary file, then a rename) and reads a JSON file back.
     RUN_DIR/.hvd-dqn.lock      the lock of the job that owns the run dir (hvd_dqn.runlock)
     RUN_DIR/.heartbeat/        each rank's heartbeat (hvd_dqn.watchdog)
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -147,8 +148,10 @@ def clear_earlier_run(run_dir: Path, dry_run: bool = False) -> list[str]:
     strangers = [n for n in names if n not in RUN_OUTPUTS and n != LOCK and not _TEMPORARY.match(n)]
     if strangers:
         more = f" and {len(strangers) - 1} more" if len(strangers) > 1 else ""
-        raise UserError(f"--restart: run dir {run_dir} holds {strangers[0]!r}{more}, which no hvd-dqn run writes; "
-                        f"nothing was deleted: move it away, or train into another --run-dir")
+        raise UserError(
+            f"--restart: run dir {run_dir} holds {strangers[0]!r}{more}, which no hvd-dqn run writes; "
+            f"nothing was deleted: move it away, or train into another --run-dir"
+        )
     cleared = [n for n in names if n != LOCK]
     if dry_run:
         return cleared

@@ -9,6 +9,7 @@ POSIX locks belong to the process, not to the file descriptor: a second ``lockf`
 succeeds, and closing ANY descriptor of the file drops the lock. Hence the in-process registry, and the owner is
 read back through the locking descriptor itself, never by opening the file again.
 """
+
 from __future__ import annotations
 
 import errno
@@ -49,23 +50,32 @@ class RunLock:
         try:
             fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
         except OSError as exc:
-            raise UserError(f"run dir {self.run_dir}: cannot create its lock file {LOCK_NAME} "
-                            f"({exc.strerror})") from None
+            raise UserError(
+                f"run dir {self.run_dir}: cannot create its lock file {LOCK_NAME} ({exc.strerror})"
+            ) from None
         try:
             fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError as exc:
             owner = _read(fd)
             os.close(fd)
             if exc.errno in (errno.EACCES, errno.EAGAIN):
-                raise RunDirInUse(f"run dir {self.run_dir} is in use by another job ({describe(owner)}); wait for it "
-                                  "to end, stop it, or train into another --run-dir") from None
-            raise UserError(f"run dir {self.run_dir}: cannot lock {LOCK_NAME} ({exc.strerror}; on NFS the "
-                            "lock manager, lockd, must run)") from None
+                raise RunDirInUse(
+                    f"run dir {self.run_dir} is in use by another job ({describe(owner)}); wait for it "
+                    "to end, stop it, or train into another --run-dir"
+                ) from None
+            raise UserError(
+                f"run dir {self.run_dir}: cannot lock {LOCK_NAME} ({exc.strerror}; on NFS the "
+                "lock manager, lockd, must run)"
+            ) from None
         previous = _read(fd)
         if previous:
             self.took_over = describe(previous)
-        me = {"host": socket.gethostname(), "pid": os.getpid(), "started_at": time.time(),
-              "started": time.strftime("%Y-%m-%d %H:%M:%S %Z")}
+        me = {
+            "host": socket.gethostname(),
+            "pid": os.getpid(),
+            "started_at": time.time(),
+            "started": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
+        }
         try:
             os.ftruncate(fd, 0)
             os.pwrite(fd, (json.dumps(me) + "\n").encode(), 0)
@@ -74,8 +84,10 @@ class RunLock:
             if created:
                 self.path.unlink(missing_ok=True)
             os.close(fd)
-            raise UserError(f"run dir {self.run_dir}: cannot write its lock file {LOCK_NAME} ({exc.strerror}); "
-                            "free space or make it writable, then run again") from None
+            raise UserError(
+                f"run dir {self.run_dir}: cannot write its lock file {LOCK_NAME} ({exc.strerror}); "
+                "free space or make it writable, then run again"
+            ) from None
         self._fd = fd
         _held[key] = self
         return self

@@ -5,6 +5,7 @@ shard, refused before it is allocated when the host's ranks together would not f
 Each step that leads to a collective makes the same call on every rank (the refusals are broadcast), so the ranks
 of a refused job all leave together instead of waiting for rank 0 in the next collective.
 """
+
 from __future__ import annotations
 
 import time
@@ -57,8 +58,10 @@ def lock(run_dir: Path, world: distributed.World, restart: bool) -> RunLock | No
             refusal = str(exc)
         else:
             if held.took_over:
-                say(f"hvd-dqn: run dir {run_dir}: the job that held it last ended without releasing it "
-                    f"({held.took_over}); this job takes it over")
+                say(
+                    f"hvd-dqn: run dir {run_dir}: the job that held it last ended without releasing it "
+                    f"({held.took_over}); this job takes it over"
+                )
     refusal = distributed.broadcast_object(refusal)
     if refusal is not None:
         if held is not None:  # the lock was taken, then restart's clearing failed on rank 0
@@ -74,34 +77,41 @@ def resume_point(run_dir: Path, resume: bool) -> Path | None:
     ckpts = checkpoint.checkpoints_dir(run_dir)
     outside = rundir.leads_outside(run_dir, ckpts)
     if outside is not None:
-        raise UserError(f"run dir {run_dir}: {rundir.CHECKPOINTS} is a symlink to {outside}, outside the run dir; "
-                        f"hvd-dqn deletes old checkpoints in it and follows no link out of a run dir: remove the "
-                        f"link, or give a --run-dir on that filesystem")
+        raise UserError(
+            f"run dir {run_dir}: {rundir.CHECKPOINTS} is a symlink to {outside}, outside the run dir; "
+            f"hvd-dqn deletes old checkpoints in it and follows no link out of a run dir: remove the "
+            f"link, or give a --run-dir on that filesystem"
+        )
     resume_from = checkpoint.find_for_resume(run_dir) if resume else None
     if resume_from is None and checkpoint.listed(run_dir):
         # a fresh run would mix its metrics and checkpoints with the earlier run's (and a later --resume could pick
         # up the earlier run's newest checkpoint); its files are not ours to delete
-        raise UserError(f"run dir {run_dir} holds the checkpoints of an earlier run: continue it with "
-                        f"--resume {run_dir}, or train into another --run-dir")
+        raise UserError(
+            f"run dir {run_dir} holds the checkpoints of an earlier run: continue it with "
+            f"--resume {run_dir}, or train into another --run-dir"
+        )
     return resume_from
 
 
-def open_outputs(run_dir: Path, world: distributed.World, config: Config, share: PerRank,
-                 resume_from: Path | None) -> RunLogger:
+def open_outputs(
+    run_dir: Path, world: distributed.World, config: Config, share: PerRank, resume_from: Path | None
+) -> RunLogger:
     """Rank 0: metrics.jsonl trimmed to the checkpoint, the logger, config.json (with what each rank runs after the
     scaling rule). A full or read-only disk is a one-line UserError; the rewrites are atomic (temp file, then
     rename), so a resumed run's files stay whole."""
     try:
         if resume_from is not None and world.is_chief:
             trainstate.trim_metrics(run_dir, resume_from)
-        logger = RunLogger(run_dir, enabled=world.is_chief, total_env_steps=config.total_env_steps,
-                           fresh=resume_from is None)
-        logger.write_json(rundir.CONFIG, {**config.to_dict(), "world_size": world.size,
-                                          "per_rank": share.model_dump()})
+        logger = RunLogger(
+            run_dir, enabled=world.is_chief, total_env_steps=config.total_env_steps, fresh=resume_from is None
+        )
+        logger.write_json(rundir.CONFIG, {**config.to_dict(), "world_size": world.size, "per_rank": share.model_dump()})
     except OSError as exc:
         name = Path(exc.filename).name if exc.filename else "its files"
-        raise UserError(f"run dir {run_dir}: cannot write {name} ({exc.strerror or exc}); free space or make it "
-                        f"writable, then run again") from None
+        raise UserError(
+            f"run dir {run_dir}: cannot write {name} ({exc.strerror or exc}); free space or make it "
+            f"writable, then run again"
+        ) from None
     return logger
 
 

@@ -16,6 +16,7 @@ batch, learning rate and update counts behave as N grows (docs/scaling.md):
   a config of one update per env step or per 4 still shortens its chain K times.
 Pure functions of a Config and N: the trainer, the learner and a resize of a checkpoint all derive the same shares.
 """
+
 from __future__ import annotations
 
 from typing import TYPE_CHECKING
@@ -27,7 +28,7 @@ from hvd_dqn.errors import UserError
 if TYPE_CHECKING:
     from hvd_dqn.config import Config
 
-MAX_PHASE_SAMPLES = 2 ** 17  # transitions sampled at once per rank for a run of updates (Atari: about 7 GB)
+MAX_PHASE_SAMPLES = 2**17  # transitions sampled at once per rank for a run of updates (Atari: about 7 GB)
 
 
 class PerRank(BaseModel):
@@ -64,21 +65,22 @@ def per_rank(config: Config, world_size: int) -> PerRank:
             if getattr(config, key) % n:
                 raise UserError(
                     f"config: {key} {getattr(config, key)} is not divisible by the {n} ranks (scaling: weak "
-                    f"divides it by N; use a multiple of {n}, or scaling: strong)")
+                    f"divides it by N; use a multiple of {n}, or scaling: strong)"
+                )
         batch_size, learning_rate = config.batch_size, config.learning_rate * n
         updates_per_phase = config.updates_per_train // n * phases_per_vector_step
         target_update_every = config.target_update_every // n
     elif config.scaling in ("adam_sqrt", "lamb_sqrt", "sqrt"):
         k = n / min(n, config.scaling_replay_boost)  # how many times shorter the chain of updates gets
         if config.scaling == "sqrt":
-            rate = n ** config.scaling_lr_exponent
+            rate = n**config.scaling_lr_exponent
         else:
             # lamb_sqrt: LAMB's step is lr x ||w|| per layer whatever the gradient's size, so K times fewer steps
             # sqrt(K) times longer keep the weights' random walk per env step; sqrt(N) is the batch's, as adam_sqrt's
-            rate = n ** 0.5 * (k ** 0.5 if config.scaling == "lamb_sqrt" else 1.0)
+            rate = n**0.5 * (k**0.5 if config.scaling == "lamb_sqrt" else 1.0)
         batch_size, learning_rate = config.batch_size, config.learning_rate * rate
-        adam_epsilon, rmsprop_epsilon = config.adam_epsilon / n ** 0.5, config.rmsprop_epsilon / n ** 0.5
-        beta1, beta2, rho = config.adam_beta1 ** k, config.adam_beta2 ** k, config.rmsprop_decay ** k
+        adam_epsilon, rmsprop_epsilon = config.adam_epsilon / n**0.5, config.rmsprop_epsilon / n**0.5
+        beta1, beta2, rho = config.adam_beta1**k, config.adam_beta2**k, config.rmsprop_decay**k
         if config.scaling == "sqrt":
             phase = config.updates_per_train * phases_per_vector_step
             if phase >= k:
@@ -91,24 +93,29 @@ def per_rank(config: Config, world_size: int) -> PerRank:
                     raise UserError(
                         f"config: {key} {getattr(config, key)} is less than the {k:g} times that scaling: "
                         f"{config.scaling} divides it by on {n} ranks; raise it (with train_every, to keep their "
-                        f"ratio) to {k:g} or more, or use scaling: sqrt, which divides the updates of a phase")
+                        f"ratio) to {k:g} or more, or use scaling: sqrt, which divides the updates of a phase"
+                    )
             updates_per_phase = max(1, round(config.updates_per_train / k)) * phases_per_vector_step
         target_update_every = max(1, round(config.target_update_every / k))
     else:
         if config.batch_size % n:
             raise UserError(
                 f"config: batch_size {config.batch_size} is not divisible by the {n} ranks "
-                f"(it is the global batch; use a multiple of {n}, or scaling: weak)")
+                f"(it is the global batch; use a multiple of {n}, or scaling: weak)"
+            )
         batch_size, learning_rate = config.batch_size // n, config.learning_rate
         updates_per_phase = config.updates_per_train * phases_per_vector_step
         target_update_every = config.target_update_every
     k = config.backward_passes_per_step
-    for name, value in (("updates per learning phase", updates_per_phase),
-                        ("target_update_every", target_update_every)):
+    for name, value in (
+        ("updates per learning phase", updates_per_phase),
+        ("target_update_every", target_update_every),
+    ):
         if value % k:
             # a phase or target period ending between two optimizer steps would leave gradients half-summed
-            raise UserError(f"config: {name} is {value} per rank at {n} rank(s), not a multiple of "
-                            f"backward_passes_per_step {k}")
+            raise UserError(
+                f"config: {name} is {value} per rank at {n} rank(s), not a multiple of backward_passes_per_step {k}"
+            )
     return PerRank(
         batch_size=batch_size,
         learning_rate=learning_rate,
@@ -118,8 +125,11 @@ def per_rank(config: Config, world_size: int) -> PerRank:
         vector_steps_per_train=max(1, round(config.train_every / vector_step)) * period_factor,
         updates_per_phase=updates_per_phase,
         global_steps_per_vector_step=vector_step,
-        adam_beta1=beta1, adam_beta2=beta2, adam_epsilon=adam_epsilon,
-        rmsprop_decay=rho, rmsprop_epsilon=rmsprop_epsilon,
+        adam_beta1=beta1,
+        adam_beta2=beta2,
+        adam_epsilon=adam_epsilon,
+        rmsprop_decay=rho,
+        rmsprop_epsilon=rmsprop_epsilon,
     )
 
 
@@ -148,11 +158,12 @@ def check_schedule(config: Config, share: PerRank) -> None:
             f"config: no learning phase falls due: the first would end at global env step {first * vector_step:,} "
             f"(learning_starts {config.learning_starts}, train_every {config.train_every}, "
             f"{vector_step} env steps per vector step of all ranks), after total_env_steps "
-            f"{config.total_env_steps}; lower learning_starts or train more steps")
-    run = min(share.updates_per_phase, share.target_update_every,
-              config.federated_every or share.updates_per_phase)
+            f"{config.total_env_steps}; lower learning_starts or train more steps"
+        )
+    run = min(share.updates_per_phase, share.target_update_every, config.federated_every or share.updates_per_phase)
     if run * share.batch_size > MAX_PHASE_SAMPLES:
         raise UserError(
             f"config: each rank would sample {run:,} updates x {share.batch_size} transitions = "
             f"{run * share.batch_size:,} at once, more than {MAX_PHASE_SAMPLES:,}: lower updates_per_train, "
-            f"target_update_every or batch_size")
+            f"target_update_every or batch_size"
+        )

@@ -1,4 +1,5 @@
 """Schedules over global env steps: pure functions of the step counter, equal on every rank."""
+
 from __future__ import annotations
 
 
@@ -8,8 +9,15 @@ def linear_schedule(step: int, start: float, end: float, duration: float) -> flo
     return start + frac * (end - start)
 
 
-def scheduled_learning_rate(env_steps: int, config_lr: float, rule_lr: float, warmup_env_steps: int,
-                            learning_starts: int, final_fraction: float, total_env_steps: int) -> float:
+def scheduled_learning_rate(
+    env_steps: int,
+    config_lr: float,
+    rule_lr: float,
+    warmup_env_steps: int,
+    learning_starts: int,
+    final_fraction: float,
+    total_env_steps: int,
+) -> float:
     """The learning rate of the phase at global env step ``env_steps``: the scaling rule's ``rule_lr``, reached by
     a linear warm-up from the config's own (N = 1's) ``config_lr`` over ``warmup_env_steps`` env steps after
     ``learning_starts`` (Goyal et al. 2017's gradual warm-up), times the linear decay to ``final_fraction`` of it

@@ -9,6 +9,7 @@ safe_mode, unlike Keras 3.9's, would import a function or class from any module 
 whose Lambda layers run on loading, are refused. A SavedModel is a TensorFlow graph, which can do what any
 program can: load only exports from someone you trust.
 """
+
 from __future__ import annotations
 
 import json
@@ -57,8 +58,9 @@ def _load_keras(path: Path):
     except Exception as exc:  # Keras raises many types for a foreign or damaged archive
         text = str(exc).strip()
         if "safe_mode" in text:  # a Lambda our own check missed: Keras' safe_mode still refused it
-            raise UserError(f"{path}: refused: the model holds a Lambda layer, whose Python code would run on "
-                            f"loading") from None
+            raise UserError(
+                f"{path}: refused: the model holds a Lambda layer, whose Python code would run on loading"
+            ) from None
         first = text.splitlines()[0][:200] if text else type(exc).__name__
         raise UserError(f"{path}: not a loadable Keras model ({first})") from None
 
@@ -74,8 +76,10 @@ def _check_keras_zip(path: Path) -> None:
         raise UserError(f"{path}: cannot read it ({exc.strerror})") from None
     if not is_zip:
         kind = "an HDF5 file" if head == HDF5_MAGIC else "not a zip archive"
-        raise UserError(f"{path}: refused: {kind}, not the .keras zip format (only that format is loaded, "
-                        f"because loading the others can run code stored in the file)")
+        raise UserError(
+            f"{path}: refused: {kind}, not the .keras zip format (only that format is loaded, "
+            f"because loading the others can run code stored in the file)"
+        )
     try:
         with zipfile.ZipFile(path) as archive:
             config = json.loads(archive.read("config.json"))
@@ -85,8 +89,10 @@ def _check_keras_zip(path: Path) -> None:
     if foreign == "Lambda":
         raise UserError(f"{path}: refused: the model holds a Lambda layer, whose Python code would run on loading")
     if foreign is not None:
-        raise UserError(f"{path}: refused: the model names {foreign[:100]}, which is not part of Keras, and "
-                        f"loading it would run code from outside Keras")
+        raise UserError(
+            f"{path}: refused: the model names {foreign[:100]}, which is not part of Keras, and "
+            f"loading it would run code from outside Keras"
+        )
 
 
 def _foreign_object(node) -> str | None:
@@ -112,10 +118,16 @@ def _keras_policy(model, env_id, source) -> LoadedPolicy:
 
     dtype = model.input.dtype  # float32 vectors, or uint8 frame stacks (Atari)
     # any batch size: evaluate's batch shrinks as its episodes end, and a trace per size would be slow and noisy
-    call = tf.function(lambda x: model(x, training=False),
-                       input_signature=[tf.TensorSpec((None, *model.input_shape[1:]), dtype)])
-    return LoadedPolicy(lambda obs: call(tf.constant(obs, dtype)).numpy(), tuple(model.input_shape[1:]),
-                        int(model.output_shape[-1]), env_id, source)
+    call = tf.function(
+        lambda x: model(x, training=False), input_signature=[tf.TensorSpec((None, *model.input_shape[1:]), dtype)]
+    )
+    return LoadedPolicy(
+        lambda obs: call(tf.constant(obs, dtype)).numpy(),
+        tuple(model.input_shape[1:]),
+        int(model.output_shape[-1]),
+        env_id,
+        source,
+    )
 
 
 def load_policy(path: str | Path) -> LoadedPolicy:
@@ -135,12 +147,19 @@ def load_policy(path: str | Path) -> LoadedPolicy:
         fn = loaded.signatures["q_values"]
         spec = fn.structured_input_signature[1]["observation"]
         n_actions = int(fn.structured_outputs["q_values"].shape[-1])
-        return LoadedPolicy(lambda obs: fn(observation=tf.constant(obs, spec.dtype))["q_values"].numpy(),
-                            tuple(spec.shape[1:]), n_actions, meta.get("env_id"), str(path))
+        return LoadedPolicy(
+            lambda obs: fn(observation=tf.constant(obs, spec.dtype))["q_values"].numpy(),
+            tuple(spec.shape[1:]),
+            n_actions,
+            meta.get("env_id"),
+            str(path),
+        )
     model_file = _own_file(path, rundir.MODEL)
     if not model_file.is_file():
-        raise UserError(f"{path}: no model in it (expected q_network.keras from a finished run, or "
-                        f"saved_model/ from hvd-dqn export)")
+        raise UserError(
+            f"{path}: no model in it (expected q_network.keras from a finished run, or "
+            f"saved_model/ from hvd-dqn export)"
+        )
     env_id = read_json_object(_own_file(path, rundir.CONFIG), missing={}).get("env_id")
     return _keras_policy(_load_keras(model_file), env_id, str(path))
 
@@ -152,7 +171,8 @@ def check_matches_env(policy: LoadedPolicy, env) -> None:
         raise UserError(
             f"env {env.spec.id if env.spec else env} has observations of shape {obs_shape} and {n_actions} "
             f"actions, but the model {policy.source} expects shape {tuple(policy.obs_shape)} and "
-            f"{policy.n_actions} actions")
+            f"{policy.n_actions} actions"
+        )
 
 
 def export(run_dir: str | Path, out_dir: str | Path) -> Path:
@@ -190,14 +210,32 @@ def export(run_dir: str | Path, out_dir: str | Path) -> Path:
     policy = Policy(model)
     tmp = _new_sibling(target, "tmp")
     try:
-        tf.saved_model.save(policy, str(tmp / "saved_model"), signatures={
-            "serving_default": policy.q_values, "q_values": policy.q_values, "greedy_action": policy.greedy_action})
+        tf.saved_model.save(
+            policy,
+            str(tmp / "saved_model"),
+            signatures={
+                "serving_default": policy.q_values,
+                "q_values": policy.q_values,
+                "greedy_action": policy.greedy_action,
+            },
+        )
         shutil.copy2(model_file, tmp / rundir.MODEL)
         # atari_options: the preprocessing that evaluate must reproduce
-        (tmp / EXPORT_META).write_text(json.dumps({
-            "format": EXPORT_FORMAT, "env_id": config.get("env_id"), "observation_shape": list(obs_shape),
-            "n_actions": int(model.output_shape[-1]), "from_run": str(run_dir),
-            "env_kwargs": config.get("env_kwargs") or {}, **atari_options(config)}, indent=2) + "\n")
+        (tmp / EXPORT_META).write_text(
+            json.dumps(
+                {
+                    "format": EXPORT_FORMAT,
+                    "env_id": config.get("env_id"),
+                    "observation_shape": list(obs_shape),
+                    "n_actions": int(model.output_shape[-1]),
+                    "from_run": str(run_dir),
+                    "env_kwargs": config.get("env_kwargs") or {},
+                    **atari_options(config),
+                },
+                indent=2,
+            )
+            + "\n"
+        )
         _put_in_place(tmp, target)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)  # ours; gone already when it became out_dir
@@ -210,8 +248,10 @@ def _own_file(run_dir: Path, name: str) -> Path:
     path = run_dir / name
     outside = rundir.leads_outside(run_dir, path)
     if outside is not None:
-        raise UserError(f"{path}: a symlink to {outside}, outside the run dir; hvd-dqn reads a run's own files "
-                        f"only and follows no link out of a run dir")
+        raise UserError(
+            f"{path}: a symlink to {outside}, outside the run dir; hvd-dqn reads a run's own files "
+            f"only and follows no link out of a run dir"
+        )
     return path
 
 
@@ -221,20 +261,25 @@ def _check_out_dir(run_dir: Path, out_dir: Path) -> Path:
     path as given is checked as well as where it leads), anything that is not an earlier export."""
     run, out = run_dir.resolve(), out_dir.resolve()
     if out == run or out in run.parents:
-        raise UserError(f"export OUT_DIR {out_dir} is or contains the run dir {run_dir}: give a new directory "
-                        f"outside it")
+        raise UserError(
+            f"export OUT_DIR {out_dir} is or contains the run dir {run_dir}: give a new directory outside it"
+        )
     as_given = Path(os.path.abspath(out_dir))
     if run in out.parents or any(r in as_given.parents for r in (run, Path(os.path.abspath(run_dir)))):
         raise UserError(f"export OUT_DIR {out_dir} is inside the run dir {run_dir}: give a directory outside it")
     if out.exists() or out.is_symlink():
         meta = _read_export_meta(out)
         if meta is None:
-            raise UserError(f"export OUT_DIR {out_dir} exists and is not an earlier hvd-dqn export (no "
-                            f"{EXPORT_META} of ours): give a new path; nothing was written")
+            raise UserError(
+                f"export OUT_DIR {out_dir} exists and is not an earlier hvd-dqn export (no "
+                f"{EXPORT_META} of ours): give a new path; nothing was written"
+            )
         extra = sorted(set(os.listdir(out)) - EXPORT_ENTRIES)
         if extra:
-            raise UserError(f"export OUT_DIR {out_dir} is an earlier export but also holds {extra[0]!r}, which "
-                            f"hvd-dqn did not write: move it away or give a new path; nothing was written")
+            raise UserError(
+                f"export OUT_DIR {out_dir} is an earlier export but also holds {extra[0]!r}, which "
+                f"hvd-dqn did not write: move it away or give a new path; nothing was written"
+            )
     return out
 
 

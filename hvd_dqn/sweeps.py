@@ -5,6 +5,7 @@ Everything here reads what rank 0 wrote (config.json, metrics.jsonl, summary.jso
 and the printing are the callers'. A run's label is its config's ``exp_name`` (the config file's name) unless
 another config key is asked for.
 """
+
 from __future__ import annotations
 
 import json
@@ -43,12 +44,20 @@ def read_run(run_dir: Path) -> dict[str, Any]:
         except json.JSONDecodeError:
             if n < len(lines):
                 raise UserError(f"{metrics}: line {n} is not JSON") from None
-            notes.append(f"{metrics}: its last line (line {n}) is cut short, as a run killed while writing it "
-                         f"leaves it; left out")
+            notes.append(
+                f"{metrics}: its last line (line {n}) is cut short, as a run killed while writing it "
+                f"leaves it; left out"
+            )
     summary = read_json_object(run_dir / rundir.SUMMARY, missing={})
     config = read_json_object(run_dir / rundir.CONFIG, missing={})
-    return {"dir": run_dir, "rows": rows, "summary": summary, "config": config, "best": best.read(run_dir),
-            "notes": notes}
+    return {
+        "dir": run_dir,
+        "rows": rows,
+        "summary": summary,
+        "config": config,
+        "best": best.read(run_dir),
+        "notes": notes,
+    }
 
 
 def label(run: dict[str, Any], key: str = DEFAULT_GROUP_KEY) -> str:
@@ -106,10 +115,15 @@ def band(curves: list[tuple[list[float], list[float]]]) -> Band:
     if not grid:
         raise ValueError(f"the runs' evaluations share no range (one ends at {hi:g}, another starts at {lo:g})")
     values = np.array([np.interp(grid, xs, ys) for xs, ys in curves])
-    return Band(x=grid, mean=values.mean(axis=0).tolist(), low=values.min(axis=0).tolist(),
-                high=values.max(axis=0).tolist(), runs=len(curves),
-                interpolated=any(not set(grid) <= set(xs) for xs, _ in curves),
-                cut=any(xs[0] < lo or xs[-1] > hi for xs, _ in curves))
+    return Band(
+        x=grid,
+        mean=values.mean(axis=0).tolist(),
+        low=values.min(axis=0).tolist(),
+        high=values.max(axis=0).tolist(),
+        runs=len(curves),
+        interpolated=any(not set(grid) <= set(xs) for xs, _ in curves),
+        cut=any(xs[0] < lo or xs[-1] > hi for xs, _ in curves),
+    )
 
 
 def _median(values: list[float]) -> float:
@@ -123,16 +137,20 @@ def results(runs: list[dict[str, Any]]) -> dict[str, Any]:
     finals = [s["final_eval_return_mean"] for s in done if s.get("final_eval_return_mean") is not None]
     solved = [s for s in done if s.get("solved_env_steps") is not None]
     return {
-        "runs": len(done), "unfinished": len(runs) - len(done),
+        "runs": len(done),
+        "unfinished": len(runs) - len(done),
         "ranks": sorted({s["world_size"] for s in done if s.get("world_size") is not None}),
         "thresholds": sorted({s["reward_threshold"] for s in done if s.get("reward_threshold") is not None}),
         "solved": len(solved),
-        "steps_to_threshold": _median([s["solved_env_steps"] if s.get("solved_env_steps") is not None else INF
-                                       for s in done]),
-        "time_to_threshold": _median([s["solved_wall_s"] if s.get("solved_env_steps") is not None else INF
-                                      for s in done]),
+        "steps_to_threshold": _median(
+            [s["solved_env_steps"] if s.get("solved_env_steps") is not None else INF for s in done]
+        ),
+        "time_to_threshold": _median(
+            [s["solved_wall_s"] if s.get("solved_env_steps") is not None else INF for s in done]
+        ),
         "final_median": _median(finals),
-        "final_min": min(finals) if finals else math.nan, "final_max": max(finals) if finals else math.nan,
+        "final_min": min(finals) if finals else math.nan,
+        "final_max": max(finals) if finals else math.nan,
     }
 
 
@@ -148,16 +166,23 @@ def _listed(values: list[Any]) -> str:
 
 def table(groups: dict[str, dict[str, Any]]) -> str:
     """A markdown table, one line per group, from ``{label: results(...)}``."""
-    out = ["| group | runs | ranks | threshold | solved | env steps to threshold (median) "
-           "| time to threshold, s (median) | final greedy return: median (min to max) |",
-           "| --- | --- | --- | --- | --- | --- | --- | --- |"]
+    out = [
+        "| group | runs | ranks | threshold | solved | env steps to threshold (median) "
+        "| time to threshold, s (median) | final greedy return: median (min to max) |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
     for name, r in groups.items():
         runs = f"{r['runs']}" + (f" (+{r['unfinished']} unfinished)" if r["unfinished"] else "")
-        final = "-" if math.isnan(r["final_median"]) else \
-            f"{r['final_median']:.1f} ({r['final_min']:.1f} to {r['final_max']:.1f})"
-        out.append(f"| {name} | {runs} | {_listed(r['ranks'])} | {_listed(r['thresholds'])} | "
-                   f"{r['solved']}/{r['runs']} | {_fmt(r['steps_to_threshold'], ',.0f')} | "
-                   f"{_fmt(r['time_to_threshold'], '.1f')} | {final} |")
+        final = (
+            "-"
+            if math.isnan(r["final_median"])
+            else f"{r['final_median']:.1f} ({r['final_min']:.1f} to {r['final_max']:.1f})"
+        )
+        out.append(
+            f"| {name} | {runs} | {_listed(r['ranks'])} | {_listed(r['thresholds'])} | "
+            f"{r['solved']}/{r['runs']} | {_fmt(r['steps_to_threshold'], ',.0f')} | "
+            f"{_fmt(r['time_to_threshold'], '.1f')} | {final} |"
+        )
     return "\n".join(out)
 
 

@@ -3,6 +3,7 @@ user's small images, stored whole) and Atari (frame stacks, the Nature CNN). Eve
 when training is here: the envs' options, which replay a rank keeps, how a vector step is stored, and what happens
 when episodes (re)start. The trainer asks ``for_config(config)`` for one and never branches on the kind itself.
 """
+
 from __future__ import annotations
 
 from typing import Any
@@ -30,8 +31,10 @@ class ClassicControl:
         return env_options(self.config)
 
     def make_replay(self, capacity: int, obs_shape: tuple[int, ...], ranks_per_host: int) -> ReplayShard:
-        return _shard(self.config, ReplayBuffer(capacity, obs_shape, obs_dtype=stored_obs_dtype(obs_shape),
-                                                ranks_per_host=ranks_per_host))
+        return _shard(
+            self.config,
+            ReplayBuffer(capacity, obs_shape, obs_dtype=stored_obs_dtype(obs_shape), ranks_per_host=ranks_per_host),
+        )
 
     def begin(self, replay: ReplayShard, obs: np.ndarray, info: dict) -> None:
         """The envs were reset (at the start, or on a resume whose env state could not be saved)."""
@@ -87,8 +90,19 @@ class Atari:
 
     def make_replay(self, capacity: int, obs_shape: tuple[int, ...], ranks_per_host: int) -> ReplayShard:
         cfg = self.config
-        return _shard(cfg, FrameReplayBuffer(capacity, cfg.num_envs, obs_shape[1:], cfg.frame_stack, FRAME_PADDING,
-                                             cfg.n_step, cfg.gamma, ranks_per_host=ranks_per_host))
+        return _shard(
+            cfg,
+            FrameReplayBuffer(
+                capacity,
+                cfg.num_envs,
+                obs_shape[1:],
+                cfg.frame_stack,
+                FRAME_PADDING,
+                cfg.n_step,
+                cfg.gamma,
+                ranks_per_host=ranks_per_host,
+            ),
+        )
 
     def begin(self, replay: ReplayShard, obs: np.ndarray, info: dict) -> None:
         """The reset frames start new episodes in the frame replay, and life counting starts again."""
@@ -103,8 +117,15 @@ class Atari:
         if cfg.terminal_on_life_loss:
             stored_terminated = terminated | (lives < self.lives)
         self.lives = lives  # a reset step brings the new game's lives back up, never counted as a loss
-        replay.add(obs, actions, np.sign(reward) if cfg.clip_rewards else reward, next_obs, stored_terminated,
-                   truncated, episode_end=terminated | truncated)
+        replay.add(
+            obs,
+            actions,
+            np.sign(reward) if cfg.clip_rewards else reward,
+            next_obs,
+            stored_terminated,
+            truncated,
+            episode_end=terminated | truncated,
+        )
 
     def end_episodes(self, replay: ReplayShard, last_obs: np.ndarray) -> None:
         """Nothing to flush: the frame replay builds n-step returns when it samples, and ``begin`` starts the
@@ -131,5 +152,6 @@ def for_config(config) -> ClassicControl | Atari:
 
 def _shard(config, buffer) -> ReplayShard:
     # n-step discounts and priorities ride alongside the buffer (docs/algorithms.md)
-    return ReplayShard(buffer, config.gamma ** config.n_step, config.prioritized_replay, config.priority_alpha,
-                       config.priority_epsilon)
+    return ReplayShard(
+        buffer, config.gamma**config.n_step, config.prioritized_replay, config.priority_alpha, config.priority_epsilon
+    )

@@ -4,6 +4,7 @@ Every rank runs this loop in lockstep. Each decision that leads to a collective 
 stop) is made from the global env-step and update counters, which are the same on every rank, so every rank
 makes exactly the same collective calls.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -54,9 +55,14 @@ class LoopState:
     solved_wall_s: float | None = None
 
     def state_dict(self) -> dict[str, Any]:
-        return {"vstep": self.vstep, "env_steps": self.env_steps, "train_stats": dict(self.phase_stats),
-                "last_eval": dict(self.last_eval), "solved_env_steps": self.solved_env_steps,
-                "solved_wall_s": self.solved_wall_s}
+        return {
+            "vstep": self.vstep,
+            "env_steps": self.env_steps,
+            "train_stats": dict(self.phase_stats),
+            "last_eval": dict(self.last_eval),
+            "solved_env_steps": self.solved_env_steps,
+            "solved_wall_s": self.solved_wall_s,
+        }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.vstep, self.env_steps = state["vstep"], state["env_steps"]
@@ -79,8 +85,15 @@ class Trainer:
             return super().__new__(PSTrainer)
         return super().__new__(cls)
 
-    def __init__(self, config: Config, run_dir: str | os.PathLike | None = None, callbacks=(), resume: bool = False,
-                 q_network=None, restart: bool = False):
+    def __init__(
+        self,
+        config: Config,
+        run_dir: str | os.PathLike | None = None,
+        callbacks=(),
+        resume: bool = False,
+        q_network=None,
+        restart: bool = False,
+    ):
         if not isinstance(config, Config):
             raise TypeError("Trainer needs a hvd_dqn.Config")
         if resume and run_dir is None:
@@ -145,8 +158,9 @@ class Trainer:
         cfg = self.config
         self._setup()
         if cfg.hang_timeout_s is not None and self.watch_for_hangs:
-            self.watchdog = Watchdog(self.run_dir, self.world.rank, self.world.size, cfg.hang_timeout_s,
-                                     cfg.busy_timeout_s).start()
+            self.watchdog = Watchdog(
+                self.run_dir, self.world.rank, self.world.size, cfg.hang_timeout_s, cfg.busy_timeout_s
+            ).start()
         summary = self._run(self._loop)
         self._close()
         return summary
@@ -160,8 +174,11 @@ class Trainer:
             s.env_steps += self.per_rank.global_steps_per_vector_step
             final = s.env_steps >= cfg.total_env_steps
             self._collect()
-            if s.env_steps >= cfg.learning_starts and s.vstep % self.per_rank.vector_steps_per_train == 0 \
-                    and self._replay_ready():
+            if (
+                s.env_steps >= cfg.learning_starts
+                and s.vstep % self.per_rank.vector_steps_per_train == 0
+                and self._replay_ready()
+            ):
                 # this process's first phase traces and compiles the update, which may take minutes (Atari CNN, XLA)
                 with self.paused("compiling the update") if not self.compiled else contextlib.nullcontext():
                     self._learn()
@@ -217,8 +234,9 @@ class Trainer:
         except checkpoint.CheckpointError as exc:
             if not final:
                 raise
-            raise checkpoint.CheckpointError(f"{exc}; the finished run's q_network.keras and summary.json are "
-                                             f"saved in {self.run_dir}") from None
+            raise checkpoint.CheckpointError(
+                f"{exc}; the finished run's q_network.keras and summary.json are saved in {self.run_dir}"
+            ) from None
 
     def paused(self, what: str):
         """Mark work that may outlast hang_timeout_s: the other ranks' watchdogs wait for this rank, and this
@@ -238,14 +256,25 @@ class Trainer:
         self.threshold = cfg.reward_threshold if cfg.reward_threshold is not None else reward_threshold(cfg.env_id)
 
         self.task = tasks.for_config(cfg)  # classic control or Atari: what differs between them
-        self.envs = make_vector_env(cfg.env_id, cfg.num_envs, backend=cfg.atari_vector_env,
-                                    threads=world.cores_per_rank, **self.task.env_options)
+        self.envs = make_vector_env(
+            cfg.env_id,
+            cfg.num_envs,
+            backend=cfg.atari_vector_env,
+            threads=world.cores_per_rank,
+            **self.task.env_options,
+        )
         obs_shape = self.envs.single_observation_space.shape
         n_actions = int(self.envs.single_action_space.n)
-        self.shard = runsetup.make_replay(self.task, share.replay_capacity, obs_shape, world,
-                                          agree=self.collectives_in_setup)
-        self.actor = Actor(self.envs, self.task, self.shard, np.random.default_rng([cfg.seed, world.rank, 7]),
-                           env_seeds(cfg.seed, world.rank, cfg.num_envs))
+        self.shard = runsetup.make_replay(
+            self.task, share.replay_capacity, obs_shape, world, agree=self.collectives_in_setup
+        )
+        self.actor = Actor(
+            self.envs,
+            self.task,
+            self.shard,
+            np.random.default_rng([cfg.seed, world.rank, 7]),
+            env_seeds(cfg.seed, world.rank, cfg.num_envs),
+        )
         self.learner = self._make_learner(obs_shape, n_actions, self._network_builder())
         self.q_fn = self.learner.q_fn()  # Q-values of the online network, for acting
         self.evaluator = self._make_evaluator()
@@ -292,12 +321,19 @@ class Trainer:
         with self.paused("evaluating"):
             returns = self.evaluator(q_fn)
         s.last_eval = summarize(distributed.allgather(returns))
-        if s.solved_env_steps is None and self.threshold is not None \
-                and s.last_eval["eval_return_mean"] >= self.threshold:
+        if (
+            s.solved_env_steps is None
+            and self.threshold is not None
+            and s.last_eval["eval_return_mean"] >= self.threshold
+        ):
             s.solved_env_steps, s.solved_wall_s = s.env_steps, time.perf_counter() - self.start
         self.callbacks.fire("on_evaluation", self, {**s.last_eval, "env_steps": s.env_steps})
-        evaluation = {"env_steps": s.env_steps, "updates": learner.updates,
-                      "wall_s": time.perf_counter() - self.start, **s.last_eval}
+        evaluation = {
+            "env_steps": s.env_steps,
+            "updates": learner.updates,
+            "wall_s": time.perf_counter() - self.start,
+            **s.last_eval,
+        }
         if self.best.improves(evaluation):  # the same on every rank; rank 0 writes best/
             with self.paused("saving the best policy"):
                 self.best.keep(evaluation, lambda path: checkpoint.save_keras_model(learner.policy, path))
@@ -310,15 +346,21 @@ class Trainer:
         last = self.last_log
         finished = self.actor.take_finished_returns()
         sums = distributed.allreduce_sum([sum(finished), len(finished)])
-        row.update({
-            "env_steps": s.env_steps, "wall_s": now - self.start, "updates": learner.updates,
-            "charts/episodic_return": sums[0] / sums[1] if sums[1] else None,
-            "charts/episodes": int(sums[1]), "charts/epsilon": self.epsilon(),
-            "losses/td_loss": s.phase_stats.get("td_loss"), "losses/q_mean": s.phase_stats.get("q_mean"),
-            "perf/env_steps_per_s": (s.env_steps - last.env_steps) / (now - last.time),
-            "perf/env_steps_per_s_per_rank": (s.env_steps - last.env_steps) / (now - last.time) / self.world.size,
-            "perf/updates_per_s": (learner.updates - last.updates) / (now - last.time),
-        })
+        row.update(
+            {
+                "env_steps": s.env_steps,
+                "wall_s": now - self.start,
+                "updates": learner.updates,
+                "charts/episodic_return": sums[0] / sums[1] if sums[1] else None,
+                "charts/episodes": int(sums[1]),
+                "charts/epsilon": self.epsilon(),
+                "losses/td_loss": s.phase_stats.get("td_loss"),
+                "losses/q_mean": s.phase_stats.get("q_mean"),
+                "perf/env_steps_per_s": (s.env_steps - last.env_steps) / (now - last.time),
+                "perf/env_steps_per_s_per_rank": (s.env_steps - last.env_steps) / (now - last.time) / self.world.size,
+                "perf/updates_per_s": (learner.updates - last.updates) / (now - last.time),
+            }
+        )
         if self.config.log_allreduce_ms:
             row["perf/allreduce_ms"] = distributed.time_allreduce(learner.online.trainable_variables)
         self.logger.log(row)
@@ -339,14 +381,23 @@ class Trainer:
         learner = Learner(self.config, obs_shape, n_actions, self.world.size, build_network)
         learner.broadcast_initial_weights()
         if self.config.precision == "mixed_float16" and self.world.is_chief and not _has_gpu():
-            say("hvd-dqn: precision mixed_float16 on a CPU: float16 is emulated there and slow (it is meant for GPUs; "
-                "mixed_bfloat16 is the CPU's mixed precision)")
+            say(
+                "hvd-dqn: precision mixed_float16 on a CPU: float16 is emulated there and slow (it is meant for GPUs; "
+                "mixed_bfloat16 is the CPU's mixed precision)"
+            )
         return learner
 
     def _make_evaluator(self) -> Evaluator:
         cfg, world = self.config, self.world
-        return Evaluator(cfg.env_id, cfg.eval_episodes, cfg.seed, world.rank, world.size, cfg.eval_epsilon,
-                         env_kwargs=self.task.env_options)
+        return Evaluator(
+            cfg.env_id,
+            cfg.eval_episodes,
+            cfg.seed,
+            world.rank,
+            world.size,
+            cfg.eval_epsilon,
+            env_kwargs=self.task.env_options,
+        )
 
     def parts(self) -> trainstate.Parts:
         """The parts whose state a checkpoint holds."""
@@ -360,8 +411,11 @@ class Trainer:
         save = final or (cfg.checkpoint_every is not None and _crossed(prev_steps, s.env_steps, cfg.checkpoint_every))
         if not (final or s.vstep % self.per_rank.vector_steps_per_train == 0):
             return save, False
-        timed = self.world.is_chief and cfg.checkpoint_every_minutes is not None \
+        timed = (
+            self.world.is_chief
+            and cfg.checkpoint_every_minutes is not None
             and time.monotonic() - self.last_checkpoint_at >= 60.0 * cfg.checkpoint_every_minutes
+        )
         stop_votes, timed = distributed.allreduce_sum([float(self.stop.poll(s.env_steps)), float(timed)])
         stop = stop_votes > 0 and not final  # at the end the run simply completes
         if stop_votes > 0:
@@ -375,19 +429,29 @@ class Trainer:
         state = trainstate.restore(ckpt, self.world, self.config, self.parts())
         self.best.resume()
         if self.actor.restart_reason is not None and self.world.is_chief:  # the same on every rank
-            say(f"hvd-dqn: resuming from {ckpt.name}, the episodes start afresh: {self.actor.restart_reason}; "
-                "the rest is restored, but the run is not bit-exact")
+            say(
+                f"hvd-dqn: resuming from {ckpt.name}, the episodes start afresh: {self.actor.restart_reason}; "
+                "the rest is restored, but the run is not bit-exact"
+            )
         self.q_fn = self.learner.q_fn()
         s = self.state
         now = time.perf_counter()
         self.started_at = state["started_at"]
         self.start = now - (time.time() - self.started_at)
         self.last_log = LogPoint(s.env_steps, now, self.learner.updates)
-        self.logger.log({"env_steps": s.env_steps, "wall_s": now - self.start, "updates": self.learner.updates,
-                         "event": "resumed", "checkpoint": ckpt.name,
-                         "resume_gap_s": time.time() - state["written_at"],
-                         # where the world size changed (docs/checkpoints.md: resuming onto another world size)
-                         "world_size": self.world.size, "checkpoint_world_size": state["world_size"]})
+        self.logger.log(
+            {
+                "env_steps": s.env_steps,
+                "wall_s": now - self.start,
+                "updates": self.learner.updates,
+                "event": "resumed",
+                "checkpoint": ckpt.name,
+                "resume_gap_s": time.time() - state["written_at"],
+                # where the world size changed (docs/checkpoints.md: resuming onto another world size)
+                "world_size": self.world.size,
+                "checkpoint_world_size": state["world_size"],
+            }
+        )
 
     def _lock_run_dir(self) -> None:
         self.lock = runsetup.lock(self.run_dir, self.world, self.restart)
@@ -415,13 +479,22 @@ class Trainer:
         distributed.barrier()  # the file is complete on every rank's view before anyone is told of it
         self.callbacks.fire("on_checkpoint", self, self.run_dir / rundir.MODEL)
         summary = {
-            "env_id": cfg.env_id, "world_size": world.size, "env_steps": s.env_steps,
-            "updates": self.learner.updates, "wall_s": wall,
-            "env_steps_per_s": s.env_steps / wall, "updates_per_s": self.learner.updates / wall,
-            "final_eval_return_mean": s.last_eval.get("eval_return_mean"), "reward_threshold": self.threshold,
-            "solved_env_steps": s.solved_env_steps, "solved_wall_s": s.solved_wall_s,
-            "replica_checksums": checksums, "peak_rss_mb": peak_rss_mb, "run_dir": str(self.run_dir),
-            **self.best.summary(), **self._summary_extras(),
+            "env_id": cfg.env_id,
+            "world_size": world.size,
+            "env_steps": s.env_steps,
+            "updates": self.learner.updates,
+            "wall_s": wall,
+            "env_steps_per_s": s.env_steps / wall,
+            "updates_per_s": self.learner.updates / wall,
+            "final_eval_return_mean": s.last_eval.get("eval_return_mean"),
+            "reward_threshold": self.threshold,
+            "solved_env_steps": s.solved_env_steps,
+            "solved_wall_s": s.solved_wall_s,
+            "replica_checksums": checksums,
+            "peak_rss_mb": peak_rss_mb,
+            "run_dir": str(self.run_dir),
+            **self.best.summary(),
+            **self._summary_extras(),
         }
         self.logger.write_json(rundir.SUMMARY, summary)
         return summary

@@ -9,6 +9,7 @@ counters (identical on every rank); after every rank reports success rank 0 writ
 directory into place. ``restore`` is a collective too, and ends with rank 0's networks broadcast as a guarantee.
 The files and formats are ``hvd_dqn.checkpoint``'s.
 """
+
 from __future__ import annotations
 
 import json
@@ -61,15 +62,27 @@ def save(run_dir: Path, world, config, parts: Parts, started_at: float) -> Path:
             checkpoint.write_model(tmp, learner.checkpoint_objects())
             counters = learner.state_dict()
             loop_state = loop.state_dict()
-            checkpoint.write_json(tmp / "state.json", {
-                "format": checkpoint.FORMAT, "version": checkpoint.VERSION,
-                "env_steps": loop.env_steps, "world_size": world.size, "config": config.to_dict(),
-                "loop": {"vstep": loop_state["vstep"], "env_steps": loop_state["env_steps"],
-                         "since_sync": counters["since_sync"], **{k: loop_state[k] for k in LOOP_KEYS}},
-                "updates": counters["updates"], "evaluator_count": parts.evaluator.state_dict()["count"],
-                "started_at": started_at, "written_at": time.time(),
-                "weights_checksum": distributed.weights_checksum(learner.online.variables),
-            })
+            checkpoint.write_json(
+                tmp / "state.json",
+                {
+                    "format": checkpoint.FORMAT,
+                    "version": checkpoint.VERSION,
+                    "env_steps": loop.env_steps,
+                    "world_size": world.size,
+                    "config": config.to_dict(),
+                    "loop": {
+                        "vstep": loop_state["vstep"],
+                        "env_steps": loop_state["env_steps"],
+                        "since_sync": counters["since_sync"],
+                        **{k: loop_state[k] for k in LOOP_KEYS},
+                    },
+                    "updates": counters["updates"],
+                    "evaluator_count": parts.evaluator.state_dict()["count"],
+                    "started_at": started_at,
+                    "written_at": time.time(),
+                    "weights_checksum": distributed.weights_checksum(learner.online.variables),
+                },
+            )
             mine += [tmp / "state.json", *sorted(tmp.glob(checkpoint.MODEL_PREFIX + ".*"))]
         written = checkpoint.describe(mine)
     except OSError as exc:
@@ -116,10 +129,24 @@ def _row_step(line: str) -> float:
 
 
 # state.json's keys that restore reads, and their JSON types
-STATE_TYPES = {"world_size": int, "config": dict, "loop": dict, "updates": int, "evaluator_count": int,
-               "started_at": (int, float), "written_at": (int, float)}
-LOOP_TYPES = {"vstep": int, "env_steps": int, "since_sync": int, "train_stats": dict, "last_eval": dict,
-              "solved_env_steps": (int, type(None)), "solved_wall_s": (int, float, type(None))}
+STATE_TYPES = {
+    "world_size": int,
+    "config": dict,
+    "loop": dict,
+    "updates": int,
+    "evaluator_count": int,
+    "started_at": (int, float),
+    "written_at": (int, float),
+}
+LOOP_TYPES = {
+    "vstep": int,
+    "env_steps": int,
+    "since_sync": int,
+    "train_stats": dict,
+    "last_eval": dict,
+    "solved_env_steps": (int, type(None)),
+    "solved_wall_s": (int, float, type(None)),
+}
 
 
 def _check_state(ckpt: Path, state: dict[str, Any]) -> None:
@@ -130,8 +157,9 @@ def _check_state(ckpt: Path, state: dict[str, Any]) -> None:
             if key not in data:
                 raise checkpoint.damaged(ckpt, f"state.json is damaged (no {where}{key})")
             if not isinstance(data[key], kind) or isinstance(data[key], bool):
-                raise checkpoint.damaged(ckpt, f"state.json is damaged ({where}{key} is a "
-                                               f"{type(data[key]).__name__}: {excerpt(data[key])})")
+                raise checkpoint.damaged(
+                    ckpt, f"state.json is damaged ({where}{key} is a {type(data[key]).__name__}: {excerpt(data[key])})"
+                )
 
 
 def restore(ckpt: Path, world, config, parts: Parts) -> dict[str, Any]:
@@ -154,13 +182,11 @@ def restore(ckpt: Path, world, config, parts: Parts) -> dict[str, Any]:
             resized = _load_resized(ckpt, state, world, config, parts)
         if world.rank < saved_size:  # a rank that is new to the run keeps the envs it started with
             restart = env_seeds(config.seed, world.rank, config.num_envs, stream=2 + state["env_steps"])
-            parts.actor.load_state_dict(checkpoint.read_json(ckpt, f"rank{world.rank}.json"),
-                                        restart_seeds=restart)
+            parts.actor.load_state_dict(checkpoint.read_json(ckpt, f"rank{world.rank}.json"), restart_seeds=restart)
     except CheckpointError as exc:
         error = exc
     except (AttributeError, KeyError, TypeError, ValueError) as exc:
-        error = checkpoint.damaged(ckpt, f"damaged or foreign contents ({type(exc).__name__}: "
-                                         f"{clip(str(exc), 200)})")
+        error = checkpoint.damaged(ckpt, f"damaged or foreign contents ({type(exc).__name__}: {clip(str(exc), 200)})")
     # Horovod: no rank goes on (into collectives) with a checkpoint another rank could not load.
     if distributed.allreduce_sum([float(error is not None)])[0]:
         raise error or CheckpointError(f"checkpoint {ckpt}: another rank could not load its part (see its error)")
@@ -197,11 +223,12 @@ def _load_resized(ckpt: Path, state: dict[str, Any], world, config, parts: Parts
         raise checkpoint.CheckpointError(
             f"checkpoint {ckpt}: written at global env step {env_steps}, which {new_size} ranks of "
             f"{config.num_envs} envs ({new_share.global_steps_per_vector_step} env steps per vector step) cannot "
-            f"reach; resume with {old_size} ranks, or from a checkpoint at a learning phase's end")
+            f"reach; resume with {old_size} ranks, or from a checkpoint at a learning phase's end"
+        )
     prioritized = parts.replay.tree is not None
     files = [checkpoint.read_arrays(ckpt, f"replay-rank{r}.npz") for r in range(old_size)]
     max_priority = max(float(f["shard_max_priority"]) for f in files) if prioritized else None
-    weight = max_priority ** config.priority_alpha if prioritized else None
+    weight = max_priority**config.priority_alpha if prioritized else None
     ordered, flushed_total = [], 0
     for r, arrays in enumerate(files):
         flushed = None
@@ -217,13 +244,24 @@ def _load_resized(ckpt: Path, state: dict[str, Any], world, config, parts: Parts
         parts.task.load_state_dict(files[world.rank])
     total = sum(len(o["action"]) for o in ordered)
     flushed_note = f" ({flushed_total} of them n-step starts of the envs that ended)" if flushed_total else ""
-    dropped = (f"; the newest {total - mine.dropped} kept, the {mine.dropped} oldest dropped (replay capacity "
-               f"{capacity} per rank)") if mine.dropped else ""
-    envs = (f"{_ranks(new_size, old_size)}'s envs ended" if new_size < old_size
-            else f"{_ranks(old_size, new_size)} start new envs")
-    line = (f"hvd-dqn: {ckpt.name} was written by {old_size} ranks, this job has {new_size}: {total} replay "
-            f"transitions{flushed_note} dealt out to {_plural(new_size, 'rank')}{dropped}; {envs}; the scaling "
-            f"rule is recomputed for {_plural(new_size, 'rank')}")
+    dropped = (
+        (
+            f"; the newest {total - mine.dropped} kept, the {mine.dropped} oldest dropped (replay capacity "
+            f"{capacity} per rank)"
+        )
+        if mine.dropped
+        else ""
+    )
+    envs = (
+        f"{_ranks(new_size, old_size)}'s envs ended"
+        if new_size < old_size
+        else f"{_ranks(old_size, new_size)} start new envs"
+    )
+    line = (
+        f"hvd-dqn: {ckpt.name} was written by {old_size} ranks, this job has {new_size}: {total} replay "
+        f"transitions{flushed_note} dealt out to {_plural(new_size, 'rank')}{dropped}; {envs}; the scaling "
+        f"rule is recomputed for {_plural(new_size, 'rank')}"
+    )
     since_sync = state["loop"]["since_sync"] * new_share.target_update_every // old_share.target_update_every
     return Resized(env_steps // new_share.global_steps_per_vector_step, since_sync, line)
 

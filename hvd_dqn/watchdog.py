@@ -25,6 +25,7 @@ checkpoint, waiting in its collective for a deadlocked one, kept the job waiting
 itself. (The allreduce inside the learner's compiled update is no such collective: the learning phase that
 compiles it is marked work, and later ones run in lockstep on every rank.)
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -99,14 +100,21 @@ class Watchdog:
 
     def _beat(self) -> None:
         waiting, where = self._whereabouts()
-        record = {"rank": self.rank, "host": socket.gethostname(), "pid": os.getpid(), "wall": time.time(),
-                  "stalled_s": round(self._stalled_s(), 1), "busy": self._busy, "waiting": waiting, "where": where}
+        record = {
+            "rank": self.rank,
+            "host": socket.gethostname(),
+            "pid": os.getpid(),
+            "wall": time.time(),
+            "stalled_s": round(self._stalled_s(), 1),
+            "busy": self._busy,
+            "waiting": waiting,
+            "where": where,
+        }
         rundir.atomic_write_text(self._path(self.rank), json.dumps(record), durable=False)
 
     def _whereabouts(self) -> tuple[bool, str]:
         """(whether the loop's thread waits in a collective, where it is)."""
-        return (distributed.in_collective(self._loop_thread),
-                whereabouts(sys._current_frames().get(self._loop_thread)))
+        return (distributed.in_collective(self._loop_thread), whereabouts(sys._current_frames().get(self._loop_thread)))
 
     def _beat_loop(self) -> None:
         while not self._stop.wait(BEAT_S):
@@ -128,8 +136,10 @@ class Watchdog:
             stalled, busy = self._stalled_s(), self._busy
             busy_s = now - self._busy_since
             if busy is not None and self.busy_timeout_s is not None and busy_s > self.busy_timeout_s:
-                self._end(f"rank {self.rank} has been {busy} for more than busy_timeout_s "
-                          f"({self.busy_timeout_s:g} s): is it stuck?")
+                self._end(
+                    f"rank {self.rank} has been {busy} for more than busy_timeout_s "
+                    f"({self.busy_timeout_s:g} s): is it stuck?"
+                )
             if stalled <= self.timeout_s:
                 continue
             found: list = []
@@ -141,11 +151,14 @@ class Watchdog:
             if self._stop.is_set():
                 return
             if not found:
-                self._end(f"rank {self.rank} made no progress for {stalled:.0f} s and the heartbeats in {self.dir} "
-                          f"could not be read within {READ_TIMEOUT_S:g} s (is the shared filesystem hung?)")
+                self._end(
+                    f"rank {self.rank} made no progress for {stalled:.0f} s and the heartbeats in {self.dir} "
+                    f"could not be read within {READ_TIMEOUT_S:g} s (is the shared filesystem hung?)"
+                )
             waiting, where = self._whereabouts()
-            me = RankView(self.rank, None, busy, waiting, stalled, where,
-                          f"host {socket.gethostname()}, pid {os.getpid()}")
+            me = RankView(
+                self.rank, None, busy, waiting, stalled, where, f"host {socket.gethostname()}, pid {os.getpid()}"
+            )
             line = verdict(self.rank, sorted([me, *found[0]]), self.timeout_s)
             if line is not None:
                 self._end(line)
@@ -172,8 +185,17 @@ class Watchdog:
             if age > self.timeout_s / 2:
                 last = time.strftime("%H:%M:%S %Z", time.localtime(now - age))
                 stale = f"rank {rank} made no progress for {age:.0f} s (last heartbeat {last}, {who})"
-            views.append(RankView(rank, stale, record.get("busy"), bool(record.get("waiting")),
-                                  float(record.get("stalled_s") or 0), record.get("where") or "?", who))
+            views.append(
+                RankView(
+                    rank,
+                    stale,
+                    record.get("busy"),
+                    bool(record.get("waiting")),
+                    float(record.get("stalled_s") or 0),
+                    record.get("where") or "?",
+                    who,
+                )
+            )
         return views
 
     def _end(self, what: str) -> None:
@@ -204,20 +226,31 @@ def verdict(me: int, views: list[RankView], timeout_s: float) -> str | None:
         # outside Horovod and marked work, such a rank waits for nobody. It ends the job itself (its watchdog runs,
         # since its heartbeat does): one line, from the rank that knows best; the others only if it has not
         if stuck[0].rank == me or stuck[0].stalled_s > timeout_s + DEFER_S:
-            return "; ".join(f"rank {v.rank} made no progress for {v.stalled_s:.0f} s (its process is alive: "
-                             f"{v.who}): stuck in {v.where}, outside any collective" for v in stuck)
+            return "; ".join(
+                f"rank {v.rank} made no progress for {v.stalled_s:.0f} s (its process is alive: "
+                f"{v.who}): stuck in {v.where}, outside any collective"
+                for v in stuck
+            )
         return None
     if any(v.busy is not None for v in views):
         # long work (a checkpoint, an evaluation, the first compile) here or on another rank: wait for it, also
         # where it has reached its collectives, which may take long too (broadcasting the optimizer's slots)
         return None
     # every rank waits in a collective (or has just made progress): collectives that do not match, a deadlock
-    others = [f"rank {v.rank} made no progress for {v.stalled_s:.0f} s (its process is alive: {v.who}): waiting in "
-              f"{v.where}" for v in views if v.rank != me and v.stalled_s > timeout_s]
+    others = [
+        f"rank {v.rank} made no progress for {v.stalled_s:.0f} s (its process is alive: {v.who}): waiting in {v.where}"
+        for v in views
+        if v.rank != me and v.stalled_s > timeout_s
+    ]
     mine = next(v for v in views if v.rank == me)
-    return "; ".join(others) if others else (
-        f"no rank's heartbeat is stale, but rank {me} made no progress for {mine.stalled_s:.0f} s, waiting in "
-        f"{mine.where} (a deadlock?)")
+    return (
+        "; ".join(others)
+        if others
+        else (
+            f"no rank's heartbeat is stale, but rank {me} made no progress for {mine.stalled_s:.0f} s, waiting in "
+            f"{mine.where} (a deadlock?)"
+        )
+    )
 
 
 def whereabouts(frame) -> str:
@@ -230,7 +263,7 @@ def whereabouts(frame) -> str:
         path = name if name.startswith("<") else os.path.abspath(name)  # "<string>": code made at run time
         mine = path.startswith(PACKAGE_DIR)
         if not places or (mine and path not in modules):
-            shown = os.path.join("hvd_dqn", path[len(PACKAGE_DIR):]) if mine else os.path.join(*Path(path).parts[-2:])
+            shown = os.path.join("hvd_dqn", path[len(PACKAGE_DIR) :]) if mine else os.path.join(*Path(path).parts[-2:])
             places.append(f"{frame.f_code.co_name} ({shown}:{frame.f_lineno})")
             modules += [path] if mine else []
         frame = frame.f_back

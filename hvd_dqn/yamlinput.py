@@ -1,4 +1,5 @@
 """YAML as configs and --set overrides are read: PyYAML's safe loader, without aliases, and one-line errors."""
+
 from __future__ import annotations
 
 from typing import Any
@@ -18,8 +19,9 @@ def parse_overrides(items: list[str] | tuple[str, ...]) -> dict[str, Any]:
         try:
             out[key.strip()] = load_yaml(raw) if raw.strip() else None
         except yaml.YAMLError as exc:
-            raise UserError(f"--set {excerpt(item)}: the value is not valid YAML ({getattr(exc, 'problem', exc)})") \
-                from None
+            raise UserError(
+                f"--set {excerpt(item)}: the value is not valid YAML ({getattr(exc, 'problem', exc)})"
+            ) from None
         except ValueError as exc:
             raise UserError(f"--set {excerpt(key.strip())}: {too_long(exc)}") from None
     return out
@@ -33,8 +35,11 @@ class _NoAliasLoader(yaml.SafeLoader):
         if self.check_event(yaml.AliasEvent):
             event = self.peek_event()
             raise yaml.composer.ComposerError(
-                None, None, f"YAML aliases (*{clip(event.anchor)}) are not allowed in a config; "
-                            "write the value out", event.start_mark)
+                None,
+                None,
+                f"YAML aliases (*{clip(event.anchor)}) are not allowed in a config; write the value out",
+                event.start_mark,
+            )
         return super().compose_node(parent, index)
 
 

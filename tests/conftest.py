@@ -46,8 +46,15 @@ def run(cmd, timeout=300, *, env=None, cwd=ROOT, check=False, **env_extra) -> su
     ``env``: the whole environment (default: ``run_env(**env_extra)``); ``check``: raise CalledProcessError on a
     non-zero exit, as subprocess.run(check=True)."""
     args = [str(c) for c in cmd]
-    with subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                          env=run_env(**env_extra) if env is None else env, cwd=cwd, start_new_session=True) as proc:
+    with subprocess.Popen(
+        args,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=run_env(**env_extra) if env is None else env,
+        cwd=cwd,
+        start_new_session=True,
+    ) as proc:
         try:
             stdout, stderr = proc.communicate(timeout=timeout)
         except BaseException:
@@ -60,8 +67,7 @@ def run(cmd, timeout=300, *, env=None, cwd=ROOT, check=False, **env_extra) -> su
 
 
 @contextlib.contextmanager
-def started(cmd, *, output=None, env=None, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-            **env_extra):
+def started(cmd, *, output=None, env=None, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, **env_extra):
     """A command in a session of its own, for a test that needs its live handle (to signal it, to read its
     output as it comes): ``with started(cmd) as proc:``. Its stdout and stderr go to one text pipe, or to the file
     ``output``. Leaving the block, normally, on a failed assertion, a timeout, Ctrl-C or the suite's SIGTERM,
@@ -72,8 +78,9 @@ def started(cmd, *, output=None, env=None, cwd=ROOT, stdout=subprocess.PIPE, std
         if output is not None:
             stdout = stack.enter_context(open(output, "w"))
             stderr = subprocess.STDOUT
-        proc = stack.enter_context(subprocess.Popen(args, stdout=stdout, stderr=stderr, text=True, env=env,
-                                                    cwd=cwd, start_new_session=True))
+        proc = stack.enter_context(
+            subprocess.Popen(args, stdout=stdout, stderr=stderr, text=True, env=env, cwd=cwd, start_new_session=True)
+        )
         try:
             yield proc
         except BaseException:
@@ -115,19 +122,47 @@ def main_here(capsys, *args) -> subprocess.CompletedProcess:
 def tiny_cartpole(tmp_path):
     """A CartPole config small enough for seconds, big enough for several learning phases."""
     cfg = tmp_path / "tiny.yaml"
-    cfg.write_text("\n".join([
-        "env_id: CartPole-v1", "total_env_steps: 3000", "hidden_sizes: [32, 32]", "learning_starts: 500",
-        "train_every: 200", "updates_per_train: 20", "target_update_every: 50", "eval_every: 1500",
-        "eval_episodes: 10", "log_every: 1000", "batch_size: 32", "replay_capacity: 5000",
-    ]) + "\n")
+    cfg.write_text(
+        "\n".join(
+            [
+                "env_id: CartPole-v1",
+                "total_env_steps: 3000",
+                "hidden_sizes: [32, 32]",
+                "learning_starts: 500",
+                "train_every: 200",
+                "updates_per_train: 20",
+                "target_update_every: 50",
+                "eval_every: 1500",
+                "eval_episodes: 10",
+                "log_every: 1000",
+                "batch_size: 32",
+                "replay_capacity: 5000",
+            ]
+        )
+        + "\n"
+    )
     return cfg
 
 
 # a short one-rank run with checkpoints (every 400 steps, the newest 2 kept), an evaluation at 600 and 1200 and a
 # log row every 300 steps: trained once per session by ``tiny_run`` for the tests that read or copy a finished run dir
-TINY_RUN = dict(env_id="CartPole-v1", seed=3, total_env_steps=1200, hidden_sizes=(16, 16), learning_starts=300,
-                train_every=100, updates_per_train=10, target_update_every=20, eval_every=600, eval_episodes=2,
-                log_every=300, batch_size=32, replay_capacity=2000, checkpoint_every=400, keep_checkpoints=2)
+TINY_RUN = dict(
+    env_id="CartPole-v1",
+    seed=3,
+    total_env_steps=1200,
+    hidden_sizes=(16, 16),
+    learning_starts=300,
+    train_every=100,
+    updates_per_train=10,
+    target_update_every=20,
+    eval_every=600,
+    eval_episodes=2,
+    log_every=300,
+    batch_size=32,
+    replay_capacity=2000,
+    checkpoint_every=400,
+    keep_checkpoints=2,
+)
 
 
 @pytest.fixture(scope="session")

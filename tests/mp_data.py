@@ -1,5 +1,6 @@
 """Data for tests and the multi-process scripts (mp_*.py, run under horovodrun): a replay of random transitions
 that samples itself uniformly."""
+
 import numpy as np
 
 from hvd_dqn.replay import ReplayBuffer
@@ -18,6 +19,12 @@ class UniformReplay(ReplayBuffer):
 def random_replay(rng: np.random.Generator, n: int) -> UniformReplay:
     """``n`` random CartPole-shaped transitions drawn from ``rng`` (seed it by rank for rank-dependent data)."""
     replay = UniformReplay(n, (4,))
-    replay.add(rng.normal(size=(n, 4)).astype(np.float32), rng.integers(0, 2, n), rng.normal(size=n),
-               rng.normal(size=(n, 4)).astype(np.float32), rng.random(n) < 0.1, np.zeros(n, bool))
+    replay.add(
+        rng.normal(size=(n, 4)).astype(np.float32),
+        rng.integers(0, 2, n),
+        rng.normal(size=n),
+        rng.normal(size=(n, 4)).astype(np.float32),
+        rng.random(n) < 0.1,
+        np.zeros(n, bool),
+    )
     return replay

@@ -8,6 +8,7 @@ set by the test); rank 0 writes to the file argv[2] a JSON mapping with
   different data per rank, the update count, how often the update was traced, and the type of the optimizer's
   gradient-reducing function;
 - "nan": what stopped each rank in a third phase where rank 0 alone feeds a NaN reward into update 18."""
+
 import json
 import sys
 from pathlib import Path
@@ -37,9 +38,13 @@ if cfg.optimizer == "lamb":
 
     reducing = Lamb(allreduce=True, compression=cfg.gradient_compression, learning_rate=1.0, epsilon=1.0)
 else:
-    reducing = distributed.wrap_optimizer(keras.optimizers.SGD(learning_rate=1.0), op=cfg.allreduce_op,
-                                          compression=cfg.gradient_compression, backward_passes_per_step=passes,
-                                          average_aggregated_gradients=cfg.average_aggregated_gradients)
+    reducing = distributed.wrap_optimizer(
+        keras.optimizers.SGD(learning_rate=1.0),
+        op=cfg.allreduce_op,
+        compression=cfg.gradient_compression,
+        backward_passes_per_step=passes,
+        average_aggregated_gradients=cfg.average_aggregated_gradients,
+    )
 
 
 @tf.function(autograph=False)
@@ -62,11 +67,15 @@ learner.broadcast_initial_weights()
 start = distributed.gather_checksums(learner.online.variables)
 for _ in range(2):
     learner.run_updates(replay.sample(rng, (8, cfg.batch_size // world.size)), 1e-2)
-out["learner"] = {"start": start, "end": distributed.gather_checksums(learner.online.variables),
-                  "adam": distributed.gather_checksums(learner.optimizer_variables), "updates": learner.updates,
-                  "traces": learner._updates_fn.experimental_get_tracing_count(),
-                  # Horovod's own tf.function (with autograph) around the allreduce, or the plain function
-                  "reduce_fn": type(getattr(learner.optimizer, "_allreduce_grads", None)).__name__}
+out["learner"] = {
+    "start": start,
+    "end": distributed.gather_checksums(learner.online.variables),
+    "adam": distributed.gather_checksums(learner.optimizer_variables),
+    "updates": learner.updates,
+    "traces": learner._updates_fn.experimental_get_tracing_count(),
+    # Horovod's own tf.function (with autograph) around the allreduce, or the plain function
+    "reduce_fn": type(getattr(learner.optimizer, "_allreduce_grads", None)).__name__,
+}
 
 # ---- a NaN reward on rank 0 only, in update 18
 batch = replay.sample(rng, (4, cfg.batch_size // world.size))

@@ -5,6 +5,7 @@
 2. Training runs of tests' tiny CartPole: sync to the end; sync preempted at env step 1500, then resumed; async with
    rank 2 three times slower and ps_max_staleness 1. Their summaries (rank 0's, the server's).
 Rank 0 writes result.json in the work directory (a printed line this long, mpirun --tag-output would cut)."""
+
 import json
 import os
 import sys
@@ -23,8 +24,15 @@ world = distributed.init()
 out = {}
 
 # ---- 1. the protocol on known gradients
-cfg = Config(env_id="CartPole-v1", hidden_sizes=(8,), optimizer="sgd", learning_rate=0.125, max_grad_norm=None,
-             parameter_server="sync", batch_size=32)
+cfg = Config(
+    env_id="CartPole-v1",
+    hidden_sizes=(8,),
+    optimizer="sgd",
+    learning_rate=0.125,
+    max_grad_norm=None,
+    parameter_server="sync",
+    batch_size=32,
+)
 learner = PSLearner(cfg, 4, 2, world)
 learner.broadcast_initial_weights()
 learner.optimizer.learning_rate = cfg.learning_rate
@@ -39,16 +47,31 @@ else:
 after = learner.flat_weights()
 gathered = distributed.allgather(after[None, :])
 if world.rank == 0:
-    out["protocol"] = {"before": before.tolist(), "after": after.tolist(),
-                       "grads": [known[r].tolist() for r in sorted(known)], "lr": cfg.learning_rate,
-                       "replicas_equal": bool((gathered == gathered[0]).all()),
-                       "counts": learner.ps_stats()["ps_staleness_counts"]}
+    out["protocol"] = {
+        "before": before.tolist(),
+        "after": after.tolist(),
+        "grads": [known[r].tolist() for r in sorted(known)],
+        "lr": cfg.learning_rate,
+        "replicas_equal": bool((gathered == gathered[0]).all()),
+        "counts": learner.ps_stats()["ps_staleness_counts"],
+    }
 
 # ---- 2. training runs
-base = {"env_id": "CartPole-v1", "total_env_steps": 3000, "hidden_sizes": [32, 32], "learning_starts": 500,
-        "train_every": 200, "updates_per_train": 20, "target_update_every": 50, "eval_every": 1500,
-        "eval_episodes": 10, "log_every": 1000, "batch_size": 32, "replay_capacity": 5000,
-        "checkpoint_every_minutes": None}
+base = {
+    "env_id": "CartPole-v1",
+    "total_env_steps": 3000,
+    "hidden_sizes": [32, 32],
+    "learning_starts": 500,
+    "train_every": 200,
+    "updates_per_train": 20,
+    "target_update_every": 50,
+    "eval_every": 1500,
+    "eval_episodes": 10,
+    "log_every": 1000,
+    "batch_size": 32,
+    "replay_capacity": 5000,
+    "checkpoint_every_minutes": None,
+}
 summaries = {}
 summaries["sync"] = Trainer(Config.from_dict({**base, "parameter_server": "sync"}), work / "sync").train()
 os.environ["HVD_DQN_PREEMPT_AT"] = "0:1500"
@@ -58,11 +81,13 @@ try:
 except Preempted as exc:
     summaries["preempted"] = str(exc.checkpoint)
 del os.environ["HVD_DQN_PREEMPT_AT"]
-summaries["sync_resumed"] = Trainer(Config.from_dict({**base, "parameter_server": "sync"}), work / "sync_resumed",
-                                    resume=True).train()
+summaries["sync_resumed"] = Trainer(
+    Config.from_dict({**base, "parameter_server": "sync"}), work / "sync_resumed", resume=True
+).train()
 os.environ["HVD_DQN_SLOW_RANK"] = "2:3"
-summaries["async"] = Trainer(Config.from_dict({**base, "parameter_server": "async", "ps_max_staleness": 1}),
-                             work / "async").train()
+summaries["async"] = Trainer(
+    Config.from_dict({**base, "parameter_server": "async", "ps_max_staleness": 1}), work / "async"
+).train()
 del os.environ["HVD_DQN_SLOW_RANK"]
 out["summaries"] = summaries
 if world.rank == 0:

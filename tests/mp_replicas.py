@@ -1,6 +1,7 @@
 """Run under horovodrun -np 2: several learning phases with DIFFERENT data on each rank, then print each
 rank's weight checksum for a learner that averages gradients (must be bit-identical) and, as a control, for one
 that skips the allreduce (must drift apart, proving the check can fail)."""
+
 import json
 import sys
 
@@ -25,10 +26,13 @@ for name, world_size in (("synced", world.size), ("local_only", 1)):
         learner.run_updates(replay.sample(rng, (6, cfg.batch_size // world.size)), 1e-2)
         if phase == 1:
             learner.sync_target()
-    out[name] = {"start": start, "end": distributed.gather_checksums(learner.online.variables),
-                 "target": distributed.gather_checksums(learner.target.variables),
-                 "adam": distributed.gather_checksums(learner.optimizer.variables()),
-                 "updates": learner.updates}
+    out[name] = {
+        "start": start,
+        "end": distributed.gather_checksums(learner.online.variables),
+        "target": distributed.gather_checksums(learner.target.variables),
+        "adam": distributed.gather_checksums(learner.optimizer.variables()),
+        "updates": learner.updates,
+    }
 if world.rank == 0:
     print("RESULT " + json.dumps(out))
 sys.stdout.flush()

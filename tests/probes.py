@@ -1,5 +1,6 @@
 """What tests read from a Trainer or Learner that the product itself does not keep: a learner's Q-values through
 its Keras model, the last learning phase, the Q-function an evaluation was given."""
+
 import numpy as np
 import tensorflow as tf
 

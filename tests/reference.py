@@ -1,4 +1,5 @@
 """Reference computations the tests check the product against, written the plain way."""
+
 from hvd_dqn.nstep import nstep_return
 
 
@@ -18,6 +19,6 @@ def nstep_trajectory(rewards, gamma: float, n: int, terminated: bool, truncated:
         m = min(n, T - t)
         if m < n and not ended:
             break
-        ret, discount = nstep_return(rewards[t:t + m], gamma)
+        ret, discount = nstep_return(rewards[t : t + m], gamma)
         out.append((t, ret, discount, t + m, bool(terminated and t + m == T)))
     return out

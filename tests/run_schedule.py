@@ -3,6 +3,7 @@ worked out here from the config's keys with the arithmetic in view, for tests to
 Deliberately not through ``Config.per_rank``: a test that asked the code under test for the expected value could
 not fail. Covers the two scaling rules the tests use (strong and weak); each assumes learning_starts leaves every
 rank's replay a minibatch to sample by the first phase, as the tests' configs do."""
+
 from __future__ import annotations
 
 from collections.abc import Mapping

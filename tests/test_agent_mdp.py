@@ -6,6 +6,7 @@ got there; truncation is not termination, so the learned values must still be th
 Q*(s, right) = gamma^(2 - s), Q*(s, left) = gamma * V*(max(s - 1, 0)).
 Behaviour is uniformly random (epsilon 1): Q-learning is off-policy, so it still learns Q*.
 """
+
 import gymnasium as gym
 import numpy as np
 
@@ -39,10 +40,27 @@ def optimal_q():
 
 def test_learns_exact_q_values_within_5_percent(tmp_path):
     gym.register("ChainMDP-v0", entry_point=Chain, max_episode_steps=6)
-    cfg = Config(env_id="ChainMDP-v0", seed=1, total_env_steps=6000, num_envs=2, hidden_sizes=(32,),
-                 learning_rate=3e-3, lr_final_fraction=0.1, batch_size=64, gamma=GAMMA, replay_capacity=6000,
-                 learning_starts=500, train_every=50, updates_per_train=25, target_update_every=100,
-                 eps_start=1.0, eps_end=1.0, eval_every=3000, eval_episodes=10, log_every=3000)
+    cfg = Config(
+        env_id="ChainMDP-v0",
+        seed=1,
+        total_env_steps=6000,
+        num_envs=2,
+        hidden_sizes=(32,),
+        learning_rate=3e-3,
+        lr_final_fraction=0.1,
+        batch_size=64,
+        gamma=GAMMA,
+        replay_capacity=6000,
+        learning_starts=500,
+        train_every=50,
+        updates_per_train=25,
+        target_update_every=100,
+        eps_start=1.0,
+        eps_end=1.0,
+        eval_every=3000,
+        eval_episodes=10,
+        log_every=3000,
+    )
     trainer = Trainer(cfg, run_dir=tmp_path / "run")
     summary = trainer.train()
     q = q_values(trainer.learner, np.eye(4, dtype=np.float32)[:3])

@@ -1,5 +1,6 @@
 """Unit tests of the algorithm components against hand-computed numbers: n-step returns, the sum-tree and
 prioritized replay, importance-sampling weights, Ape-X epsilons, soft target updates, the dueling head."""
+
 import numpy as np
 import pytest
 import tf_keras as keras
@@ -19,13 +20,16 @@ from reference import nstep_trajectory
 
 # ---------------------------------------------------------------- n-step returns
 
+
 def test_nstep_trajectory_terminated_truncated_and_running_by_hand():
     rewards, g = [1.0, 2.0, 3.0, 4.0], 0.5  # powers of 2: every number below is exact in floating point
     # (t, return, discount, bootstrap index, terminated)
-    terminated = [(0, 1 + 0.5 * 2 + 0.25 * 3, 0.125, 3, False),  # 2.75: a full 3-step window
-                  (1, 2 + 0.5 * 3 + 0.25 * 4, 0.125, 4, True),  # 4.5, ends exactly at the termination
-                  (2, 3 + 0.5 * 4, 0.25, 4, True),  # 5.0: the episode ended inside the n steps
-                  (3, 4.0, 0.5, 4, True)]
+    terminated = [
+        (0, 1 + 0.5 * 2 + 0.25 * 3, 0.125, 3, False),  # 2.75: a full 3-step window
+        (1, 2 + 0.5 * 3 + 0.25 * 4, 0.125, 4, True),  # 4.5, ends exactly at the termination
+        (2, 3 + 0.5 * 4, 0.25, 4, True),  # 5.0: the episode ended inside the n steps
+        (3, 4.0, 0.5, 4, True),
+    ]
     assert nstep_trajectory(rewards, g, 3, terminated=True) == terminated
     truncated = [(t, ret, disc, idx, False) for t, ret, disc, idx, _ in terminated]  # bootstrap kept
     assert nstep_trajectory(rewards, g, 3, terminated=False, truncated=True) == truncated
@@ -45,8 +49,14 @@ def test_nstep_accumulator_at_episode_ends():
     trunc = [[False, False], [False, False], [False, False], [False, True]]
     out = []
     for step in range(4):
-        got = acc.push(obs(step), np.array([step, step]), np.array(rewards[step]), obs(step + 1),
-                       np.array(term[step]), np.array(trunc[step]))
+        got = acc.push(
+            obs(step),
+            np.array([step, step]),
+            np.array(rewards[step]),
+            obs(step + 1),
+            np.array(term[step]),
+            np.array(trunc[step]),
+        )
         out.append(got)
     assert out[0] is None
     # step 1: env 0 terminates -> both of its starts flushed, bootstrap cut, next_obs = its final obs
@@ -87,6 +97,7 @@ def test_weighted_huber_loss_by_hand():
 
 # ---------------------------------------------------------------- sum-tree and prioritized replay
 
+
 def test_sum_tree_sampling_frequencies_match_priorities():
     tree = SumTree(6)  # not a power of two: padded leaves must never be drawn
     priorities = np.array([1.0, 2.0, 3.0, 4.0, 0.0, 10.0])
@@ -124,8 +135,9 @@ def _shard(capacity, prioritized=True):
 
 def _add(shard, values, discount=None):
     v = np.asarray(values, np.float32)
-    shard.add(v[:, None], np.zeros(len(v), np.int32), v, v[:, None], np.zeros(len(v), bool),
-              np.zeros(len(v), bool), discount)
+    shard.add(
+        v[:, None], np.zeros(len(v), np.int32), v, v[:, None], np.zeros(len(v), bool), np.zeros(len(v), bool), discount
+    )
 
 
 def test_prioritized_replay_wraps_at_capacity():
@@ -181,10 +193,11 @@ def test_importance_weights_by_hand_and_beta_annealing():
 
 # ---------------------------------------------------------------- exploration
 
+
 def test_apex_epsilons_distinct_and_as_configured():
     # 2 ranks x 2 envs = 4 actors, eps 0.4, spread 7: actor i gets 0.4^(1 + 7 i / 3)
     all_eps = np.concatenate([actor_epsilons(0.4, r, 2, 2, 7.0) for r in range(2)])
-    np.testing.assert_allclose(all_eps, [0.4, 0.4 ** (1 + 7 / 3), 0.4 ** (1 + 14 / 3), 0.4 ** 8], rtol=1e-12)
+    np.testing.assert_allclose(all_eps, [0.4, 0.4 ** (1 + 7 / 3), 0.4 ** (1 + 14 / 3), 0.4**8], rtol=1e-12)
     assert len(np.unique(all_eps)) == 4 and np.all(np.diff(all_eps) < 0)
     np.testing.assert_array_equal(actor_epsilons(0.3, 1, 4, 3, 0.0), [0.3] * 3)  # no spread: all the same
     np.testing.assert_array_equal(actor_epsilons(0.3, 0, 1, 1, 7.0), [0.3])  # one actor: the schedule's eps
@@ -192,13 +205,20 @@ def test_apex_epsilons_distinct_and_as_configured():
 
 # ---------------------------------------------------------------- learner: soft targets, IS weights, dueling
 
+
 @pytest.fixture(scope="module")
 def replay():
     distributed.init()
     rng = np.random.default_rng(0)
     rb = UniformReplay(200, (4,))
-    rb.add(rng.normal(size=(200, 4)).astype(np.float32), rng.integers(0, 2, 200), rng.normal(size=200),
-           rng.normal(size=(200, 4)).astype(np.float32), rng.random(200) < 0.1, np.zeros(200, bool))
+    rb.add(
+        rng.normal(size=(200, 4)).astype(np.float32),
+        rng.integers(0, 2, 200),
+        rng.normal(size=200),
+        rng.normal(size=(200, 4)).astype(np.float32),
+        rng.random(200) < 0.1,
+        np.zeros(200, bool),
+    )
     return rb
 
 
@@ -215,8 +235,10 @@ def test_soft_target_update_matches_the_formula(replay):
         learner.run_updates(replay.sample(rng, (1, 16)), 1e-2)
         for t, t0, o in zip(learner.target.trainable_variables, target_before, learner.online.trainable_variables):
             np.testing.assert_allclose(t.numpy(), 0.1 * o.numpy() + 0.9 * t0, rtol=1e-5, atol=1e-7)
-        assert max(float(np.abs(t.numpy() - t0).max())
-                   for t, t0 in zip(learner.target.trainable_variables, target_before)) > 1e-4
+        assert (
+            max(float(np.abs(t.numpy() - t0).max()) for t, t0 in zip(learner.target.trainable_variables, target_before))
+            > 1e-4
+        )
 
 
 def test_policy_weight_average_matches_the_formula_and_is_what_evaluation_uses(replay):
@@ -232,12 +254,12 @@ def test_policy_weight_average_matches_the_formula_and_is_what_evaluation_uses(r
         learner.update_average()
         for a, a0, o in zip(learner.averaged.variables, before, learner.online.variables):
             np.testing.assert_allclose(a.numpy(), 0.75 * a0 + 0.25 * o.numpy(), rtol=1e-5, atol=1e-7)
-    gap = max(float(np.abs(a.numpy() - o.numpy()).max())
-              for a, o in zip(learner.averaged.variables, learner.online.variables))
+    gap = max(
+        float(np.abs(a.numpy() - o.numpy()).max()) for a, o in zip(learner.averaged.variables, learner.online.variables)
+    )
     assert gap > 1e-4  # the average lags the online net
     obs = replay.sample(rng, (1, 5)).obs[0]
-    np.testing.assert_allclose(learner.q_fn(learner.policy)(obs), learner.averaged(obs).numpy(), rtol=1e-5,
-                               atol=1e-6)
+    np.testing.assert_allclose(learner.q_fn(learner.policy)(obs), learner.averaged(obs).numpy(), rtol=1e-5, atol=1e-6)
     plain = Learner(Config(env_id="CartPole-v1", hidden_sizes=(8,)), 4, 2, 1)
     assert plain.policy is plain.online and plain.averaged is None
     plain.update_average()  # a no-op without policy_ema
@@ -246,9 +268,22 @@ def test_policy_weight_average_matches_the_formula_and_is_what_evaluation_uses(r
 def test_a_run_with_policy_ema_saves_and_evaluates_the_average(tmp_path):
     from hvd_dqn import Trainer
 
-    cfg = Config(env_id="CartPole-v1", seed=4, total_env_steps=1500, hidden_sizes=(16,), learning_starts=300,
-                 train_every=100, updates_per_train=10, target_update_every=20, eval_every=1500, eval_episodes=2,
-                 log_every=1500, batch_size=32, replay_capacity=2000, policy_ema=0.5)
+    cfg = Config(
+        env_id="CartPole-v1",
+        seed=4,
+        total_env_steps=1500,
+        hidden_sizes=(16,),
+        learning_starts=300,
+        train_every=100,
+        updates_per_train=10,
+        target_update_every=20,
+        eval_every=1500,
+        eval_episodes=2,
+        log_every=1500,
+        batch_size=32,
+        replay_capacity=2000,
+        policy_ema=0.5,
+    )
     evaluated = EvalQFn()
     trainer = Trainer(cfg, run_dir=tmp_path / "run", callbacks=[evaluated])
     trainer.train()

@@ -1,5 +1,6 @@
 """Federated averaging, per-rank exploration, soft targets and weak scaling under `horovodrun -np 2`, for real
 (one job)."""
+
 import json
 import sys
 
@@ -14,8 +15,9 @@ pytestmark = pytest.mark.multiproc
 
 @pytest.fixture(scope="module")
 def result():
-    proc = run([BIN / "horovodrun", "-np", "2", "--gloo", sys.executable, ROOT / "tests" / "mp_algorithms.py"],
-               timeout=300)
+    proc = run(
+        [BIN / "horovodrun", "-np", "2", "--gloo", sys.executable, ROOT / "tests" / "mp_algorithms.py"], timeout=300
+    )
     assert proc.returncode == 0, proc.stdout + proc.stderr
     line = next(ln for ln in proc.stdout.splitlines() if "RESULT " in ln)
     out, _ = json.JSONDecoder().raw_decode(line.split("RESULT ", 1)[1])

@@ -1,4 +1,5 @@
 """The Atari pipeline: preprocessing, the frame-once replay against real env stacks, the Nature CNN, seeding."""
+
 import gymnasium as gym
 import numpy as np
 import pytest
@@ -86,8 +87,9 @@ def test_captured_atari_env_state_goes_on_with_the_same_frames():
     from hvd_dqn import envstate
 
     def make():
-        return make_vector_env("ALE/Breakout-v5", 2, backend="gymnasium", max_episode_frames=300,
-                               sticky_action_prob=0.25)
+        return make_vector_env(
+            "ALE/Breakout-v5", 2, backend="gymnasium", max_episode_frames=300, sticky_action_prob=0.25
+        )
 
     envs, other = make(), make()
     envs.reset(seed=[1, 2])
@@ -128,8 +130,13 @@ def test_a_resumed_actor_goes_on_with_its_episodes_or_says_why_not(backend):
     from hvd_dqn import tasks
     from hvd_dqn.actor import Actor
 
-    cfg = Config(env_id="ALE/Breakout-v5", num_envs=2, atari_vector_env=backend, terminal_on_life_loss=True,
-                 max_episode_frames=300)
+    cfg = Config(
+        env_id="ALE/Breakout-v5",
+        num_envs=2,
+        atari_vector_env=backend,
+        terminal_on_life_loss=True,
+        max_episode_frames=300,
+    )
 
     def make(seeds):
         task = tasks.for_config(cfg)
@@ -157,8 +164,10 @@ def test_a_resumed_actor_goes_on_with_its_episodes_or_says_why_not(backend):
     assert actors[0].take_finished_returns() == actors[1].take_finished_returns() != []
 
 
-@pytest.mark.parametrize("backend, padding, n_step", [("ale", "zero", 1), ("ale", "zero", 3),
-                                                     ("gymnasium", "zero", 1), ("gymnasium", "reset", 3)])
+@pytest.mark.parametrize(
+    "backend, padding, n_step",
+    [("ale", "zero", 1), ("ale", "zero", 3), ("gymnasium", "zero", 1), ("gymnasium", "reset", 3)],
+)
 def test_replay_stacks_equal_the_env_stacks(backend, padding, n_step):
     """A real 2-env Breakout vector env (random play: episodes end by game over and by the frame cap; lives are
     lost), every step into a 40-slot frame replay that wraps around many times. After every step: exactly the
@@ -166,8 +175,9 @@ def test_replay_stacks_equal_the_env_stacks(backend, padding, n_step):
     in the ring are sampleable, and each one, rebuilt from single frames, equals what the env returned: stacks,
     n-step reward, flags and discount."""
     gamma = 0.9
-    envs = make_vector_env("ALE/Breakout-v5", 2, backend=backend, max_episode_frames=1000, sticky_action_prob=0.0,
-                           frame_padding=padding)
+    envs = make_vector_env(
+        "ALE/Breakout-v5", 2, backend=backend, max_episode_frames=1000, sticky_action_prob=0.0, frame_padding=padding
+    )
     assert envs.metadata["autoreset_mode"] == gym.vector.AutoresetMode.NEXT_STEP
     replay = FrameReplayBuffer(40, 2, (84, 84), stack=4, padding=padding, n_step=n_step, gamma=gamma)
     rng = np.random.default_rng(0)
@@ -183,8 +193,9 @@ def test_replay_stacks_equal_the_env_stacks(backend, padding, n_step):
         life_loss = info["lives"] < lives
         lives = info["lives"]
         stored_terminated = terminated | life_loss  # terminal_on_life_loss: the stack must still go on
-        slots = replay.add(obs, action, reward, next_obs, stored_terminated, truncated,
-                           episode_end=terminated | truncated)
+        slots = replay.add(
+            obs, action, reward, next_obs, stored_terminated, truncated, episode_end=terminated | truncated
+        )
         for j, slot in enumerate(slots):
             stored.pop(slot, None)
             ep_index[j] = 0 if ended[j] else ep_index[j] + 1
@@ -215,7 +226,7 @@ def test_replay_stacks_equal_the_env_stacks(backend, padding, n_step):
             np.testing.assert_array_equal(batch.obs[k], chain[0][0])
             np.testing.assert_array_equal(batch.next_obs[k], chain[-1][3])
             assert batch.action[k] == chain[0][1]
-            assert batch.reward[k] == pytest.approx(sum(gamma ** m * c[2] for m, c in enumerate(chain)))
+            assert batch.reward[k] == pytest.approx(sum(gamma**m * c[2] for m, c in enumerate(chain)))
             assert (batch.terminated[k], batch.truncated[k]) == (chain[-1][4], chain[-1][5])
             assert discount[k] == pytest.approx(gamma ** len(chain))
             kinds["checked"] += 1
@@ -235,8 +246,9 @@ def _synthetic_replay(capacity=30, num_envs=3, steps=50, episode=7, **kwargs):
     replay.start(stack + 1)
     for t in range(steps):
         ended = np.array([(t + j) % episode == 0 for j in range(num_envs)])
-        replay.add(stack, np.zeros(num_envs, np.int32), np.ones(num_envs), stack + t % 200, ended,
-                   np.zeros(num_envs, bool))
+        replay.add(
+            stack, np.zeros(num_envs, np.int32), np.ones(num_envs), stack + t % 200, ended, np.zeros(num_envs, bool)
+        )
     return replay
 
 
@@ -321,10 +333,19 @@ def test_atari_100k_configs_load_and_validate(name):
 
     cfg = Config.from_yaml(ROOT / "configs" / f"{name}.yaml")
     assert cfg.is_atari and cfg.exp_name == name
-    assert (cfg.total_env_steps, cfg.max_episode_frames, cfg.sticky_action_prob, cfg.noop_max) == \
-        (100_000, 108_000, 0, 0)
-    assert (cfg.n_step, cfg.learning_starts, cfg.batch_size, cfg.learning_rate, cfg.adam_epsilon) == \
-        (10, 1600, 32, 1e-4, 1.5e-4)
+    assert (cfg.total_env_steps, cfg.max_episode_frames, cfg.sticky_action_prob, cfg.noop_max) == (
+        100_000,
+        108_000,
+        0,
+        0,
+    )
+    assert (cfg.n_step, cfg.learning_starts, cfg.batch_size, cfg.learning_rate, cfg.adam_epsilon) == (
+        10,
+        1600,
+        32,
+        1e-4,
+        1.5e-4,
+    )
     assert cfg.dueling and cfg.double_dqn and not cfg.prioritized_replay and cfg.terminal_on_life_loss
     assert (cfg.target_tau, cfg.eval_epsilon, cfg.precision) == (1.0, 0.001, "float32")
     assert scheduled_epsilon(cfg, 0) == 1.0 and scheduled_epsilon(cfg, 6600) == pytest.approx(0.01)
@@ -354,8 +375,9 @@ def test_nature_cnn_learns_from_uint8_replay_batches(dueling):
     big.start(stacks)
     for t in range(30):
         stacks = rng.integers(0, 256, size=(2, 4, 84, 84), dtype=np.uint8)
-        big.add(stacks, rng.integers(0, 6, 2), rng.normal(size=2), stacks, np.array([t % 9 == 0, False]),
-                np.zeros(2, bool))
+        big.add(
+            stacks, rng.integers(0, 6, 2), rng.normal(size=2), stacks, np.array([t % 9 == 0, False]), np.zeros(2, bool)
+        )
     batch = ReplayShard(big, cfg.gamma).sample(rng, (3, 8))[0]
     assert batch.obs.dtype == np.uint8  # no float copy of the frames outside the graph
     before = [v.numpy().copy() for v in model.trainable_variables]
@@ -368,8 +390,19 @@ def test_nature_cnn_learns_from_uint8_replay_batches(dueling):
 
 
 def test_trainer_refuses_a_replay_that_does_not_fit(tmp_path):
-    proc = run([BIN / "hvd-dqn", "train", "--config", ROOT / "configs" / "pong.yaml", "--run-dir", tmp_path / "r",
-                "--set", "replay_capacity=100000000"], timeout=300)
+    proc = run(
+        [
+            BIN / "hvd-dqn",
+            "train",
+            "--config",
+            ROOT / "configs" / "pong.yaml",
+            "--run-dir",
+            tmp_path / "r",
+            "--set",
+            "replay_capacity=100000000",
+        ],
+        timeout=300,
+    )
     assert proc.returncode == 2, proc.stderr[-2000:]
     errors = [line for line in proc.stderr.splitlines() if line.startswith("hvd-dqn: error:")]
     assert len(errors) == 1 and "100000000 transitions need 658." in errors[0] and "replay_capacity" in errors[0]

@@ -1,5 +1,6 @@
 """Atari on 2 ranks under `horovodrun -np 2 --gloo`, for real: Pong through the CLI, with gradient updates; then
 the trained model's evaluation episodes recorded as videos."""
+
 import json
 
 import pytest
@@ -11,16 +12,36 @@ pytestmark = pytest.mark.multiproc
 
 def test_two_rank_pong_smoke_run_updates_in_lockstep(tmp_path):
     cfg = tmp_path / "pong-tiny.yaml"
-    cfg.write_text("\n".join([
-        "env_id: ALE/Pong-v5", "total_env_steps: 400", "num_envs: 2", "learning_rate: 0.0001",
-        "batch_size: 32", "replay_capacity: 400", "learning_starts: 200", "train_every: 8",
-        "updates_per_train: 1", "target_update_every: 10", "eval_every: 100000", "eval_episodes: 2",
-        "eval_epsilon: 0.05", "max_episode_frames: 300", "log_every: 200",
-        "terminal_on_life_loss: true", "prioritized_replay: true", "n_step: 3",
-    ]) + "\n")
+    cfg.write_text(
+        "\n".join(
+            [
+                "env_id: ALE/Pong-v5",
+                "total_env_steps: 400",
+                "num_envs: 2",
+                "learning_rate: 0.0001",
+                "batch_size: 32",
+                "replay_capacity: 400",
+                "learning_starts: 200",
+                "train_every: 8",
+                "updates_per_train: 1",
+                "target_update_every: 10",
+                "eval_every: 100000",
+                "eval_episodes: 2",
+                "eval_epsilon: 0.05",
+                "max_episode_frames: 300",
+                "log_every: 200",
+                "terminal_on_life_loss: true",
+                "prioritized_replay: true",
+                "n_step: 3",
+            ]
+        )
+        + "\n"
+    )
     run_dir = tmp_path / "run"
-    proc = run([BIN / "horovodrun", "-np", "2", "--gloo", BIN / "hvd-dqn", "train", "--config", cfg,
-                "--run-dir", run_dir], timeout=600)
+    proc = run(
+        [BIN / "horovodrun", "-np", "2", "--gloo", BIN / "hvd-dqn", "train", "--config", cfg, "--run-dir", run_dir],
+        timeout=600,
+    )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["world_size"] == 2 and summary["env_steps"] == 400
@@ -41,8 +62,9 @@ def test_two_rank_pong_smoke_run_updates_in_lockstep(tmp_path):
 
     # evaluate the run with videos: the run's preprocessing and 300-frame cap, epsilon 0.05 as in the literature
     videos = tmp_path / "videos"
-    proc = run([BIN / "hvd-dqn", "evaluate", run_dir, "--episodes", "2", "--epsilon", "0.05", "--video", videos],
-               timeout=300)
+    proc = run(
+        [BIN / "hvd-dqn", "evaluate", run_dir, "--episodes", "2", "--epsilon", "0.05", "--video", videos], timeout=300
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "ALE/Pong-v5: 2 episodes, mean" in proc.stdout
     assert sorted(p.name for p in videos.glob("*.mp4")) == ["seed-12345-episode-0.mp4", "seed-12346-episode-0.mp4"]

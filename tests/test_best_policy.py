@@ -3,6 +3,7 @@ It holds the policy, the evaluation that chose it and the run's config; it is re
 is removed as a link, a failed write leaves the earlier one; ``evaluate``, ``export`` and ``plot`` take it, the
 summary names it, a resumed run goes on from it, and the final policy stays where it is. Two ranks:
 tests/test_multiproc.py (test_cli_two_ranks_trains_in_lockstep)."""
+
 import json
 import shutil
 
@@ -11,9 +12,23 @@ import pytest
 
 from hvd_dqn import Config, Trainer, best, cli, rundir, sweeps
 
-TINY = dict(env_id="CartPole-v1", seed=2, total_env_steps=1500, hidden_sizes=(16, 16), learning_starts=300,
-            train_every=100, updates_per_train=10, target_update_every=20, eval_every=300, eval_episodes=3,
-            log_every=300, batch_size=32, replay_capacity=2000, checkpoint_every=750, keep_checkpoints=2)
+TINY = dict(
+    env_id="CartPole-v1",
+    seed=2,
+    total_env_steps=1500,
+    hidden_sizes=(16, 16),
+    learning_starts=300,
+    train_every=100,
+    updates_per_train=10,
+    target_update_every=20,
+    eval_every=300,
+    eval_episodes=3,
+    log_every=300,
+    batch_size=32,
+    replay_capacity=2000,
+    checkpoint_every=750,
+    keep_checkpoints=2,
+)
 
 
 def _rows(run_dir):
@@ -43,10 +58,14 @@ def test_best_holds_the_highest_evaluation_and_the_summary_names_it(trained):
     assert step == 900 and evals[-1][1] < mean, evals
     meta = json.loads((run_dir / "best" / "eval.json").read_text())
     assert meta["format"] == "hvd-dqn-best" and (meta["env_steps"], meta["eval_return_mean"]) == (step, mean)
-    assert meta["eval_episodes"] == 3 and meta["updates"] == next(r["updates"] for r in _rows(run_dir)
-                                                                  if r["env_steps"] == step)
-    assert (summary["best_dir"], summary["best_env_steps"], summary["best_eval_return_mean"]) == \
-        (str(run_dir / "best"), step, mean)
+    assert meta["eval_episodes"] == 3 and meta["updates"] == next(
+        r["updates"] for r in _rows(run_dir) if r["env_steps"] == step
+    )
+    assert (summary["best_dir"], summary["best_env_steps"], summary["best_eval_return_mean"]) == (
+        str(run_dir / "best"),
+        step,
+        mean,
+    )
     assert json.loads((run_dir / "summary.json").read_text())["best_env_steps"] == step
     assert (run_dir / "best" / "config.json").read_bytes() == (run_dir / "config.json").read_bytes()
     assert sorted(p.name for p in (run_dir / "best").iterdir()) == ["config.json", "eval.json", "q_network.keras"]
@@ -154,8 +173,10 @@ def test_a_failed_write_leaves_the_earlier_best_and_the_bar(tmp_path, capsys):
         raise OSError(28, "No space left on device")
 
     kept.keep({"env_steps": 200, "eval_return_mean": 50.0}, full_disk)
-    assert capsys.readouterr().err == (f"hvd-dqn: could not write {run_dir / 'best'} (No space left on device); the "
-                                       f"best policy so far is kept as it was, training goes on\n")
+    assert capsys.readouterr().err == (
+        f"hvd-dqn: could not write {run_dir / 'best'} (No space left on device); the "
+        f"best policy so far is kept as it was, training goes on\n"
+    )
     assert (run_dir / "best" / "q_network.keras").read_bytes() == b"a" and kept.evaluation["env_steps"] == 100
     assert sorted(p.name for p in run_dir.iterdir()) == ["best", "config.json", "metrics.jsonl"]
 

@@ -3,6 +3,7 @@ checkpoint directory holds; the one-line errors for damaged, truncated, edited, 
 checkpoints, each naming the checkpoint to fall back to; a failed write (injected, or a real full disk) that
 leaves the previous checkpoint intact and no .tmp; a failed final checkpoint that keeps the model and summary; a
 NaN stopping the run with the last one intact."""
+
 import errno
 import hashlib
 import json
@@ -25,21 +26,36 @@ from test_user_surface import TF_CHATTER
 
 TF_LOG = re.compile(TF_CHATTER.pattern.replace("[EW]", "[EWI]"))
 
-TINY = dict(env_id="CartPole-v1", seed=3, total_env_steps=1200, hidden_sizes=(16, 16), learning_starts=300,
-            train_every=100, updates_per_train=10, target_update_every=20, eval_every=600, eval_episodes=2,
-            log_every=600, batch_size=32, replay_capacity=2000, checkpoint_every=400, keep_checkpoints=2)
+TINY = dict(
+    env_id="CartPole-v1",
+    seed=3,
+    total_env_steps=1200,
+    hidden_sizes=(16, 16),
+    learning_starts=300,
+    train_every=100,
+    updates_per_train=10,
+    target_update_every=20,
+    eval_every=600,
+    eval_episodes=2,
+    log_every=600,
+    batch_size=32,
+    replay_capacity=2000,
+    checkpoint_every=400,
+    keep_checkpoints=2,
+)
 
 
 # ------------------------------------------------------------------ exact round trips
 def _filled_shard(rng, capacity=37, n_envs=3, steps=20):
     """A prioritized shard with n-step discounts that has wrapped around, and an accumulator with pending starts."""
-    shard = ReplayShard(ReplayBuffer(capacity, (4,)), 0.99 ** 3, prioritized=True)
+    shard = ReplayShard(ReplayBuffer(capacity, (4,)), 0.99**3, prioritized=True)
     nstep = NStepAccumulator(n_envs, 3, 0.99)
     for _ in range(steps):
         obs = rng.normal(size=(n_envs, 4)).astype(np.float32)
         done = rng.random(n_envs) < 0.2
-        ready = nstep.push(obs, rng.integers(0, 2, n_envs), rng.normal(size=n_envs), obs + 1, done,
-                           np.zeros(n_envs, bool))
+        ready = nstep.push(
+            obs, rng.integers(0, 2, n_envs), rng.normal(size=n_envs), obs + 1, done, np.zeros(n_envs, bool)
+        )
         if ready is not None:
             shard.add(*ready)
         batch, _, _, idx = shard.sample(rng, (2, 5))
@@ -97,8 +113,9 @@ def test_env_state_round_trip_continues_identically():
 
 
 def test_env_state_of_an_uncapturable_env_is_none():
-    envs = gym.vector.SyncVectorEnv([lambda: gym.make("CartPole-v1")],
-                                    autoreset_mode=gym.vector.AutoresetMode.SAME_STEP)
+    envs = gym.vector.SyncVectorEnv(
+        [lambda: gym.make("CartPole-v1")], autoreset_mode=gym.vector.AutoresetMode.SAME_STEP
+    )
     # the one env's state, layer by layer: TimeLimit, OrderEnforcing, PassiveEnvChecker, then CartPole itself
     assert [len(layers) for layers in envstate.capture(envs)["envs"]] == [4]
     assert envstate.capture(gym.make_vec("CartPole-v1", 2, vectorization_mode="async")) is None
@@ -107,8 +124,14 @@ def test_env_state_of_an_uncapturable_env_is_none():
 def test_json_values_round_trip_exactly():
     gen = np.random.default_rng(9)
     gen.random(3)
-    value = {"a": np.float32(0.1), "b": np.arange(6, dtype=np.int16).reshape(2, 3), "c": (1, 2.5, None),
-             "d": np.array([1e-300, np.pi]), "g": gen, "q": deque([np.zeros(2, np.uint8), np.ones(2, np.uint8)], 2)}
+    value = {
+        "a": np.float32(0.1),
+        "b": np.arange(6, dtype=np.int16).reshape(2, 3),
+        "c": (1, 2.5, None),
+        "d": np.array([1e-300, np.pi]),
+        "g": gen,
+        "q": deque([np.zeros(2, np.uint8), np.ones(2, np.uint8)], 2),
+    }
     back = jsoncodec.from_json(json.loads(json.dumps(jsoncodec.to_json(value))))
     assert back["a"].dtype == np.float32 and back["a"] == value["a"]
     assert back["b"].dtype == np.int16 and (back["b"] == value["b"]).all()
@@ -132,7 +155,13 @@ def test_a_run_keeps_its_newest_complete_checkpoints(run_dir):
     assert not list((run_dir / "checkpoints").glob("*.tmp"))
     ckpt = run_dir / "checkpoints" / "ckpt-1200"
     assert sorted(p.name for p in ckpt.iterdir()) == [
-        "COMPLETE", "model.data-00000-of-00001", "model.index", "rank0.json", "replay-rank0.npz", "state.json"]
+        "COMPLETE",
+        "model.data-00000-of-00001",
+        "model.index",
+        "rank0.json",
+        "replay-rank0.npz",
+        "state.json",
+    ]
     state = checkpoint.verify(ckpt)
     assert state["env_steps"] == 1200 and state["world_size"] == 1 and state["updates"] == 100
     assert state["config"]["hidden_sizes"] == [16, 16]
@@ -169,17 +198,20 @@ def _reseal(ckpt, name):
 FALLBACK = "; delete it to resume from ckpt-800, the next older complete checkpoint"
 
 
-@pytest.mark.parametrize("damage, message", [
-    ("no_marker", "missing COMPLETE marker (truncated write?)"),
-    ("truncated", "replay-rank0.npz is truncated or altered"),
-    ("missing_file", "rank0.json is missing"),
-    ("garbage_replay", "replay-rank0.npz is altered or damaged (its sha256 differs from the manifest's)"),
-    ("garbage_model", "model.data-00000-of-00001 is altered or damaged (its sha256 differs from the manifest's)"),
-    ("garbage_replay_resealed", "replay-rank0.npz is damaged"),
-    ("garbage_model_resealed", "model (TF checkpoint) is damaged"),
-    ("state_same_size", "state.json is altered or damaged (its sha256 differs from the manifest's)"),
-    ("foreign", "not an hvd-dqn checkpoint"),
-])
+@pytest.mark.parametrize(
+    "damage, message",
+    [
+        ("no_marker", "missing COMPLETE marker (truncated write?)"),
+        ("truncated", "replay-rank0.npz is truncated or altered"),
+        ("missing_file", "rank0.json is missing"),
+        ("garbage_replay", "replay-rank0.npz is altered or damaged (its sha256 differs from the manifest's)"),
+        ("garbage_model", "model.data-00000-of-00001 is altered or damaged (its sha256 differs from the manifest's)"),
+        ("garbage_replay_resealed", "replay-rank0.npz is damaged"),
+        ("garbage_model_resealed", "model (TF checkpoint) is damaged"),
+        ("state_same_size", "state.json is altered or damaged (its sha256 differs from the manifest's)"),
+        ("foreign", "not an hvd-dqn checkpoint"),
+    ],
+)
 def test_a_damaged_checkpoint_is_a_one_line_error(run_dir, tmp_path, capsys, damage, message):
     run, ckpt = _copy(run_dir, tmp_path)
     if damage == "no_marker":
@@ -193,7 +225,7 @@ def test_a_damaged_checkpoint_is_a_one_line_error(run_dir, tmp_path, capsys, dam
         path = ckpt / ("replay-rank0.npz" if "replay" in damage else "model.data-00000-of-00001")
         data = bytearray(path.read_bytes())
         mid = len(data) // 2
-        data[mid:mid + 64] = np.random.default_rng(0).integers(0, 256, 64, dtype=np.uint8).tobytes()
+        data[mid : mid + 64] = np.random.default_rng(0).integers(0, 256, 64, dtype=np.uint8).tobytes()
         path.write_bytes(bytes(data))
         if damage.endswith("resealed"):  # past the manifest: the formats' own checks must catch it
             _reseal(ckpt, path.name)
@@ -216,7 +248,8 @@ def test_a_damaged_checkpoint_without_an_older_one_says_there_is_none(run_dir, t
     assert _resume(run) == 2
     assert _one_line_error(capsys) == (
         f"hvd-dqn: error: checkpoint {ckpt}: rank0.json is altered or damaged (its sha256 differs from the "
-        f"manifest's); there is no older complete checkpoint to fall back to")
+        f"manifest's); there is no older complete checkpoint to fall back to"
+    )
 
 
 def test_the_manifest_records_each_files_size_and_sha256(run_dir):
@@ -237,16 +270,22 @@ def test_a_version_1_checkpoint_sizes_only_still_resumes(run_dir, tmp_path):
     assert checkpoint.verify(ckpt)["env_steps"] == 1200
 
 
-@pytest.mark.parametrize("override, change", [("optimizer=sgd", "optimizer 'adam' -> 'sgd'"),
-                                              ("frame_stack=2", "frame_stack 4 -> 2"),
-                                              # mixed_float16's loss scale is optimizer state a float32 run lacks
-                                              ("precision=mixed_float16", "precision 'float32' -> 'mixed_float16'")])
+@pytest.mark.parametrize(
+    "override, change",
+    [
+        ("optimizer=sgd", "optimizer 'adam' -> 'sgd'"),
+        ("frame_stack=2", "frame_stack 4 -> 2"),
+        # mixed_float16's loss scale is optimizer state a float32 run lacks
+        ("precision=mixed_float16", "precision 'float32' -> 'mixed_float16'"),
+    ],
+)
 def test_resume_refuses_a_changed_optimizer_or_frame_stack(run_dir, tmp_path, capsys, override, change):
     run, ckpt = _copy(run_dir, tmp_path)
     before = sorted(p.name for p in (run / "checkpoints").iterdir())
     assert _resume(run, "--set", override) == 2
-    assert _one_line_error(capsys) == (f"hvd-dqn: error: checkpoint {ckpt}: incompatible config ({change}); "
-                                       f"these keys must match the checkpoint's")
+    assert _one_line_error(capsys) == (
+        f"hvd-dqn: error: checkpoint {ckpt}: incompatible config ({change}); these keys must match the checkpoint's"
+    )
     assert sorted(p.name for p in (run / "checkpoints").iterdir()) == before
 
 
@@ -311,7 +350,8 @@ def test_a_failed_final_checkpoint_keeps_the_model_and_summary(tmp_path):
     assert str(err.value) == (
         f"checkpoint {run_dir}/checkpoints/ckpt-1200: writing it failed on this rank: Not a directory "
         f"({run_dir}/checkpoints/ckpt-1200.tmp); no earlier checkpoint exists; the finished run's "
-        f"q_network.keras and summary.json are saved in {run_dir}")
+        f"q_network.keras and summary.json are saved in {run_dir}"
+    )
     summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["env_steps"] == 1200 and summary["updates"] == 100
     from hvd_dqn.keras2 import keras
@@ -366,8 +406,10 @@ def test_a_save_on_a_full_disk_removes_its_tmp_and_says_one_line(small_disk):
     ckpts = small_disk / "run" / "checkpoints"
     # TF's C++ log lines (XLA's start-up notice among them) aside, the one line and nothing else
     lines = [line for line in proc.stderr.strip().splitlines() if not TF_LOG.match(line)]
-    assert lines == [f"hvd-dqn: error: checkpoint {ckpts}/ckpt-800: writing it failed on this rank: No space "
-                     f"left on device ({ckpts}/ckpt-800.tmp); the previous checkpoint ckpt-400 is intact"], proc.stderr
+    assert lines == [
+        f"hvd-dqn: error: checkpoint {ckpts}/ckpt-800: writing it failed on this rank: No space "
+        f"left on device ({ckpts}/ckpt-800.tmp); the previous checkpoint ckpt-400 is intact"
+    ], proc.stderr
     assert sorted(p.name for p in ckpts.iterdir()) == ["ckpt-400"]  # no ckpt-800.tmp
     assert checkpoint.verify(ckpts / "ckpt-400")["env_steps"] == 400
 

@@ -2,6 +2,7 @@
 manifest rank 0 writes holds every rank's files with their sha256 (gathered from the ranks that wrote them),
 and a same-size edit of rank 1's own file, which only rank 1 reads and hashes, stops the resume on every rank
 with a line naming the file and the checkpoint to fall back to."""
+
 import hashlib
 import json
 
@@ -9,10 +10,22 @@ import pytest
 
 from conftest import BIN, run
 
-CONFIG = {"env_id": "CartPole-v1", "total_env_steps": 2000, "hidden_sizes": [16], "learning_starts": 400,
-          "train_every": 200, "updates_per_train": 5, "target_update_every": 10, "eval_every": 2000,
-          "eval_episodes": 2, "log_every": 1000, "batch_size": 32, "replay_capacity": 2000,
-          "checkpoint_every": 1000, "seed": 4}
+CONFIG = {
+    "env_id": "CartPole-v1",
+    "total_env_steps": 2000,
+    "hidden_sizes": [16],
+    "learning_starts": 400,
+    "train_every": 200,
+    "updates_per_train": 5,
+    "target_update_every": 10,
+    "eval_every": 2000,
+    "eval_episodes": 2,
+    "log_every": 1000,
+    "batch_size": 32,
+    "replay_capacity": 2000,
+    "checkpoint_every": 1000,
+    "seed": 4,
+}
 
 
 @pytest.mark.multiproc
@@ -38,6 +51,8 @@ def test_two_ranks_write_and_verify_sha256_manifests(controller, tmp_path):
     out = proc.stdout + proc.stderr
     assert proc.returncode != 0, out
     assert "hvd_dqn/" not in out, out  # no traceback of ours (horovodrun prints its own when a rank fails)
-    assert (f"checkpoint {ckpt}: rank1.json is altered or damaged (its sha256 differs from the manifest's); "
-            f"delete it to resume from ckpt-1000, the next older complete checkpoint") in out, out
+    assert (
+        f"checkpoint {ckpt}: rank1.json is altered or damaged (its sha256 differs from the manifest's); "
+        f"delete it to resume from ckpt-1000, the next older complete checkpoint"
+    ) in out, out
     assert json.loads((run_dir / "summary.json").read_text())["env_steps"] == 2000  # the finished run's, untouched

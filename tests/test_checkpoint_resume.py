@@ -4,6 +4,7 @@ checksums as an uninterrupted run of the same config, at np=1 (SIGUSR1 to the ra
 launch/horovodrun.sh, which passes it on to the ranks as SIGUSR1; Adam at np=1, LAMB at np=2), and the same saved
 policy (policy_ema's average); likewise an Atari run on the gymnasium vector env at np=2, whose emulators the
 checkpoint holds."""
+
 import json
 import signal
 import sys
@@ -21,10 +22,21 @@ LAUNCH = ROOT / "launch"
 PREEMPTED = 75
 RUN = {  # long enough that a signal sent at step 4,000 lands mid-run (a few s at 6k steps/s), small enough for
     # seconds; periodic checkpoints too
-    "env_id": "CartPole-v1", "total_env_steps": 30000, "hidden_sizes": [32, 32], "learning_starts": 500,
-    "train_every": 200, "updates_per_train": 10, "target_update_every": 30, "eval_every": 4000,
-    "eval_episodes": 2, "log_every": 1000, "batch_size": 32, "replay_capacity": 5000, "checkpoint_every": 3000,
-    "seed": 11, "policy_ema": 0.9,
+    "env_id": "CartPole-v1",
+    "total_env_steps": 30000,
+    "hidden_sizes": [32, 32],
+    "learning_starts": 500,
+    "train_every": 200,
+    "updates_per_train": 10,
+    "target_update_every": 30,
+    "eval_every": 4000,
+    "eval_episodes": 2,
+    "log_every": 1000,
+    "batch_size": 32,
+    "replay_capacity": 5000,
+    "checkpoint_every": 3000,
+    "seed": 11,
+    "policy_ema": 0.9,
 }
 
 
@@ -49,8 +61,9 @@ def _wait_for_row(run_dir, env_steps, proc, timeout=240):
     while time.monotonic() < deadline:
         assert proc.poll() is None, "the run ended before it could be signalled"
         metrics = run_dir / "metrics.jsonl"
-        if metrics.exists() and any(json.loads(ln)["env_steps"] >= env_steps
-                                    for ln in metrics.read_text().splitlines()):
+        if metrics.exists() and any(
+            json.loads(ln)["env_steps"] >= env_steps for ln in metrics.read_text().splitlines()
+        ):
             return
         time.sleep(0.2)
     raise AssertionError("no progress")
@@ -115,8 +128,9 @@ def test_a_signalled_run_resumes_bit_exactly(np_, optimizer, tmp_path):
     assert 4000 <= step < RUN["total_env_steps"]
     ckpts = sorted((stopped / "checkpoints").iterdir())
     assert ckpts[-1].name == f"ckpt-{step}" and (ckpts[-1] / "COMPLETE").is_file()
-    assert sorted(p.name for p in ckpts[-1].iterdir() if p.name.startswith("replay-rank")) == \
-        [f"replay-rank{r}.npz" for r in range(np_)]
+    assert sorted(p.name for p in ckpts[-1].iterdir() if p.name.startswith("replay-rank")) == [
+        f"replay-rank{r}.npz" for r in range(np_)
+    ]
 
     proc = run(_train_cmd(np_, "--resume", stopped), timeout=600)
     assert proc.returncode == 0, proc.stdout + proc.stderr
@@ -137,18 +151,33 @@ def test_a_signalled_run_resumes_bit_exactly(np_, optimizer, tmp_path):
 ATARI_RUN = {  # Breakout (lives to lose) on the gymnasium vector env, whose state a checkpoint holds; no-ops and
     # sticky actions at their defaults; a 300-frame cap ends an episode every 75 steps or sooner, so the stop
     # lands mid-episode and episodes end and restart after it; a few seconds between the signal and the end
-    "env_id": "ALE/Breakout-v5", "atari_vector_env": "gymnasium", "total_env_steps": 2000, "num_envs": 2,
-    "max_episode_frames": 300, "terminal_on_life_loss": True, "batch_size": 16, "replay_capacity": 1000,
-    "learning_starts": 400, "train_every": 40, "updates_per_train": 1, "target_update_every": 10,
-    "eval_every": 100000, "eval_episodes": 2, "log_every": 200, "seed": 3,
+    "env_id": "ALE/Breakout-v5",
+    "atari_vector_env": "gymnasium",
+    "total_env_steps": 2000,
+    "num_envs": 2,
+    "max_episode_frames": 300,
+    "terminal_on_life_loss": True,
+    "batch_size": 16,
+    "replay_capacity": 1000,
+    "learning_starts": 400,
+    "train_every": 40,
+    "updates_per_train": 1,
+    "target_update_every": 10,
+    "eval_every": 100000,
+    "eval_episodes": 2,
+    "log_every": 200,
+    "seed": 3,
 }
 
 
 def _trained_rows(run_dir, after):
     """metrics.jsonl's rows past env step ``after``, without the timings."""
     rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
-    return [{k: v for k, v in r.items() if k != "wall_s" and not k.startswith("perf/")} for r in rows
-            if r["env_steps"] > after and "event" not in r]
+    return [
+        {k: v for k, v in r.items() if k != "wall_s" and not k.startswith("perf/")}
+        for r in rows
+        if r["env_steps"] > after and "event" not in r
+    ]
 
 
 @pytest.mark.multiproc
@@ -191,8 +220,9 @@ def test_sigusr1_to_mpirun_stops_every_rank_with_a_checkpoint(tmp_path):
     ckpt = run_dir / "checkpoints" / f"ckpt-{step}"
     assert all((ckpt / name).is_file() for name in ("COMPLETE", "replay-rank0.npz", "replay-rank1.npz"))
 
-    proc = run([LAUNCH / "mpirun.sh", cfg, "--resume", run_dir], timeout=600, NP=2, RUN_DIR=run_dir,
-               VIRTUAL_ENV=BIN.parent)
+    proc = run(
+        [LAUNCH / "mpirun.sh", cfg, "--resume", run_dir], timeout=600, NP=2, RUN_DIR=run_dir, VIRTUAL_ENV=BIN.parent
+    )
     assert proc.returncode == 0, proc.stdout + proc.stderr
     summary = _summary(run_dir)
     assert summary["env_steps"] == RUN["total_env_steps"] and len(set(summary["replica_checksums"])) == 1
@@ -203,13 +233,15 @@ def test_a_preempted_rank_exits_75_even_if_terminated_while_closing(tmp_path):
     --kill-on-bad-exit SIGTERMs the ranks still closing as soon as one has exited, and a rank killed by it made
     the step FAILED and SLURM never requeued the job. The interpreter restores the default action of its
     handled signals when it finalizes, so the CLI ignores them from then on; here SIGTERM comes right after."""
-    code = ("import os, signal, sys\n"
-            "from hvd_dqn.cli import main\n"
-            f"status = main(['train', '--config', {str(_config(tmp_path))!r}, "
-            f"'--run-dir', {str(tmp_path / 'run')!r}])\n"
-            "print('ignored', signal.getsignal(signal.SIGTERM) == signal.SIG_IGN, flush=True)\n"
-            "os.kill(os.getpid(), signal.SIGTERM)\n"
-            "sys.exit(status)\n")
+    code = (
+        "import os, signal, sys\n"
+        "from hvd_dqn.cli import main\n"
+        f"status = main(['train', '--config', {str(_config(tmp_path))!r}, "
+        f"'--run-dir', {str(tmp_path / 'run')!r}])\n"
+        "print('ignored', signal.getsignal(signal.SIGTERM) == signal.SIG_IGN, flush=True)\n"
+        "os.kill(os.getpid(), signal.SIGTERM)\n"
+        "sys.exit(status)\n"
+    )
     proc = run([sys.executable, "-c", code], HVD_DQN_PREEMPT_AT="0:4000")
     assert proc.returncode == PREEMPTED, proc.stdout + proc.stderr
     assert "ignored True" in proc.stdout and "stopped by HVD_DQN_PREEMPT_AT at global env step" in proc.stderr

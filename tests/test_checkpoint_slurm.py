@@ -1,6 +1,7 @@
 """Preemption under SLURM, for real on the loopback cluster: the batch script gets USR1 (as from
 `--signal=B:USR1@120` before the time limit, or a preempting scheduler), the ranks checkpoint and exit 75, the
 script requeues the job, and the requeued job resumes by itself and completes; metrics.jsonl shows the gap."""
+
 import json
 import re
 import time
@@ -15,10 +16,21 @@ pytestmark = [pytest.mark.cluster, pytest.mark.multiproc, pytest.mark.slow]
 # Long enough that the signal, sent once 3,000 steps are logged, always lands mid-run: at 20,000 steps the run
 # could finish (some 3 s after step 3,000 at 6k steps/s) before the test's signal reached it, and not be requeued.
 TOTAL = 200000
-RUN = {"env_id": "CartPole-v1", "total_env_steps": TOTAL, "hidden_sizes": [32, 32], "learning_starts": 500,
-       "learning_rate": 0.002,
-       "train_every": 200, "updates_per_train": 10, "target_update_every": 30, "eval_every": 5000,
-       "eval_episodes": 2, "log_every": 1000, "batch_size": 32, "replay_capacity": 5000}
+RUN = {
+    "env_id": "CartPole-v1",
+    "total_env_steps": TOTAL,
+    "hidden_sizes": [32, 32],
+    "learning_starts": 500,
+    "learning_rate": 0.002,
+    "train_every": 200,
+    "updates_per_train": 10,
+    "target_update_every": 30,
+    "eval_every": 5000,
+    "eval_episodes": 2,
+    "log_every": 1000,
+    "batch_size": 32,
+    "replay_capacity": 5000,
+}
 
 
 def _wait(predicate, timeout, what, output: Path):
@@ -41,8 +53,11 @@ def test_a_signalled_job_checkpoints_requeues_and_completes(local_slurm, tmp_pat
     cfg = tmp_path / "run.yaml"
     cfg.write_text("".join(f"{k}: {json.dumps(v)}\n" for k, v in RUN.items()))
     run_dir, out = tmp_path / "run", tmp_path / "job.out"
-    proc = run(["sbatch", "--parsable", f"--output={out}", LAUNCH / "slurm.sbatch", cfg],
-               RUN_DIR=run_dir, VIRTUAL_ENV=BIN.parent)
+    proc = run(
+        ["sbatch", "--parsable", f"--output={out}", LAUNCH / "slurm.sbatch", cfg],
+        RUN_DIR=run_dir,
+        VIRTUAL_ENV=BIN.parent,
+    )
     job = proc.stdout.strip().split(";")[0]
     assert job.isdigit(), proc.stdout + proc.stderr
     try:
@@ -52,8 +67,12 @@ def test_a_signalled_job_checkpoints_requeues_and_completes(local_slurm, tmp_pat
         # SLURM holds a requeued job until the old job credential expires (Reason=BeginTime, 120 s by default,
         # 10 s on the test cluster: launch/local-slurm.sh sets AuthInfo=cred_expire); a job started earlier fails
         # with "Job credential revoked"
-        state = _wait(lambda: _job(job)["JobState"] in ("COMPLETED", "FAILED", "CANCELLED") and _job(job), 600,
-                      "the requeued job to end", out)
+        state = _wait(
+            lambda: _job(job)["JobState"] in ("COMPLETED", "FAILED", "CANCELLED") and _job(job),
+            600,
+            "the requeued job to end",
+            out,
+        )
     finally:
         if _job(job).get("JobState") in ("RUNNING", "PENDING"):
             run(["scancel", job])
@@ -83,8 +102,11 @@ def test_a_preempted_two_task_job_continues_as_a_one_task_job(local_slurm, tmp_p
     cfg = tmp_path / "run.yaml"
     cfg.write_text("".join(f"{k}: {json.dumps(v)}\n" for k, v in RUN.items()))
     run_dir, out1, out2 = tmp_path / "run", tmp_path / "job1.out", tmp_path / "job2.out"
-    proc = run(["sbatch", "--parsable", f"--output={out1}", LAUNCH / "slurm.sbatch", cfg],
-               RUN_DIR=run_dir, VIRTUAL_ENV=BIN.parent)
+    proc = run(
+        ["sbatch", "--parsable", f"--output={out1}", LAUNCH / "slurm.sbatch", cfg],
+        RUN_DIR=run_dir,
+        VIRTUAL_ENV=BIN.parent,
+    )
     first = proc.stdout.strip().split(";")[0]
     assert first.isdigit(), proc.stdout + proc.stderr
     second = None
@@ -93,12 +115,19 @@ def test_a_preempted_two_task_job_continues_as_a_one_task_job(local_slurm, tmp_p
         run(["scancel", "--batch", "--signal=USR1", first], check=True)
         _wait(lambda: _job(first).get("Restarts") == "1", 120, "the requeue", out1)
         run(["scancel", first], check=True)  # the allocation does not come back as it was
-        proc = run(["sbatch", "--parsable", "--ntasks-per-node=1", f"--output={out2}", LAUNCH / "slurm.sbatch",
-                    cfg], RUN_DIR=run_dir, VIRTUAL_ENV=BIN.parent)
+        proc = run(
+            ["sbatch", "--parsable", "--ntasks-per-node=1", f"--output={out2}", LAUNCH / "slurm.sbatch", cfg],
+            RUN_DIR=run_dir,
+            VIRTUAL_ENV=BIN.parent,
+        )
         second = proc.stdout.strip().split(";")[0]
         assert second.isdigit(), proc.stdout + proc.stderr
-        state = _wait(lambda: _job(second)["JobState"] in ("COMPLETED", "FAILED", "CANCELLED") and _job(second),
-                      600, "the 1-task job to end", out2)
+        state = _wait(
+            lambda: _job(second)["JobState"] in ("COMPLETED", "FAILED", "CANCELLED") and _job(second),
+            600,
+            "the 1-task job to end",
+            out2,
+        )
     finally:
         for job in (first, second):
             if job and _job(job).get("JobState") in ("RUNNING", "PENDING"):

@@ -1,5 +1,6 @@
 """The CLI end to end on one rank: a short CartPole run (a real hvd-dqn process) that must reach gradient updates
 and write its outputs; the refusals and a second short run through cli.main in this process."""
+
 import json
 import sys
 
@@ -32,11 +33,17 @@ def test_train_smoke_runs_updates_and_writes_outputs(tiny_cartpole, tmp_path, ca
     rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     assert all({"env_steps", "wall_s"} <= row.keys() for row in rows)
     # a row every log_every (1000) steps and at each evaluation (every 1500 steps and at the end)
-    assert [r["env_steps"] for r in rows] == sorted(set(points(cfg, cfg.log_every) + points(cfg, cfg.eval_every))) \
+    assert (
+        [r["env_steps"] for r in rows]
+        == sorted(set(points(cfg, cfg.log_every) + points(cfg, cfg.eval_every)))
         == [1000, 1500, 2000, 3000]
+    )
     assert [r["env_steps"] for r in rows if "eval_return_mean" in r] == points(cfg, cfg.eval_every) == [1500, 3000]
-    assert [r["updates"] for r in rows] == [expected_updates(cfg, until=r["env_steps"]) for r in rows] \
+    assert (
+        [r["updates"] for r in rows]
+        == [expected_updates(cfg, until=r["env_steps"]) for r in rows]
         == [60, 100, 160, 260]
+    )
     assert rows[-1]["eval_return_mean"] == summary["final_eval_return_mean"] and rows[-1]["eval_episodes"] == 10
     assert "hvd-dqn summary:" in proc.stdout
     # stdout is a pipe, not a terminal: one plain progress line per log point, no tqdm bar redrawn with \r
@@ -50,7 +57,8 @@ def test_train_smoke_runs_updates_and_writes_outputs(tiny_cartpole, tmp_path, ca
     assert again.returncode == 2 and "Traceback" not in again.stderr
     assert again.stderr.strip().splitlines()[-1] == (
         f"hvd-dqn: error: run dir {run_dir} holds the checkpoints of an earlier run: continue it with "
-        f"--resume {run_dir}, or train into another --run-dir")
+        f"--resume {run_dir}, or train into another --run-dir"
+    )
     assert (run_dir / "metrics.jsonl").read_text() == before
 
     # the saved Q-network loads with plain tf_keras where horovod cannot even be imported
@@ -58,10 +66,12 @@ def test_train_smoke_runs_updates_and_writes_outputs(tiny_cartpole, tmp_path, ca
     blocker.mkdir(parents=True)
     (blocker / "__init__.py").write_text(NO_HOROVOD)
     obs = np.array([[0.01, -0.02, 0.03, 0.04]], np.float32)
-    code = ("import tf_keras, numpy as np, sys\n"
-            "try:\n    import horovod\n    sys.exit('horovod imported')\nexcept ImportError:\n    pass\n"
-            f"m = tf_keras.models.load_model({str(run_dir / 'q_network.keras')!r})\n"
-            f"print('Q', m(np.array({obs.tolist()}, np.float32)).numpy().tolist())\n")
+    code = (
+        "import tf_keras, numpy as np, sys\n"
+        "try:\n    import horovod\n    sys.exit('horovod imported')\nexcept ImportError:\n    pass\n"
+        f"m = tf_keras.models.load_model({str(run_dir / 'q_network.keras')!r})\n"
+        f"print('Q', m(np.array({obs.tolist()}, np.float32)).numpy().tolist())\n"
+    )
     loaded = run([sys.executable, "-c", code], PYTHONPATH=str(tmp_path / "blocker"))
     assert loaded.returncode == 0, loaded.stderr
     q = json.loads(loaded.stdout.split("Q ", 1)[1])
@@ -77,8 +87,18 @@ def test_a_new_run_starts_its_own_metrics_file(tiny_cartpole, tmp_path, capsys):
     run_dir = tmp_path / "run"
     run_dir.mkdir()
     (run_dir / "metrics.jsonl").write_text(json.dumps({"env_steps": 99999, "wall_s": 1.0}) + "\n")
-    proc = main_here(capsys, "train", "--config", tiny_cartpole, "--run-dir", run_dir,
-                     "--set", "total_env_steps=1000", "--set", "eval_every=1000")
+    proc = main_here(
+        capsys,
+        "train",
+        "--config",
+        tiny_cartpole,
+        "--run-dir",
+        run_dir,
+        "--set",
+        "total_env_steps=1000",
+        "--set",
+        "eval_every=1000",
+    )
     assert proc.returncode == 0, proc.stderr
     steps = [json.loads(line)["env_steps"] for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     assert steps == [1000]
@@ -104,8 +124,20 @@ def test_default_cartpole_config_solves_and_stays_solved(tmp_path):
     outcomes = []
     for seed in (0, 1, 2):
         run_dir = tmp_path / f"seed{seed}"
-        cmd = [BIN / "horovodrun", "-np", "2", "--mpi", BIN / "hvd-dqn", "train", "--config", "configs/cartpole.yaml",
-               "--run-dir", run_dir, "--set", f"seed={seed}"]
+        cmd = [
+            BIN / "horovodrun",
+            "-np",
+            "2",
+            "--mpi",
+            BIN / "hvd-dqn",
+            "train",
+            "--config",
+            "configs/cartpole.yaml",
+            "--run-dir",
+            run_dir,
+            "--set",
+            f"seed={seed}",
+        ]
         proc = run(cmd, timeout=900)
         assert proc.returncode == 0, proc.stdout + proc.stderr
         summary = json.loads((run_dir / "summary.json").read_text())

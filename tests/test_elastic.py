@@ -4,6 +4,7 @@ goes on alone and completes the run. Elastic runs write disk checkpoints: a job 
 SIGKILL) continues from its last one, with `--elastic --resume` and with a plain `--resume`; SIGTERM stops it with
 a checkpoint; a worker lost while a checkpoint is being written leaves no half-written one and the checkpoint is
 written after the rollback."""
+
 import json
 import os
 import shutil
@@ -21,10 +22,21 @@ from run_schedule import expected_updates
 
 pytestmark = pytest.mark.multiproc
 TOTAL = 16000
-RUN = {"env_id": "CartPole-v1", "total_env_steps": TOTAL, "hidden_sizes": [32, 32], "learning_starts": 500,
-       "train_every": 200, "updates_per_train": 10, "target_update_every": 30, "eval_every": 4000,
-       "eval_episodes": 2, "log_every": 1000, "batch_size": 32, "replay_capacity": 5000,
-       "policy_ema": 0.9}  # the policy's weight average is committed and synced too
+RUN = {
+    "env_id": "CartPole-v1",
+    "total_env_steps": TOTAL,
+    "hidden_sizes": [32, 32],
+    "learning_starts": 500,
+    "train_every": 200,
+    "updates_per_train": 10,
+    "target_update_every": 30,
+    "eval_every": 4000,
+    "eval_episodes": 2,
+    "log_every": 1000,
+    "batch_size": 32,
+    "replay_capacity": 5000,
+    "policy_ema": 0.9,
+}  # the policy's weight average is committed and synced too
 # Two "hosts" of one slot, both this machine: the host of a failed worker is blacklisted, the other one goes on
 # (with one host of two slots, the failure would blacklist the only host).
 DISCOVERY = "#!/bin/sh\necho localhost:1\necho 127.0.0.1:1\n"
@@ -72,8 +84,24 @@ def _elastic_cmd(tmp_path: Path, config: dict | None, *train_args) -> list:
         cfg = tmp_path / "run.yaml"
         cfg.write_text("".join(f"{k}: {json.dumps(v)}\n" for k, v in config.items()))
         args = ["--config", cfg, *args]
-    return [BIN / "horovodrun", "-np", "2", "--min-np", "1", "--max-np", "2", "--host-discovery-script", discover,
-            "--network-interfaces", "lo", "--gloo", BIN / "hvd-dqn", "train", "--elastic", *args]
+    return [
+        BIN / "horovodrun",
+        "-np",
+        "2",
+        "--min-np",
+        "1",
+        "--max-np",
+        "2",
+        "--host-discovery-script",
+        discover,
+        "--network-interfaces",
+        "lo",
+        "--gloo",
+        BIN / "hvd-dqn",
+        "train",
+        "--elastic",
+        *args,
+    ]
 
 
 @pytest.mark.parametrize("optimizer", ["adam", "lamb"])  # lamb: Keras 3's optimizer state, committed and synced
@@ -123,8 +151,10 @@ def test_an_elastic_reset_on_an_atari_config_keeps_the_runs_evaluation_options(t
     from hvd_dqn.config import Config
     from hvd_dqn.elastic import ElasticTrainer
 
-    cfg = Config.from_yaml(ROOT / "configs" / "pong.yaml", ["replay_capacity=2000", "eval_episodes=3",
-                                                            "max_episode_frames=5000", "noop_max=7"])
+    cfg = Config.from_yaml(
+        ROOT / "configs" / "pong.yaml",
+        ["replay_capacity=2000", "eval_episodes=3", "max_episode_frames=5000", "noop_max=7"],
+    )
     trainer = ElasticTrainer(cfg, run_dir=tmp_path / "run")
     trainer.world = distributed.init()
     trainer._setup()
@@ -253,8 +283,7 @@ def test_an_elastic_run_killed_outright_resumes_from_its_last_checkpoint(tmp_pat
     assert [r["env_steps"] for r in rows] == sorted(r["env_steps"] for r in rows)  # rows after `last` were dropped
     assert _checkpoints(run_dir)[CKPT_TOTAL] == 2
 
-    proc = run([BIN / "horovodrun", "-np", "2", "--gloo", BIN / "hvd-dqn", "train", "--resume", plain_dir],
-               timeout=600)
+    proc = run([BIN / "horovodrun", "-np", "2", "--gloo", BIN / "hvd-dqn", "train", "--resume", plain_dir], timeout=600)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     plain = _summary(plain_dir, 2)
     assert plain["replica_checksums"] == elastic["replica_checksums"]
@@ -303,8 +332,7 @@ def test_a_worker_lost_while_writing_a_checkpoint(fault, tmp_path):
     owed is written by the survivor at the next phase boundary (the final one right after the rollback), and the
     run completes alone."""
     run_dir = tmp_path / "run"
-    proc = run(_elastic_cmd(tmp_path, CKPT_RUN, "--run-dir", run_dir), timeout=600,
-               HVD_DQN_DIE_IN_CHECKPOINT=fault)
+    proc = run(_elastic_cmd(tmp_path, CKPT_RUN, "--run-dir", run_dir), timeout=600, HVD_DQN_DIE_IN_CHECKPOINT=fault)
     output = proc.stdout + proc.stderr
     assert proc.returncode == 0, output
     dead, at = map(int, fault.split(":"))
@@ -333,9 +361,27 @@ def test_a_worker_that_joins_mid_run_starts_from_rank_0s_weights(tmp_path):
     cfg = tmp_path / "run.yaml"
     cfg.write_text("".join(f"{k}: {json.dumps(v)}\n" for k, v in RUN.items()))
     run_dir = tmp_path / "run"
-    cmd = [BIN / "horovodrun", "-np", "1", "--min-np", "1", "--max-np", "2", "--host-discovery-script", discover,
-           "--network-interfaces", "lo", "--gloo", BIN / "hvd-dqn", "train", "--elastic", "--config", cfg,
-           "--run-dir", run_dir]
+    cmd = [
+        BIN / "horovodrun",
+        "-np",
+        "1",
+        "--min-np",
+        "1",
+        "--max-np",
+        "2",
+        "--host-discovery-script",
+        discover,
+        "--network-interfaces",
+        "lo",
+        "--gloo",
+        BIN / "hvd-dqn",
+        "train",
+        "--elastic",
+        "--config",
+        cfg,
+        "--run-dir",
+        run_dir,
+    ]
     out = tmp_path / "job.out"
     with started(cmd, output=out) as job:
         _wait_until(lambda: any(r["env_steps"] >= 3000 for r in _rows(run_dir)), job, "3000 env steps", 240)

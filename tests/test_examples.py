@@ -1,4 +1,5 @@
 """The examples run as a user would start them (tiny step counts) and do what they say."""
+
 import re
 import sys
 

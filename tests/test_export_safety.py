@@ -2,6 +2,7 @@
 that are refused (the run dir, a dir around or inside it, a user's own dir or file, ``.``), an earlier export
 replaced whole, and HDF5 or Lambda models refused before any of their code can run. Most commands run through
 cli.main in this process (``hvd``); a few run as real hvd-dqn processes (``hvd_dqn``)."""
+
 import json
 import os
 from pathlib import Path
@@ -13,9 +14,22 @@ from hvd_dqn import Config, Trainer, cli, serving
 from hvd_dqn.errors import UserError
 from test_user_surface import TF_CHATTER
 
-TINY = dict(env_id="CartPole-v1", seed=5, total_env_steps=600, hidden_sizes=(8,), learning_starts=200,
-            train_every=100, updates_per_train=5, target_update_every=10, eval_every=600, eval_episodes=1,
-            log_every=600, batch_size=16, replay_capacity=600, checkpoint_every=300)
+TINY = dict(
+    env_id="CartPole-v1",
+    seed=5,
+    total_env_steps=600,
+    hidden_sizes=(8,),
+    learning_starts=200,
+    train_every=100,
+    updates_per_train=5,
+    target_update_every=10,
+    eval_every=600,
+    eval_episodes=1,
+    log_every=600,
+    batch_size=16,
+    replay_capacity=600,
+    checkpoint_every=300,
+)
 
 
 @pytest.fixture(scope="module")
@@ -32,11 +46,13 @@ def hvd_dqn(*args, cwd=None):
 @pytest.fixture
 def hvd(capsys):
     """``hvd(*args, cwd=None)``: hvd-dqn through cli.main in this process, in ``cwd`` (then back)."""
+
     def call(*args, cwd=None):
         with pytest.MonkeyPatch.context() as mp:
             if cwd is not None:
                 mp.chdir(cwd)
             return main_here(capsys, *args)
+
     return call
 
 
@@ -57,19 +73,31 @@ def _contents(path: Path):
 
 
 # ------------------------------------------------------------------ OUT_DIRs that are not ours to replace
-@pytest.mark.parametrize("where, fragment", [
-    ("run", "is or contains the run dir"),
-    ("parent", "is or contains the run dir"),
-    ("inside", "is inside the run dir"),
-    ("user_dir", "exists and is not an earlier hvd-dqn export (no export.json of ours): give a new path; "
-                 "nothing was written"),
-    ("user_file", "exists and is not an earlier hvd-dqn export"),
-    ("export_plus_user_file", "is an earlier export but also holds 'notes.txt', which hvd-dqn did not write"),
-])
+@pytest.mark.parametrize(
+    "where, fragment",
+    [
+        ("run", "is or contains the run dir"),
+        ("parent", "is or contains the run dir"),
+        ("inside", "is inside the run dir"),
+        (
+            "user_dir",
+            "exists and is not an earlier hvd-dqn export (no export.json of ours): give a new path; "
+            "nothing was written",
+        ),
+        ("user_file", "exists and is not an earlier hvd-dqn export"),
+        ("export_plus_user_file", "is an earlier export but also holds 'notes.txt', which hvd-dqn did not write"),
+    ],
+)
 def test_export_refuses_an_out_dir_it_did_not_create(run_dir, tmp_path, where, fragment, hvd):
     mine = tmp_path / "mydata"
-    out = {"run": run_dir, "parent": run_dir.parent, "inside": run_dir / "export", "user_dir": mine,
-           "user_file": tmp_path / "model.bin", "export_plus_user_file": tmp_path / "policy"}[where]
+    out = {
+        "run": run_dir,
+        "parent": run_dir.parent,
+        "inside": run_dir / "export",
+        "user_dir": mine,
+        "user_file": tmp_path / "model.bin",
+        "export_plus_user_file": tmp_path / "policy",
+    }[where]
     if where == "user_dir":
         mine.mkdir()
         (mine / "thesis.tex").write_text("years of work")
@@ -92,8 +120,10 @@ def test_export_to_dot_is_a_one_line_error_not_a_traceback(run_dir, tmp_path, hv
     cwd.mkdir()
     (cwd / "keep.txt").write_text("keep")
     line = one_line_error(hvd_dqn("export", run_dir, ".", cwd=cwd))
-    assert line == ("hvd-dqn: error: export OUT_DIR . exists and is not an earlier hvd-dqn export (no export.json "
-                    "of ours): give a new path; nothing was written")
+    assert line == (
+        "hvd-dqn: error: export OUT_DIR . exists and is not an earlier hvd-dqn export (no export.json "
+        "of ours): give a new path; nothing was written"
+    )
     assert tree(cwd) == {"keep.txt": b"keep"}
     # "." inside the run dir, and the run dir's parent as ".": both refused before anything is written
     assert "is inside the run dir" in one_line_error(hvd("export", run_dir, ".", cwd=run_dir / "checkpoints"))
@@ -166,11 +196,16 @@ def hdf5_run(run_dir, tmp_path):
 def test_an_hdf5_model_is_refused_and_its_code_never_runs(hdf5_run, tmp_path, command, hvd):
     run, marker = hdf5_run
     model = run / "q_network.keras"
-    args = {"evaluate": ["evaluate", run, "--episodes", "1"], "export": ["export", run, tmp_path / "out"],
-            "evaluate_file": ["evaluate", model, "--env", "CartPole-v1", "--episodes", "1"]}[command]
+    args = {
+        "evaluate": ["evaluate", run, "--episodes", "1"],
+        "export": ["export", run, tmp_path / "out"],
+        "evaluate_file": ["evaluate", model, "--env", "CartPole-v1", "--episodes", "1"],
+    }[command]
     line = one_line_error(hvd(*args))
-    assert line == (f"hvd-dqn: error: {model}: refused: an HDF5 file, not the .keras zip format (only that "
-                    f"format is loaded, because loading the others can run code stored in the file)")
+    assert line == (
+        f"hvd-dqn: error: {model}: refused: an HDF5 file, not the .keras zip format (only that "
+        f"format is loaded, because loading the others can run code stored in the file)"
+    )
     assert not marker.exists()
     assert not (tmp_path / "out").exists()
 
@@ -181,8 +216,9 @@ def test_a_keras_zip_with_a_lambda_is_refused(tmp_path):
     _model_with_marker_lambda(marker).save(model_file)
     marker.unlink()
     line = one_line_error(hvd_dqn("evaluate", model_file, "--env", "CartPole-v1", "--episodes", "1"))
-    assert line == (f"hvd-dqn: error: {model_file}: refused: the model holds a Lambda layer, whose Python code "
-                    f"would run on loading")
+    assert line == (
+        f"hvd-dqn: error: {model_file}: refused: the model holds a Lambda layer, whose Python code would run on loading"
+    )
     assert not marker.exists()
 
 
@@ -202,7 +238,11 @@ def test_a_keras_zip_naming_an_object_outside_keras_is_refused_before_keras_read
             if item == "config.json":
                 config = json.loads(data)
                 config["config"]["layers"][1]["config"]["activation"] = {
-                    "module": "os", "class_name": "function", "config": "system", "registered_name": None}
+                    "module": "os",
+                    "class_name": "function",
+                    "config": "system",
+                    "registered_name": None,
+                }
                 data = json.dumps(config).encode()
             dst.writestr(item, data)
     with pytest.raises(UserError, match=r"refused: the model names os.function, which is not part of Keras"):

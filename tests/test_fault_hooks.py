@@ -1,5 +1,6 @@
 """The fault-injection switches (hvd_dqn.testing.faults) are test hooks: a production job neither reads nor forwards
 them. Only HVD_DQN_TEST_HOOKS=1 (which conftest sets for this suite) turns them on."""
+
 import os
 import sys
 
@@ -9,20 +10,40 @@ from conftest import BIN, ROOT, run
 from hvd_dqn import Config, Trainer
 from hvd_dqn.errors import UserError
 
-TINY = dict(env_id="CartPole-v1", seed=3, total_env_steps=600, hidden_sizes=(8,), learning_starts=200,
-            train_every=100, updates_per_train=5, target_update_every=10, eval_every=600, eval_episodes=1,
-            log_every=600, batch_size=16, replay_capacity=1000, checkpoint_every_minutes=None)
-HOOKS = {"HVD_DQN_FAULT": "0:300", "HVD_DQN_INJECT_NAN": "3", "HVD_DQN_PREEMPT_AT": "0:300",
-         "HVD_DQN_HANG_IN_EVAL": "0:0", "HVD_DQN_DEADLOCK": "0:0"}
+TINY = dict(
+    env_id="CartPole-v1",
+    seed=3,
+    total_env_steps=600,
+    hidden_sizes=(8,),
+    learning_starts=200,
+    train_every=100,
+    updates_per_train=5,
+    target_update_every=10,
+    eval_every=600,
+    eval_episodes=1,
+    log_every=600,
+    batch_size=16,
+    replay_capacity=1000,
+    checkpoint_every_minutes=None,
+)
+HOOKS = {
+    "HVD_DQN_FAULT": "0:300",
+    "HVD_DQN_INJECT_NAN": "3",
+    "HVD_DQN_PREEMPT_AT": "0:300",
+    "HVD_DQN_HANG_IN_EVAL": "0:0",
+    "HVD_DQN_DEADLOCK": "0:0",
+}
 
 
 def test_a_production_job_ignores_the_fault_variables(tmp_path):
     """Every fault variable set, the switch not: the run completes, and the test module is never imported."""
-    code = ("import sys\n"
-            "from hvd_dqn import Config, Trainer\n"
-            f"summary = Trainer(Config(**{TINY!r}), run_dir={str(tmp_path / 'run')!r}).train()\n"
-            "print('steps', summary['env_steps'], 'updates', summary['updates'], "
-            "'imported', 'hvd_dqn.testing.faults' in sys.modules)\n")
+    code = (
+        "import sys\n"
+        "from hvd_dqn import Config, Trainer\n"
+        f"summary = Trainer(Config(**{TINY!r}), run_dir={str(tmp_path / 'run')!r}).train()\n"
+        "print('steps', summary['env_steps'], 'updates', summary['updates'], "
+        "'imported', 'hvd_dqn.testing.faults' in sys.modules)\n"
+    )
     proc = run([sys.executable, "-c", code], HVD_DQN_TEST_HOOKS="", **HOOKS)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "steps 600 updates 25 imported False" in proc.stdout  # 5 updates at 200, 300, 400, 500 and 600
@@ -54,8 +75,14 @@ def test_mpirun_sh_exports_no_test_hook(tmp_path):
     (fake / "mpirun").write_text('#!/bin/sh\nprintf "%s\\n" "$@"\n')
     (fake / "mpirun").chmod(0o755)
     (tmp_path / "c.yaml").write_text("env_id: CartPole-v1\n")
-    env = {**HOOKS, "HVD_DQN_TEST_HOOKS": "1", "HVD_DQN_TERM_GRACE_S": "30", "HOROVOD_STALL_CHECK_TIME_SECONDS": "20",
-           "PATH": f"{fake}{os.pathsep}{os.environ['PATH']}", "VIRTUAL_ENV": BIN.parent}
+    env = {
+        **HOOKS,
+        "HVD_DQN_TEST_HOOKS": "1",
+        "HVD_DQN_TERM_GRACE_S": "30",
+        "HOROVOD_STALL_CHECK_TIME_SECONDS": "20",
+        "PATH": f"{fake}{os.pathsep}{os.environ['PATH']}",
+        "VIRTUAL_ENV": BIN.parent,
+    }
     proc = run(["bash", ROOT / "launch" / "mpirun.sh", tmp_path / "c.yaml"], timeout=60, **env)
     assert proc.returncode == 0, proc.stderr
     args = proc.stdout.splitlines()

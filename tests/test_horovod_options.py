@@ -2,6 +2,7 @@
 average_aggregated_gradients), and optimizer lamb's own reduction, under `horovodrun -np 2`, for real: the reduced
 gradient recomputed in NumPy from every rank's own, the learner's allreduces counted in a Horovod timeline, and the
 replicas bit-identical."""
+
 import collections
 import json
 import sys
@@ -20,9 +21,22 @@ TIMELINE_UPDATES = LEARNER_UPDATES + 4  # and the phase of 4 with a NaN, which e
 def _run(options: dict, tmp_path, controller="--mpi"):
     """(the job's result, its timeline)"""
     timeline, out = tmp_path / "timeline.json", tmp_path / "result.json"
-    proc = run([HOROVODRUN, "-np", "2", controller, "-H", "localhost:2", sys.executable,
-                ROOT / "tests" / "mp_horovod_options.py", json.dumps(options), out], timeout=850,
-               HOROVOD_TIMELINE=timeline)
+    proc = run(
+        [
+            HOROVODRUN,
+            "-np",
+            "2",
+            controller,
+            "-H",
+            "localhost:2",
+            sys.executable,
+            ROOT / "tests" / "mp_horovod_options.py",
+            json.dumps(options),
+            out,
+        ],
+        timeout=850,
+        HOROVOD_TIMELINE=timeline,
+    )
     assert proc.returncode == 0, proc.stdout + proc.stderr
     return json.loads(out.read_text()), timeline
 
@@ -35,8 +49,9 @@ def _result(result: dict) -> dict:
     assert learner["start"] != learner["end"]
     # the finite checks stop both ranks in the same phase: rank 0 at its NaN loss, rank 1 at the first loss
     # computed from the weights that the reduced NaN gradient made
-    assert result["nan"] == [f"non-finite TD loss at update {u}; stopping (the last checkpoint is intact)"
-                             for u in (18, 19)]
+    assert result["nan"] == [
+        f"non-finite TD loss at update {u}; stopping (the last checkpoint is intact)" for u in (18, 19)
+    ]
     grads = np.asarray(result["grads"], np.float32)  # (rank, pass, 3, 5)
     return {"grads": grads, "reduced": np.asarray(result["reduced"], np.float32), "learner": learner}
 
@@ -45,8 +60,9 @@ def learner_allreduces(timeline) -> dict[str, list]:
     """{tensor name: [dtype of each ALLREDUCE]} for the learner's gradient tensors in a Horovod timeline (rank 0
     writes it; each tensor is a "process" of the Chrome trace, named in a metadata event)."""
     events = json.loads(timeline.read_text())
-    names = {e["pid"]: e["args"]["name"] for e in events
-             if e.get("name") == "process_name" and "name" in e.get("args", {})}
+    names = {
+        e["pid"]: e["args"]["name"] for e in events if e.get("name") == "process_name" and "name" in e.get("args", {})
+    }
     out = collections.defaultdict(list)
     open_op = {}
     for e in events:
@@ -115,8 +131,7 @@ def test_adasum_combines_by_projection(tmp_path):
 
 @pytest.mark.parametrize("compression", ["none", "fp16"])
 def test_lamb_steps_on_the_mean_of_the_ranks_gradients(tmp_path, compression):
-    result, timeline = _run({"optimizer": "lamb", "gradient_compression": compression}, tmp_path,
-                            controller="--gloo")
+    result, timeline = _run({"optimizer": "lamb", "gradient_compression": compression}, tmp_path, controller="--gloo")
     r = _result(result)
     g = r["grads"][:, 0]
     if compression == "fp16":
@@ -132,11 +147,30 @@ def test_lamb_steps_on_the_mean_of_the_ranks_gradients(tmp_path, compression):
 
 
 def test_adasum_under_gloo_is_a_one_line_error(tmp_path, tiny_cartpole):
-    proc = run([HOROVODRUN, "-np", "2", "--gloo", "-H", "localhost:2", BIN / "hvd-dqn", "train", "--config",
-                tiny_cartpole, "--run-dir", tmp_path / "run", "--set", "allreduce_op=adasum"], timeout=850)
+    proc = run(
+        [
+            HOROVODRUN,
+            "-np",
+            "2",
+            "--gloo",
+            "-H",
+            "localhost:2",
+            BIN / "hvd-dqn",
+            "train",
+            "--config",
+            tiny_cartpole,
+            "--run-dir",
+            tmp_path / "run",
+            "--set",
+            "allreduce_op=adasum",
+        ],
+        timeout=850,
+    )
     output = proc.stdout + proc.stderr
     assert proc.returncode != 0 and "Exit code: 2" in output  # the ranks' exit code for bad input
-    assert "allreduce_op: adasum needs the MPI controller (horovodrun --mpi, mpirun or srun); this job runs on " \
-           "Gloo" in output
+    assert (
+        "allreduce_op: adasum needs the MPI controller (horovodrun --mpi, mpirun or srun); this job runs on "
+        "Gloo" in output
+    )
     # no rank printed a traceback (horovodrun itself prints one when it reports the ranks' exit)
     assert not [line for line in output.splitlines() if line.startswith(("[0]", "[1]")) and "Traceback" in line]

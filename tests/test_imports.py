@@ -1,5 +1,6 @@
 """The package's import structure: no module imports itself back through others, and the modules that the actor
 side and the config need import no TensorFlow."""
+
 import ast
 import sys
 from pathlib import Path
@@ -40,7 +41,7 @@ def _imports(name: str, path: Path, modules: dict[str, Path]) -> set[str]:
         if isinstance(node, ast.Import):
             found.update(alias.name for alias in node.names)
         elif isinstance(node, ast.ImportFrom):
-            base = package[:len(package) - node.level + 1] if node.level else []
+            base = package[: len(package) - node.level + 1] if node.level else []
             module = ".".join(base + ([node.module] if node.module else []))
             for alias in node.names:
                 found.add(f"{module}.{alias.name}" if f"{module}.{alias.name}" in modules else module)
@@ -55,7 +56,7 @@ def _cycles(graph: dict[str, set[str]]) -> list[list[str]]:
         path.append(node)
         for nxt in sorted(graph[node]):
             if state.get(nxt) == "open":
-                cycles.append(path[path.index(nxt):] + [nxt])
+                cycles.append(path[path.index(nxt) :] + [nxt])
             elif nxt not in state:
                 visit(nxt, path)
         path.pop()
@@ -87,8 +88,9 @@ def test_a_cycle_closed_by_a_function_level_import_is_found(tmp_path):
     (package / "sub" / "__init__.py").write_text("")
     (package / "a.py").write_text("from pkg.sub import b\n")
     (package / "sub" / "b.py").write_text("def f():\n    from ..c import g\n")
-    (package / "c.py").write_text("from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    import pkg.d\n"
-                                  "def g():\n    import pkg.a\n")
+    (package / "c.py").write_text(
+        "from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    import pkg.d\ndef g():\n    import pkg.a\n"
+    )
     (package / "d.py").write_text("import pkg.c\n")
     graph = _graph(tmp_path, "pkg")
     assert graph["pkg.c"] == {"pkg.a"}
@@ -96,9 +98,11 @@ def test_a_cycle_closed_by_a_function_level_import_is_found(tmp_path):
 
 
 def test_numpy_only_modules_import_no_tensorflow():
-    code = ("import sys\n"
-            "import hvd_dqn.nstep, hvd_dqn.jsoncodec, hvd_dqn.envids\n"
-            "print(sorted(m for m in ('tensorflow', 'horovod', 'gymnasium') if m in sys.modules))\n")
+    code = (
+        "import sys\n"
+        "import hvd_dqn.nstep, hvd_dqn.jsoncodec, hvd_dqn.envids\n"
+        "print(sorted(m for m in ('tensorflow', 'horovod', 'gymnasium') if m in sys.modules))\n"
+    )
     proc = run([sys.executable, "-c", code], timeout=120)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip() == "[]"

@@ -1,6 +1,7 @@
 """No two jobs in one run dir, no rank outliving its launcher, no silent hang: each for real under
 ``horovodrun -np 2`` with both controllers (docs/reliability.md). Every test kills what it started, even when
 it fails: each process whose command line names the test's run dir, and every descendant seen."""
+
 import contextlib
 import json
 import os
@@ -19,9 +20,18 @@ from hvd_dqn.watchdog import HEARTBEAT_DIR
 
 pytestmark = [pytest.mark.multiproc, pytest.mark.slow]
 LONG_RUN = {  # long enough to be mid-training whenever the test acts: the tests stop it or let it run out
-    "env_id": "CartPole-v1", "total_env_steps": 2_000_000, "hidden_sizes": [32, 32], "learning_starts": 500,
-    "train_every": 250, "updates_per_train": 5, "target_update_every": 50, "eval_every": 1_000_000,
-    "eval_episodes": 2, "log_every": 1000, "batch_size": 32, "replay_capacity": 5000,
+    "env_id": "CartPole-v1",
+    "total_env_steps": 2_000_000,
+    "hidden_sizes": [32, 32],
+    "learning_starts": 500,
+    "train_every": 250,
+    "updates_per_train": 5,
+    "target_update_every": 50,
+    "eval_every": 1_000_000,
+    "eval_episodes": 2,
+    "log_every": 1000,
+    "batch_size": 32,
+    "replay_capacity": 5000,
 }
 START_S = 300  # TensorFlow and Horovod start-up of two ranks on a busy 2-core machine
 
@@ -33,8 +43,17 @@ def _config(tmp_path, **overrides) -> Path:
 
 
 def _horovodrun(controller: str, *train_args) -> list[str]:
-    return [str(BIN / "horovodrun"), "-np", "2", f"--{controller}", "-H", "localhost:2", str(BIN / "hvd-dqn"),
-            "train", *[str(a) for a in train_args]]
+    return [
+        str(BIN / "horovodrun"),
+        "-np",
+        "2",
+        f"--{controller}",
+        "-H",
+        "localhost:2",
+        str(BIN / "hvd-dqn"),
+        "train",
+        *[str(a) for a in train_args],
+    ]
 
 
 class Job:
@@ -74,8 +93,12 @@ class Job:
             except psutil.Error:
                 continue
             rank = env.get("HOROVOD_RANK", env.get("OMPI_COMM_WORLD_RANK"))
-            if rank is not None and "train" in cmd and "python" in os.path.basename(cmd[0]) \
-                    and not any(os.path.basename(c) == "horovodrun" for c in cmd):  # gloo's forked helpers
+            if (
+                rank is not None
+                and "train" in cmd
+                and "python" in os.path.basename(cmd[0])
+                and not any(os.path.basename(c) == "horovodrun" for c in cmd)
+            ):  # gloo's forked helpers
                 ranks[int(rank)] = p
         return ranks
 
@@ -156,8 +179,10 @@ def test_a_second_job_in_a_busy_run_dir_is_refused(tmp_path, jobs):
         assert proc.returncode != 0, output
         lines = [ln for ln in output.splitlines() if "is in use by another job" in ln]
         assert len(lines) == 1, output  # said once, by rank 0
-        assert f"hvd-dqn: error: run dir {run_dir} is in use by another job (host {owner['host']}, " \
-               f"pid {owner['pid']}, started " in lines[0]
+        assert (
+            f"hvd-dqn: error: run dir {run_dir} is in use by another job (host {owner['host']}, "
+            f"pid {owner['pid']}, started " in lines[0]
+        )
         # both ranks of the second job exited 2 (none waited for rank 0 in a collective)
         codes = re.findall(r"(?:Exit code:|exit with status code)\s+(\d+)", output)
         assert codes and set(codes) == {"2"}, output
@@ -168,8 +193,9 @@ def test_a_second_job_in_a_busy_run_dir_is_refused(tmp_path, jobs):
     first.wait_training(min_rows=rows_before + 1)  # the first job trains on
     first.ranks()[1].send_signal(signal.SIGUSR1)
     first.proc.wait(timeout=120)
-    assert "Exit code:" in first.output and set(re.findall(r"(?:Exit code:|exit with status code)\s+(\d+)",
-                                                             first.output)) == {"75"}, first.output
+    assert "Exit code:" in first.output and set(
+        re.findall(r"(?:Exit code:|exit with status code)\s+(\d+)", first.output)
+    ) == {"75"}, first.output
     stops = re.findall(r"^\[[\d,]+\]<stderr>:hvd-dqn: stopped by (.+) at global env step (\d+); ", first.output, re.M)
     assert len(stops) == 1 and stops[0][0] == "SIGUSR1", first.output[-3000:]
     step = int(stops[0][1])
@@ -244,8 +270,11 @@ def test_a_stopped_rank_ends_the_job_naming_it(controller, tmp_path, jobs):
     assert job.proc.returncode != 0, output
     lines = [ln for ln in output.splitlines() if "made no progress" in ln]
     assert len(lines) == 1, output
-    assert re.search(rf"hvd-dqn: rank 1 made no progress for \d+ s \(last heartbeat [0-9:]+ \w+, host "
-                     rf"{re.escape(socket.gethostname())}, pid {ranks[1].pid}\); ending the job$", lines[0]), lines[0]
+    assert re.search(
+        rf"hvd-dqn: rank 1 made no progress for \d+ s \(last heartbeat [0-9:]+ \w+, host "
+        rf"{re.escape(socket.gethostname())}, pid {ranks[1].pid}\); ending the job$",
+        lines[0],
+    ), lines[0]
     assert HANG_S <= ended_after < HANG_S + 45, ended_after
     job.wait_gone(30)
 
@@ -261,8 +290,12 @@ def test_a_rank_stuck_in_long_local_work_ends_the_job_naming_it(tmp_path, jobs):
     what it was doing, and no process of the job is left. Without the bound the job would wait for ever."""
     run_dir = tmp_path / "run"
     cfg = _config(tmp_path, hang_timeout_s=10, busy_timeout_s=BUSY_S, eval_every=2000)
-    job = jobs(_horovodrun("gloo", "--config", cfg, "--run-dir", run_dir), run_dir, tmp_path / "job.log",
-               HVD_DQN_HANG_IN_EVAL="1:2000")
+    job = jobs(
+        _horovodrun("gloo", "--config", cfg, "--run-dir", run_dir),
+        run_dir,
+        tmp_path / "job.log",
+        HVD_DQN_HANG_IN_EVAL="1:2000",
+    )
     beat = run_dir / HEARTBEAT_DIR / "rank-1"  # rewritten every second, with what the rank is busy with
     deadline = time.monotonic() + START_S
     while not (beat.is_file() and '"busy": "evaluating"' in beat.read_text()):
@@ -276,8 +309,10 @@ def test_a_rank_stuck_in_long_local_work_ends_the_job_naming_it(tmp_path, jobs):
     assert "HVD_DQN_HANG_IN_EVAL: rank 1's evaluation env blocks in step() at global env step 2000" in output, output
     # (rank 0 may add a line of its own as Horovod shuts down under it)
     lines = [ln for ln in output.splitlines() if "busy_timeout_s" in ln]
-    assert lines == [f"[1]<stderr>:hvd-dqn: rank 1 has been evaluating for more than busy_timeout_s ({BUSY_S} s): is "
-                     "it stuck?; ending the job"], output
+    assert lines == [
+        f"[1]<stderr>:hvd-dqn: rank 1 has been evaluating for more than busy_timeout_s ({BUSY_S} s): is "
+        "it stuck?; ending the job"
+    ], output
     job.wait_gone(30)
 
 
@@ -290,8 +325,12 @@ def test_a_deadlocked_rank_ends_the_job_while_another_is_busy(tmp_path, jobs):
     run_dir = tmp_path / "run"
     # 1,100 is no decision point (nor a log row): rank 1 makes no collective between the deadlock and the checkpoint
     cfg = _config(tmp_path, hang_timeout_s=HANG_S, checkpoint_every=1100)
-    job = jobs(_horovodrun("mpi", "--config", cfg, "--run-dir", run_dir), run_dir, tmp_path / "job.log",
-               HVD_DQN_DEADLOCK="0:1100")
+    job = jobs(
+        _horovodrun("mpi", "--config", cfg, "--run-dir", run_dir),
+        run_dir,
+        tmp_path / "job.log",
+        HVD_DQN_DEADLOCK="0:1100",
+    )
     beat = run_dir / HEARTBEAT_DIR / "rank-1"
     deadline = time.monotonic() + START_S
     while not (beat.is_file() and '"busy": "writing a checkpoint"' in beat.read_text()):
@@ -306,8 +345,11 @@ def test_a_deadlocked_rank_ends_the_job_while_another_is_busy(tmp_path, jobs):
     # (rank 1 may add a line of its own as Horovod shuts down under it)
     lines = [ln for ln in output.splitlines() if "made no progress" in ln or "busy_timeout_s" in ln]
     assert len(lines) == 1, output
-    assert re.search(rf"<stderr>:hvd-dqn: rank 0 made no progress for \d+ s \(its process is alive: host "
-                     rf"{re.escape(socket.gethostname())}, pid {rank0.pid}\): stuck in deadlocked_step "
-                     rf"\(hvd_dqn/testing/faults\.py:\d+\), called from _collect \(hvd_dqn/trainer\.py:\d+\), outside "
-                     rf"any collective; ending the job$", lines[0]), lines[0]
+    assert re.search(
+        rf"<stderr>:hvd-dqn: rank 0 made no progress for \d+ s \(its process is alive: host "
+        rf"{re.escape(socket.gethostname())}, pid {rank0.pid}\): stuck in deadlocked_step "
+        rf"\(hvd_dqn/testing/faults\.py:\d+\), called from _collect \(hvd_dqn/trainer\.py:\d+\), outside "
+        rf"any collective; ending the job$",
+        lines[0],
+    ), lines[0]
     job.wait_gone(30)

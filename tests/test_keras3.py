@@ -1,4 +1,5 @@
 """A user's Keras 3 and hvd_dqn's Keras 2 (tf_keras) models in one process, with no TF_USE_LEGACY_KERAS."""
+
 import json
 import sys
 

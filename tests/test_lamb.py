@@ -2,6 +2,7 @@
 You et al.'s update, the learner's updates through it (float32 and mixed_bfloat16), its state in a checkpoint, and
 the combinations the config refuses. Its allreduce under `horovodrun -np 2` is in test_horovod_options.py, an exact
 resume in test_checkpoint_resume.py."""
+
 import numpy as np
 import pydantic
 import pytest
@@ -23,7 +24,7 @@ def _numpy_lamb(w, grads):
     for t, g in enumerate(grads, start=1):
         m = B1 * m + (1 - B1) * g
         v = B2 * v + (1 - B2) * g * g
-        step = (m / (1 - B1 ** t)) / (np.sqrt(v / (1 - B2 ** t)) + EPS)
+        step = (m / (1 - B1**t)) / (np.sqrt(v / (1 - B2**t)) + EPS)
         w_norm, s_norm = np.linalg.norm(w), np.linalg.norm(step)
         ratio = w_norm / s_norm if w_norm > 0 and s_norm > 0 else 1.0
         w = w - LR * ratio * step
@@ -79,13 +80,17 @@ def test_the_learner_updates_and_checkpoints_through_lamb(precision, tmp_path):
     batch = replay.sample(rng, (2, 16))
     for lrn in (learner, restored):
         lrn.run_updates(batch, 1e-2)
-    assert all(np.array_equal(a.numpy(), b.numpy())
-               for a, b in zip(learner.online.variables, restored.online.variables))
+    assert all(
+        np.array_equal(a.numpy(), b.numpy()) for a, b in zip(learner.online.variables, restored.online.variables)
+    )
 
 
-@pytest.mark.parametrize("other", [{"backward_passes_per_step": 2}, {"precision": "mixed_float16"},
-                                   {"allreduce_op": "adasum"}])
+@pytest.mark.parametrize(
+    "other", [{"backward_passes_per_step": 2}, {"precision": "mixed_float16"}, {"allreduce_op": "adasum"}]
+)
 def test_lamb_with_a_tf_keras_only_option_is_refused(other):
-    with pytest.raises(pydantic.ValidationError, match="optimizer lamb \\(Keras 3's\\) with "
-                                                       "backward_passes_per_step > 1, precision mixed_float16"):
+    with pytest.raises(
+        pydantic.ValidationError,
+        match="optimizer lamb \\(Keras 3's\\) with backward_passes_per_step > 1, precision mixed_float16",
+    ):
         Config(env_id="CartPole-v1", optimizer="lamb", **other)

@@ -1,5 +1,6 @@
 """Every launcher in launch/, for real, on 2 ranks: horovodrun (gloo and MPI controllers), mpirun, and sbatch on
 a loopback SLURM cluster that the `local_slurm` fixture starts (installing SLURM if missing) and stops again."""
+
 import json
 import os
 import re
@@ -15,9 +16,18 @@ pytestmark = [pytest.mark.cluster, pytest.mark.multiproc]
 LAUNCH = ROOT / "launch"
 LAUNCHERS = ["horovodrun-gloo", "horovodrun-mpi", "mpirun", "sbatch"]
 SHORT_RUN = {  # a few thousand steps with several learning phases, kept small: TensorFlow start-up dominates
-    "env_id": "CartPole-v1", "total_env_steps": 2000, "hidden_sizes": [32, 32], "learning_starts": 500,
-    "train_every": 250, "updates_per_train": 5, "target_update_every": 50, "eval_every": 2000,
-    "eval_episodes": 2, "log_every": 1000, "batch_size": 32, "replay_capacity": 5000,
+    "env_id": "CartPole-v1",
+    "total_env_steps": 2000,
+    "hidden_sizes": [32, 32],
+    "learning_starts": 500,
+    "train_every": 250,
+    "updates_per_train": 5,
+    "target_update_every": 50,
+    "eval_every": 2000,
+    "eval_episodes": 2,
+    "log_every": 1000,
+    "batch_size": 32,
+    "replay_capacity": 5000,
 }
 
 
@@ -69,16 +79,21 @@ def launch(launcher, cfg, run_dir, tmp_path, timeout=300, **env):
     t0 = time.monotonic()
     if launcher == "sbatch":
         out = tmp_path / "hvd-dqn-%j.out"
-        proc = run(["sbatch", "--wait", "--parsable", f"--output={out}", LAUNCH / "slurm.sbatch", cfg,
-                    "--set", "seed=7"], timeout=timeout, **env)
+        proc = run(
+            ["sbatch", "--wait", "--parsable", f"--output={out}", LAUNCH / "slurm.sbatch", cfg, "--set", "seed=7"],
+            timeout=timeout,
+            **env,
+        )
         job_id = proc.stdout.strip().split(";")[0]
         assert job_id.isdigit(), proc.stdout + proc.stderr
         job = _job(job_id)
         output = proc.stderr + Path(str(out).replace("%j", job_id)).read_text()
         return proc.returncode, output, _seconds(job["RunTime"]), job
-    script, extra = {"horovodrun-gloo": ("horovodrun.sh", {"CONTROLLER": "gloo"}),
-                     "horovodrun-mpi": ("horovodrun.sh", {"CONTROLLER": "mpi"}),
-                     "mpirun": ("mpirun.sh", {})}[launcher]
+    script, extra = {
+        "horovodrun-gloo": ("horovodrun.sh", {"CONTROLLER": "gloo"}),
+        "horovodrun-mpi": ("horovodrun.sh", {"CONTROLLER": "mpi"}),
+        "mpirun": ("mpirun.sh", {}),
+    }[launcher]
     proc = run([LAUNCH / script, cfg, "--set", "seed=7"], timeout=timeout, NP=2, **extra, **env)
     return proc.returncode, proc.stdout + proc.stderr, time.monotonic() - t0, job
 
@@ -108,8 +123,9 @@ def test_a_failing_rank_ends_the_job(launcher, tmp_path, request):
     if launcher == "sbatch":
         request.getfixturevalue("local_slurm")
     cfg = _config(tmp_path, total_env_steps=200_000)
-    status, output, seconds, job = launch(launcher, cfg, tmp_path / "run", tmp_path, timeout=240,
-                                          HVD_DQN_FAULT="1:2000")
+    status, output, seconds, job = launch(
+        launcher, cfg, tmp_path / "run", tmp_path, timeout=240, HVD_DQN_FAULT="1:2000"
+    )
     assert status != 0, output
     assert "injected fault at global env step" in output
     assert "rank 1 failed" in output
@@ -135,9 +151,15 @@ def test_mpirun_across_two_hosts(netns_hosts, tmp_path):
     Horovod traffic on the hosts' own 10.250.0.0/24 link."""
     run_dir = tmp_path / "run"
     net = "--mca btl_tcp_if_include 10.250.0.0/24 --mca oob_tcp_if_include 10.250.0.0/24"
-    proc = run(["ip", "netns", "exec", "hvdA", LAUNCH / "mpirun.sh", _config(tmp_path)], timeout=300,
-               NP=2, HOSTS="hvdA:1,hvdB:1", RUN_DIR=run_dir, VIRTUAL_ENV=BIN.parent,
-               MPIRUN_ARGS=f"--display-map --mca plm_rsh_agent {LAUNCH / 'netns-agent.sh'} {net}")
+    proc = run(
+        ["ip", "netns", "exec", "hvdA", LAUNCH / "mpirun.sh", _config(tmp_path)],
+        timeout=300,
+        NP=2,
+        HOSTS="hvdA:1,hvdB:1",
+        RUN_DIR=run_dir,
+        VIRTUAL_ENV=BIN.parent,
+        MPIRUN_ARGS=f"--display-map --mca plm_rsh_agent {LAUNCH / 'netns-agent.sh'} {net}",
+    )
     output = proc.stdout + proc.stderr
     assert proc.returncode == 0, output
     # one rank on each host: rank 0 where mpirun runs (inside hvdA, which mpirun names by the machine's own

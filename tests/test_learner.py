@@ -12,8 +12,14 @@ def replay():
     distributed.init()
     rng = np.random.default_rng(0)
     rb = UniformReplay(200, (4,))
-    rb.add(rng.normal(size=(200, 4)).astype(np.float32), rng.integers(0, 2, 200), rng.normal(size=200),
-           rng.normal(size=(200, 4)).astype(np.float32), rng.random(200) < 0.1, np.zeros(200, bool))
+    rb.add(
+        rng.normal(size=(200, 4)).astype(np.float32),
+        rng.integers(0, 2, 200),
+        rng.normal(size=200),
+        rng.normal(size=(200, 4)).astype(np.float32),
+        rng.random(200) < 0.1,
+        np.zeros(200, bool),
+    )
     return rb
 
 
@@ -62,8 +68,11 @@ def test_non_finite_weights_after_a_finite_loss_stop_naming_the_updates(replay):
     rng = np.random.default_rng(3)
     learner = Learner(Config(env_id="CartPole-v1", hidden_sizes=(8,)), 4, 2, 1)
     learner.run_updates(replay.sample(rng, (2, 16)), 1e-3)
-    with pytest.raises(FloatingPointError, match=r"^non-finite weights \(.*kernel.*\) after updates 3\.\.3; "
-                                                 r"stopping \(the last checkpoint is intact\)$"):
+    with pytest.raises(
+        FloatingPointError,
+        match=r"^non-finite weights \(.*kernel.*\) after updates 3\.\.3; "
+        r"stopping \(the last checkpoint is intact\)$",
+    ):
         learner.run_updates(replay.sample(rng, (1, 16)), float("inf"))
     assert learner.updates == 2
 
@@ -77,7 +86,11 @@ def test_phase_chunks_end_where_a_sync_or_an_averaging_falls_due():
     assert list(phase_chunks(10, 25, 30, 25)) == [(5, True, False), (5, False, False)]
     # federated averaging every 10 updates, target every 30, starting 4 updates into an averaging round
     assert list(phase_chunks(30, 4, 30, 4, federated_every=10)) == [
-        (6, False, True), (10, False, True), (10, True, True), (4, False, False)]
+        (6, False, True),
+        (10, False, True),
+        (10, True, True),
+        (4, False, False),
+    ]
     # an elastic job grew under scaling weak: 100 updates since the sync, the period is now 64
     assert list(phase_chunks(64, 100, 64, 1000)) == [(1, True, False), (63, False, False)]
     assert list(phase_chunks(0, 0, 10, 0)) == []
@@ -99,9 +112,17 @@ class _RecordingReplay:
 
 
 def test_learn_runs_the_phase_schedule_and_returns_the_last_runs_result(replay):
-    cfg = Config(env_id="CartPole-v1", hidden_sizes=(8,), total_env_steps=1000, learning_starts=0,
-                 updates_per_train=10, target_update_every=4, batch_size=8, prioritized_replay=True,
-                 priority_beta_start=0.5)
+    cfg = Config(
+        env_id="CartPole-v1",
+        hidden_sizes=(8,),
+        total_env_steps=1000,
+        learning_starts=0,
+        updates_per_train=10,
+        target_update_every=4,
+        batch_size=8,
+        prioritized_replay=True,
+        priority_beta_start=0.5,
+    )
     per = cfg.per_rank(1)
     learner = Learner(cfg, 4, 2, 1)
     learner.broadcast_initial_weights()

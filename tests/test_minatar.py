@@ -1,5 +1,6 @@
 """MinAtar (the optional, GPL-3 ``minatar`` extra): its envs as hvd-dqn makes them, the MinAtar network, its
 configs, centred RMSProp as the reference runs it, and one short 2-rank run whose replicas must stay identical."""
+
 import json
 import sys
 
@@ -82,8 +83,11 @@ def test_episodes_are_capped_unless_the_config_says_otherwise():
 def test_without_the_package_the_error_names_the_extra(monkeypatch):
     monkeypatch.setattr(gym, "registry", {})  # as if never registered ...
     monkeypatch.setitem(sys.modules, "minatar.gym", None)  # ... and not installed
-    with pytest.raises(UserError, match=r"env_id: MinAtar ids need the optional minatar package \(GPL-3\): "
-                                        r"pip install 'hvd-dqn\[minatar\]'"):
+    with pytest.raises(
+        UserError,
+        match=r"env_id: MinAtar ids need the optional minatar package \(GPL-3\): "
+        r"pip install 'hvd-dqn\[minatar\]'",
+    ):
         Config.from_dict({"env_id": "MinAtar/Breakout-v1"})
 
 
@@ -100,12 +104,12 @@ def test_network_is_the_papers_with_exact_parameter_count():
     # PyTorch's default init, as the reference starts from: weights and biases within +-1/sqrt(fan_in)
     for name, fan_in in (("conv_0", 36), ("hidden_0", 1024), ("q_values", 128)):
         kernel, bias = model.get_layer(name).get_weights()
-        assert np.abs(kernel).max() <= fan_in ** -0.5 and np.abs(bias).max() <= fan_in ** -0.5
+        assert np.abs(kernel).max() <= fan_in**-0.5 and np.abs(bias).max() <= fan_in**-0.5
         assert np.count_nonzero(bias) == bias.size  # drawn, not zeros
     # the forward pass in NumPy: the 0/1 frames enter as they are (cast, not scaled)
     obs = np.random.default_rng(0).integers(0, 2, (5, 10, 10, 4)).astype(np.uint8)
     kernel, bias = conv.get_weights()
-    patches = np.stack([obs[:, i:i + 8, j:j + 8, :] for i in range(3) for j in range(3)], axis=3)  # (5,8,8,9,4)
+    patches = np.stack([obs[:, i : i + 8, j : j + 8, :] for i in range(3) for j in range(3)], axis=3)  # (5,8,8,9,4)
     x = np.maximum(np.einsum("bhwkc,kcf->bhwf", patches.astype(np.float32), kernel.reshape(9, 4, 16)) + bias, 0)
     w1, b1 = model.get_layer("hidden_0").get_weights()
     w2, b2 = model.get_layer("q_values").get_weights()
@@ -115,8 +119,9 @@ def test_network_is_the_papers_with_exact_parameter_count():
     assert "conv_2" in [layer.name for layer in build_q_network((4, 84, 84), 6, Config(env_id="ALE/Pong-v5")).layers]
 
 
-@pytest.mark.parametrize("name, env_id", [("minatar-breakout", "MinAtar/Breakout-v1"),
-                                          ("minatar-spaceinvaders", "MinAtar/SpaceInvaders-v1")])
+@pytest.mark.parametrize(
+    "name, env_id", [("minatar-breakout", "MinAtar/Breakout-v1"), ("minatar-spaceinvaders", "MinAtar/SpaceInvaders-v1")]
+)
 def test_configs_are_the_reference_settings(name, env_id):
     cfg = Config.from_yaml(CONFIGS / f"{name}.yaml")
     assert cfg.env_id == env_id and cfg.scaling == "strong" and cfg.num_envs == 1
@@ -145,8 +150,8 @@ def test_centred_rmsprop_steps_as_pytorch():
         # torch.optim.RMSprop(alpha=0.95, eps=0.01, centered=True), momentum 0
         mean_square = 0.95 * mean_square + 0.05 * g * g
         mean = 0.95 * mean + 0.05 * g
-        ref -= 0.1 * g / (np.sqrt(mean_square - mean ** 2) + 0.01)
-        under_root -= 0.1 * g / np.sqrt(mean_square - mean ** 2 + 0.01)  # tf_keras' own RMSprop
+        ref -= 0.1 * g / (np.sqrt(mean_square - mean**2) + 0.01)
+        under_root -= 0.1 * g / np.sqrt(mean_square - mean**2 + 0.01)  # tf_keras' own RMSprop
     np.testing.assert_allclose(w.numpy(), ref, rtol=1e-5)
     # the tiny gradient's weight: epsilon under the root would have moved it about 10x less
     assert abs(w.numpy()[3]) > 5 * abs(under_root[3])
@@ -159,12 +164,35 @@ def test_two_ranks_train_with_identical_replicas(tmp_path):
     """One short run of minatar-breakout.yaml under horovodrun -np 2: RMSProp's updates allreduced through
     Horovod's optimizer, the replicas' weights bit-identical at the end."""
     run_dir = tmp_path / "run"
-    overrides = ["total_env_steps=600", "learning_starts=400", "train_every=50", "updates_per_train=2",
-                 "target_update_every=4", "replay_capacity=1000", "eval_every=100000", "eval_episodes=2",
-                 "log_every=300", "eps_decay_fraction=0.5"]
+    overrides = [
+        "total_env_steps=600",
+        "learning_starts=400",
+        "train_every=50",
+        "updates_per_train=2",
+        "target_update_every=4",
+        "replay_capacity=1000",
+        "eval_every=100000",
+        "eval_episodes=2",
+        "log_every=300",
+        "eps_decay_fraction=0.5",
+    ]
     sets = [arg for o in overrides for arg in ("--set", o)]
-    proc = run([BIN / "horovodrun", "-np", "2", "--gloo", BIN / "hvd-dqn", "train", "--config",
-                CONFIGS / "minatar-breakout.yaml", "--run-dir", run_dir, *sets], timeout=300)
+    proc = run(
+        [
+            BIN / "horovodrun",
+            "-np",
+            "2",
+            "--gloo",
+            BIN / "hvd-dqn",
+            "train",
+            "--config",
+            CONFIGS / "minatar-breakout.yaml",
+            "--run-dir",
+            run_dir,
+            *sets,
+        ],
+        timeout=300,
+    )
     assert proc.returncode == 0, proc.stdout + proc.stderr
     summary = json.loads((run_dir / "summary.json").read_text())
     cfg = Config.from_yaml(CONFIGS / "minatar-breakout.yaml", overrides)

@@ -1,4 +1,5 @@
 """Multi-process behaviour under `horovodrun -np 2`, for real."""
+
 import json
 import sys
 
@@ -30,8 +31,10 @@ def test_replicas_stay_bit_identical_with_different_data(controller):
 
 def test_cli_two_ranks_trains_in_lockstep(tiny_cartpole, tmp_path):
     run_dir = tmp_path / "run"
-    proc = run([HOROVODRUN, "-np", "2", "--gloo", BIN / "hvd-dqn", "train", "--config", tiny_cartpole,
-                "--run-dir", run_dir], timeout=300)
+    proc = run(
+        [HOROVODRUN, "-np", "2", "--gloo", BIN / "hvd-dqn", "train", "--config", tiny_cartpole, "--run-dir", run_dir],
+        timeout=300,
+    )
     assert proc.returncode == 0, proc.stdout + proc.stderr
     summary = json.loads((run_dir / "summary.json").read_text())
     cfg = Config.from_yaml(tiny_cartpole)

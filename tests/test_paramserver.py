@@ -1,5 +1,6 @@
 """The parameter server in process: its arithmetic and message layout, and the refusals (one rank, Gloo, keys
 that need an allreduce). The protocol under a real launcher: test_paramserver_multiproc.py."""
+
 import numpy as np
 import pytest
 
@@ -47,12 +48,15 @@ def test_staleness_bound_and_pull_rule():
     for s in (0, 2, 2, 1, 0):
         count.add(s)
     count.rejected, count.dropped = 3, 1
-    assert count.summary() == {"ps_staleness_max": 2, "ps_staleness_counts": [2, 1, 2], "ps_rejected": 3,
-                               "ps_dropped": 1}
+    assert count.summary() == {
+        "ps_staleness_max": 2,
+        "ps_staleness_counts": [2, 1, 2],
+        "ps_rejected": 3,
+        "ps_dropped": 1,
+    }
 
 
-@pytest.mark.parametrize("size, mpi, fragment", [(1, False, "needs at least 2 ranks"),
-                                                  (3, False, "runs on Gloo")])
+@pytest.mark.parametrize("size, mpi, fragment", [(1, False, "needs at least 2 ranks"), (3, False, "runs on Gloo")])
 def test_world_refusals(size, mpi, fragment):
     with pytest.raises(UserError, match=fragment):
         psmath.check_world("sync", size, mpi)
@@ -60,16 +64,24 @@ def test_world_refusals(size, mpi, fragment):
     psmath.check_world("async", 3, True)
 
 
-@pytest.mark.parametrize("extra", [{"federated_every": 8, "target_update_every": 64}, {"target_tau": 0.01},
-                                   {"backward_passes_per_step": 2}, {"gradient_compression": "fp16"}])
+@pytest.mark.parametrize(
+    "extra",
+    [
+        {"federated_every": 8, "target_update_every": 64},
+        {"target_tau": 0.01},
+        {"backward_passes_per_step": 2},
+        {"gradient_compression": "fp16"},
+    ],
+)
 def test_config_refuses_allreduce_keys(extra):
     with pytest.raises(UserError, match="parameter_server: sync runs no allreduce"):
         Config.from_dict({"env_id": "CartPole-v1", "parameter_server": "sync", **extra})
 
 
 def test_one_rank_is_refused_in_one_line(tiny_cartpole, tmp_path, capsys):
-    code = cli.main(["train", "--config", str(tiny_cartpole), "--run-dir", str(tmp_path / "run"),
-                     "--set", "parameter_server=async"])
+    code = cli.main(
+        ["train", "--config", str(tiny_cartpole), "--run-dir", str(tmp_path / "run"), "--set", "parameter_server=async"]
+    )
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2
     assert len(err) == 1 and "parameter_server: async needs at least 2 ranks" in err[0], err

@@ -1,5 +1,6 @@
 """The parameter server under `horovodrun -np 3 --mpi` (rank 0 serves, two workers), for real: one launch
 (tests/mp_paramserver.py) that several tests read."""
+
 import json
 import sys
 
@@ -15,8 +16,10 @@ pytestmark = pytest.mark.multiproc
 @pytest.fixture(scope="module")
 def launched(tmp_path_factory):
     work = tmp_path_factory.mktemp("ps")
-    proc = run([BIN / "horovodrun", "-np", "3", "--mpi", sys.executable, ROOT / "tests" / "mp_paramserver.py", work],
-               timeout=1500)
+    proc = run(
+        [BIN / "horovodrun", "-np", "3", "--mpi", sys.executable, ROOT / "tests" / "mp_paramserver.py", work],
+        timeout=1500,
+    )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     return json.loads((work / "result.json").read_text()), work
 
@@ -65,8 +68,24 @@ def test_async_staleness_never_exceeds_the_bound(launched):
 @pytest.mark.parametrize("rank, who", [(0, "the server"), (1, "a worker")])
 def test_a_failing_rank_ends_the_job_naming_it(tiny_cartpole, tmp_path, rank, who):
     run_dir = tmp_path / "run"
-    proc = run([BIN / "horovodrun", "-np", "3", "--mpi", BIN / "hvd-dqn", "train", "--config", tiny_cartpole,
-                "--run-dir", run_dir, "--set", "parameter_server=async"], timeout=900, HVD_DQN_FAULT=f"{rank}:1000")
+    proc = run(
+        [
+            BIN / "horovodrun",
+            "-np",
+            "3",
+            "--mpi",
+            BIN / "hvd-dqn",
+            "train",
+            "--config",
+            tiny_cartpole,
+            "--run-dir",
+            run_dir,
+            "--set",
+            "parameter_server=async",
+        ],
+        timeout=900,
+        HVD_DQN_FAULT=f"{rank}:1000",
+    )
     out = proc.stdout + proc.stderr
     assert proc.returncode != 0, out
     failed = [ln for ln in out.splitlines() if "failed: RuntimeError: injected fault" in ln]

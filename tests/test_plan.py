@@ -1,6 +1,7 @@
 """`hvd-dqn plan`: what a job of N ranks will do, in process through cli.main. The expected values are worked out
 here from the configs' numbers (tests/run_schedule.py's arithmetic and literal figures), never through the
 scaling module the plan is built on."""
+
 import json
 from pathlib import Path
 
@@ -24,8 +25,10 @@ def plan_json(capsys, config, n, *extra):
     return json.loads(out)
 
 
-@pytest.mark.parametrize("n, updates, lr, target", [(1, 24_576, 0.002, 128), (2, 12_288, 0.004, 64),
-                                                     (8, 3_072, 0.016, 16), (16, 1_536, 0.032, 8)])
+@pytest.mark.parametrize(
+    "n, updates, lr, target",
+    [(1, 24_576, 0.002, 128), (2, 12_288, 0.004, 64), (8, 3_072, 0.016, 16), (16, 1_536, 0.032, 8)],
+)
 def test_cartpole_plan_is_the_weak_scaling_arithmetic(capsys, n, updates, lr, target):
     cfg = Config.from_yaml(CONFIGS / "cartpole.yaml")
     assert (cfg.scaling, cfg.batch_size, cfg.updates_per_train, cfg.target_update_every) == ("weak", 128, 128, 128)
@@ -96,11 +99,16 @@ def test_minatar_plan_counts_uint8_frames(capsys, name, n):
     assert p["replay_bytes_per_rank"] == capacity * (2 * 100 * channels + 10 + 4)
 
 
-@pytest.mark.parametrize("env_id, extra", [
-    ("CartPole-v1", {}), ("CartPole-v1", {"prioritized_replay": True, "n_step": 3}),
-    ("ALE/Pong-v5", {"num_envs": 3, "n_step": 2}), ("ALE/Pong-v5", {"prioritized_replay": True}),
-    ("MinAtar/Breakout-v1", {}),
-])
+@pytest.mark.parametrize(
+    "env_id, extra",
+    [
+        ("CartPole-v1", {}),
+        ("CartPole-v1", {"prioritized_replay": True, "n_step": 3}),
+        ("ALE/Pong-v5", {"num_envs": 3, "n_step": 2}),
+        ("ALE/Pong-v5", {"prioritized_replay": True}),
+        ("MinAtar/Breakout-v1", {}),
+    ],
+)
 def test_replay_bytes_are_what_the_trainer_allocates(env_id, extra):
     if env_id.startswith("MinAtar/"):
         pytest.importorskip("minatar")
@@ -123,13 +131,16 @@ def test_table_and_memory_verdict(capsys):
     assert p["replay_bytes_per_rank"] == 500_000_000_000 * 46 and p["replay_fits"] is False
 
 
-@pytest.mark.parametrize("args, message", [
-    (["--np", "0"], "hvd-dqn: error: --np must be at least 1, got 0"),
-    (["--np", "3"], "hvd-dqn: error: config: updates_per_train 128 is not divisible by the 3 ranks"),
-    (["--np", "2", "--set", "batch_sizee=3"], "batch_sizee: unknown key"),
-    (["--np", "2", "--ranks-per-host", "3"], "hvd-dqn: error: --ranks-per-host must be 1 to --np (2), got 3"),
-    (["--np", "2", "--set", "learning_starts=49999"], "no learning phase falls due"),
-])
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--np", "0"], "hvd-dqn: error: --np must be at least 1, got 0"),
+        (["--np", "3"], "hvd-dqn: error: config: updates_per_train 128 is not divisible by the 3 ranks"),
+        (["--np", "2", "--set", "batch_sizee=3"], "batch_sizee: unknown key"),
+        (["--np", "2", "--ranks-per-host", "3"], "hvd-dqn: error: --ranks-per-host must be 1 to --np (2), got 3"),
+        (["--np", "2", "--set", "learning_starts=49999"], "no learning phase falls due"),
+    ],
+)
 def test_bad_input_is_one_line_and_exit_2(capsys, args, message):
     assert cli.main(["plan", "--config", str(CONFIGS / "cartpole.yaml"), *args, "--json"]) == 2
     captured = capsys.readouterr()

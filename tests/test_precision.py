@@ -1,6 +1,7 @@
 """Mixed precision (the ``precision`` key) on one process: the built-in MLP and Nature CNN compute in bf16/fp16
 with float32 variables and float32 Q-values, the policy stays with the models that asked for it, mixed_float16
 scales the loss (also around Horovod's optimizer) and checkpoints its scale, and an export still serves float32."""
+
 import json
 
 import numpy as np
@@ -22,18 +23,29 @@ NETS = {  # env, observation shape, actions, dueling
 
 def _learner(net, precision, elastic=False):
     env_id, shape, n_actions, dueling = NETS[net]
-    cfg = Config(env_id=env_id, precision=precision, batch_size=8, hidden_sizes=(16, 16), dueling=dueling,
-                 double_dqn=True)
+    cfg = Config(
+        env_id=env_id, precision=precision, batch_size=8, hidden_sizes=(16, 16), dueling=dueling, double_dqn=True
+    )
     return Learner(cfg, shape[0] if len(shape) == 1 else shape, n_actions, 1, elastic=elastic)
 
 
 def _batch(net, k=2, b=8, seed=0):
     _, shape, n_actions, _ = NETS[net]
     rng = np.random.default_rng(seed)
-    obs = lambda: rng.integers(0, 256, (k, b, *shape), np.uint8) if len(shape) == 3 \
-        else rng.normal(size=(k, b, *shape)).astype(np.float32)  # noqa: E731
-    return Batch(obs(), rng.integers(0, n_actions, (k, b)).astype(np.int32), rng.normal(size=(k, b)).astype(np.float32),
-                 obs(), rng.random((k, b)) < 0.2, np.zeros((k, b), bool))
+
+    def obs():
+        if len(shape) == 3:
+            return rng.integers(0, 256, (k, b, *shape), np.uint8)
+        return rng.normal(size=(k, b, *shape)).astype(np.float32)
+
+    return Batch(
+        obs(),
+        rng.integers(0, n_actions, (k, b)).astype(np.int32),
+        rng.normal(size=(k, b)).astype(np.float32),
+        obs(),
+        rng.random((k, b)) < 0.2,
+        np.zeros((k, b), bool),
+    )
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -103,7 +115,7 @@ def test_mixed_float16_scales_the_loss_around_horovods_optimizer_and_checkpoints
     assert isinstance(opt, keras.mixed_precision.LossScaleOptimizer)
     assert type(opt.inner_optimizer).__module__.startswith("horovod")  # Horovod's class, inside the scaling
     assert learner.online.get_layer("hidden_0").compute_dtype == "float16"
-    assert float(opt.loss_scale) == 2.0 ** 15  # tf_keras' dynamic scale starts there
+    assert float(opt.loss_scale) == 2.0**15  # tf_keras' dynamic scale starts there
     stats = learner.run_updates(_batch("mlp", k=3), 1e-3)
     assert np.isfinite(stats.td_loss) and int(opt.dynamic_counter) == 3 and int(opt.iterations) == 3
     assert q_values(learner, _batch("mlp").obs[0]).dtype == np.float32
@@ -114,8 +126,9 @@ def test_mixed_float16_scales_the_loss_around_horovods_optimizer_and_checkpoints
     fresh = _learner("mlp", "mixed_float16", elastic=True)
     read_model(tmp_path, fresh.checkpoint_objects(restoring=True))
     assert float(fresh.optimizer.loss_scale) == 1024.0 and int(fresh.optimizer.dynamic_counter) == 3
-    assert distributed.weights_checksum(fresh.optimizer_variables) == \
-        distributed.weights_checksum(learner.optimizer_variables)
+    assert distributed.weights_checksum(fresh.optimizer_variables) == distributed.weights_checksum(
+        learner.optimizer_variables
+    )
     # a float32 learner's checkpoint has no loss scale: it does not restore into a mixed_float16 one
     write_model(tmp_path / "f32", _learner("mlp", "float32").checkpoint_objects(restoring=True))  # Adam's slots too
     with pytest.raises(Exception, match="damaged or from another network"):
@@ -155,15 +168,30 @@ def test_a_bf16_export_serves_float32(tmp_path):
 def test_a_mixed_float16_run_on_a_cpu_says_it_is_slow_and_saves_its_loss_scale(tmp_path, capsys):
     from hvd_dqn import Trainer, serving
 
-    tiny = dict(env_id="CartPole-v1", seed=3, total_env_steps=600, hidden_sizes=(8,), learning_starts=200,
-                train_every=100, updates_per_train=5, target_update_every=10, eval_every=600, eval_episodes=1,
-                log_every=600, batch_size=16, replay_capacity=1000, checkpoint_every_minutes=None,
-                precision="mixed_float16")
+    tiny = dict(
+        env_id="CartPole-v1",
+        seed=3,
+        total_env_steps=600,
+        hidden_sizes=(8,),
+        learning_starts=200,
+        train_every=100,
+        updates_per_train=5,
+        target_update_every=10,
+        eval_every=600,
+        eval_episodes=1,
+        log_every=600,
+        batch_size=16,
+        replay_capacity=1000,
+        checkpoint_every_minutes=None,
+        precision="mixed_float16",
+    )
     summary = Trainer(Config(**tiny), run_dir=tmp_path / "run").train()
     assert summary["updates"] == 25  # 5 updates at 200, 300, 400, 500 and 600
     lines = [line for line in capsys.readouterr().err.splitlines() if "mixed_float16" in line]
-    assert lines == ["hvd-dqn: precision mixed_float16 on a CPU: float16 is emulated there and slow (it is meant "
-                     "for GPUs; mixed_bfloat16 is the CPU's mixed precision)"]
+    assert lines == [
+        "hvd-dqn: precision mixed_float16 on a CPU: float16 is emulated there and slow (it is meant "
+        "for GPUs; mixed_bfloat16 is the CPU's mixed precision)"
+    ]
     ckpt = tmp_path / "run" / "checkpoints" / "ckpt-600"
     saved = dict(tf.train.list_variables(str(ckpt / "model")))
     scale = [name for name in saved if "loss_scale" in name]

@@ -1,6 +1,7 @@
 """Mixed precision under `horovodrun -np 2 --gloo`, for real: the replicas stay bit-identical with different data
 on each rank (the MLP in bf16, and in fp16 with loss scaling around Horovod's optimizer), and a 2-rank Atari run in
 mixed_bfloat16, with several CNN updates per TF call, is preempted, checkpointed and resumed in lockstep."""
+
 import json
 import sys
 
@@ -24,15 +25,28 @@ def test_mixed_precision_replicas_stay_bit_identical_with_different_data():
     # Adam's iterations, m and v of each weight (17 for the dueling MLP); fp16 adds the loss scale and its counter
     assert result["mlp_bf16"]["optimizer_variables"] == 1 + 2 * 8
     assert result["mlp_fp16"]["optimizer_variables"] == 1 + 2 * 8 + 2
-    assert result["mlp_fp16"]["loss_scale"] == 2.0 ** 15  # no overflow in 6 updates: the initial scale
+    assert result["mlp_fp16"]["loss_scale"] == 2.0**15  # no overflow in 6 updates: the initial scale
 
 
 ATARI = {  # the gymnasium vector env (its emulators are checkpointed, so the resume is exact); 4 CNN updates per
     # learning phase, one TF call each
-    "env_id": "ALE/Breakout-v5", "atari_vector_env": "gymnasium", "precision": "mixed_bfloat16",
-    "total_env_steps": 400, "num_envs": 2, "max_episode_frames": 300, "terminal_on_life_loss": True,
-    "batch_size": 16, "replay_capacity": 400, "learning_starts": 200, "train_every": 16, "updates_per_train": 4,
-    "target_update_every": 8, "eval_every": 100000, "eval_episodes": 2, "log_every": 100, "seed": 2,
+    "env_id": "ALE/Breakout-v5",
+    "atari_vector_env": "gymnasium",
+    "precision": "mixed_bfloat16",
+    "total_env_steps": 400,
+    "num_envs": 2,
+    "max_episode_frames": 300,
+    "terminal_on_life_loss": True,
+    "batch_size": 16,
+    "replay_capacity": 400,
+    "learning_starts": 200,
+    "train_every": 16,
+    "updates_per_train": 4,
+    "target_update_every": 8,
+    "eval_every": 100000,
+    "eval_episodes": 2,
+    "log_every": 100,
+    "seed": 2,
     "checkpoint_every_minutes": None,
 }
 

@@ -1,5 +1,6 @@
 """Prioritized replay keeps every complete transition drawable: a slot enters the sum-tree when its transition
 completes (the frame replay's n-step window closes), so drawing it early can never zero its priority for good."""
+
 import numpy as np
 
 from hvd_dqn.nstep import NStepAccumulator
@@ -10,7 +11,7 @@ ENVS, STACK, N_STEP = 2, 4, 3
 
 def _frame_shard(n_step=N_STEP, capacity=600):
     replay = FrameReplayBuffer(capacity, ENVS, (2, 2), stack=STACK, n_step=n_step, gamma=0.9)
-    return ReplayShard(replay, 0.9 ** n_step, prioritized=True)
+    return ReplayShard(replay, 0.9**n_step, prioritized=True)
 
 
 def _frame_steps(shard, steps, start=0, rng=None, draw=32):
@@ -21,8 +22,9 @@ def _frame_steps(shard, steps, start=0, rng=None, draw=32):
         shard.buffer.start(stack)
     for t in range(start, start + steps):
         ended = np.array([(t + 1) % 7 == 0, (t + 1) % 11 == 0])
-        shard.add(stack, np.ones(ENVS, np.int32), np.ones(ENVS, np.float32), stack + t % 200, ended,
-                  np.zeros(ENVS, bool))
+        shard.add(
+            stack, np.ones(ENVS, np.int32), np.ones(ENVS, np.float32), stack + t % 200, ended, np.zeros(ENVS, bool)
+        )
         if rng is not None and shard.sampleable_count():
             _, _, _, idx = shard.sample(rng, (draw,))
             shard.update_priorities(idx, rng.random(idx.shape) + 0.1)
@@ -62,15 +64,17 @@ def test_a_transition_enters_the_tree_when_its_n_steps_are_written():
     written = []
     for t in range(N_STEP):
         written.append(shard.buffer.pos + np.arange(ENVS))
-        shard.add(stack, np.ones(ENVS, np.int32), np.ones(ENVS, np.float32), stack, np.zeros(ENVS, bool),
-                  np.zeros(ENVS, bool))
+        shard.add(
+            stack, np.ones(ENVS, np.int32), np.ones(ENVS, np.float32), stack, np.zeros(ENVS, bool), np.zeros(ENVS, bool)
+        )
         # the first step's window closes on the n-th add, not before
         expected = 1.0 if t == N_STEP - 1 else 0.0
         np.testing.assert_array_equal(shard.tree.get(written[0]), expected)
     np.testing.assert_array_equal(shard.tree.get(written[1]), 0.0)
     # an episode that ends closes every window in it at once
-    shard.add(stack, np.ones(ENVS, np.int32), np.ones(ENVS, np.float32), stack, np.ones(ENVS, bool),
-              np.zeros(ENVS, bool))
+    shard.add(
+        stack, np.ones(ENVS, np.int32), np.ones(ENVS, np.float32), stack, np.ones(ENVS, bool), np.zeros(ENVS, bool)
+    )
     for slots in written:
         np.testing.assert_array_equal(shard.tree.get(slots), 1.0)
 
@@ -92,7 +96,7 @@ def test_a_plain_buffer_restored_under_a_shard_gets_priorities_for_its_complete_
     _frame_steps(source, 150)
     buffer = FrameReplayBuffer(600, ENVS, (2, 2), stack=STACK, n_step=N_STEP, gamma=0.9)
     buffer.load_state_dict({k: np.array(v) for k, v in source.buffer.state_dict().items()})
-    shard = ReplayShard(buffer, 0.9 ** N_STEP, prioritized=True)
+    shard = ReplayShard(buffer, 0.9**N_STEP, prioritized=True)
     _frame_steps(shard, 100, start=150, rng=np.random.default_rng(2))
     slots = np.arange(len(shard))
     assert _zeroed_complete(shard) == 0
@@ -102,7 +106,7 @@ def test_a_plain_buffer_restored_under_a_shard_gets_priorities_for_its_complete_
 def test_ring_replay_with_n_step_returns_keeps_every_transition_drawable():
     # n-step transitions are built before the ring buffer (NStepAccumulator): each slot is complete when written
     acc = NStepAccumulator(ENVS, N_STEP, 0.9)
-    shard = ReplayShard(ReplayBuffer(300, (1,)), 0.9 ** N_STEP, prioritized=True)
+    shard = ReplayShard(ReplayBuffer(300, (1,)), 0.9**N_STEP, prioritized=True)
     rng = np.random.default_rng(3)
     obs = np.zeros((ENVS, 1), np.float32)
     for t in range(400):
@@ -121,8 +125,9 @@ def test_sampling_before_any_transition_is_complete_says_so():
     shard = _frame_shard()
     stack = np.zeros((ENVS, STACK, 2, 2), np.uint8)
     shard.buffer.start(stack)
-    shard.add(stack, np.ones(ENVS, np.int32), np.ones(ENVS, np.float32), stack, np.zeros(ENVS, bool),
-              np.zeros(ENVS, bool))
+    shard.add(
+        stack, np.ones(ENVS, np.int32), np.ones(ENVS, np.float32), stack, np.zeros(ENVS, bool), np.zeros(ENVS, bool)
+    )
     try:
         shard.sample(np.random.default_rng(0), (4,))
     except RuntimeError as e:

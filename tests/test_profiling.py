@@ -1,4 +1,5 @@
 """Horovod's timeline and autotuner through our launchers (TIMELINE=FILE, AUTOTUNE_LOG=FILE)."""
+
 import json
 import os
 
@@ -15,8 +16,15 @@ LAUNCH = ROOT / "launch"
 @pytest.mark.multiproc
 def test_horovodrun_launcher_records_a_timeline_and_runs_the_autotuner(tiny_cartpole, tmp_path):
     timeline, autotune, run_dir = tmp_path / "timeline.json", tmp_path / "autotune.csv", tmp_path / "run"
-    proc = run([LAUNCH / "horovodrun.sh", tiny_cartpole], timeout=850, NP=2, RUN_DIR=run_dir,
-               VIRTUAL_ENV=BIN.parent, TIMELINE=timeline, AUTOTUNE_LOG=autotune)
+    proc = run(
+        [LAUNCH / "horovodrun.sh", tiny_cartpole],
+        timeout=850,
+        NP=2,
+        RUN_DIR=run_dir,
+        VIRTUAL_ENV=BIN.parent,
+        TIMELINE=timeline,
+        AUTOTUNE_LOG=autotune,
+    )
     assert proc.returncode == 0, proc.stdout + proc.stderr
     summary = json.loads((run_dir / "summary.json").read_text())
     events = json.loads(timeline.read_text())  # Horovod keeps the file valid JSON as it goes
@@ -35,8 +43,10 @@ def test_an_existing_file_is_never_overwritten(script, var, tiny_cartpole, tmp_p
     mine.write_text("precious")
     proc = run(["bash", LAUNCH / script, tiny_cartpole], timeout=60, VIRTUAL_ENV=BIN.parent, **{var: mine})
     assert proc.returncode == 2
-    assert proc.stderr.strip() == f"hvd-dqn launcher: error: {var} file {mine} exists (Horovod would overwrite " \
-                                  "it): give a new path"
+    assert (
+        proc.stderr.strip() == f"hvd-dqn launcher: error: {var} file {mine} exists (Horovod would overwrite "
+        "it): give a new path"
+    )
     assert mine.read_text() == "precious"
 
 

@@ -1,6 +1,7 @@
 """A clean terminal: TensorFlow's CUDA-plugin registration errors and XLA start-up lines (written through absl
 before it is initialised, so TF_CPP_MIN_LOG_LEVEL cannot silence them) are filtered from fd 2 while TensorFlow is
 first imported; everything else, a real error, an ImportError and what a crashing import wrote, still shows."""
+
 import json
 import os
 import sys
@@ -60,20 +61,24 @@ def _fake_tensorflow(tmp_path, body: str):
 
 def _import_quietly(fake, code="import tensorflow"):
     env = run_env(PYTHONPATH=f"{fake}{os.pathsep}{ROOT}")
-    return run([sys.executable, "-c", f"from hvd_dqn import quiet\nquiet.install()\n{code}"], timeout=60, env=env,
-               cwd=None)
+    return run(
+        [sys.executable, "-c", f"from hvd_dqn import quiet\nquiet.install()\n{code}"], timeout=60, env=env, cwd=None
+    )
 
 
 def test_a_filtered_import_keeps_the_real_lines_in_order(tmp_path):
-    proc = _import_quietly(_fake_tensorflow(tmp_path, "import sys\nprint('python warning', file=sys.stderr)"),
-                           "import tensorflow\nimport sys\nprint('after', file=sys.stderr)")
+    proc = _import_quietly(
+        _fake_tensorflow(tmp_path, "import sys\nprint('python warning', file=sys.stderr)"),
+        "import tensorflow\nimport sys\nprint('after', file=sys.stderr)",
+    )
     assert proc.returncode == 0, proc.stderr
     assert proc.stderr.splitlines() == [REAL[0], REAL[1], "python warning", "after"]
 
 
 def test_an_import_error_still_shows(tmp_path):
-    proc = _import_quietly(_fake_tensorflow(tmp_path, "raise ImportError('libcudart.so.12: cannot open shared "
-                                                      "object file')"))
+    proc = _import_quietly(
+        _fake_tensorflow(tmp_path, "raise ImportError('libcudart.so.12: cannot open shared object file')")
+    )
     assert proc.returncode == 1
     lines = proc.stderr.splitlines()
     assert lines[:2] == [REAL[0], REAL[1]] and lines[2] == "Traceback (most recent call last):"
@@ -90,12 +95,16 @@ def test_what_a_crashing_import_wrote_still_shows(tmp_path):
 def test_a_stop_signal_to_the_whole_job_during_the_import_loses_nothing(tmp_path):
     """SLURM signals every process of a job step, Ctrl-C the whole process group: the filter outlives it. (The
     rank handles the signals, as the trainer does; a handler, unlike SIG_IGN, is not inherited by the filter.)"""
-    fake = _fake_tensorflow(tmp_path, "import signal, time\nfor sig in (signal.SIGUSR1, signal.SIGTERM, signal.SIGINT):"
-                                      "\n    os.killpg(0, sig)\ntime.sleep(0.5)\nos.write(2, b'still here\\n')")
-    code = ("import signal\nfor sig in (signal.SIGUSR1, signal.SIGTERM, signal.SIGINT):\n"
-            "    signal.signal(sig, lambda *_: None)\nfrom hvd_dqn import quiet\nquiet.install()\nimport tensorflow")
-    proc = run([sys.executable, "-c", code], timeout=60, env=run_env(PYTHONPATH=f"{fake}{os.pathsep}{ROOT}"),
-               cwd=None)
+    fake = _fake_tensorflow(
+        tmp_path,
+        "import signal, time\nfor sig in (signal.SIGUSR1, signal.SIGTERM, signal.SIGINT):"
+        "\n    os.killpg(0, sig)\ntime.sleep(0.5)\nos.write(2, b'still here\\n')",
+    )
+    code = (
+        "import signal\nfor sig in (signal.SIGUSR1, signal.SIGTERM, signal.SIGINT):\n"
+        "    signal.signal(sig, lambda *_: None)\nfrom hvd_dqn import quiet\nquiet.install()\nimport tensorflow"
+    )
+    proc = run([sys.executable, "-c", code], timeout=60, env=run_env(PYTHONPATH=f"{fake}{os.pathsep}{ROOT}"), cwd=None)
     assert proc.returncode == 0, proc.stderr
     assert proc.stderr.splitlines() == [REAL[0], REAL[1], "still here"]
 
@@ -104,10 +113,12 @@ def test_the_filtered_import_leaves_the_thread_pools_to_be_sized():
     """The filter starts no TensorFlow runtime, so hvd_dqn.distributed can still give each rank of a host its
     share of the cores. (An XLA warm-up inside the import once started it: each of 2 ranks on 2 cores then ran
     TensorFlow's default 2 + 2 threads, and np=2 ran slower: docs/update-cost.md.)"""
-    code = ("from hvd_dqn import quiet\nquiet.install()\nimport tensorflow as tf\nfrom hvd_dqn import distributed\n"
-            "distributed._configure_devices(distributed.World(rank=0, size=2, local_rank=0, local_size=2))\n"
-            "print(tf.config.threading.get_intra_op_parallelism_threads(), "
-            "tf.config.threading.get_inter_op_parallelism_threads())")
+    code = (
+        "from hvd_dqn import quiet\nquiet.install()\nimport tensorflow as tf\nfrom hvd_dqn import distributed\n"
+        "distributed._configure_devices(distributed.World(rank=0, size=2, local_rank=0, local_size=2))\n"
+        "print(tf.config.threading.get_intra_op_parallelism_threads(), "
+        "tf.config.threading.get_inter_op_parallelism_threads())"
+    )
     proc = run([sys.executable, "-c", code], timeout=120)
     assert proc.returncode == 0, proc.stderr
     share = max(1, len(os.sched_getaffinity(0)) // 2)
@@ -124,16 +135,19 @@ def _user_env(**extra):
 
 def _tiny(tmp_path):
     cfg = tmp_path / "tiny.yaml"
-    cfg.write_text("env_id: CartPole-v1\ntotal_env_steps: 1200\nhidden_sizes: [16, 16]\nlearning_starts: 300\n"
-                   "train_every: 100\nupdates_per_train: 10\ntarget_update_every: 20\neval_every: 600\n"
-                   "eval_episodes: 2\nlog_every: 600\nbatch_size: 32\nreplay_capacity: 2000\n")
+    cfg.write_text(
+        "env_id: CartPole-v1\ntotal_env_steps: 1200\nhidden_sizes: [16, 16]\nlearning_starts: 300\n"
+        "train_every: 100\nupdates_per_train: 10\ntarget_update_every: 20\neval_every: 600\n"
+        "eval_episodes: 2\nlog_every: 600\nbatch_size: 32\nreplay_capacity: 2000\n"
+    )
     return cfg
 
 
 def test_a_cpu_run_on_one_rank_writes_nothing_on_stderr(tmp_path):
     run_dir = tmp_path / "run"
-    proc = run([BIN / "hvd-dqn", "train", "--config", _tiny(tmp_path), "--run-dir", run_dir], timeout=300,
-               env=_user_env())
+    proc = run(
+        [BIN / "hvd-dqn", "train", "--config", _tiny(tmp_path), "--run-dir", run_dir], timeout=300, env=_user_env()
+    )
     assert proc.returncode == 0, proc.stderr
     assert proc.stderr == ""
     assert proc.stdout.splitlines()[-1].startswith("hvd-dqn summary: ")
@@ -144,8 +158,24 @@ def test_a_cpu_run_on_one_rank_writes_nothing_on_stderr(tmp_path):
 def test_ranks_under_horovodrun_write_no_noise(tmp_path):
     """Plain horovodrun: each rank's stderr ("[1,r]<stderr>:" lines) is ours alone. horovodrun's own build check
     (in children of horovodrun) is outside the ranks: launch/horovodrun.sh and make train filter it too."""
-    proc = run([BIN / "horovodrun", "-np", "2", "--mpi", "-H", "localhost:2", BIN / "hvd-dqn", "train",
-                "--config", _tiny(tmp_path), "--run-dir", tmp_path / "run"], timeout=300, env=_user_env())
+    proc = run(
+        [
+            BIN / "horovodrun",
+            "-np",
+            "2",
+            "--mpi",
+            "-H",
+            "localhost:2",
+            BIN / "hvd-dqn",
+            "train",
+            "--config",
+            _tiny(tmp_path),
+            "--run-dir",
+            tmp_path / "run",
+        ],
+        timeout=300,
+        env=_user_env(),
+    )
     assert proc.returncode == 0, proc.stderr
     rank_lines = [line for line in proc.stderr.splitlines() if line.startswith("[1,")]
     assert rank_lines == [], rank_lines
@@ -155,8 +185,11 @@ def test_ranks_under_horovodrun_write_no_noise(tmp_path):
 def test_the_horovodrun_launcher_writes_nothing_on_stderr_and_our_lines_untagged(tmp_path):
     """launch/horovodrun.sh (and make train) show rank 0's lines as it prints them: no "[1,0]<stdout>:" tags
     (hvd_dqn.launchout)."""
-    proc = run([ROOT / "launch" / "horovodrun.sh", _tiny(tmp_path)], timeout=300,
-               env=_user_env(NP=2, RUN_DIR=tmp_path / "run", VIRTUAL_ENV=BIN.parent))
+    proc = run(
+        [ROOT / "launch" / "horovodrun.sh", _tiny(tmp_path)],
+        timeout=300,
+        env=_user_env(NP=2, RUN_DIR=tmp_path / "run", VIRTUAL_ENV=BIN.parent),
+    )
     assert proc.returncode == 0, proc.stderr
     assert proc.stderr == ""
     assert json.loads((tmp_path / "run" / "summary.json").read_text())["world_size"] == 2

@@ -1,5 +1,6 @@
 """Dealing N ranks' replay shards out to N' ranks (hvd_dqn.replay.redistribute): every transition lands on
 exactly one new rank, with its discount and priority; the oldest go only where the new capacity is smaller."""
+
 from collections import Counter
 
 import numpy as np
@@ -15,8 +16,15 @@ def _shard(capacity, start, n, prioritized=False, discount=0.9):
     shard = ReplayShard(ReplayBuffer(capacity, (2,)), discount, prioritized=prioritized, alpha=0.5)
     for i in range(start, start + n):
         obs = np.array([[i, -i]], np.float32)
-        shard.add(obs, np.array([i % 3]), np.array([i], np.float32), obs + 0.5, np.array([i % 7 == 0]),
-                  np.array([i % 5 == 0]), discount=np.array([0.9 ** (1 + i % 3)], np.float32))
+        shard.add(
+            obs,
+            np.array([i % 3]),
+            np.array([i], np.float32),
+            obs + 0.5,
+            np.array([i % 7 == 0]),
+            np.array([i % 5 == 0]),
+            discount=np.array([0.9 ** (1 + i % 3)], np.float32),
+        )
         if prioritized:
             shard.update_priorities(shard.buffer.pos - 1 if shard.buffer.pos else capacity - 1, np.array([i + 1.0]))
     return shard
@@ -27,17 +35,25 @@ def _rows(arrays):
     size = int(arrays["size"])
     prio = arrays.get("shard_priority")
     return Counter(
-        (tuple(arrays["obs"][k].tolist()), tuple(arrays["next_obs"][k].tolist()), int(arrays["action"][k]),
-         float(arrays["reward"][k]), bool(arrays["terminated"][k]), bool(arrays["truncated"][k]),
-         float(arrays["shard_discount"][k]), None if prio is None else float(prio[k]))
-        for k in range(size))
+        (
+            tuple(arrays["obs"][k].tolist()),
+            tuple(arrays["next_obs"][k].tolist()),
+            int(arrays["action"][k]),
+            float(arrays["reward"][k]),
+            bool(arrays["terminated"][k]),
+            bool(arrays["truncated"][k]),
+            float(arrays["shard_discount"][k]),
+            None if prio is None else float(prio[k]),
+        )
+        for k in range(size)
+    )
 
 
 def _redeal(old_shards, old_capacity, new_size, new_capacity, prioritized, flushed=None):
     flushed = flushed or {}
     states = [s.state_dict() for s in old_shards]
     max_p = max(float(s["shard_max_priority"]) for s in states) if prioritized else None
-    weight = max_p ** 0.5 if prioritized else None
+    weight = max_p**0.5 if prioritized else None
     ordered = [redistribute.in_order(s, old_capacity, weight, flushed.get(r)) for r, s in enumerate(states)]
     out = []
     for rank in range(new_size):
@@ -91,14 +107,13 @@ def test_a_gone_ranks_nstep_starts_travel_as_truncated_transitions():
     acc = NStepAccumulator(2, 3, gamma)
     obs = np.array([[1.0, 1.0], [2.0, 2.0]], np.float32)
     acc.push(obs, np.array([0, 1]), np.array([1.0, 2.0], np.float32), obs + 1, np.zeros(2, bool), np.zeros(2, bool))
-    acc.push(obs + 1, np.array([1, 0]), np.array([3.0, 4.0], np.float32), obs + 2, np.zeros(2, bool),
-             np.zeros(2, bool))
+    acc.push(obs + 1, np.array([1, 0]), np.array([3.0, 4.0], np.float32), obs + 2, np.zeros(2, bool), np.zeros(2, bool))
     assert acc.pending_counts() == [2, 2]
     flushed = acc.flush(obs + 2)
     assert acc.pending_counts() == [0, 0]
     # env 0: starts at obs 1 (rewards 1, 3) and at obs 2 (reward 3), each cut where the env stands, bootstrapped
     assert flushed.reward.tolist() == [1 + gamma * 3, 3.0, 2 + gamma * 4, 4.0]
-    assert flushed.discount.tolist() == [gamma ** 2, gamma, gamma ** 2, gamma]
+    assert flushed.discount.tolist() == [gamma**2, gamma, gamma**2, gamma]
     assert flushed.truncated.all() and not flushed.terminated.any()
     np.testing.assert_array_equal(flushed.next_obs, np.repeat(obs + 2, 2, axis=0))
 

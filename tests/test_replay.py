@@ -7,9 +7,14 @@ from hvd_dqn.replay import ReplayBuffer
 
 def _add(buf, start, n, terminated=None, truncated=None):
     obs = np.arange(start, start + n, dtype=np.float32)[:, None].repeat(2, axis=1)
-    buf.add(obs, np.arange(start, start + n) % 3, np.arange(start, start + n, dtype=np.float32),
-            obs + 1, terminated if terminated is not None else np.zeros(n, bool),
-            truncated if truncated is not None else np.zeros(n, bool))
+    buf.add(
+        obs,
+        np.arange(start, start + n) % 3,
+        np.arange(start, start + n, dtype=np.float32),
+        obs + 1,
+        terminated if terminated is not None else np.zeros(n, bool),
+        truncated if truncated is not None else np.zeros(n, bool),
+    )
 
 
 def test_wraps_around_keeping_the_newest():
@@ -58,8 +63,10 @@ def test_the_shards_of_a_hosts_ranks_are_counted_together(monkeypatch):
     buffer.check_fits(6 * 2**30, 1000, ranks_per_host=1)
     with pytest.raises(UserError) as err:
         buffer.check_fits(6 * 2**30, 1000, ranks_per_host=2)
-    assert str(err.value) == ("replay: 1000 transitions need 6.00 GiB per rank x 2 ranks on this host but only "
-                              "10.00 GiB is available; lower replay_capacity or use more hosts")
+    assert str(err.value) == (
+        "replay: 1000 transitions need 6.00 GiB per rank x 2 ranks on this host but only "
+        "10.00 GiB is available; lower replay_capacity or use more hosts"
+    )
 
 
 def _per_transition() -> int:
@@ -80,9 +87,11 @@ def test_the_refusal_is_the_jobs_before_the_shard_is_made():
     task = tasks.for_config(Config(env_id="CartPole-v1"))
     alone = distributed.World(0, 1, 0, 1)
     assert runsetup.make_replay(task, 1000, (4,), alone).capacity == 1000
-    with pytest.raises(JobRefused, match=r"^replay: \d+ transitions need [\d.]+ GiB per rank x 2 ranks on this host "
-                                         r"but only [\d.]+ GiB is available; lower replay_capacity or use more hosts$"
-                       ) as err:
+    with pytest.raises(
+        JobRefused,
+        match=r"^replay: \d+ transitions need [\d.]+ GiB per rank x 2 ranks on this host "
+        r"but only [\d.]+ GiB is available; lower replay_capacity or use more hosts$",
+    ) as err:
         runsetup.make_replay(task, capacity, (4,), distributed.World(0, 1, 0, 2))
     assert not err.value.quiet
 
@@ -98,15 +107,34 @@ def test_two_ranks_whose_replays_do_not_fit_their_host_together_both_leave_with_
 
     per_rank = int(0.6 * available_memory() / _per_transition())
     cfg = tmp_path / "c.yaml"
-    cfg.write_text(f"env_id: CartPole-v1\ntotal_env_steps: 400\nlearning_starts: 100\n"
-                   f"replay_capacity: {2 * per_rank}\n")
-    proc = run([BIN / "horovodrun", "-np", "2", "--gloo", "-H", "localhost:2", BIN / "hvd-dqn", "train", "--config",
-                cfg, "--run-dir", tmp_path / "run"], timeout=600)
+    cfg.write_text(
+        f"env_id: CartPole-v1\ntotal_env_steps: 400\nlearning_starts: 100\nreplay_capacity: {2 * per_rank}\n"
+    )
+    proc = run(
+        [
+            BIN / "horovodrun",
+            "-np",
+            "2",
+            "--gloo",
+            "-H",
+            "localhost:2",
+            BIN / "hvd-dqn",
+            "train",
+            "--config",
+            cfg,
+            "--run-dir",
+            tmp_path / "run",
+        ],
+        timeout=600,
+    )
     output = proc.stdout + proc.stderr
     lines = [line for line in output.splitlines() if "replay_capacity" in line]
     assert len(lines) == 1, output
-    assert re.search(rf"hvd-dqn: error: replay: {per_rank} transitions need [\d.]+ GiB per rank x 2 ranks on this "
-                     rf"host but only [\d.]+ GiB is available; lower replay_capacity or use more hosts$", lines[0])
+    assert re.search(
+        rf"hvd-dqn: error: replay: {per_rank} transitions need [\d.]+ GiB per rank x 2 ranks on this "
+        rf"host but only [\d.]+ GiB is available; lower replay_capacity or use more hosts$",
+        lines[0],
+    )
     codes = re.findall(r"(?:Exit code:|exit with status code)\s+(\d+)", output)
     assert proc.returncode != 0 and codes and set(codes) == {"2"}, output
     assert not re.search(r"^\[[\d,]+\]<stderr>:Traceback", output, re.M) and "failed" not in output, output

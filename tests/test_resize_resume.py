@@ -2,6 +2,7 @@
 np=2 mid-run, then resumed at np=1 (twice: the same checksums) and at np=4; each completes the run and still
 solves it, with the update count the two world sizes' schedules add up to, and says in one line and in its
 metrics where the world size changed. Atari and a step the new world size cannot reach are refused in one line."""
+
 import json
 import shutil
 
@@ -29,8 +30,12 @@ def _summary(run_dir):
 def stopped_at_np2(tmp_path_factory):
     """configs/cartpole.yaml at np=2, stopped mid-run by the test hook's stop request: its run dir and step."""
     run_dir = tmp_path_factory.mktemp("resize") / "np2"
-    proc = run(_hvd(2, "--config", CONFIG, "--run-dir", run_dir), timeout=900, HVD_DQN_TEST_HOOKS="1",
-               HVD_DQN_PREEMPT_AT=f"0:{STOP_AT}")
+    proc = run(
+        _hvd(2, "--config", CONFIG, "--run-dir", run_dir),
+        timeout=900,
+        HVD_DQN_TEST_HOOKS="1",
+        HVD_DQN_PREEMPT_AT=f"0:{STOP_AT}",
+    )
     assert "Exit code: 75" in proc.stdout + proc.stderr, proc.stdout + proc.stderr
     ckpts = sorted((run_dir / "checkpoints").iterdir())
     assert len(ckpts) == 1 and (ckpts[0] / "COMPLETE").is_file()
@@ -67,8 +72,10 @@ def test_np2_resumed_at_np1_twice_completes_solves_and_is_deterministic(stopped_
     # the one line: what moved where (the 2 ranks' replay onto 1, rank 1's pending 3-step starts flushed)
     line = next(ln for ln in output.splitlines() if "was written by 2 ranks" in ln)
     assert line.startswith(f"hvd-dqn: ckpt-{step} was written by 2 ranks, this job has 1: ")
-    assert "n-step starts of the envs that ended) dealt out to 1 rank; rank 1's envs ended; the scaling rule " \
-           "is recomputed for 1 rank" in line
+    assert (
+        "n-step starts of the envs that ended) dealt out to 1 rank; rank 1's envs ended; the scaling rule "
+        "is recomputed for 1 rank" in line
+    )
     rows = [json.loads(ln) for ln in (first / "metrics.jsonl").read_text().splitlines()]
     resumed = [r for r in rows if r.get("event") == "resumed"]
     assert [(r["env_steps"], r["checkpoint_world_size"], r["world_size"]) for r in resumed] == [(step, 2, 1)]
@@ -90,13 +97,16 @@ def test_np2_resumed_at_np4_completes_and_solves(stopped_at_np2, tmp_path):
 def test_a_step_the_new_world_size_cannot_reach_is_refused_in_one_line(tmp_path, tiny_cartpole):
     """1 env per rank, 1,001 steps at np=1: 2 ranks step 2 at a time and never stand at step 1,001."""
     run_dir = tmp_path / "run"
-    proc = run([BIN / "hvd-dqn", "train", "--config", tiny_cartpole, "--run-dir", run_dir,
-                "--set", "total_env_steps=1001"])
+    proc = run(
+        [BIN / "hvd-dqn", "train", "--config", tiny_cartpole, "--run-dir", run_dir, "--set", "total_env_steps=1001"]
+    )
     assert proc.returncode == 0, proc.stderr
     proc = run(_hvd(2, "--resume", run_dir), timeout=300)
     assert proc.returncode != 0
-    assert ("written at global env step 1001, which 2 ranks of 1 envs (2 env steps per vector step) cannot reach; "
-            "resume with 1 ranks, or from a checkpoint at a learning phase's end") in proc.stdout + proc.stderr
+    assert (
+        "written at global env step 1001, which 2 ranks of 1 envs (2 env steps per vector step) cannot reach; "
+        "resume with 1 ranks, or from a checkpoint at a learning phase's end"
+    ) in proc.stdout + proc.stderr
     assert "<stderr>:Traceback" not in proc.stdout + proc.stderr  # none from the ranks (horovodrun prints its own)
 
 
@@ -104,6 +114,9 @@ def test_atari_checkpoints_keep_their_world_size():
     state = {"world_size": 2, "config": {}}
     check_compatible(ROOT, state, {}, 2, resizable=False)  # same size: fine
     check_compatible(ROOT, state, {}, 4, resizable=True)  # classic control: dealt out
-    with pytest.raises(CheckpointError, match="written by 2 ranks, this job has 4: resume with 2 ranks .*frame "
-                                              "replay .* cannot be dealt out to another number of ranks"):
+    with pytest.raises(
+        CheckpointError,
+        match="written by 2 ranks, this job has 4: resume with 2 ranks .*frame "
+        "replay .* cannot be dealt out to another number of ranks",
+    ):
         check_compatible(ROOT, state, {}, 4, resizable=False)

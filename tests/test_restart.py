@@ -1,5 +1,6 @@
 """`hvd-dqn train --restart` (what `make train` runs): a new run in a run dir that holds an earlier one deletes only
 what a run writes there, under the run dir's lock, and refuses, deleting nothing, in every other case."""
+
 import json
 import os
 
@@ -29,8 +30,9 @@ def _tree(root):
 
 def _config_file(tmp_path, **changes):
     path = tmp_path / "tiny.yaml"
-    path.write_text("".join(f"{k}: {json.dumps(list(v) if isinstance(v, tuple) else v)}\n"
-                            for k, v in {**TINY, **changes}.items()))
+    path.write_text(
+        "".join(f"{k}: {json.dumps(list(v) if isinstance(v, tuple) else v)}\n" for k, v in {**TINY, **changes}.items())
+    )
     return path
 
 
@@ -62,8 +64,10 @@ def test_restart_replaces_the_earlier_run_with_a_fresh_one(earlier, tmp_path, ca
     cfg = _config_file(tmp_path, seed=4)
     assert cli.main(["train", "--config", str(cfg), "--run-dir", str(run_dir), "--restart"]) == 0
     err = capsys.readouterr().err
-    assert (f"hvd-dqn: run dir {run_dir}: --restart deleted the earlier run's .heartbeat, .metrics.tmp4242.jsonl, "
-            f"best, checkpoints, config.json, metrics.jsonl, q_network.keras, summary.json, tensorboard") in err, err
+    assert (
+        f"hvd-dqn: run dir {run_dir}: --restart deleted the earlier run's .heartbeat, .metrics.tmp4242.jsonl, "
+        f"best, checkpoints, config.json, metrics.jsonl, q_network.keras, summary.json, tensorboard"
+    ) in err, err
     summary = json.loads((run_dir / "summary.json").read_text())
     fresh = earlier[1]
     # the same run as seed 4 trained into an empty dir: the same weights, and nothing of seed 3's left behind
@@ -99,7 +103,8 @@ def test_restart_refuses_a_dir_that_holds_anything_a_run_does_not_write(earlier,
     name = stranger.rstrip("/")
     assert _last_error(capsys) == (
         f"hvd-dqn: error: --restart: run dir {run_dir} holds {name!r}, which no hvd-dqn run writes; nothing was "
-        f"deleted: move it away, or train into another --run-dir")
+        f"deleted: move it away, or train into another --run-dir"
+    )
     assert _tree(run_dir) == before
 
 
@@ -113,7 +118,8 @@ def test_restart_refuses_a_users_directory_naming_how_many_files_are_not_a_runs(
     assert cli.main(["train", "--config", str(cfg), "--run-dir", str(home), "--restart"]) == 2
     assert _last_error(capsys) == (
         f"hvd-dqn: error: --restart: run dir {home} holds '.bashrc' and 2 more, which no hvd-dqn run writes; "
-        f"nothing was deleted: move it away, or train into another --run-dir")
+        f"nothing was deleted: move it away, or train into another --run-dir"
+    )
     assert _tree(home) == before
 
 
@@ -142,11 +148,13 @@ def test_restart_refuses_a_run_dir_that_a_job_holds(earlier, tmp_path, capsys):
         cfg = _config_file(tmp_path, seed=4)
         assert cli.main(["train", "--config", str(cfg), "--run-dir", str(run_dir), "--restart"]) == 2
         assert _last_error(capsys) == (
-            f"hvd-dqn: error: run dir {run_dir} is in use by another run of this process (pid {os.getpid()})")
+            f"hvd-dqn: error: run dir {run_dir} is in use by another run of this process (pid {os.getpid()})"
+        )
     finally:
         lock.release()
-    assert {k: v for k, v in _tree(run_dir).items() if k != ".hvd-dqn.lock"} == \
-        {k: v for k, v in before.items() if k != ".hvd-dqn.lock"}
+    assert {k: v for k, v in _tree(run_dir).items() if k != ".hvd-dqn.lock"} == {
+        k: v for k, v in before.items() if k != ".hvd-dqn.lock"
+    }
 
 
 @pytest.mark.parametrize("args", [["--resume", "RUN"], ["--elastic", "--run-dir", "RUN"], []])
@@ -156,7 +164,8 @@ def test_restart_needs_a_run_dir_and_no_resume_or_elastic(tmp_path, capsys, args
     assert cli.main(["train", "--config", str(cfg), "--restart", *args]) == 2
     assert _last_error(capsys) == (
         "hvd-dqn: error: --restart starts a new run in an existing --run-dir: it needs --run-dir, and neither "
-        "--resume nor --elastic (an elastic job's new rank 0 would delete the job's own checkpoints)")
+        "--resume nor --elastic (an elastic job's new rank 0 would delete the job's own checkpoints)"
+    )
     assert not (tmp_path / "run").exists()
 
 
@@ -164,8 +173,11 @@ def test_the_elastic_trainer_refuses_restart_in_the_python_api(tmp_path):
     from hvd_dqn.elastic import ElasticTrainer
     from hvd_dqn.errors import UserError
 
-    with pytest.raises(UserError, match=r"^restart cannot be combined with elastic training \(an elastic job's new "
-                                        r"rank 0 would delete the job's own checkpoints\)$"):
+    with pytest.raises(
+        UserError,
+        match=r"^restart cannot be combined with elastic training \(an elastic job's new "
+        r"rank 0 would delete the job's own checkpoints\)$",
+    ):
         ElasticTrainer(Config(env_id="CartPole-v1"), tmp_path / "run", restart=True)
     assert not (tmp_path / "run").exists()
 
@@ -175,8 +187,20 @@ def test_two_ranks_restart_over_an_earlier_two_rank_run(tmp_path):
     """Rank 0 deletes under the lock before any rank looks for checkpoints: both ranks start the new run."""
     cfg = _config_file(tmp_path, total_env_steps=800, eval_every=800, checkpoint_every=400)
     run_dir = tmp_path / "run"
-    horovodrun = [BIN / "horovodrun", "-np", "2", "--mpi", "-H", "localhost:2", BIN / "hvd-dqn", "train",
-                  "--config", cfg, "--run-dir", run_dir]
+    horovodrun = [
+        BIN / "horovodrun",
+        "-np",
+        "2",
+        "--mpi",
+        "-H",
+        "localhost:2",
+        BIN / "hvd-dqn",
+        "train",
+        "--config",
+        cfg,
+        "--run-dir",
+        run_dir,
+    ]
     first = run(horovodrun, timeout=600)
     assert first.returncode == 0, first.stdout + first.stderr
     refused = run(horovodrun, timeout=600)

@@ -2,6 +2,7 @@
 is never followed by pruning, ``--restart`` or ``export``, and a metrics.jsonl whose last line a kill cut short is
 read by ``plot`` and ``table`` without it, and appended to by a resumed run on a line of its own. The replay that
 cannot fit the host's memory: tests/test_replay.py. ``--restart`` and links: tests/test_restart.py."""
+
 import io
 import json
 import os
@@ -22,8 +23,9 @@ def _tree(root: Path) -> dict[str, bytes | str]:
         for name in dirnames + filenames:
             path = Path(dirpath) / name
             rel = str(path.relative_to(root))
-            out[rel] = ("-> " + os.readlink(path)) if path.is_symlink() else \
-                path.read_bytes() if path.is_file() else "dir"
+            out[rel] = (
+                ("-> " + os.readlink(path)) if path.is_symlink() else path.read_bytes() if path.is_file() else "dir"
+            )
     return out
 
 
@@ -88,7 +90,8 @@ def test_training_refuses_a_checkpoints_link_out_of_the_run_dir(tmp_path, resume
     assert str(err.value) == (
         f"run dir {run_dir}: checkpoints is a symlink to {elsewhere}, outside the run dir; hvd-dqn deletes old "
         f"checkpoints in it and follows no link out of a run dir: remove the link, or give a --run-dir on that "
-        f"filesystem")
+        f"filesystem"
+    )
     # a link that stays inside the run dir is the run's own
     (run_dir / "checkpoints").unlink()
     (run_dir / "ckpts").mkdir()
@@ -107,8 +110,9 @@ def test_train_into_a_run_dir_with_such_a_link_is_one_line_and_writes_nothing(tm
     before = _tree(elsewhere)
     assert cli.main(["train", "--config", str(cfg), "--run-dir", str(run_dir)]) == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert err[-1].startswith(f"hvd-dqn: error: run dir {run_dir}: checkpoints is a symlink to {elsewhere}, "
-                              f"outside the run dir") and "Traceback" not in "\n".join(err)
+    assert err[-1].startswith(
+        f"hvd-dqn: error: run dir {run_dir}: checkpoints is a symlink to {elsewhere}, outside the run dir"
+    ) and "Traceback" not in "\n".join(err)
     assert sorted(p.name for p in run_dir.iterdir()) == [".hvd-dqn.lock", "checkpoints"]
     assert _tree(elsewhere) == before
 
@@ -140,7 +144,8 @@ def test_export_does_not_read_a_model_through_a_link_out_of_the_run_dir(tmp_path
     assert cli.main(["export", str(run_dir), str(tmp_path / "policy")]) == 2
     assert capsys.readouterr().err == (
         f"hvd-dqn: error: {run_dir / 'q_network.keras'}: a symlink to {model_file}, outside the run dir; hvd-dqn "
-        f"reads a run's own files only and follows no link out of a run dir\n")
+        f"reads a run's own files only and follows no link out of a run dir\n"
+    )
     assert not (tmp_path / "policy").exists()
 
 
@@ -155,8 +160,9 @@ def test_export_does_not_write_through_a_link_in_the_run_dir(tmp_path, model_fil
     before = _tree(shared)
     out = run_dir / "tensorboard" / "policy"
     assert cli.main(["export", str(run_dir), str(out)]) == 2
-    assert capsys.readouterr().err == (f"hvd-dqn: error: export OUT_DIR {out} is inside the run dir {run_dir}: "
-                                       f"give a directory outside it\n")
+    assert capsys.readouterr().err == (
+        f"hvd-dqn: error: export OUT_DIR {out} is inside the run dir {run_dir}: give a directory outside it\n"
+    )
     assert _tree(shared) == before
     # a run dir reached through a link of its own is still the run dir: its files are read, the export is made
     (tmp_path / "latest").symlink_to(run_dir)
@@ -169,8 +175,14 @@ CUT = '{"env_steps": 3500, "wall_s": 7.5, "charts/episo'
 
 
 def _cut_run(tmp_path) -> Path:
-    run_dir = make_run(tmp_path / "runs", "cp-seed0", [(1000, 2.0, 10.0), (2000, 4.0, 200.0), (3000, 6.0, 500.0)],
-                       finished(3000, 6.0, 500.0), exp_name="cp", seed=0)
+    run_dir = make_run(
+        tmp_path / "runs",
+        "cp-seed0",
+        [(1000, 2.0, 10.0), (2000, 4.0, 200.0), (3000, 6.0, 500.0)],
+        finished(3000, 6.0, 500.0),
+        exp_name="cp",
+        seed=0,
+    )
     with open(run_dir / "metrics.jsonl", "a") as f:
         f.write(CUT)
     return run_dir
@@ -178,8 +190,10 @@ def _cut_run(tmp_path) -> Path:
 
 def test_table_and_plot_leave_out_a_cut_last_line_with_a_note(tmp_path, capsys):
     run_dir = _cut_run(tmp_path)
-    note = (f"hvd-dqn: {run_dir / 'metrics.jsonl'}: its last line (line 7) is cut short, as a run killed while "
-            f"writing it leaves it; left out\n")
+    note = (
+        f"hvd-dqn: {run_dir / 'metrics.jsonl'}: its last line (line 7) is cut short, as a run killed while "
+        f"writing it leaves it; left out\n"
+    )
     assert cli.main(["table", str(run_dir)]) == 0
     out = capsys.readouterr()
     assert out.out.splitlines()[-1] == "| cp | 1 | 2 | 475 | 1/1 | 3,000 | 6.0 | 500.0 (500.0 to 500.0) |"
@@ -207,7 +221,7 @@ def test_rows_appended_after_a_cut_line_start_lines_of_their_own(tmp_path, last,
     lost only its newline is kept."""
     run_dir = _cut_run(tmp_path)
     metrics = run_dir / "metrics.jsonl"
-    metrics.write_text(metrics.read_text()[:-len(CUT)] + last)
+    metrics.write_text(metrics.read_text()[: -len(CUT)] + last)
     whole = last != CUT
     if trim:
         trainstate.trim_metrics(run_dir, run_dir / "checkpoints" / "ckpt-3000")

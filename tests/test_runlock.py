@@ -1,4 +1,5 @@
 """The run dir's lock across processes, and checkpoint pruning that never deletes another job's write."""
+
 import json
 import os
 import signal
@@ -12,12 +13,14 @@ from hvd_dqn import checkpoint
 
 LOCK_NAME = ".hvd-dqn.lock"
 # another job's rank 0, by the lock's protocol: a POSIX lock on the file, its owner written into it
-HOLD = ("import fcntl, json, os, socket, sys, time\n"
-        "fd = os.open(os.path.join(sys.argv[1], '.hvd-dqn.lock'), os.O_RDWR | os.O_CREAT)\n"
-        "fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)\n"
-        "os.write(fd, json.dumps({'host': socket.gethostname(), 'pid': os.getpid(), 'started': 'then'}).encode())\n"
-        "print('locked', flush=True)\n"
-        "time.sleep(600)\n")
+HOLD = (
+    "import fcntl, json, os, socket, sys, time\n"
+    "fd = os.open(os.path.join(sys.argv[1], '.hvd-dqn.lock'), os.O_RDWR | os.O_CREAT)\n"
+    "fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)\n"
+    "os.write(fd, json.dumps({'host': socket.gethostname(), 'pid': os.getpid(), 'started': 'then'}).encode())\n"
+    "print('locked', flush=True)\n"
+    "time.sleep(600)\n"
+)
 
 
 @pytest.fixture
@@ -36,8 +39,9 @@ def test_a_held_run_dir_is_refused_naming_its_owner(holder):
     run_dir, proc = holder
     with pytest.raises(RunDirInUse) as err:
         RunLock(run_dir).acquire()
-    assert str(err.value).startswith(f"run dir {run_dir} is in use by another job (host {socket.gethostname()}, "
-                                     f"pid {proc.pid}, started then)")
+    assert str(err.value).startswith(
+        f"run dir {run_dir} is in use by another job (host {socket.gethostname()}, pid {proc.pid}, started then)"
+    )
     assert str(err.value).endswith("; wait for it to end, stop it, or train into another --run-dir")
     assert "\n" not in str(err.value)
 

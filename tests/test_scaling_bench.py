@@ -1,4 +1,5 @@
 """benchmarks/scaling.py's bookkeeping: how a run is judged and how runs of one N are summarised."""
+
 import json
 import math
 import os
@@ -17,9 +18,20 @@ import scaling  # noqa: E402
 
 
 def _run(np_, seed, evals, final, updates=100, wall=10.0, threshold=475.0, overrides=()):
-    return {"config": "/c/cartpole.yaml", "overrides": list(overrides), "np": np_, "seed": seed,
-            "trainer_threshold": threshold, "final_eval": final, "evals": evals, "updates": updates,
-            "wall_s": wall, "replicas_equal": True, "load_before": [1.0, 0, 0], "load_after": [3.0, 0, 0]}
+    return {
+        "config": "/c/cartpole.yaml",
+        "overrides": list(overrides),
+        "np": np_,
+        "seed": seed,
+        "trainer_threshold": threshold,
+        "final_eval": final,
+        "evals": evals,
+        "updates": updates,
+        "wall_s": wall,
+        "replicas_equal": True,
+        "load_before": [1.0, 0, 0],
+        "load_after": [3.0, 0, 0],
+    }
 
 
 def test_judge_takes_the_first_evaluation_at_or_above_the_threshold():
@@ -33,11 +45,20 @@ def test_judge_takes_the_first_evaluation_at_or_above_the_threshold():
 
 
 def test_summary_counts_unsolved_runs_as_never_in_the_medians():
-    rows = [_run(8, 0, [[1000, 500.0, 4, 1.0]], final=500.0),
-            _run(8, 1, [[3000, 480.0, 12, 3.0]], final=100.0),
-            _run(8, 2, [[1000, 100.0, 4, 1.0]], final=100.0),
-            {"config": "/c/cartpole.yaml", "overrides": [], "np": 8, "seed": 3, "failed": "exit 1: boom",
-             "load_before": [2.0, 0, 0], "load_after": [2.5, 0, 0]}]
+    rows = [
+        _run(8, 0, [[1000, 500.0, 4, 1.0]], final=500.0),
+        _run(8, 1, [[3000, 480.0, 12, 3.0]], final=100.0),
+        _run(8, 2, [[1000, 100.0, 4, 1.0]], final=100.0),
+        {
+            "config": "/c/cartpole.yaml",
+            "overrides": [],
+            "np": 8,
+            "seed": 3,
+            "failed": "exit 1: boom",
+            "load_before": [2.0, 0, 0],
+            "load_after": [2.5, 0, 0],
+        },
+    ]
     s = scaling.summarize(rows)
     assert (s["runs"], s["failed"], s["solved"], s["held"]) == (3, 1, 2, 1)
     assert (s["steps_to_threshold"], s["updates_to_threshold"], s["wall_to_threshold"]) == (3000, 12, 3.0)
@@ -47,9 +68,11 @@ def test_summary_counts_unsolved_runs_as_never_in_the_medians():
 
 
 def test_table_gives_the_ratios_to_one_rank_per_config_and_overrides():
-    rows = [_run(1, s, [[4000, 500.0, 400, 1.0]], final=500.0) for s in (0, 1)] + \
-           [_run(8, s, [[5000, 500.0, 80, 1.0]], final=500.0) for s in (0, 1)] + \
-           [_run(8, 0, [[1000, 500.0, 4, 1.0]], final=500.0, overrides=["learning_rate=0.1"])]
+    rows = (
+        [_run(1, s, [[4000, 500.0, 400, 1.0]], final=500.0) for s in (0, 1)]
+        + [_run(8, s, [[5000, 500.0, 80, 1.0]], final=500.0) for s in (0, 1)]
+        + [_run(8, 0, [[1000, 500.0, 4, 1.0]], final=500.0, overrides=["learning_rate=0.1"])]
+    )
     text = scaling.table(rows)
     assert "| 8 | 2 | 2/2 | 2/2 | 500.00 | - | 5,000 | 1.25 | 80 | 0.20 |" in text
     assert "cartpole.yaml --set learning_rate=0.1 (threshold 475)" in text
@@ -59,10 +82,13 @@ def test_table_gives_the_ratios_to_one_rank_per_config_and_overrides():
 def test_relative_threshold_is_a_fraction_of_one_rank_s_median_final_whatever_the_rule():
     """MinAtar has no reward threshold: a run is judged against 0.9 x N = 1's median final evaluation, and the N = 1
     runs of the config (under any scaling rule: one experiment at N = 1) are the reference of every rule's group."""
-    rows = [_run(1, s, [[25000, f, 100, 1.0], [50000, f + 2, 200, 2.0]], final=f + 2, threshold=None)
-            for s, f in ((0, 2.0), (1, 4.0), (2, 6.0))] + \
-           [_run(8, s, [[25000, f, 10, 1.0], [50000, f, 20, 2.0]], final=f, threshold=None,
-                 overrides=["scaling=sqrt"]) for s, f in ((0, 5.0), (1, 3.0))]
+    rows = [
+        _run(1, s, [[25000, f, 100, 1.0], [50000, f + 2, 200, 2.0]], final=f + 2, threshold=None)
+        for s, f in ((0, 2.0), (1, 4.0), (2, 6.0))
+    ] + [
+        _run(8, s, [[25000, f, 10, 1.0], [50000, f, 20, 2.0]], final=f, threshold=None, overrides=["scaling=sqrt"])
+        for s, f in ((0, 5.0), (1, 3.0))
+    ]
     assert scaling.judge(rows[0], None)["solved_env_steps"] is None  # no threshold at all: never solved
     assert scaling.reference_final(rows, "cartpole.yaml", ["scaling=sqrt"]) == 6.0
     text = scaling.table(rows, relative=0.9)
@@ -86,9 +112,23 @@ def test_table_only_resumes_nothing_and_a_missing_results_file_is_one_line_exit_
 def test_sigterm_ends_the_benchmark_and_the_run_it_started(tmp_path):
     """The run is in a session of its own (so that a timeout ends every rank); SIGTERM to the benchmark must end
     that session too, not leave the run training."""
-    with started([sys.executable, ROOT / "benchmarks" / "scaling.py", "--np", "1", "--seeds", "0",
-                  "--set", "total_env_steps=10000000", "--out", tmp_path / "runs", "--results", tmp_path / "r.jsonl"],
-                 stderr=subprocess.PIPE) as bench:
+    with started(
+        [
+            sys.executable,
+            ROOT / "benchmarks" / "scaling.py",
+            "--np",
+            "1",
+            "--seeds",
+            "0",
+            "--set",
+            "total_env_steps=10000000",
+            "--out",
+            tmp_path / "runs",
+            "--results",
+            tmp_path / "r.jsonl",
+        ],
+        stderr=subprocess.PIPE,
+    ) as bench:
         deadline = time.monotonic() + 60
         children = []
         while not children and time.monotonic() < deadline:

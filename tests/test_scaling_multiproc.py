@@ -1,5 +1,6 @@
 """scaling: adam_sqrt (and lamb_sqrt) under `horovodrun -np 2`, for real: the learning rate, betas and epsilon
 that Adam (LAMB) read, the updates each rank took, and replicas still identical."""
+
 import json
 import math
 import sys
@@ -11,15 +12,38 @@ from hvd_dqn.config import Config
 
 pytestmark = pytest.mark.multiproc
 
-CONFIG = dict(env_id="CartPole-v1", total_env_steps=2400, hidden_sizes=[32, 32], learning_starts=400,
-              train_every=200, updates_per_train=20, target_update_every=20, eval_every=1200, eval_episodes=2,
-              log_every=1200, batch_size=32, learning_rate=1e-3, replay_capacity=4000, num_envs=2,
-              scaling="adam_sqrt")
+CONFIG = dict(
+    env_id="CartPole-v1",
+    total_env_steps=2400,
+    hidden_sizes=[32, 32],
+    learning_starts=400,
+    train_every=200,
+    updates_per_train=20,
+    target_update_every=20,
+    eval_every=1200,
+    eval_episodes=2,
+    log_every=1200,
+    batch_size=32,
+    learning_rate=1e-3,
+    replay_capacity=4000,
+    num_envs=2,
+    scaling="adam_sqrt",
+)
 
 
 def _two_ranks(config):
-    proc = run([BIN / "horovodrun", "-np", "2", "--gloo", sys.executable, ROOT / "tests" / "mp_scaling.py",
-                json.dumps(config)], timeout=300)
+    proc = run(
+        [
+            BIN / "horovodrun",
+            "-np",
+            "2",
+            "--gloo",
+            sys.executable,
+            ROOT / "tests" / "mp_scaling.py",
+            json.dumps(config),
+        ],
+        timeout=300,
+    )
     assert proc.returncode == 0, proc.stdout + proc.stderr
     line = next(ln for ln in proc.stdout.splitlines() if "RESULT " in ln)
     return json.JSONDecoder().raw_decode(line.split("RESULT ", 1)[1])[0]
@@ -36,7 +60,7 @@ def test_two_ranks_take_half_the_updates_with_adam_scaled_by_the_rule():
     # what Adam itself held at the end, on both ranks (lr decays linearly to 1.0 x: lr_final_fraction defaults to 1)
     for lr, beta_1, beta_2, epsilon, updates in out["all"]:
         assert lr == pytest.approx(1e-3 * math.sqrt(2), rel=1e-6)
-        assert beta_1 == pytest.approx(0.9 ** 2, rel=1e-6) and beta_2 == pytest.approx(0.999 ** 2, rel=1e-9)
+        assert beta_1 == pytest.approx(0.9**2, rel=1e-6) and beta_2 == pytest.approx(0.999**2, rel=1e-9)
         assert epsilon == pytest.approx(1e-7 / math.sqrt(2), rel=1e-6)
         assert updates == 110
     assert s["replica_checksums"][0] == s["replica_checksums"][1]  # still synchronous: one allreduce per update
@@ -56,7 +80,7 @@ def test_lamb_sqrt_gives_keras_3_s_lamb_its_rate_on_both_ranks():
     out = _two_ranks({**CONFIG, "optimizer": "lamb", "scaling": "lamb_sqrt"})
     for lr, beta_1, beta_2, epsilon, updates in out["all"]:
         assert lr == pytest.approx(2e-3, rel=1e-6)
-        assert beta_1 == pytest.approx(0.9 ** 2, rel=1e-6) and beta_2 == pytest.approx(0.999 ** 2, rel=1e-9)
+        assert beta_1 == pytest.approx(0.9**2, rel=1e-6) and beta_2 == pytest.approx(0.999**2, rel=1e-9)
         assert epsilon == pytest.approx(1e-7 / math.sqrt(2), rel=1e-6)
         assert updates == 110
     assert out["summary"]["replica_checksums"][0] == out["summary"]["replica_checksums"][1]

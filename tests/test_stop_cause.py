@@ -1,5 +1,6 @@
 """The one cause of a stop that every rank names (rank 0's line says it), whichever rank noticed what first; the
 real thing, SIGTERM to horovodrun -np 2, is in test_job_safety.py."""
+
 import psutil
 
 from conftest import started

@@ -1,5 +1,6 @@
 """The suite itself under SIGTERM (a cancelled CI job, `kill`): it stops as on Ctrl-C, so session fixtures (the
 loopback SLURM, the network namespaces) are torn down and a running test's command is ended with all it started."""
+
 import shutil
 import signal
 import sys
@@ -10,7 +11,7 @@ import psutil
 
 from conftest import ROOT, started
 
-INNER = '''
+INNER = """
 import os, sys
 from pathlib import Path
 import pytest
@@ -28,7 +29,7 @@ def daemon():
 def test_waits(daemon):
     # a command that starts a grandchild, as a launcher starts horovodrun and its ranks
     run(["bash", "-c", f"sleep 300 & echo $! > {MARK}/grandchild.pid; echo $$ > {MARK}/child.pid; wait"])
-'''
+"""
 
 
 def _pid(path: Path, timeout: float) -> int:
@@ -44,8 +45,9 @@ def test_sigterm_stops_the_suite_with_teardown_and_ends_the_running_command(tmp_
     inner.mkdir()
     shutil.copy(ROOT / "tests" / "conftest.py", inner / "conftest.py")
     (inner / "test_inner.py").write_text(INNER)
-    with started([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "test_inner.py"], cwd=inner,
-                 MARK=tmp_path) as proc:
+    with started(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "test_inner.py"], cwd=inner, MARK=tmp_path
+    ) as proc:
         child, grandchild = _pid(tmp_path / "child.pid", 60), _pid(tmp_path / "grandchild.pid", 60)
         proc.send_signal(signal.SIGTERM)
         output, _ = proc.communicate(timeout=60)

@@ -1,5 +1,6 @@
 """A sweep's runs read together: the grouped learning curve (mean and min-max band), the results table, and
 their command lines, on synthetic run dirs whose figures are known exactly."""
+
 import json
 import struct
 from pathlib import Path
@@ -27,30 +28,57 @@ def make_run(root: Path, name: str, evals, summary=None, **config) -> Path:
 
 
 def finished(solved_steps, solved_wall, final, world_size=2, threshold=475.0):
-    return {"world_size": world_size, "reward_threshold": threshold, "solved_env_steps": solved_steps,
-            "solved_wall_s": solved_wall, "final_eval_return_mean": final}
+    return {
+        "world_size": world_size,
+        "reward_threshold": threshold,
+        "solved_env_steps": solved_steps,
+        "solved_wall_s": solved_wall,
+        "final_eval_return_mean": final,
+    }
 
 
 @pytest.fixture
 def sweep(tmp_path):
     """Config "cp" over three seeds evaluating at the same env steps, config "lr" over two seeds that do not."""
     runs = tmp_path / "runs"
-    make_run(runs, "cp-seed0", [(1000, 2.0, 10.0), (2000, 4.0, 200.0), (3000, 6.0, 500.0)],
-             finished(3000, 6.0, 500.0), exp_name="cp", seed=0)
-    make_run(runs, "cp-seed1", [(1000, 3.0, 30.0), (2000, 5.0, 480.0), (3000, 7.0, 490.0)],
-             finished(2000, 5.0, 490.0), exp_name="cp", seed=1)
-    make_run(runs, "cp-seed2", [(1000, 1.0, 20.0), (2000, 2.0, 100.0), (3000, 3.0, 120.0)],
-             finished(None, None, 120.0), exp_name="cp", seed=2)
-    make_run(runs, "lr-seed0", [(1000, 1.0, 100.0), (3000, 3.0, 300.0)], finished(None, None, 300.0),
-             exp_name="lr", seed=0)
+    make_run(
+        runs,
+        "cp-seed0",
+        [(1000, 2.0, 10.0), (2000, 4.0, 200.0), (3000, 6.0, 500.0)],
+        finished(3000, 6.0, 500.0),
+        exp_name="cp",
+        seed=0,
+    )
+    make_run(
+        runs,
+        "cp-seed1",
+        [(1000, 3.0, 30.0), (2000, 5.0, 480.0), (3000, 7.0, 490.0)],
+        finished(2000, 5.0, 490.0),
+        exp_name="cp",
+        seed=1,
+    )
+    make_run(
+        runs,
+        "cp-seed2",
+        [(1000, 1.0, 20.0), (2000, 2.0, 100.0), (3000, 3.0, 120.0)],
+        finished(None, None, 120.0),
+        exp_name="cp",
+        seed=2,
+    )
+    make_run(
+        runs, "lr-seed0", [(1000, 1.0, 100.0), (3000, 3.0, 300.0)], finished(None, None, 300.0), exp_name="lr", seed=0
+    )
     make_run(runs, "lr-seed1", [(2000, 1.0, 50.0), (4000, 2.0, 150.0)], None, exp_name="lr", seed=1)
     return runs
 
 
 def test_runs_of_one_config_band_exactly_at_their_shared_env_steps(sweep):
     groups = sweeps.group(sweeps.read_runs(sorted(sweep.iterdir())))
-    assert list(groups) == ["cp", "lr"] and [r["dir"].name for r in groups["cp"]] == ["cp-seed0", "cp-seed1",
-                                                                                    "cp-seed2"]
+    assert list(groups) == ["cp", "lr"] and [r["dir"].name for r in groups["cp"]] == [
+        "cp-seed0",
+        "cp-seed1",
+        "cp-seed2",
+    ]
     b = sweeps.band([sweeps.eval_curve(r["rows"]) for r in groups["cp"]])
     assert b.x == [1000, 2000, 3000] and b.runs == 3 and not b.interpolated and not b.cut
     assert b.mean == pytest.approx([20.0, 260.0, 370.0])
@@ -78,8 +106,12 @@ def test_no_shared_range_is_refused():
 
 
 def test_a_resumed_run_counts_its_later_evaluation_at_a_repeated_step():
-    rows = [{"env_steps": 100, "eval_return_mean": 1.0}, {"env_steps": 200, "eval_return_mean": 2.0},
-            {"env_steps": 200, "eval_return_mean": 3.0}, {"env_steps": 250, "charts/episodic_return": 9.0}]
+    rows = [
+        {"env_steps": 100, "eval_return_mean": 1.0},
+        {"env_steps": 200, "eval_return_mean": 2.0},
+        {"env_steps": 200, "eval_return_mean": 3.0},
+        {"env_steps": 250, "charts/episodic_return": 9.0},
+    ]
     assert sweeps.eval_curve(rows) == ([100, 200], [1.0, 3.0])
 
 
@@ -87,9 +119,18 @@ def test_results_of_a_group_count_unsolved_runs_as_never(sweep):
     groups = sweeps.group(sweeps.read_runs(sorted(sweep.iterdir())))
     cp = sweeps.results(groups["cp"])
     # solved at 3000 and 2000 env steps, the third never: median of (2000, 3000, inf) = 3000
-    assert cp == {"runs": 3, "unfinished": 0, "ranks": [2], "thresholds": [475.0], "solved": 2,
-                  "steps_to_threshold": 3000, "time_to_threshold": 6.0, "final_median": 490.0,
-                  "final_min": 120.0, "final_max": 500.0}
+    assert cp == {
+        "runs": 3,
+        "unfinished": 0,
+        "ranks": [2],
+        "thresholds": [475.0],
+        "solved": 2,
+        "steps_to_threshold": 3000,
+        "time_to_threshold": 6.0,
+        "final_median": 490.0,
+        "final_min": 120.0,
+        "final_max": 500.0,
+    }
     lr = sweeps.results(groups["lr"])
     assert (lr["runs"], lr["unfinished"], lr["solved"], lr["steps_to_threshold"]) == (1, 1, 0, float("inf"))
 
@@ -110,16 +151,25 @@ def test_table_command_prints_one_line_per_group(sweep, capsys):
 def test_table_groups_by_another_config_key(sweep, capsys):
     assert cli.main(["table", "--group-by", "seed", *map(str, sorted(sweep.iterdir()))]) == 0
     rows = capsys.readouterr().out.splitlines()[2:]
-    assert [r.split(" | ")[0:2] for r in rows] == [["| seed=0", "2"], ["| seed=1", "1 (+1 unfinished)"],
-                                                   ["| seed=2", "1"]]
+    assert [r.split(" | ")[0:2] for r in rows] == [
+        ["| seed=0", "2"],
+        ["| seed=1", "1 (+1 unfinished)"],
+        ["| seed=2", "1"],
+    ]
 
 
-@pytest.mark.parametrize("args, message", [
-    ([], "no run dirs given (e.g. runs/*)"),
-    (["{tmp}/nope"], "run dir not found: {tmp}/nope"),
-    (["{runs}/cp-seed0", "{tmp}"], "{tmp}: no metrics.jsonl in it (is it a hvd-dqn run dir?)"),
-    (["--group-by", "colour", "{runs}/cp-seed0"], "--group-by 'colour': {runs}/cp-seed0's config.json has no such key"),
-])
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        ([], "no run dirs given (e.g. runs/*)"),
+        (["{tmp}/nope"], "run dir not found: {tmp}/nope"),
+        (["{runs}/cp-seed0", "{tmp}"], "{tmp}: no metrics.jsonl in it (is it a hvd-dqn run dir?)"),
+        (
+            ["--group-by", "colour", "{runs}/cp-seed0"],
+            "--group-by 'colour': {runs}/cp-seed0's config.json has no such key",
+        ),
+    ],
+)
 def test_table_bad_input_is_one_line_exit_2(sweep, tmp_path, capsys, args, message):
     args = [a.format(tmp=tmp_path, runs=sweep) for a in args]
     assert cli.main(["table", *args]) == 2
@@ -145,7 +195,8 @@ def test_grouped_plot_is_a_png_and_says_where_it_interpolated(sweep, tmp_path, c
     assert err.splitlines() == [
         "hvd-dqn: group lr: its runs evaluated at different global env steps; each run is interpolated linearly "
         "onto the 2 points where any of them evaluated (global env steps 2000 to 3000)",
-        "hvd-dqn: group lr: drawn over global env steps 2000 to 3000, the range all 2 runs cover"]
+        "hvd-dqn: group lr: drawn over global env steps 2000 to 3000, the range all 2 runs cover",
+    ]
 
 
 def test_group_by_needs_group(sweep, tmp_path, capsys):

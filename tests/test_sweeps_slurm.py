@@ -1,6 +1,7 @@
 """A seed sweep as a SLURM array job, for real on the loopback cluster: each array task trains its own seed into
 its own run dir, both named from the task id and stated in the task's first line of output; `hvd-dqn table`
 then reads the sweep."""
+
 import json
 import re
 from pathlib import Path
@@ -17,13 +18,27 @@ NODE = run(["hostname", "-s"], timeout=60).stdout.strip()  # local-slurm.sh's no
 def _array(tmp_path, cfg, array, *train_args):
     """Submit `cfg` as an array job of one rank per task and wait for it; returns (array job id, {task: output})."""
     out = tmp_path / "hvd-dqn-%A_%a.out"
-    proc = run(["sbatch", "--wait", "--parsable", f"--array={array}", "--ntasks-per-node=1", f"--output={out}",
-                LAUNCH / "slurm.sbatch", cfg, *train_args], timeout=400,
-               RUN_DIR=tmp_path / "runs", VIRTUAL_ENV=BIN.parent)
+    proc = run(
+        [
+            "sbatch",
+            "--wait",
+            "--parsable",
+            f"--array={array}",
+            "--ntasks-per-node=1",
+            f"--output={out}",
+            LAUNCH / "slurm.sbatch",
+            cfg,
+            *train_args,
+        ],
+        timeout=400,
+        RUN_DIR=tmp_path / "runs",
+        VIRTUAL_ENV=BIN.parent,
+    )
     job = proc.stdout.strip().split(";")[0]
     assert proc.returncode == 0 and job.isdigit(), proc.stdout + proc.stderr
-    outputs = {int(p.name.rsplit("_", 1)[1].split(".")[0]): p.read_text()
-               for p in tmp_path.glob(f"hvd-dqn-{job}_*.out")}
+    outputs = {
+        int(p.name.rsplit("_", 1)[1].split(".")[0]): p.read_text() for p in tmp_path.glob(f"hvd-dqn-{job}_*.out")
+    }
     return job, outputs
 
 
@@ -35,8 +50,9 @@ def _task_jobs(job: str) -> dict[int, str]:
 
 
 def _first_line(output: str, task_job: str, seed_note: str, run_dir: Path) -> None:
-    assert output.splitlines()[0] == (f"hvd-dqn: job {task_job} on 1 node(s) ({NODE}), 1 ranks, {seed_note}, "
-                                      f"run dir {run_dir} (start 1)"), output
+    assert output.splitlines()[0] == (
+        f"hvd-dqn: job {task_job} on 1 node(s) ({NODE}), 1 ranks, {seed_note}, run dir {run_dir} (start 1)"
+    ), output
 
 
 def test_an_array_job_trains_one_seed_per_task(local_slurm, tmp_path):
@@ -57,8 +73,9 @@ def test_an_array_job_trains_one_seed_per_task(local_slurm, tmp_path):
     again, outputs = _array(tmp_path, cfg, "1")
     run_dir = tmp_path / "runs" / "cp-sweep-seed1"
     _first_line(outputs[1], _task_jobs(again)[1], f"seed 1 (array task 1 of job {again})", run_dir)
-    assert outputs[1].splitlines()[1:] == [f"hvd-dqn: {run_dir} holds a finished run (summary.json): nothing to "
-                                           "do (set RUN_DIR for a new sweep)"]
+    assert outputs[1].splitlines()[1:] == [
+        f"hvd-dqn: {run_dir} holds a finished run (summary.json): nothing to do (set RUN_DIR for a new sweep)"
+    ]
     assert (run_dir / "summary.json").read_bytes() == summary
     table = run([BIN / "hvd-dqn", "table", *sorted((tmp_path / "runs").iterdir())], timeout=60)
     assert table.returncode == 0 and table.stderr == "", table.stderr

@@ -1,6 +1,7 @@
 """The user's surface on one tiny CartPole run (trained once per module, in process, with callbacks):
 callbacks, TensorBoard tags, progress output, ``evaluate``, ``export`` (loaded where Horovod cannot be imported),
 ``plot``, and the one-line errors of each command."""
+
 import io
 import json
 import re
@@ -16,9 +17,21 @@ from hvd_dqn import Callback, Config, Trainer
 from run_schedule import expected_updates
 from test_cli import NO_HOROVOD
 
-TINY = dict(env_id="CartPole-v1", seed=5, total_env_steps=1200, hidden_sizes=(16, 16), learning_starts=300,
-            train_every=100, updates_per_train=10, target_update_every=20, eval_every=600, eval_episodes=4,
-            log_every=300, batch_size=32, replay_capacity=2000)
+TINY = dict(
+    env_id="CartPole-v1",
+    seed=5,
+    total_env_steps=1200,
+    hidden_sizes=(16, 16),
+    learning_starts=300,
+    train_every=100,
+    updates_per_train=10,
+    target_update_every=20,
+    eval_every=600,
+    eval_episodes=4,
+    log_every=300,
+    batch_size=32,
+    replay_capacity=2000,
+)
 OBS = np.array([[0.01, -0.02, 0.03, 0.04], [0.1, 0.5, -0.05, -0.6], [-0.2, -1.0, 0.1, 1.5]], np.float32)
 
 
@@ -60,8 +73,7 @@ def test_callbacks_fire_at_every_log_evaluation_and_checkpoint(trained):
     # log every 300 of 1200 steps: 4 rows; evaluation at 600 and 1200, each followed by its log row
     assert [row["env_steps"] for row in logs] == [300, 600, 900, 1200]
     assert [e["env_steps"] for e in evals] == [600, 1200]
-    assert all({"eval_return_mean", "eval_return_std", "eval_return_min", "eval_return_max"} <= e.keys()
-               for e in evals)
+    assert all({"eval_return_mean", "eval_return_std", "eval_return_min", "eval_return_max"} <= e.keys() for e in evals)
     assert evals[-1]["eval_return_mean"] == summary["final_eval_return_mean"]
     assert evals[-1]["eval_episodes"] == 4
     assert kinds[-1] == "checkpoint" and kinds.count("checkpoint") == 1
@@ -70,8 +82,11 @@ def test_callbacks_fire_at_every_log_evaluation_and_checkpoint(trained):
     rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     assert [r["env_steps"] for r in rows] == [r["env_steps"] for r in logs]
     # learning_starts 300, a phase of 10 updates every 100 steps: 4 phases by step 600, 10 by the end
-    assert [row["updates"] for row in logs] == [expected_updates(TINY, until=row["env_steps"]) for row in logs] \
+    assert (
+        [row["updates"] for row in logs]
+        == [expected_updates(TINY, until=row["env_steps"]) for row in logs]
         == [10, 40, 70, 100]
+    )
     assert logs[-1]["updates"] == summary["updates"]
 
 
@@ -80,8 +95,11 @@ def test_runs_started_in_the_same_second_get_their_own_default_run_dirs(tmp_path
 
     monkeypatch.chdir(tmp_path)
     real = hvd_dqn.trainer.time.strftime
-    monkeypatch.setattr(hvd_dqn.trainer.time, "strftime",  # the run dir's clock stands still: one second for all
-                        lambda fmt, *t: "20261201-120000" if fmt == "%Y%m%d-%H%M%S" and not t else real(fmt, *t))
+    monkeypatch.setattr(
+        hvd_dqn.trainer.time,
+        "strftime",  # the run dir's clock stands still: one second for all
+        lambda fmt, *t: "20261201-120000" if fmt == "%Y%m%d-%H%M%S" and not t else real(fmt, *t),
+    )
     short = dict(TINY, total_env_steps=400, eval_every=400, log_every=400)
     dirs = [Path(Trainer(Config(**short)).train()["run_dir"]) for _ in range(3)]
     assert dirs == [Path("runs") / f"CartPole-v1-20261201-120000{s}" for s in ("", "-2", "-3")]
@@ -104,9 +122,18 @@ def test_tensorboard_event_files_hold_the_expected_tags(trained):
         for event in tf.compat.v1.train.summary_iterator(str(f)):
             for value in event.summary.value:
                 steps_by_tag.setdefault(value.tag, []).append(event.step)
-    expected = {"charts/episodic_return", "charts/epsilon", "losses/td_loss", "losses/q_mean", "eval_return_mean",
-                "eval_return_std", "perf/env_steps_per_s", "perf/env_steps_per_s_per_rank", "perf/updates_per_s",
-                "updates"}
+    expected = {
+        "charts/episodic_return",
+        "charts/epsilon",
+        "losses/td_loss",
+        "losses/q_mean",
+        "eval_return_mean",
+        "eval_return_std",
+        "perf/env_steps_per_s",
+        "perf/env_steps_per_s_per_rank",
+        "perf/updates_per_s",
+        "updates",
+    }
     assert expected <= steps_by_tag.keys(), sorted(steps_by_tag)
     assert "perf/allreduce_ms" not in steps_by_tag  # one rank runs no allreduce: the row holds None, not 0
     assert sorted(steps_by_tag["eval_return_mean"]) == [600, 1200]
@@ -114,8 +141,14 @@ def test_tensorboard_event_files_hold_the_expected_tags(trained):
 
 
 def _row(steps):
-    return {"env_steps": steps, "wall_s": steps / 100, "charts/episodic_return": 21.5, "losses/td_loss": 0.25,
-            "charts/epsilon": 0.5, "perf/env_steps_per_s": 1234.0}
+    return {
+        "env_steps": steps,
+        "wall_s": steps / 100,
+        "charts/episodic_return": 21.5,
+        "losses/td_loss": 0.25,
+        "charts/epsilon": 0.5,
+        "perf/env_steps_per_s": 1234.0,
+    }
 
 
 def test_progress_is_plain_lines_when_not_a_terminal(tmp_path):
@@ -193,8 +226,9 @@ def test_evaluate_run_dir_is_seeded_and_summarises(trained):
     assert env_id == "CartPole-v1" and n == 3
     # the run's saved network, greedy, on CartPole seeded 7, 8, 9, played here one episode at a time
     returns = greedy_returns(run_dir / "q_network.keras", "CartPole-v1", [7, 8, 9])
-    assert (mean, std, lo, hi) == tuple(round(float(x), 2) for x in
-                                        (np.mean(returns), np.std(returns), np.min(returns), np.max(returns)))
+    assert (mean, std, lo, hi) == tuple(
+        round(float(x), 2) for x in (np.mean(returns), np.std(returns), np.min(returns), np.max(returns))
+    )
     again = hvd_dqn("evaluate", run_dir, "--episodes", "3", "--seed", "7")
     assert parse_eval(again.stdout) == parse_eval(first.stdout)
 
@@ -251,8 +285,9 @@ def test_evaluate_export_dir_matches_the_run_dir(trained, exported):
     from_export = hvd_dqn("evaluate", exported, "--episodes", "2", "--seed", "11")
     assert from_export.returncode == 0, from_export.stderr
     assert parse_eval(from_export.stdout) == parse_eval(from_run.stdout)
-    keras_file = hvd_dqn("evaluate", exported / "q_network.keras", "--env", "CartPole-v1", "--episodes", "2",
-                         "--seed", "11")
+    keras_file = hvd_dqn(
+        "evaluate", exported / "q_network.keras", "--env", "CartPole-v1", "--episodes", "2", "--seed", "11"
+    )
     assert keras_file.returncode == 0, keras_file.stderr
     assert parse_eval(keras_file.stdout) == parse_eval(from_run.stdout)
 
@@ -336,17 +371,27 @@ def test_plot_of_a_dir_without_metrics(tmp_path):
     assert_one_line_error(hvd_dqn("plot", tmp_path, "-o", tmp_path / "p.png"), "no metrics.jsonl")
 
 
-@pytest.mark.parametrize("env_id, fragment", [("MountainCar-v0", "shape (2,) and 3 actions"),
-                                              ("Acrobot-v1", "shape (6,) and 3 actions")])
+@pytest.mark.parametrize(
+    "env_id, fragment", [("MountainCar-v0", "shape (2,) and 3 actions"), ("Acrobot-v1", "shape (6,) and 3 actions")]
+)
 def test_evaluate_on_an_env_that_does_not_match_the_model(trained, env_id, fragment):
-    assert_one_line_error(hvd_dqn("evaluate", trained[0], "--env", env_id, "--episodes", "1"),
-                          env_id, fragment, "expects shape (4,) and 2 actions")
+    assert_one_line_error(
+        hvd_dqn("evaluate", trained[0], "--env", env_id, "--episodes", "1"),
+        env_id,
+        fragment,
+        "expects shape (4,) and 2 actions",
+    )
 
 
-@pytest.mark.parametrize("args, fragment", [(["--episodes", "0"], "--episodes"),
-                                            (["--episodes", "-3"], "--episodes"),
-                                            (["--epsilon", "1.5"], "--epsilon"),
-                                            (["--env", "NoSuchEnv-v9"], "NoSuchEnv-v9")])
+@pytest.mark.parametrize(
+    "args, fragment",
+    [
+        (["--episodes", "0"], "--episodes"),
+        (["--episodes", "-3"], "--episodes"),
+        (["--epsilon", "1.5"], "--epsilon"),
+        (["--env", "NoSuchEnv-v9"], "NoSuchEnv-v9"),
+    ],
+)
 def test_evaluate_bad_options(trained, args, fragment):
     assert_one_line_error(hvd_dqn("evaluate", trained[0], *args), fragment)
 

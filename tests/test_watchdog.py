@@ -1,5 +1,6 @@
 """The watchdog's judgement in process: who ends the job, naming whom, and when it waits on (the real thing under
 horovodrun -np 2 is in test_job_safety.py)."""
+
 import os
 import re
 import sys
@@ -22,8 +23,10 @@ def test_a_rank_stuck_outside_collectives_ends_the_job_although_another_is_busy(
     rank 0 says so itself; rank 1 leaves it to rank 0, unless rank 0 has not done it DEFER_S later."""
     stuck = view(0, stalled_s=T + 1, where="deadlocked_step (hvd_dqn/testing/faults.py:9)")
     waiting = view(1, busy="writing a checkpoint", waiting=True, stalled_s=T + 2, where="allgather_object (x.py:1)")
-    line = ("rank 0 made no progress for 21 s (its process is alive: host h, pid 100): stuck in deadlocked_step "
-            "(hvd_dqn/testing/faults.py:9), outside any collective")
+    line = (
+        "rank 0 made no progress for 21 s (its process is alive: host h, pid 100): stuck in deadlocked_step "
+        "(hvd_dqn/testing/faults.py:9), outside any collective"
+    )
     assert verdict(0, [stuck, waiting], T) == line
     assert verdict(1, [stuck, waiting], T) is None
     late = stuck._replace(stalled_s=T + DEFER_S + 1)
@@ -42,8 +45,9 @@ def test_ranks_busy_with_long_work_wait_on_also_in_its_collectives():
     """The first learning phase (marked work) ends in a broadcast of the optimizer's slots, slow on a loaded machine:
     both ranks in that collective, stalled for longer than hang_timeout_s since before the compile, wait on (seen
     in a run when a rank in a collective stopped counting as busy)."""
-    views = [view(r, busy="compiling the update", waiting=True, stalled_s=T + 5, where="broadcast_variables")
-             for r in (0, 1)]
+    views = [
+        view(r, busy="compiling the update", waiting=True, stalled_s=T + 5, where="broadcast_variables") for r in (0, 1)
+    ]
     assert verdict(0, views, T) is None
     assert verdict(1, views, T) is None
 
@@ -54,17 +58,22 @@ def test_a_stale_heartbeat_comes_first():
 
 
 def test_ranks_waiting_in_collectives_that_do_not_match_are_a_deadlock():
-    views = [view(0, waiting=True, stalled_s=T + 1, where="allreduce_sum (a.py:1)"),
-             view(1, waiting=True, stalled_s=T + 3, where="allgather (a.py:2)")]
-    assert verdict(0, views, T) == ("rank 1 made no progress for 23 s (its process is alive: host h, pid 101): "
-                                    "waiting in allgather (a.py:2)")
+    views = [
+        view(0, waiting=True, stalled_s=T + 1, where="allreduce_sum (a.py:1)"),
+        view(1, waiting=True, stalled_s=T + 3, where="allgather (a.py:2)"),
+    ]
+    assert verdict(0, views, T) == (
+        "rank 1 made no progress for 23 s (its process is alive: host h, pid 101): waiting in allgather (a.py:2)"
+    )
 
 
 def test_two_stuck_ranks_are_named_by_the_lower_one():
     views = [view(0, stalled_s=T + 1, where="a"), view(1, stalled_s=T + 2, where="b")]
-    assert verdict(0, views, T) == ("rank 0 made no progress for 21 s (its process is alive: host h, pid 100): stuck "
-                                    "in a, outside any collective; rank 1 made no progress for 22 s (its process is "
-                                    "alive: host h, pid 101): stuck in b, outside any collective")
+    assert verdict(0, views, T) == (
+        "rank 0 made no progress for 21 s (its process is alive: host h, pid 100): stuck "
+        "in a, outside any collective; rank 1 made no progress for 22 s (its process is "
+        "alive: host h, pid 101): stuck in b, outside any collective"
+    )
     assert verdict(1, views, T) is None
 
 
@@ -97,5 +106,8 @@ def test_whereabouts_of_a_thread_blocked_in_our_code_and_in_a_collective():
         # the innermost frame, Condition.wait's in threading.py (Event.wait's is skipped: not ours), then ours (the
         # marking's frame too, here: a collective of distributed.py itself is the same module, and is skipped)
         marked = r", called from marked \(hvd_dqn/distributed\.py:\d+\)" if inside else ""
-        assert re.fullmatch(r"wait \(python3\.\d+/threading\.py:\d+\), called from wait_here "
-                            r"\(hvd_dqn/testing/blocked\.py:2\)" + marked, where), where
+        assert re.fullmatch(
+            r"wait \(python3\.\d+/threading\.py:\d+\), called from wait_here "
+            r"\(hvd_dqn/testing/blocked\.py:2\)" + marked,
+            where,
+        ), where

@@ -1,5 +1,6 @@
 """Tiny gymnasium envs, one per observation/action space a user's env may have, registered on import as
 ``user_envs:<Name>-v0`` ids. Each episode lasts 5 steps; the reward is 1 for action 1, so a Q-network learns it."""
+
 import gymnasium as gym
 import numpy as np
 
@@ -35,7 +36,9 @@ class Tiny(gym.Env):
 
 for _name in SPACES:
     gym.register(id=f"{_name}-v0", entry_point=f"{__name__}:Tiny", kwargs={"space": _name})
-gym.register(id="ContinuousAction-v0", entry_point=f"{__name__}:Tiny",
-             kwargs={"actions": gym.spaces.Box(-1.0, 1.0, (1,))})
-gym.register(id="MultiDiscreteAction-v0", entry_point=f"{__name__}:Tiny",
-             kwargs={"actions": gym.spaces.MultiDiscrete([2, 2])})
+gym.register(
+    id="ContinuousAction-v0", entry_point=f"{__name__}:Tiny", kwargs={"actions": gym.spaces.Box(-1.0, 1.0, (1,))}
+)
+gym.register(
+    id="MultiDiscreteAction-v0", entry_point=f"{__name__}:Tiny", kwargs={"actions": gym.spaces.MultiDiscrete([2, 2])}
+)

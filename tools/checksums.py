@@ -14,6 +14,7 @@ Atari (frame-once replay, n-step over stored frames, lives), each at np=1 and np
 np=2 runs use ``horovodrun -np 2 --mpi -H localhost:2``. The checkout this script lives in is put first on
 PYTHONPATH, so its hvd_dqn is the one that runs.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -28,16 +29,51 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
-SHORT = ["total_env_steps=4000", "learning_starts=500", "eval_every=2000", "eval_episodes=2", "log_every=2000",
-         "replay_capacity=5000", "hidden_sizes=[32, 32]"]
-ALGOS = ["prioritized_replay=true", "n_step=3", "dueling=true", "double_dqn=true", "target_tau=0.05",
-         "epsilon_spread=7.0", "scaling=strong", "batch_size=64", "updates_per_train=16", "target_update_every=16"]
-FEDERATED = ["federated_every=8", "scaling=strong", "batch_size=64", "updates_per_train=16",
-             "target_update_every=16", "policy_ema=0.5"]
-ATARI = ["total_env_steps=1200", "learning_starts=400", "train_every=32", "updates_per_train=2",
-         "target_update_every=4", "replay_capacity=4000", "eval_every=100000", "eval_episodes=2", "log_every=400",
-         "max_episode_frames=1200", "n_step=3", "prioritized_replay=true", "terminal_on_life_loss=true",
-         "num_envs=2"]
+SHORT = [
+    "total_env_steps=4000",
+    "learning_starts=500",
+    "eval_every=2000",
+    "eval_episodes=2",
+    "log_every=2000",
+    "replay_capacity=5000",
+    "hidden_sizes=[32, 32]",
+]
+ALGOS = [
+    "prioritized_replay=true",
+    "n_step=3",
+    "dueling=true",
+    "double_dqn=true",
+    "target_tau=0.05",
+    "epsilon_spread=7.0",
+    "scaling=strong",
+    "batch_size=64",
+    "updates_per_train=16",
+    "target_update_every=16",
+]
+FEDERATED = [
+    "federated_every=8",
+    "scaling=strong",
+    "batch_size=64",
+    "updates_per_train=16",
+    "target_update_every=16",
+    "policy_ema=0.5",
+]
+ATARI = [
+    "total_env_steps=1200",
+    "learning_starts=400",
+    "train_every=32",
+    "updates_per_train=2",
+    "target_update_every=4",
+    "replay_capacity=4000",
+    "eval_every=100000",
+    "eval_episodes=2",
+    "log_every=400",
+    "max_episode_frames=1200",
+    "n_step=3",
+    "prioritized_replay=true",
+    "terminal_on_life_loss=true",
+    "num_envs=2",
+]
 
 # name: (ranks, config, overrides)
 CASES = {
@@ -73,8 +109,12 @@ def run_case(name: str, keep: bool) -> list[str]:
         cmd += ["--set", item]
     if ranks > 1:
         cmd = [str(BIN / "horovodrun"), "-np", str(ranks), "--mpi", "-H", f"localhost:{ranks}", *cmd]
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]).rstrip(":"),
-           "TF_CPP_MIN_LOG_LEVEL": "3", "PATH": os.pathsep.join([str(BIN), os.environ.get("PATH", "")])}
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]).rstrip(":"),
+        "TF_CPP_MIN_LOG_LEVEL": "3",
+        "PATH": os.pathsep.join([str(BIN), os.environ.get("PATH", "")]),
+    }
     env.pop("HVD_DQN_TEST_HOOKS", None)
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=ROOT)
     if proc.returncode != 0:

@@ -7,6 +7,7 @@ or through a config, with this folder on PYTHONPATH: ``q_network: "custom_networ
 under Horovod like the built-in networks (rank 0's initial weights broadcast, gradients allreduced), checkpoints
 and resumes, and ``hvd-dqn export`` writes a SavedModel that serves without this file.
 """
+
 import sys
 
 from hvd_dqn import Config, Trainer
@@ -27,12 +28,24 @@ def layer_norm_mlp(observation_space, n_actions, config):
 if __name__ == "__main__":
     steps = int(sys.argv[1]) if len(sys.argv) > 1 else 20_000
     run_dir = sys.argv[2] if len(sys.argv) > 2 else "runs/custom-network"
-    config = Config(env_id="CartPole-v1", total_env_steps=steps, hidden_sizes=(64, 64), learning_starts=500,
-                    train_every=250, updates_per_train=50, target_update_every=100, eval_every=steps // 4,
-                    log_every=steps // 4, batch_size=64)
+    config = Config(
+        env_id="CartPole-v1",
+        total_env_steps=steps,
+        hidden_sizes=(64, 64),
+        learning_starts=500,
+        train_every=250,
+        updates_per_train=50,
+        target_update_every=100,
+        eval_every=steps // 4,
+        log_every=steps // 4,
+        batch_size=64,
+    )
     summary = Trainer(config, run_dir, q_network=layer_norm_mlp).train()
-    layers = sorted({type(layer).__name__ for layer in keras.models.load_model(
-        f"{run_dir}/q_network.keras", compile=False).layers})
-    print(f"[custom network] {summary['updates']} updates, final greedy return "
-          f"{summary['final_eval_return_mean']:.1f}; layers {', '.join(layers)}")
+    layers = sorted(
+        {type(layer).__name__ for layer in keras.models.load_model(f"{run_dir}/q_network.keras", compile=False).layers}
+    )
+    print(
+        f"[custom network] {summary['updates']} updates, final greedy return "
+        f"{summary['final_eval_return_mean']:.1f}; layers {', '.join(layers)}"
+    )
     print(f"[custom network] replicas equal: {len(set(summary['replica_checksums'])) == 1}")

@@ -5,6 +5,7 @@ hvd-dqn imports the module on every rank before it looks the id up, when a confi
 
     PYTHONPATH=examples/user_env horovodrun -np 2 hvd-dqn train --config examples/user_env/corridor.yaml
 """
+
 import gymnasium as gym
 import numpy as np
 

@@ -1,6 +1,7 @@
 """What every replay buffer of a rank offers the shard that samples it (``Buffer``), the sampled ``Batch``, and
 the memory check every buffer makes before allocating.
 """
+
 from __future__ import annotations
 
 from typing import NamedTuple, Protocol
@@ -26,9 +27,10 @@ def available_memory() -> int:
     """Bytes this process can still allocate: the host's available memory, or less under a cgroup (v2 or v1)
     memory limit, as in a container or a SLURM job with --mem."""
     available = psutil.virtual_memory().available
-    for limit_file, usage_file in (("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory.current"),
-                                   ("/sys/fs/cgroup/memory/memory.limit_in_bytes",
-                                    "/sys/fs/cgroup/memory/memory.usage_in_bytes")):
+    for limit_file, usage_file in (
+        ("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory.current"),
+        ("/sys/fs/cgroup/memory/memory.limit_in_bytes", "/sys/fs/cgroup/memory/memory.usage_in_bytes"),
+    ):
         try:
             limit = open(limit_file).read().strip()
             usage = int(open(usage_file).read().strip())
@@ -49,8 +51,8 @@ def check_fits(need: int, capacity: int, ranks_per_host: int = 1, memory_fractio
         on_host = f" x {ranks_per_host} ranks on this host" if ranks_per_host > 1 else ""
         raise UserError(
             f"replay: {capacity} transitions need {need / 2**30:.2f} GiB per rank{on_host} but only "
-            f"{available / 2**30:.2f} GiB is available; lower replay_capacity or use more hosts")
-
+            f"{available / 2**30:.2f} GiB is available; lower replay_capacity or use more hosts"
+        )
 
 
 class Buffer(Protocol):

@@ -17,6 +17,7 @@ rows' transitions are not).
 
 Memory: one frame (7,056 bytes) plus 14 bytes of columns per slot; ``nbytes`` is the total.
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -25,9 +26,18 @@ from hvd_dqn.replay.buffer import Batch, check_fits
 
 
 class FrameReplayBuffer:
-    def __init__(self, capacity: int, num_envs: int, frame_shape: tuple[int, ...] = (84, 84), stack: int = 4,
-                 padding: str = "zero", n_step: int = 1, gamma: float = 0.99, ranks_per_host: int = 1,
-                 memory_fraction: float = 0.9):
+    def __init__(
+        self,
+        capacity: int,
+        num_envs: int,
+        frame_shape: tuple[int, ...] = (84, 84),
+        stack: int = 4,
+        padding: str = "zero",
+        n_step: int = 1,
+        gamma: float = 0.99,
+        ranks_per_host: int = 1,
+        memory_fraction: float = 0.9,
+    ):
         if padding not in ("zero", "reset"):
             raise ValueError(f"padding must be 'zero' or 'reset', got {padding!r}")
         self.num_envs, self.stack, self.padding = int(num_envs), int(stack), padding
@@ -63,9 +73,14 @@ class FrameReplayBuffer:
     def start(self, obs: np.ndarray) -> np.ndarray:
         """The first observations after ``envs.reset()``: their newest frames become a row of episode starts."""
         self._episode_ended[:] = True
-        return self._write_row(obs, np.zeros(self.num_envs, np.int32), np.zeros(self.num_envs, np.float32),
-                               np.zeros(self.num_envs, bool), np.zeros(self.num_envs, bool),
-                               np.zeros(self.num_envs, bool))
+        return self._write_row(
+            obs,
+            np.zeros(self.num_envs, np.int32),
+            np.zeros(self.num_envs, np.float32),
+            np.zeros(self.num_envs, bool),
+            np.zeros(self.num_envs, bool),
+            np.zeros(self.num_envs, bool),
+        )
 
     def add(self, obs, action, reward, next_obs, terminated, truncated, episode_end=None) -> np.ndarray:
         """One vector step of all envs (``next_obs`` as the env returned it, (E, S, *frame)). An env whose
@@ -80,8 +95,9 @@ class FrameReplayBuffer:
     def _write_row(self, stacks, action, reward, terminated, truncated, end) -> np.ndarray:
         stacks = np.asarray(stacks)
         if stacks.shape != (self.num_envs, self.stack, *self.frame_shape):
-            raise ValueError(f"expected observations of shape {(self.num_envs, self.stack, *self.frame_shape)}, "
-                             f"got {stacks.shape}")
+            raise ValueError(
+                f"expected observations of shape {(self.num_envs, self.stack, *self.frame_shape)}, got {stacks.shape}"
+            )
         self._ep_pos = np.where(self._episode_ended, 0, self._ep_pos + 1)
         idx = slice(self.pos, self.pos + self.num_envs)
         d = self._data
@@ -100,14 +116,22 @@ class FrameReplayBuffer:
     def state_dict(self) -> dict[str, np.ndarray]:
         rows = min(self.rows_written, self.rows) * self.num_envs  # slots ever written
         state = {name: arr[:rows] for name, arr in self._data.items()}
-        state.update(size=np.asarray(len(self)), pos=np.asarray(self.pos), rows_written=np.asarray(self.rows_written),
-                     env_ep_pos=self._ep_pos.copy(), env_episode_ended=self._episode_ended.copy())
+        state.update(
+            size=np.asarray(len(self)),
+            pos=np.asarray(self.pos),
+            rows_written=np.asarray(self.rows_written),
+            env_ep_pos=self._ep_pos.copy(),
+            env_episode_ended=self._episode_ended.copy(),
+        )
         return state
 
     def load_state_dict(self, state: dict[str, np.ndarray]) -> None:
         rows = len(state["frame"])
-        if rows > self.capacity or state["frame"].shape[1:] != self.frame_shape \
-                or len(state["env_ep_pos"]) != self.num_envs:
+        if (
+            rows > self.capacity
+            or state["frame"].shape[1:] != self.frame_shape
+            or len(state["env_ep_pos"]) != self.num_envs
+        ):
             raise ValueError("frame replay of another capacity, frame shape or number of envs")
         for name, arr in self._data.items():
             arr[:rows] = state[name]
@@ -177,6 +201,12 @@ class FrameReplayBuffer:
             m = counted.sum(axis=-1)
             last = np.take_along_axis(slots, (m - 1)[..., None], axis=-1)[..., 0]
             reward = (d["reward"][slots] * counted * self.gamma ** np.arange(self.n_step)).sum(axis=-1)
-        batch = Batch(self._stacks(prev), d["action"][idx], reward.astype(np.float32), self._stacks(last),
-                      d["terminated"][last], d["truncated"][last])
-        return batch, (self.gamma ** m).astype(np.float32)
+        batch = Batch(
+            self._stacks(prev),
+            d["action"][idx],
+            reward.astype(np.float32),
+            self._stacks(last),
+            d["terminated"][last],
+            d["truncated"][last],
+        )
+        return batch, (self.gamma**m).astype(np.float32)

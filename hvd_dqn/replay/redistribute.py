@@ -16,6 +16,7 @@ without talking to the others:
 Discounts and priorities travel with their transitions. A slot that had no priority yet (filled behind the
 sum-tree's back) and a flushed start get the shard's largest priority, as a new transition would.
 """
+
 from __future__ import annotations
 
 from typing import NamedTuple
@@ -59,8 +60,9 @@ def deal(counts: list[int], new_size: int, new_rank: int, capacity: int) -> Deal
     return Deal(old_rank, index, dropped)
 
 
-def in_order(arrays: dict[str, np.ndarray], capacity: int, max_priority_weight: float | None,
-             flushed: NStepBatch | None = None) -> dict[str, np.ndarray]:
+def in_order(
+    arrays: dict[str, np.ndarray], capacity: int, max_priority_weight: float | None, flushed: NStepBatch | None = None
+) -> dict[str, np.ndarray]:
     """One old shard's transitions as columns in chronological order (oldest first), with ``discount`` and, when
     prioritized (``max_priority_weight``: the largest priority ** alpha), ``priority``; ``flushed`` (its pending
     n-step starts, flushed) appended as the newest."""
@@ -71,21 +73,28 @@ def in_order(arrays: dict[str, np.ndarray], capacity: int, max_priority_weight: 
     if max_priority_weight is not None:
         tracked = np.asarray(arrays["shard_priority"], np.float64)[:size]  # slots past the size hold no transition
         weight = np.full(size, max_priority_weight, np.float64)
-        weight[:len(tracked)] = tracked
+        weight[: len(tracked)] = tracked
         out["priority"] = weight[slots]
     if flushed is not None and len(flushed.action):
-        extra = dict(zip(COLUMNS, (flushed.obs, flushed.next_obs, flushed.action, flushed.reward,
-                                   flushed.terminated, flushed.truncated)))
+        extra = dict(
+            zip(
+                COLUMNS,
+                (flushed.obs, flushed.next_obs, flushed.action, flushed.reward, flushed.terminated, flushed.truncated),
+            )
+        )
         extra["discount"] = flushed.discount
         if max_priority_weight is not None:
             extra["priority"] = np.full(len(flushed.action), max_priority_weight, np.float64)
-        out = {name: np.concatenate([col, np.asarray(extra[name]).astype(col.dtype, copy=False)])
-               for name, col in out.items()}
+        out = {
+            name: np.concatenate([col, np.asarray(extra[name]).astype(col.dtype, copy=False)])
+            for name, col in out.items()
+        }
     return out
 
 
-def shard_arrays(old: list[dict[str, np.ndarray]], mine: Deal, capacity: int,
-                 max_priority: float | None) -> dict[str, np.ndarray]:
+def shard_arrays(
+    old: list[dict[str, np.ndarray]], mine: Deal, capacity: int, max_priority: float | None
+) -> dict[str, np.ndarray]:
     """The ``ReplayShard.load_state_dict`` arrays of a new rank from the old shards' chronological columns
     (``in_order``) and its ``deal``."""
     n = len(mine.index)

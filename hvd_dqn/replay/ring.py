@@ -3,6 +3,7 @@
 ``terminated`` (the episode really ended: no bootstrap) is kept apart from ``truncated`` (a time limit cut the
 episode: the next state's value still counts).
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -12,8 +13,14 @@ from hvd_dqn.replay.buffer import Batch, check_fits
 
 
 class ReplayBuffer:
-    def __init__(self, capacity: int, obs_shape: tuple[int, ...], obs_dtype=np.float32, memory_fraction: float = 0.9,
-                 ranks_per_host: int = 1):
+    def __init__(
+        self,
+        capacity: int,
+        obs_shape: tuple[int, ...],
+        obs_dtype=np.float32,
+        memory_fraction: float = 0.9,
+        ranks_per_host: int = 1,
+    ):
         self.capacity = int(capacity)
         columns = {
             "obs": ((self.capacity, *obs_shape), obs_dtype),
@@ -41,8 +48,14 @@ class ReplayBuffer:
             idx = slice(self.pos, self.pos + n)
         else:
             idx = (self.pos + np.arange(n)) % self.capacity
-        for name, value in (("obs", obs), ("next_obs", next_obs), ("action", action), ("reward", reward),
-                            ("terminated", terminated), ("truncated", truncated)):
+        for name, value in (
+            ("obs", obs),
+            ("next_obs", next_obs),
+            ("action", action),
+            ("reward", reward),
+            ("terminated", terminated),
+            ("truncated", truncated),
+        ):
             self._data[name][idx] = value
         slots = (self.pos + np.arange(n)) % self.capacity
         self.pos = int((self.pos + n) % self.capacity)
@@ -63,8 +76,14 @@ class ReplayBuffer:
 
     def gather(self, idx: np.ndarray) -> Batch:
         d = self._data
-        return Batch(d["obs"][idx], d["action"][idx], d["reward"][idx], d["next_obs"][idx],
-                     d["terminated"][idx], d["truncated"][idx])
+        return Batch(
+            d["obs"][idx],
+            d["action"][idx],
+            d["reward"][idx],
+            d["next_obs"][idx],
+            d["terminated"][idx],
+            d["truncated"][idx],
+        )
 
     # ---- checkpointing: plain arrays, no pickle
     def state_dict(self) -> dict[str, np.ndarray]:
@@ -76,8 +95,9 @@ class ReplayBuffer:
     def load_state_dict(self, state: dict[str, np.ndarray]) -> None:
         size = int(state["size"])
         if size > self.capacity:
-            raise UserError(f"replay: checkpoint holds {size} transitions, more than this rank's capacity "
-                            f"{self.capacity}")
+            raise UserError(
+                f"replay: checkpoint holds {size} transitions, more than this rank's capacity {self.capacity}"
+            )
         for name, arr in self._data.items():
             arr[:size] = state[name][:size]
         self.size, self.pos = size, int(state["pos"]) % self.capacity

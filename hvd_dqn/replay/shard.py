@@ -4,6 +4,7 @@ replay (proportional, Schaul et al. 2016), a sum-tree of priorities. The learner
 Each rank keeps the priorities of its own transitions (as Ape-X's replay does); the gradient allreduce then
 averages the importance-weighted gradients of all ranks, so nothing about priorities crosses ranks.
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -16,8 +17,9 @@ class ReplayShard:
     """This rank's buffer plus a per-slot bootstrap discount (gamma^m for n-step transitions) and, when
     prioritized, a sum-tree of priorities. Uses only the ``Buffer`` protocol."""
 
-    def __init__(self, buffer: Buffer, discount: float, prioritized: bool = False, alpha: float = 0.6,
-                 epsilon: float = 1e-6):
+    def __init__(
+        self, buffer: Buffer, discount: float, prioritized: bool = False, alpha: float = 0.6, epsilon: float = 1e-6
+    ):
         """``discount``: the bootstrap weight of a slot added without one (gamma^n, that of a full n-step
         window, so a buffer restored from a checkpoint without discounts is right for all but truncated tails)."""
         self.buffer = buffer
@@ -52,7 +54,7 @@ class ReplayShard:
             # n-step window is still open could only be zeroed, and nothing would raise it again.
             self.tree.set(idx, 0.0)
             ready = np.concatenate([waiting, idx])
-            self.tree.set(ready[self.buffer.sampleable(ready)], self.max_priority ** self.alpha)
+            self.tree.set(ready[self.buffer.sampleable(ready)], self.max_priority**self.alpha)
             self._tracked = min(self.capacity, self._tracked + n)
 
     def _waiting(self) -> np.ndarray:
@@ -101,7 +103,7 @@ class ReplayShard:
             return
         p = np.abs(np.asarray(td_abs, np.float64)).ravel() + self.epsilon
         self.max_priority = max(self.max_priority, float(p.max()))
-        self.tree.set(np.asarray(idx).ravel(), p ** self.alpha)
+        self.tree.set(np.asarray(idx).ravel(), p**self.alpha)
 
     def _track_restored(self) -> None:
         """Slots filled behind this wrapper's back (the plain buffer restored from a checkpoint) get the max
@@ -109,7 +111,7 @@ class ReplayShard:
         others enter the tree as they complete (``add``)."""
         if self.tree is not None and self._tracked < len(self.buffer):
             slots = np.arange(self._tracked, len(self.buffer))
-            self.tree.set(slots[self.buffer.sampleable(slots)], self.max_priority ** self.alpha)
+            self.tree.set(slots[self.buffer.sampleable(slots)], self.max_priority**self.alpha)
             self._tracked = len(self.buffer)
 
     # ---- checkpointing: plain arrays, no pickle
@@ -117,7 +119,7 @@ class ReplayShard:
         """The buffer's own arrays plus each slot's discount and, when prioritized, the priorities of the slots
         tracked so far and the largest priority seen."""
         arrays = dict(self.buffer.state_dict())
-        arrays["shard_discount"] = self.discount[:int(arrays["size"])]
+        arrays["shard_discount"] = self.discount[: int(arrays["size"])]
         if self.tree is not None:
             arrays["shard_priority"] = self.tree.get(np.arange(self._tracked))
             arrays["shard_max_priority"] = np.asarray(self.max_priority)
@@ -125,7 +127,7 @@ class ReplayShard:
 
     def load_state_dict(self, arrays: dict[str, np.ndarray]) -> None:
         self.buffer.load_state_dict(arrays)
-        self.discount[:int(arrays["size"])] = arrays["shard_discount"]
+        self.discount[: int(arrays["size"])] = arrays["shard_discount"]
         if self.tree is not None:
             priority = arrays["shard_priority"]
             # the tree is a function of its leaves (each parent = left + right), so rebuilding them is exact

@@ -3,6 +3,7 @@
 Each rank keeps the priorities of its own transitions (as Ape-X's replay does); the gradient allreduce then
 averages the importance-weighted gradients of all ranks, so nothing about priorities crosses ranks.
 """
+
 from __future__ import annotations
 
 import numpy as np

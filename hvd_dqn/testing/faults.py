@@ -22,6 +22,7 @@ training loop carries no fault check at all in a production job.
   its gradient computations (a parameter-server worker's) or runs of updates, it sleeps FACTOR - 1 times the time
   that took.
 """
+
 from __future__ import annotations
 
 import os
@@ -139,8 +140,10 @@ class DieInCheckpoint(_RankFault):
 
         def dying_state_dict():
             if trainer.state.env_steps >= self.step:
-                say(f"hvd-dqn: {DIE_IN_CHECKPOINT_ENV}: rank {trainer.world.rank} ends its process while writing the "
-                    f"checkpoint of global env step {trainer.state.env_steps}")
+                say(
+                    f"hvd-dqn: {DIE_IN_CHECKPOINT_ENV}: rank {trainer.world.rank} ends its process while writing the "
+                    f"checkpoint of global env step {trainer.state.env_steps}"
+                )
                 os._exit(1)
             return state_dict()
 
@@ -157,8 +160,10 @@ class HangInEval(_RankFault):
     def _hanging(self, trainer, step):
         def hanging_step(*args, **kwargs):
             if trainer.state.env_steps >= self.step:
-                say(f"hvd-dqn: {HANG_IN_EVAL_ENV}: rank {trainer.world.rank}'s evaluation env blocks in step() at "
-                    f"global env step {trainer.state.env_steps}")
+                say(
+                    f"hvd-dqn: {HANG_IN_EVAL_ENV}: rank {trainer.world.rank}'s evaluation env blocks in step() at "
+                    f"global env step {trainer.state.env_steps}"
+                )
                 while True:
                     time.sleep(60)
             return step(*args, **kwargs)
@@ -175,8 +180,10 @@ class DeadlockAt(_RankFault):
 
         def deadlocked_step(*args):
             if trainer.state.env_steps >= self.step:
-                say(f"hvd-dqn: {DEADLOCK_ENV}: rank {trainer.world.rank} deadlocks at global env step "
-                    f"{trainer.state.env_steps}")
+                say(
+                    f"hvd-dqn: {DEADLOCK_ENV}: rank {trainer.world.rank} deadlocks at global env step "
+                    f"{trainer.state.env_steps}"
+                )
                 lock = threading.Lock()
                 lock.acquire()
                 lock.acquire()
@@ -205,8 +212,9 @@ def from_env() -> list[Callback]:
         try:
             hooks.append(SlowRank(_int(SLOW_RANK_ENV, rank), float(factor or "2")))
         except ValueError:
-            raise UserError(f"{SLOW_RANK_ENV}: expected RANK:FACTOR, got {excerpt(os.environ[SLOW_RANK_ENV])}") \
-                from None
+            raise UserError(
+                f"{SLOW_RANK_ENV}: expected RANK:FACTOR, got {excerpt(os.environ[SLOW_RANK_ENV])}"
+            ) from None
     return hooks
 
 
