@@ -147,3 +147,18 @@ def test_sigterm_ends_the_benchmark_and_the_run_it_started(tmp_path):
             if Path(f"/proc/{child}").exists():
                 os.killpg(child, signal.SIGKILL)
     assert not (tmp_path / "r.jsonl").exists()  # a killed run is not recorded as a result
+
+
+def test_train_return_goes_back_whole_rows_to_100_episodes():
+    import train_return
+
+    rows = [
+        {"env_steps": 5000, "charts/episodic_return": 1.0, "charts/episodes": 80},
+        {"env_steps": 10000, "charts/episodic_return": None, "charts/episodes": 0},
+        {"env_steps": 15000, "charts/episodic_return": 4.0, "charts/episodes": 30},
+        {"env_steps": 20000, "charts/episodic_return": 6.0, "charts/episodes": 90},
+    ]
+    assert train_return.trailing_mean(rows, 15000, 100) == ((80 * 1.0 + 30 * 4.0) / 110, 110)
+    assert train_return.trailing_mean(rows, 20000, 100) == ((30 * 4.0 + 90 * 6.0) / 120, 120)
+    assert train_return.trailing_mean(rows, 20000, 90) == (6.0, 90)
+    assert train_return.trailing_mean(rows, 10000, 100) is None
