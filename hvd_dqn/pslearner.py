@@ -141,6 +141,18 @@ class PSLearner(Learner):
 
         return gradient
 
+    def state_dict(self) -> dict:
+        """The counters, and on the server its staleness counts: a resumed run's summary counts the whole run."""
+        state = super().state_dict()
+        if self.is_server:
+            state["staleness"] = self.protocol.staleness.state_dict()
+        return state
+
+    def load_state_dict(self, state: dict) -> None:
+        super().load_state_dict(state)
+        if self.is_server and "staleness" in state:
+            self.protocol.staleness.load_state_dict(state["staleness"])
+
     def ps_stats(self) -> dict:
         """The server's staleness counts (empty on a worker)."""
         return self.protocol.staleness.summary() if self.is_server else {}

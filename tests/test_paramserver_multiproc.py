@@ -52,6 +52,9 @@ def test_sync_resume_is_bit_exact(launched):
     assert resumed["updates"] == straight["updates"] == 260
     # the server's optimizer state came back with the weights: the same bytes as the run that never stopped
     assert resumed["replica_checksums"] == straight["replica_checksums"]
+    # the staleness counts came back too: the summary counts the whole run's 260 updates, not the 160 after 1500
+    assert resumed["ps_staleness_counts"] == straight["ps_staleness_counts"] == [260]
+    assert (resumed["ps_staleness_max"], resumed["ps_rejected"], resumed["ps_dropped"]) == (0, 0, 0)
     rows = [json.loads(ln) for ln in (work / "sync_resumed" / "metrics.jsonl").read_text().splitlines()]
     assert [r.get("event") for r in rows].count("resumed") == 1
 
