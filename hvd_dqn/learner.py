@@ -109,7 +109,9 @@ class Learner:
             self._optimizer_synced = True
 
     # ---- the math of one update
-    def _update(self, obs, action, reward, next_obs, terminated, discount, weights):
+    def _td_loss(self, obs, action, reward, next_obs, terminated, discount, weights):
+        """(tape, loss, Q of the actions taken, TD target) of one minibatch: the tape holds the online network's
+        forward pass, for the gradient of the loss."""
         cfg = self.config
         next_q_target = self.target(next_obs, training=False)
         next_q_online = self.online(next_obs, training=False) if cfg.double_dqn else None
@@ -118,6 +120,11 @@ class Learner:
             q = self.online(obs, training=True)
             q_taken = losses.q_of_actions(q, action)
             loss = losses.weighted_huber_loss(q_taken - target, weights, cfg.huber_delta)
+        return tape, loss, q_taken, target
+
+    def _update(self, obs, action, reward, next_obs, terminated, discount, weights):
+        cfg = self.config
+        tape, loss, q_taken, target = self._td_loss(obs, action, reward, next_obs, terminated, discount, weights)
         # Horovod: on several ranks the allreduce runs inside minimize (never tape.gradient + apply_gradients)
         self.optimizer.minimize(loss, self.online.trainable_variables, tape=tape)
         if cfg.target_tau is not None:  # same online weights on every rank -> the same target on every rank

@@ -1,6 +1,8 @@
 """``hvd-dqn plan``: what a job of N ranks will do for a config, before it spends cluster hours: each rank's batch,
 learning rate, optimizer constants and schedule (``hvd_dqn.scaling``'s arithmetic, not repeated here), the
 sequential updates of the whole run, and the replay memory per rank and per host against this host's memory.
+With a parameter server, rank 0 serves and the N - 1 others are the learners the schedule is split over, as in
+``hvd_dqn.pstrainer``.
 """
 
 from __future__ import annotations
@@ -10,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from hvd_dqn import scaling
+from hvd_dqn import psmath, scaling
 from hvd_dqn.envs import env_options, make_env, stored_obs_dtype
 from hvd_dqn.errors import UserError
 from hvd_dqn.replay.buffer import available_memory, check_fits
@@ -75,7 +77,12 @@ def plan(
     ranks_per_host = default_ranks_per_host(world_size) if ranks_per_host is None else ranks_per_host
     if not 1 <= ranks_per_host <= world_size:
         raise UserError(f"--ranks-per-host must be 1 to --np ({world_size}), got {ranks_per_host}")
-    share = config.per_rank(world_size)
+    mode = config.parameter_server
+    psmath.check_world(mode, world_size, True)  # the launcher is not known here: as if it were an MPI one
+    workers = world_size if mode == "none" else world_size - 1  # the ranks that act and compute gradients
+    # the minibatches one optimizer step takes in: one per worker (allreduce, sync), one worker's (async)
+    per_step = 1 if mode == "async" else workers
+    share = config.per_rank(workers)
     config.check_schedule(share)
     phases = scaling.learning_phases(config, share)
     updates = phases * share.updates_per_phase
@@ -91,9 +98,12 @@ def plan(
     return {
         "env_id": config.env_id,
         "world_size": world_size,
+        "parameter_server": mode,
+        "workers": workers,
+        "ps_max_staleness": config.ps_max_staleness if mode == "async" else None,
         "scaling": config.scaling,
         "batch_per_rank": share.batch_size,
-        "global_batch": share.batch_size * world_size,
+        "global_batch": share.batch_size * per_step,
         "learning_rate": share.learning_rate,
         "learning_rate_final": share.learning_rate * config.lr_final_fraction,
         "learning_rate_warmup_from": config.learning_rate if config.lr_warmup_env_steps else None,
@@ -103,12 +113,14 @@ def plan(
         "learning_phases": phases,
         "updates_per_rank": updates,
         "optimizer_steps_per_rank": updates // config.backward_passes_per_step,
+        # async: each worker's gradients go in as they arrive, as many as its pace gives
+        "gradients_per_worker": None if mode == "async" else updates,
         "target_update_every": share.target_update_every,
         "target_tau": config.target_tau,
         "federated_every": config.federated_every,
         "env_steps": env_steps,
-        "env_steps_per_rank": env_steps // world_size,
-        "samples_per_env_step": updates * share.batch_size * world_size / env_steps,
+        "env_steps_per_rank": env_steps // workers,
+        "samples_per_env_step": updates * share.batch_size * per_step / env_steps,
         "observation_shape": list(obs_shape),
         "replay_capacity_per_rank": slots,
         "replay_bytes_per_rank": total,
@@ -151,19 +163,46 @@ def table(p: dict[str, Any]) -> str:
         else f"every {p['target_update_every']:,} updates"
     )
     fits = "fits" if p["replay_fits"] else "does NOT fit (90% of it is the limit)"
-    rows = [
-        ("ranks", f"{p['world_size']} (scaling {p['scaling']}), {p['ranks_per_host']} per host"),
-        ("batch per rank", f"{p['batch_per_rank']:,} (global batch {p['global_batch']:,})"),
-        ("learning rate per rank", lr),
+    mode, workers = p["parameter_server"], p["workers"]
+    updates = (
+        f"{p['updates_per_rank']:,} one after another, in {p['learning_phases']:,} phases "
+        f"({_g(p['samples_per_env_step'])} samples replayed per env step)"
+    )
+    if mode == "none":
+        rows = [
+            ("ranks", f"{p['world_size']} (scaling {p['scaling']}), {p['ranks_per_host']} per host"),
+            ("batch per rank", f"{p['batch_per_rank']:,} (global batch {p['global_batch']:,})"),
+            ("learning rate per rank", lr),
+        ]
+        env_steps = f"{p['env_steps_per_rank']:,} per rank"
+    else:
+        if mode == "sync":
+            step = f"the mean of one gradient from each of the {workers} workers"
+            batch = f"global batch {p['global_batch']:,}"
+            updates += f"; each worker computes {p['gradients_per_worker']:,} gradients"
+        else:
+            step = f"each worker's gradient as it arrives, at most {p['ps_max_staleness']} server steps stale"
+            batch = "one worker's minibatch per server step"
+        rows = [
+            (
+                "ranks",
+                f"{p['world_size']} (scaling {p['scaling']}): the server and {workers} workers, "
+                f"{p['ranks_per_host']} per host",
+            ),
+            (
+                "server",
+                f"rank 0, {mode}: holds the weights and the optimizer, takes no env steps; a step applies {step}",
+            ),
+            ("batch per worker", f"{p['batch_per_rank']:,} ({batch})"),
+            ("learning rate", f"{lr} (the server's)"),
+        ]
+        env_steps = f"{p['env_steps_per_rank']:,} per worker"
+    rows += [
         ("optimizer", f"{opt}: {consts}; gradient clipping {clip}"),
         ("updates per phase", f"{p['updates_per_phase']:,} every {p['env_steps_per_phase']:,} global env steps"),
         ("target network", target),
-        (
-            "updates per rank",
-            f"{p['updates_per_rank']:,} one after another, in {p['learning_phases']:,} phases "
-            f"({_g(p['samples_per_env_step'])} samples replayed per env step)",
-        ),
-        ("env steps", f"{p['env_steps']:,} ({p['env_steps_per_rank']:,} per rank)"),
+        ("updates per rank" if mode == "none" else "server updates", updates),
+        ("env steps", f"{p['env_steps']:,} ({env_steps})"),
         ("replay per rank", f"{p['replay_capacity_per_rank']:,} transitions, {_bytes(p['replay_bytes_per_rank'])}"),
         (
             "replay per host",

@@ -13,7 +13,7 @@ from __future__ import annotations
 import numpy as np
 import tensorflow as tf
 
-from hvd_dqn import losses, optimizers, paramserver, psmath
+from hvd_dqn import optimizers, paramserver, psmath
 from hvd_dqn.learner import Learner, PhaseResult, _copy_weights, phase_chunks
 from hvd_dqn.schedules import annealed_beta, scheduled_learning_rate
 
@@ -41,14 +41,7 @@ class PSLearner(Learner):
 
     # ---- TF functions
     def _gradient(self, obs, action, reward, next_obs, terminated, discount, weights):
-        cfg = self.config
-        next_q_target = self.target(next_obs, training=False)
-        next_q_online = self.online(next_obs, training=False) if cfg.double_dqn else None
-        target = tf.stop_gradient(losses.td_target(reward, terminated, next_q_target, discount, next_q_online))
-        with tf.GradientTape() as tape:
-            q = self.online(obs, training=True)
-            q_taken = losses.q_of_actions(q, action)
-            loss = losses.weighted_huber_loss(q_taken - target, weights, cfg.huber_delta)
+        tape, loss, q_taken, target = self._td_loss(obs, action, reward, next_obs, terminated, discount, weights)
         grads = tape.gradient(loss, self.online.trainable_variables)
         flat = tf.concat([tf.reshape(tf.cast(g, tf.float32), [-1]) for g in grads], axis=0)
         return loss, tf.reduce_mean(q_taken), tf.abs(q_taken - target), flat
@@ -147,6 +140,18 @@ class PSLearner(Learner):
             return out
 
         return gradient
+
+    def state_dict(self) -> dict:
+        """The counters, and on the server its staleness counts: a resumed run's summary counts the whole run."""
+        state = super().state_dict()
+        if self.is_server:
+            state["staleness"] = self.protocol.staleness.state_dict()
+        return state
+
+    def load_state_dict(self, state: dict) -> None:
+        super().load_state_dict(state)
+        if self.is_server and "staleness" in state:
+            self.protocol.staleness.load_state_dict(state["staleness"])
 
     def ps_stats(self) -> dict:
         """The server's staleness counts (empty on a worker)."""

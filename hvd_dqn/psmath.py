@@ -99,6 +99,13 @@ class StalenessCount:
     def max(self) -> int | None:
         return len(self.counts) - 1 if self.counts else None
 
+    def state_dict(self) -> dict:
+        return {"counts": list(self.counts), "rejected": self.rejected, "dropped": self.dropped}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.counts = [int(n) for n in state["counts"]]
+        self.rejected, self.dropped = int(state["rejected"]), int(state["dropped"])
+
     def summary(self) -> dict:
         return {
             "ps_staleness_max": self.max,

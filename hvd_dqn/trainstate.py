@@ -26,6 +26,7 @@ from hvd_dqn.envs import env_seeds
 from hvd_dqn.errors import clip, excerpt, say
 from hvd_dqn.replay import redistribute
 
+LEARNER_KEY = "learner"  # state.json's optional learner state besides the counters (``_learner_extras``)
 LOOP_KEYS = ("train_stats", "last_eval", "solved_env_steps", "solved_wall_s")  # state.json's loop, after the counters
 
 
@@ -38,6 +39,13 @@ class Parts(NamedTuple):
     actor: Any  # hvd_dqn.actor.Actor
     evaluator: Any  # hvd_dqn.evaluation.Evaluator
     loop: Any  # hvd_dqn.trainer.LoopState
+
+
+def _learner_extras(counters: dict[str, Any]) -> dict[str, Any]:
+    """state.json's LEARNER_KEY: the learner's state besides its counters (a parameter server's staleness
+    counts), when it has any."""
+    extras = {key: value for key, value in counters.items() if key not in ("updates", "since_sync")}
+    return {LEARNER_KEY: extras} if extras else {}
 
 
 def replay_arrays(parts: Parts) -> dict[str, np.ndarray]:
@@ -77,6 +85,7 @@ def save(run_dir: Path, world, config, parts: Parts, started_at: float) -> Path:
                         **{k: loop_state[k] for k in LOOP_KEYS},
                     },
                     "updates": counters["updates"],
+                    **_learner_extras(counters),
                     "evaluator_count": parts.evaluator.state_dict()["count"],
                     "started_at": started_at,
                     "written_at": time.time(),
@@ -152,6 +161,8 @@ LOOP_TYPES = {
 def _check_state(ckpt: Path, state: dict[str, Any]) -> None:
     """A one-line CheckpointError naming state.json where a key that restore reads is missing or of another type
     (a hand-edited or foreign file whose manifest was rewritten to match)."""
+    if not isinstance(state.get(LEARNER_KEY, {}), dict):
+        raise checkpoint.damaged(ckpt, f"state.json is damaged ({LEARNER_KEY} is {excerpt(state[LEARNER_KEY])})")
     for where, data, types in (("", state, STATE_TYPES), ("loop.", state.get("loop"), LOOP_TYPES)):
         for key, kind in types.items():
             if key not in data:
@@ -196,7 +207,9 @@ def restore(ckpt: Path, world, config, parts: Parts) -> dict[str, Any]:
         if world.is_chief:
             say(resized.line)
     parts.loop.load_state_dict(loop)
-    parts.learner.load_state_dict({"updates": state["updates"], "since_sync": loop["since_sync"]})
+    parts.learner.load_state_dict(
+        {"updates": state["updates"], "since_sync": loop["since_sync"], **state.get(LEARNER_KEY, {})}
+    )
     parts.evaluator.load_state_dict({"count": state["evaluator_count"]})
     # Horovod: every rank read the same file; the broadcast makes rank 0's bytes the truth regardless.
     parts.learner.broadcast_restored()

@@ -18,6 +18,7 @@ from hvd_dqn.config import Config
 from hvd_dqn.preemption import Preempted
 from hvd_dqn.pslearner import PSLearner
 from hvd_dqn.trainer import Trainer
+from ps_config import BASE
 
 work = Path(sys.argv[1])
 world = distributed.init()
@@ -57,36 +58,21 @@ if world.rank == 0:
     }
 
 # ---- 2. training runs
-base = {
-    "env_id": "CartPole-v1",
-    "total_env_steps": 3000,
-    "hidden_sizes": [32, 32],
-    "learning_starts": 500,
-    "train_every": 200,
-    "updates_per_train": 20,
-    "target_update_every": 50,
-    "eval_every": 1500,
-    "eval_episodes": 10,
-    "log_every": 1000,
-    "batch_size": 32,
-    "replay_capacity": 5000,
-    "checkpoint_every_minutes": None,
-}
 summaries = {}
-summaries["sync"] = Trainer(Config.from_dict({**base, "parameter_server": "sync"}), work / "sync").train()
+summaries["sync"] = Trainer(Config.from_dict({**BASE, "parameter_server": "sync"}), work / "sync").train()
 os.environ["HVD_DQN_PREEMPT_AT"] = "0:1500"
 try:
-    Trainer(Config.from_dict({**base, "parameter_server": "sync"}), work / "sync_resumed").train()
+    Trainer(Config.from_dict({**BASE, "parameter_server": "sync"}), work / "sync_resumed").train()
     summaries["preempted"] = None
 except Preempted as exc:
     summaries["preempted"] = str(exc.checkpoint)
 del os.environ["HVD_DQN_PREEMPT_AT"]
 summaries["sync_resumed"] = Trainer(
-    Config.from_dict({**base, "parameter_server": "sync"}), work / "sync_resumed", resume=True
+    Config.from_dict({**BASE, "parameter_server": "sync"}), work / "sync_resumed", resume=True
 ).train()
 os.environ["HVD_DQN_SLOW_RANK"] = "2:3"
 summaries["async"] = Trainer(
-    Config.from_dict({**base, "parameter_server": "async", "ps_max_staleness": 1}), work / "async"
+    Config.from_dict({**BASE, "parameter_server": "async", "ps_max_staleness": 1}), work / "async"
 ).train()
 del os.environ["HVD_DQN_SLOW_RANK"]
 out["summaries"] = summaries

@@ -1,10 +1,12 @@
 """The parameter server in process: its arithmetic and message layout, and the refusals (one rank, Gloo, keys
 that need an allreduce). The protocol under a real launcher: test_paramserver_multiproc.py."""
 
+import json
+
 import numpy as np
 import pytest
 
-from hvd_dqn import cli, psmath
+from hvd_dqn import cli, psmath, trainstate
 from hvd_dqn.config import Config
 from hvd_dqn.errors import UserError
 
@@ -54,6 +56,29 @@ def test_staleness_bound_and_pull_rule():
         "ps_rejected": 3,
         "ps_dropped": 1,
     }
+
+
+def test_staleness_counts_round_trip_through_a_checkpoints_json():
+    count = psmath.StalenessCount()
+    for s in (0, 3, 1):
+        count.add(s)
+    count.rejected, count.dropped = 4, 2
+    back = psmath.StalenessCount()
+    back.load_state_dict(json.loads(json.dumps(count.state_dict())))
+    back.add(3)
+    assert back.summary() == {
+        "ps_staleness_max": 3,
+        "ps_staleness_counts": [1, 1, 0, 2],
+        "ps_rejected": 4,
+        "ps_dropped": 2,
+    }
+
+
+def test_state_json_holds_the_learners_extras_only_when_it_has_some():
+    assert trainstate._learner_extras({"updates": 5, "since_sync": 1}) == {}
+    staleness = {"counts": [2], "rejected": 0, "dropped": 1}
+    extras = trainstate._learner_extras({"updates": 5, "since_sync": 1, "staleness": staleness})
+    assert extras == {trainstate.LEARNER_KEY: {"staleness": staleness}}
 
 
 @pytest.mark.parametrize("size, mpi, fragment", [(1, False, "needs at least 2 ranks"), (3, False, "runs on Gloo")])

@@ -1,14 +1,17 @@
 """The parameter server under `horovodrun -np 3 --mpi` (rank 0 serves, two workers), for real: one launch
-(tests/mp_paramserver.py) that several tests read."""
+(tests/mp_paramserver.py) that several tests read; and a failing rank under the other launchers, mpirun and srun
+(launch/mpirun.sh, launch/slurm.sbatch on the loopback SLURM cluster of test_launchers.py's fixture)."""
 
 import json
 import sys
+from pathlib import Path
 
 import numpy as np
 import psutil
 import pytest
 
 from conftest import BIN, ROOT, run
+from test_launchers import LAUNCH, _job, local_slurm  # noqa: F401 (local_slurm: the session fixture)
 
 pytestmark = pytest.mark.multiproc
 
@@ -52,6 +55,9 @@ def test_sync_resume_is_bit_exact(launched):
     assert resumed["updates"] == straight["updates"] == 260
     # the server's optimizer state came back with the weights: the same bytes as the run that never stopped
     assert resumed["replica_checksums"] == straight["replica_checksums"]
+    # the staleness counts came back too: the summary counts the whole run's 260 updates, not the 160 after 1500
+    assert resumed["ps_staleness_counts"] == straight["ps_staleness_counts"] == [260]
+    assert (resumed["ps_staleness_max"], resumed["ps_rejected"], resumed["ps_dropped"]) == (0, 0, 0)
     rows = [json.loads(ln) for ln in (work / "sync_resumed" / "metrics.jsonl").read_text().splitlines()]
     assert [r.get("event") for r in rows].count("resumed") == 1
 
@@ -65,29 +71,36 @@ def test_async_staleness_never_exceeds_the_bound(launched):
     assert len(set(s["replica_checksums"])) == 1  # every rank holds the server's weights at the end
 
 
-@pytest.mark.parametrize("rank, who", [(0, "the server"), (1, "a worker")])
-def test_a_failing_rank_ends_the_job_naming_it(tiny_cartpole, tmp_path, rank, who):
+def _fault_launch(launcher: str, config, run_dir, tmp_path, rank: int):
+    """``config`` with parameter_server async on 3 ranks through launch/mpirun.sh or launch/slurm.sbatch (srun
+    over PMIx), rank ``rank`` raising at env step 1000: (exit status, all output)."""
+    env = {"RUN_DIR": run_dir, "VIRTUAL_ENV": BIN.parent, "HVD_DQN_FAULT": f"{rank}:1000"}
+    args = [config, "--set", "parameter_server=async"]
+    if launcher == "mpirun":
+        proc = run([LAUNCH / "mpirun.sh", *args], timeout=900, NP=3, HOSTS="localhost:3", **env)
+        return proc.returncode, proc.stdout + proc.stderr
+    out = tmp_path / "job-%j.out"
+    # 3 tasks on this machine's 2 cores: the job's 2-task allocation, srun starting 3 in it with --overcommit
+    # (sbatch refuses 3 tasks per node on a node of 2 CPUs, --overcommit or not)
+    sbatch = ["sbatch", "--wait", "--parsable", f"--output={out}"]
+    proc = run([*sbatch, LAUNCH / "slurm.sbatch", *args], timeout=900, SRUN_ARGS="-n 3 --overcommit", **env)
+    job_id = proc.stdout.strip().split(";")[0]
+    assert job_id.isdigit(), proc.stdout + proc.stderr
+    assert _job(job_id)["JobState"] == "FAILED"
+    return proc.returncode, proc.stderr + Path(str(out).replace("%j", job_id)).read_text()
+
+
+# the two other launchers than the 3-rank launch's horovodrun: the server fails under mpirun, a worker under srun
+@pytest.mark.parametrize(
+    "launcher, rank, who",
+    [("mpirun", 0, "the server"), pytest.param("srun", 1, "a worker", marks=pytest.mark.cluster)],
+)
+def test_a_failing_rank_ends_the_job_naming_it(tiny_cartpole, tmp_path, request, launcher, rank, who):
+    if launcher == "srun":
+        request.getfixturevalue("local_slurm")
     run_dir = tmp_path / "run"
-    proc = run(
-        [
-            BIN / "horovodrun",
-            "-np",
-            "3",
-            "--mpi",
-            BIN / "hvd-dqn",
-            "train",
-            "--config",
-            tiny_cartpole,
-            "--run-dir",
-            run_dir,
-            "--set",
-            "parameter_server=async",
-        ],
-        timeout=900,
-        HVD_DQN_FAULT=f"{rank}:1000",
-    )
-    out = proc.stdout + proc.stderr
-    assert proc.returncode != 0, out
+    status, out = _fault_launch(launcher, tiny_cartpole, run_dir, tmp_path, rank)
+    assert status != 0, out
     failed = [ln for ln in out.splitlines() if "failed: RuntimeError: injected fault" in ln]
     assert len(failed) == 1 and f"hvd-dqn: rank {rank} failed" in failed[0], (who, out[-3000:])
     left = [p.pid for p in psutil.process_iter(["cmdline"]) if str(run_dir) in " ".join(p.info["cmdline"] or [])]

@@ -12,6 +12,7 @@ from conftest import ROOT
 from hvd_dqn import cli, tasks
 from hvd_dqn.config import Config
 from hvd_dqn.plan import replay_bytes
+from ps_config import BASE
 from run_schedule import learning_phases, updates_per_phase
 
 CONFIGS = ROOT / "configs"
@@ -150,3 +151,50 @@ def test_bad_input_is_one_line_and_exit_2(capsys, args, message):
 def test_missing_config_is_one_line(capsys, tmp_path):
     assert cli.main(["plan", "--config", str(tmp_path / "nope.yaml"), "--np", "2"]) == 2
     assert capsys.readouterr().err.strip() == f"hvd-dqn: error: config file not found: {Path(tmp_path / 'nope.yaml')}"
+
+
+@pytest.mark.parametrize("n, mode", [(3, "sync"), (5, "sync"), (5, "async")])
+def test_parameter_server_plan_splits_over_the_workers(capsys, n, mode):
+    """Rank 0 serves and takes no env steps: the schedule is weak scaling's over the N - 1 workers (pstrainer's
+    ``config.per_rank(N - 1)``), which is why 3 ranks plan where allreduce refuses them (128 / 3)."""
+    cfg = Config.from_yaml(CONFIGS / "cartpole.yaml")
+    workers = n - 1
+    p = plan_json(capsys, CONFIGS / "cartpole.yaml", n, "--set", f"parameter_server={mode}")
+    assert (p["world_size"], p["workers"], p["parameter_server"]) == (n, workers, mode)
+    assert p["ps_max_staleness"] == (cfg.ps_max_staleness if mode == "async" else None)
+    assert p["batch_per_rank"] == 128 and p["learning_rate"] == pytest.approx(0.002 * workers)
+    # sync: one optimizer step takes a minibatch from every worker; async: one worker's
+    assert p["global_batch"] == (128 * workers if mode == "sync" else 128)
+    assert p["updates_per_phase"] == 128 // workers == updates_per_phase(cfg, workers)
+    assert p["target_update_every"] == 128 // workers
+    assert p["learning_phases"] == len(learning_phases(cfg, workers)) == 192
+    assert p["updates_per_rank"] == 192 * (128 // workers)
+    assert p["gradients_per_worker"] == (192 * (128 // workers) if mode == "sync" else None)
+    assert p["env_steps"] == 50_000 and p["env_steps_per_rank"] == 50_000 // workers
+    assert p["replay_capacity_per_rank"] == -(-100_000 // workers)
+    assert p["samples_per_env_step"] == pytest.approx(p["updates_per_rank"] * p["global_batch"] / 50_000)
+
+
+def test_parameter_server_plan_is_what_the_3_rank_launch_does(capsys, tmp_path):
+    """tests/mp_paramserver.py's training config at -np 3: the 260 updates its sync run's summary reports
+    (test_paramserver_multiproc.py), 20 a phase in 13 phases."""
+    config = tmp_path / "ps.yaml"
+    config.write_text(json.dumps(BASE))
+    p = plan_json(capsys, config, 3, "--set", "parameter_server=sync")
+    assert (p["updates_per_phase"], p["learning_phases"], p["updates_per_rank"]) == (20, 13, 260)
+    # scaling strong (the default): the config's batch 32 split over the 2 workers
+    assert p["batch_per_rank"] == 16 and p["global_batch"] == 32 and p["gradients_per_worker"] == 260
+    assert p["env_steps"] == 3000 and p["env_steps_per_rank"] == 1500
+    assert cli.main(["plan", "--config", str(config), "--np", "3", "--set", "parameter_server=sync"]) == 0
+    out = capsys.readouterr().out
+    assert "ranks              3 (scaling strong): the server and 2 workers" in out
+    assert "batch per worker   16 (global batch 32)" in out
+    assert "server updates     260 one after another, in 13 phases" in out and "computes 260 gradients" in out
+
+
+def test_parameter_server_plan_refuses_one_rank(capsys):
+    args = ["plan", "--config", str(CONFIGS / "cartpole.yaml"), "--np", "1", "--set", "parameter_server=async"]
+    assert cli.main(args) == 2
+    captured = capsys.readouterr()
+    assert captured.out == "" and len(captured.err.splitlines()) == 1
+    assert "parameter_server: async needs at least 2 ranks" in captured.err
