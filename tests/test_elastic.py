@@ -104,10 +104,11 @@ def _elastic_cmd(tmp_path: Path, config: dict | None, *train_args) -> list:
     ]
 
 
-@pytest.mark.parametrize("optimizer", ["adam", "lamb"])  # lamb: Keras 3's optimizer state, committed and synced
-def test_an_elastic_run_survives_a_killed_worker(optimizer, tmp_path):
+def test_an_elastic_run_survives_a_killed_worker(tmp_path):
+    # lamb: Keras 3's optimizer, whose state must be committed and rolled back too; Adam's (Horovod's
+    # DistributedOptimizer) is rolled back after a lost worker in test_a_worker_lost_while_writing_a_checkpoint
     run_dir = tmp_path / "run"
-    cmd = _elastic_cmd(tmp_path, {**RUN, "optimizer": optimizer}, "--run-dir", run_dir)
+    cmd = _elastic_cmd(tmp_path, {**RUN, "optimizer": "lamb"}, "--run-dir", run_dir)
     with started(cmd) as job:
         deadline = time.monotonic() + 240
         while not any(r["env_steps"] >= 4000 for r in _rows(run_dir)):

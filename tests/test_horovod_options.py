@@ -1,7 +1,8 @@
 """The config's Horovod keys (allreduce_op, gradient_compression, backward_passes_per_step,
 average_aggregated_gradients), and optimizer lamb's own reduction, under `horovodrun -np 2`, for real: the reduced
 gradient recomputed in NumPy from every rank's own, the learner's allreduces counted in a Horovod timeline, and the
-replicas bit-identical."""
+replicas bit-identical. One job per controller runs every option set of that controller as a step of its own
+(tests/mp_horovod_options.py); each test reads its step's result and its part of the job's timeline."""
 
 import collections
 import json
@@ -16,10 +17,23 @@ pytestmark = pytest.mark.multiproc
 HOROVODRUN = str(BIN / "horovodrun")
 LEARNER_UPDATES = 16  # two phases of 8 in mp_horovod_options.py
 TIMELINE_UPDATES = LEARNER_UPDATES + 4  # and the phase of 4 with a NaN, which every rank runs to its end
+# the option sets of each controller's job, by the name the tests read them by (adasum needs MPI; the gloo job
+# covers the tape-based reduction of lamb and the averaged aggregation)
+MPI_STEPS = {
+    "average": {},
+    "fp16": {"gradient_compression": "fp16"},
+    "passes": {"backward_passes_per_step": 2},
+    "adasum": {"allreduce_op": "adasum"},
+}
+GLOO_STEPS = {
+    "passes-averaged": {"backward_passes_per_step": 2, "average_aggregated_gradients": True},
+    "lamb-none": {"optimizer": "lamb", "gradient_compression": "none"},
+    "lamb-fp16": {"optimizer": "lamb", "gradient_compression": "fp16"},
+}
 
 
-def _run(options: dict, tmp_path, controller="--mpi"):
-    """(the job's result, its timeline)"""
+def _job(steps: dict, tmp_path, controller: str) -> dict[str, tuple[dict, dict]]:
+    """{step name: (its result, its learner's allreduces)} of one job that runs ``steps`` in order."""
     timeline, out = tmp_path / "timeline.json", tmp_path / "result.json"
     proc = run(
         [
@@ -31,14 +45,26 @@ def _run(options: dict, tmp_path, controller="--mpi"):
             "localhost:2",
             sys.executable,
             ROOT / "tests" / "mp_horovod_options.py",
-            json.dumps(options),
+            json.dumps(list(steps.values())),
             out,
         ],
         timeout=850,
         HOROVOD_TIMELINE=timeline,
     )
     assert proc.returncode == 0, proc.stdout + proc.stderr
-    return json.loads(out.read_text()), timeline
+    results, per_step = json.loads(out.read_text()), learner_allreduces_by_step(timeline)
+    assert len(results) == len(per_step) == len(steps)
+    return dict(zip(steps, zip(results, per_step)))
+
+
+@pytest.fixture(scope="module")
+def mpi_job(tmp_path_factory):
+    return _job(MPI_STEPS, tmp_path_factory.mktemp("mpi"), "--mpi")
+
+
+@pytest.fixture(scope="module")
+def gloo_job(tmp_path_factory):
+    return _job(GLOO_STEPS, tmp_path_factory.mktemp("gloo"), "--gloo")
 
 
 def _result(result: dict) -> dict:
@@ -59,51 +85,62 @@ def _result(result: dict) -> dict:
 def learner_allreduces(timeline) -> dict[str, list]:
     """{tensor name: [dtype of each ALLREDUCE]} for the learner's gradient tensors in a Horovod timeline (rank 0
     writes it; each tensor is a "process" of the Chrome trace, named in a metadata event)."""
+    return _learner_allreduces(timeline, marker=None)[0]
+
+
+def learner_allreduces_by_step(timeline) -> list[dict[str, list]]:
+    """learner_allreduces for each step of a job of mp_horovod_options.py: the timeline cut where a step's
+    ``step_start`` broadcast begins (the script waits for each collective's result before the next)."""
+    before, *steps = _learner_allreduces(timeline, marker="HorovodBroadcast_step_start_0")
+    assert not before, before
+    return steps
+
+
+def _learner_allreduces(timeline, marker: str | None) -> list[dict[str, list]]:
     events = json.loads(timeline.read_text())
     names = {
         e["pid"]: e["args"]["name"] for e in events if e.get("name") == "process_name" and "name" in e.get("args", {})
     }
-    out = collections.defaultdict(list)
+    parts = [collections.defaultdict(list)]
     open_op = {}
     for e in events:
         name = names.get(e.get("pid"), "")
+        if name == marker and e["ph"] == "B" and e["name"] == "BROADCAST":
+            parts.append(collections.defaultdict(list))
         if "while/" not in name:  # the learner's phase loop, not the script's stand-alone optimizer
             continue
         if e["ph"] == "B" and e["name"] in ("ALLREDUCE", "ADASUM"):
             open_op[e["pid"]] = e["name"]
         elif e["ph"] == "E" and "dtype" in e.get("args", {}) and open_op.pop(e["pid"], None):
-            out[name].append(e["args"]["dtype"])
-    return out
+            parts[-1][name].append(e["args"]["dtype"])
+    return parts
 
 
-def test_average_is_the_mean_of_the_ranks_gradients_in_one_allreduce_per_update(tmp_path):
-    result, timeline = _run({}, tmp_path)
+def test_average_is_the_mean_of_the_ranks_gradients_in_one_allreduce_per_update(mpi_job):
+    result, per_tensor = mpi_job["average"]
     r = _result(result)
     # traced once, with Horovod's reduction inline (not its autograph tf.function): docs/update-cost.md
     assert (r["learner"]["traces"], r["learner"]["reduce_fn"]) == (1, "function")
     g = r["grads"][:, 0]
     np.testing.assert_array_equal(r["reduced"][0], (g[0] + g[1]) * np.float32(0.5))
-    per_tensor = learner_allreduces(timeline)
     assert len(per_tensor) == 6  # 3 kernels + 3 biases of the 16x16 MLP, in one grouped allreduce
     assert all(dtypes == ["float32"] * TIMELINE_UPDATES for dtypes in per_tensor.values()), per_tensor
 
 
-def test_fp16_compression_sends_float16_and_rounds_to_it(tmp_path):
-    result, timeline = _run({"gradient_compression": "fp16"}, tmp_path)
+def test_fp16_compression_sends_float16_and_rounds_to_it(mpi_job):
+    result, per_tensor = mpi_job["fp16"]
     r = _result(result)
     g = r["grads"][:, 0].astype(np.float16)
     expected = ((g[0] + g[1]) * np.float16(0.5)).astype(np.float32)  # summed and halved in float16
     np.testing.assert_array_equal(r["reduced"][0], expected)
     assert not np.array_equal(expected, (r["grads"][0, 0] + r["grads"][1, 0]) * np.float32(0.5))
-    per_tensor = learner_allreduces(timeline)
     assert len(per_tensor) == 6
     assert all(dtypes == ["float16"] * TIMELINE_UPDATES for dtypes in per_tensor.values()), per_tensor
 
 
 @pytest.mark.parametrize("average", [False, True])
-def test_backward_passes_per_step_sums_locally_and_allreduces_once_per_k(tmp_path, average):
-    options = {"backward_passes_per_step": 2, **({"average_aggregated_gradients": True} if average else {})}
-    result, timeline = _run(options, tmp_path, controller="--gloo" if average else "--mpi")
+def test_backward_passes_per_step_sums_locally_and_allreduces_once_per_k(mpi_job, gloo_job, average):
+    result, per_tensor = gloo_job["passes-averaged"] if average else mpi_job["passes"]
     r = _result(result)
     np.testing.assert_array_equal(r["reduced"][0], 0.0)  # the first pass only aggregated: no step yet
     local = r["grads"][:, 0] + r["grads"][:, 1]  # each rank's sum of its two passes
@@ -111,27 +148,25 @@ def test_backward_passes_per_step_sums_locally_and_allreduces_once_per_k(tmp_pat
     if average:
         expected = expected / np.float32(2)
     np.testing.assert_array_equal(r["reduced"][1], expected)
-    per_tensor = learner_allreduces(timeline)
     assert len(per_tensor) == 6
     assert all(len(dtypes) == TIMELINE_UPDATES // 2 for dtypes in per_tensor.values()), per_tensor
 
 
-def test_adasum_combines_by_projection(tmp_path):
-    result, timeline = _run({"allreduce_op": "adasum"}, tmp_path)
+def test_adasum_combines_by_projection(mpi_job):
+    result, per_tensor = mpi_job["adasum"]
     r = _result(result)
     a, b = r["grads"][:, 0].astype(np.float64)
     dot = (a * b).sum()
     adasum = (1 - dot / (2 * (a * a).sum())) * a + (1 - dot / (2 * (b * b).sum())) * b
     np.testing.assert_allclose(r["reduced"][0], adasum, rtol=1e-5, atol=1e-6)
     assert np.abs(r["reduced"][0] - (a + b) / 2).max() > 0.1  # not the mean
-    per_tensor = learner_allreduces(timeline)
     assert len(per_tensor) == 6
     assert all(len(ops) == TIMELINE_UPDATES for ops in per_tensor.values()), per_tensor
 
 
 @pytest.mark.parametrize("compression", ["none", "fp16"])
-def test_lamb_steps_on_the_mean_of_the_ranks_gradients(tmp_path, compression):
-    result, timeline = _run({"optimizer": "lamb", "gradient_compression": compression}, tmp_path, controller="--gloo")
+def test_lamb_steps_on_the_mean_of_the_ranks_gradients(gloo_job, compression):
+    result, per_tensor = gloo_job[f"lamb-{compression}"]
     r = _result(result)
     g = r["grads"][:, 0]
     if compression == "fp16":
@@ -140,7 +175,6 @@ def test_lamb_steps_on_the_mean_of_the_ranks_gradients(tmp_path, compression):
         mean = (g[0] + g[1]) * np.float32(0.5)
     np.testing.assert_allclose(r["reduced"][0], mean / (np.abs(mean) + 1), rtol=1e-5, atol=1e-7)
     assert np.abs(r["reduced"][0] - g[0] / (np.abs(g[0]) + 1)).max() > 0.1  # not rank 0's own gradient
-    per_tensor = learner_allreduces(timeline)
     assert len(per_tensor) == 6  # one allreduce per tensor and update (DistributedGradientTape)
     dtype = "float16" if compression == "fp16" else "float32"
     assert all(dtypes == [dtype] * TIMELINE_UPDATES for dtypes in per_tensor.values()), per_tensor

@@ -15,7 +15,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from conftest import BIN, run, started
+from conftest import BIN, main_here, run, started
 from hvd_dqn.watchdog import HEARTBEAT_DIR
 
 pytestmark = [pytest.mark.multiproc, pytest.mark.slow]
@@ -158,12 +158,12 @@ def jobs():
 
 
 # ---------------------------------------------------------------------------------------------- one job per run dir
-def test_a_second_job_in_a_busy_run_dir_is_refused(tmp_path, jobs):
-    """While a job trains (MPI controller), a second one into its run dir (--resume under MPI, then a fresh run
-    under Gloo: the lock is taken before the controller matters) gets one line naming the owner (host and rank 0's
-    pid), its ranks exit 2 and touch nothing; the first job trains on and, stopped with SIGUSR1 afterwards, writes
-    a complete checkpoint and releases the lock. The signal goes to rank 1 alone: rank 0's line names it all the
-    same (it used to say "stopped by another rank's signal")."""
+def test_a_second_job_in_a_busy_run_dir_is_refused(tmp_path, jobs, capsys):
+    """While a job trains (MPI controller), a second one into its run dir (--resume in this process, then a fresh
+    run on 2 ranks under Gloo: the lock is taken before the controller or the world size matters) gets one line
+    naming the owner (host and rank 0's pid), its ranks exit 2 and touch nothing; the first job trains on and,
+    stopped with SIGUSR1 afterwards, writes a complete checkpoint and releases the lock. The signal goes to rank 1
+    alone: rank 0's line names it all the same (it used to say "stopped by another rank's signal")."""
     run_dir = tmp_path / "run"
     cfg = _config(tmp_path, checkpoint_every=5000)
     first = jobs(_horovodrun("mpi", "--config", cfg, "--run-dir", run_dir), run_dir, tmp_path / "first.log")
@@ -173,21 +173,25 @@ def test_a_second_job_in_a_busy_run_dir_is_refused(tmp_path, jobs):
     config_before = (run_dir / "config.json").read_bytes()
     checkpoints = run_dir / "checkpoints"
 
-    for controller, args in (("mpi", ["--resume", run_dir]), ("gloo", ["--config", cfg, "--run-dir", run_dir])):
-        proc = run(_horovodrun(controller, *args), timeout=START_S)
-        output = proc.stdout + proc.stderr
-        assert proc.returncode != 0, output
-        lines = [ln for ln in output.splitlines() if "is in use by another job" in ln]
-        assert len(lines) == 1, output  # said once, by rank 0
-        assert (
-            f"hvd-dqn: error: run dir {run_dir} is in use by another job (host {owner['host']}, "
-            f"pid {owner['pid']}, started " in lines[0]
-        )
-        # both ranks of the second job exited 2 (none waited for rank 0 in a collective)
-        codes = re.findall(r"(?:Exit code:|exit with status code)\s+(\d+)", output)
-        assert codes and set(codes) == {"2"}, output
-        assert not re.search(r"^\[[\d,]+\]<stderr>:Traceback", output, re.M), output  # none from a rank
-        assert (run_dir / "config.json").read_bytes() == config_before  # the second job wrote nothing
+    refusal = (
+        f"hvd-dqn: error: run dir {run_dir} is in use by another job (host {owner['host']}, pid {owner['pid']}, "
+        "started "
+    )
+    resumed = main_here(capsys, "train", "--resume", run_dir)
+    assert resumed.returncode == 2 and "Traceback" not in resumed.stderr, resumed.stderr
+    assert resumed.stderr.strip().splitlines()[-1].startswith(refusal), resumed.stderr
+    assert (run_dir / "config.json").read_bytes() == config_before
+
+    proc = run(_horovodrun("gloo", "--config", cfg, "--run-dir", run_dir), timeout=START_S)
+    output = proc.stdout + proc.stderr
+    assert proc.returncode != 0, output
+    lines = [ln for ln in output.splitlines() if "is in use by another job" in ln]
+    assert len(lines) == 1 and refusal in lines[0], output  # said once, by rank 0
+    # both ranks of the second job exited 2 (none waited for rank 0 in a collective)
+    codes = re.findall(r"(?:Exit code:|exit with status code)\s+(\d+)", output)
+    assert codes and set(codes) == {"2"}, output
+    assert not re.search(r"^\[[\d,]+\]<stderr>:Traceback", output, re.M), output  # none from a rank
+    assert (run_dir / "config.json").read_bytes() == config_before  # the second job wrote nothing
 
     rows_before = len((run_dir / "metrics.jsonl").read_text().splitlines())
     first.wait_training(min_rows=rows_before + 1)  # the first job trains on
