@@ -144,6 +144,24 @@ def tiny_cartpole(tmp_path):
     return cfg
 
 
+# the smallest run that learns at all: 25 updates (5 at each of 200, 300, 400, 500, 600 env steps), no checkpoint
+SMOKE = dict(
+    env_id="CartPole-v1",
+    seed=3,
+    total_env_steps=600,
+    hidden_sizes=(8,),
+    learning_starts=200,
+    train_every=100,
+    updates_per_train=5,
+    target_update_every=10,
+    eval_every=600,
+    eval_episodes=1,
+    log_every=600,
+    batch_size=16,
+    replay_capacity=1000,
+    checkpoint_every_minutes=None,
+)
+
 # a short one-rank run with checkpoints (every 400 steps, the newest 2 kept), an evaluation at 600 and 1200 and a
 # log row every 300 steps: trained once per session by ``tiny_run`` for the tests that read or copy a finished run dir
 TINY_RUN = dict(

@@ -16,7 +16,7 @@ import gymnasium as gym
 import numpy as np
 import pytest
 
-from conftest import run
+from conftest import TINY_RUN, run
 from hvd_dqn import Callback, Config, Trainer, checkpoint, cli, envstate, jsoncodec
 from hvd_dqn.checkpoint import CheckpointError
 from hvd_dqn.envs import make_vector_env
@@ -26,23 +26,7 @@ from test_user_surface import TF_CHATTER
 
 TF_LOG = re.compile(TF_CHATTER.pattern.replace("[EW]", "[EWI]"))
 
-TINY = dict(
-    env_id="CartPole-v1",
-    seed=3,
-    total_env_steps=1200,
-    hidden_sizes=(16, 16),
-    learning_starts=300,
-    train_every=100,
-    updates_per_train=10,
-    target_update_every=20,
-    eval_every=600,
-    eval_episodes=2,
-    log_every=600,
-    batch_size=32,
-    replay_capacity=2000,
-    checkpoint_every=400,
-    keep_checkpoints=2,
-)
+TINY = {**TINY_RUN, "log_every": 600}
 
 
 # ------------------------------------------------------------------ exact round trips

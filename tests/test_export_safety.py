@@ -9,27 +9,12 @@ from pathlib import Path
 
 import pytest
 
-from conftest import BIN, main_here, run
+from conftest import BIN, SMOKE, main_here, run
 from hvd_dqn import Config, Trainer, cli, serving
 from hvd_dqn.errors import UserError
 from test_user_surface import TF_CHATTER
 
-TINY = dict(
-    env_id="CartPole-v1",
-    seed=5,
-    total_env_steps=600,
-    hidden_sizes=(8,),
-    learning_starts=200,
-    train_every=100,
-    updates_per_train=5,
-    target_update_every=10,
-    eval_every=600,
-    eval_episodes=1,
-    log_every=600,
-    batch_size=16,
-    replay_capacity=600,
-    checkpoint_every=300,
-)
+TINY = {**SMOKE, "seed": 5, "replay_capacity": 600, "checkpoint_every": 300, "checkpoint_every_minutes": 30.0}
 
 
 @pytest.fixture(scope="module")

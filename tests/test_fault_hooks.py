@@ -6,26 +6,11 @@ import sys
 
 import pytest
 
-from conftest import BIN, ROOT, run
+from conftest import BIN, ROOT, SMOKE, run
 from hvd_dqn import Config, Trainer
 from hvd_dqn.errors import UserError
 
-TINY = dict(
-    env_id="CartPole-v1",
-    seed=3,
-    total_env_steps=600,
-    hidden_sizes=(8,),
-    learning_starts=200,
-    train_every=100,
-    updates_per_train=5,
-    target_update_every=10,
-    eval_every=600,
-    eval_episodes=1,
-    log_every=600,
-    batch_size=16,
-    replay_capacity=1000,
-    checkpoint_every_minutes=None,
-)
+TINY = SMOKE
 HOOKS = {
     "HVD_DQN_FAULT": "0:300",
     "HVD_DQN_INJECT_NAN": "3",

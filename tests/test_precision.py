@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from conftest import SMOKE
 from hvd_dqn import Config, distributed
 from hvd_dqn.checkpoint import read_model, write_model
 from hvd_dqn.keras2 import keras
@@ -168,23 +169,7 @@ def test_a_bf16_export_serves_float32(tmp_path):
 def test_a_mixed_float16_run_on_a_cpu_says_it_is_slow_and_saves_its_loss_scale(tmp_path, capsys):
     from hvd_dqn import Trainer, serving
 
-    tiny = dict(
-        env_id="CartPole-v1",
-        seed=3,
-        total_env_steps=600,
-        hidden_sizes=(8,),
-        learning_starts=200,
-        train_every=100,
-        updates_per_train=5,
-        target_update_every=10,
-        eval_every=600,
-        eval_episodes=1,
-        log_every=600,
-        batch_size=16,
-        replay_capacity=1000,
-        checkpoint_every_minutes=None,
-        precision="mixed_float16",
-    )
+    tiny = {**SMOKE, "precision": "mixed_float16"}
     summary = Trainer(Config(**tiny), run_dir=tmp_path / "run").train()
     assert summary["updates"] == 25  # 5 updates at 200, 300, 400, 500 and 600
     lines = [line for line in capsys.readouterr().err.splitlines() if "mixed_float16" in line]
