@@ -10,11 +10,12 @@ import numpy as np
 
 from hvd_dqn import runsetup, tasks
 from hvd_dqn.actor import Actor
-from hvd_dqn.envs import env_seeds, make_vector_env
+from hvd_dqn.envs import make_vector_env
 from hvd_dqn.errors import say
 from hvd_dqn.evaluation import Evaluator
 from hvd_dqn.learner import Learner
 from hvd_dqn.networks import build_user_network, load_builder
+from hvd_dqn.seeds import env_seeds
 
 
 class Parts(NamedTuple):

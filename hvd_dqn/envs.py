@@ -112,33 +112,6 @@ def _first_line(exc: BaseException, limit: int = 300) -> str:
     return line if len(line) <= limit else line[:limit] + "..."
 
 
-# Seed streams: every seed is drawn from SeedSequence([seed, index, stream]), so no two (index, stream) pairs share
-# one: the training envs (index: the rank), the evaluations' episodes (index: the evaluation's number) and the envs
-# that a resume starts afresh (index: the rank; one stream per global env step, from 2 up).
-TRAIN_STREAM, EVAL_STREAM, RESTART_STREAMS = 0, 1, 2
-
-
-def env_seeds(seed: int, rank: int, count: int) -> list[int]:
-    """The seeds of ``rank``'s ``count`` training envs."""
-    return _seeds([seed, rank, TRAIN_STREAM], count)
-
-
-def eval_seeds(seed: int, evaluation: int, count: int) -> list[int]:
-    """The seeds of the first ``count`` episodes of evaluation number ``evaluation`` (from 0): each evaluation
-    plays fresh episodes, known from the run's seed."""
-    return _seeds([seed, evaluation, EVAL_STREAM], count)
-
-
-def restart_seeds(seed: int, rank: int, count: int, env_steps: int) -> list[int]:
-    """The seeds of ``rank``'s ``count`` envs when a resume from global env step ``env_steps`` cannot restore
-    them and starts their episodes afresh."""
-    return _seeds([seed, rank, RESTART_STREAMS + env_steps], count)
-
-
-def _seeds(key: list[int], count: int) -> list[int]:
-    return [int(s) for s in np.random.SeedSequence(key).generate_state(count, dtype=np.uint32)]
-
-
 class OneHot(gym.ObservationWrapper):
     """Discrete observations as one-hot float32 vectors, so every classic-control task feeds the same MLP."""
 

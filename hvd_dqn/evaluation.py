@@ -12,7 +12,8 @@ from collections.abc import Callable
 import numpy as np
 
 from hvd_dqn.actor import epsilon_greedy
-from hvd_dqn.envs import EVAL_STREAM, eval_seeds, make_env
+from hvd_dqn.envs import make_env
+from hvd_dqn.seeds import EVAL_STREAM, eval_seeds
 
 
 def my_episodes(n_episodes: int, rank: int, world_size: int) -> list[int]:

@@ -23,9 +23,9 @@ import numpy as np
 
 from hvd_dqn import checkpoint, distributed, jsoncodec, rundir
 from hvd_dqn.checkpoint import CheckpointError
-from hvd_dqn.envs import restart_seeds
 from hvd_dqn.errors import clip, excerpt, say
 from hvd_dqn.replay import redistribute
+from hvd_dqn.seeds import restart_seeds
 from hvd_dqn.trainingstate import TrainingState, from_version2
 
 
