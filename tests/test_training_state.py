@@ -14,7 +14,9 @@ import pytest
 
 from conftest import TINY_RUN
 from hvd_dqn import Config, Trainer
+from hvd_dqn.checkpoint import CheckpointError
 from hvd_dqn.trainingstate import FIELD_TYPES, TrainingState, from_version2
+from hvd_dqn.trainstate import read_training_state
 
 V2_RUN = Path(__file__).parent / "data" / "checkpoint-v2"
 
@@ -101,3 +103,21 @@ def test_a_checkpoint_of_the_earlier_layout_resumes_bit_for_bit(tiny_run, tmp_pa
     assert len(resumed) == 1 and resumed[0]["checkpoint"] == "ckpt-800" and resumed[0]["updates"] == 60
     saved = json.loads((run_dir / "checkpoints" / "ckpt-1200" / "state.json").read_text())
     assert saved["version"] == 3 and saved["training"]["evaluations"] == 2
+
+
+@pytest.mark.parametrize(
+    "change, fragment",
+    [
+        (lambda s: s.pop("loop"), "state.json is damaged (no loop)"),
+        (lambda s: s.update(evaluator_count="1"), "state.json is damaged (evaluator_count is a str: '1')"),
+        (lambda s: s["loop"].update(vstep="12"), "state.json is damaged (loop.vstep is a str: '12')"),
+    ],
+)
+def test_a_damaged_state_json_of_the_earlier_layout_is_one_line_naming_the_key(change, fragment):
+    ckpt = V2_RUN / "checkpoints" / "ckpt-800"
+    saved = json.loads((ckpt / "state.json").read_text())
+    assert read_training_state(ckpt, saved).updates == 60
+    change(saved)
+    with pytest.raises(CheckpointError) as info:
+        read_training_state(ckpt, saved)
+    assert str(info.value).startswith(f"checkpoint {ckpt}: {fragment}; ")
