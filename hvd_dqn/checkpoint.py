@@ -9,7 +9,7 @@ Two kinds of output:
 
 A checkpoint directory holds, and loading it runs no code (no pickle anywhere):
 
-``state.json``             rank 0: format version, config, world size, loop counters, update count, evaluator count
+``state.json``             rank 0: format version, config, world size, the training state (``hvd_dqn.trainingstate``)
 ``model.index``, ``model.data-*``  rank 0: online and target networks and Adam's slots, TF checkpoint format
 ``replay-rank<r>.npz``     rank r: its replay shard (ring buffer, pos/size, discounts, priorities), n-step pending,
                            Atari lives
@@ -42,8 +42,10 @@ from hvd_dqn import rundir, runlock
 from hvd_dqn.errors import UserError
 
 FORMAT = "hvd-dqn-checkpoint"
-VERSION = 2  # 2: the manifest records a sha256 per file; version 1 (sizes only) is still read
-READABLE_VERSIONS = (1, 2)
+# 3: state.json holds the training state as one record (``training``); 2: the manifest records a sha256 per file.
+# Versions 1 (sizes only) and 2 (the training state under ``loop``, ``updates``, ``evaluator_count``) are still read.
+VERSION = 3
+READABLE_VERSIONS = (1, 2, 3)
 COMPLETE = "COMPLETE"
 MODEL_PREFIX = "model"
 # Config keys that shape the saved state: a checkpoint restores only into a run that agrees on all of them.

@@ -3,11 +3,12 @@
 with fewer ranks; workers that (re)appear join at the next commit.
 
 What is committed, in memory, at every learning-phase boundary: the online and target networks, Adam's slots
-and the loop's global counters (``distributed.elastic_state``, a Horovod ``ObjectState``; not Horovod's
-``TensorFlowState``, for the reasons given there). What is NOT rolled back: each surviving rank's
-envs and replay shard, which simply continue (a dead worker's shard is lost with it). So an elastic run is not
-bit-exact; it completes. Global env steps count what the ranks alive at each moment collected, so the per-rank
-schedule (batch per rank, vector steps per learning phase) is recomputed after every change of world size.
+and the training state (``hvd_dqn.trainingstate``, the record a checkpoint holds too), in
+``distributed.elastic_state``, a Horovod ``ObjectState`` (not Horovod's ``TensorFlowState``, for the reasons
+given there). What is NOT rolled back: each surviving rank's envs and replay shard, which simply continue (a
+dead worker's shard is lost with it). So an elastic run is not bit-exact; it completes. Global env steps count
+what the ranks alive at each moment collected, so the per-rank schedule (batch per rank, vector steps per
+learning phase) is recomputed after every change of world size.
 
 Disk checkpoints: the plain trainer's triggers (``checkpoint_every`` env steps, ``checkpoint_every_minutes``,
 SIGTERM/SIGUSR1, which then exits 75, and the end) and its ``trainstate.save``, written only at a learning-phase
@@ -28,12 +29,13 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from hvd_dqn import checkpoint, distributed, runlock
+from hvd_dqn import builders, checkpoint, distributed, runlock
 from hvd_dqn.errors import UserError, say
 from hvd_dqn.learner import Learner
 from hvd_dqn.metrics import RunLogger
 from hvd_dqn.runlock import RunDirInUse, RunLock
 from hvd_dqn.trainer import Trainer
+from hvd_dqn.trainingstate import FIELD_TYPES, TrainingState
 
 
 class ElasticTrainer(Trainer):
@@ -84,9 +86,9 @@ class ElasticTrainer(Trainer):
         self.resume_from = ckpt  # loaded by every rank in _run, after Horovod's first sync
 
     def _restore(self, ckpt: Path) -> None:
-        """Every rank of the current world loads ``ckpt``: the plain trainer's resume (a collective), which this
+        """Every rank of the current world loads ``ckpt``: the plain trainer's restore (a collective), which this
         class's ``_resume`` defers to here. Callbacks' on_train_begin has run before it."""
-        Trainer._resume(self, ckpt)
+        super()._restore(ckpt)
         self.checkpoint_env_steps = self.state.env_steps
 
     def _checkpoint_due(self, prev_steps: int, final: bool) -> tuple[bool, bool]:
@@ -133,7 +135,7 @@ class ElasticTrainer(Trainer):
         learner = self.learner
         resume_from = None if self.resume_from is None else str(self.resume_from)
         state = self.elastic_state = distributed.elastic_state(
-            learner.network_variables + learner.optimizer_variables, **self._counters(), resume_from=resume_from
+            learner.network_variables + learner.optimizer_variables, **self._committed(), resume_from=resume_from
         )
         state.register_reset_callbacks([self._on_reset])
 
@@ -158,38 +160,25 @@ class ElasticTrainer(Trainer):
         self._commit()
 
     def _commit(self) -> None:
-        for name, value in self._counters().items():
+        for name, value in self._committed().items():
             setattr(self.elastic_state, name, value)
         self.elastic_state.commit()  # Horovod: a collective; raises HostsUpdatedInterrupt when workers came or went
 
     def _row_extras(self) -> dict[str, Any]:
         return {"world_size": self.world.size}
 
-    def _counters(self) -> dict[str, Any]:
-        """The committed values besides the networks: the loop's, the learner's and the evaluator's counters."""
-        s = self.state
+    def _committed(self) -> dict[str, Any]:
+        """The committed values besides the networks: the training state's fields, the step of the last disk
+        checkpoint and the best evaluation."""
         return {
-            "vstep": s.vstep,
-            "env_steps": s.env_steps,
-            **self.learner.state_dict(),
-            "evaluator_count": self.evaluator.state_dict()["count"],
-            "last_eval": dict(s.last_eval),
-            "solved_env_steps": s.solved_env_steps,
-            "solved_wall_s": s.solved_wall_s,
+            **self.state.to_dict(),
             "checkpoint_env_steps": self.checkpoint_env_steps,
             "best": dict(self.best.evaluation),
         }
 
     def _load(self, state) -> None:
-        s = self.state
-        s.vstep, s.env_steps = state.vstep, state.env_steps
-        s.last_eval, s.solved_env_steps, s.solved_wall_s = (
-            dict(state.last_eval),
-            state.solved_env_steps,
-            state.solved_wall_s,
-        )
-        self.learner.load_state_dict({"updates": state.updates, "since_sync": state.since_sync})
-        self.evaluator.load_state_dict({"count": state.evaluator_count})
+        self.state = TrainingState.from_dict({name: getattr(state, name) for name in FIELD_TYPES})
+        self.learner.load_state_dict({"updates": self.state.updates, "since_sync": self.state.since_sync})
         self.checkpoint_env_steps = state.checkpoint_env_steps
         if self.best.improves(state.best):  # a worker that joined; a survivor's own may be newer than the commit
             self.best.evaluation = dict(state.best)
@@ -201,9 +190,7 @@ class ElasticTrainer(Trainer):
         world = self.world = distributed.init()
         self.per_rank = cfg.per_rank(world.size)
         self.replay_ready = False  # a joining worker's replay starts empty: every rank asks again, alike
-        evaluated = self.evaluator.state_dict()
-        self.evaluator = self._make_evaluator()  # this rank's share of the episodes, the run's env options
-        self.evaluator.load_state_dict(evaluated)
+        self.evaluator = builders.make_evaluator(cfg, world, self.task)  # this rank's share of the episodes
         if world.is_chief and not self.logger.enabled:  # rank 0 died: its successor writes the outputs
             self.logger = RunLogger(self.run_dir, enabled=True, total_env_steps=cfg.total_env_steps)
         elif not world.is_chief and self.logger.enabled:

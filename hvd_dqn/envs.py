@@ -112,12 +112,6 @@ def _first_line(exc: BaseException, limit: int = 300) -> str:
     return line if len(line) <= limit else line[:limit] + "..."
 
 
-def env_seeds(seed: int, rank: int, count: int, stream: int = 0) -> list[int]:
-    """Distinct seeds for ``count`` envs of ``rank``: no two (rank, env, stream) triples share a seed stream."""
-    state = np.random.SeedSequence([seed, rank, stream]).generate_state(count, dtype=np.uint32)
-    return [int(s) for s in state]
-
-
 class OneHot(gym.ObservationWrapper):
     """Discrete observations as one-hot float32 vectors, so every classic-control task feeds the same MLP."""
 

@@ -12,9 +12,8 @@ from collections.abc import Callable
 import numpy as np
 
 from hvd_dqn.actor import epsilon_greedy
-from hvd_dqn.envs import env_seeds, make_env
-
-EVAL_STREAM = 1  # seed stream of evaluation episodes, apart from the training envs' stream 0
+from hvd_dqn.envs import make_env
+from hvd_dqn.seeds import EVAL_STREAM, eval_seeds
 
 
 def my_episodes(n_episodes: int, rank: int, world_size: int) -> list[int]:
@@ -51,7 +50,7 @@ def run_episodes(
 
 
 class Evaluator:
-    """Keeps this rank's evaluation envs between evaluations; the k-th evaluation uses fresh, known seeds."""
+    """Keeps this rank's evaluation envs between evaluations; evaluation number k plays fresh, known seeds."""
 
     def __init__(
         self,
@@ -67,21 +66,13 @@ class Evaluator:
         self.env_id, self.epsilon, self.seed = env_id, epsilon, seed
         self.episodes = my_episodes(n_episodes, rank, world_size)
         self.envs = [make_env(env_id, **(env_kwargs or {})) for _ in self.episodes]
-        self.count = 0
 
-    def __call__(self, q_fn: Callable[[np.ndarray], np.ndarray]) -> np.ndarray:
-        """This rank's returns for the next evaluation."""
-        all_seeds = env_seeds(self.seed, self.count, max(self.episodes, default=0) + 1, stream=EVAL_STREAM)
+    def __call__(self, q_fn: Callable[[np.ndarray], np.ndarray], evaluation: int) -> np.ndarray:
+        """This rank's returns of evaluation number ``evaluation`` (counted from 0 over the run)."""
+        all_seeds = eval_seeds(self.seed, evaluation, max(self.episodes, default=0) + 1)
         seeds = [all_seeds[i] for i in self.episodes]
-        rng = np.random.default_rng([self.seed, self.count, EVAL_STREAM])
-        self.count += 1
+        rng = np.random.default_rng([self.seed, evaluation, EVAL_STREAM])
         return run_episodes(self.env_id, q_fn, seeds, self.epsilon, rng, envs=self.envs)
-
-    def state_dict(self) -> dict[str, int]:
-        return {"count": self.count}
-
-    def load_state_dict(self, state: dict[str, int]) -> None:
-        self.count = state["count"]
 
 
 def summarize(returns: np.ndarray) -> dict[str, float]:

@@ -1,6 +1,7 @@
-"""Opening a run directory for a job, before anything trains: its name, its lock (and ``--restart``'s clearing of an
-earlier run's outputs under it), the checkpoint to resume from, the output files rank 0 writes, and the replay
-shard, refused before it is allocated when the host's ranks together would not fit in its memory.
+"""Opening a run directory for a job, before anything trains: the Trainer's arguments, the run dir's name, its
+lock (and ``--restart``'s clearing of an earlier run's outputs under it), the checkpoint to resume from, the output
+files rank 0 writes, and the replay shard, refused before it is allocated when the host's ranks together would not
+fit in its memory.
 
 Each step that leads to a collective makes the same call on every rank (the refusals are broadcast), so the ranks
 of a refused job all leave together instead of waiting for rank 0 in the next collective.
@@ -17,6 +18,18 @@ from hvd_dqn.errors import JobRefused, UserError, say
 from hvd_dqn.metrics import RunLogger
 from hvd_dqn.runlock import RunDirInUse, RunLock
 from hvd_dqn.scaling import PerRank
+
+
+def check_arguments(config, run_dir, resume: bool, restart: bool, q_network) -> None:
+    """The Trainer's arguments, before anything starts: a one-line error for a combination that cannot run."""
+    if not isinstance(config, Config):
+        raise TypeError("Trainer needs a hvd_dqn.Config")
+    if resume and run_dir is None:
+        raise UserError("resume needs the run directory of the run to continue")
+    if restart and (resume or run_dir is None):
+        raise UserError("restart starts a new run in an existing run directory: give run_dir, without resume")
+    if q_network is not None and not callable(q_network):
+        raise TypeError("q_network must be a function (observation_space, n_actions, config) -> tf_keras Model")
 
 
 def resolve(run_dir: Path | None, env_id: str, world: distributed.World) -> Path:

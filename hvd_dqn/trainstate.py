@@ -1,13 +1,13 @@
-"""A run's whole training state into a checkpoint and back (docs/checkpoints.md), composed of named parts that
-each save and restore their own state (``state_dict``/``load_state_dict``): the learner (networks, optimizer,
-counters), this rank's replay shard and the task's own state (pending n-step starts, Atari's lives), its actor
-(RNG, envs, observations, running returns), the evaluator, and the loop's counters.
+"""A run's whole training state into a checkpoint and back (docs/checkpoints.md): the training state, one record
+of the run's counters (``hvd_dqn.trainingstate``), and named parts that each save and restore their own state
+(``state_dict``/``load_state_dict``): the learner's networks and optimizer, this rank's replay shard and the task's
+own state (pending n-step starts, Atari's lives), and its actor (RNG, envs, observations, running returns).
 
 ``save`` is a collective: every rank calls it at the same loop iteration (decided from global counters or an
 allreduced flag). Each rank writes its own replay shard and actor state; rank 0 writes the networks, optimizer and
-counters (identical on every rank); after every rank reports success rank 0 writes the manifest and renames the
-directory into place. ``restore`` is a collective too, and ends with rank 0's networks broadcast as a guarantee.
-The files and formats are ``hvd_dqn.checkpoint``'s.
+the training state (identical on every rank); after every rank reports success rank 0 writes the manifest and
+renames the directory into place. ``restore`` is a collective too, and ends with rank 0's networks broadcast as a
+guarantee. The files and formats are ``hvd_dqn.checkpoint``'s.
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import shutil
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -22,30 +23,30 @@ import numpy as np
 
 from hvd_dqn import checkpoint, distributed, jsoncodec, rundir
 from hvd_dqn.checkpoint import CheckpointError
-from hvd_dqn.envs import env_seeds
 from hvd_dqn.errors import clip, excerpt, say
 from hvd_dqn.replay import redistribute
+from hvd_dqn.seeds import restart_seeds
+from hvd_dqn.trainingstate import TrainingState, from_version2
 
 LEARNER_KEY = "learner"  # state.json's optional learner state besides the counters (``_learner_extras``)
-LOOP_KEYS = ("train_stats", "last_eval", "solved_env_steps", "solved_wall_s")  # state.json's loop, after the counters
 
 
 class Parts(NamedTuple):
-    """The parts of a run whose state a checkpoint holds."""
+    """The parts of a run whose state a checkpoint holds besides the training state."""
 
     learner: Any  # hvd_dqn.learner.Learner
     replay: Any  # hvd_dqn.replay.ReplayShard
     task: Any  # hvd_dqn.tasks.ClassicControl | Atari (the pending n-step starts, Atari's lives)
     actor: Any  # hvd_dqn.actor.Actor
-    evaluator: Any  # hvd_dqn.evaluation.Evaluator
-    loop: Any  # hvd_dqn.trainer.LoopState
 
 
-def _learner_extras(counters: dict[str, Any]) -> dict[str, Any]:
-    """state.json's LEARNER_KEY: the learner's state besides its counters (a parameter server's staleness
-    counts), when it has any."""
-    extras = {key: value for key, value in counters.items() if key not in ("updates", "since_sync")}
-    return {LEARNER_KEY: extras} if extras else {}
+class Restored(NamedTuple):
+    """What ``restore`` read besides the parts' own state."""
+
+    state: TrainingState  # in this job's units where the world size changed
+    world_size: int  # the checkpoint's
+    started_at: float  # time.time() of the run's first start
+    written_at: float  # time.time() of the checkpoint's write
 
 
 def replay_arrays(parts: Parts) -> dict[str, np.ndarray]:
@@ -55,11 +56,12 @@ def replay_arrays(parts: Parts) -> dict[str, np.ndarray]:
 
 
 # ---------------------------------------------------------------------------------------------- save
-def save(run_dir: Path, world, config, parts: Parts, started_at: float) -> Path:
-    """Write a checkpoint of ``parts`` at the loop's current global env step; return its directory."""
-    loop, learner = parts.loop, parts.learner
-    final = checkpoint.final_path(run_dir, loop.env_steps)
-    tmp = checkpoint.tmp_path(run_dir, loop.env_steps)
+def save(run_dir: Path, world, config, parts: Parts, state: TrainingState, started_at: float, final=False) -> Path:
+    """Write a checkpoint of ``state`` and ``parts`` at the state's global env step; return its directory.
+    ``final``: the run's last, written after its outputs, which a failure names as saved."""
+    learner = parts.learner
+    path = checkpoint.final_path(run_dir, state.env_steps)
+    tmp = checkpoint.tmp_path(run_dir, state.env_steps)
     error, written = None, {}
     try:
         tmp.mkdir(parents=True, exist_ok=True)
@@ -68,25 +70,16 @@ def save(run_dir: Path, world, config, parts: Parts, started_at: float) -> Path:
         checkpoint.write_json(mine[1], {"rank": world.rank, **parts.actor.state_dict()})
         if world.is_chief:
             checkpoint.write_model(tmp, learner.checkpoint_objects())
-            counters = learner.state_dict()
-            loop_state = loop.state_dict()
             checkpoint.write_json(
                 tmp / "state.json",
                 {
                     "format": checkpoint.FORMAT,
                     "version": checkpoint.VERSION,
-                    "env_steps": loop.env_steps,
+                    "env_steps": state.env_steps,
                     "world_size": world.size,
                     "config": config.to_dict(),
-                    "loop": {
-                        "vstep": loop_state["vstep"],
-                        "env_steps": loop_state["env_steps"],
-                        "since_sync": counters["since_sync"],
-                        **{k: loop_state[k] for k in LOOP_KEYS},
-                    },
-                    "updates": counters["updates"],
-                    **_learner_extras(counters),
-                    "evaluator_count": parts.evaluator.state_dict()["count"],
+                    "training": state.to_dict(),
+                    **_learner_extras(learner.state_dict()),
                     "started_at": started_at,
                     "written_at": time.time(),
                     "weights_checksum": distributed.weights_checksum(learner.online.variables),
@@ -101,8 +94,8 @@ def save(run_dir: Path, world, config, parts: Parts, started_at: float) -> Path:
     failed = any(e is not None for e, _ in reports)
     if not failed and world.is_chief:
         try:
-            checkpoint.commit(tmp, final, {name: d for _, files in reports for name, d in files.items()})
-            checkpoint.prune(run_dir, config.keep_checkpoints, current=final)
+            checkpoint.commit(tmp, path, {name: d for _, files in reports for name, d in files.items()})
+            checkpoint.prune(run_dir, config.keep_checkpoints, current=path)
         except OSError as exc:
             error = f"{exc.strerror or exc} ({exc.filename or tmp})"
     failed = distributed.allreduce_sum([float(error is not None)])[0]  # every rank learns of rank 0's rename
@@ -112,8 +105,16 @@ def save(run_dir: Path, world, config, parts: Parts, started_at: float) -> Path:
         previous = [p.name for p in checkpoint.listed(run_dir) if checkpoint.is_complete(p)]
         where = f"this rank: {error}" if error else "another rank"
         intact = f"the previous checkpoint {previous[-1]} is intact" if previous else "no earlier checkpoint exists"
-        raise CheckpointError(f"checkpoint {final}: writing it failed on {where}; {intact}")
-    return final
+        saved = f"; the finished run's q_network.keras and summary.json are saved in {run_dir}" if final else ""
+        raise CheckpointError(f"checkpoint {path}: writing it failed on {where}; {intact}{saved}")
+    return path
+
+
+def _learner_extras(counters: dict[str, Any]) -> dict[str, Any]:
+    """state.json's LEARNER_KEY: the learner's state besides its counters (a parameter server's staleness
+    counts), when it has any."""
+    extras = {key: value for key, value in counters.items() if key not in ("updates", "since_sync")}
+    return {LEARNER_KEY: extras} if extras else {}
 
 
 # ---------------------------------------------------------------------------------------------- restore
@@ -137,52 +138,44 @@ def _row_step(line: str) -> float:
         return float("inf")  # a half-written last line of a killed run
 
 
-# state.json's keys that restore reads, and their JSON types
-STATE_TYPES = {
-    "world_size": int,
-    "config": dict,
-    "loop": dict,
-    "updates": int,
-    "evaluator_count": int,
-    "started_at": (int, float),
-    "written_at": (int, float),
-}
-LOOP_TYPES = {
-    "vstep": int,
-    "env_steps": int,
-    "since_sync": int,
-    "train_stats": dict,
-    "last_eval": dict,
-    "solved_env_steps": (int, type(None)),
-    "solved_wall_s": (int, float, type(None)),
-}
+# state.json's keys that restore reads besides the training state, and their JSON types
+STATE_TYPES = {"world_size": int, "config": dict, "started_at": (int, float), "written_at": (int, float)}
+# where checkpoint versions 1 and 2 kept the training state (``trainingstate.from_version2``)
+VERSION2_TYPES = {"loop": dict, "updates": int, "evaluator_count": int}
 
 
-def _check_state(ckpt: Path, state: dict[str, Any]) -> None:
-    """A one-line CheckpointError naming state.json where a key that restore reads is missing or of another type
-    (a hand-edited or foreign file whose manifest was rewritten to match)."""
+def read_training_state(ckpt: Path, state: dict[str, Any]) -> TrainingState:
+    """state.json's training state (version 3's ``training``; versions 1 and 2 kept it under other keys, still
+    read); a one-line CheckpointError naming state.json where a key that restore reads is missing or of another
+    type (a hand-edited or foreign file whose manifest was rewritten to match)."""
+    older = state.get("version") in (1, 2)
+    for key, kind in {**STATE_TYPES, **(VERSION2_TYPES if older else {"training": dict})}.items():
+        if key not in state:
+            raise checkpoint.damaged(ckpt, f"state.json is damaged (no {key})")
+        if not isinstance(state[key], kind) or isinstance(state[key], bool):
+            raise checkpoint.damaged(
+                ckpt, f"state.json is damaged ({key} is a {type(state[key]).__name__}: {excerpt(state[key])})"
+            )
     if not isinstance(state.get(LEARNER_KEY, {}), dict):
         raise checkpoint.damaged(ckpt, f"state.json is damaged ({LEARNER_KEY} is {excerpt(state[LEARNER_KEY])})")
-    for where, data, types in (("", state, STATE_TYPES), ("loop.", state.get("loop"), LOOP_TYPES)):
-        for key, kind in types.items():
-            if key not in data:
-                raise checkpoint.damaged(ckpt, f"state.json is damaged (no {where}{key})")
-            if not isinstance(data[key], kind) or isinstance(data[key], bool):
-                raise checkpoint.damaged(
-                    ckpt, f"state.json is damaged ({where}{key} is a {type(data[key]).__name__}: {excerpt(data[key])})"
-                )
+    try:
+        if older:
+            return TrainingState.from_dict(from_version2(state), where="loop.")
+        return TrainingState.from_dict(state["training"], where="training.")
+    except ValueError as exc:
+        raise checkpoint.damaged(ckpt, f"state.json is damaged ({exc})") from None
 
 
-def restore(ckpt: Path, world, config, parts: Parts) -> dict[str, Any]:
-    """Load ``ckpt`` into freshly made ``parts`` (same config structure); returns state.json. A checkpoint of
-    another world size is resumed by dealing its replay out to this job's ranks (``_load_resized``)."""
-    error, state, resized = None, None, None
+def restore(ckpt: Path, world, config, parts: Parts) -> Restored:
+    """Load ``ckpt`` into freshly made ``parts`` (same config structure) and return its training state. A
+    checkpoint of another world size is resumed by dealing its replay out to this job's ranks (``_load_resized``)."""
+    error, state, training, resized = None, None, None, None
     try:
         state = checkpoint.peek_state(ckpt)
         saved_size = state.get("world_size") if isinstance(state.get("world_size"), int) else world.size
         # another world size reads every rank's files, so every file's digest is checked
         state = checkpoint.verify(ckpt, world.rank if saved_size == world.size else None)
-        _check_state(ckpt, state)
+        training = read_training_state(ckpt, state)
         checkpoint.check_compatible(ckpt, state, config.to_dict(), world.size, resizable=parts.task.resizable)
         checkpoint.read_model(ckpt, parts.learner.checkpoint_objects(restoring=True))
         if saved_size == world.size:
@@ -190,9 +183,9 @@ def restore(ckpt: Path, world, config, parts: Parts) -> dict[str, Any]:
             parts.replay.load_state_dict(arrays)
             parts.task.load_state_dict(arrays)
         else:
-            resized = _load_resized(ckpt, state, world, config, parts)
+            resized = _load_resized(ckpt, saved_size, training, world, config, parts)
         if world.rank < saved_size:  # a rank that is new to the run keeps the envs it started with
-            restart = env_seeds(config.seed, world.rank, config.num_envs, stream=2 + state["env_steps"])
+            restart = restart_seeds(config.seed, world.rank, config.num_envs, training.env_steps)
             parts.actor.load_state_dict(checkpoint.read_json(ckpt, f"rank{world.rank}.json"), restart_seeds=restart)
     except CheckpointError as exc:
         error = exc
@@ -201,19 +194,21 @@ def restore(ckpt: Path, world, config, parts: Parts) -> dict[str, Any]:
     # Horovod: no rank goes on (into collectives) with a checkpoint another rank could not load.
     if distributed.allreduce_sum([float(error is not None)])[0]:
         raise error or CheckpointError(f"checkpoint {ckpt}: another rank could not load its part (see its error)")
-    loop = dict(state["loop"])
     if resized is not None:
-        loop.update(vstep=resized.vstep, since_sync=resized.since_sync)
+        training = replace(training, vstep=resized.vstep, since_sync=resized.since_sync)
         if world.is_chief:
             say(resized.line)
-    parts.loop.load_state_dict(loop)
+    if parts.actor.restart_reason is not None and world.is_chief:  # the same on every rank
+        say(
+            f"hvd-dqn: resuming from {ckpt.name}, the episodes start afresh: {parts.actor.restart_reason}; "
+            "the rest is restored, but the run is not bit-exact"
+        )
     parts.learner.load_state_dict(
-        {"updates": state["updates"], "since_sync": loop["since_sync"], **state.get(LEARNER_KEY, {})}
+        {"updates": training.updates, "since_sync": training.since_sync, **state.get(LEARNER_KEY, {})}
     )
-    parts.evaluator.load_state_dict({"count": state["evaluator_count"]})
     # Horovod: every rank read the same file; the broadcast makes rank 0's bytes the truth regardless.
     parts.learner.broadcast_restored()
-    return state
+    return Restored(training, state["world_size"], state["started_at"], state["written_at"])
 
 
 class Resized(NamedTuple):
@@ -225,13 +220,13 @@ class Resized(NamedTuple):
     line: str
 
 
-def _load_resized(ckpt: Path, state: dict[str, Any], world, config, parts: Parts) -> Resized:
+def _load_resized(ckpt: Path, old_size: int, training: TrainingState, world, config, parts: Parts) -> Resized:
     """This rank's share of the checkpoint's replay (``hvd_dqn.replay.redistribute``: every transition to exactly
     one rank, the oldest dropped only where the new capacity is smaller), its own n-step starts if it existed
     before, and the counters that depend on the world size."""
-    old_size, new_size = state["world_size"], world.size
+    new_size = world.size
     new_share, old_share = config.per_rank(new_size), config.per_rank(old_size)
-    env_steps = state["loop"]["env_steps"]
+    env_steps = training.env_steps
     if env_steps % new_share.global_steps_per_vector_step:
         raise checkpoint.CheckpointError(
             f"checkpoint {ckpt}: written at global env step {env_steps}, which {new_size} ranks of "
@@ -275,7 +270,7 @@ def _load_resized(ckpt: Path, state: dict[str, Any], world, config, parts: Parts
         f"transitions{flushed_note} dealt out to {_plural(new_size, 'rank')}{dropped}; {envs}; the scaling "
         f"rule is recomputed for {_plural(new_size, 'rank')}"
     )
-    since_sync = state["loop"]["since_sync"] * new_share.target_update_every // old_share.target_update_every
+    since_sync = training.since_sync * new_share.target_update_every // old_share.target_update_every
     return Resized(env_steps // new_share.global_steps_per_vector_step, since_sync, line)
 
 

@@ -61,6 +61,13 @@ class Watchdog:
         self._busy_since = 0.0
         self._stop = threading.Event()
 
+    @classmethod
+    def for_config(cls, config, run_dir: Path, world) -> Watchdog | None:
+        """A started watchdog of this rank when the config sets ``hang_timeout_s``, else None."""
+        if config.hang_timeout_s is None:
+            return None
+        return cls(run_dir, world.rank, world.size, config.hang_timeout_s, config.busy_timeout_s).start()
+
     def start(self) -> Watchdog:
         """Called from the thread that runs the loop: the one whose progress, whereabouts and work are watched."""
         self._loop_thread = threading.get_ident()

@@ -42,9 +42,9 @@ class _Recording:
     def __init__(self, evaluator, probe: EvalQFn):
         self._evaluator, self._probe = evaluator, probe
 
-    def __call__(self, q_fn):
+    def __call__(self, q_fn, *args):
         self._probe.q_fn = q_fn
-        return self._evaluator(q_fn)
+        return self._evaluator(q_fn, *args)
 
     def __getattr__(self, name):
         return getattr(self._evaluator, name)

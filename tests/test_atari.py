@@ -7,9 +7,10 @@ import pytest
 from conftest import BIN, ROOT, run
 from hvd_dqn import distributed
 from hvd_dqn.config import Config
-from hvd_dqn.envs import env_seeds, make_env, make_vector_env
+from hvd_dqn.envs import make_env, make_vector_env
 from hvd_dqn.errors import UserError
 from hvd_dqn.replay import FrameReplayBuffer, ReplayShard, available_memory
+from hvd_dqn.seeds import env_seeds
 from probes import q_values
 
 

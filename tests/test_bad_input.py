@@ -255,9 +255,9 @@ def _rewrite_state(ckpt, change):
 @pytest.mark.parametrize(
     "change, fragment",
     [
-        (lambda state: state.pop("loop"), "state.json is damaged (no loop)"),
+        (lambda state: state.pop("training"), "state.json is damaged (no training)"),
         (lambda state: state.update(config=[1, 2]), "state.json is damaged (config is a list: [1, 2])"),
-        (lambda state: state["loop"].update(vstep="12"), "state.json is damaged (loop.vstep is a str: '12')"),
+        (lambda state: state["training"].update(vstep="12"), "state.json is damaged (training.vstep is a str: '12')"),
     ],
 )
 def test_a_damaged_state_json_is_one_line_naming_it(finished, tmp_path, capsys, change, fragment):

@@ -147,7 +147,7 @@ def test_a_run_keeps_its_newest_complete_checkpoints(run_dir):
         "state.json",
     ]
     state = checkpoint.verify(ckpt)
-    assert state["env_steps"] == 1200 and state["world_size"] == 1 and state["updates"] == 100
+    assert state["env_steps"] == 1200 and state["world_size"] == 1 and state["training"]["updates"] == 100
     assert state["config"]["hidden_sizes"] == [16, 16]
     replay = checkpoint.read_arrays(ckpt, "replay-rank0.npz")
     assert int(replay["size"]) == 1200 and replay["obs"].shape == (1200, 4)
@@ -239,7 +239,7 @@ def test_a_damaged_checkpoint_without_an_older_one_says_there_is_none(run_dir, t
 def test_the_manifest_records_each_files_size_and_sha256(run_dir):
     ckpt = run_dir / "checkpoints" / "ckpt-1200"
     marker = json.loads((ckpt / "COMPLETE").read_text())
-    assert marker["version"] == 2
+    assert marker["version"] == 3
     assert sorted(marker["files"]) == sorted(p.name for p in ckpt.iterdir() if p.name != "COMPLETE")
     for name, entry in marker["files"].items():
         data = (ckpt / name).read_bytes()
@@ -406,7 +406,7 @@ def test_nan_stops_the_run_naming_the_update_and_the_last_checkpoint_stays_good(
     # updates 1-10 at 300, ... phase 6 (51-60) at 800: the checkpoint at 800 is written after it, so never
     assert [p.name for p in checkpoint.listed(run_dir)] == ["ckpt-400"]
     state = checkpoint.verify(run_dir / "checkpoints" / "ckpt-400")
-    assert state["updates"] == 20
+    assert state["training"]["updates"] == 20
     monkeypatch.delenv("HVD_DQN_INJECT_NAN")
     summary = Trainer(Config(**TINY), run_dir=run_dir, resume=True).train()  # and the run continues from it
     assert summary["env_steps"] == 1200 and summary["updates"] == 100

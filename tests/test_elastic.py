@@ -160,10 +160,10 @@ def test_an_elastic_reset_on_an_atari_config_keeps_the_runs_evaluation_options(t
     trainer.world = distributed.init()
     trainer._setup()
     try:
-        trainer.evaluator.load_state_dict({"count": 5})
+        trainer.state.evaluations = 5
         trainer._on_reset()
         envs = trainer.evaluator.envs
-        assert len(envs) == 3 and trainer.evaluator.state_dict() == {"count": 5}
+        assert len(envs) == 3 and trainer.state.evaluations == 5
         for env in envs:
             ale = env.unwrapped.ale
             assert env.env.env.prob == 0.0  # StickyActions, below AtariPreprocessing

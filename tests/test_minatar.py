@@ -11,8 +11,9 @@ import pytest
 from conftest import BIN, ROOT, run
 from hvd_dqn.config import Config
 from hvd_dqn.envids import MINATAR_MAX_EPISODE_STEPS
-from hvd_dqn.envs import env_seeds, make_env, make_vector_env
+from hvd_dqn.envs import make_env, make_vector_env
 from hvd_dqn.errors import UserError
+from hvd_dqn.seeds import env_seeds
 from run_schedule import expected_updates
 
 pytest.importorskip("minatar", reason="the optional minatar extra: pip install '.[minatar]'")
