@@ -4,14 +4,18 @@ sequential updates (per rank) to the threshold, median wall clock to the thresho
 average the runs met. Asserts nothing.
 
     .venv/bin/python benchmarks/scaling.py --config configs/cartpole.yaml --np 1 2 4 8 16 --seeds 0 1 2 3 4 \
-        [--set k=v ...] [--threshold X | --relative F] [--out DIR] [--results FILE.jsonl] [--table-only]
+        [--set k=v ...] [--threshold X | --relative F] [--statistic eval|train] [--final-evals K] \
+        [--out DIR] [--results FILE.jsonl] [--table-only]
 
 One job at a time; N > 1 runs under ``horovodrun -np N --mpi -H localhost:N`` with OMPI_MCA_mpi_yield_when_idle=1,
 so 8 or 16 ranks may share 2 cores (with HOROVOD_CYCLE_TIME=1 ms when oversubscribed): env steps, updates and
 returns are exact for a seed and N whatever the load, wall-clock figures are not. Every finished run is appended
 to ``--results`` (default OUT/scaling.jsonl) as one JSON line; a run already there (same config, overrides, N and
 seed) is not run again, so a killed screen resumes where it stopped, and ``--table-only`` tabulates a results
-file. Runs are grouped in the table by config and overrides.
+file. Runs are grouped in the table by config and overrides. A run is judged by its greedy evaluations (the
+final score the mean of the last ``--final-evals``), or with ``--statistic train`` by its training return at every
+log row (the MinAtar paper's statistic: on a 10-episode evaluation every 25k steps, one lucky or unlucky
+evaluation decides when a threshold is first reached).
 """
 
 from __future__ import annotations
@@ -27,16 +31,38 @@ import sys
 import time
 from pathlib import Path
 
+from train_return import trailing_mean
+
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 INF = float("inf")
 
 
+def train_curve(rows: list[dict], episodes: int = 100) -> list[list]:
+    """The training return at every log row, as the MinAtar paper plots it (the mean of the last ``episodes``
+    or more epsilon-greedy episodes, train_return.py): [env steps, mean, updates per rank, wall s] from the first
+    row that has that many episodes behind it."""
+    curve = []
+    for row in rows:
+        if "charts/episodes" not in row:
+            continue
+        got = trailing_mean(rows, row["env_steps"], episodes)
+        if got is not None:
+            curve.append([row["env_steps"], got[0], row["updates"], row["wall_s"]])
+    return curve
+
+
+def read_metrics(run_dir: Path) -> list[dict]:
+    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line.strip()]
+
+
 def read_run(run_dir: Path) -> dict:
-    """What one finished run dir recorded: every evaluation (env steps, greedy mean, updates per rank, wall s)."""
+    """What one finished run dir recorded: every evaluation (env steps, greedy mean, updates per rank, wall s) and
+    the training return curve (``train_curve``)."""
     summary = json.loads((run_dir / "summary.json").read_text())
-    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line.strip()]
+    rows = read_metrics(run_dir)
     return {
+        "train_curve": train_curve(rows),
         "trainer_threshold": summary["reward_threshold"],
         "final_eval": summary["final_eval_return_mean"],
         "evals": [
@@ -49,6 +75,22 @@ def read_run(run_dir: Path) -> dict:
         "replicas_equal": len(set(summary["replica_checksums"])) == 1,
         "replica_checksum": summary["replica_checksums"][0],
     }
+
+
+def as_statistic(run: dict, statistic: str, final_evals: int = 1) -> dict:
+    """``run`` judged by ``statistic``: "eval", its greedy evaluations, the final score the mean of the last
+    ``final_evals`` of them; "train", its training return curve in their place (a run recorded without one reads
+    it from its run dir, which must still exist), the final score the curve's last point."""
+    if "failed" in run:
+        return run
+    if statistic == "train":
+        curve = run.get("train_curve")
+        if curve is None:
+            curve = train_curve(read_metrics(Path(run["run_dir"])))
+        return {**run, "evals": curve, "final_eval": curve[-1][1] if curve else None}
+    last = [e[1] for e in run["evals"][-final_evals:]]
+    final = statistics.fmean(last) if len(last) == final_evals else run["final_eval"]
+    return {**run, "final_eval": final}
 
 
 def judge(run: dict, threshold: float | None) -> dict:
@@ -219,7 +261,7 @@ def table(rows: list[dict], threshold: float | None = None, relative: float | No
             "",
             f"{Path(config).name} {' '.join('--set ' + o for o in overrides)}".rstrip() + f" (threshold {named})",
             "",
-            "| N | runs | solved | held at end | final eval (median) | final >= threshold "
+            "| N | runs | solved | held at end | final score (median) | final >= threshold "
             "| env steps to threshold (median) | x N=1 "
             "| updates per rank to threshold (median) | x N=1 | updates per rank in the run "
             "| wall s to threshold (median) | wall s of the run (median) | load avg 1 min (range) |",
@@ -256,6 +298,13 @@ def table(rows: list[dict], threshold: float | None = None, relative: float | No
     return "\n".join(out)
 
 
+def judged_by(args) -> str:
+    if args.statistic == "train":
+        return "judged by the training return (the mean of the last 100 or more episodes at each log row)"
+    last = "the last evaluation" if args.final_evals == 1 else f"the mean of the last {args.final_evals} evaluations"
+    return f"judged by greedy evaluations; final score: {last}"
+
+
 def read_results(path: Path) -> list[dict]:
     if not path.is_file():
         return []
@@ -283,6 +332,20 @@ def main(argv: list[str] | None = None) -> int:
         help="the threshold is F times the median final evaluation of N = 1's runs of the same config "
         "(any scaling rule: at N = 1 they are one experiment); for envs with no threshold (MinAtar)",
     )
+    ap.add_argument(
+        "--statistic",
+        choices=["eval", "train"],
+        default="eval",
+        help="judge runs by their greedy evaluations (default) or by their training return, the mean of the "
+        "last 100 epsilon-greedy episodes at every log row (the MinAtar paper's curves; denser and less noisy)",
+    )
+    ap.add_argument(
+        "--final-evals",
+        type=int,
+        default=1,
+        metavar="K",
+        help="with --statistic eval: a run's final score is the mean of its last K evaluations (default 1)",
+    )
     ap.add_argument("--out", type=Path, default=None, help="where the run dirs are kept (default /tmp/hvd-dqn-scaling)")
     ap.add_argument("--results", type=Path, default=None, help="JSONL of every run (default OUT/scaling.jsonl)")
     ap.add_argument("--timeout", type=float, default=3600.0, help="seconds before a run is killed")
@@ -293,6 +356,8 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
     if any(n < 1 for n in args.nps):
         ap.error("--np: world sizes must be at least 1")
+    if args.final_evals < 1:
+        ap.error("--final-evals: at least 1")
     out = args.out or Path("/tmp/hvd-dqn-scaling")
     results = args.results or out / "scaling.jsonl"
     if args.table_only:
@@ -300,7 +365,8 @@ def main(argv: list[str] | None = None) -> int:
         if not rows:
             print(f"scaling.py: error: no runs in {results}", file=sys.stderr)
             return 2
-        print(table(rows, args.threshold, args.relative))
+        print(judged_by(args))
+        print(table([as_statistic(r, args.statistic, args.final_evals) for r in rows], args.threshold, args.relative))
         return 0
     if not args.config.is_file():
         print(f"scaling.py: error: config file not found: {args.config}", file=sys.stderr)
@@ -329,7 +395,9 @@ def main(argv: list[str] | None = None) -> int:
                 f"final {final}, {row['wall_s']:.0f} s",
                 flush=True,
             )
-    print(table(read_results(results), args.threshold, args.relative))
+    print(judged_by(args))
+    rows = [as_statistic(r, args.statistic, args.final_evals) for r in read_results(results)]
+    print(table(rows, args.threshold, args.relative))
     return 0
 
 

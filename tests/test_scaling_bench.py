@@ -162,3 +162,23 @@ def test_train_return_goes_back_whole_rows_to_100_episodes():
     assert train_return.trailing_mean(rows, 20000, 100) == ((30 * 4.0 + 90 * 6.0) / 120, 120)
     assert train_return.trailing_mean(rows, 20000, 90) == (6.0, 90)
     assert train_return.trailing_mean(rows, 10000, 100) is None
+
+
+def test_a_run_judged_by_its_training_return_or_the_mean_of_its_last_evaluations(tmp_path):
+    metrics = [
+        {"env_steps": 5000, "updates": 10, "wall_s": 1.0, "charts/episodic_return": 1.0, "charts/episodes": 60},
+        {"env_steps": 10000, "updates": 20, "wall_s": 2.0, "charts/episodic_return": 3.0, "charts/episodes": 60},
+        {"env_steps": 10000, "eval_return_mean": 9.0},  # an evaluation row: no training episodes
+        {"env_steps": 15000, "updates": 30, "wall_s": 3.0, "charts/episodic_return": 5.0, "charts/episodes": 40},
+    ]
+    curve = scaling.train_curve(metrics)
+    assert curve == [[10000, 2.0, 20, 2.0], [15000, (60 * 3.0 + 40 * 5.0) / 100, 30, 3.0]]
+    run_ = _run(1, 0, [[5000, 2.0, 10, 1.0], [10000, 9.0, 20, 2.0], [15000, 4.0, 30, 3.0]], final=4.0)
+    assert scaling.as_statistic(run_, "eval")["final_eval"] == 4.0
+    assert scaling.as_statistic(run_, "eval", final_evals=2)["final_eval"] == 6.5
+    judged = scaling.as_statistic({**run_, "train_curve": curve}, "train")
+    assert (judged["evals"], judged["final_eval"]) == (curve, 3.8)
+    assert scaling.judge(judged, 3.0)["solved_env_steps"] == 15000
+    # a run recorded before the curve was: read from its run dir
+    (tmp_path / "metrics.jsonl").write_text("".join(json.dumps(m) + "\n" for m in metrics))
+    assert scaling.as_statistic({**run_, "run_dir": str(tmp_path)}, "train")["evals"] == curve
