@@ -31,29 +31,11 @@ import sys
 import time
 from pathlib import Path
 
-from train_return import trailing_mean
+from train_return import read_metrics, train_curve
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 INF = float("inf")
-
-
-def train_curve(rows: list[dict], episodes: int = 100) -> list[list]:
-    """The training return at every log row, as the MinAtar paper plots it (the mean of the last ``episodes``
-    or more epsilon-greedy episodes, train_return.py): [env steps, mean, updates per rank, wall s] from the first
-    row that has that many episodes behind it."""
-    curve = []
-    for row in rows:
-        if "charts/episodes" not in row:
-            continue
-        got = trailing_mean(rows, row["env_steps"], episodes)
-        if got is not None:
-            curve.append([row["env_steps"], got[0], row["updates"], row["wall_s"]])
-    return curve
-
-
-def read_metrics(run_dir: Path) -> list[dict]:
-    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line.strip()]
 
 
 def read_run(run_dir: Path) -> dict:

@@ -28,6 +28,24 @@ def trailing_mean(rows: list[dict], at: int, episodes: int) -> tuple[float, int]
     return None
 
 
+def train_curve(rows: list[dict], episodes: int = 100) -> list[list]:
+    """The training return at every log row, as the MinAtar paper plots it (the mean of the last ``episodes``
+    or more epsilon-greedy episodes, ``trailing_mean``): [env steps, mean, updates per rank, wall s] from the first
+    row that has that many episodes behind it."""
+    curve = []
+    for row in rows:
+        if "charts/episodes" not in row:
+            continue
+        got = trailing_mean(rows, row["env_steps"], episodes)
+        if got is not None:
+            curve.append([row["env_steps"], got[0], row["updates"], row["wall_s"]])
+    return curve
+
+
+def read_metrics(run_dir: Path) -> list[dict]:
+    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line.strip()]
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("run_dirs", type=Path, nargs="+")
@@ -38,8 +56,7 @@ def main() -> None:
     print("| --- |" + " --- |" * len(args.at))
     by_step: dict[int, list[float]] = {a: [] for a in args.at}
     for run in args.run_dirs:
-        text = (run / "metrics.jsonl").read_text()
-        rows = [json.loads(line) for line in text.splitlines() if line.strip()]
+        rows = read_metrics(run)
         cells = []
         for a in args.at:
             got = trailing_mean(rows, a, args.episodes)
