@@ -136,9 +136,9 @@ def _user_env(**extra):
 def _tiny(tmp_path):
     cfg = tmp_path / "tiny.yaml"
     cfg.write_text(
-        "env_id: CartPole-v1\ntotal_env_steps: 1200\nhidden_sizes: [16, 16]\nlearning_starts: 300\n"
+        "env_id: CartPole-v1\ntotal_env_steps: 600\nhidden_sizes: [16, 16]\nlearning_starts: 300\n"
         "train_every: 100\nupdates_per_train: 10\ntarget_update_every: 20\neval_every: 600\n"
-        "eval_episodes: 2\nlog_every: 600\nbatch_size: 32\nreplay_capacity: 2000\n"
+        "eval_episodes: 2\nlog_every: 300\nbatch_size: 32\nreplay_capacity: 2000\n"
     )
     return cfg
 
@@ -152,39 +152,16 @@ def test_a_cpu_run_on_one_rank_writes_nothing_on_stderr(tmp_path):
     assert proc.stderr == ""
     assert proc.stdout.splitlines()[-1].startswith("hvd-dqn summary: ")
     # np=1 compiles its learning phase with XLA: the start-up lines of that were spent inside the filter
-    assert json.loads((run_dir / "summary.json").read_text())["updates"] == 100  # 10 phases of 10 updates
-
-
-def test_ranks_under_horovodrun_write_no_noise(tmp_path):
-    """Plain horovodrun: each rank's stderr ("[1,r]<stderr>:" lines) is ours alone. horovodrun's own build check
-    (in children of horovodrun) is outside the ranks: launch/horovodrun.sh and make train filter it too."""
-    proc = run(
-        [
-            BIN / "horovodrun",
-            "-np",
-            "2",
-            "--mpi",
-            "-H",
-            "localhost:2",
-            BIN / "hvd-dqn",
-            "train",
-            "--config",
-            _tiny(tmp_path),
-            "--run-dir",
-            tmp_path / "run",
-        ],
-        timeout=300,
-        env=_user_env(),
-    )
-    assert proc.returncode == 0, proc.stderr
-    rank_lines = [line for line in proc.stderr.splitlines() if line.startswith("[1,")]
-    assert rank_lines == [], rank_lines
-    assert json.loads((tmp_path / "run" / "summary.json").read_text())["world_size"] == 2
+    assert json.loads((run_dir / "summary.json").read_text())["updates"] == 40  # 4 phases of 10 updates
 
 
 def test_the_horovodrun_launcher_writes_nothing_on_stderr_and_our_lines_untagged(tmp_path):
     """launch/horovodrun.sh (and make train) show rank 0's lines as it prints them: no "[1,0]<stdout>:" tags
-    (hvd_dqn.launchout)."""
+    (hvd_dqn.launchout). The ranks' own output is in it too: launchout shows any other line of a rank after
+    "rank N: ", on the stream it came on, so an empty stderr and untagged stdout also say that the ranks under
+    plain horovodrun --mpi (the launcher's default) write no noise: each rank sets TF_CPP_MIN_LOG_LEVEL and
+    filters its TensorFlow import itself, with or without the launcher. horovodrun's own build check (in children
+    of horovodrun, outside the ranks) prints noise that launchout filters."""
     proc = run(
         [ROOT / "launch" / "horovodrun.sh", _tiny(tmp_path)],
         timeout=300,

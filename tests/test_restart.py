@@ -6,7 +6,7 @@ import os
 
 import pytest
 
-from conftest import BIN, TINY_RUN, run
+from conftest import BIN, TINY_RUN, main_here, run
 from hvd_dqn import Config, Trainer, cli
 from hvd_dqn.runlock import RunLock
 
@@ -37,9 +37,13 @@ def _config_file(tmp_path, **changes):
 
 
 def _last_error(capsys):
-    err = capsys.readouterr().err.strip().splitlines()
-    assert err and "Traceback" not in "\n".join(err)
-    return err[-1]
+    return _last_line(capsys.readouterr().err)
+
+
+def _last_line(err):
+    lines = err.strip().splitlines()
+    assert lines and "Traceback" not in "\n".join(lines)
+    return lines[-1]
 
 
 @pytest.fixture(scope="module")
@@ -183,8 +187,10 @@ def test_the_elastic_trainer_refuses_restart_in_the_python_api(tmp_path):
 
 
 @pytest.mark.multiproc
-def test_two_ranks_restart_over_an_earlier_two_rank_run(tmp_path):
-    """Rank 0 deletes under the lock before any rank looks for checkpoints: both ranks start the new run."""
+def test_two_ranks_restart_over_an_earlier_two_rank_run(tmp_path, capsys):
+    """Rank 0 deletes under the lock before any rank looks for checkpoints: both ranks start the new run. Without
+    --restart the same run dir is refused: shown in this process, since each rank refuses on its own, before any
+    collective (runsetup.resume_point), and a refusal ending both ranks of a job is test_job_safety's."""
     cfg = _config_file(tmp_path, total_env_steps=800, eval_every=800, checkpoint_every=400)
     run_dir = tmp_path / "run"
     horovodrun = [
@@ -203,8 +209,11 @@ def test_two_ranks_restart_over_an_earlier_two_rank_run(tmp_path):
     ]
     first = run(horovodrun, timeout=600)
     assert first.returncode == 0, first.stdout + first.stderr
-    refused = run(horovodrun, timeout=600)
-    assert refused.returncode == 2 and "holds the checkpoints of an earlier run" in refused.stdout + refused.stderr
+    refused = main_here(capsys, *horovodrun[horovodrun.index("train") :])
+    assert refused.returncode == 2 and _last_line(refused.stderr) == (
+        f"hvd-dqn: error: run dir {run_dir} holds the checkpoints of an earlier run: continue it with "
+        f"--resume {run_dir}, or train into another --run-dir"
+    )
     again = run([*horovodrun, "--restart", "--set", "seed=4"], timeout=600)
     assert again.returncode == 0, again.stdout + again.stderr
     out = again.stdout + again.stderr
