@@ -1,6 +1,6 @@
 """Run under horovodrun -np 2: learning phases with DIFFERENT data on each rank under mixed precision (the MLP in
 mixed_bfloat16, and in mixed_float16, whose loss scaling wraps Horovod's optimizer; the bf16 CNN runs in
-test_precision_multiproc's Atari run), then print each rank's checksums of the online and target weights and the
+test_checkpoint_resume's Atari run), then print each rank's checksums of the online and target weights and the
 optimizer's state (with the loss scale)."""
 
 import json

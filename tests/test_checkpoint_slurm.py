@@ -1,21 +1,27 @@
-"""Preemption under SLURM, for real on the loopback cluster: the batch script gets USR1 (as from
-`--signal=B:USR1@120` before the time limit, or a preempting scheduler), the ranks checkpoint and exit 75, the
-script requeues the job, and the requeued job resumes by itself and completes; metrics.jsonl shows the gap."""
+"""Preemption under SLURM, for real on the loopback cluster, as one job's story read by several tests: the batch
+script gets USR1 (as from `--signal=B:USR1@120` before the time limit, or a preempting scheduler), the ranks
+checkpoint and exit 75, the script requeues the job, and the requeued job resumes by itself on its 2 tasks and
+completes; metrics.jsonl shows the gap. The stopped run also comes back as a 1-task job (issue 17): a copy of its
+run dir, taken while the requeued job waits to start (as if the requeue were cancelled and the run submitted
+again with 1 task), resumes and completes on 1 rank from the 2 ranks' checkpoint, its replay dealt out to the one
+rank."""
 
 import json
 import re
+import shutil
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
 from conftest import BIN
+from stopping import rank_pids, signal_held, wait_for_step
 from test_launchers import LAUNCH, _job, local_slurm, run  # noqa: F401 (local_slurm: the session fixture)
 
 pytestmark = [pytest.mark.cluster, pytest.mark.multiproc, pytest.mark.slow]
-# Long enough that the signal, sent once 3,000 steps are logged, always lands mid-run: at 20,000 steps the run
-# could finish (some 3 s after step 3,000 at 6k steps/s) before the test's signal reached it, and not be requeued.
-TOTAL = 200000
+STOP_AT = 3000  # the job is signalled once rank 0 has logged this step (stopping holds the ranks meanwhile)
+TOTAL = 8000
 RUN = {
     "env_id": "CartPole-v1",
     "total_env_steps": TOTAL,
@@ -31,6 +37,7 @@ RUN = {
     "batch_size": 32,
     "replay_capacity": 5000,
 }
+ENDED = ("COMPLETED", "FAILED", "CANCELLED")
 
 
 def _wait(predicate, timeout, what, output: Path):
@@ -49,45 +56,76 @@ def _rows(run_dir: Path):
     return [json.loads(ln) for ln in metrics.read_text().splitlines()] if metrics.exists() else []
 
 
-def test_a_signalled_job_checkpoints_requeues_and_completes(local_slurm, tmp_path):
-    cfg = tmp_path / "run.yaml"
-    cfg.write_text("".join(f"{k}: {json.dumps(v)}\n" for k, v in RUN.items()))
-    run_dir, out = tmp_path / "run", tmp_path / "job.out"
+def _submit(cfg, run_dir, out, *sbatch_args):
     proc = run(
-        ["sbatch", "--parsable", f"--output={out}", LAUNCH / "slurm.sbatch", cfg],
+        ["sbatch", "--parsable", *sbatch_args, f"--output={out}", LAUNCH / "slurm.sbatch", cfg],
         RUN_DIR=run_dir,
         VIRTUAL_ENV=BIN.parent,
     )
     job = proc.stdout.strip().split(";")[0]
     assert job.isdigit(), proc.stdout + proc.stderr
+    return job
+
+
+@pytest.fixture(scope="module")
+def story(local_slurm, tmp_path_factory):
+    """The 2-task job signalled at STOP_AT, requeued and run to its end; the 1-task job on the stopped run's copy."""
+    tmp = tmp_path_factory.mktemp("slurm-preempt")
+    cfg = tmp / "job.yaml"
+    cfg.write_text("".join(f"{k}: {json.dumps(v)}\n" for k, v in RUN.items()))
+    run_dir, out, one_dir, one_out = tmp / "run", tmp / "job.out", tmp / "one-task", tmp / "one-task.out"
+    job = _submit(cfg, run_dir, out)
+    one = None
     try:
-        _wait(lambda: any(r["env_steps"] >= 3000 for r in _rows(run_dir)), 300, "training to get under way", out)
-        run(["scancel", "--batch", "--signal=USR1", job], check=True)  # the time-limit warning
+        alive = lambda: _job(job)["JobState"] in ("PENDING", "RUNNING")  # noqa: E731
+        wait_for_step(run_dir, 0, alive)
+        pids = rank_pids(str(run_dir))
+        assert len(pids) == 2, pids
+        wait_for_step(run_dir, STOP_AT, alive)
+        # the time-limit warning, to the batch script
+        signal_held(pids, lambda: run(["scancel", "--batch", "--signal=USR1", job], check=True))
         _wait(lambda: _job(job).get("Restarts") == "1", 120, "the requeue", out)
         # SLURM holds a requeued job until the old job credential expires (Reason=BeginTime, 120 s by default,
         # 10 s on the test cluster: launch/local-slurm.sh sets AuthInfo=cred_expire); a job started earlier fails
-        # with "Job credential revoked"
-        state = _wait(
-            lambda: _job(job)["JobState"] in ("COMPLETED", "FAILED", "CANCELLED") and _job(job),
-            600,
-            "the requeued job to end",
-            out,
-        )
+        # with "Job credential revoked". The stopped ranks have exited: the run dir holds their checkpoint.
+        shutil.copytree(run_dir, one_dir)
+        one = _submit(cfg, one_dir, one_out, "--ntasks-per-node=1")
+        state = _wait(lambda: _job(job)["JobState"] in ENDED and _job(job), 600, "the requeued job to end", out)
+        one_state = _wait(lambda: _job(one)["JobState"] in ENDED and _job(one), 600, "the 1-task job", one_out)
     finally:
-        if _job(job).get("JobState") in ("RUNNING", "PENDING"):
-            run(["scancel", job])
-    output = out.read_text()
-    assert state["JobState"] == "COMPLETED" and state["Restarts"] == "1", (state, output)
-    stopped = int(re.search(r"stopped by SIGUSR1 at global env step (\d+)", output).group(1))
-    assert 3000 <= stopped < TOTAL
-    assert "checkpointed after SIGUSR1: requeueing it" in output
-    assert "(start 2)" in output and "holds a checkpoint: resuming" in output
-    summary = json.loads((run_dir / "summary.json").read_text())
+        for j in (job, one):
+            if j and _job(j).get("JobState") in ("RUNNING", "PENDING"):
+                run(["scancel", j])
+    return SimpleNamespace(
+        state=state,
+        output=out.read_text(),
+        run_dir=run_dir,
+        one_state=one_state,
+        one_output=one_out.read_text(),
+        one_dir=one_dir,
+    )
+
+
+def _stopped(story):
+    return int(re.search(r"stopped by SIGUSR1 at global env step (\d+)", story.output).group(1))
+
+
+def test_a_signalled_job_checkpoints_and_requeues_itself(story):
+    assert STOP_AT <= _stopped(story) < TOTAL, story.output
+    assert "checkpointed after SIGUSR1: requeueing it" in story.output
+    assert story.output.count("stopped by SIGUSR1 at global env step") == 1
+
+
+def test_the_requeued_job_resumes_by_itself_and_completes(story):
+    assert story.state["JobState"] == "COMPLETED" and story.state["Restarts"] == "1", (story.state, story.output)
+    assert "(start 2)" in story.output and "holds a checkpoint: resuming" in story.output
+    summary = json.loads((story.run_dir / "summary.json").read_text())
     assert summary["env_steps"] == TOTAL and summary["world_size"] == 2
     assert summary["replica_checksums"][0] == summary["replica_checksums"][1]
-    rows = _rows(run_dir)
+    rows = _rows(story.run_dir)
     i = next(i for i, r in enumerate(rows) if r.get("event") == "resumed")
     resumed, before = rows[i], rows[i - 1]
+    stopped = _stopped(story)
     assert resumed["env_steps"] == stopped and resumed["checkpoint"] == f"ckpt-{stopped}"
     # wall_s counts from the run's first start, so the time the job spent stopped and queued shows as a jump
     assert resumed["resume_gap_s"] > 1
@@ -95,49 +133,15 @@ def test_a_signalled_job_checkpoints_requeues_and_completes(local_slurm, tmp_pat
     assert rows[-1]["env_steps"] == TOTAL and sum(r.get("event") == "resumed" for r in rows) == 1
 
 
-def test_a_preempted_two_task_job_continues_as_a_one_task_job(local_slurm, tmp_path):
-    """Issue 17: the job comes back with another task count (here: the 2-task job's requeue cancelled, the run
-    submitted again with 1 task); slurm.sbatch passes --resume whatever the count, and the run completes on 1 rank
-    from the 2 ranks' checkpoint, its replay dealt out to the one rank."""
-    cfg = tmp_path / "run.yaml"
-    cfg.write_text("".join(f"{k}: {json.dumps(v)}\n" for k, v in RUN.items()))
-    run_dir, out1, out2 = tmp_path / "run", tmp_path / "job1.out", tmp_path / "job2.out"
-    proc = run(
-        ["sbatch", "--parsable", f"--output={out1}", LAUNCH / "slurm.sbatch", cfg],
-        RUN_DIR=run_dir,
-        VIRTUAL_ENV=BIN.parent,
-    )
-    first = proc.stdout.strip().split(";")[0]
-    assert first.isdigit(), proc.stdout + proc.stderr
-    second = None
-    try:
-        _wait(lambda: any(r["env_steps"] >= 3000 for r in _rows(run_dir)), 300, "training to get under way", out1)
-        run(["scancel", "--batch", "--signal=USR1", first], check=True)
-        _wait(lambda: _job(first).get("Restarts") == "1", 120, "the requeue", out1)
-        run(["scancel", first], check=True)  # the allocation does not come back as it was
-        proc = run(
-            ["sbatch", "--parsable", "--ntasks-per-node=1", f"--output={out2}", LAUNCH / "slurm.sbatch", cfg],
-            RUN_DIR=run_dir,
-            VIRTUAL_ENV=BIN.parent,
-        )
-        second = proc.stdout.strip().split(";")[0]
-        assert second.isdigit(), proc.stdout + proc.stderr
-        state = _wait(
-            lambda: _job(second)["JobState"] in ("COMPLETED", "FAILED", "CANCELLED") and _job(second),
-            600,
-            "the 1-task job to end",
-            out2,
-        )
-    finally:
-        for job in (first, second):
-            if job and _job(job).get("JobState") in ("RUNNING", "PENDING"):
-                run(["scancel", job])
-    output = out2.read_text()
-    assert state["JobState"] == "COMPLETED", (state, output)
-    stopped = int(re.search(r"stopped by SIGUSR1 at global env step (\d+)", out1.read_text()).group(1))
+def test_a_preempted_two_task_job_continues_as_a_one_task_job(story):
+    """Issue 17: the job comes back with another task count; slurm.sbatch passes --resume whatever the count,
+    and the run completes on 1 rank from the 2 ranks' checkpoint."""
+    output = story.one_output
+    assert story.one_state["JobState"] == "COMPLETED", (story.one_state, output)
+    stopped = _stopped(story)
     assert ", 1 ranks, " in output and "holds a checkpoint: resuming" in output
     assert f"ckpt-{stopped} was written by 2 ranks, this job has 1: " in output
-    summary = json.loads((run_dir / "summary.json").read_text())
+    summary = json.loads((story.one_dir / "summary.json").read_text())
     assert summary["env_steps"] == TOTAL and summary["world_size"] == 1
-    resumed = [r for r in _rows(run_dir) if r.get("event") == "resumed"]
+    resumed = [r for r in _rows(story.one_dir) if r.get("event") == "resumed"]
     assert [(r["env_steps"], r["checkpoint_world_size"], r["world_size"]) for r in resumed] == [(stopped, 2, 1)]
