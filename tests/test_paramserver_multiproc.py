@@ -10,8 +10,9 @@ import numpy as np
 import psutil
 import pytest
 
+import slurm_jobs
 from conftest import BIN, ROOT, run
-from test_launchers import LAUNCH, _job, local_slurm  # noqa: F401 (local_slurm: the session fixture)
+from test_launchers import LAUNCH, local_slurm  # noqa: F401 (local_slurm: the session fixture)
 
 pytestmark = pytest.mark.multiproc
 
@@ -82,12 +83,12 @@ def _fault_launch(launcher: str, config, run_dir, tmp_path, rank: int):
     out = tmp_path / "job-%j.out"
     # 3 tasks on this machine's 2 cores: the job's 2-task allocation, srun starting 3 in it with --overcommit
     # (sbatch refuses 3 tasks per node on a node of 2 CPUs, --overcommit or not)
-    sbatch = ["sbatch", "--wait", "--parsable", f"--output={out}"]
-    proc = run([*sbatch, LAUNCH / "slurm.sbatch", *args], timeout=900, SRUN_ARGS="-n 3 --overcommit", **env)
-    job_id = proc.stdout.strip().split(";")[0]
-    assert job_id.isdigit(), proc.stdout + proc.stderr
-    assert _job(job_id)["JobState"] == "FAILED"
-    return proc.returncode, proc.stderr + Path(str(out).replace("%j", job_id)).read_text()
+    job_id = slurm_jobs.submit(
+        [f"--output={out}", LAUNCH / "slurm.sbatch", *args], SRUN_ARGS="-n 3 --overcommit", **env
+    )
+    (job,) = slurm_jobs.wait(job_id, 900)
+    assert job["JobState"] == "FAILED", job
+    return slurm_jobs.exit_status([job]), Path(str(out).replace("%j", job_id)).read_text()
 
 
 # the two other launchers than the 3-rank launch's horovodrun: the server fails under mpirun, a worker under srun
