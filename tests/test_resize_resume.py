@@ -1,14 +1,15 @@
 """Resuming onto another number of ranks, for real under horovodrun (issue 17): configs/cartpole.yaml stopped at
 np=2 mid-run, then resumed at np=1 (twice: the same checksums) and at np=4; each completes the run and still
 solves it, with the update count the two world sizes' schedules add up to, and says in one line and in its
-metrics where the world size changed. Atari and a step the new world size cannot reach are refused in one line."""
+metrics where the world size changed. Atari and a step the new world size cannot reach are refused in one line.
+The runs at np=1 need no launcher: they run through cli.main in this process, as `hvd-dqn train` at np=1 would."""
 
 import json
 import shutil
 
 import pytest
 
-from conftest import BIN, DEFAULT_CONFIG, DEFAULT_STOP_AT, ROOT, run
+from conftest import BIN, DEFAULT_CONFIG, DEFAULT_STOP_AT, ROOT, main_here, run
 from hvd_dqn.checkpoint import CheckpointError, check_compatible
 from hvd_dqn.config import Config
 from run_schedule import learning_phases, updates_per_phase
@@ -37,10 +38,15 @@ def stopped_at_np2(default_cartpole_stopped):
     return run_dir, step
 
 
-def _resume_copy(stopped, tmp_path, name, np_):
+def _resume_copy(stopped, tmp_path, name, np_, capsys=None):
+    """A copy of ``stopped`` resumed to its end at np ``np_``: under horovodrun, or at np=1 through cli.main in
+    this process (``capsys``). (Its run dir, its output.)"""
     run_dir = tmp_path / name
     shutil.copytree(stopped, run_dir)
-    proc = run(_hvd(np_, "--resume", run_dir), timeout=900)
+    if np_ == 1:
+        proc = main_here(capsys, "train", "--resume", run_dir)
+    else:
+        proc = run(_hvd(np_, "--resume", run_dir), timeout=900)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     return run_dir, proc.stdout + proc.stderr
 
@@ -53,10 +59,10 @@ def _expected_updates(step, new_np):
 
 
 @pytest.mark.multiproc
-def test_np2_resumed_at_np1_twice_completes_solves_and_is_deterministic(stopped_at_np2, tmp_path):
+def test_np2_resumed_at_np1_twice_completes_solves_and_is_deterministic(stopped_at_np2, tmp_path, capsys):
     stopped, step = stopped_at_np2
-    first, output = _resume_copy(stopped, tmp_path, "a", 1)
-    second, _ = _resume_copy(stopped, tmp_path, "b", 1)
+    first, output = _resume_copy(stopped, tmp_path, "a", 1, capsys)
+    second, _ = _resume_copy(stopped, tmp_path, "b", 1, capsys)
     a, b = _summary(first), _summary(second)
     assert a["world_size"] == 1 and a["env_steps"] == 50000
     assert a["solved_env_steps"] is not None and a["solved_env_steps"] > step  # it still learns the task
@@ -87,12 +93,11 @@ def test_np2_resumed_at_np4_completes_and_solves(stopped_at_np2, tmp_path):
     assert [(r["checkpoint_world_size"], r["world_size"]) for r in rows if r.get("event") == "resumed"] == [(2, 4)]
 
 
-def test_a_step_the_new_world_size_cannot_reach_is_refused_in_one_line(tmp_path, tiny_cartpole):
-    """1 env per rank, 1,001 steps at np=1: 2 ranks step 2 at a time and never stand at step 1,001."""
+def test_a_step_the_new_world_size_cannot_reach_is_refused_in_one_line(tmp_path, tiny_cartpole, capsys):
+    """1 env per rank, 1,001 steps at np=1 (through cli.main here): 2 ranks (horovodrun) step 2 at a time and
+    never stand at step 1,001."""
     run_dir = tmp_path / "run"
-    proc = run(
-        [BIN / "hvd-dqn", "train", "--config", tiny_cartpole, "--run-dir", run_dir, "--set", "total_env_steps=1001"]
-    )
+    proc = main_here(capsys, "train", "--config", tiny_cartpole, "--run-dir", run_dir, "--set", "total_env_steps=1001")
     assert proc.returncode == 0, proc.stderr
     proc = run(_hvd(2, "--resume", run_dir), timeout=300)
     assert proc.returncode != 0

@@ -2,6 +2,7 @@
 
 import json
 import os
+import runpy
 import sys
 
 import numpy as np
@@ -28,22 +29,23 @@ def _summary(run_dir):
 
 @pytest.mark.multiproc
 def test_a_users_env_module_trains_on_two_ranks_evaluates_exports_and_serves(tmp_path, capsys, monkeypatch):
+    """The corridor example under `horovodrun -np 2 hvd-dqn train`, the user's module on the ranks' PYTHONPATH,
+    with a user's own Q-network named by the config (q_network: custom_network:layer_norm_mlp): both reach the
+    ranks, the replicas end identical, and the run evaluates, exports and serves without the user's code."""
     run_dir, out = tmp_path / "run", tmp_path / "export"
     path = _pythonpath(USER_ENV)
-    proc = run(
-        [HOROVODRUN, "-np", "2", "--gloo", BIN / "hvd-dqn", "train", "--config", CORRIDOR, "--run-dir", run_dir],
-        timeout=600,
-        PYTHONPATH=path,
-    )
+    train = [HOROVODRUN, "-np", "2", "--gloo", BIN / "hvd-dqn", "train", "--config", CORRIDOR, "--run-dir", run_dir]
+    proc = run([*train, "--set", "q_network=custom_network:layer_norm_mlp"], timeout=600, PYTHONPATH=path)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     summary = _summary(run_dir)
     assert summary["world_size"] == 2 and summary["env_steps"] == 4000
-    assert len(set(summary["replica_checksums"])) == 1
+    assert len(summary["replica_checksums"]) == 2 and len(set(summary["replica_checksums"])) == 1
     # the corridor of 8 cells (env_kwargs) is walked in the fewest steps: -7; the default length 8 is the
     # same, so a corridor of another length proves the keywords reached the env (below)
     assert summary["final_eval_return_mean"] == -7.0
     config = json.loads((run_dir / "config.json").read_text())
     assert config["env_id"] == "mygrid:Corridor-v0" and config["env_kwargs"] == {"length": 8}
+    assert config["q_network"] == "custom_network:layer_norm_mlp"
 
     # evaluate and export in this process, the user's module dir on sys.path as PYTHONPATH put it for the ranks
     monkeypatch.syspath_prepend(str(USER_ENV))
@@ -282,12 +284,14 @@ def test_a_custom_network_through_the_api(tmp_path, monkeypatch):
     np.testing.assert_array_equal(saved(obs).numpy(), trainer.policy_network(obs).numpy())
 
 
-def test_the_custom_network_example_runs(tmp_path):
+def test_the_custom_network_example_runs(tmp_path, capsys, monkeypatch):
+    """`python examples/user_env/custom_network.py 1000 RUN_DIR`, run as __main__ in this process (one rank)."""
     run_dir = tmp_path / "run"
-    proc = run([sys.executable, USER_ENV / "custom_network.py", "2000", run_dir])
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("[custom network]")]
-    assert lines[0].startswith("[custom network] 350 updates, final greedy return ")  # 7 phases (500, 750 .. 2000) x 50
+    monkeypatch.setattr(sys, "argv", [str(USER_ENV / "custom_network.py"), "1000", str(run_dir)])
+    capsys.readouterr()
+    runpy.run_path(str(USER_ENV / "custom_network.py"), run_name="__main__")
+    lines = [ln for ln in capsys.readouterr().out.splitlines() if ln.startswith("[custom network]")]
+    assert lines[0].startswith("[custom network] 150 updates, final greedy return ")  # 3 phases (500, 750, 1000) x 50
     assert lines[0].endswith("layers Activation, Dense, InputLayer, LayerNormalization")
     assert lines[1] == "[custom network] replicas equal: True"
 
@@ -330,26 +334,19 @@ def test_a_q_network_reference_that_does_not_resolve_is_one_line(tmp_path, ref, 
 @pytest.mark.multiproc
 def test_a_custom_network_from_the_config_trains_on_two_ranks_and_resumes_bit_exactly(tiny_cartpole, tmp_path):
     """Replicas identical, and a run preempted mid-way then resumed ends where the uninterrupted one does
-    (CartPole: an env whose state a checkpoint captures; a user's own env restarts its episodes on resume)."""
-    path = _pythonpath(USER_ENV)
-    common = [
-        "--config",
-        tiny_cartpole,
-        "--set",
-        "q_network=custom_network:layer_norm_mlp",
-        "--set",
-        "checkpoint_every=1000",
-    ]
-    whole, stopped = tmp_path / "whole", tmp_path / "stopped"
-    train = [HOROVODRUN, "-np", "2", "--gloo", BIN / "hvd-dqn", "train", *common]
-    proc = run([*train, "--run-dir", whole], timeout=600, PYTHONPATH=path)
-    assert proc.returncode == 0, proc.stdout + proc.stderr
-    expected = _summary(whole)["replica_checksums"]
-    assert len(expected) == 2 and len(set(expected)) == 1
-    proc = run([*train, "--run-dir", stopped], timeout=600, PYTHONPATH=path, HVD_DQN_PREEMPT_AT="0:1500")
-    assert "stopped by HVD_DQN_PREEMPT_AT at global env step" in proc.stdout + proc.stderr, proc.stdout + proc.stderr
-    assert not (stopped / "summary.json").exists()
-    resume = [HOROVODRUN, "-np", "2", "--gloo", BIN / "hvd-dqn", "train", "--resume", stopped]
-    proc = run(resume, timeout=600, PYTHONPATH=path)
-    assert proc.returncode == 0, proc.stdout + proc.stderr
-    assert _summary(stopped)["replica_checksums"] == expected
+    (CartPole: an env whose state a checkpoint captures; a user's own env restarts its episodes on resume). One
+    launch, `horovodrun -np 2 --gloo` of tests/mp_custom_resume.py, runs the three (whole, stopped, resumed);
+    the config's network through `hvd-dqn train --set q_network=...` under horovodrun is
+    test_a_users_env_module_trains_on_two_ranks_evaluates_exports_and_serves's."""
+    cmd = [HOROVODRUN, "-np", "2", "--gloo", sys.executable, TESTS / "mp_custom_resume.py", tmp_path, tiny_cartpole]
+    proc = run(cmd, timeout=1800, PYTHONPATH=_pythonpath(USER_ENV, TESTS))
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    result = json.loads((tmp_path / "result.json").read_text())
+    expected = result["whole"]["replica_checksums"]
+    assert result["whole"]["world_size"] == 2 and len(expected) == 2 and len(set(expected)) == 1
+    assert result["layers"] == ["InputLayer", *["Dense", "LayerNormalization", "Activation"] * 2, "Dense"]
+    assert result["stop"].startswith("stopped by HVD_DQN_PREEMPT_AT at global env step "), result["stop"]
+    assert not result["summary_after_stop"]
+    assert result["resumed"]["replica_checksums"] == expected
+    rows = [json.loads(ln) for ln in (tmp_path / "stopped" / "metrics.jsonl").read_text().splitlines()]
+    assert [r.get("event") for r in rows].count("resumed") == 1

@@ -1,21 +1,23 @@
 """The user's surface on one tiny CartPole run (trained once per module, in process, with callbacks):
-callbacks, TensorBoard tags, progress output, ``evaluate``, ``export`` (loaded where Horovod cannot be imported),
-``plot``, and the one-line errors of each command."""
+callbacks, TensorBoard tags, ``evaluate``, ``export`` (loaded where Horovod cannot be imported),
+``plot``, and the one-line errors of each command. The commands run through cli.main in this process; one refusal
+runs as a real ``hvd-dqn`` process, for its exit code and TensorFlow's start-up noise kept off its stderr."""
 
+import contextlib
 import io
 import json
 import re
 import struct
 import sys
+import warnings
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from conftest import BIN, run
+from conftest import BIN, main_here, run
 from hvd_dqn import Callback, Config, Trainer
 from run_schedule import expected_updates
-from test_cli import NO_HOROVOD
 
 TINY = dict(
     env_id="CartPole-v1",
@@ -32,6 +34,7 @@ TINY = dict(
     batch_size=32,
     replay_capacity=2000,
 )
+NO_HOROVOD = "import sys\nraise ImportError('horovod is deliberately unavailable in this process')\n"
 OBS = np.array([[0.01, -0.02, 0.03, 0.04], [0.1, 0.5, -0.05, -0.6], [-0.2, -1.0, 0.1, 1.5]], np.float32)
 
 
@@ -61,10 +64,17 @@ def trained(tmp_path_factory):
 
 
 def hvd_dqn(*args, timeout=300):
+    """A real ``hvd-dqn`` process."""
     return run([BIN / "hvd-dqn", *args], timeout=timeout)
 
 
-# ------------------------------------------------------------------ callbacks, TensorBoard, progress
+@pytest.fixture
+def cli(capsys):
+    """``cli(*args)``: ``hvd-dqn *args`` through cli.main in this process (conftest.main_here)."""
+    return lambda *args: main_here(capsys, *args)
+
+
+# ------------------------------------------------------------------ callbacks, TensorBoard
 def test_callbacks_fire_at_every_log_evaluation_and_checkpoint(trained):
     run_dir, summary, recorder, _ = trained
     kinds = [kind for kind, _ in recorder.calls]
@@ -140,74 +150,6 @@ def test_tensorboard_event_files_hold_the_expected_tags(trained):
     assert sorted(steps_by_tag["charts/epsilon"]) == [300, 600, 900, 1200]
 
 
-def _row(steps):
-    return {
-        "env_steps": steps,
-        "wall_s": steps / 100,
-        "charts/episodic_return": 21.5,
-        "losses/td_loss": 0.25,
-        "charts/epsilon": 0.5,
-        "perf/env_steps_per_s": 1234.0,
-    }
-
-
-def test_progress_is_plain_lines_when_not_a_terminal(tmp_path):
-    from hvd_dqn.metrics import RunLogger
-
-    stream = io.StringIO()
-    logger = RunLogger(tmp_path, enabled=True, total_env_steps=1000, stream=stream, tensorboard=False)
-    logger.log(_row(500))
-    logger.log({**_row(1000), "eval_return_mean": 200.0})
-    logger.close()
-    lines = stream.getvalue().splitlines()
-    assert len(lines) == 2 and all(line.startswith("hvd-dqn | steps") for line in lines)
-    assert "return    21.5" in lines[0] and "1,234 steps/s" in lines[0] and "eps 0.500" in lines[0]
-    assert "eval   200.0" in lines[1] and "\r" not in stream.getvalue()
-
-
-class Terminal(io.StringIO):
-    def isatty(self):
-        return True
-
-
-def test_progress_is_a_tqdm_bar_on_a_terminal(tmp_path, monkeypatch):
-    from hvd_dqn.metrics import LAUNCHER_ENV, RunLogger
-
-    for name in LAUNCHER_ENV:
-        monkeypatch.delenv(name, raising=False)
-    stream = Terminal()
-    logger = RunLogger(tmp_path, enabled=True, total_env_steps=1000, stream=stream, tensorboard=False)
-    logger.log(_row(500))
-    logger.log({**_row(1000), "eval_return_mean": 200.0})
-    logger.close()
-    out = stream.getvalue()
-    assert "\r" in out and "hvd-dqn | steps" not in out  # a redrawn bar, not lines
-    last = out.split("\r")[-1]
-    assert "1.00k/1.00k" in last and "100%" in last and "return=21.5" in last and "eval=200.0" in last
-
-
-def test_progress_is_plain_lines_under_a_launcher_even_on_a_tty(tmp_path, monkeypatch):
-    """mpirun hands its ranks a pty but passes their output on by lines: a bar would show nothing."""
-    from hvd_dqn.metrics import RunLogger
-
-    monkeypatch.setenv("OMPI_COMM_WORLD_SIZE", "2")
-    stream = Terminal()
-    logger = RunLogger(tmp_path, enabled=True, total_env_steps=1000, stream=stream, tensorboard=False)
-    logger.log(_row(500))
-    logger.close()
-    assert stream.getvalue().startswith("hvd-dqn | steps") and "\r" not in stream.getvalue()
-
-
-def test_other_ranks_write_nothing(tmp_path):
-    from hvd_dqn.metrics import RunLogger
-
-    stream = io.StringIO()
-    logger = RunLogger(tmp_path / "r1", enabled=False, total_env_steps=1000, stream=stream)
-    logger.log(_row(500))
-    logger.close()
-    assert stream.getvalue() == "" and not (tmp_path / "r1").exists()
-
-
 # ------------------------------------------------------------------ evaluate
 EVAL_LINE = re.compile(r"^(\S+): (\d+) episodes, mean (-?[\d.]+), std ([\d.]+), min (-?[\d.]+), max (-?[\d.]+)$")
 
@@ -218,9 +160,9 @@ def parse_eval(stdout):
     return m.group(1), int(m.group(2)), *map(float, m.groups()[2:])
 
 
-def test_evaluate_run_dir_is_seeded_and_summarises(trained):
+def test_evaluate_run_dir_is_seeded_and_summarises(trained, cli):
     run_dir = trained[0]
-    first = hvd_dqn("evaluate", run_dir, "--episodes", "3", "--seed", "7")
+    first = cli("evaluate", run_dir, "--episodes", "3", "--seed", "7")
     assert first.returncode == 0, first.stderr
     env_id, n, mean, std, lo, hi = parse_eval(first.stdout)
     assert env_id == "CartPole-v1" and n == 3
@@ -229,7 +171,7 @@ def test_evaluate_run_dir_is_seeded_and_summarises(trained):
     assert (mean, std, lo, hi) == tuple(
         round(float(x), 2) for x in (np.mean(returns), np.std(returns), np.min(returns), np.max(returns))
     )
-    again = hvd_dqn("evaluate", run_dir, "--episodes", "3", "--seed", "7")
+    again = cli("evaluate", run_dir, "--episodes", "3", "--seed", "7")
     assert parse_eval(again.stdout) == parse_eval(first.stdout)
 
 
@@ -253,11 +195,13 @@ def greedy_returns(model_file, env_id, seeds):
     return returns
 
 
-def test_evaluate_records_one_video_per_episode(trained, tmp_path):
+def test_evaluate_records_one_video_per_episode(trained, tmp_path, cli):
     videos = tmp_path / "videos"
-    proc = hvd_dqn("evaluate", trained[0], "--episodes", "2", "--seed", "7", "--video", videos)
+    with warnings.catch_warnings(record=True) as caught:  # gymnasium's RecordVideo warns through warnings
+        warnings.simplefilter("always")
+        proc = cli("evaluate", trained[0], "--episodes", "2", "--seed", "7", "--video", videos)
     assert proc.returncode == 0, proc.stderr
-    assert "Overwriting" not in proc.stderr
+    assert "Overwriting" not in proc.stderr and not [w for w in caught if "Overwriting" in str(w.message)]
     files = sorted(videos.glob("*.mp4"))
     assert [f.name for f in files] == ["seed-7-episode-0.mp4", "seed-8-episode-0.mp4"]
     assert all(f.read_bytes()[4:8] == b"ftyp" for f in files)  # MP4 container
@@ -265,10 +209,15 @@ def test_evaluate_records_one_video_per_episode(trained, tmp_path):
 
 @pytest.fixture(scope="module")
 def exported(trained, tmp_path_factory):
+    """``hvd-dqn export`` of the trained run, through cli.main in this process."""
+    from hvd_dqn import cli
+
     out = tmp_path_factory.mktemp("export") / "policy"
-    proc = hvd_dqn("export", trained[0], out)
-    assert proc.returncode == 0, proc.stderr
-    assert f"exported to {out}" in proc.stdout
+    stdout = io.StringIO()
+    with contextlib.redirect_stdout(stdout):
+        code = cli.main(["export", str(trained[0]), str(out)])
+    assert code == 0
+    assert f"exported to {out}" in stdout.getvalue()
     return out
 
 
@@ -280,12 +229,12 @@ def test_export_writes_savedmodel_keras_and_metadata(exported, trained):
     assert not list(exported.parent.glob(".*tmp*"))
 
 
-def test_evaluate_export_dir_matches_the_run_dir(trained, exported):
-    from_run = hvd_dqn("evaluate", trained[0], "--episodes", "2", "--seed", "11")
-    from_export = hvd_dqn("evaluate", exported, "--episodes", "2", "--seed", "11")
+def test_evaluate_export_dir_matches_the_run_dir(trained, exported, cli):
+    from_run = cli("evaluate", trained[0], "--episodes", "2", "--seed", "11")
+    from_export = cli("evaluate", exported, "--episodes", "2", "--seed", "11")
     assert from_export.returncode == 0, from_export.stderr
     assert parse_eval(from_export.stdout) == parse_eval(from_run.stdout)
-    keras_file = hvd_dqn(
+    keras_file = cli(
         "evaluate", exported / "q_network.keras", "--env", "CartPole-v1", "--episodes", "2", "--seed", "11"
     )
     assert keras_file.returncode == 0, keras_file.stderr
@@ -293,6 +242,8 @@ def test_evaluate_export_dir_matches_the_run_dir(trained, exported):
 
 
 def test_export_loads_and_serves_without_horovod(trained, exported, tmp_path):
+    """A process where horovod cannot be imported loads the export (SavedModel signatures, q_network.keras) and
+    the run dir's own q_network.keras with plain TensorFlow and tf_keras: the trained network's Q-values."""
     blocker = tmp_path / "blocker" / "horovod"
     blocker.mkdir(parents=True)
     (blocker / "__init__.py").write_text(NO_HOROVOD)
@@ -311,8 +262,10 @@ q = loaded.signatures["q_values"](observation=obs)["q_values"].numpy()
 default = loaded.signatures["serving_default"](observation=obs)["q_values"].numpy()
 action = loaded.signatures["greedy_action"](observation=obs)["action"].numpy()
 k = tf_keras.models.load_model({str(exported / "q_network.keras")!r}, compile=False)(obs).numpy()
+run_k = tf_keras.models.load_model({str(trained[0] / "q_network.keras")!r})(obs).numpy()
 print("OUT", json.dumps({{"q": q.tolist(), "default": default.tolist(), "action": action.tolist(),
-                         "keras": k.tolist(), "dtype": str(action.dtype), "hvd": "horovod" in sys.modules}}))
+                         "keras": k.tolist(), "run_keras": run_k.tolist(), "dtype": str(action.dtype),
+                         "hvd": "horovod" in sys.modules}}))
 """
     proc = run([sys.executable, "-c", code], PYTHONPATH=str(tmp_path / "blocker"))
     assert proc.returncode == 0, proc.stderr
@@ -321,14 +274,18 @@ print("OUT", json.dumps({{"q": q.tolist(), "default": default.tolist(), "action"
     np.testing.assert_allclose(out["q"], q_trained, rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(out["default"], q_trained, rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(out["keras"], q_trained, rtol=1e-5, atol=1e-6)
+    # the run dir's model: the same Q-values as loaded where Horovod is at hand (this process)
+    import tf_keras
+
+    assert out["run_keras"] == tf_keras.models.load_model(trained[0] / "q_network.keras")(OBS).numpy().tolist()
     assert out["action"] == np.argmax(q_trained, axis=1).tolist() and out["dtype"] == "int32"
     assert not out["hvd"]
 
 
 # ------------------------------------------------------------------ plot
-def test_plot_writes_a_png_of_the_expected_size(trained, tmp_path):
+def test_plot_writes_a_png_of_the_expected_size(trained, tmp_path, cli):
     png = tmp_path / "curves" / "x.png"
-    proc = hvd_dqn("plot", trained[0], trained[0], "-o", png)
+    proc = cli("plot", trained[0], trained[0], "-o", png)
     assert proc.returncode == 0, proc.stderr
     data = png.read_bytes()
     assert data[:8] == b"\x89PNG\r\n\x1a\n" and data[12:16] == b"IHDR"
@@ -343,7 +300,8 @@ TF_CHATTER = re.compile(r"^(WARNING: All log messages before absl::InitializeLog
 
 
 def assert_one_line_error(proc, *fragments):
-    """Exactly one line on stderr, ours: TensorFlow's start-up noise is filtered even where the command loaded it."""
+    """Exit code 2 and exactly one line on stderr, ours (in a real process: TensorFlow's start-up noise is filtered
+    even where the command loaded it)."""
     assert proc.returncode == 2, (proc.stdout, proc.stderr)
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("hvd-dqn: error: "), proc.stderr
@@ -353,30 +311,33 @@ def assert_one_line_error(proc, *fragments):
 
 
 @pytest.mark.parametrize("command", ["evaluate", "export", "plot"])
-def test_missing_run_dir(command, tmp_path):
+def test_missing_run_dir(command, tmp_path, cli):
     missing = tmp_path / "nope"
     args = {"evaluate": [missing], "export": [missing, tmp_path / "out"], "plot": [missing, "-o", tmp_path / "p.png"]}
-    assert_one_line_error(hvd_dqn(command, *args[command]), str(missing))
+    assert_one_line_error(cli(command, *args[command]), str(missing))
 
 
 @pytest.mark.parametrize("command", ["evaluate", "export"])
-def test_run_dir_without_a_model(command, tmp_path):
+def test_run_dir_without_a_model(command, tmp_path, cli):
     empty = tmp_path / "empty"
     empty.mkdir()
     args = {"evaluate": [empty], "export": [empty, tmp_path / "out"]}
-    assert_one_line_error(hvd_dqn(command, *args[command]), str(empty), "no model")
+    assert_one_line_error(cli(command, *args[command]), str(empty), "no model")
 
 
-def test_plot_of_a_dir_without_metrics(tmp_path):
-    assert_one_line_error(hvd_dqn("plot", tmp_path, "-o", tmp_path / "p.png"), "no metrics.jsonl")
+def test_plot_of_a_dir_without_metrics(tmp_path, cli):
+    assert_one_line_error(cli("plot", tmp_path, "-o", tmp_path / "p.png"), "no metrics.jsonl")
 
 
 @pytest.mark.parametrize(
-    "env_id, fragment", [("MountainCar-v0", "shape (2,) and 3 actions"), ("Acrobot-v1", "shape (6,) and 3 actions")]
+    "env_id, fragment, real",
+    [("MountainCar-v0", "shape (2,) and 3 actions", True), ("Acrobot-v1", "shape (6,) and 3 actions", False)],
 )
-def test_evaluate_on_an_env_that_does_not_match_the_model(trained, env_id, fragment):
+def test_evaluate_on_an_env_that_does_not_match_the_model(trained, env_id, fragment, real, cli):
+    """MountainCar as a real `hvd-dqn` process (the suite's one here): exit code 2 and one stderr line although
+    the command loaded TensorFlow and the model; Acrobot through cli.main."""
     assert_one_line_error(
-        hvd_dqn("evaluate", trained[0], "--env", env_id, "--episodes", "1"),
+        (hvd_dqn if real else cli)("evaluate", trained[0], "--env", env_id, "--episodes", "1"),
         env_id,
         fragment,
         "expects shape (4,) and 2 actions",
@@ -392,11 +353,11 @@ def test_evaluate_on_an_env_that_does_not_match_the_model(trained, env_id, fragm
         (["--env", "NoSuchEnv-v9"], "NoSuchEnv-v9"),
     ],
 )
-def test_evaluate_bad_options(trained, args, fragment):
-    assert_one_line_error(hvd_dqn("evaluate", trained[0], *args), fragment)
+def test_evaluate_bad_options(trained, args, fragment, cli):
+    assert_one_line_error(cli("evaluate", trained[0], *args), fragment)
 
 
-def test_evaluate_a_file_that_is_not_a_model(tmp_path):
+def test_evaluate_a_file_that_is_not_a_model(tmp_path, cli):
     bogus = tmp_path / "model.keras"
     bogus.write_text("not a model")
-    assert_one_line_error(hvd_dqn("evaluate", bogus, "--env", "CartPole-v1"), str(bogus))
+    assert_one_line_error(cli("evaluate", bogus, "--env", "CartPole-v1"), str(bogus))
