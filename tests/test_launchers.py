@@ -196,13 +196,27 @@ def test_a_missing_config_is_a_one_line_error(script, tmp_path):
     assert "config file not found" in proc.stderr and "Traceback" not in proc.stderr
 
 
-@pytest.mark.parametrize("failing_job", ["mpirun"], indirect=True)
-def test_mpirun_across_two_hosts(failing_job):
-    """The mpirun.sh job of failing_job has one rank in each network namespace, mpirun reaching the second through
-    the netns launch agent, all MPI and Horovod traffic on the hosts' own 10.250.0.0/24 link (its training in
-    lockstep across them, and rank 1's failure on the second host ending the job: the tests above)."""
+@pytest.fixture(scope="module")
+def two_host_run(netns_hosts, tmp_path_factory):
+    """SHORT_RUN through launch/mpirun.sh across the two hosts of netns_hosts, to its end: run dir, status, output."""
+    tmp_path = tmp_path_factory.mktemp("two-hosts")
+    run_dir = tmp_path / "run"
+    status, output, _ = launch("mpirun", _config(tmp_path), run_dir, tmp_path)
+    return SimpleNamespace(run_dir=run_dir, status=status, output=output)
+
+
+def test_mpirun_across_two_hosts(two_host_run):
+    """launch/mpirun.sh takes a run to its end, exit 0, with one rank in each network namespace, mpirun reaching
+    the second through the netns launch agent, all MPI and Horovod traffic on the hosts' own 10.250.0.0/24 link,
+    and the replicas equal at the end across the link (rank 1's failure on the second host ending the job:
+    test_a_failing_rank_ends_the_job[mpirun])."""
+    output = two_host_run.output
+    assert two_host_run.status == 0, output
     # one rank on each host: rank 0 where mpirun runs (inside hvdA, which mpirun names by the machine's own
     # hostname), rank 1 started in hvdB through the agent; mpirun prints the map once per stream
-    output = failing_job.output
     nodes = set(re.findall(r"Data for node: (\S+)\s+Num slots: \d+\s+Max slots: \d+\s+Num procs: (\d+)", output))
     assert len(nodes) == 2 and ("hvdB", "1") in nodes and all(n == "1" for _, n in nodes), output
+    summary = json.loads((two_host_run.run_dir / "summary.json").read_text())
+    assert summary["world_size"] == 2 and summary["updates"] == expected_updates(SHORT_RUN, 2) == 35
+    checksums = summary["replica_checksums"]
+    assert len(checksums) == 2 and checksums[0] == checksums[1]
