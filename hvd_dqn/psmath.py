@@ -103,8 +103,16 @@ class StalenessCount:
         return {"counts": list(self.counts), "rejected": self.rejected, "dropped": self.dropped}
 
     def load_state_dict(self, state: dict) -> None:
-        self.counts = [int(n) for n in state["counts"]]
-        self.rejected, self.dropped = int(state["rejected"]), int(state["dropped"])
+        """A ValueError names the first entry that is not a count (a checkpoint's damaged state.json)."""
+        counts, rejected, dropped = state["counts"], state["rejected"], state["dropped"]
+        for name, value in {
+            "rejected": rejected,
+            "dropped": dropped,
+            **{f"counts[{i}]": n for i, n in enumerate(counts)},
+        }.items():
+            if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+                raise ValueError(f"staleness {name} is {value!r}, not a count")
+        self.counts, self.rejected, self.dropped = list(counts), rejected, dropped
 
     def summary(self) -> dict:
         return {

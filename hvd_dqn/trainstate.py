@@ -187,6 +187,13 @@ def restore(ckpt: Path, world, config, parts: Parts) -> Restored:
         if world.rank < saved_size:  # a rank that is new to the run keeps the envs it started with
             restart = restart_seeds(config.seed, world.rank, config.num_envs, training.env_steps)
             parts.actor.load_state_dict(checkpoint.read_json(ckpt, f"rank{world.rank}.json"), restart_seeds=restart)
+        if resized is not None:
+            training = replace(training, vstep=resized.vstep, since_sync=resized.since_sync)
+        # inside the agreement below: a damaged learner entry (one rank's, such as the server's staleness
+        # counts) ends every rank with its one line, not one rank with a traceback while the others wait
+        parts.learner.load_state_dict(
+            {"updates": training.updates, "since_sync": training.since_sync, **state.get(LEARNER_KEY, {})}
+        )
     except CheckpointError as exc:
         error = exc
     except (AttributeError, KeyError, TypeError, ValueError) as exc:
@@ -194,18 +201,13 @@ def restore(ckpt: Path, world, config, parts: Parts) -> Restored:
     # Horovod: no rank goes on (into collectives) with a checkpoint another rank could not load.
     if distributed.allreduce_sum([float(error is not None)])[0]:
         raise error or CheckpointError(f"checkpoint {ckpt}: another rank could not load its part (see its error)")
-    if resized is not None:
-        training = replace(training, vstep=resized.vstep, since_sync=resized.since_sync)
-        if world.is_chief:
-            say(resized.line)
+    if resized is not None and world.is_chief:
+        say(resized.line)
     if parts.actor.restart_reason is not None and world.is_chief:  # the same on every rank
         say(
             f"hvd-dqn: resuming from {ckpt.name}, the episodes start afresh: {parts.actor.restart_reason}; "
             "the rest is restored, but the run is not bit-exact"
         )
-    parts.learner.load_state_dict(
-        {"updates": training.updates, "since_sync": training.since_sync, **state.get(LEARNER_KEY, {})}
-    )
     # Horovod: every rank read the same file; the broadcast makes rank 0's bytes the truth regardless.
     parts.learner.broadcast_restored()
     return Restored(training, state["world_size"], state["started_at"], state["written_at"])

@@ -2,18 +2,21 @@
 
 1. One sync step of the protocol on known gradients (plain SGD, no clipping): the server's weights before and
    after, and the workers' weights after, for a NumPy recomputation.
-2. Training runs of tests' tiny CartPole: sync to the end; sync preempted at env step 1500, then resumed; async with
+2. Training runs of tests' tiny CartPole: sync to the end; sync preempted at env step 1500, then resumed (and a
+   later a copy of it with the server's staleness counts damaged); async with
    rank 2 three times slower and ps_max_staleness 1. Their summaries (rank 0's, the server's).
-Rank 0 writes result.json in the work directory (a printed line this long, mpirun --tag-output would cut)."""
+Rank 0 writes result.json in the work directory (a printed line this long, mpirun --tag-output would cut).
+3. Last, the damaged copy resumed: every rank refuses it and ends the job (exit 2), each with its one line."""
 
 import json
 import os
+import shutil
 import sys
 from pathlib import Path
 
 import numpy as np
 
-from hvd_dqn import distributed
+from hvd_dqn import checkpoint, distributed
 from hvd_dqn.config import Config
 from hvd_dqn.preemption import Preempted
 from hvd_dqn.pslearner import PSLearner
@@ -67,6 +70,18 @@ try:
 except Preempted as exc:
     summaries["preempted"] = str(exc.checkpoint)
 del os.environ["HVD_DQN_PREEMPT_AT"]
+# a copy of the stopped run whose state.json has the server's staleness counts damaged (the manifest rewritten to
+# match, as by hand): resumed last (3.)
+if world.rank == 0:
+    shutil.copytree(work / "sync_resumed", work / "damaged")
+    ckpt = work / "damaged" / "checkpoints" / Path(summaries["preempted"]).name
+    state = json.loads((ckpt / "state.json").read_text())
+    state["learner"]["staleness"]["counts"] = ["many"]
+    (ckpt / "state.json").write_text(json.dumps(state))
+    marker = json.loads((ckpt / checkpoint.COMPLETE).read_text())
+    marker["files"]["state.json"] = checkpoint.describe([ckpt / "state.json"])["state.json"]
+    (ckpt / checkpoint.COMPLETE).write_text(json.dumps(marker))
+distributed.allreduce_sum([0.0])  # the copy is made before any rank reads it
 summaries["sync_resumed"] = Trainer(
     Config.from_dict({**BASE, "parameter_server": "sync"}), work / "sync_resumed", resume=True
 ).train()
@@ -78,3 +93,6 @@ del os.environ["HVD_DQN_SLOW_RANK"]
 out["summaries"] = summaries
 if world.rank == 0:
     (work / "result.json").write_text(json.dumps(out, default=str))
+
+# 3. the damaged copy: every rank must refuse the resume in one line, not the server alone with a traceback
+Trainer(Config.from_dict({**BASE, "parameter_server": "sync"}), work / "damaged", resume=True).train()

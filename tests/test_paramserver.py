@@ -2,6 +2,7 @@
 that need an allreduce). The protocol under a real launcher: test_paramserver_multiproc.py."""
 
 import json
+import re
 
 import numpy as np
 import pytest
@@ -72,6 +73,22 @@ def test_staleness_counts_round_trip_through_a_checkpoints_json():
         "ps_rejected": 4,
         "ps_dropped": 2,
     }
+
+
+@pytest.mark.parametrize(
+    "state, fragment",
+    [
+        ({"counts": [1, "2"], "rejected": 0, "dropped": 0}, "counts[1] is '2'"),
+        ({"counts": [1], "rejected": -1, "dropped": 0}, "rejected is -1"),
+        ({"counts": [1], "rejected": 0, "dropped": True}, "dropped is True"),
+        ({"counts": [1.5], "rejected": 0, "dropped": 0}, "counts[0] is 1.5"),
+    ],
+)
+def test_staleness_counts_from_a_damaged_state_json_are_refused_naming_the_entry(state, fragment):
+    count = psmath.StalenessCount()
+    with pytest.raises(ValueError, match=re.escape(fragment + ", not a count")):
+        count.load_state_dict(state)
+    assert count.state_dict() == {"counts": [], "rejected": 0, "dropped": 0}  # nothing half-loaded
 
 
 def test_state_json_holds_the_learners_extras_only_when_it_has_some():

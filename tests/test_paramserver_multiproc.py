@@ -24,7 +24,10 @@ def launched(tmp_path_factory):
         [BIN / "horovodrun", "-np", "3", "--mpi", sys.executable, ROOT / "tests" / "mp_paramserver.py", work],
         timeout=1500,
     )
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    output = proc.stdout + proc.stderr
+    # the job ends at its last step, the resume of a damaged checkpoint that every rank refuses (exit 2)
+    assert (work / "result.json").is_file() and proc.returncode != 0, output[-6000:]
+    (work / "job.out").write_text(output)
     return json.loads((work / "result.json").read_text()), work
 
 
@@ -61,6 +64,21 @@ def test_sync_resume_is_bit_exact(launched):
     assert (resumed["ps_staleness_max"], resumed["ps_rejected"], resumed["ps_dropped"]) == (0, 0, 0)
     rows = [json.loads(ln) for ln in (work / "sync_resumed" / "metrics.jsonl").read_text().splitlines()]
     assert [r.get("event") for r in rows].count("resumed") == 1
+
+
+def test_a_damaged_learner_entry_is_refused_on_every_rank(launched):
+    """state.json's staleness counts, which only the server loads, damaged in a copy of the stopped run (its
+    manifest rewritten to match), resumed as the launch's last step: the server names the entry, the workers its
+    failure, each in one line, and the job ends (exit 2 on every rank) with no traceback."""
+    output = (launched[1] / "job.out").read_text()
+    failed = sorted(line.split("<stderr>:", 1)[-1] for line in output.splitlines() if "failed: CheckpointError" in line)
+    assert len(failed) == 3, output[-6000:]
+    assert "damaged or foreign contents (ValueError: staleness counts[0] is 'many', not a count)" in failed[0]
+    assert failed[0].startswith("hvd-dqn: rank 0 failed: CheckpointError: checkpoint ") and "ckpt-1600" in failed[0]
+    for rank, line in ((1, failed[1]), (2, failed[2])):
+        assert line.startswith(f"hvd-dqn: rank {rank} failed: CheckpointError: checkpoint "), line
+        assert "another rank could not load its part" in line, line
+    assert "Traceback" not in output
 
 
 def test_async_staleness_never_exceeds_the_bound(launched):
