@@ -317,10 +317,16 @@ def test_config_fields_and_limits():
     assert cfg.is_atari and (cfg.frame_stack, cfg.noop_max, cfg.max_episode_frames) == (4, 30, 108_000)
     pong = Config.from_yaml(ROOT / "configs" / "pong.yaml")
     assert (pong.replay_capacity, pong.batch_size, pong.train_every, pong.total_env_steps) == (10**6, 32, 4, 10**7)
-    for world_size in (1, 2, 4, 8, 16):  # one update per 4 global env steps on any number of ranks
-        per = pong.per_rank(world_size)
+    strong = Config.from_yaml(ROOT / "configs" / "pong.yaml", ["scaling=strong"])
+    for world_size in (1, 2, 4, 8, 16):
+        # the samples replayed per env step stay 32 / 4 on any number of ranks: under the config's scaling sqrt one
+        # update of N x 32 every 4N env steps, under strong one of 32 every 4
+        per, per_strong = pong.per_rank(world_size), strong.per_rank(world_size)
         steps_per_phase = per.vector_steps_per_train * per.global_steps_per_vector_step
-        assert per.updates_per_phase / steps_per_phase == 1 / 4, world_size
+        assert (per.updates_per_phase, steps_per_phase) == (1, 4 * world_size)
+        assert world_size * per.batch_size * per.updates_per_phase / steps_per_phase == 32 / 4
+        steps_per_phase = per_strong.vector_steps_per_train * per_strong.global_steps_per_vector_step
+        assert per_strong.updates_per_phase / steps_per_phase == 1 / 4, world_size
     assert not Config(env_id="CartPole-v1").is_atari
     with pytest.raises(UserError, match="frame_stack"):
         Config.from_dict({"env_id": "ALE/Pong-v5", "frame_stack": 0})
@@ -351,10 +357,11 @@ def test_atari_100k_configs_load_and_validate(name):
     assert (cfg.target_tau, cfg.eval_epsilon, cfg.precision) == (1.0, 0.001, "float32")
     assert scheduled_epsilon(cfg, 0) == 1.0 and scheduled_epsilon(cfg, 6600) == pytest.approx(0.01)
     assert scheduled_epsilon(cfg, 3300) == pytest.approx(0.505)
-    for world_size in (1, 2):  # one update per global env step, as published
+    for world_size in (1, 2):  # one update of N x 32 per N global env steps: 32 samples per env step, as published
         per = cfg.per_rank(world_size)
         cfg.check_schedule(per)
-        assert per.updates_per_phase / (per.vector_steps_per_train * per.global_steps_per_vector_step) == 1
+        assert (per.updates_per_phase, per.vector_steps_per_train * per.global_steps_per_vector_step) == (1, world_size)
+        assert per.batch_size == 32  # each rank samples the whole batch
 
 
 @pytest.mark.parametrize("dueling", [False, True])

@@ -14,7 +14,7 @@ from hvd_dqn.envids import MINATAR_MAX_EPISODE_STEPS
 from hvd_dqn.envs import make_env, make_vector_env
 from hvd_dqn.errors import UserError
 from hvd_dqn.seeds import env_seeds
-from run_schedule import expected_updates
+from run_schedule import learning_phases
 
 pytest.importorskip("minatar", reason="the optional minatar extra: pip install '.[minatar]'")
 
@@ -125,7 +125,7 @@ def test_network_is_the_papers_with_exact_parameter_count():
 )
 def test_configs_are_the_reference_settings(name, env_id):
     cfg = Config.from_yaml(CONFIGS / f"{name}.yaml")
-    assert cfg.env_id == env_id and cfg.scaling == "strong" and cfg.num_envs == 1
+    assert cfg.env_id == env_id and cfg.scaling == "sqrt" and cfg.num_envs == 1
     assert (cfg.optimizer, cfg.learning_rate, cfg.rmsprop_decay, cfg.rmsprop_epsilon) == ("rmsprop", 2.5e-4, 0.95, 0.01)
     assert (cfg.batch_size, cfg.replay_capacity, cfg.learning_starts, cfg.gamma) == (32, 100_000, 5_000, 0.99)
     assert (cfg.train_every, cfg.updates_per_train, cfg.target_update_every) == (1, 1, 1_000)
@@ -197,10 +197,16 @@ def test_two_ranks_train_with_identical_replicas(tmp_path):
     assert proc.returncode == 0, proc.stdout + proc.stderr
     summary = json.loads((run_dir / "summary.json").read_text())
     cfg = Config.from_yaml(CONFIGS / "minatar-breakout.yaml", overrides)
-    # 2 ranks, one env each: a phase of 2 updates every 25 vector steps from vector step 200 to 300, 5 phases
+    # 2 ranks, one env each: a phase every 25 vector steps from vector step 200 to 300, 5 phases; the config's
+    # scaling sqrt makes each phase's 2 updates of 32 one of 32 per rank (global 64), RMSProp's constants to match
     assert summary["world_size"] == 2 and summary["env_steps"] == 600
-    assert summary["updates"] == expected_updates(cfg, 2) == 10
+    assert len(learning_phases(cfg, 2)) == 5 and summary["updates"] == 5
     assert len(summary["replica_checksums"]) == 2
     assert summary["replica_checksums"][0] == summary["replica_checksums"][1]
     recorded = json.loads((run_dir / "config.json").read_text())
-    assert recorded["per_rank"]["batch_size"] == 16 and recorded["optimizer"] == "rmsprop"
+    assert recorded["scaling"] == "sqrt" and recorded["optimizer"] == "rmsprop"
+    per_rank = recorded["per_rank"]
+    assert (per_rank["batch_size"], per_rank["updates_per_phase"], per_rank["target_update_every"]) == (32, 1, 2)
+    assert per_rank["learning_rate"] == pytest.approx(0.00025 * 2**0.5, rel=1e-12)
+    assert per_rank["rmsprop_decay"] == pytest.approx(0.95**2, rel=1e-12)
+    assert per_rank["rmsprop_epsilon"] == pytest.approx(0.01 / 2**0.5, rel=1e-12)

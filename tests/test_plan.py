@@ -3,6 +3,7 @@ here from the configs' numbers (tests/run_schedule.py's arithmetic and literal f
 scaling module the plan is built on."""
 
 import json
+import math
 from pathlib import Path
 
 import numpy as np
@@ -55,10 +56,96 @@ def test_cartpole_plan_is_the_weak_scaling_arithmetic(capsys, n, updates, lr, ta
     assert p["replay_bytes_per_host"] == p["ranks_per_host"] * p["replay_bytes_per_rank"] and p["replay_fits"]
 
 
+IMAGE_CONFIGS = ["pong", "breakout", "roadrunner-100k", "boxing-100k", "minatar-breakout", "minatar-spaceinvaders"]
+# the target period after scaling sqrt's division by N, rounded (MinAtar's 62.5 at N = 16 to even); the 100k
+# configs' target_tau copies the online net after every update, a period of 1 at any N
+SQRT_TARGET_EVERY = {
+    "pong": {1: 250, 2: 125, 8: 31, 16: 16},
+    "breakout": {1: 250, 2: 125, 8: 31, 16: 16},
+    "roadrunner-100k": {1: 1, 2: 1, 8: 1, 16: 1},
+    "boxing-100k": {1: 1, 2: 1, 8: 1, 16: 1},
+    "minatar-breakout": {1: 1000, 2: 500, 8: 125, 16: 62},
+    "minatar-spaceinvaders": {1: 1000, 2: 500, 8: 125, 16: 62},
+}
+
+
+def image_config(name):
+    if name.startswith("minatar"):
+        pytest.importorskip("minatar")
+    return CONFIGS / f"{name}.yaml"
+
+
+@pytest.mark.parametrize("n", [1, 2, 8, 16])
+@pytest.mark.parametrize("name", IMAGE_CONFIGS)
+def test_image_configs_plan_is_the_sqrt_arithmetic(capsys, name, n):
+    """The image configs ship scaling sqrt: each rank samples the config's batch of 32 at sqrt(N) times its rate,
+    the optimizer's decays to the power N and its epsilon / sqrt(N), and one update every N x train_every env
+    steps where the config makes one every train_every: a chain of updates N times shorter."""
+    path = image_config(name)
+    cfg = Config.from_yaml(path)
+    assert (cfg.scaling, cfg.scaling_replay_boost, cfg.scaling_lr_exponent) == ("sqrt", 1.0, 0.5)
+    assert (cfg.num_envs, cfg.batch_size, cfg.updates_per_train, cfg.backward_passes_per_step) == (1, 32, 1, 1)
+    p = plan_json(capsys, path, n)
+    assert p["world_size"] == n and p["scaling"] == "sqrt"
+    assert p["batch_per_rank"] == 32 and p["global_batch"] == 32 * n
+    assert p["learning_rate"] == pytest.approx(cfg.learning_rate * math.sqrt(n), rel=1e-12)
+    if cfg.optimizer == "adam":
+        assert p["adam_beta1"] == pytest.approx(cfg.adam_beta1**n, rel=1e-12)
+        assert p["adam_beta2"] == pytest.approx(cfg.adam_beta2**n, rel=1e-12)
+        assert p["adam_epsilon"] == pytest.approx(cfg.adam_epsilon / math.sqrt(n), rel=1e-12)
+    else:
+        assert cfg.optimizer == "rmsprop"
+        assert p["rmsprop_decay"] == pytest.approx(cfg.rmsprop_decay**n, rel=1e-12)
+        assert p["rmsprop_epsilon"] == pytest.approx(cfg.rmsprop_epsilon / math.sqrt(n), rel=1e-12)
+    period = cfg.train_every * n  # global env steps from one update to the next
+    assert p["updates_per_phase"] == 1 and p["env_steps_per_phase"] == period
+    # a phase at every multiple of the period from learning_starts to the end of the last vector step of N env steps
+    end = -(-cfg.total_env_steps // n) * n
+    phases = end // period - -(-cfg.learning_starts // period) + 1
+    assert p["env_steps"] == end and p["learning_phases"] == phases and p["updates_per_rank"] == phases
+    assert p["target_update_every"] == SQRT_TARGET_EVERY[name][n] and p["target_tau"] == cfg.target_tau
+    assert p["samples_per_env_step"] == pytest.approx(phases * 32 * n / end, rel=1e-12)
+    assert p["replay_capacity_per_rank"] == -(-cfg.replay_capacity // n)
+
+
+@pytest.mark.parametrize(
+    "name, updates_at_1, updates_at_8",
+    [
+        # an update every 4 env steps from 80k to 10M; at N = 8 one every 32
+        ("pong", (10**7 - 80_000) // 4 + 1, (10**7 - 80_000) // 32 + 1),
+        # an update every env step from 1,600 to 100k; at N = 8 one every 8
+        ("roadrunner-100k", 100_000 - 1_600 + 1, (100_000 - 1_600) // 8 + 1),
+        # an update every env step from 5,000 to 150k; at N = 8 one every 8
+        ("minatar-breakout", 150_000 - 5_000 + 1, (150_000 - 5_000) // 8 + 1),
+    ],
+)
+def test_sqrt_makes_the_chain_of_updates_8_times_shorter_at_8_ranks(capsys, name, updates_at_1, updates_at_8):
+    path = image_config(name)
+    assert plan_json(capsys, path, 1)["updates_per_rank"] == updates_at_1
+    assert plan_json(capsys, path, 8)["updates_per_rank"] == updates_at_8
+    assert updates_at_1 // 8 <= updates_at_8 <= updates_at_1 // 8 + 1
+
+
+@pytest.mark.parametrize("name", IMAGE_CONFIGS)
+def test_image_configs_at_one_rank_are_the_published_experiment(capsys, name):
+    """At N = 1 scaling sqrt is the config as written: the same per-rank quantities as scaling strong, to the
+    bit (tools/checksums.py's pong-np1 checks the training itself)."""
+    path = image_config(name)
+    sqrt, strong = Config.from_yaml(path), Config.from_yaml(path, ["scaling=strong"])
+    assert sqrt.per_rank(1) == strong.per_rank(1)
+    volatile = {"scaling", "available_memory_bytes"}  # the rule's name, and this host's free memory now
+    plans = [plan_json(capsys, path, 1), plan_json(capsys, path, 1, "--set", "scaling=strong")]
+    assert [p["scaling"] for p in plans] == ["sqrt", "strong"]
+    assert [{k: v for k, v in p.items() if k not in volatile} for p in plans] == [
+        {k: v for k, v in plans[1].items() if k not in volatile}
+    ] * 2
+
+
 @pytest.mark.parametrize("name", ["pong", "breakout"])
-def test_atari_plan_at_8_ranks(capsys, name):
-    """pong.yaml and breakout.yaml share their schedule: scaling strong, 10M steps, an update every 4 env steps."""
-    p = plan_json(capsys, CONFIGS / f"{name}.yaml", 8, "--ranks-per-host", "4")
+def test_atari_plan_at_8_ranks_under_strong(capsys, name):
+    """pong.yaml and breakout.yaml under --set scaling=strong, the published experiment split over 8 ranks: 10M
+    steps, an update every 4 env steps of the global batch of 32."""
+    p = plan_json(capsys, CONFIGS / f"{name}.yaml", 8, "--ranks-per-host", "4", "--set", "scaling=strong")
     assert p["batch_per_rank"] == 32 // 8 and p["global_batch"] == 32 and p["learning_rate"] == 0.0001
     # 8 ranks step 8 envs a vector step, two train_every periods of 4: a phase of 2 updates each vector step,
     # from vector step 80,000 / 8 = 10,000 to 10M / 8 = 1,250,000
@@ -73,8 +160,8 @@ def test_atari_plan_at_8_ranks(capsys, name):
     assert p["ranks_per_host"] == 4 and p["replay_bytes_per_host"] == 4 * 884_250_000
 
 
-def test_roadrunner_100k_plan_at_8_ranks(capsys):
-    p = plan_json(capsys, CONFIGS / "roadrunner-100k.yaml", 8)
+def test_roadrunner_100k_plan_at_8_ranks_under_strong(capsys):
+    p = plan_json(capsys, CONFIGS / "roadrunner-100k.yaml", 8, "--set", "scaling=strong")
     # an update per env step: 8 per vector step of 8 ranks, from step 1,600 (vector step 200) to 100k (12,500)
     assert p["batch_per_rank"] == 4 and p["global_batch"] == 32
     assert p["updates_per_phase"] == 8 and p["learning_phases"] == 12_500 - 200 + 1
@@ -86,17 +173,12 @@ def test_roadrunner_100k_plan_at_8_ranks(capsys):
 @pytest.mark.parametrize("name, n", [("minatar-breakout", 2), ("minatar-spaceinvaders", 4)])
 def test_minatar_plan_counts_uint8_frames(capsys, name, n):
     pytest.importorskip("minatar")
-    cfg = Config.from_yaml(CONFIGS / f"{name}.yaml")
     p = plan_json(capsys, CONFIGS / f"{name}.yaml", n)
     channels = p["observation_shape"][2]
     assert p["observation_shape"] == [10, 10, channels]
-    # scaling strong: the global batch of 32 split, an update per env step, the target every 1,000 updates
-    assert p["batch_per_rank"] == 32 // n and p["global_batch"] == 32 and p["updates_per_phase"] == n
-    vector_steps = -(-cfg.total_env_steps // n)
-    assert p["updates_per_rank"] == n * (vector_steps - 5_000 // n + 1)
-    assert p["optimizer"] == "rmsprop" and (p["rmsprop_decay"], p["rmsprop_epsilon"]) == (0.95, 0.01)
     # obs and next_obs as one byte per cell, not four
     capacity = 100_000 // n
+    assert p["replay_capacity_per_rank"] == capacity
     assert p["replay_bytes_per_rank"] == capacity * (2 * 100 * channels + 10 + 4)
 
 

@@ -4,7 +4,9 @@ A change that must keep training bit for bit (a restructuring, a rename) is chec
 after it: every case must end with the same ``replica_checksums`` (summary.json: a hash of each rank's online
 weights). The cases cover the default CartPole config at np=1 and np=2 and short runs of the algorithm options
 (prioritized replay, n-step, dueling, double DQN, soft target updates, federated averaging, policy_ema) and of
-Atari (frame-once replay, n-step over stored frames, lives), each at np=1 and np=2.
+Atari (frame-once replay, n-step over stored frames, lives), each at np=1 and np=2. configs/pong.yaml's own rule at
+N > 1 is scaling sqrt: pong-np2 pins scaling strong (the one-rank experiment split over 2 ranks) and pong-np2-sqrt
+runs the config's rule (each rank's own batch, the optimizer's constants scaled, half the updates).
 
     python tools/checksums.py            # run every case, compare with EXPECTED; exit 1 on a mismatch
     python tools/checksums.py --quick    # without the two full-length default runs
@@ -83,13 +85,15 @@ CASES = {
     "algos-np2": (2, "configs/cartpole.yaml", SHORT + ALGOS),
     "federated-np2": (2, "configs/cartpole.yaml", SHORT + FEDERATED),
     "pong-np1": (1, "configs/pong.yaml", ATARI),
-    "pong-np2": (2, "configs/pong.yaml", ATARI),
+    "pong-np2": (2, "configs/pong.yaml", ATARI + ["scaling=strong"]),
+    "pong-np2-sqrt": (2, "configs/pong.yaml", ATARI),
 }
 FULL = ("cartpole-np1", "cartpole-np2")
 
 # Recorded on 2026-12-07 on a 2-core host, in a venv made by `make install` that day. The pong cases sum their CNN's
 # gradients in multithreaded chunks, so they hold for the thread count of that host: one rank runs TensorFlow's
 # default pools, each of 2 ranks on one host its share of the cores (distributed._configure_devices, 1 thread here).
+# pong-np2-sqrt: the same host and venv, two runs of `tools/checksums.py pong-np2-sqrt` giving these values alike.
 EXPECTED: dict[str, list[str]] = {
     "cartpole-np1": ["13403afa3374a29e"],
     "cartpole-np2": ["c71cb693eb1ade16", "c71cb693eb1ade16"],
@@ -98,6 +102,7 @@ EXPECTED: dict[str, list[str]] = {
     "federated-np2": ["f38424a6ac2b2037", "f38424a6ac2b2037"],
     "pong-np1": ["3cb085d25305c883"],
     "pong-np2": ["5cb6e88ee7fddbf8", "5cb6e88ee7fddbf8"],
+    "pong-np2-sqrt": ["aa20e09ea5d616ad", "aa20e09ea5d616ad"],
 }
 
 
