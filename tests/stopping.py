@@ -62,8 +62,13 @@ def signal_held(pids: list[int], send, sig: int = signal.SIGUSR1, timeout: float
     try:
         for pid in pids:
             os.kill(pid, signal.SIGSTOP)
-        send()
+        # SIGSTOP takes effect when the kernel next delivers to the process, and a SIGUSR1 sent before that is
+        # delivered first (the lower number) and handled: held means stopped, so the stop signal stays pending
         deadline = time.monotonic() + timeout
+        while not all(psutil.Process(pid).status() == psutil.STATUS_STOPPED for pid in pids):
+            assert time.monotonic() < deadline, f"the ranks {pids} did not stop in {timeout} s"
+            time.sleep(0.01)
+        send()
         while not all(_pending(pid, sig) for pid in pids):
             assert time.monotonic() < deadline, f"signal {sig} did not reach the ranks {pids} in {timeout} s"
             time.sleep(0.05)
