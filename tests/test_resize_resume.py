@@ -18,8 +18,8 @@ CONFIG = DEFAULT_CONFIG
 
 
 def _hvd(np_, *args):
-    cmd = [BIN / "hvd-dqn", "train", *args]
-    return [BIN / "horovodrun", "-np", str(np_), "--gloo", "-H", f"localhost:{np_}", *cmd] if np_ > 1 else cmd
+    """`hvd-dqn train ARGS` on ``np_`` > 1 ranks under horovodrun (np=1 runs in process: main_here)."""
+    return [BIN / "horovodrun", "-np", str(np_), "--gloo", "-H", f"localhost:{np_}", BIN / "hvd-dqn", "train", *args]
 
 
 def _summary(run_dir):
