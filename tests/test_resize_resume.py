@@ -1,8 +1,11 @@
 """Resuming onto another number of ranks, for real under horovodrun (issue 17): configs/cartpole.yaml stopped at
-np=2 mid-run, then resumed at np=1 (twice: the same checksums) and at np=4; each completes the run and still
-solves it, with the update count the two world sizes' schedules add up to, and says in one line and in its
-metrics where the world size changed. Atari and a step the new world size cannot reach are refused in one line.
-The runs at np=1 need no launcher: they run through cli.main in this process, as `hvd-dqn train` at np=1 would."""
+np=2 mid-run, then resumed at np=1 and at np=4; each completes the run and still solves it, with the update count
+the two world sizes' schedules add up to, and says in one line and in its metrics where the world size changed.
+The np=1 resume is done twice up to its first learning phase, stopped there by the test hook's stop request: the
+two checkpoints are the same bit for bit (weights, replay, actor), so the N -> N' resume is deterministic; one of
+them then runs on to the end (a same-size resume continues bit for bit: test_checkpoint_resume). Atari and a step
+the new world size cannot reach are refused in one line. The runs at np=1 need no launcher: they run through
+cli.main in this process, as `hvd-dqn train` at np=1 would."""
 
 import json
 import shutil
@@ -38,17 +41,32 @@ def stopped_at_np2(default_cartpole_stopped):
     return run_dir, step
 
 
-def _resume_copy(stopped, tmp_path, name, np_, capsys=None):
-    """A copy of ``stopped`` resumed to its end at np ``np_``: under horovodrun, or at np=1 through cli.main in
-    this process (``capsys``). (Its run dir, its output.)"""
+def _resume_copy(stopped, tmp_path, name, np_, capsys=None, code=0):
+    """A copy of ``stopped`` resumed at np ``np_``: under horovodrun, or at np=1 through cli.main in this process
+    (``capsys``); it must exit with ``code``. (Its run dir, its output.)"""
     run_dir = tmp_path / name
     shutil.copytree(stopped, run_dir)
+    return run_dir, _resume(run_dir, np_, capsys, code)
+
+
+def _resume(run_dir, np_, capsys=None, code=0):
     if np_ == 1:
         proc = main_here(capsys, "train", "--resume", run_dir)
     else:
         proc = run(_hvd(np_, "--resume", run_dir), timeout=900)
-    assert proc.returncode == 0, proc.stdout + proc.stderr
-    return run_dir, proc.stdout + proc.stderr
+    assert proc.returncode == code, proc.stdout + proc.stderr
+    return proc.stdout + proc.stderr
+
+
+def _bits(ckpt):
+    """What a checkpoint holds of the run, bit for bit: its manifest's digests (the replay, the actor's and the
+    model's files) and state.json's weight checksum and training counters (its own digest also covers the write
+    times)."""
+    files = json.loads((ckpt / "COMPLETE").read_text())["files"]
+    state = json.loads((ckpt / "state.json").read_text())
+    training = {k: v for k, v in state["training"].items() if "wall" not in k}
+    digests = {name: entry["sha256"] for name, entry in files.items() if name != "state.json"}
+    return digests, state["weights_checksum"], training
 
 
 def _expected_updates(step, new_np):
@@ -59,14 +77,22 @@ def _expected_updates(step, new_np):
 
 
 @pytest.mark.multiproc
-def test_np2_resumed_at_np1_twice_completes_solves_and_is_deterministic(stopped_at_np2, tmp_path, capsys):
+def test_np2_resumed_at_np1_twice_completes_solves_and_is_deterministic(stopped_at_np2, tmp_path, capsys, monkeypatch):
     stopped, step = stopped_at_np2
-    first, output = _resume_copy(stopped, tmp_path, "a", 1, capsys)
-    second, _ = _resume_copy(stopped, tmp_path, "b", 1, capsys)
-    a, b = _summary(first), _summary(second)
+    phase = step + 256  # the first learning phase after the resume: train_every 256 global env steps
+    monkeypatch.setenv("HVD_DQN_PREEMPT_AT", f"0:{step + 1}")
+    first, output = _resume_copy(stopped, tmp_path, "a", 1, capsys, code=75)
+    second, _ = _resume_copy(stopped, tmp_path, "b", 1, capsys, code=75)
+    ckpt = [first / "checkpoints" / f"ckpt-{phase}", second / "checkpoints" / f"ckpt-{phase}"]
+    assert all((c / "COMPLETE").is_file() for c in ckpt)
+    digests, checksum, training = _bits(ckpt[0])
+    assert {"replay-rank0.npz", "rank0.json"} <= digests.keys() and training["env_steps"] == phase
+    assert _bits(ckpt[1]) == (digests, checksum, training)  # the same N -> N' resume twice: the same run
+    monkeypatch.delenv("HVD_DQN_PREEMPT_AT")
+    _resume(first, 1, capsys)
+    a = _summary(first)
     assert a["world_size"] == 1 and a["env_steps"] == 50000
     assert a["solved_env_steps"] is not None and a["solved_env_steps"] > step  # it still learns the task
-    assert a["replica_checksums"] == b["replica_checksums"]  # the same N -> N' resume twice: the same run
     assert a["updates"] == _expected_updates(step, 1)
     # the one line: what moved where (the 2 ranks' replay onto 1, rank 1's pending 3-step starts flushed)
     line = next(ln for ln in output.splitlines() if "was written by 2 ranks" in ln)
@@ -77,7 +103,10 @@ def test_np2_resumed_at_np1_twice_completes_solves_and_is_deterministic(stopped_
     )
     rows = [json.loads(ln) for ln in (first / "metrics.jsonl").read_text().splitlines()]
     resumed = [r for r in rows if r.get("event") == "resumed"]
-    assert [(r["env_steps"], r["checkpoint_world_size"], r["world_size"]) for r in resumed] == [(step, 2, 1)]
+    assert [(r["env_steps"], r["checkpoint_world_size"], r["world_size"]) for r in resumed] == [
+        (step, 2, 1),
+        (phase, 1, 1),
+    ]
 
 
 @pytest.mark.multiproc
