@@ -32,9 +32,9 @@ from stopping import rank_pids, signal_held, wait_for_step
 LAUNCH = ROOT / "launch"
 PREEMPTED = 75
 STOP_AT = 3000  # the CartPole runs are signalled once rank 0 has logged this step
-RUN = {  # CartPole: periodic checkpoints (one before the stop), a few seconds of training
+RUN = {  # CartPole: periodic checkpoints (one before the stop, one after), as many steps after the stop as before
     "env_id": "CartPole-v1",
-    "total_env_steps": 12000,
+    "total_env_steps": 6000,
     "hidden_sizes": [32, 32],
     "learning_starts": 500,
     "train_every": 200,
@@ -49,7 +49,7 @@ RUN = {  # CartPole: periodic checkpoints (one before the stop), a few seconds o
     "seed": 11,
     "policy_ema": 0.9,
 }
-ATARI_STOP_AT = 600
+ATARI_STOP_AT = 400
 ATARI_RUN = {  # Breakout (lives to lose) on the gymnasium vector env, whose state a checkpoint holds; no-ops and
     # sticky actions at their defaults; a 300-frame cap ends an episode every 75 steps or sooner, so the stop
     # lands mid-episode and episodes end and restart after it. 3-step returns and prioritized replay: the frame
@@ -58,7 +58,7 @@ ATARI_RUN = {  # Breakout (lives to lose) on the gymnasium vector env, whose sta
     # updates per learning phase.
     "env_id": "ALE/Breakout-v5",
     "atari_vector_env": "gymnasium",
-    "total_env_steps": 1200,
+    "total_env_steps": 800,
     "num_envs": 2,
     "max_episode_frames": 300,
     "terminal_on_life_loss": True,
@@ -201,8 +201,8 @@ def test_a_resumed_adam_run_ends_bit_exactly_as_one_never_stopped(one_rank):
     assert summary["env_steps"] == RUN["total_env_steps"] and summary["world_size"] == 1
     assert summary["replica_checksums"] == expected["replica_checksums"]
     assert _same_weights(one_rank.whole, one_rank.stopped)  # the policy's average was in the checkpoint
-    # a phase of 10 updates every 200 env steps, from 600 to 12000: 58 phases, however the run was split
-    assert expected["updates"] == summary["updates"] == expected_updates(RUN, 1) == 10 * 58
+    # a phase of 10 updates every 200 env steps, from 600 to 6000: 28 phases, however the run was split
+    assert expected["updates"] == summary["updates"] == expected_updates(RUN, 1) == 10 * 28
     _assert_resumed_row(one_rank.stopped, _stop_step(one_rank.output))
 
 
@@ -282,8 +282,8 @@ def test_a_resumed_atari_run_counts_its_updates_and_logs_the_resume(atari):
     assert atari.resume.returncode == 0, atari.resume.stdout[-3000:] + atari.resume.stderr[-3000:]
     summary = _summary(atari.stopped)
     assert summary["env_steps"] == ATARI_RUN["total_env_steps"] and summary["world_size"] == 2
-    # a phase of 2 updates every 80 env steps from 240 to 1200: 13 phases, however the run was split
-    assert summary["updates"] == _summary(atari.whole)["updates"] == expected_updates(ATARI_RUN, 2) == 2 * 13
+    # a phase of 2 updates every 80 env steps from 240 to 800: 8 phases, however the run was split
+    assert summary["updates"] == _summary(atari.whole)["updates"] == expected_updates(ATARI_RUN, 2) == 2 * 8
     assert json.loads((atari.stopped / "config.json").read_text())["precision"] == "mixed_bfloat16"
     _assert_resumed_row(atari.stopped, _stop_step(atari.output))
 
