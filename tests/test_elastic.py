@@ -12,6 +12,7 @@ import signal
 import subprocess
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import psutil
 import pytest
@@ -248,10 +249,14 @@ def _summary(run_dir: Path, world_size: int) -> dict:
     return summary
 
 
-def test_an_elastic_run_killed_outright_resumes_from_its_last_checkpoint(tmp_path):
-    """Checkpoints every 2,000 env steps; SIGKILL to every process of the job once ckpt-4000 is there; both
-    `--elastic --resume` and a plain `--resume` at the same world size continue from the newest checkpoint to the
-    end, and the two end with the same weights."""
+@pytest.fixture(scope="module")
+def killed_job(tmp_path_factory):
+    """CKPT_RUN, checkpoints every 2,000 env steps; SIGKILL to every process of the job once ckpt-4000 is there;
+    then the run dir continued with `--elastic --resume`, where rank 1 ends its process while writing the final
+    checkpoint (HVD_DQN_DIE_IN_CHECKPOINT=1:CKPT_TOTAL), and a copy of it taken after the kill continued with a
+    plain `--resume` at the same world size. Its run dirs, the processes of the killed job, what was left after
+    the kill and the two resumes' outputs."""
+    tmp_path = tmp_path_factory.mktemp("killed")
     run_dir = tmp_path / "run"
     # the job's output to a file: nobody reads a pipe while the test waits
     with started(_elastic_cmd(tmp_path, CKPT_RUN, "--run-dir", run_dir), output=tmp_path / "job.out") as job:
@@ -266,29 +271,67 @@ def test_an_elastic_run_killed_outright_resumes_from_its_last_checkpoint(tmp_pat
                 pass
         os.killpg(job.pid, signal.SIGKILL)
         job.wait()
-        assert not _gone(procs) and not _naming(run_dir), "a process of the killed job survived"
-    assert not (run_dir / "summary.json").exists()
-    written = _checkpoints(run_dir, killed=True)
+        survivors = _gone(procs) + _naming(run_dir)
+    killed = SimpleNamespace(
+        run_dir=run_dir,
+        plain_dir=tmp_path / "plain",
+        survivors=survivors,
+        summary_after_kill=(run_dir / "summary.json").exists(),
+        written=_checkpoints(run_dir, killed=True),
+    )
+    shutil.copytree(run_dir, killed.plain_dir)
+    die = f"1:{CKPT_TOTAL}"
+    killed.elastic = run(_elastic_cmd(tmp_path, None, "--resume", run_dir), timeout=600, HVD_DQN_DIE_IN_CHECKPOINT=die)
+    plain_cmd = [BIN / "horovodrun", "-np", "2", "--gloo", BIN / "hvd-dqn", "train", "--resume", killed.plain_dir]
+    killed.plain = run(plain_cmd, timeout=600)
+    return killed
+
+
+def test_an_elastic_job_killed_outright_leaves_its_periodic_checkpoints(killed_job):
+    """SIGKILL to every process of the job (no process reacts): none is left, no summary, and the checkpoints
+    written before it are complete and verified, each at a learning-phase boundary by both ranks."""
+    assert not killed_job.survivors, "a process of the killed job survived"
+    assert not killed_job.summary_after_kill
+    written = killed_job.written
     assert 4000 in written and all(ws == 2 for ws in written.values()), written
     assert all(step % 2000 == 0 for step in written), written  # each at a learning-phase boundary
-    last = max(written)
-    plain_dir = tmp_path / "plain"
-    shutil.copytree(run_dir, plain_dir)
 
-    proc = run(_elastic_cmd(tmp_path, None, "--resume", run_dir), timeout=600)
+
+def test_an_elastic_run_killed_outright_resumes_from_its_last_checkpoint(killed_job):
+    """`--elastic --resume` of the killed run continues from its newest checkpoint to the end (rows past it
+    dropped), and a plain `--resume` of the same checkpoint at the same world size ends with the same weights and
+    updates (the elastic resume's survivor after its rollback: test_a_worker_lost_while_writing_the_final_checkpoint)
+    and its own final checkpoint."""
+    proc = killed_job.elastic
     assert proc.returncode == 0, proc.stdout + proc.stderr
-    elastic = _summary(run_dir, 2)
-    rows = _rows(run_dir)
+    last = max(killed_job.written)
+    elastic = _summary(killed_job.run_dir, 1)
+    rows = _rows(killed_job.run_dir)
     resumed = [r for r in rows if r.get("event") == "resumed"]
     assert [(r["env_steps"], r["checkpoint"]) for r in resumed] == [(last, f"ckpt-{last}")]
     assert [r["env_steps"] for r in rows] == sorted(r["env_steps"] for r in rows)  # rows after `last` were dropped
-    assert _checkpoints(run_dir)[CKPT_TOTAL] == 2
 
-    proc = run([BIN / "horovodrun", "-np", "2", "--gloo", BIN / "hvd-dqn", "train", "--resume", plain_dir], timeout=600)
+    proc = killed_job.plain
     assert proc.returncode == 0, proc.stdout + proc.stderr
-    plain = _summary(plain_dir, 2)
-    assert plain["replica_checksums"] == elastic["replica_checksums"]
+    plain = _summary(killed_job.plain_dir, 2)
+    assert plain["replica_checksums"] == elastic["replica_checksums"] * 2
     assert plain["updates"] == elastic["updates"] == expected_updates(CKPT_RUN, 2)
+    assert _checkpoints(killed_job.plain_dir)[CKPT_TOTAL] == 2
+
+
+def test_a_worker_lost_while_writing_the_final_checkpoint(killed_job):
+    """Rank 1's process ends in the middle of writing the final checkpoint of the elastic resume: the loop has
+    nothing left to run after the rollback, the half-written ckpt-N.tmp is never renamed into place and is removed,
+    and the survivor alone writes the final checkpoint again, with no file of the dead rank's attempt in it, and
+    the run's outputs at world size 1."""
+    output = killed_job.elastic.stdout + killed_job.elastic.stderr
+    assert killed_job.elastic.returncode == 0, output
+    assert f"rank 1 ends its process while writing the checkpoint of global env step {CKPT_TOTAL}" in output
+    assert "elastic reset: now rank 0 of 1" in output
+    _summary(killed_job.run_dir, 1)
+    written = _checkpoints(killed_job.run_dir)
+    # the killed job's (4,000 and maybe 6,000), the resume's own up to 6,000, the final one by the survivor
+    assert written == {2000: 2, 4000: 2, 6000: 2, CKPT_TOTAL: 1}, written
 
 
 @pytest.mark.parametrize("to", ["ranks", "horovodrun"])
@@ -300,7 +343,7 @@ def test_sigterm_stops_an_elastic_run_with_a_checkpoint(to, tmp_path):
     run_dir = tmp_path / "run"
     config = {k: v for k, v in CKPT_RUN.items() if k != "checkpoint_every"}  # the stop's checkpoint, only
     with started(_elastic_cmd(tmp_path, config, "--run-dir", run_dir), output=tmp_path / "job.out") as job:
-        _wait_until(lambda: any(r["env_steps"] >= 3000 for r in _rows(run_dir)), job, "the row at 3000")
+        _wait_until(lambda: any(r["env_steps"] >= 1000 for r in _rows(run_dir)), job, "the row at 1000")
         procs = _job_processes(job)
         ranks = [p for p in procs if _is_rank(p)]
         assert len(ranks) == 2
@@ -320,34 +363,26 @@ def test_sigterm_stops_an_elastic_run_with_a_checkpoint(to, tmp_path):
     assert output.count("hvd-dqn: stopped by SIGTERM at global env step") == 1, output  # rank 0 says it
     step = int(output.split("at global env step ")[1].split(";")[0])
     assert f"continue with: hvd-dqn train --elastic --resume {run_dir}" in output
-    assert 3000 <= step < CKPT_TOTAL and step % 200 == 0  # a learning-phase boundary (100 vector steps of 2 ranks)
+    assert 1000 <= step < CKPT_TOTAL and step % 200 == 0  # a learning-phase boundary (100 vector steps of 2 ranks)
     assert _checkpoints(run_dir) == {step: 2}
     assert not (run_dir / "summary.json").exists()
 
 
-@pytest.mark.parametrize("fault", ["0:4000", f"1:{CKPT_TOTAL}"])
-def test_a_worker_lost_while_writing_a_checkpoint(fault, tmp_path):
-    """A worker's process ends in the middle of writing a checkpoint: rank 0 at 4,000 (the survivor becomes rank 0
-    and takes over the run dir's lock), or rank 1 in the final checkpoint (the loop has nothing left to run after
-    the rollback). The half-written ckpt-N.tmp is never renamed into place and is removed; the checkpoint still
-    owed is written by the survivor at the next phase boundary (the final one right after the rollback), and the
-    run completes alone."""
+def test_a_worker_lost_while_writing_a_checkpoint(tmp_path):
+    """Rank 0's process ends in the middle of writing the checkpoint at 4,000: the survivor becomes rank 0 and
+    takes over the run dir's lock; the half-written ckpt-4000.tmp is never renamed into place and is removed; the
+    checkpoint still owed is written by the survivor at the next phase boundary, and the run completes alone. (A
+    worker lost in the final checkpoint: test_a_worker_lost_while_writing_the_final_checkpoint.)"""
     run_dir = tmp_path / "run"
-    proc = run(_elastic_cmd(tmp_path, CKPT_RUN, "--run-dir", run_dir), timeout=600, HVD_DQN_DIE_IN_CHECKPOINT=fault)
+    proc = run(_elastic_cmd(tmp_path, CKPT_RUN, "--run-dir", run_dir), timeout=600, HVD_DQN_DIE_IN_CHECKPOINT="0:4000")
     output = proc.stdout + proc.stderr
     assert proc.returncode == 0, output
-    dead, at = map(int, fault.split(":"))
-    assert f"rank {dead} ends its process while writing the checkpoint of global env step {at}" in output
+    assert "rank 0 ends its process while writing the checkpoint of global env step 4000" in output
     assert "elastic reset: now rank 0 of 1" in output
     _summary(run_dir, 1)
-    written = _checkpoints(run_dir)
-    if at < CKPT_TOTAL:
-        # 2 ranks to 4,000, where ckpt-4000 was cut short; alone from the commit at 4,000, whose next phase
-        # boundary is 4,200 (200 vector steps of 1 rank): the owed checkpoint, then every 2,000 again
-        assert written == {2000: 2, 4200: 1, 6000: 1, CKPT_TOTAL: 1}, written
-    else:
-        # the final checkpoint, written again by the survivor alone: no file of the dead rank's attempt in it
-        assert written == {2000: 2, 4000: 2, 6000: 2, CKPT_TOTAL: 1}, written
+    # 2 ranks to 4,000, where ckpt-4000 was cut short; alone from the commit at 4,000, whose next phase boundary is
+    # 4,200 (200 vector steps of 1 rank): the owed checkpoint, then every 2,000 again
+    assert _checkpoints(run_dir) == {2000: 2, 4200: 1, 6000: 1, CKPT_TOTAL: 1}
 
 
 def test_a_worker_that_joins_mid_run_starts_from_rank_0s_weights(tmp_path):
