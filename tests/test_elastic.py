@@ -9,7 +9,6 @@ import json
 import os
 import shutil
 import signal
-import subprocess
 import time
 from pathlib import Path
 from types import SimpleNamespace
@@ -19,10 +18,11 @@ import pytest
 
 from conftest import BIN, ROOT, run, started
 from hvd_dqn import checkpoint
+from job_procs import gone, is_rank, job_processes, naming, wait_until, worker_of_rank
 from run_schedule import expected_updates
 
 pytestmark = pytest.mark.multiproc
-TOTAL = 16000
+TOTAL = 8000
 RUN = {
     "env_id": "CartPole-v1",
     "total_env_steps": TOTAL,
@@ -41,37 +41,15 @@ RUN = {
 # Two "hosts" of one slot, both this machine: the host of a failed worker is blacklisted, the other one goes on
 # (with one host of two slots, the failure would blacklist the only host).
 DISCOVERY = "#!/bin/sh\necho localhost:1\necho 127.0.0.1:1\n"
+# The worker that joins a running job imports TensorFlow while rank 0 waits for it in Gloo's rendezvous, whose
+# 30 s default a loaded machine exceeds; and a run long enough that the join comes well before its end
+JOIN_TOTAL = 16000
+JOIN_ENV = {"HOROVOD_GLOO_TIMEOUT_SECONDS": "600"}
 
 
 def _rows(run_dir: Path):
     metrics = run_dir / "metrics.jsonl"
     return [json.loads(ln) for ln in metrics.read_text().splitlines()] if metrics.exists() else []
-
-
-def _worker_of_rank(launcher_pid: int, rank: int) -> int | None:
-    """The pid of the worker of ``rank`` among the launcher's descendants (never another job's process)."""
-    out = run(["ps", "-ww", "-e", "-o", "pid=,ppid=,args="], timeout=60).stdout
-    parent, args_of = {}, {}
-    for line in out.splitlines():
-        pid, ppid, args = line.split(None, 2)
-        parent[int(pid)], args_of[int(pid)] = int(ppid), args
-
-    def descends(pid):
-        while pid > 1:
-            pid = parent.get(pid, 0)
-            if pid == launcher_pid:
-                return True
-        return False
-
-    for pid, args in args_of.items():
-        if "hvd-dqn train --elastic" in args and args.split()[0].endswith("python") and descends(pid):
-            try:
-                env = dict(kv.split("=", 1) for kv in Path(f"/proc/{pid}/environ").read_text().split("\0") if "=" in kv)
-            except OSError:
-                continue
-            if env.get("HOROVOD_RANK") == str(rank):
-                return pid
-    return None
 
 
 def _elastic_cmd(tmp_path: Path, config: dict | None, *train_args) -> list:
@@ -111,11 +89,11 @@ def test_an_elastic_run_survives_a_killed_worker(tmp_path):
     run_dir = tmp_path / "run"
     cmd = _elastic_cmd(tmp_path, {**RUN, "optimizer": "lamb"}, "--run-dir", run_dir)
     with started(cmd) as job:
-        deadline = time.monotonic() + 240
-        while not any(r["env_steps"] >= 4000 for r in _rows(run_dir)):
+        deadline = time.monotonic() + 600
+        while not any(r["env_steps"] >= 1000 for r in _rows(run_dir)):
             assert job.poll() is None and time.monotonic() < deadline, "the run ended or stalled before the kill"
             time.sleep(0.2)
-        victim = _worker_of_rank(job.pid, 1)
+        victim = worker_of_rank(job.pid, 1)
         assert victim is not None
         os.kill(victim, signal.SIGKILL)
         output, _ = job.communicate(timeout=300)
@@ -125,9 +103,9 @@ def test_an_elastic_run_survives_a_killed_worker(tmp_path):
     # alone at the end, the survivor counts 1 env step per vector step: it stops at TOTAL exactly
     assert summary["world_size"] == 1 and summary["env_steps"] == TOTAL
     # the updates do not depend on where the kill fell: whatever commit the survivor rolled back to (any phase of
-    # the 2-rank part, vector steps 300 to 8000), 78 phases of 10 updates, as in a run without a kill
+    # the 2-rank part, vector steps 300 to 4000), 38 phases of 10 updates, as in a run without a kill
     expected = expected_updates(RUN)
-    assert expected == 780 and {_elastic_updates(c) for c in range(300, TOTAL // 2 + 1, 100)} == {expected}
+    assert expected == 380 and {_elastic_updates(c) for c in range(300, TOTAL // 2 + 1, 100)} == {expected}
     assert summary["updates"] == expected
     rows = _rows(run_dir)
     sizes = [r["world_size"] for r in rows if "world_size" in r]
@@ -180,53 +158,6 @@ CKPT_TOTAL = 8000
 CKPT_RUN = {**RUN, "total_env_steps": CKPT_TOTAL, "checkpoint_every": 2000, "keep_checkpoints": 20}
 
 
-def _wait_until(done, job: subprocess.Popen, what: str, timeout: float = 300) -> None:
-    deadline = time.monotonic() + timeout
-    while not done():
-        assert job.poll() is None, f"the job ended before {what}"
-        assert time.monotonic() < deadline, f"no {what} within {timeout} s"
-        time.sleep(0.2)
-
-
-def _job_processes(job: subprocess.Popen) -> list[psutil.Process]:
-    """horovodrun and everything under it: its helpers, the shells (in sessions of their own) and the ranks."""
-    root = psutil.Process(job.pid)
-    return [root, *root.children(recursive=True)]
-
-
-def _is_rank(proc: psutil.Process) -> bool:
-    try:
-        cmd = proc.cmdline()
-    except psutil.Error:
-        return False
-    return len(cmd) >= 2 and os.path.basename(cmd[0]).startswith("python") and cmd[1].endswith("hvd-dqn")
-
-
-def _gone(procs: list[psutil.Process], timeout: float = 30) -> list[psutil.Process]:
-    """Those of ``procs`` still running (zombies count as gone) after up to ``timeout`` seconds."""
-    deadline = time.monotonic() + timeout
-    while True:
-        alive = []
-        for p in procs:
-            try:
-                if p.is_running() and p.status() != psutil.STATUS_ZOMBIE:
-                    alive.append(p)
-            except psutil.NoSuchProcess:
-                pass
-        if not alive or time.monotonic() > deadline:
-            return alive
-        time.sleep(0.2)
-
-
-def _naming(run_dir: Path) -> list[int]:
-    """Pids of the processes, anywhere on the machine, whose command line names ``run_dir``."""
-    found = []
-    for p in psutil.process_iter(["pid", "cmdline"]):
-        if any(str(run_dir) in arg for arg in (p.info["cmdline"] or [])) and p.info["pid"] != os.getpid():
-            found.append(p.info["pid"])
-    return found
-
-
 def _checkpoints(run_dir: Path, killed: bool = False) -> dict[int, int]:
     """Every checkpoint of the run: its global env step -> the world size that wrote it, each verified (every
     file's sha256 against the manifest); and no half-written ``.tmp`` left (unless the job was ``killed``)."""
@@ -260,9 +191,9 @@ def killed_job(tmp_path_factory):
     run_dir = tmp_path / "run"
     # the job's output to a file: nobody reads a pipe while the test waits
     with started(_elastic_cmd(tmp_path, CKPT_RUN, "--run-dir", run_dir), output=tmp_path / "job.out") as job:
-        _wait_until(lambda: checkpoint.is_complete(checkpoint.final_path(run_dir, 4000)), job, "ckpt-4000")
-        procs = _job_processes(job)
-        ranks = [p for p in procs if _is_rank(p)]
+        wait_until(lambda: checkpoint.is_complete(checkpoint.final_path(run_dir, 4000)), job, "ckpt-4000")
+        procs = job_processes(job)
+        ranks = [p for p in procs if is_rank(p)]
         assert len(ranks) == 2
         for p in ranks + [p for p in procs if p not in ranks]:  # the ranks first: none gets to react
             try:
@@ -271,7 +202,7 @@ def killed_job(tmp_path_factory):
                 pass
         os.killpg(job.pid, signal.SIGKILL)
         job.wait()
-        survivors = _gone(procs) + _naming(run_dir)
+        survivors = gone(procs) + naming(run_dir)
     killed = SimpleNamespace(
         run_dir=run_dir,
         plain_dir=tmp_path / "plain",
@@ -343,14 +274,14 @@ def test_sigterm_stops_an_elastic_run_with_a_checkpoint(to, tmp_path):
     run_dir = tmp_path / "run"
     config = {k: v for k, v in CKPT_RUN.items() if k != "checkpoint_every"}  # the stop's checkpoint, only
     with started(_elastic_cmd(tmp_path, config, "--run-dir", run_dir), output=tmp_path / "job.out") as job:
-        _wait_until(lambda: any(r["env_steps"] >= 1000 for r in _rows(run_dir)), job, "the row at 1000")
-        procs = _job_processes(job)
-        ranks = [p for p in procs if _is_rank(p)]
+        wait_until(lambda: any(r["env_steps"] >= 1000 for r in _rows(run_dir)), job, "the row at 1000")
+        procs = job_processes(job)
+        ranks = [p for p in procs if is_rank(p)]
         assert len(ranks) == 2
         for p in ranks if to == "ranks" else [psutil.Process(job.pid)]:
             p.send_signal(signal.SIGTERM)
         job.wait(timeout=120)
-        left = _gone(procs) or _naming(run_dir)  # before leaving the block, which kills what is left
+        left = gone(procs) or naming(run_dir)  # before leaving the block, which kills what is left
     output = (tmp_path / "job.out").read_text()
     if to == "ranks":
         assert job.returncode == 1, output
@@ -388,14 +319,14 @@ def test_a_worker_lost_while_writing_a_checkpoint(tmp_path):
 def test_a_worker_that_joins_mid_run_starts_from_rank_0s_weights(tmp_path):
     """A job of one worker, then a second host appears: the worker that joins must take rank 0's committed networks
     and optimizer slots (Horovod's TensorFlowState.sync broadcasts them only in a TF1 session), so the replicas are
-    equal at the end."""
+    equal at the end, and both write the final checkpoint."""
     hosts = tmp_path / "hosts"
     hosts.write_text("localhost:1\n")
     discover = tmp_path / "discover.sh"
     discover.write_text(f"#!/bin/sh\ncat {hosts}\n")
     discover.chmod(0o755)
     cfg = tmp_path / "run.yaml"
-    cfg.write_text("".join(f"{k}: {json.dumps(v)}\n" for k, v in RUN.items()))
+    cfg.write_text("".join(f"{k}: {json.dumps(v)}\n" for k, v in {**RUN, "total_env_steps": JOIN_TOTAL}.items()))
     run_dir = tmp_path / "run"
     cmd = [
         BIN / "horovodrun",
@@ -419,16 +350,17 @@ def test_a_worker_that_joins_mid_run_starts_from_rank_0s_weights(tmp_path):
         run_dir,
     ]
     out = tmp_path / "job.out"
-    with started(cmd, output=out) as job:
-        _wait_until(lambda: any(r["env_steps"] >= 3000 for r in _rows(run_dir)), job, "3000 env steps", 240)
+    with started(cmd, output=out, **JOIN_ENV) as job:
+        wait_until(lambda: any(r["env_steps"] >= 3000 for r in _rows(run_dir)), job, "3000 env steps")
         hosts.write_text("localhost:1\n127.0.0.1:1\n")
-        job.wait(timeout=300)
+        job.wait(timeout=600)
     output = out.read_text()
     assert job.returncode == 0, output
     summary = json.loads((run_dir / "summary.json").read_text())
-    # after the join every vector step brings 2 env steps: the run ends at TOTAL or one past it
-    assert summary["world_size"] == 2 and summary["env_steps"] in (TOTAL, TOTAL + 1), summary
+    # after the join every vector step brings 2 env steps: the run ends at JOIN_TOTAL or one past it
+    assert summary["world_size"] == 2 and summary["env_steps"] in (JOIN_TOTAL, JOIN_TOTAL + 1), summary
     assert len(summary["replica_checksums"]) == 2
     assert summary["replica_checksums"][0] == summary["replica_checksums"][1], output[-3000:]
     sizes = [r["world_size"] for r in _rows(run_dir) if "world_size" in r]
     assert sizes[0] == 1 and sizes[-1] == 2 and sorted(sizes) == sizes, sizes
+    assert _checkpoints(run_dir) == {summary["env_steps"]: 2}  # the joined worker's replay shard is in it
