@@ -9,19 +9,20 @@ import json
 import os
 import shutil
 import signal
-import subprocess
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import psutil
 import pytest
 
 from conftest import BIN, ROOT, run, started
 from hvd_dqn import checkpoint
+from job_procs import gone, is_rank, job_processes, naming, wait_until, worker_of_rank
 from run_schedule import expected_updates
 
 pytestmark = pytest.mark.multiproc
-TOTAL = 16000
+TOTAL = 8000
 RUN = {
     "env_id": "CartPole-v1",
     "total_env_steps": TOTAL,
@@ -40,37 +41,15 @@ RUN = {
 # Two "hosts" of one slot, both this machine: the host of a failed worker is blacklisted, the other one goes on
 # (with one host of two slots, the failure would blacklist the only host).
 DISCOVERY = "#!/bin/sh\necho localhost:1\necho 127.0.0.1:1\n"
+# The worker that joins a running job imports TensorFlow while rank 0 waits for it in Gloo's rendezvous, whose
+# 30 s default a loaded machine exceeds; and a run long enough that the join comes well before its end
+JOIN_TOTAL = 16000
+JOIN_ENV = {"HOROVOD_GLOO_TIMEOUT_SECONDS": "600"}
 
 
 def _rows(run_dir: Path):
     metrics = run_dir / "metrics.jsonl"
     return [json.loads(ln) for ln in metrics.read_text().splitlines()] if metrics.exists() else []
-
-
-def _worker_of_rank(launcher_pid: int, rank: int) -> int | None:
-    """The pid of the worker of ``rank`` among the launcher's descendants (never another job's process)."""
-    out = run(["ps", "-ww", "-e", "-o", "pid=,ppid=,args="], timeout=60).stdout
-    parent, args_of = {}, {}
-    for line in out.splitlines():
-        pid, ppid, args = line.split(None, 2)
-        parent[int(pid)], args_of[int(pid)] = int(ppid), args
-
-    def descends(pid):
-        while pid > 1:
-            pid = parent.get(pid, 0)
-            if pid == launcher_pid:
-                return True
-        return False
-
-    for pid, args in args_of.items():
-        if "hvd-dqn train --elastic" in args and args.split()[0].endswith("python") and descends(pid):
-            try:
-                env = dict(kv.split("=", 1) for kv in Path(f"/proc/{pid}/environ").read_text().split("\0") if "=" in kv)
-            except OSError:
-                continue
-            if env.get("HOROVOD_RANK") == str(rank):
-                return pid
-    return None
 
 
 def _elastic_cmd(tmp_path: Path, config: dict | None, *train_args) -> list:
@@ -110,11 +89,11 @@ def test_an_elastic_run_survives_a_killed_worker(tmp_path):
     run_dir = tmp_path / "run"
     cmd = _elastic_cmd(tmp_path, {**RUN, "optimizer": "lamb"}, "--run-dir", run_dir)
     with started(cmd) as job:
-        deadline = time.monotonic() + 240
-        while not any(r["env_steps"] >= 4000 for r in _rows(run_dir)):
+        deadline = time.monotonic() + 600
+        while not any(r["env_steps"] >= 1000 for r in _rows(run_dir)):
             assert job.poll() is None and time.monotonic() < deadline, "the run ended or stalled before the kill"
             time.sleep(0.2)
-        victim = _worker_of_rank(job.pid, 1)
+        victim = worker_of_rank(job.pid, 1)
         assert victim is not None
         os.kill(victim, signal.SIGKILL)
         output, _ = job.communicate(timeout=300)
@@ -124,9 +103,9 @@ def test_an_elastic_run_survives_a_killed_worker(tmp_path):
     # alone at the end, the survivor counts 1 env step per vector step: it stops at TOTAL exactly
     assert summary["world_size"] == 1 and summary["env_steps"] == TOTAL
     # the updates do not depend on where the kill fell: whatever commit the survivor rolled back to (any phase of
-    # the 2-rank part, vector steps 300 to 8000), 78 phases of 10 updates, as in a run without a kill
+    # the 2-rank part, vector steps 300 to 4000), 38 phases of 10 updates, as in a run without a kill
     expected = expected_updates(RUN)
-    assert expected == 780 and {_elastic_updates(c) for c in range(300, TOTAL // 2 + 1, 100)} == {expected}
+    assert expected == 380 and {_elastic_updates(c) for c in range(300, TOTAL // 2 + 1, 100)} == {expected}
     assert summary["updates"] == expected
     rows = _rows(run_dir)
     sizes = [r["world_size"] for r in rows if "world_size" in r]
@@ -179,53 +158,6 @@ CKPT_TOTAL = 8000
 CKPT_RUN = {**RUN, "total_env_steps": CKPT_TOTAL, "checkpoint_every": 2000, "keep_checkpoints": 20}
 
 
-def _wait_until(done, job: subprocess.Popen, what: str, timeout: float = 300) -> None:
-    deadline = time.monotonic() + timeout
-    while not done():
-        assert job.poll() is None, f"the job ended before {what}"
-        assert time.monotonic() < deadline, f"no {what} within {timeout} s"
-        time.sleep(0.2)
-
-
-def _job_processes(job: subprocess.Popen) -> list[psutil.Process]:
-    """horovodrun and everything under it: its helpers, the shells (in sessions of their own) and the ranks."""
-    root = psutil.Process(job.pid)
-    return [root, *root.children(recursive=True)]
-
-
-def _is_rank(proc: psutil.Process) -> bool:
-    try:
-        cmd = proc.cmdline()
-    except psutil.Error:
-        return False
-    return len(cmd) >= 2 and os.path.basename(cmd[0]).startswith("python") and cmd[1].endswith("hvd-dqn")
-
-
-def _gone(procs: list[psutil.Process], timeout: float = 30) -> list[psutil.Process]:
-    """Those of ``procs`` still running (zombies count as gone) after up to ``timeout`` seconds."""
-    deadline = time.monotonic() + timeout
-    while True:
-        alive = []
-        for p in procs:
-            try:
-                if p.is_running() and p.status() != psutil.STATUS_ZOMBIE:
-                    alive.append(p)
-            except psutil.NoSuchProcess:
-                pass
-        if not alive or time.monotonic() > deadline:
-            return alive
-        time.sleep(0.2)
-
-
-def _naming(run_dir: Path) -> list[int]:
-    """Pids of the processes, anywhere on the machine, whose command line names ``run_dir``."""
-    found = []
-    for p in psutil.process_iter(["pid", "cmdline"]):
-        if any(str(run_dir) in arg for arg in (p.info["cmdline"] or [])) and p.info["pid"] != os.getpid():
-            found.append(p.info["pid"])
-    return found
-
-
 def _checkpoints(run_dir: Path, killed: bool = False) -> dict[int, int]:
     """Every checkpoint of the run: its global env step -> the world size that wrote it, each verified (every
     file's sha256 against the manifest); and no half-written ``.tmp`` left (unless the job was ``killed``)."""
@@ -248,16 +180,20 @@ def _summary(run_dir: Path, world_size: int) -> dict:
     return summary
 
 
-def test_an_elastic_run_killed_outright_resumes_from_its_last_checkpoint(tmp_path):
-    """Checkpoints every 2,000 env steps; SIGKILL to every process of the job once ckpt-4000 is there; both
-    `--elastic --resume` and a plain `--resume` at the same world size continue from the newest checkpoint to the
-    end, and the two end with the same weights."""
+@pytest.fixture(scope="module")
+def killed_job(tmp_path_factory):
+    """CKPT_RUN, checkpoints every 2,000 env steps; SIGKILL to every process of the job once ckpt-4000 is there;
+    then the run dir continued with `--elastic --resume`, where rank 1 ends its process while writing the final
+    checkpoint (HVD_DQN_DIE_IN_CHECKPOINT=1:CKPT_TOTAL), and a copy of it taken after the kill continued with a
+    plain `--resume` at the same world size. Its run dirs, the processes of the killed job, what was left after
+    the kill and the two resumes' outputs."""
+    tmp_path = tmp_path_factory.mktemp("killed")
     run_dir = tmp_path / "run"
     # the job's output to a file: nobody reads a pipe while the test waits
     with started(_elastic_cmd(tmp_path, CKPT_RUN, "--run-dir", run_dir), output=tmp_path / "job.out") as job:
-        _wait_until(lambda: checkpoint.is_complete(checkpoint.final_path(run_dir, 4000)), job, "ckpt-4000")
-        procs = _job_processes(job)
-        ranks = [p for p in procs if _is_rank(p)]
+        wait_until(lambda: checkpoint.is_complete(checkpoint.final_path(run_dir, 4000)), job, "ckpt-4000")
+        procs = job_processes(job)
+        ranks = [p for p in procs if is_rank(p)]
         assert len(ranks) == 2
         for p in ranks + [p for p in procs if p not in ranks]:  # the ranks first: none gets to react
             try:
@@ -266,29 +202,67 @@ def test_an_elastic_run_killed_outright_resumes_from_its_last_checkpoint(tmp_pat
                 pass
         os.killpg(job.pid, signal.SIGKILL)
         job.wait()
-        assert not _gone(procs) and not _naming(run_dir), "a process of the killed job survived"
-    assert not (run_dir / "summary.json").exists()
-    written = _checkpoints(run_dir, killed=True)
+        survivors = gone(procs) + naming(run_dir)
+    killed = SimpleNamespace(
+        run_dir=run_dir,
+        plain_dir=tmp_path / "plain",
+        survivors=survivors,
+        summary_after_kill=(run_dir / "summary.json").exists(),
+        written=_checkpoints(run_dir, killed=True),
+    )
+    shutil.copytree(run_dir, killed.plain_dir)
+    die = f"1:{CKPT_TOTAL}"
+    killed.elastic = run(_elastic_cmd(tmp_path, None, "--resume", run_dir), timeout=600, HVD_DQN_DIE_IN_CHECKPOINT=die)
+    plain_cmd = [BIN / "horovodrun", "-np", "2", "--gloo", BIN / "hvd-dqn", "train", "--resume", killed.plain_dir]
+    killed.plain = run(plain_cmd, timeout=600)
+    return killed
+
+
+def test_an_elastic_job_killed_outright_leaves_its_periodic_checkpoints(killed_job):
+    """SIGKILL to every process of the job (no process reacts): none is left, no summary, and the checkpoints
+    written before it are complete and verified, each at a learning-phase boundary by both ranks."""
+    assert not killed_job.survivors, "a process of the killed job survived"
+    assert not killed_job.summary_after_kill
+    written = killed_job.written
     assert 4000 in written and all(ws == 2 for ws in written.values()), written
     assert all(step % 2000 == 0 for step in written), written  # each at a learning-phase boundary
-    last = max(written)
-    plain_dir = tmp_path / "plain"
-    shutil.copytree(run_dir, plain_dir)
 
-    proc = run(_elastic_cmd(tmp_path, None, "--resume", run_dir), timeout=600)
+
+def test_an_elastic_run_killed_outright_resumes_from_its_last_checkpoint(killed_job):
+    """`--elastic --resume` of the killed run continues from its newest checkpoint to the end (rows past it
+    dropped), and a plain `--resume` of the same checkpoint at the same world size ends with the same weights and
+    updates (the elastic resume's survivor after its rollback: test_a_worker_lost_while_writing_the_final_checkpoint)
+    and its own final checkpoint."""
+    proc = killed_job.elastic
     assert proc.returncode == 0, proc.stdout + proc.stderr
-    elastic = _summary(run_dir, 2)
-    rows = _rows(run_dir)
+    last = max(killed_job.written)
+    elastic = _summary(killed_job.run_dir, 1)
+    rows = _rows(killed_job.run_dir)
     resumed = [r for r in rows if r.get("event") == "resumed"]
     assert [(r["env_steps"], r["checkpoint"]) for r in resumed] == [(last, f"ckpt-{last}")]
     assert [r["env_steps"] for r in rows] == sorted(r["env_steps"] for r in rows)  # rows after `last` were dropped
-    assert _checkpoints(run_dir)[CKPT_TOTAL] == 2
 
-    proc = run([BIN / "horovodrun", "-np", "2", "--gloo", BIN / "hvd-dqn", "train", "--resume", plain_dir], timeout=600)
+    proc = killed_job.plain
     assert proc.returncode == 0, proc.stdout + proc.stderr
-    plain = _summary(plain_dir, 2)
-    assert plain["replica_checksums"] == elastic["replica_checksums"]
+    plain = _summary(killed_job.plain_dir, 2)
+    assert plain["replica_checksums"] == elastic["replica_checksums"] * 2
     assert plain["updates"] == elastic["updates"] == expected_updates(CKPT_RUN, 2)
+    assert _checkpoints(killed_job.plain_dir)[CKPT_TOTAL] == 2
+
+
+def test_a_worker_lost_while_writing_the_final_checkpoint(killed_job):
+    """Rank 1's process ends in the middle of writing the final checkpoint of the elastic resume: the loop has
+    nothing left to run after the rollback, the half-written ckpt-N.tmp is never renamed into place and is removed,
+    and the survivor alone writes the final checkpoint again, with no file of the dead rank's attempt in it, and
+    the run's outputs at world size 1."""
+    output = killed_job.elastic.stdout + killed_job.elastic.stderr
+    assert killed_job.elastic.returncode == 0, output
+    assert f"rank 1 ends its process while writing the checkpoint of global env step {CKPT_TOTAL}" in output
+    assert "elastic reset: now rank 0 of 1" in output
+    _summary(killed_job.run_dir, 1)
+    written = _checkpoints(killed_job.run_dir)
+    # the killed job's (4,000 and maybe 6,000), the resume's own up to 6,000, the final one by the survivor
+    assert written == {2000: 2, 4000: 2, 6000: 2, CKPT_TOTAL: 1}, written
 
 
 @pytest.mark.parametrize("to", ["ranks", "horovodrun"])
@@ -300,14 +274,14 @@ def test_sigterm_stops_an_elastic_run_with_a_checkpoint(to, tmp_path):
     run_dir = tmp_path / "run"
     config = {k: v for k, v in CKPT_RUN.items() if k != "checkpoint_every"}  # the stop's checkpoint, only
     with started(_elastic_cmd(tmp_path, config, "--run-dir", run_dir), output=tmp_path / "job.out") as job:
-        _wait_until(lambda: any(r["env_steps"] >= 3000 for r in _rows(run_dir)), job, "the row at 3000")
-        procs = _job_processes(job)
-        ranks = [p for p in procs if _is_rank(p)]
+        wait_until(lambda: any(r["env_steps"] >= 1000 for r in _rows(run_dir)), job, "the row at 1000")
+        procs = job_processes(job)
+        ranks = [p for p in procs if is_rank(p)]
         assert len(ranks) == 2
         for p in ranks if to == "ranks" else [psutil.Process(job.pid)]:
             p.send_signal(signal.SIGTERM)
         job.wait(timeout=120)
-        left = _gone(procs) or _naming(run_dir)  # before leaving the block, which kills what is left
+        left = gone(procs) or naming(run_dir)  # before leaving the block, which kills what is left
     output = (tmp_path / "job.out").read_text()
     if to == "ranks":
         assert job.returncode == 1, output
@@ -320,47 +294,39 @@ def test_sigterm_stops_an_elastic_run_with_a_checkpoint(to, tmp_path):
     assert output.count("hvd-dqn: stopped by SIGTERM at global env step") == 1, output  # rank 0 says it
     step = int(output.split("at global env step ")[1].split(";")[0])
     assert f"continue with: hvd-dqn train --elastic --resume {run_dir}" in output
-    assert 3000 <= step < CKPT_TOTAL and step % 200 == 0  # a learning-phase boundary (100 vector steps of 2 ranks)
+    assert 1000 <= step < CKPT_TOTAL and step % 200 == 0  # a learning-phase boundary (100 vector steps of 2 ranks)
     assert _checkpoints(run_dir) == {step: 2}
     assert not (run_dir / "summary.json").exists()
 
 
-@pytest.mark.parametrize("fault", ["0:4000", f"1:{CKPT_TOTAL}"])
-def test_a_worker_lost_while_writing_a_checkpoint(fault, tmp_path):
-    """A worker's process ends in the middle of writing a checkpoint: rank 0 at 4,000 (the survivor becomes rank 0
-    and takes over the run dir's lock), or rank 1 in the final checkpoint (the loop has nothing left to run after
-    the rollback). The half-written ckpt-N.tmp is never renamed into place and is removed; the checkpoint still
-    owed is written by the survivor at the next phase boundary (the final one right after the rollback), and the
-    run completes alone."""
+def test_a_worker_lost_while_writing_a_checkpoint(tmp_path):
+    """Rank 0's process ends in the middle of writing the checkpoint at 4,000: the survivor becomes rank 0 and
+    takes over the run dir's lock; the half-written ckpt-4000.tmp is never renamed into place and is removed; the
+    checkpoint still owed is written by the survivor at the next phase boundary, and the run completes alone. (A
+    worker lost in the final checkpoint: test_a_worker_lost_while_writing_the_final_checkpoint.)"""
     run_dir = tmp_path / "run"
-    proc = run(_elastic_cmd(tmp_path, CKPT_RUN, "--run-dir", run_dir), timeout=600, HVD_DQN_DIE_IN_CHECKPOINT=fault)
+    proc = run(_elastic_cmd(tmp_path, CKPT_RUN, "--run-dir", run_dir), timeout=600, HVD_DQN_DIE_IN_CHECKPOINT="0:4000")
     output = proc.stdout + proc.stderr
     assert proc.returncode == 0, output
-    dead, at = map(int, fault.split(":"))
-    assert f"rank {dead} ends its process while writing the checkpoint of global env step {at}" in output
+    assert "rank 0 ends its process while writing the checkpoint of global env step 4000" in output
     assert "elastic reset: now rank 0 of 1" in output
     _summary(run_dir, 1)
-    written = _checkpoints(run_dir)
-    if at < CKPT_TOTAL:
-        # 2 ranks to 4,000, where ckpt-4000 was cut short; alone from the commit at 4,000, whose next phase
-        # boundary is 4,200 (200 vector steps of 1 rank): the owed checkpoint, then every 2,000 again
-        assert written == {2000: 2, 4200: 1, 6000: 1, CKPT_TOTAL: 1}, written
-    else:
-        # the final checkpoint, written again by the survivor alone: no file of the dead rank's attempt in it
-        assert written == {2000: 2, 4000: 2, 6000: 2, CKPT_TOTAL: 1}, written
+    # 2 ranks to 4,000, where ckpt-4000 was cut short; alone from the commit at 4,000, whose next phase boundary is
+    # 4,200 (200 vector steps of 1 rank): the owed checkpoint, then every 2,000 again
+    assert _checkpoints(run_dir) == {2000: 2, 4200: 1, 6000: 1, CKPT_TOTAL: 1}
 
 
 def test_a_worker_that_joins_mid_run_starts_from_rank_0s_weights(tmp_path):
     """A job of one worker, then a second host appears: the worker that joins must take rank 0's committed networks
     and optimizer slots (Horovod's TensorFlowState.sync broadcasts them only in a TF1 session), so the replicas are
-    equal at the end."""
+    equal at the end, and both write the final checkpoint."""
     hosts = tmp_path / "hosts"
     hosts.write_text("localhost:1\n")
     discover = tmp_path / "discover.sh"
     discover.write_text(f"#!/bin/sh\ncat {hosts}\n")
     discover.chmod(0o755)
     cfg = tmp_path / "run.yaml"
-    cfg.write_text("".join(f"{k}: {json.dumps(v)}\n" for k, v in RUN.items()))
+    cfg.write_text("".join(f"{k}: {json.dumps(v)}\n" for k, v in {**RUN, "total_env_steps": JOIN_TOTAL}.items()))
     run_dir = tmp_path / "run"
     cmd = [
         BIN / "horovodrun",
@@ -384,16 +350,17 @@ def test_a_worker_that_joins_mid_run_starts_from_rank_0s_weights(tmp_path):
         run_dir,
     ]
     out = tmp_path / "job.out"
-    with started(cmd, output=out) as job:
-        _wait_until(lambda: any(r["env_steps"] >= 3000 for r in _rows(run_dir)), job, "3000 env steps", 240)
+    with started(cmd, output=out, **JOIN_ENV) as job:
+        wait_until(lambda: any(r["env_steps"] >= 3000 for r in _rows(run_dir)), job, "3000 env steps")
         hosts.write_text("localhost:1\n127.0.0.1:1\n")
-        job.wait(timeout=300)
+        job.wait(timeout=600)
     output = out.read_text()
     assert job.returncode == 0, output
     summary = json.loads((run_dir / "summary.json").read_text())
-    # after the join every vector step brings 2 env steps: the run ends at TOTAL or one past it
-    assert summary["world_size"] == 2 and summary["env_steps"] in (TOTAL, TOTAL + 1), summary
+    # after the join every vector step brings 2 env steps: the run ends at JOIN_TOTAL or one past it
+    assert summary["world_size"] == 2 and summary["env_steps"] in (JOIN_TOTAL, JOIN_TOTAL + 1), summary
     assert len(summary["replica_checksums"]) == 2
     assert summary["replica_checksums"][0] == summary["replica_checksums"][1], output[-3000:]
     sizes = [r["world_size"] for r in _rows(run_dir) if "world_size" in r]
     assert sizes[0] == 1 and sizes[-1] == 2 and sorted(sizes) == sizes, sizes
+    assert _checkpoints(run_dir) == {summary["env_steps"]: 2}  # the joined worker's replay shard is in it
