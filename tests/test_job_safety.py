@@ -279,7 +279,7 @@ HANG_S = 10
 # no learning before the evaluation that blocks, so no first compile (marked work too) before it: the bound only
 # has to exceed rank 0's own evaluation of 2 untrained CartPole episodes (on a machine shared with the other two
 # jobs) and hang_timeout_s, to show that a busy rank is waited for past that
-BUSY_S = 30
+BUSY_S = 20
 HANG_IN_EVAL_AT = 2000
 # 1,100 is no decision point (nor a log row): rank 1 makes no collective between the deadlock and the checkpoint
 DEADLOCK_AT = 1100
@@ -306,7 +306,8 @@ def hung(tmp_path_factory):
     stuck = {"busy_timeout_s": BUSY_S, "eval_every": HANG_IN_EVAL_AT, "learning_starts": 2 * HANG_IN_EVAL_AT}
     plans = {
         "stopped": ("gloo", {}, {}),
-        "stuck": ("gloo", stuck, {"HVD_DQN_HANG_IN_EVAL": f"1:{HANG_IN_EVAL_AT}"}),
+        # rank 0, waiting in its collective, ends on horovodrun's SIGTERM after its stop grace, not 5 s later
+        "stuck": ("gloo", stuck, {"HVD_DQN_HANG_IN_EVAL": f"1:{HANG_IN_EVAL_AT}", "HVD_DQN_TERM_GRACE_S": 1}),
         "deadlocked": ("mpi", {"checkpoint_every": DEADLOCK_AT}, {"HVD_DQN_DEADLOCK": f"0:{DEADLOCK_AT}"}),
     }
     with contextlib.ExitStack() as stack:

@@ -21,6 +21,10 @@ NETNS_AGENT = LAUNCH / "netns-agent.sh"  # mpirun's way into the second host's n
 PROFILED = "horovodrun-mpi"  # launch/horovodrun.sh as it runs by default, with TIMELINE and AUTOTUNE_LOG
 HANG_S = 120  # rank 0's watchdog (hang_timeout_s) in the failing-rank job: the job's end if its launcher fails
 FAULT_AT = 2500  # where rank 1 of the failing-rank job raises: a phase past the end of SHORT_RUN's schedule
+# HVD_DQN_TERM_GRACE_S of the failing-rank jobs whose launcher SIGTERMs rank 0, blocked in its collective, and
+# lets it end itself: srun (SIGKILL only KillWait, 30 s, later) and horovodrun --gloo (5 s). The default's 10 s
+# is kept under mpirun, which SIGKILLs the survivors 1 s after its SIGTERM, before any grace could end them.
+GRACE_S = {"sbatch": 1, "horovodrun-gloo": 1}
 SHORT_RUN = {  # a few thousand steps with several learning phases, kept small: TensorFlow start-up dominates
     "env_id": "CartPole-v1",
     "total_env_steps": 2000,
@@ -145,7 +149,10 @@ def failing_job(request, tmp_path_factory):
     tmp_path = tmp_path_factory.mktemp(f"failing-{launcher}")
     cfg = _config(tmp_path, total_env_steps=100 * FAULT_AT, hang_timeout_s=HANG_S)
     run_dir = tmp_path / "run"
-    status, output, job = launch(launcher, cfg, run_dir, tmp_path, timeout=600, HVD_DQN_FAULT=f"1:{FAULT_AT}")
+    env = {"HVD_DQN_FAULT": f"1:{FAULT_AT}"}
+    if launcher in GRACE_S:
+        env["HVD_DQN_TERM_GRACE_S"] = GRACE_S[launcher]
+    status, output, job = launch(launcher, cfg, run_dir, tmp_path, timeout=600, **env)
     return SimpleNamespace(launcher=launcher, run_dir=run_dir, status=status, output=output, job=job)
 
 
@@ -187,6 +194,9 @@ def test_a_failing_rank_ends_the_job(failing_job):
     assert not (failing_job.run_dir / "summary.json").exists()
     if job is not None:
         assert job["JobState"] == "FAILED", job
+        # srun's SIGTERM reached rank 0 in its collective, and its grace (passed on by sbatch) ended it
+        grace = f"0: hvd-dqn: SIGTERM, and the ranks did not agree on a stop within {GRACE_S['sbatch']} s"
+        assert grace in output, output
 
 
 @pytest.mark.parametrize("script", ["horovodrun.sh", "mpirun.sh", "slurm.sbatch"])

@@ -187,33 +187,23 @@ def test_the_elastic_trainer_refuses_restart_in_the_python_api(tmp_path):
 
 
 @pytest.mark.multiproc
-def test_two_ranks_restart_over_an_earlier_two_rank_run(tmp_path, capsys):
-    """Rank 0 deletes under the lock before any rank looks for checkpoints: both ranks start the new run. Without
-    --restart the same run dir is refused: shown in this process, since each rank refuses on its own, before any
-    collective (runsetup.resume_point), and a refusal ending both ranks of a job is test_job_safety's."""
+def test_two_ranks_restart_over_an_earlier_run(earlier, tmp_path, capsys):
+    """Rank 0 deletes under the lock before any rank looks for checkpoints: both ranks start the new run (rank 1
+    looking first would find the earlier run's checkpoints and refuse, or resume them). The earlier run is the
+    session's one-rank run (conftest's tiny_run): what the ranks must not find is its checkpoints, whatever world
+    size wrote them. Without --restart the same run dir is refused: shown in this process, since each rank refuses
+    on its own, before any collective (runsetup.resume_point), and a refusal ending both ranks of a job is
+    test_job_safety's."""
+    run_dir = _copy_of(earlier[0], tmp_path)
+    assert sorted(p.name for p in (run_dir / "checkpoints").iterdir()) == ["ckpt-1200", "ckpt-800"]
     cfg = _config_file(tmp_path, total_env_steps=800, eval_every=800, checkpoint_every=400)
-    run_dir = tmp_path / "run"
-    horovodrun = [
-        BIN / "horovodrun",
-        "-np",
-        "2",
-        "--mpi",
-        "-H",
-        "localhost:2",
-        BIN / "hvd-dqn",
-        "train",
-        "--config",
-        cfg,
-        "--run-dir",
-        run_dir,
-    ]
-    first = run(horovodrun, timeout=600)
-    assert first.returncode == 0, first.stdout + first.stderr
-    refused = main_here(capsys, *horovodrun[horovodrun.index("train") :])
+    train = ["train", "--config", cfg, "--run-dir", run_dir]
+    refused = main_here(capsys, *train)
     assert refused.returncode == 2 and _last_line(refused.stderr) == (
         f"hvd-dqn: error: run dir {run_dir} holds the checkpoints of an earlier run: continue it with "
         f"--resume {run_dir}, or train into another --run-dir"
     )
+    horovodrun = [BIN / "horovodrun", "-np", "2", "--mpi", "-H", "localhost:2", BIN / "hvd-dqn", *train]
     again = run([*horovodrun, "--restart", "--set", "seed=4"], timeout=600)
     assert again.returncode == 0, again.stdout + again.stderr
     out = again.stdout + again.stderr
