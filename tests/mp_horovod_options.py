@@ -1,8 +1,9 @@
-"""Run under horovodrun -np 2 with a JSON list in argv[1] of the config's Horovod keys, one mapping per step: the
-steps run one after another in this one job (HOROVOD_TIMELINE set by the test), each opening with a broadcast of a
-variable named ``step_start`` that marks in the timeline where its collectives begin (eager collectives are all
-named alike there; a variable's broadcast is named after the variable). Rank 0 writes to the file argv[2] a JSON list
-with, for each step, a mapping with
+"""Run under horovodrun -np 2 with a JSON list of steps in argv[1]: the steps run one after another in this one job
+(HOROVOD_TIMELINE set by the test), each opening with a broadcast of a variable named ``step_start`` that marks in
+the timeline where its collectives begin (eager collectives are all named alike there; a variable's broadcast is
+named after the variable). Rank 0 writes to the file argv[2] a JSON list with each step's result.
+
+A step that is a mapping of the config's Horovod keys has as result a mapping with
 - "grads" (rank, backward pass, 3, 5): the gradient each rank computed in each backward pass, and "reduced"
   (backward pass, 3, 5): what ``distributed.wrap_optimizer``'s optimizer had stepped with after each pass, read
   off variables that start at 0 under SGD with a learning rate of 1 (the weights are then exactly minus the
@@ -11,7 +12,8 @@ with, for each step, a mapping with
   different data per rank, the update count, how often the update was traced, and the type of the optimizer's
   gradient-reducing function;
 - "nan": what stopped each rank in a third phase where rank 0 alone feeds a NaN reward into update 18.
-Every step builds its own optimizer and learner from its own config, so no step sees another's state."""
+Every step builds its own optimizer and learner from its own config, so no step sees another's state.
+The step "replicas" is tests/mp_replicas.py's."""
 
 import json
 import sys
@@ -25,6 +27,7 @@ from hvd_dqn.config import Config
 from hvd_dqn.keras2 import keras
 from hvd_dqn.learner import Learner
 from mp_data import random_replay
+from mp_replicas import replicas
 
 
 def run_step(options: dict, world) -> dict:
@@ -95,8 +98,8 @@ def run_step(options: dict, world) -> dict:
 
 world = distributed.init()
 results = []
-for options in json.loads(sys.argv[1]):
+for step in json.loads(sys.argv[1]):
     distributed.broadcast_variables([tf.Variable(0, name="step_start")])
-    results.append(run_step(options, world))
+    results.append(replicas(world) if step == "replicas" else run_step(step, world))
 if world.rank == 0:  # to a file: mpirun splits long output lines, tagging each piece
     Path(sys.argv[2]).write_text(json.dumps(results))

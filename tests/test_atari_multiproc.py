@@ -1,16 +1,16 @@
 """Atari on 2 ranks under `horovodrun -np 2 --gloo`, for real: Pong through the CLI, with gradient updates; then
-the trained model's evaluation episodes recorded as videos."""
+the trained model's evaluation episodes recorded as videos (`hvd-dqn evaluate` through cli.main in this process)."""
 
 import json
 
 import pytest
 
-from conftest import BIN, run
+from conftest import BIN, main_here, run
 
 pytestmark = pytest.mark.multiproc
 
 
-def test_two_rank_pong_smoke_run_updates_in_lockstep(tmp_path):
+def test_two_rank_pong_smoke_run_updates_in_lockstep(tmp_path, capsys):
     cfg = tmp_path / "pong-tiny.yaml"
     cfg.write_text(
         "\n".join(
@@ -60,11 +60,10 @@ def test_two_rank_pong_smoke_run_updates_in_lockstep(tmp_path):
     # 100 steps per env; episodes end at the 300-frame cap (< 75 steps), so each of the 4 envs finished one
     assert sum(r["charts/episodes"] for r in rows) == 4
 
-    # evaluate the run with videos: the run's preprocessing and 300-frame cap, epsilon 0.05 as in the literature
+    # evaluate the run with videos (`hvd-dqn evaluate`, in this process): the run's preprocessing and 300-frame cap,
+    # epsilon 0.05 as in the literature
     videos = tmp_path / "videos"
-    proc = run(
-        [BIN / "hvd-dqn", "evaluate", run_dir, "--episodes", "2", "--epsilon", "0.05", "--video", videos], timeout=300
-    )
+    proc = main_here(capsys, "evaluate", run_dir, "--episodes", "2", "--epsilon", "0.05", "--video", videos)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "ALE/Pong-v5: 2 episodes, mean" in proc.stdout
     assert sorted(p.name for p in videos.glob("*.mp4")) == ["seed-12345-episode-0.mp4", "seed-12346-episode-0.mp4"]

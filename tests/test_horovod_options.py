@@ -1,8 +1,9 @@
 """The config's Horovod keys (allreduce_op, gradient_compression, backward_passes_per_step,
 average_aggregated_gradients), and optimizer lamb's own reduction, under `horovodrun -np 2`, for real: the reduced
 gradient recomputed in NumPy from every rank's own, the learner's allreduces counted in a Horovod timeline, and the
-replicas bit-identical. One job per controller runs every option set of that controller as a step of its own
-(tests/mp_horovod_options.py); each test reads its step's result and its part of the job's timeline."""
+replicas bit-identical (and, without the allreduce, not). One job per controller runs every option set of that
+controller as a step of its own (tests/mp_horovod_options.py), then the replicas' check (tests/mp_replicas.py);
+each test reads its step's result and its part of the job's timeline."""
 
 import collections
 import json
@@ -59,12 +60,12 @@ def _job(steps: dict, tmp_path, controller: str) -> dict[str, tuple[dict, dict]]
 
 @pytest.fixture(scope="module")
 def mpi_job(tmp_path_factory):
-    return _job(MPI_STEPS, tmp_path_factory.mktemp("mpi"), "--mpi")
+    return _job({**MPI_STEPS, "replicas": "replicas"}, tmp_path_factory.mktemp("mpi"), "--mpi")
 
 
 @pytest.fixture(scope="module")
 def gloo_job(tmp_path_factory):
-    return _job(GLOO_STEPS, tmp_path_factory.mktemp("gloo"), "--gloo")
+    return _job({**GLOO_STEPS, "replicas": "replicas"}, tmp_path_factory.mktemp("gloo"), "--gloo")
 
 
 def _result(result: dict) -> dict:
@@ -208,3 +209,17 @@ def test_adasum_under_gloo_is_a_one_line_error(tmp_path, tiny_cartpole):
     )
     # no rank printed a traceback (horovodrun itself prints one when it reports the ranks' exit)
     assert not [line for line in output.splitlines() if line.startswith(("[0]", "[1]")) and "Traceback" in line]
+
+
+@pytest.mark.parametrize("controller", ["--gloo", "--mpi"])
+def test_replicas_stay_bit_identical_with_different_data(request, controller):
+    job = request.getfixturevalue("gloo_job" if controller == "--gloo" else "mpi_job")
+    result, _ = job["replicas"]
+    synced, local = result["synced"], result["local_only"]
+    assert synced["updates"] == 24
+    for key in ("start", "end", "target", "adam"):
+        assert len(synced[key]) == 2 and synced[key][0] == synced[key][1], (key, synced)
+    assert synced["start"] != synced["end"]  # training did change the weights
+    # the control: same start, no allreduce, different data -> the replicas drift
+    assert local["start"][0] == local["start"][1]
+    assert local["end"][0] != local["end"][1]

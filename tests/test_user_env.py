@@ -8,7 +8,7 @@ import sys
 import numpy as np
 import pytest
 
-from conftest import BIN, ROOT, main_here, run
+from conftest import BIN, ROOT, TINY_RUN, main_here, run
 
 USER_ENV = ROOT / "examples" / "user_env"
 CORRIDOR = USER_ENV / "corridor.yaml"
@@ -24,19 +24,34 @@ def _summary(run_dir):
     return json.loads((run_dir / "summary.json").read_text())
 
 
+@pytest.fixture(scope="module")
+def two_ranks(tmp_path_factory):
+    """The work directory of one `horovodrun -np 2 --gloo` job of tests/mp_custom_resume.py, examples/user_env on
+    the ranks' PYTHONPATH: `hvd-dqn train` of the corridor example with a user's own Q-network named by the config
+    (run dir corridor/), then CartPole with that network trained whole, stopped and resumed. Its result.json:
+    every rank's exit code of the corridor's `hvd-dqn train`, and the CartPole runs' summaries."""
+    work = tmp_path_factory.mktemp("user-env")
+    corridor = ["train", "--config", CORRIDOR, "--run-dir", work / "corridor"]
+    corridor += ["--set", "q_network=custom_network:layer_norm_mlp"]
+    cmd = [HOROVODRUN, "-np", "2", "--gloo", sys.executable, TESTS / "mp_custom_resume.py", work]
+    cmd += [json.dumps([str(a) for a in corridor]), json.dumps(TINY_RUN)]
+    proc = run(cmd, timeout=1800, PYTHONPATH=_pythonpath(USER_ENV, TESTS))
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return work, json.loads((work / "result.json").read_text())
+
+
 # ---- 1. any gymnasium env a user has: module:id and env_kwargs, under horovodrun, then evaluate/export/serve
 
 
 @pytest.mark.multiproc
-def test_a_users_env_module_trains_on_two_ranks_evaluates_exports_and_serves(tmp_path, capsys, monkeypatch):
-    """The corridor example under `horovodrun -np 2 hvd-dqn train`, the user's module on the ranks' PYTHONPATH,
-    with a user's own Q-network named by the config (q_network: custom_network:layer_norm_mlp): both reach the
-    ranks, the replicas end identical, and the run evaluates, exports and serves without the user's code."""
-    run_dir, out = tmp_path / "run", tmp_path / "export"
-    path = _pythonpath(USER_ENV)
-    train = [HOROVODRUN, "-np", "2", "--gloo", BIN / "hvd-dqn", "train", "--config", CORRIDOR, "--run-dir", run_dir]
-    proc = run([*train, "--set", "q_network=custom_network:layer_norm_mlp"], timeout=600, PYTHONPATH=path)
-    assert proc.returncode == 0, proc.stdout + proc.stderr
+def test_a_users_env_module_trains_on_two_ranks_evaluates_exports_and_serves(two_ranks, tmp_path, capsys, monkeypatch):
+    """The corridor example under `horovodrun -np 2` as `hvd-dqn train` (two_ranks), the user's module on the
+    ranks' PYTHONPATH, with a user's own Q-network named by the config (q_network: custom_network:layer_norm_mlp):
+    both reach the ranks, the replicas end identical, and the run evaluates, exports and serves without the user's
+    code."""
+    work, result = two_ranks
+    run_dir, out = work / "corridor", tmp_path / "export"
+    assert result["cli_exit_codes"] == [0, 0]
     summary = _summary(run_dir)
     assert summary["world_size"] == 2 and summary["env_steps"] == 4000
     assert len(summary["replica_checksums"]) == 2 and len(set(summary["replica_checksums"])) == 1
@@ -332,21 +347,19 @@ def test_a_q_network_reference_that_does_not_resolve_is_one_line(tmp_path, ref, 
 
 
 @pytest.mark.multiproc
-def test_a_custom_network_from_the_config_trains_on_two_ranks_and_resumes_bit_exactly(tiny_cartpole, tmp_path):
+def test_a_custom_network_from_the_config_trains_on_two_ranks_and_resumes_bit_exactly(two_ranks):
     """Replicas identical, and a run preempted mid-way then resumed ends where the uninterrupted one does
-    (CartPole: an env whose state a checkpoint captures; a user's own env restarts its episodes on resume). One
-    launch, `horovodrun -np 2 --gloo` of tests/mp_custom_resume.py, runs the three (whole, stopped, resumed);
-    the config's network through `hvd-dqn train --set q_network=...` under horovodrun is
+    (CartPole: an env whose state a checkpoint captures; a user's own env restarts its episodes on resume): the
+    three CartPole runs (whole, stopped, resumed; conftest's TINY_RUN, a checkpoint every 400 env steps) of
+    two_ranks's job; the config's network through `hvd-dqn train --set q_network=...` under horovodrun is
     test_a_users_env_module_trains_on_two_ranks_evaluates_exports_and_serves's."""
-    cmd = [HOROVODRUN, "-np", "2", "--gloo", sys.executable, TESTS / "mp_custom_resume.py", tmp_path, tiny_cartpole]
-    proc = run(cmd, timeout=1800, PYTHONPATH=_pythonpath(USER_ENV, TESTS))
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    result = json.loads((tmp_path / "result.json").read_text())
+    work, result = two_ranks
     expected = result["whole"]["replica_checksums"]
     assert result["whole"]["world_size"] == 2 and len(expected) == 2 and len(set(expected)) == 1
     assert result["layers"] == ["InputLayer", *["Dense", "LayerNormalization", "Activation"] * 2, "Dense"]
     assert result["stop"].startswith("stopped by HVD_DQN_PREEMPT_AT at global env step "), result["stop"]
     assert not result["summary_after_stop"]
+    assert result["resumed"]["env_steps"] == result["whole"]["env_steps"] == 1200
     assert result["resumed"]["replica_checksums"] == expected
-    rows = [json.loads(ln) for ln in (tmp_path / "stopped" / "metrics.jsonl").read_text().splitlines()]
+    rows = [json.loads(ln) for ln in (work / "stopped" / "metrics.jsonl").read_text().splitlines()]
     assert [r.get("event") for r in rows].count("resumed") == 1
