@@ -20,8 +20,8 @@ Per run it prints the load average just before it and:
 then min / median / max of each figure per side and world size, and the median of the per-round ratios of the
 working tree's figure to each revision's. A revision runs as ``git archive REV hvd_dqn``, extracted into a
 temporary directory on PYTHONPATH; every side trains the same config file (this tree's, ``--config``) with this
-venv's hvd-dqn and horovodrun (``--mpi``: the controller of ``make train``). Ctrl-C or SIGTERM ends every process
-the benchmark started (each run is a session of its own).
+venv's Python (``-m hvd_dqn.cli``: each side's own command) and horovodrun (``--mpi``: the controller of ``make
+train``). Ctrl-C or SIGTERM ends every process the benchmark started (each run is a session of its own).
 
 Not asv or pytest-benchmark: both time code inside one Python process, where a run here is a job of several
 processes under a launcher; pytest-benchmark compares against runs saved earlier, not interleaved with the one in
@@ -88,7 +88,9 @@ def checkout(rev: str, into: Path) -> tuple[Path, str]:
 
 
 def command(np_: int, config: Path, run_dir: Path, overrides: list[str]) -> list[str]:
-    cmd = [str(BIN / "hvd-dqn"), "train", "--config", str(config), "--run-dir", str(run_dir)]
+    # the side's own CLI module: the venv's console script imports the installed version's entry point, which an
+    # older revision's hvd_dqn.cli may not have
+    cmd = [sys.executable, "-m", "hvd_dqn.cli", "train", "--config", str(config), "--run-dir", str(run_dir)]
     for item in overrides:
         cmd += ["--set", item]
     if np_ > 1:

@@ -133,7 +133,10 @@ def run_one(config: Path, np_: int, seed: int, overrides: list[str], out: Path, 
     while run_dir.exists():  # never train into (or delete) a dir this invocation did not create
         run_dir = run_dir.with_name(f"{run_dir.name.rsplit('~', 1)[0]}~{n}")
         n += 1
-    cmd = [str(BIN / "hvd-dqn"), "train", "--config", str(config), "--run-dir", str(run_dir), "--set", f"seed={seed}"]
+    # the CLI module of the code run (a worktree's too): the venv's console script imports the installed version's
+    # entry point, which another checkout's hvd_dqn.cli may not have
+    cmd = [sys.executable, "-m", "hvd_dqn.cli", "train", "--config", str(config), "--run-dir", str(run_dir)]
+    cmd += ["--set", f"seed={seed}"]
     for o in overrides:
         cmd += ["--set", o]
     if np_ > 1:
