@@ -347,13 +347,5 @@ def _evaluate(args) -> int:
     return 0
 
 
-def entry() -> int:
-    """The ``hvd-dqn`` command (and ``python -m hvd_dqn.cli``): ``main`` in a process of its own."""
-    # TensorFlow then loads tf_keras, the Keras our networks use, where it would load Keras 3 (and matplotlib) in
-    # every rank for nothing. Not in main(): that also runs inside a user's program, whose tf.keras is theirs.
-    os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
-    return main()
-
-
 if __name__ == "__main__":
-    sys.exit(entry())
+    sys.exit(main())

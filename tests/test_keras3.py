@@ -1,9 +1,7 @@
 """A user's Keras 3 and hvd_dqn's Keras 2 (tf_keras) models in one process, with no TF_USE_LEGACY_KERAS."""
 
 import json
-import os
 import sys
-from pathlib import Path
 
 import pytest
 
@@ -77,30 +75,3 @@ def test_mismatched_tf_keras_is_a_user_error(monkeypatch):
     monkeypatch.setitem(sys.modules, "tf_keras", None)  # as if not installed
     with pytest.raises(UserError, match="needs tf-keras"):
         keras2.load()
-
-
-def test_the_command_asks_tensorflow_for_keras2_and_the_api_does_not(monkeypatch, capsys):
-    """`hvd-dqn` (cli.entry, a process of its own) sets TF_USE_LEGACY_KERAS=1 unless the user chose a value, so that
-    TensorFlow loads tf_keras rather than Keras 3 in every rank; cli.main, which a user's program may call, leaves
-    the environment's choice alone."""
-    import configparser
-
-    from hvd_dqn import cli
-
-    root = Path(__file__).resolve().parents[1]
-    monkeypatch.setenv("TF_USE_LEGACY_KERAS", "")  # recorded, so that what entry() sets is undone after the test
-    monkeypatch.delenv("TF_USE_LEGACY_KERAS")
-    assert cli.main(["plan", "--config", str(root / "configs" / "cartpole.yaml"), "--np", "2", "--json"]) == 0
-    assert json.loads(capsys.readouterr().out)["world_size"] == 2
-    assert "TF_USE_LEGACY_KERAS" not in os.environ
-    seen = []
-    monkeypatch.setattr(cli, "main", lambda: seen.append(os.environ.get("TF_USE_LEGACY_KERAS")) or 3)
-    assert cli.entry() == 3
-    monkeypatch.setenv("TF_USE_LEGACY_KERAS", "0")
-    assert cli.entry() == 3
-    assert seen == ["1", "0"]
-    setup = configparser.ConfigParser()
-    setup.read(root / "setup.cfg")
-    assert "hvd-dqn = hvd_dqn.cli:entry" in setup["options.entry_points"]["console_scripts"]
-    monkeypatch.undo()
-    assert "TF_USE_LEGACY_KERAS" not in os.environ  # the later tests' children choose for themselves
