@@ -193,27 +193,6 @@ def tiny_run(tmp_path_factory):
     return run_dir
 
 
-# the shipped CartPole config at np=2, stopped mid-run: resumed at other world sizes (test_resize_resume) and, at
-# np=2, as the first seed of the default config's learning check (test_cli)
-DEFAULT_CONFIG = ROOT / "configs" / "cartpole.yaml"
-DEFAULT_STOP_AT = 20000  # rank 0 asks to stop at the first decision point from here: a checkpoint, then exit 75
-
-
-@pytest.fixture(scope="session")
-def default_cartpole_stopped(tmp_path_factory):
-    """configs/cartpole.yaml (seed 0) under horovodrun -np 2 --gloo, stopped by the test hook's stop request
-    (HVD_DQN_PREEMPT_AT): (its run dir, the job's output). Copy it before resuming it."""
-    run_dir = tmp_path_factory.mktemp("default-cartpole") / "np2"
-    cmd = [BIN / "horovodrun", "-np", "2", "--gloo", "-H", "localhost:2", BIN / "hvd-dqn", "train"]
-    proc = run(
-        [*cmd, "--config", DEFAULT_CONFIG, "--run-dir", run_dir],
-        timeout=900,
-        HVD_DQN_TEST_HOOKS="1",
-        HVD_DQN_PREEMPT_AT=f"0:{DEFAULT_STOP_AT}",
-    )
-    return run_dir, proc.stdout + proc.stderr
-
-
 @pytest.fixture(autouse=True)
 def _restore_stop_signals():
     """Tests that call cli.main in this process can leave SIGTERM/SIGUSR1 ignored (the CLI ignores them once a run

@@ -12,12 +12,13 @@ import shutil
 
 import pytest
 
-from conftest import BIN, DEFAULT_CONFIG, DEFAULT_STOP_AT, ROOT, main_here, run
+from conftest import BIN, ROOT, main_here, run
 from hvd_dqn.checkpoint import CheckpointError, check_compatible
 from hvd_dqn.config import Config
 from run_schedule import learning_phases, updates_per_phase
 
-CONFIG = DEFAULT_CONFIG
+CONFIG = ROOT / "configs" / "cartpole.yaml"
+STOP_AT = 20000  # rank 0 asks to stop at the first decision point from here: a checkpoint, then exit 75
 
 
 def _hvd(np_, *args):
@@ -30,14 +31,22 @@ def _summary(run_dir):
 
 
 @pytest.fixture(scope="module")
-def stopped_at_np2(default_cartpole_stopped):
-    """configs/cartpole.yaml at np=2, stopped mid-run by the test hook's stop request: its run dir and step."""
-    run_dir, output = default_cartpole_stopped
+def stopped_at_np2(tmp_path_factory):
+    """configs/cartpole.yaml (seed 0) under horovodrun -np 2 --gloo, stopped mid-run by the test hook's stop request
+    (HVD_DQN_PREEMPT_AT): its run dir and step. Copy it before resuming it."""
+    run_dir = tmp_path_factory.mktemp("default-cartpole") / "np2"
+    proc = run(
+        _hvd(2, "--config", CONFIG, "--run-dir", run_dir),
+        timeout=900,
+        HVD_DQN_TEST_HOOKS="1",
+        HVD_DQN_PREEMPT_AT=f"0:{STOP_AT}",
+    )
+    output = proc.stdout + proc.stderr
     assert "Exit code: 75" in output, output
     ckpts = sorted((run_dir / "checkpoints").iterdir())
     assert len(ckpts) == 1 and (ckpts[0] / "COMPLETE").is_file()
     step = int(ckpts[0].name.split("-")[1])
-    assert step == -(-DEFAULT_STOP_AT // 256) * 256  # decision points fall every train_every = 256 global env steps
+    assert step == -(-STOP_AT // 256) * 256  # decision points fall every train_every = 256 global env steps
     return run_dir, step
 
 
