@@ -1,8 +1,10 @@
 import contextlib
 import os
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import psutil
@@ -11,6 +13,8 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # this checkout's hvd_dqn, even where the venv's editable install points elsewhere
 BIN = Path(sys.executable).parent
+# the suite's launches of horovodrun: the installed one, its build check asked once per suite run (tests/bin says how)
+HOROVODRUN = ROOT / "tests" / "bin" / "horovodrun"
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 # the fault-injection switches of hvd_dqn.testing.faults (HVD_DQN_FAULT, ...) work in this suite, in process and
 # in every child; a test of a production job unsets it
@@ -24,9 +28,20 @@ def _interrupt(signum, frame):
 def pytest_configure(config):
     """SIGTERM (a CI job cancelled, `kill`, `timeout`) stops the suite as Ctrl-C does, so the fixtures' teardown
     still runs: by default SIGTERM kills pytest outright, which leaves the loopback SLURM's daemons and network
-    namespaces up and the runs of the test in progress training."""
+    namespaces up and the runs of the test in progress training. And tests/bin/horovodrun's answer to its build
+    check is kept for the suite run in a temp dir of its own, removed at the end."""
     if signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:
         signal.signal(signal.SIGTERM, _interrupt)
+    if "HVD_DQN_TEST_HOROVOD_BUILT" not in os.environ:
+        config._horovod_built_dir = tempfile.mkdtemp(prefix="hvd-dqn-suite-")
+        os.environ["HVD_DQN_TEST_HOROVOD_BUILT"] = os.path.join(config._horovod_built_dir, "built.json")
+
+
+def pytest_unconfigure(config):
+    built_dir = getattr(config, "_horovod_built_dir", None)
+    if built_dir:
+        shutil.rmtree(built_dir, ignore_errors=True)
+        os.environ.pop("HVD_DQN_TEST_HOROVOD_BUILT", None)
 
 
 def run_env(**extra) -> dict:

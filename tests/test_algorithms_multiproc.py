@@ -7,7 +7,7 @@ import sys
 import numpy as np
 import pytest
 
-from conftest import BIN, ROOT, run
+from conftest import HOROVODRUN, ROOT, run
 from run_schedule import expected_updates
 
 pytestmark = pytest.mark.multiproc
@@ -15,9 +15,7 @@ pytestmark = pytest.mark.multiproc
 
 @pytest.fixture(scope="module")
 def result():
-    proc = run(
-        [BIN / "horovodrun", "-np", "2", "--gloo", sys.executable, ROOT / "tests" / "mp_algorithms.py"], timeout=300
-    )
+    proc = run([HOROVODRUN, "-np", "2", "--gloo", sys.executable, ROOT / "tests" / "mp_algorithms.py"], timeout=300)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     line = next(ln for ln in proc.stdout.splitlines() if "RESULT " in ln)
     out, _ = json.JSONDecoder().raw_decode(line.split("RESULT ", 1)[1])

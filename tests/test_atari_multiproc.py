@@ -5,7 +5,7 @@ import json
 
 import pytest
 
-from conftest import BIN, main_here, run
+from conftest import BIN, HOROVODRUN, main_here, run
 
 pytestmark = pytest.mark.multiproc
 
@@ -39,7 +39,7 @@ def test_two_rank_pong_smoke_run_updates_in_lockstep(tmp_path, capsys):
     )
     run_dir = tmp_path / "run"
     proc = run(
-        [BIN / "horovodrun", "-np", "2", "--gloo", BIN / "hvd-dqn", "train", "--config", cfg, "--run-dir", run_dir],
+        [HOROVODRUN, "-np", "2", "--gloo", BIN / "hvd-dqn", "train", "--config", cfg, "--run-dir", run_dir],
         timeout=600,
     )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]

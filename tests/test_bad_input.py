@@ -16,7 +16,7 @@ import time
 
 import pytest
 
-from conftest import BIN, main_here, run
+from conftest import BIN, HOROVODRUN, main_here, run
 from hvd_dqn import Config, Trainer, cli
 from hvd_dqn.errors import UserError
 
@@ -202,7 +202,7 @@ def test_two_ranks_wait_for_each_others_replay_in_lockstep(tmp_path):
     run_dir = tmp_path / "run"
     proc = run(
         [
-            BIN / "horovodrun",
+            HOROVODRUN,
             "-np",
             "2",
             "--mpi",

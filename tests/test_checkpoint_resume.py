@@ -25,7 +25,7 @@ import numpy as np
 import pytest
 import tf_keras as keras
 
-from conftest import BIN, ROOT, run, run_env, started
+from conftest import BIN, HOROVODRUN, ROOT, run, run_env, started
 from run_schedule import expected_updates
 from stopping import rank_pids, signal_held, wait_for_step
 
@@ -89,7 +89,7 @@ def _config(path, settings):
 
 
 def _horovodrun(*args):
-    return [BIN / "horovodrun", "-np", "2", "--gloo", BIN / "hvd-dqn", "train", *args]
+    return [HOROVODRUN, "-np", "2", "--gloo", BIN / "hvd-dqn", "train", *args]
 
 
 def _summary(run_dir):

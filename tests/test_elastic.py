@@ -16,7 +16,7 @@ from types import SimpleNamespace
 import psutil
 import pytest
 
-from conftest import BIN, ROOT, run, started
+from conftest import BIN, HOROVODRUN, ROOT, run, started
 from hvd_dqn import checkpoint
 from job_procs import gone, is_rank, job_processes, naming, wait_until, worker_of_rank
 from run_schedule import expected_updates
@@ -64,7 +64,7 @@ def _elastic_cmd(tmp_path: Path, config: dict | None, *train_args) -> list:
         cfg.write_text("".join(f"{k}: {json.dumps(v)}\n" for k, v in config.items()))
         args = ["--config", cfg, *args]
     return [
-        BIN / "horovodrun",
+        HOROVODRUN,
         "-np",
         "2",
         "--min-np",
@@ -213,7 +213,7 @@ def killed_job(tmp_path_factory):
     shutil.copytree(run_dir, killed.plain_dir)
     die = f"1:{CKPT_TOTAL}"
     killed.elastic = run(_elastic_cmd(tmp_path, None, "--resume", run_dir), timeout=600, HVD_DQN_DIE_IN_CHECKPOINT=die)
-    plain_cmd = [BIN / "horovodrun", "-np", "2", "--gloo", BIN / "hvd-dqn", "train", "--resume", killed.plain_dir]
+    plain_cmd = [HOROVODRUN, "-np", "2", "--gloo", BIN / "hvd-dqn", "train", "--resume", killed.plain_dir]
     killed.plain = run(plain_cmd, timeout=600)
     return killed
 
@@ -329,7 +329,7 @@ def test_a_worker_that_joins_mid_run_starts_from_rank_0s_weights(tmp_path):
     cfg.write_text("".join(f"{k}: {json.dumps(v)}\n" for k, v in {**RUN, "total_env_steps": JOIN_TOTAL}.items()))
     run_dir = tmp_path / "run"
     cmd = [
-        BIN / "horovodrun",
+        HOROVODRUN,
         "-np",
         "1",
         "--min-np",

@@ -12,10 +12,9 @@ import sys
 import numpy as np
 import pytest
 
-from conftest import BIN, ROOT, run
+from conftest import BIN, HOROVODRUN, ROOT, run
 
 pytestmark = pytest.mark.multiproc
-HOROVODRUN = str(BIN / "horovodrun")
 LEARNER_UPDATES = 16  # two phases of 8 in mp_horovod_options.py
 TIMELINE_UPDATES = LEARNER_UPDATES + 4  # and the phase of 4 with a NaN, which every rank runs to its end
 # the option sets of each controller's job, by the name the tests read them by (adasum needs MPI; the gloo job

@@ -17,7 +17,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from conftest import BIN, main_here, run, started
+from conftest import BIN, HOROVODRUN, main_here, run, started
 from hvd_dqn.watchdog import HEARTBEAT_DIR
 
 pytestmark = [pytest.mark.multiproc, pytest.mark.slow]
@@ -47,7 +47,7 @@ def _config(tmp_path, **overrides) -> Path:
 
 def _horovodrun(controller: str, *train_args) -> list[str]:
     return [
-        str(BIN / "horovodrun"),
+        str(HOROVODRUN),
         "-np",
         "2",
         f"--{controller}",

@@ -8,7 +8,7 @@ import gymnasium as gym
 import numpy as np
 import pytest
 
-from conftest import BIN, ROOT, run
+from conftest import BIN, HOROVODRUN, ROOT, run
 from hvd_dqn.config import Config
 from hvd_dqn.envids import MINATAR_MAX_EPISODE_STEPS
 from hvd_dqn.envs import make_env, make_vector_env
@@ -180,7 +180,7 @@ def test_two_ranks_train_with_identical_replicas(tmp_path):
     sets = [arg for o in overrides for arg in ("--set", o)]
     proc = run(
         [
-            BIN / "horovodrun",
+            HOROVODRUN,
             "-np",
             "2",
             "--gloo",

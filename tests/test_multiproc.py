@@ -5,12 +5,11 @@ import json
 
 import pytest
 
-from conftest import BIN, run
+from conftest import BIN, HOROVODRUN, run
 from hvd_dqn.config import Config
 from run_schedule import expected_updates, points
 
 pytestmark = pytest.mark.multiproc
-HOROVODRUN = str(BIN / "horovodrun")
 
 
 def test_cli_two_ranks_trains_in_lockstep(tiny_cartpole, tmp_path):

@@ -11,7 +11,7 @@ import psutil
 import pytest
 
 import slurm_jobs
-from conftest import BIN, ROOT, run
+from conftest import BIN, HOROVODRUN, ROOT, run
 from test_launchers import LAUNCH, local_slurm  # noqa: F401 (local_slurm: the session fixture)
 
 pytestmark = pytest.mark.multiproc
@@ -21,7 +21,7 @@ pytestmark = pytest.mark.multiproc
 def launched(tmp_path_factory):
     work = tmp_path_factory.mktemp("ps")
     proc = run(
-        [BIN / "horovodrun", "-np", "3", "--mpi", sys.executable, ROOT / "tests" / "mp_paramserver.py", work],
+        [HOROVODRUN, "-np", "3", "--mpi", sys.executable, ROOT / "tests" / "mp_paramserver.py", work],
         timeout=1500,
     )
     output = proc.stdout + proc.stderr

@@ -8,10 +8,10 @@ import sys
 
 import pytest
 
-from conftest import BIN, ROOT, run
+from conftest import HOROVODRUN, ROOT, run
 
 pytestmark = pytest.mark.multiproc
-HOROVODRUN = [BIN / "horovodrun", "-np", "2", "--gloo"]
+HOROVODRUN = [HOROVODRUN, "-np", "2", "--gloo"]
 
 
 def test_mixed_precision_replicas_stay_bit_identical_with_different_data():

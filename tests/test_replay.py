@@ -102,7 +102,7 @@ def test_two_ranks_whose_replays_do_not_fit_their_host_together_both_leave_with_
     allocates, one line says so (rank 0), both ranks exit 2 and none waits in a collective."""
     import re
 
-    from conftest import BIN, run
+    from conftest import BIN, HOROVODRUN, run
     from hvd_dqn.replay import available_memory
 
     per_rank = int(0.6 * available_memory() / _per_transition())
@@ -112,7 +112,7 @@ def test_two_ranks_whose_replays_do_not_fit_their_host_together_both_leave_with_
     )
     proc = run(
         [
-            BIN / "horovodrun",
+            HOROVODRUN,
             "-np",
             "2",
             "--gloo",

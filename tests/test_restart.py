@@ -6,7 +6,7 @@ import os
 
 import pytest
 
-from conftest import BIN, TINY_RUN, main_here, run
+from conftest import BIN, HOROVODRUN, TINY_RUN, main_here, run
 from hvd_dqn import Config, Trainer, cli
 from hvd_dqn.runlock import RunLock
 
@@ -203,7 +203,7 @@ def test_two_ranks_restart_over_an_earlier_run(earlier, tmp_path, capsys):
         f"hvd-dqn: error: run dir {run_dir} holds the checkpoints of an earlier run: continue it with "
         f"--resume {run_dir}, or train into another --run-dir"
     )
-    horovodrun = [BIN / "horovodrun", "-np", "2", "--mpi", "-H", "localhost:2", BIN / "hvd-dqn", *train]
+    horovodrun = [HOROVODRUN, "-np", "2", "--mpi", "-H", "localhost:2", BIN / "hvd-dqn", *train]
     again = run([*horovodrun, "--restart", "--set", "seed=4"], timeout=600)
     assert again.returncode == 0, again.stdout + again.stderr
     out = again.stdout + again.stderr

@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from conftest import BIN, ROOT, run
+from conftest import HOROVODRUN, ROOT, run
 from hvd_dqn.config import Config
 
 pytestmark = pytest.mark.multiproc
@@ -47,7 +47,7 @@ def runs(tmp_path_factory):
     work = tmp_path_factory.mktemp("scaling")
     proc = run(
         [
-            BIN / "horovodrun",
+            HOROVODRUN,
             "-np",
             "2",
             "--gloo",

@@ -8,12 +8,11 @@ import sys
 import numpy as np
 import pytest
 
-from conftest import BIN, ROOT, TINY_RUN, main_here, run
+from conftest import BIN, HOROVODRUN, ROOT, TINY_RUN, main_here, run
 
 USER_ENV = ROOT / "examples" / "user_env"
 CORRIDOR = USER_ENV / "corridor.yaml"
 TESTS = ROOT / "tests"
-HOROVODRUN = str(BIN / "horovodrun")
 
 
 def _pythonpath(*dirs) -> str:
