@@ -1,4 +1,5 @@
 import contextlib
+import json
 import os
 import shutil
 import signal
@@ -35,6 +36,65 @@ def pytest_configure(config):
     if "HVD_DQN_TEST_HOROVOD_BUILT" not in os.environ:
         config._horovod_built_dir = tempfile.mkdtemp(prefix="hvd-dqn-suite-")
         os.environ["HVD_DQN_TEST_HOROVOD_BUILT"] = os.path.join(config._horovod_built_dir, "built.json")
+    if os.environ.get("HVD_DQN_SUITE_PROFILE"):
+        _start_profile(config)
+
+
+_PROFILE_SITE = """\
+import atexit, json, os, resource, sys, time
+_out = os.environ.get("HVD_DQN_SUITE_PROFILE")
+_start = time.time()
+def _record():
+    if not _out:
+        return
+    use = resource.getrusage(resource.RUSAGE_SELF)
+    row = {"pid": os.getpid(), "test": os.environ.get("PYTEST_CURRENT_TEST", ""), "argv": sys.argv[:4],
+           "wall_s": round(time.time() - _start, 3), "cpu_s": round(use.ru_utime + use.ru_stime, 3)}
+    with open(os.path.join(_out, "processes.jsonl"), "a") as f:
+        f.write(json.dumps(row) + "\\n")
+atexit.register(_record)
+"""
+
+
+def _start_profile(config):
+    """With HVD_DQN_SUITE_PROFILE=DIR: where the suite's time goes, for tools/suite_profile.py. Per test, the wall
+    and CPU seconds of this process and of the children it reaped (tests.jsonl); per Python process the suite
+    starts, its command and CPU seconds at a normal exit (processes.jsonl, written by a sitecustomize put first on
+    every child's PYTHONPATH). A process killed by a signal writes no row there; its parent's reaping still
+    counts it in tests.jsonl."""
+    out = Path(os.environ["HVD_DQN_SUITE_PROFILE"]).resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    site = Path(tempfile.mkdtemp(prefix="hvd-dqn-profile-"))
+    (site / "sitecustomize.py").write_text(_PROFILE_SITE)
+    config._profile_site = site
+    os.environ["HVD_DQN_SUITE_PROFILE"] = str(out)
+    os.environ["PYTHONPATH"] = os.pathsep.join([str(site), os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep)
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_protocol(item, nextitem):
+    out = os.environ.get("HVD_DQN_SUITE_PROFILE")
+    if not out:
+        yield
+        return
+    import resource
+    import time
+
+    def cpu():
+        own, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+        return own.ru_utime + own.ru_stime, kids.ru_utime + kids.ru_stime
+
+    wall0, (own0, kids0) = time.time(), cpu()
+    yield
+    own1, kids1 = cpu()
+    row = {
+        "test": item.nodeid,
+        "wall_s": round(time.time() - wall0, 3),
+        "cpu_s": round(own1 - own0, 3),
+        "children_cpu_s": round(kids1 - kids0, 3),
+    }
+    with open(os.path.join(out, "tests.jsonl"), "a") as f:
+        f.write(json.dumps(row) + "\n")
 
 
 def pytest_unconfigure(config):
@@ -42,6 +102,9 @@ def pytest_unconfigure(config):
     if built_dir:
         shutil.rmtree(built_dir, ignore_errors=True)
         os.environ.pop("HVD_DQN_TEST_HOROVOD_BUILT", None)
+    site = getattr(config, "_profile_site", None)
+    if site:
+        shutil.rmtree(site, ignore_errors=True)
 
 
 def run_env(**extra) -> dict:
