@@ -54,8 +54,11 @@ def test_two_rank_pong_smoke_run_updates_in_lockstep(tmp_path, capsys):
     # values are exact. 26 updates teach Pong little: in 75 agent steps the opponent scores once in one episode and
     # not in the other. (-1.0 in both before prioritized replay let slots enter the sum-tree only once complete.)
     assert (rows[-1]["eval_episodes"], rows[-1]["eval_return_mean"], rows[-1]["eval_return_std"]) == (2, -0.5, 0.5)
-    # the loss to 1e-3: its last digits would move with another CPU's vector instructions (oneDNN picks kernels per CPU)
-    assert rows[-1]["losses/td_loss"] == pytest.approx(0.0037432422, rel=1e-3)
+    # The loss is exact for one CPU model only: prioritized replay draws its slots by priorities that are TD errors,
+    # so a difference in a last bit (TensorFlow's kernels differ between CPUs, even with oneDNN capped at AVX2, see
+    # conftest) draws other slots, and the loss after 26 updates moves by a factor, not a digit (0.0037432 on the
+    # AVX2 CPU that recorded it, 0.0072381 on an AVX-512 AMD EPYC, each the same in every run). So its range.
+    assert 1e-3 < rows[-1]["losses/td_loss"] < 2e-2
     assert rows[-1]["charts/episodic_return"] == -0.5
     # 100 steps per env; episodes end at the 300-frame cap (< 75 steps), so each of the 4 envs finished one
     assert sum(r["charts/episodes"] for r in rows) == 4
