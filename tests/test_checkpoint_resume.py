@@ -304,7 +304,11 @@ def mpirun_job(tmp_path_factory):
     checkpoint with rank1.json edited (same size), refused; then, the file put back, the resume to the end."""
     tmp = tmp_path_factory.mktemp("mpirun")
     cfg, run_dir = _config(tmp, RUN), tmp / "run"
-    env = run_env(NP=2, RUN_DIR=run_dir, VIRTUAL_ENV=BIN.parent)
+    # Once a rank exits non-zero (75 here, 2 for the refusal) Open MPI 4.1's mpirun sleeps its sigkill timeout twice
+    # before it ends (launch/common.sh's 10 s: about 19 s more per job), even when every rank has already exited.
+    # No rank here needs the grace it buys after a SIGTERM (test_job_safety's SIGTERM to horovodrun --mpi does).
+    quick = {"OMPI_MCA_odls_base_sigkill_timeout": 1}
+    env = run_env(NP=2, RUN_DIR=run_dir, VIRTUAL_ENV=BIN.parent, **quick)
     with started([LAUNCH / "mpirun.sh", cfg], env=env) as job:
         output = _held_and_signalled(job, run_dir, STOP_AT, 2, lambda: job.send_signal(signal.SIGUSR1))
     summary_at_stop = (run_dir / "summary.json").exists()
@@ -316,10 +320,10 @@ def mpirun_job(tmp_path_factory):
     assert text.count('"rank": 1') == 1
     damaged.write_text(text.replace('"rank": 1', '"rank": 3'))  # same size
     resume = [LAUNCH / "mpirun.sh", cfg, "--resume", run_dir]
-    refused = run(resume, timeout=600, NP=2, RUN_DIR=run_dir, VIRTUAL_ENV=BIN.parent)
+    refused = run(resume, timeout=600, NP=2, RUN_DIR=run_dir, VIRTUAL_ENV=BIN.parent, **quick)
     summary_after_refusal = (run_dir / "summary.json").exists()
     damaged.write_text(text)
-    resumed = run(resume, timeout=600, NP=2, RUN_DIR=run_dir, VIRTUAL_ENV=BIN.parent)
+    resumed = run(resume, timeout=600, NP=2, RUN_DIR=run_dir, VIRTUAL_ENV=BIN.parent, **quick)
     return SimpleNamespace(
         run_dir=run_dir,
         job=job,
