@@ -152,6 +152,10 @@ def failing_job(request, tmp_path_factory):
     env = {"HVD_DQN_FAULT": f"1:{FAULT_AT}"}
     if launcher in GRACE_S:
         env["HVD_DQN_TERM_GRACE_S"] = GRACE_S[launcher]
+    if launcher in ("mpirun", "horovodrun-mpi"):
+        # once rank 1 has exited non-zero, mpirun sleeps its sigkill timeout twice before it ends the job (launch/
+        # common.sh's 10 s: about 19 s; docs/checkpoints.md); 1 s still has the launcher end it, not rank 0's watchdog
+        env["OMPI_MCA_odls_base_sigkill_timeout"] = 1
     status, output, job = launch(launcher, cfg, run_dir, tmp_path, timeout=600, **env)
     return SimpleNamespace(launcher=launcher, run_dir=run_dir, status=status, output=output, job=job)
 
