@@ -17,11 +17,6 @@ BIN = Path(sys.executable).parent
 # the suite's launches of horovodrun: the installed one, its build check asked once per suite run (tests/bin says how)
 HOROVODRUN = ROOT / "tests" / "bin" / "horovodrun"
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-# The suite's exact figures (checksums, returns, losses) were recorded with oneDNN's AVX2 kernels. oneDNN picks its
-# kernels by the CPU at run time, and on a CPU with AVX-512 other kernels sum in another order, so a weight's last
-# bits, and then a run, differ (tests/test_training_state's stored checkpoint resumes to other weights). Capping
-# oneDNN at AVX2 makes those figures hold on both kinds of CPU; it changes nothing on an AVX2 one.
-os.environ.setdefault("ONEDNN_MAX_CPU_ISA", "AVX2")
 # the fault-injection switches of hvd_dqn.testing.faults (HVD_DQN_FAULT, ...) work in this suite, in process and
 # in every child; a test of a production job unsets it
 os.environ.setdefault("HVD_DQN_TEST_HOOKS", "1")

@@ -56,7 +56,7 @@ def test_two_rank_pong_smoke_run_updates_in_lockstep(tmp_path, capsys):
     assert (rows[-1]["eval_episodes"], rows[-1]["eval_return_mean"], rows[-1]["eval_return_std"]) == (2, -0.5, 0.5)
     # The loss is exact for one CPU model only: prioritized replay draws its slots by priorities that are TD errors,
     # so a difference in a last bit (TensorFlow's kernels differ between CPUs, even with oneDNN capped at AVX2, see
-    # conftest) draws other slots, and the loss after 26 updates moves by a factor, not a digit (0.0037432 on the
+    # docs/cluster.md) draws other slots, and the loss after 26 updates moves by a factor, not a digit (0.0037432 on the
     # AVX2 CPU that recorded it, 0.0072381 on an AVX-512 AMD EPYC, each the same in every run). So its range.
     assert 1e-3 < rows[-1]["losses/td_loss"] < 2e-2
     assert rows[-1]["charts/episodic_return"] == -0.5
