@@ -107,6 +107,13 @@ def pytest_unconfigure(config):
         shutil.rmtree(site, ignore_errors=True)
 
 
+# Once a rank exits non-zero (a failure, or 75 after a stop), Open MPI 4.1's mpirun sleeps its sigkill timeout twice
+# before it ends, even when every rank has already exited: at launch/common.sh's 10 s, about 19 s more per job
+# (docs/checkpoints.md). The env of the suite's mpirun jobs that end so and test no grace after a SIGTERM (the
+# timeout-mpi case of test_job_safety does, with the 10 s): the launcher still ends the job, in about 1 s.
+QUICK_MPIRUN_END = {"OMPI_MCA_odls_base_sigkill_timeout": 1}
+
+
 def run_env(**extra) -> dict:
     """Environment for child processes: this checkout first on the path (works from a git worktree too)."""
     env = dict(os.environ)

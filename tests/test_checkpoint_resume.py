@@ -25,7 +25,7 @@ import numpy as np
 import pytest
 import tf_keras as keras
 
-from conftest import BIN, HOROVODRUN, ROOT, run, run_env, started
+from conftest import BIN, HOROVODRUN, QUICK_MPIRUN_END, ROOT, run, run_env, started
 from run_schedule import expected_updates
 from stopping import rank_pids, signal_held, wait_for_step
 
@@ -304,10 +304,7 @@ def mpirun_job(tmp_path_factory):
     checkpoint with rank1.json edited (same size), refused; then, the file put back, the resume to the end."""
     tmp = tmp_path_factory.mktemp("mpirun")
     cfg, run_dir = _config(tmp, RUN), tmp / "run"
-    # Once a rank exits non-zero (75 here, 2 for the refusal) Open MPI 4.1's mpirun sleeps its sigkill timeout twice
-    # before it ends (launch/common.sh's 10 s: about 19 s more per job), even when every rank has already exited.
-    # No rank here needs the grace it buys after a SIGTERM (test_job_safety's SIGTERM to horovodrun --mpi does).
-    quick = {"OMPI_MCA_odls_base_sigkill_timeout": 1}
+    quick = QUICK_MPIRUN_END  # the stop exits 75, the refusal 2
     env = run_env(NP=2, RUN_DIR=run_dir, VIRTUAL_ENV=BIN.parent, **quick)
     with started([LAUNCH / "mpirun.sh", cfg], env=env) as job:
         output = _held_and_signalled(job, run_dir, STOP_AT, 2, lambda: job.send_signal(signal.SIGUSR1))

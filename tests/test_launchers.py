@@ -10,7 +10,7 @@ from types import SimpleNamespace
 import pytest
 
 import slurm_jobs
-from conftest import BIN, ROOT, run
+from conftest import BIN, QUICK_MPIRUN_END, ROOT, run
 from run_schedule import expected_updates
 from test_horovod_options import learner_allreduces
 
@@ -153,9 +153,7 @@ def failing_job(request, tmp_path_factory):
     if launcher in GRACE_S:
         env["HVD_DQN_TERM_GRACE_S"] = GRACE_S[launcher]
     if launcher in ("mpirun", "horovodrun-mpi"):
-        # once rank 1 has exited non-zero, mpirun sleeps its sigkill timeout twice before it ends the job (launch/
-        # common.sh's 10 s: about 19 s; docs/checkpoints.md); 1 s still has the launcher end it, not rank 0's watchdog
-        env["OMPI_MCA_odls_base_sigkill_timeout"] = 1
+        env.update(QUICK_MPIRUN_END)  # the launcher still ends the job, not rank 0's watchdog
     status, output, job = launch(launcher, cfg, run_dir, tmp_path, timeout=600, **env)
     return SimpleNamespace(launcher=launcher, run_dir=run_dir, status=status, output=output, job=job)
 

@@ -11,7 +11,7 @@ import psutil
 import pytest
 
 import slurm_jobs
-from conftest import BIN, HOROVODRUN, ROOT, run
+from conftest import BIN, HOROVODRUN, QUICK_MPIRUN_END, ROOT, run
 from test_launchers import LAUNCH, local_slurm  # noqa: F401 (local_slurm: the session fixture)
 
 pytestmark = pytest.mark.multiproc
@@ -96,10 +96,7 @@ def _fault_launch(launcher: str, config, run_dir, tmp_path, rank: int):
     env = {"RUN_DIR": run_dir, "VIRTUAL_ENV": BIN.parent, "HVD_DQN_FAULT": f"{rank}:1000"}
     args = [config, "--set", "parameter_server=async"]
     if launcher == "mpirun":
-        # the sigkill timeout that launch/common.sh sets (10 s) makes mpirun sleep twice that long once a rank
-        # has failed, the others' ends included; 1 s still shows that the launcher ends the job (see
-        # test_checkpoint_resume's mpirun job)
-        env["OMPI_MCA_odls_base_sigkill_timeout"] = 1
+        env.update(QUICK_MPIRUN_END)
         proc = run([LAUNCH / "mpirun.sh", *args], timeout=900, NP=3, HOSTS="localhost:3", **env)
         return proc.returncode, proc.stdout + proc.stderr
     out = tmp_path / "job-%j.out"

@@ -23,9 +23,11 @@ def _rows(path: Path) -> list[dict]:
 def _kind(argv: list[str]) -> str:
     """A process's role, from its command line: horovodrun, a rank's hvd-dqn, a `python -c` probe, ..."""
     words = " ".join(argv)
-    for key in ("horovodrun", "hvd-dqn", "hvd_dqn.cli", "mp_", "probe", "-c"):
+    for key in ("horovodrun", "hvd-dqn", "hvd_dqn.cli", "mp_", "probe"):
         if key in words:
-            return {"hvd_dqn.cli": "hvd-dqn", "mp_": "tests/mp_*", "-c": "python -c"}.get(key, key)
+            return {"hvd_dqn.cli": "hvd-dqn", "mp_": "tests/mp_*"}.get(key, key)
+    if "-c" in argv:  # the option itself, not a word such as --config
+        return "python -c"
     return Path(argv[0]).name if argv else "?"
 
 
